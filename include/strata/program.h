@@ -1,0 +1,75 @@
+/*
+ * program.h - OpenCL programs built at run time per device, with a binary cache.
+ *
+ * Kernel sources are the files of cl/, embedded into the binary at build time;
+ * with STRATA_CL_DIR=path they are read from path instead (edit a kernel, run
+ * again, no rebuild). A program is built for one device with -D options. The
+ * built binary is cached on disk (STRATA_CACHE_DIR, else
+ * $XDG_CACHE_HOME/strata, else ~/.cache/strata; STRATA_CACHE=0 turns the cache
+ * off) under a key that hashes the source, the options, the device name, the
+ * driver and platform versions and the cache format version. A cache entry
+ * that is truncated, corrupt or refused by the driver is rebuilt and replaced,
+ * never trusted. A cache folder that cannot be written turns caching off with
+ * one warning.
+ *
+ * Not here: launching kernels (library code gets the cl_program through
+ * strata/cl.h).
+ */
+#ifndef STRATA_PROGRAM_H
+#define STRATA_PROGRAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "strata/device.h"
+#include "strata/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct st_program st_program;
+
+/* Builds cl/<file> (e.g. "fill.cl") for dev. A build failure is ST_ERR_BUILD
+ * with the file, device, options and the whole build log in the message. */
+st_status st_program_build(st_device *dev, const char *file, const char *options,
+                           st_program **out);
+/* The same for a source given in memory; `name` stands for the file in
+ * messages and in the cache key. */
+st_status st_program_build_source(st_device *dev, const char *name, const char *source,
+                                  const char *options, st_program **out);
+void st_program_destroy(st_program *prog);
+
+/* The program cl/<file> with `options` for dev, built on first use and kept
+ * (owned by the device) until st_device_close(). */
+st_status st_device_program(st_device *dev, const char *file, const char *options,
+                            st_program **out);
+
+/* True when the program came from the on-disk cache rather than a compile. */
+bool st_program_from_cache(const st_program *prog);
+
+/* The text of cl/<file> as the build would use it (embedded or from
+ * STRATA_CL_DIR); NULL and ST_ERR_NOT_FOUND / ST_ERR_IO when missing. The
+ * caller frees it. */
+st_status st_kernel_source(const char *file, char **out);
+
+typedef struct st_cache_stats {
+    uint64_t hits;           /* programs loaded from the cache */
+    uint64_t misses;         /* no entry: compiled from source */
+    uint64_t rejected;       /* an entry was there but corrupt or refused: rebuilt */
+    uint64_t writes;         /* entries written */
+    uint64_t write_failures; /* writes that failed (caching then turns off) */
+} st_cache_stats;
+
+st_cache_stats st_cache_get_stats(void);
+/* Forgets the cache settings and statistics: the next build reads
+ * STRATA_CACHE_DIR / STRATA_CACHE again (and may warn again). */
+void st_cache_reset(void);
+/* The folder in use, or NULL when caching is off. */
+const char *st_cache_dir(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,228 @@
+/*
+ * gemm.c - matrix products through CLBlast, and the plain-C reference.
+ *
+ * Every operand is checked against its tensor's extent before CLBlast sees
+ * it: CLBlast checks buffer sizes but not views, and an overrun into a
+ * neighbouring view would corrupt data silently.
+ */
+#include <clblast_c.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "strata/cl.h"
+#include "strata/gemm.h"
+
+static const char *clblast_error_name(int code)
+{
+    switch (code) {
+    case CLBlastNotImplemented:
+        return "CLBlastNotImplemented";
+    case CLBlastInvalidMatrixA:
+        return "CLBlastInvalidMatrixA";
+    case CLBlastInvalidMatrixB:
+        return "CLBlastInvalidMatrixB";
+    case CLBlastInvalidMatrixC:
+        return "CLBlastInvalidMatrixC";
+    case CLBlastInvalidDimension:
+        return "CLBlastInvalidDimension";
+    case CLBlastInvalidLeadDimA:
+        return "CLBlastInvalidLeadDimA";
+    case CLBlastInvalidLeadDimB:
+        return "CLBlastInvalidLeadDimB";
+    case CLBlastInvalidLeadDimC:
+        return "CLBlastInvalidLeadDimC";
+    case CLBlastInsufficientMemoryA:
+        return "CLBlastInsufficientMemoryA";
+    case CLBlastInsufficientMemoryB:
+        return "CLBlastInsufficientMemoryB";
+    case CLBlastInsufficientMemoryC:
+        return "CLBlastInsufficientMemoryC";
+    case CLBlastInsufficientMemoryTemp:
+        return "CLBlastInsufficientMemoryTemp";
+    case CLBlastInvalidBatchCount:
+        return "CLBlastInvalidBatchCount";
+    case CLBlastInvalidOverrideKernel:
+        return "CLBlastInvalidOverrideKernel";
+    case CLBlastMissingOverrideParameter:
+        return "CLBlastMissingOverrideParameter";
+    case CLBlastInvalidLocalMemUsage:
+        return "CLBlastInvalidLocalMemUsage";
+    case CLBlastNoHalfPrecision:
+        return "CLBlastNoHalfPrecision";
+    case CLBlastNoDoublePrecision:
+        return "CLBlastNoDoublePrecision";
+    case CLBlastDatabaseError:
+        return "CLBlastDatabaseError";
+    case CLBlastUnknownError:
+        return "CLBlastUnknownError";
+    case CLBlastUnexpectedError:
+        return "CLBlastUnexpectedError";
+    default:
+        return st_cl_error_name(code); /* the codes CLBlast shares with OpenCL */
+    }
+}
+
+static st_status check_operand(const char *which, const st_tensor *t, const st_device *dev,
+                               size_t offset, size_t ld, size_t stride, size_t batch,
+                               size_t rows, size_t cols)
+{
+    if (!t)
+        return st_error(ST_ERR_INVALID, "gemm: matrix %s is missing", which);
+    if (st_tensor_device(t) != dev)
+        return st_error(ST_ERR_INVALID, "gemm: matrix %s ('%s') is on %s, not on %s", which,
+                        st_tensor_name(t), st_device_label(st_tensor_device(t)),
+                        st_device_label(dev));
+    if (st_tensor_dtype(t) != ST_F32)
+        return st_error(ST_ERR_INVALID, "gemm: matrix %s ('%s') is %s, expected F32", which,
+                        st_tensor_name(t), st_dtype_name(st_tensor_dtype(t)));
+    if (ld < cols)
+        return st_error(ST_ERR_INVALID,
+                        "gemm: leading dimension of %s ('%s') is %zu, less than its %zu columns",
+                        which, st_tensor_name(t), ld, cols);
+    /* Last element touched: offset + (batch-1)*stride + (rows-1)*ld + cols - 1. */
+    size_t end = offset + (batch - 1) * stride + (rows - 1) * ld + cols;
+    if (end > st_tensor_numel(t))
+        return st_error(ST_ERR_INVALID,
+                        "gemm: matrix %s ([%zu,%zu], ld %zu, offset %zu, %zu batch item(s) of "
+                        "stride %zu) needs %zu elements but tensor '%s' has %zu",
+                        which, rows, cols, ld, offset, batch, stride, end, st_tensor_name(t),
+                        st_tensor_numel(t));
+    return ST_OK;
+}
+
+st_status st_gemm(const st_gemm_args *g)
+{
+    if (!g->c)
+        return st_error(ST_ERR_INVALID, "gemm: matrix C is missing");
+    st_device *dev = st_tensor_device(g->c);
+    size_t batch = g->batch ? g->batch : 1;
+    if (g->m == 0 || g->n == 0 || g->k == 0)
+        return st_error(ST_ERR_INVALID, "gemm: empty product %zux%zux%zu", g->m, g->n, g->k);
+    st_status s;
+    /* Row-major storage: A is [m,k] or, transposed, stored [k,m]. */
+    if ((s = check_operand("A", g->a, dev, g->a_offset, g->lda, g->a_stride, batch,
+                           g->trans_a ? g->k : g->m, g->trans_a ? g->m : g->k)) != ST_OK ||
+        (s = check_operand("B", g->b, dev, g->b_offset, g->ldb, g->b_stride, batch,
+                           g->trans_b ? g->n : g->k, g->trans_b ? g->k : g->n)) != ST_OK ||
+        (s = check_operand("C", g->c, dev, g->c_offset, g->ldc, g->c_stride, batch, g->m,
+                           g->n)) != ST_OK)
+        return s;
+
+    cl_command_queue q = st_device_cl_queue(dev);
+    CLBlastTranspose ta = g->trans_a ? CLBlastTransposeYes : CLBlastTransposeNo;
+    CLBlastTranspose tb = g->trans_b ? CLBlastTransposeYes : CLBlastTransposeNo;
+    size_t ao = st_tensor_offset(g->a) + g->a_offset;
+    size_t bo = st_tensor_offset(g->b) + g->b_offset;
+    size_t co = st_tensor_offset(g->c) + g->c_offset;
+    CLBlastStatusCode r;
+    const char *call;
+    if (batch == 1) {
+        call = "CLBlastSgemm";
+        r = CLBlastSgemm(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha,
+                         st_tensor_cl_mem(g->a), ao, g->lda, st_tensor_cl_mem(g->b), bo, g->ldb,
+                         g->beta, st_tensor_cl_mem(g->c), co, g->ldc, &q, NULL);
+    } else {
+        call = "CLBlastSgemmStridedBatched";
+        r = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha,
+                                       st_tensor_cl_mem(g->a), ao, g->lda, g->a_stride,
+                                       st_tensor_cl_mem(g->b), bo, g->ldb, g->b_stride, g->beta,
+                                       st_tensor_cl_mem(g->c), co, g->ldc, g->c_stride, batch,
+                                       &q, NULL);
+    }
+    if (r != CLBlastSuccess) {
+        st_status code = (r == CLBlastOpenCLOutOfResources || r == CLBlastTempBufferAllocFailure)
+                             ? ST_ERR_DEVICE_MEMORY
+                             : ST_ERR_BLAS;
+        return st_error(code,
+                        "%s (%s%s, m=%zu n=%zu k=%zu, batch %zu, C='%s') failed with %s (%d) "
+                        "on %s; %s",
+                        call, g->trans_a ? "T" : "N", g->trans_b ? "T" : "N", g->m, g->n, g->k,
+                        batch, st_tensor_name(g->c), clblast_error_name(r), (int)r,
+                        st_device_label(dev),
+                        code == ST_ERR_DEVICE_MEMORY
+                            ? "the device is out of memory: use a smaller batch or more devices"
+                            : "this points at a bug in Strata or CLBlast: please report it");
+    }
+    return ST_OK;
+}
+
+st_status st_matmul(bool trans_a, bool trans_b, float alpha, const st_tensor *a,
+                    const st_tensor *b, float beta, st_tensor *c)
+{
+    if (st_tensor_ndim(a) != 2 || st_tensor_ndim(b) != 2 || st_tensor_ndim(c) != 2)
+        return st_error(ST_ERR_INVALID, "matmul: '%s', '%s' and '%s' must be 2-D",
+                        st_tensor_name(a), st_tensor_name(b), st_tensor_name(c));
+    size_t m = st_tensor_dim(c, 0), n = st_tensor_dim(c, 1);
+    size_t ka = st_tensor_dim(a, trans_a ? 0 : 1), kb = st_tensor_dim(b, trans_b ? 1 : 0);
+    if (st_tensor_dim(a, trans_a ? 1 : 0) != m || st_tensor_dim(b, trans_b ? 0 : 1) != n ||
+        ka != kb)
+        return st_error(ST_ERR_INVALID,
+                        "matmul: shapes do not agree: %s[%zu,%zu]%s . %s[%zu,%zu]%s -> "
+                        "%s[%zu,%zu]",
+                        st_tensor_name(a), st_tensor_dim(a, 0), st_tensor_dim(a, 1),
+                        trans_a ? "^T" : "", st_tensor_name(b), st_tensor_dim(b, 0),
+                        st_tensor_dim(b, 1), trans_b ? "^T" : "", st_tensor_name(c), m, n);
+    st_gemm_args g = {
+        .trans_a = trans_a, .trans_b = trans_b, .m = m, .n = n, .k = ka,
+        .alpha = alpha, .beta = beta,
+        .a = a, .lda = st_tensor_dim(a, 1),
+        .b = b, .ldb = st_tensor_dim(b, 1),
+        .c = c, .ldc = n,
+    };
+    return st_gemm(&g);
+}
+
+st_status st_gemm_warmup(st_device *dev)
+{
+    /* One small product (CLBlast's direct kernel), one large (its indirect
+     * kernel with the helper copy kernels) and one batched. */
+    static const size_t sizes[] = {16, 512};
+    const size_t max = 512;
+    st_tensor *a = NULL, *b = NULL, *c = NULL;
+    size_t shape[2] = {max, max};
+    st_status s;
+    if ((s = st_tensor_create(dev, ST_F32, 2, shape, "gemm warm-up A", &a)) != ST_OK ||
+        (s = st_tensor_create(dev, ST_F32, 2, shape, "gemm warm-up B", &b)) != ST_OK ||
+        (s = st_tensor_create(dev, ST_F32, 2, shape, "gemm warm-up C", &c)) != ST_OK)
+        goto done;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        st_gemm_args g = {.m = n, .n = n, .k = n, .alpha = 1, .beta = 0,
+                          .a = a, .lda = n, .b = b, .ldb = n, .c = c, .ldc = n};
+        if ((s = st_gemm(&g)) != ST_OK)
+            goto done;
+        g.trans_b = true;
+        if ((s = st_gemm(&g)) != ST_OK)
+            goto done;
+    }
+    st_gemm_args g = {.m = 16, .n = 16, .k = 16, .alpha = 1, .beta = 0,
+                      .a = a, .lda = 16, .a_stride = 256,
+                      .b = b, .ldb = 16, .b_stride = 256,
+                      .c = c, .ldc = 16, .c_stride = 256, .batch = 4};
+    if ((s = st_gemm(&g)) != ST_OK)
+        goto done;
+    s = st_device_finish(dev);
+done:
+    st_tensor_destroy(c);
+    st_tensor_destroy(b);
+    st_tensor_destroy(a);
+    return s;
+}
+
+void st_gemm_ref(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
+                 const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
+                 size_t ldc)
+{
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            double acc = 0.0; /* double: the reference should be the more exact side */
+            for (size_t p = 0; p < k; p++) {
+                float av = trans_a ? a[p * lda + i] : a[i * lda + p];
+                float bv = trans_b ? b[j * ldb + p] : b[p * ldb + j];
+                acc += (double)av * (double)bv;
+            }
+            float prev = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+            c[i * ldc + j] = (float)(alpha * acc) + prev;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+/* options.c - error reporting and device opening shared by the commands. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+int cli_fail(st_status s)
+{
+    fprintf(stderr, "strata: error: %s\n", st_last_error()[0] ? st_last_error() : st_status_text(s));
+    switch (s) {
+    case ST_ERR_INVALID:
+    case ST_ERR_NOT_FOUND:
+    case ST_ERR_NO_DEVICE:
+    case ST_ERR_FORMAT:
+    case ST_ERR_IO:
+        return CLI_USAGE;
+    default:
+        return CLI_FAILED;
+    }
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "strata %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see `strata %s --help`)\n", cmd);
+    va_end(ap);
+    return CLI_USAGE;
+}
+
+st_status cli_devices_get(const char *flag, bool open, cli_devices *out)
+{
+    memset(out, 0, sizeof *out);
+    st_status s = st_device_list_create(&out->list);
+    if (s != ST_OK)
+        return s;
+    s = st_device_list_select(out->list, st_device_spec_resolve(flag), out->index,
+                              ST_MAX_DEVICES, &out->n);
+    if (s != ST_OK || !open)
+        return s;
+    for (size_t i = 0; i < out->n; i++) {
+        s = st_device_open(out->list, out->index[i], &out->dev[i]);
+        if (s != ST_OK)
+            return s;
+    }
+    return ST_OK;
+}
+
+void cli_devices_put(cli_devices *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        st_device_close(d->dev[i]);
+    st_device_list_destroy(d->list);
+    memset(d, 0, sizeof *d);
+}
+
+struct cli_table {
+    size_t cols, rows, cap;
+    char **cells; /* rows * cols */
+};
+
+cli_table *cli_table_new(size_t columns)
+{
+    cli_table *t = calloc(1, sizeof *t);
+    if (t)
+        t->cols = columns;
+    return t;
+}
+
+void cli_table_add(cli_table *t, const char *const *cells)
+{
+    if (!t)
+        return;
+    if (t->rows == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 16;
+        char **c = realloc(t->cells, cap * t->cols * sizeof *c);
+        if (!c)
+            return;
+        t->cells = c;
+        t->cap = cap;
+    }
+    for (size_t j = 0; j < t->cols; j++)
+        t->cells[t->rows * t->cols + j] = strdup(cells[j] ? cells[j] : "");
+    t->rows++;
+}
+
+void cli_table_print(const cli_table *t, FILE *f)
+{
+    if (!t)
+        return;
+    size_t width[32] = {0};
+    for (size_t i = 0; i < t->rows; i++)
+        for (size_t j = 0; j < t->cols && j < 32; j++) {
+            const char *c = t->cells[i * t->cols + j];
+            size_t w = c ? strlen(c) : 0;
+            if (w > width[j])
+                width[j] = w;
+        }
+    for (size_t i = 0; i < t->rows; i++) {
+        for (size_t j = 0; j < t->cols && j < 32; j++) {
+            const char *c = t->cells[i * t->cols + j];
+            if (!c)
+                c = "";
+            if (j + 1 == t->cols)
+                fputs(c, f);
+            else
+                fprintf(f, "%-*s  ", (int)width[j], c);
+        }
+        fputc('\n', f);
+    }
+}
+
+void cli_table_free(cli_table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->rows * t->cols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+    free(t);
+}
