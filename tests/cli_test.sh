@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# cli_test.sh STRATA - the `strata` command as a user meets it: help, exit
+# codes, device choices (good and bad), JSON output, the GEMM check, and the
+# messages for a missing driver, a missing kernel file and a broken kernel.
+# Exits 77 (skip) when no OpenCL device exists.
+set -u
+strata=$1
+fails=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# expect CODE NAME -- command...: runs it, keeps stdout/stderr in $tmp/out, $tmp/err.
+expect() {
+    local want=$1 name=$2
+    shift 3
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    local got=$?
+    if [ "$got" != "$want" ]; then
+        echo "FAIL $name: exit $got, wanted $want"
+        sed 's/^/  stdout: /' "$tmp/out" | head -20
+        sed 's/^/  stderr: /' "$tmp/err" | head -20
+        fails=$((fails + 1))
+        return 1
+    fi
+    echo "ok   $name"
+}
+
+# grep_in FILE PATTERN NAME
+grep_in() {
+    if ! grep -q -- "$2" "$1"; then
+        echo "FAIL $3: '$2' not in $(basename "$1"):"
+        sed 's/^/  /' "$1" | head -20
+        fails=$((fails + 1))
+    fi
+}
+
+if ! "$strata" devices >/dev/null 2>&1; then
+    echo "skip: no OpenCL device"
+    exit 77
+fi
+ndev=$("$strata" devices --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+
+expect 0 "help" -- "$strata" --help
+grep_in "$tmp/out" "devices" "help lists devices"
+grep_in "$tmp/out" "check" "help lists check"
+expect 2 "no command" -- "$strata"
+expect 2 "unknown command" -- "$strata" frobnicate
+grep_in "$tmp/err" "unknown command 'frobnicate'" "unknown command named"
+expect 0 "version" -- "$strata" --version
+grep_in "$tmp/out" "MPI support" "version says MPI"
+expect 0 "devices help" -- "$strata" devices --help
+grep_in "$tmp/out" "\-\-json" "devices help names --json"
+expect 0 "help devices" -- "$strata" help devices
+grep_in "$tmp/out" "usage: strata devices" "help devices"
+
+expect 0 "devices table" -- "$strata" devices
+grep_in "$tmp/out" "OpenCL C" "table header"
+rows=$(($(wc -l <"$tmp/out") - 1))
+[ "$rows" = "$ndev" ] || { echo "FAIL table has $rows rows for $ndev devices"; fails=$((fails + 1)); }
+
+expect 0 "devices json" -- "$strata" devices --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL json fields"; fails=$((fails + 1)); }
+import json, sys
+devs = json.load(open(sys.argv[1]))
+need = {"index", "platform", "vendor", "name", "type", "compute_units", "clock_mhz",
+        "global_mem_bytes", "max_alloc_bytes", "local_mem_bytes", "opencl_c_version",
+        "fp16", "fp64", "driver_version"}
+for d in devs:
+    missing = need - set(d)
+    assert not missing, missing
+    assert d["global_mem_bytes"] > 0 and d["compute_units"] > 0
+assert [d["index"] for d in devs] == list(range(len(devs)))
+PY
+
+last=$((ndev - 1))
+expect 0 "choose last by index" -- "$strata" devices --devices "$last" --json
+python3 -c "import json,sys; d=json.load(open('$tmp/out')); assert [x['index'] for x in d]==[$last]" ||
+    { echo "FAIL index choice"; fails=$((fails + 1)); }
+expect 0 "choose by type" -- "$strata" devices --devices cpu
+expect 2 "index out of range" -- "$strata" devices --devices 99
+grep_in "$tmp/err" "out of range" "out of range message"
+grep_in "$tmp/err" "  0: " "message lists the devices"
+expect 2 "no such name" -- "$strata" devices --devices no-such-card
+grep_in "$tmp/err" "no-such-card" "name in message"
+expect 2 "env choice" -- env STRATA_DEVICES=42 "$strata" devices
+grep_in "$tmp/err" "index 42" "env choice message"
+expect 0 "flag beats env" -- env STRATA_DEVICES=42 "$strata" devices --devices 0
+expect 2 "no platform" -- env OCL_ICD_VENDORS="$tmp/none" "$strata" devices
+grep_in "$tmp/err" "no OpenCL platform" "no platform message"
+grep_in "$tmp/err" "pocl-opencl-icd" "no platform says what to install"
+expect 2 "unknown option" -- "$strata" devices --bogus
+grep_in "$tmp/err" "unknown option --bogus" "unknown option named"
+expect 2 "missing value" -- "$strata" devices --devices
+
+expect 0 "check" -- "$strata" check --size 128
+grep_in "$tmp/out" "all passed on $ndev device" "check passed"
+grep_in "$tmp/out" "GFLOPS" "check times a GEMM"
+expect 2 "check bad size" -- "$strata" check --size lots
+
+expect 2 "missing kernel dir" -- env STRATA_CL_DIR="$tmp/none" "$strata" check --size 0
+grep_in "$tmp/err" "$tmp/none/fill.cl" "missing kernel path"
+mkdir -p "$tmp/cl"
+printf '__kernel void fill_f32(__global float *x) { x[0] = not_declared; }\n' >"$tmp/cl/fill.cl"
+expect 1 "broken kernel" -- env STRATA_CL_DIR="$tmp/cl" "$strata" check --size 0
+grep_in "$tmp/err" "build log" "build log shown"
+grep_in "$tmp/err" "not_declared" "compiler's words shown"
+
+[ "$fails" = 0 ] && echo "all cli checks passed" || echo "$fails cli check(s) failed"
+[ "$fails" = 0 ]
