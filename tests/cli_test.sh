@@ -76,7 +76,8 @@ last=$((ndev - 1))
 expect 0 "choose last by index" -- "$strata" devices --devices "$last" --json
 python3 -c "import json,sys; d=json.load(open('$tmp/out')); assert [x['index'] for x in d]==[$last]" ||
     { echo "FAIL index choice"; fails=$((fails + 1)); }
-expect 0 "choose by type" -- "$strata" devices --devices cpu
+type0=$("$strata" devices --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["type"])')
+expect 0 "choose by type" -- "$strata" devices --devices "$type0"
 expect 2 "index out of range" -- "$strata" devices --devices 99
 grep_in "$tmp/err" "out of range" "out of range message"
 grep_in "$tmp/err" "  0: " "message lists the devices"
