@@ -27,6 +27,39 @@ cl_context st_device_cl_context(const st_device *dev);
 cl_command_queue st_device_cl_queue(const st_device *dev);
 cl_device_id st_device_cl_id(const st_device *dev);
 
+/* The kernel `name` of cl/<file> on dev, made on first use and owned by the
+ * device. Set its arguments and enqueue it only between
+ * st_device_launch_lock() and st_device_launch_unlock() (st_launch does). */
+st_status st_device_kernel(st_device *dev, const char *file, const char *name, cl_kernel *out);
+void st_device_launch_lock(st_device *dev);
+void st_device_launch_unlock(st_device *dev);
+
+/*
+ * Kernel arguments by value. A tensor becomes two kernel arguments: its
+ * buffer and its element offset (ulong), so every kernel takes
+ * `__global float *x, const ulong x_off` for each tensor.
+ */
+typedef struct st_karg {
+    char kind; /* 't' tensor, 'i' int, 'u' ulong, 'f' float */
+    const st_tensor *t;
+    cl_int i;
+    cl_ulong u;
+    cl_float f;
+} st_karg;
+
+#define ST_KT(x) ((st_karg){.kind = 't', .t = (x)})
+#define ST_KI(x) ((st_karg){.kind = 'i', .i = (cl_int)(x)})
+#define ST_KU(x) ((st_karg){.kind = 'u', .u = (cl_ulong)(x)})
+#define ST_KF(x) ((st_karg){.kind = 'f', .f = (cl_float)(x)})
+
+/* Enqueues kernel `name` of cl/<file> over `global` work-items (rounded up
+ * to a multiple of `local`; local 0 lets the driver choose and does not round). */
+st_status st_launch(st_device *dev, const char *file, const char *name, size_t global,
+                    size_t local, size_t nargs, const st_karg *args);
+#define ST_LAUNCH(dev, file, name, global, local, ...)                                   \
+    st_launch((dev), (file), (name), (global), (local),                                  \
+              sizeof((st_karg[]){__VA_ARGS__}) / sizeof(st_karg), (st_karg[]){__VA_ARGS__})
+
 cl_program st_program_cl(const st_program *prog);
 /* Creates a kernel of the program; the caller releases it. */
 st_status st_program_kernel(const st_program *prog, const char *name, cl_kernel *out);

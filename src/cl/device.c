@@ -15,6 +15,7 @@
 #include "strata/program.h"
 
 #define ST_DEVICE_MAX_PROGRAMS 64
+#define ST_DEVICE_MAX_KERNELS 128
 
 struct st_device_list {
     size_t n;
@@ -42,6 +43,15 @@ struct st_device {
         char options[256];
         st_program *prog;
     } programs[ST_DEVICE_MAX_PROGRAMS];
+    /* Kernels made once per (file, name). Setting a kernel's arguments and
+     * enqueueing it must not interleave between threads: launch_lock. */
+    pthread_mutex_t launch_lock;
+    size_t n_kernels;
+    struct {
+        char file[64];
+        char name[64];
+        cl_kernel kernel;
+    } kernels[ST_DEVICE_MAX_KERNELS];
 };
 
 static void copy_str_info(cl_device_id id, cl_device_info what, char *dst, size_t size)
@@ -258,6 +268,7 @@ st_status st_device_open(const st_device_list *list, size_t index, st_device **o
     dev->mem.capacity = dev->info.global_mem;
     pthread_mutex_init(&dev->mem_lock, NULL);
     pthread_mutex_init(&dev->prog_lock, NULL);
+    pthread_mutex_init(&dev->launch_lock, NULL);
 
     st_status s;
     cl_int err;
@@ -284,6 +295,8 @@ void st_device_close(st_device *dev)
 {
     if (!dev)
         return;
+    for (size_t i = 0; i < dev->n_kernels; i++)
+        clReleaseKernel(dev->kernels[i].kernel);
     for (size_t i = 0; i < dev->n_programs; i++)
         st_program_destroy(dev->programs[i].prog);
     if (dev->queue) {
@@ -294,6 +307,7 @@ void st_device_close(st_device *dev)
         clReleaseContext(dev->context);
     pthread_mutex_destroy(&dev->mem_lock);
     pthread_mutex_destroy(&dev->prog_lock);
+    pthread_mutex_destroy(&dev->launch_lock);
     free(dev);
 }
 
@@ -451,4 +465,51 @@ st_status st_device_program(st_device *dev, const char *file, const char *option
 done:
     pthread_mutex_unlock(&dev->prog_lock);
     return s;
+}
+
+st_status st_device_kernel(st_device *dev, const char *file, const char *name, cl_kernel *out)
+{
+    if (strlen(file) >= sizeof dev->kernels[0].file || strlen(name) >= sizeof dev->kernels[0].name)
+        return st_error(ST_ERR_INVALID, "kernel name too long: %s %s", file, name);
+    pthread_mutex_lock(&dev->launch_lock);
+    for (size_t i = 0; i < dev->n_kernels; i++) {
+        if (strcmp(dev->kernels[i].name, name) == 0 && strcmp(dev->kernels[i].file, file) == 0) {
+            *out = dev->kernels[i].kernel;
+            pthread_mutex_unlock(&dev->launch_lock);
+            return ST_OK;
+        }
+    }
+    pthread_mutex_unlock(&dev->launch_lock);
+
+    st_program *prog;
+    st_status s = st_device_program(dev, file, "", &prog);
+    if (s != ST_OK)
+        return s;
+    cl_kernel k;
+    if ((s = st_program_kernel(prog, name, &k)) != ST_OK)
+        return s;
+    pthread_mutex_lock(&dev->launch_lock);
+    if (dev->n_kernels == ST_DEVICE_MAX_KERNELS) {
+        pthread_mutex_unlock(&dev->launch_lock);
+        clReleaseKernel(k);
+        return st_error(ST_ERR_INVALID, "%s: more than %d kernels", dev->label,
+                        ST_DEVICE_MAX_KERNELS);
+    }
+    size_t i = dev->n_kernels++;
+    snprintf(dev->kernels[i].file, sizeof dev->kernels[i].file, "%s", file);
+    snprintf(dev->kernels[i].name, sizeof dev->kernels[i].name, "%s", name);
+    dev->kernels[i].kernel = k;
+    pthread_mutex_unlock(&dev->launch_lock);
+    *out = k;
+    return ST_OK;
+}
+
+void st_device_launch_lock(st_device *dev)
+{
+    pthread_mutex_lock(&dev->launch_lock);
+}
+
+void st_device_launch_unlock(st_device *dev)
+{
+    pthread_mutex_unlock(&dev->launch_lock);
 }
