@@ -1,0 +1,64 @@
+/*
+ * layers.h - forward and backward of the element-wise and per-row ops of a
+ * GPT block, on one device. Each call queues kernels and returns; outputs
+ * first, then inputs, then sizes. Gradients marked "+=" accumulate (the
+ * caller zeroes them once per step); the others overwrite.
+ *
+ * Shapes: N rows (B*T), C channels, V vocabulary, n elements.
+ * Every op has a plain-C reference in tests/ref_ops.c.
+ */
+#ifndef STRATA_LAYERS_H
+#define STRATA_LAYERS_H
+
+#include "strata/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out[N,C] = (inp - mean) * rstd * w + b; mean[N], rstd[N] kept. */
+st_status st_layernorm_fwd(st_tensor *out, st_tensor *mean, st_tensor *rstd,
+                           const st_tensor *inp, const st_tensor *w, const st_tensor *b,
+                           int N, int C, float eps);
+/* dinp[N,C] +=, dw[C] +=, db[C] += */
+st_status st_layernorm_bwd(st_tensor *dinp, st_tensor *dw, st_tensor *db, const st_tensor *dout,
+                           const st_tensor *inp, const st_tensor *w, const st_tensor *mean,
+                           const st_tensor *rstd, int N, int C);
+
+/* out[n] = gelu(inp) (tanh form) */
+st_status st_gelu_fwd(st_tensor *out, const st_tensor *inp, size_t n);
+/* dinp[n] = dout * gelu'(inp)  (overwrites) */
+st_status st_gelu_bwd(st_tensor *dinp, const st_tensor *inp, const st_tensor *dout, size_t n);
+
+/* out[n] = a + b */
+st_status st_residual_fwd(st_tensor *out, const st_tensor *a, const st_tensor *b, size_t n);
+/* da[n] += dout; db[n] += dout */
+st_status st_residual_bwd(st_tensor *da, st_tensor *db, const st_tensor *dout, size_t n);
+
+/* out[N,C] += bias[C] */
+st_status st_bias_fwd(st_tensor *out, const st_tensor *bias, int N, int C);
+/* dbias[C] += column sums of dout[N,C] */
+st_status st_bias_bwd(st_tensor *dbias, const st_tensor *dout, int N, int C);
+
+/* probs[N,V] = softmax(logits); losses[N] = -log probs[target] (0 where target < 0).
+ * probs may be the logits tensor itself. targets is I32. */
+st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logits,
+                      const st_tensor *targets, int N, int V);
+/* dlogits[N,V] = (probs - onehot) * dloss (overwrites; may be the probs tensor) */
+st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tensor *targets,
+                      float dloss, int N, int V);
+
+typedef struct st_adamw_hparams {
+    float lr, beta1, beta2, eps, weight_decay;
+} st_adamw_hparams;
+
+/* One AdamW step at step number t (from 1) on n elements; grad_scale
+ * multiplies the gradient first (1 without clipping). */
+st_status st_adamw_step(st_tensor *param, const st_tensor *grad, st_tensor *m, st_tensor *v,
+                        size_t n, const st_adamw_hparams *h, long t, float grad_scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

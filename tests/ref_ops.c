@@ -1,0 +1,122 @@
+/* ref_ops.c - the plain-C references, written for clarity, not speed. */
+#include <math.h>
+#include <string.h>
+
+#include "tests/ref_ops.h"
+
+void ref_layernorm_fwd(double *out, double *mean, double *rstd, const double *inp,
+                       const double *w, const double *b, int N, int C, double eps)
+{
+    for (int n = 0; n < N; n++) {
+        const double *x = inp + (size_t)n * C;
+        double m = 0, var = 0;
+        for (int c = 0; c < C; c++)
+            m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++)
+            var += (x[c] - m) * (x[c] - m);
+        var /= C;
+        double s = 1.0 / sqrt(var + eps);
+        for (int c = 0; c < C; c++)
+            out[(size_t)n * C + c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+void ref_layernorm_bwd(double *dinp, double *dw, double *db, const double *dout,
+                       const double *inp, const double *w, const double *mean,
+                       const double *rstd, int N, int C)
+{
+    for (int n = 0; n < N; n++) {
+        const double *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        double g_mean = 0, gx_mean = 0;
+        for (int c = 0; c < C; c++) {
+            double xhat = (x[c] - mean[n]) * rstd[n];
+            g_mean += dy[c] * w[c];
+            gx_mean += dy[c] * w[c] * xhat;
+            dw[c] += dy[c] * xhat;
+            db[c] += dy[c];
+        }
+        g_mean /= C;
+        gx_mean /= C;
+        for (int c = 0; c < C; c++) {
+            double xhat = (x[c] - mean[n]) * rstd[n];
+            dinp[(size_t)n * C + c] += rstd[n] * (dy[c] * w[c] - g_mean - xhat * gx_mean);
+        }
+    }
+}
+
+static const double gelu_k = 0.79788456080286535588; /* sqrt(2/pi) */
+
+void ref_gelu_fwd(double *out, const double *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double x = inp[i];
+        out[i] = 0.5 * x * (1.0 + tanh(gelu_k * (x + 0.044715 * x * x * x)));
+    }
+}
+
+void ref_gelu_bwd(double *dinp, const double *inp, const double *dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        double x = inp[i];
+        double t = tanh(gelu_k * (x + 0.044715 * x * x * x));
+        double du = gelu_k * (1.0 + 3.0 * 0.044715 * x * x);
+        dinp[i] = dout[i] * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+    }
+}
+
+void ref_bias_fwd(double *out, const double *bias, int N, int C)
+{
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            out[(size_t)n * C + c] += bias[c];
+}
+
+void ref_bias_bwd(double *dbias, const double *dout, int N, int C)
+{
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            dbias[c] += dout[(size_t)n * C + c];
+}
+
+void ref_xent_fwd(double *probs, double *losses, const double *logits, const int *targets, int N,
+                  int V)
+{
+    for (int n = 0; n < N; n++) {
+        const double *z = logits + (size_t)n * V;
+        double *p = probs + (size_t)n * V;
+        double m = -INFINITY, sum = 0;
+        for (int v = 0; v < V; v++)
+            m = z[v] > m ? z[v] : m;
+        for (int v = 0; v < V; v++)
+            sum += exp(z[v] - m);
+        for (int v = 0; v < V; v++)
+            p[v] = exp(z[v] - m) / sum;
+        int t = targets[n];
+        losses[n] = t >= 0 && t < V ? -log(p[t]) : 0.0;
+    }
+}
+
+void ref_xent_bwd(double *dlogits, const double *probs, const int *targets, double dloss, int N,
+                  int V)
+{
+    for (int n = 0; n < N; n++)
+        for (int v = 0; v < V; v++) {
+            size_t i = (size_t)n * V + v;
+            dlogits[i] = targets[n] >= 0 ? (probs[i] - (v == targets[n])) * dloss : 0.0;
+        }
+}
+
+void ref_adamw_step(double *param, const double *grad, double *m, double *v, size_t n, double lr,
+                    double b1, double b2, double eps, double wd, long t, double grad_scale)
+{
+    double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+    for (size_t i = 0; i < n; i++) {
+        double g = grad[i] * grad_scale;
+        m[i] = b1 * m[i] + (1 - b1) * g;
+        v[i] = b2 * v[i] + (1 - b2) * g * g;
+        param[i] -= lr * (m[i] / bc1 / (sqrt(v[i] / bc2) + eps) + wd * param[i]);
+    }
+}

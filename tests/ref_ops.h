@@ -1,0 +1,28 @@
+/*
+ * ref_ops.h - plain-C references of the ops in strata/layers.h, in double
+ * precision: the device kernels (float) are compared with them, and their
+ * backward passes are compared with finite differences of their forwards.
+ * Same argument order and accumulation rules as strata/layers.h.
+ */
+#ifndef STRATA_TESTS_REF_OPS_H
+#define STRATA_TESTS_REF_OPS_H
+
+#include <stddef.h>
+
+void ref_layernorm_fwd(double *out, double *mean, double *rstd, const double *inp,
+                       const double *w, const double *b, int N, int C, double eps);
+void ref_layernorm_bwd(double *dinp, double *dw, double *db, const double *dout,
+                       const double *inp, const double *w, const double *mean,
+                       const double *rstd, int N, int C);
+void ref_gelu_fwd(double *out, const double *inp, size_t n);
+void ref_gelu_bwd(double *dinp, const double *inp, const double *dout, size_t n);
+void ref_bias_fwd(double *out, const double *bias, int N, int C);
+void ref_bias_bwd(double *dbias, const double *dout, int N, int C);
+void ref_xent_fwd(double *probs, double *losses, const double *logits, const int *targets, int N,
+                  int V);
+void ref_xent_bwd(double *dlogits, const double *probs, const int *targets, double dloss, int N,
+                  int V);
+void ref_adamw_step(double *param, const double *grad, double *m, double *v, size_t n, double lr,
+                    double b1, double b2, double eps, double wd, long t, double grad_scale);
+
+#endif

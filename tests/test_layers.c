@@ -1,0 +1,390 @@
+/*
+ * test_layers.c - the ops of strata/layers.h on every device against the
+ * double-precision references of ref_ops.c, and those references' backward
+ * passes against central finite differences of their forwards.
+ *
+ * Tolerances: device (fp32) vs reference (fp64): atol 1e-5, rtol 1e-4 (sums
+ * over C of O(1) terms in fp32). Reference backward vs finite differences
+ * (h = 1e-5, fp64): atol 1e-7, rtol 1e-6.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "strata/layers.h"
+#include "tests/common.h"
+#include "tests/ref_ops.h"
+
+#define ATOL 1e-5
+#define RTOL 1e-4
+
+static test_devices td;
+
+/* ---- host arrays: floats for the device, the same values as doubles for the reference */
+
+static double *rnd(size_t n, unsigned long long seed, double scale)
+{
+    float *f = malloc(n * sizeof *f);
+    double *d = malloc(n * sizeof *d);
+    assert_true(f && d);
+    st_fill_random(f, n, seed);
+    for (size_t i = 0; i < n; i++)
+        d[i] = (double)(float)(f[i] * scale);
+    free(f);
+    return d;
+}
+
+static double *zeros(size_t n)
+{
+    double *d = calloc(n, sizeof *d);
+    assert_non_null(d);
+    return d;
+}
+
+static st_tensor *up(st_device *dev, const double *x, size_t n, const char *name)
+{
+    float *f = malloc(n * sizeof *f);
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)x[i];
+    st_tensor *t;
+    assert_ok(st_tensor_create(dev, ST_F32, 1, &n, name, &t));
+    assert_ok(st_tensor_write(t, 0, n, f));
+    free(f);
+    return t;
+}
+
+static st_tensor *up_int(st_device *dev, const int *x, size_t n)
+{
+    st_tensor *t;
+    assert_ok(st_tensor_create(dev, ST_I32, 1, &n, "targets", &t));
+    assert_ok(st_tensor_write(t, 0, n, x));
+    return t;
+}
+
+/* Reads a device tensor and compares it with a double reference. */
+static void check(const char *what, const st_tensor *t, const double *ref, size_t n)
+{
+    float *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want);
+    assert_true(got && want);
+    assert_ok(st_tensor_read(t, 0, n, got));
+    for (size_t i = 0; i < n; i++)
+        want[i] = (float)ref[i];
+    if (!st_compare_f32(got, want, n, ATOL, RTOL, NULL)) {
+        char buf[2048];
+        fail_msg("%s on %s: %s", what, st_device_label(st_tensor_device(t)),
+                 st_compare_describe(got, want, n, ATOL, RTOL, 5, buf, sizeof buf));
+    }
+    free(got);
+    free(want);
+}
+
+/* ---- finite differences */
+
+typedef double (*loss_fn)(void *ctx);
+
+static void check_fd(const char *what, double *x, size_t n, const double *analytic, loss_fn f,
+                     void *ctx)
+{
+    const double h = 1e-5;
+    size_t step = n > 64 ? n / 64 : 1; /* up to 64 samples spread over x */
+    for (size_t i = 0; i < n; i += step) {
+        double keep = x[i];
+        x[i] = keep + h;
+        double lp = f(ctx);
+        x[i] = keep - h;
+        double lm = f(ctx);
+        x[i] = keep;
+        double fd = (lp - lm) / (2 * h);
+        if (fabs(fd - analytic[i]) > 1e-7 + 1e-6 * fabs(fd))
+            fail_msg("%s[%zu]: backward %.10g, finite difference %.10g", what, i, analytic[i], fd);
+    }
+}
+
+/* ---- layernorm */
+
+typedef struct ln_ctx {
+    double *inp, *w, *b, *r;
+    int N, C;
+} ln_ctx;
+
+static double ln_loss(void *p)
+{
+    ln_ctx *c = p;
+    size_t NC = (size_t)c->N * c->C;
+    double *out = zeros(NC), *mean = zeros(c->N), *rstd = zeros(c->N);
+    ref_layernorm_fwd(out, mean, rstd, c->inp, c->w, c->b, c->N, c->C, 1e-5);
+    double L = 0;
+    for (size_t i = 0; i < NC; i++)
+        L += out[i] * c->r[i];
+    free(out);
+    free(mean);
+    free(rstd);
+    return L;
+}
+
+static void layernorm_reference_backward_is_the_gradient(void **state)
+{
+    (void)state;
+    int N = 3, C = 7;
+    size_t NC = (size_t)N * C;
+    ln_ctx c = {rnd(NC, 1, 2.0), rnd(C, 2, 1.0), rnd(C, 3, 1.0), rnd(NC, 4, 1.0), N, C};
+    double *out = zeros(NC), *mean = zeros(N), *rstd = zeros(N);
+    double *dinp = zeros(NC), *dw = zeros(C), *db = zeros(C);
+    ref_layernorm_fwd(out, mean, rstd, c.inp, c.w, c.b, N, C, 1e-5);
+    ref_layernorm_bwd(dinp, dw, db, c.r, c.inp, c.w, mean, rstd, N, C);
+    check_fd("layernorm dinp", c.inp, NC, dinp, ln_loss, &c);
+    check_fd("layernorm dw", c.w, C, dw, ln_loss, &c);
+    check_fd("layernorm db", c.b, C, db, ln_loss, &c);
+    free(c.inp), free(c.w), free(c.b), free(c.r), free(out), free(mean), free(rstd);
+    free(dinp), free(dw), free(db);
+}
+
+static void layernorm_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][2] = {{1, 1}, {13, 37}, {64, 256}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < 3; k++) {
+            st_device *dev = td.dev[d];
+            int N = shapes[k][0], C = shapes[k][1];
+            size_t NC = (size_t)N * C;
+            double *inp = rnd(NC, 10 + k, 3.0), *w = rnd(C, 11, 1.0), *b = rnd(C, 12, 1.0);
+            double *dout = rnd(NC, 13, 1.0);
+            double *out = zeros(NC), *mean = zeros(N), *rstd = zeros(N);
+            /* Gradients start non-zero: the op must add to them. */
+            double *dinp = rnd(NC, 14, 1.0), *dw = rnd(C, 15, 1.0), *db = rnd(C, 16, 1.0);
+            st_tensor *t_inp = up(dev, inp, NC, "inp"), *t_w = up(dev, w, C, "w"),
+                      *t_b = up(dev, b, C, "b"), *t_dout = up(dev, dout, NC, "dout"),
+                      *t_out = up(dev, out, NC, "out"), *t_mean = up(dev, mean, N, "mean"),
+                      *t_rstd = up(dev, rstd, N, "rstd"), *t_dinp = up(dev, dinp, NC, "dinp"),
+                      *t_dw = up(dev, dw, C, "dw"), *t_db = up(dev, db, C, "db");
+            ref_layernorm_fwd(out, mean, rstd, inp, w, b, N, C, 1e-5);
+            ref_layernorm_bwd(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+            assert_ok(st_layernorm_fwd(t_out, t_mean, t_rstd, t_inp, t_w, t_b, N, C, 1e-5f));
+            assert_ok(st_layernorm_bwd(t_dinp, t_dw, t_db, t_dout, t_inp, t_w, t_mean, t_rstd, N,
+                                       C));
+            check("layernorm out", t_out, out, NC);
+            check("layernorm mean", t_mean, mean, N);
+            check("layernorm rstd", t_rstd, rstd, N);
+            check("layernorm dinp", t_dinp, dinp, NC);
+            check("layernorm dw", t_dw, dw, C);
+            check("layernorm db", t_db, db, C);
+            st_tensor *all[] = {t_inp, t_w, t_b, t_dout, t_out, t_mean, t_rstd, t_dinp, t_dw, t_db};
+            for (size_t i = 0; i < 10; i++)
+                st_tensor_destroy(all[i]);
+            free(inp), free(w), free(b), free(dout), free(out), free(mean), free(rstd);
+            free(dinp), free(dw), free(db);
+        }
+}
+
+/* ---- gelu */
+
+typedef struct gelu_ctx {
+    double *inp, *r;
+    size_t n;
+} gelu_ctx;
+
+static double gelu_loss(void *p)
+{
+    gelu_ctx *c = p;
+    double *out = zeros(c->n), L = 0;
+    ref_gelu_fwd(out, c->inp, c->n);
+    for (size_t i = 0; i < c->n; i++)
+        L += out[i] * c->r[i];
+    free(out);
+    return L;
+}
+
+static void gelu_reference_and_device(void **state)
+{
+    (void)state;
+    size_t n = 1000;
+    gelu_ctx c = {rnd(n, 20, 5.0), rnd(n, 21, 1.0), n};
+    double *out = zeros(n), *dinp = zeros(n);
+    ref_gelu_fwd(out, c.inp, n);
+    ref_gelu_bwd(dinp, c.inp, c.r, n);
+    check_fd("gelu dinp", c.inp, n, dinp, gelu_loss, &c);
+    /* Known values: gelu(0) = 0; gelu(x) -> x for large x; -> 0 for very negative x. */
+    double x[3] = {0.0, 10.0, -10.0}, y[3];
+    ref_gelu_fwd(y, x, 3);
+    assert_true(y[0] == 0.0 && fabs(y[1] - 10.0) < 1e-12 && fabs(y[2]) < 1e-12);
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        st_tensor *t_inp = up(dev, c.inp, n, "inp"), *t_r = up(dev, c.r, n, "dout");
+        st_tensor *t_out = up(dev, c.r, n, "out"), *t_dinp = up(dev, c.r, n, "dinp");
+        assert_ok(st_gelu_fwd(t_out, t_inp, n));
+        assert_ok(st_gelu_bwd(t_dinp, t_inp, t_r, n));
+        check("gelu out", t_out, out, n);
+        check("gelu dinp", t_dinp, dinp, n);
+        st_tensor_destroy(t_inp), st_tensor_destroy(t_r), st_tensor_destroy(t_out);
+        st_tensor_destroy(t_dinp);
+    }
+    free(c.inp), free(c.r), free(out), free(dinp);
+}
+
+/* ---- residual and bias: linear, checked exactly against the reference */
+
+static void residual_and_bias_match(void **state)
+{
+    (void)state;
+    int N = 37, C = 19;
+    size_t n = (size_t)N * C;
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *a = rnd(n, 30, 1.0), *b = rnd(n, 31, 1.0), *g = rnd(n, 32, 1.0);
+        double *da = rnd(n, 33, 1.0), *db = rnd(n, 34, 1.0), *bias = rnd(C, 35, 1.0);
+        double *dbias = rnd(C, 36, 1.0), *out = zeros(n);
+        st_tensor *ta = up(dev, a, n, "a"), *tb = up(dev, b, n, "b"), *tg = up(dev, g, n, "g"),
+                  *tda = up(dev, da, n, "da"), *tdb = up(dev, db, n, "db"),
+                  *tbias = up(dev, bias, C, "bias"), *tdbias = up(dev, dbias, C, "dbias"),
+                  *tout = up(dev, out, n, "out");
+        for (size_t i = 0; i < n; i++) {
+            out[i] = a[i] + b[i];
+            da[i] += g[i];
+            db[i] += g[i];
+        }
+        assert_ok(st_residual_fwd(tout, ta, tb, n));
+        assert_ok(st_residual_bwd(tda, tdb, tg, n));
+        check("residual out", tout, out, n);
+        check("residual da", tda, da, n);
+        check("residual db", tdb, db, n);
+        ref_bias_fwd(out, bias, N, C);
+        ref_bias_bwd(dbias, g, N, C);
+        assert_ok(st_bias_fwd(tout, tbias, N, C));
+        assert_ok(st_bias_bwd(tdbias, tg, N, C));
+        check("bias out", tout, out, n);
+        check("bias dbias", tdbias, dbias, C);
+        st_tensor *all[] = {ta, tb, tg, tda, tdb, tbias, tdbias, tout};
+        for (size_t i = 0; i < 8; i++)
+            st_tensor_destroy(all[i]);
+        free(a), free(b), free(g), free(da), free(db), free(bias), free(dbias), free(out);
+    }
+}
+
+/* ---- softmax + cross-entropy */
+
+typedef struct xent_ctx {
+    double *logits;
+    const int *targets;
+    int N, V, counted;
+} xent_ctx;
+
+static double xent_loss(void *p)
+{
+    xent_ctx *c = p;
+    size_t NV = (size_t)c->N * c->V;
+    double *probs = zeros(NV), *losses = zeros(c->N), L = 0;
+    ref_xent_fwd(probs, losses, c->logits, c->targets, c->N, c->V);
+    for (int n = 0; n < c->N; n++)
+        L += losses[n];
+    free(probs);
+    free(losses);
+    return L / c->counted;
+}
+
+static void xent_reference_and_device(void **state)
+{
+    (void)state;
+    int N = 9, V = 301;
+    size_t NV = (size_t)N * V;
+    int targets[9] = {0, 300, 17, -1, 5, 5, 299, 1, 150}; /* row 3 has no target */
+    xent_ctx c = {rnd(NV, 40, 8.0), targets, N, V, 8};
+    double *probs = zeros(NV), *losses = zeros(N), *dlogits = zeros(NV);
+    ref_xent_fwd(probs, losses, c.logits, targets, N, V);
+    ref_xent_bwd(dlogits, probs, targets, 1.0 / c.counted, N, V);
+    check_fd("xent dlogits", c.logits, NV, dlogits, xent_loss, &c);
+    assert_true(losses[3] == 0.0);
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        st_tensor *tl = up(dev, c.logits, NV, "logits"), *tt = up_int(dev, targets, N);
+        st_tensor *tp = up(dev, probs, NV, "probs"), *tloss = up(dev, losses, N, "losses");
+        /* In place, as the head uses it: probabilities over the logits, then
+         * the gradient over the probabilities. */
+        assert_ok(st_xent_fwd(tl, tloss, tl, tt, N, V));
+        check("xent probs", tl, probs, NV);
+        check("xent losses", tloss, losses, N);
+        assert_ok(st_xent_bwd(tl, tl, tt, 1.0f / c.counted, N, V));
+        check("xent dlogits", tl, dlogits, NV);
+        st_tensor_destroy(tl), st_tensor_destroy(tt), st_tensor_destroy(tp);
+        st_tensor_destroy(tloss);
+    }
+    free(c.logits), free(probs), free(losses), free(dlogits);
+}
+
+/* ---- AdamW */
+
+static void adamw_matches_reference_over_steps(void **state)
+{
+    (void)state;
+    size_t n = 513;
+    st_adamw_hparams h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+                          .weight_decay = 0.1f};
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *p = rnd(n, 50, 1.0), *m = zeros(n), *v = zeros(n);
+        st_tensor *tp = up(dev, p, n, "param"), *tm = up(dev, m, n, "m"), *tv = up(dev, v, n, "v");
+        for (long t = 1; t <= 3; t++) {
+            double *g = rnd(n, 60 + (unsigned long long)t, 1.0);
+            st_tensor *tg = up(dev, g, n, "grad");
+            float scale = t == 2 ? 0.5f : 1.0f;
+            assert_ok(st_adamw_step(tp, tg, tm, tv, n, &h, t, scale));
+            ref_adamw_step(p, g, m, v, n, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, t,
+                           scale);
+            st_tensor_destroy(tg);
+            free(g);
+        }
+        check("adamw param", tp, p, n);
+        check("adamw m", tm, m, n);
+        check("adamw v", tv, v, n);
+        assert_int_equal(st_adamw_step(tp, tp, tm, tv, n, &h, 0, 1.0f), ST_ERR_INVALID);
+        st_tensor_destroy(tp), st_tensor_destroy(tm), st_tensor_destroy(tv);
+        free(p), free(m), free(v);
+    }
+}
+
+static void wrong_sizes_are_refused(void **state)
+{
+    (void)state;
+    st_device *dev = td.dev[0];
+    size_t n = 10;
+    st_tensor *a, *i;
+    assert_ok(st_tensor_create(dev, ST_F32, 1, &n, "small", &a));
+    assert_ok(st_tensor_create(dev, ST_I32, 1, &n, "ints", &i));
+    assert_int_equal(st_gelu_fwd(a, a, 11), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "'small' has 10 elements, needs 11");
+    assert_int_equal(st_residual_fwd(a, i, a, 10), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "expected F32");
+    assert_int_equal(st_layernorm_fwd(a, a, a, a, a, a, 0, 5, 1e-5f), ST_ERR_INVALID);
+    assert_int_equal(st_xent_fwd(a, a, a, a, 2, 5), ST_ERR_INVALID); /* targets must be I32 */
+    st_tensor_destroy(a);
+    st_tensor_destroy(i);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    test_devices_close(&td);
+    return 0;
+}
+
+int main(void)
+{
+    test_devices_open_or_skip(&td);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(layernorm_reference_backward_is_the_gradient),
+        cmocka_unit_test(layernorm_matches_reference),
+        cmocka_unit_test(gelu_reference_and_device),
+        cmocka_unit_test(residual_and_bias_match),
+        cmocka_unit_test(xent_reference_and_device),
+        cmocka_unit_test(adamw_matches_reference_over_steps),
+        cmocka_unit_test(wrong_sizes_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, group_teardown);
+}
