@@ -120,3 +120,98 @@ void ref_adamw_step(double *param, const double *grad, double *m, double *v, siz
         param[i] -= lr * (m[i] / bc1 / (sqrt(v[i] / bc2) + eps) + wd * param[i]);
     }
 }
+
+void ref_encoder_fwd(double *out, const int *tokens, const double *wte, const double *wpe, int B,
+                     int T, int C)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C; c++)
+                out[((size_t)b * T + t) * C + c] =
+                    wte[(size_t)tokens[b * T + t] * C + c] + wpe[(size_t)t * C + c];
+}
+
+void ref_encoder_bwd(double *dwte, double *dwpe, const double *dout, const int *tokens, int B,
+                     int T, int C)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C; c++) {
+                double g = dout[((size_t)b * T + t) * C + c];
+                dwte[(size_t)tokens[b * T + t] * C + c] += g;
+                dwpe[(size_t)t * C + c] += g;
+            }
+}
+
+/* Element of q (which=0), k (1) or v (2) for sequence b, position t, head h, channel i. */
+static size_t qkv_at(int which, int b, int t, int h, int i, int T, int C, int HS)
+{
+    return ((size_t)b * T + t) * 3 * C + (size_t)which * C + (size_t)h * HS + i;
+}
+
+void ref_attention_fwd(double *out, double *att, const double *qkv, int B, int T, int C, int NH)
+{
+    int HS = C / NH;
+    double scale = 1.0 / sqrt((double)HS);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                double *a = att + (((size_t)b * NH + h) * T + t) * T;
+                double m = -INFINITY, sum = 0;
+                for (int s = 0; s < T; s++) {
+                    double dot = 0;
+                    for (int i = 0; i < HS; i++)
+                        dot += qkv[qkv_at(0, b, t, h, i, T, C, HS)] *
+                               qkv[qkv_at(1, b, s, h, i, T, C, HS)];
+                    a[s] = dot * scale;
+                    if (s <= t && a[s] > m)
+                        m = a[s];
+                }
+                for (int s = 0; s < T; s++) {
+                    a[s] = s <= t ? exp(a[s] - m) : 0.0;
+                    sum += a[s];
+                }
+                for (int s = 0; s < T; s++)
+                    a[s] /= sum;
+                for (int i = 0; i < HS; i++) {
+                    double o = 0;
+                    for (int s = 0; s <= t; s++)
+                        o += a[s] * qkv[qkv_at(2, b, s, h, i, T, C, HS)];
+                    out[((size_t)b * T + t) * C + (size_t)h * HS + i] = o;
+                }
+            }
+}
+
+void ref_attention_bwd(double *dqkv, const double *dout, const double *qkv, const double *att,
+                       int B, int T, int C, int NH)
+{
+    int HS = C / NH;
+    double scale = 1.0 / sqrt((double)HS);
+    memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof *dqkv);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *a = att + (((size_t)b * NH + h) * T + t) * T;
+                const double *dy = dout + ((size_t)b * T + t) * C + (size_t)h * HS;
+                double da[4096]; /* T is small in the tests */
+                for (int s = 0; s <= t; s++) {
+                    da[s] = 0;
+                    for (int i = 0; i < HS; i++) {
+                        da[s] += dy[i] * qkv[qkv_at(2, b, s, h, i, T, C, HS)];
+                        dqkv[qkv_at(2, b, s, h, i, T, C, HS)] += a[s] * dy[i];
+                    }
+                }
+                double dot = 0;
+                for (int s = 0; s <= t; s++)
+                    dot += a[s] * da[s];
+                for (int s = 0; s <= t; s++) {
+                    double ds = a[s] * (da[s] - dot) * scale; /* through the softmax and scale */
+                    for (int i = 0; i < HS; i++) {
+                        dqkv[qkv_at(0, b, t, h, i, T, C, HS)] +=
+                            ds * qkv[qkv_at(1, b, s, h, i, T, C, HS)];
+                        dqkv[qkv_at(1, b, s, h, i, T, C, HS)] +=
+                            ds * qkv[qkv_at(0, b, t, h, i, T, C, HS)];
+                    }
+                }
+            }
+}

@@ -25,4 +25,14 @@ void ref_xent_bwd(double *dlogits, const double *probs, const int *targets, doub
 void ref_adamw_step(double *param, const double *grad, double *m, double *v, size_t n, double lr,
                     double b1, double b2, double eps, double wd, long t, double grad_scale);
 
+void ref_encoder_fwd(double *out, const int *tokens, const double *wte, const double *wpe, int B,
+                     int T, int C);
+void ref_encoder_bwd(double *dwte, double *dwpe, const double *dout, const int *tokens, int B,
+                     int T, int C);
+/* qkv[B,T,3C] -> att[B,NH,T,T] (probabilities, 0 above the diagonal), out[B,T,C] */
+void ref_attention_fwd(double *out, double *att, const double *qkv, int B, int T, int C, int NH);
+/* dqkv[B,T,3C] = gradient (overwrites) */
+void ref_attention_bwd(double *dqkv, const double *dout, const double *qkv, const double *att,
+                       int B, int T, int C, int NH);
+
 #endif

@@ -349,6 +349,100 @@ static void adamw_matches_reference_over_steps(void **state)
     }
 }
 
+/* ---- encoder */
+
+static void encoder_matches_reference(void **state)
+{
+    (void)state;
+    int B = 3, T = 5, C = 6, V = 7;
+    int tokens[15] = {0, 6, 3, 3, 1, 6, 6, 6, 0, 2, 3, 5, 4, 1, 3}; /* repeats on purpose */
+    size_t BTC = (size_t)B * T * C;
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *wte = rnd((size_t)V * C, 70, 1.0), *wpe = rnd((size_t)T * C, 71, 1.0);
+        double *dout = rnd(BTC, 72, 1.0), *out = zeros(BTC);
+        double *dwte = rnd((size_t)V * C, 73, 1.0), *dwpe = rnd((size_t)T * C, 74, 1.0);
+        st_tensor *tt = up_int(dev, tokens, 15), *twte = up(dev, wte, (size_t)V * C, "wte"),
+                  *twpe = up(dev, wpe, (size_t)T * C, "wpe"), *tdout = up(dev, dout, BTC, "dout"),
+                  *tout = up(dev, out, BTC, "out"), *tdwte = up(dev, dwte, (size_t)V * C, "dwte"),
+                  *tdwpe = up(dev, dwpe, (size_t)T * C, "dwpe");
+        ref_encoder_fwd(out, tokens, wte, wpe, B, T, C);
+        ref_encoder_bwd(dwte, dwpe, dout, tokens, B, T, C);
+        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, B, T, C, V));
+        assert_ok(st_encoder_bwd(tdwte, tdwpe, tdout, tt, B, T, C, V));
+        check("encoder out", tout, out, BTC);
+        check("encoder dwte", tdwte, dwte, (size_t)V * C);
+        check("encoder dwpe", tdwpe, dwpe, (size_t)T * C);
+        st_tensor *all[] = {tt, twte, twpe, tdout, tout, tdwte, tdwpe};
+        for (size_t i = 0; i < 7; i++)
+            st_tensor_destroy(all[i]);
+        free(wte), free(wpe), free(dout), free(out), free(dwte), free(dwpe);
+    }
+}
+
+/* ---- attention */
+
+typedef struct attn_ctx {
+    double *qkv, *r;
+    int B, T, C, NH;
+} attn_ctx;
+
+static double attn_loss(void *p)
+{
+    attn_ctx *c = p;
+    size_t n = (size_t)c->B * c->T * c->C;
+    double *out = zeros(n), *att = zeros((size_t)c->B * c->NH * c->T * c->T), L = 0;
+    ref_attention_fwd(out, att, c->qkv, c->B, c->T, c->C, c->NH);
+    for (size_t i = 0; i < n; i++)
+        L += out[i] * c->r[i];
+    free(out);
+    free(att);
+    return L;
+}
+
+static void attention_reference_backward_is_the_gradient(void **state)
+{
+    (void)state;
+    int B = 2, T = 4, C = 6, NH = 2;
+    size_t n = (size_t)B * T * C, nq = 3 * n, na = (size_t)B * NH * T * T;
+    attn_ctx c = {rnd(nq, 80, 1.5), rnd(n, 81, 1.0), B, T, C, NH};
+    double *out = zeros(n), *att = zeros(na), *dqkv = zeros(nq);
+    ref_attention_fwd(out, att, c.qkv, B, T, C, NH);
+    ref_attention_bwd(dqkv, c.r, c.qkv, att, B, T, C, NH);
+    check_fd("attention dqkv", c.qkv, nq, dqkv, attn_loss, &c);
+    /* Causal: the first position attends only to itself. */
+    assert_true(fabs(att[0] - 1.0) < 1e-15 && att[1] == 0.0);
+    free(c.qkv), free(c.r), free(out), free(att), free(dqkv);
+}
+
+static void attention_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = {{1, 1, 4, 1}, {2, 5, 12, 3}, {3, 17, 32, 4}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < 3; k++) {
+            st_device *dev = td.dev[d];
+            int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], NH = shapes[k][3];
+            size_t n = (size_t)B * T * C, nq = 3 * n, na = (size_t)B * NH * T * T;
+            double *qkv = rnd(nq, 90 + k, 2.0), *dout = rnd(n, 95 + k, 1.0);
+            double *out = zeros(n), *att = zeros(na), *dqkv = zeros(nq);
+            ref_attention_fwd(out, att, qkv, B, T, C, NH);
+            ref_attention_bwd(dqkv, dout, qkv, att, B, T, C, NH);
+            st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
+                      *tout = up(dev, dout, n, "out"), *tatt = up(dev, att, na, "att"),
+                      *tdatt = up(dev, att, na, "datt"), *tdq = up(dev, qkv, nq, "dqkv");
+            assert_ok(st_attention_fwd(tout, tatt, tq, B, T, C, NH));
+            assert_ok(st_attention_bwd(tdq, tdatt, tdout, tq, tatt, B, T, C, NH));
+            check("attention out", tout, out, n);
+            check("attention att", tatt, att, na);
+            check("attention dqkv", tdq, dqkv, nq);
+            st_tensor *all[] = {tq, tdout, tout, tatt, tdatt, tdq};
+            for (size_t i = 0; i < 6; i++)
+                st_tensor_destroy(all[i]);
+            free(qkv), free(dout), free(out), free(att), free(dqkv);
+        }
+}
+
 static void wrong_sizes_are_refused(void **state)
 {
     (void)state;
@@ -384,6 +478,9 @@ int main(void)
         cmocka_unit_test(residual_and_bias_match),
         cmocka_unit_test(xent_reference_and_device),
         cmocka_unit_test(adamw_matches_reference_over_steps),
+        cmocka_unit_test(encoder_matches_reference),
+        cmocka_unit_test(attention_reference_backward_is_the_gradient),
+        cmocka_unit_test(attention_matches_reference),
         cmocka_unit_test(wrong_sizes_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

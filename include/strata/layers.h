@@ -48,6 +48,23 @@ st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logi
 st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tensor *targets,
                       float dloss, int N, int V);
 
+/* out[B,T,C] = wte[tokens] + wpe[t]; tokens is I32 [B*T]. */
+st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte,
+                         const st_tensor *wpe, int B, int T, int C, int V);
+/* dwte[V,C] +=, dwpe[T rows of C] += */
+st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout,
+                         const st_tensor *tokens, int B, int T, int C, int V);
+
+/* Causal multi-head attention on qkv[B,T,3C] (q | k | v along the last axis):
+ * att[B,NH,T,T] = softmax(q.k^T / sqrt(C/NH)) with the causal mask (kept for
+ * backward); out[B,T,C] = att.v, heads side by side. */
+st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv, int B, int T,
+                           int C, int NH);
+/* dqkv[B,T,3C] = gradient (overwrites); datt[B,NH,T,T] is scratch. */
+st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *dout,
+                           const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
+                           int NH);
+
 typedef struct st_adamw_hparams {
     float lr, beta1, beta2, eps, weight_decay;
 } st_adamw_hparams;

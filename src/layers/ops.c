@@ -6,11 +6,12 @@
 
 #include "strata/cl.h"
 #include "strata/layers.h"
+#include "layers/check.h"
 
 #define LOCAL 64 /* work-group size for 1-D element-wise launches */
 
 /* Every tensor an op touches must hold at least `need` elements of the right type. */
-static st_status need(const char *op, const st_tensor *t, size_t n, st_dtype dtype)
+st_status st_op_need(const char *op, const st_tensor *t, size_t n, st_dtype dtype)
 {
     if (!t)
         return st_error(ST_ERR_INVALID, "%s: a tensor argument is missing", op);
@@ -23,13 +24,6 @@ static st_status need(const char *op, const st_tensor *t, size_t n, st_dtype dty
                         st_tensor_name(t), st_tensor_numel(t), n);
     return ST_OK;
 }
-
-#define NEED(op, t, n)                                                         \
-    do {                                                                       \
-        st_status s_ = need((op), (t), (n), ST_F32);                           \
-        if (s_ != ST_OK)                                                       \
-            return s_;                                                         \
-    } while (0)
 
 static st_status check_rows(const char *op, int N, int C)
 {
@@ -150,7 +144,7 @@ st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logi
     NEED("xent_fwd", probs, (size_t)N * V);
     NEED("xent_fwd", losses, (size_t)N);
     NEED("xent_fwd", logits, (size_t)N * V);
-    if ((s = need("xent_fwd", targets, (size_t)N, ST_I32)) != ST_OK)
+    if ((s = st_op_need("xent_fwd", targets, (size_t)N, ST_I32)) != ST_OK)
         return s;
     return ST_LAUNCH(st_tensor_device(probs), "xent.cl", "xent_fwd", (size_t)N, LOCAL,
                      ST_KT(probs), ST_KT(losses), ST_KT(logits), ST_KT(targets), ST_KI(N),
@@ -165,7 +159,7 @@ st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tenso
         return s;
     NEED("xent_bwd", dlogits, (size_t)N * V);
     NEED("xent_bwd", probs, (size_t)N * V);
-    if ((s = need("xent_bwd", targets, (size_t)N, ST_I32)) != ST_OK)
+    if ((s = st_op_need("xent_bwd", targets, (size_t)N, ST_I32)) != ST_OK)
         return s;
     return ST_LAUNCH(st_tensor_device(dlogits), "xent.cl", "xent_bwd", (size_t)N * V, LOCAL,
                      ST_KT(dlogits), ST_KT(probs), ST_KT(targets), ST_KF(dloss), ST_KI(N),

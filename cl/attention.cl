@@ -1,0 +1,51 @@
+/*
+ * attention.cl - the causal softmax of attention scores, forward and backward.
+ * The products Q.K^T, P.V and their gradients go through CLBlast (layers/attention.c).
+ *
+ * att, datt: [B, NH, T, T]   one row per (b, h, t); row t sees positions 0..t.
+ *
+ * forward (in place):  att[r, s] = softmax over s <= t of att[r, :], 0 for s > t
+ * backward (in place): datt[r, s] = att[r, s] * (datt[r, s] - sum_s' att[r, s'] datt[r, s'])
+ */
+__kernel void attention_softmax_fwd(__global float *att, const ulong att_off,
+                                    const int rows, const int T)
+{
+    const int r = get_global_id(0);
+    if (r >= rows)
+        return;
+    const int t = r % T;
+    __global float *a = att + att_off + (size_t)r * T;
+    float m = -INFINITY;
+    for (int s = 0; s <= t; s++)
+        m = fmax(m, a[s]);
+    float sum = 0.0f;
+    for (int s = 0; s <= t; s++) {
+        const float e = exp(a[s] - m);
+        a[s] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int s = 0; s <= t; s++)
+        a[s] *= inv;
+    for (int s = t + 1; s < T; s++)
+        a[s] = 0.0f;
+}
+
+__kernel void attention_softmax_bwd(__global float *datt, const ulong datt_off,
+                                    __global const float *att, const ulong att_off,
+                                    const int rows, const int T)
+{
+    const int r = get_global_id(0);
+    if (r >= rows)
+        return;
+    const int t = r % T;
+    __global float *d = datt + datt_off + (size_t)r * T;
+    __global const float *p = att + att_off + (size_t)r * T;
+    float dot = 0.0f;
+    for (int s = 0; s <= t; s++)
+        dot += p[s] * d[s];
+    for (int s = 0; s <= t; s++)
+        d[s] = p[s] * (d[s] - dot);
+    for (int s = t + 1; s < T; s++)
+        d[s] = 0.0f;
+}

@@ -1,0 +1,53 @@
+/*
+ * encoder.cl - token + position embedding.
+ *
+ * tokens: [B*T] int    wte, dwte: [V, C]    wpe, dwpe: [maxT, C]    out, dout: [B, T, C]
+ *
+ * forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+ * backward: dwte[v,:] += sum of dout[b,t,:] over tokens[b,t] == v;  dwpe[t,:] += sum_b dout[b,t,:]
+ * The token gradient gives each work-item one channel and walks the tokens in
+ * order, so repeated tokens are summed in a fixed order without atomics.
+ * Token ids outside [0, V) are skipped (the data loader refuses them first).
+ */
+__kernel void encoder_fwd(__global float *out, const ulong out_off,
+                          __global const int *tokens, const ulong tokens_off,
+                          __global const float *wte, const ulong wte_off,
+                          __global const float *wpe, const ulong wpe_off,
+                          const int BT, const int T, const int C, const int V)
+{
+    const size_t i = get_global_id(0);
+    if (i >= (size_t)BT * C)
+        return;
+    const int n = i / C, c = i % C, t = n % T;
+    const int tok = tokens[tokens_off + n];
+    const float e = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
+    out[out_off + i] = e + wpe[wpe_off + (size_t)t * C + c];
+}
+
+__kernel void encoder_bwd_wte(__global float *dwte, const ulong dwte_off,
+                              __global const int *tokens, const ulong tokens_off,
+                              __global const float *dout, const ulong dout_off,
+                              const int BT, const int C, const int V)
+{
+    const int c = get_global_id(0);
+    if (c >= C)
+        return;
+    for (int n = 0; n < BT; n++) {
+        const int tok = tokens[tokens_off + n];
+        if (tok >= 0 && tok < V)
+            dwte[dwte_off + (size_t)tok * C + c] += dout[dout_off + (size_t)n * C + c];
+    }
+}
+
+__kernel void encoder_bwd_wpe(__global float *dwpe, const ulong dwpe_off,
+                              __global const float *dout, const ulong dout_off,
+                              const int B, const int T, const int C)
+{
+    const size_t i = get_global_id(0);
+    if (i >= (size_t)T * C)
+        return;
+    float s = 0.0f;
+    for (int b = 0; b < B; b++)
+        s += dout[dout_off + (size_t)b * T * C + i];
+    dwpe[dwpe_off + i] += s;
+}

@@ -1,0 +1,110 @@
+/*
+ * attention.c - causal multi-head attention: the products through CLBlast
+ * (batched over heads, one call per sequence of the batch), the causal
+ * softmax in cl/attention.cl.
+ *
+ * Per sequence b and head h, with HS = C / NH and row stride 3C in qkv:
+ *   Q = qkv[b, :, h*HS ...], K = qkv[b, :, C + h*HS ...], V = qkv[b, :, 2C + h*HS ...]
+ *   att[b,h] = softmax_causal(Q K^T * scale),  out[b, :, h*HS ...] = att[b,h] V
+ * Heads are HS elements apart in qkv and out, T*T apart in att: one strided
+ * batch of NH products per sequence.
+ */
+#include <math.h>
+
+#include "layers/check.h"
+#include "strata/cl.h"
+#include "strata/gemm.h"
+#include "strata/layers.h"
+
+static st_status check_shapes(const char *op, int B, int T, int C, int NH)
+{
+    if (B < 1 || T < 1 || C < 1 || NH < 1 || C % NH != 0)
+        return st_error(ST_ERR_INVALID, "%s: bad shape B=%d T=%d C=%d NH=%d", op, B, T, C, NH);
+    return ST_OK;
+}
+
+/* One strided batch over the NH heads of sequence b. Offsets are per sequence. */
+static st_status heads_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                            const st_tensor *a, size_t a_off, size_t lda, size_t a_stride,
+                            const st_tensor *b, size_t b_off, size_t ldb, size_t b_stride,
+                            st_tensor *c, size_t c_off, size_t ldc, size_t c_stride, int NH)
+{
+    st_gemm_args g = {.trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .alpha = alpha,
+                      .beta = 0.0f,
+                      .a = a, .a_offset = a_off, .lda = lda, .a_stride = a_stride,
+                      .b = b, .b_offset = b_off, .ldb = ldb, .b_stride = b_stride,
+                      .c = c, .c_offset = c_off, .ldc = ldc, .c_stride = c_stride,
+                      .batch = (size_t)NH};
+    return st_gemm(&g);
+}
+
+st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv, int B, int T,
+                           int C, int NH)
+{
+    st_status s = check_shapes("attention_fwd", B, T, C, NH);
+    if (s != ST_OK)
+        return s;
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, HS = Cs / (size_t)NH;
+    NEED("attention_fwd", out, Bs * Ts * Cs);
+    NEED("attention_fwd", att, Bs * (size_t)NH * Ts * Ts);
+    NEED("attention_fwd", qkv, Bs * Ts * 3 * Cs);
+    float scale = (float)(1.0 / sqrt((double)HS));
+    for (size_t b = 0; b < Bs; b++) {
+        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
+        /* att = Q K^T * scale */
+        if ((s = heads_gemm(false, true, Ts, Ts, HS, scale, qkv, q, 3 * Cs, HS, qkv, q + Cs,
+                            3 * Cs, HS, att, a, Ts, Ts * Ts, NH)) != ST_OK)
+            return s;
+    }
+    size_t rows = Bs * (size_t)NH * Ts;
+    if ((s = ST_LAUNCH(st_tensor_device(att), "attention.cl", "attention_softmax_fwd", rows, 64,
+                       ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
+        return s;
+    for (size_t b = 0; b < Bs; b++) {
+        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
+        /* out = att V */
+        if ((s = heads_gemm(false, false, Ts, HS, Ts, 1.0f, att, a, Ts, Ts * Ts, qkv,
+                            q + 2 * Cs, 3 * Cs, HS, out, b * Ts * Cs, Cs, HS, NH)) != ST_OK)
+            return s;
+    }
+    return ST_OK;
+}
+
+st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *dout,
+                           const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
+                           int NH)
+{
+    st_status s = check_shapes("attention_bwd", B, T, C, NH);
+    if (s != ST_OK)
+        return s;
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, HS = Cs / (size_t)NH;
+    NEED("attention_bwd", dqkv, Bs * Ts * 3 * Cs);
+    NEED("attention_bwd", datt, Bs * (size_t)NH * Ts * Ts);
+    NEED("attention_bwd", dout, Bs * Ts * Cs);
+    NEED("attention_bwd", qkv, Bs * Ts * 3 * Cs);
+    NEED("attention_bwd", att, Bs * (size_t)NH * Ts * Ts);
+    float scale = (float)(1.0 / sqrt((double)HS));
+    for (size_t b = 0; b < Bs; b++) {
+        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts, o = b * Ts * Cs;
+        /* datt = dout V^T;  dV = att^T dout */
+        if ((s = heads_gemm(false, true, Ts, Ts, HS, 1.0f, dout, o, Cs, HS, qkv, q + 2 * Cs,
+                            3 * Cs, HS, datt, a, Ts, Ts * Ts, NH)) != ST_OK ||
+            (s = heads_gemm(true, false, Ts, HS, Ts, 1.0f, att, a, Ts, Ts * Ts, dout, o, Cs, HS,
+                            dqkv, q + 2 * Cs, 3 * Cs, HS, NH)) != ST_OK)
+            return s;
+    }
+    size_t rows = Bs * (size_t)NH * Ts;
+    if ((s = ST_LAUNCH(st_tensor_device(datt), "attention.cl", "attention_softmax_bwd", rows, 64,
+                       ST_KT(datt), ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
+        return s;
+    for (size_t b = 0; b < Bs; b++) {
+        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
+        /* dQ = dS K * scale;  dK = dS^T Q * scale */
+        if ((s = heads_gemm(false, false, Ts, HS, Ts, scale, datt, a, Ts, Ts * Ts, qkv, q + Cs,
+                            3 * Cs, HS, dqkv, q, 3 * Cs, HS, NH)) != ST_OK ||
+            (s = heads_gemm(true, false, Ts, HS, Ts, scale, datt, a, Ts, Ts * Ts, qkv, q, 3 * Cs,
+                            HS, dqkv, q + Cs, 3 * Cs, HS, NH)) != ST_OK)
+            return s;
+    }
+    return ST_OK;
+}

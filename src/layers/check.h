@@ -1,0 +1,17 @@
+/* check.h - argument checks shared by the layer launchers. */
+#ifndef STRATA_LAYERS_CHECK_H
+#define STRATA_LAYERS_CHECK_H
+
+#include "strata/tensor.h"
+
+/* ST_OK when t exists, has dtype and at least n elements; else a message naming op and t. */
+st_status st_op_need(const char *op, const st_tensor *t, size_t n, st_dtype dtype);
+
+#define NEED(op, t, n)                                                         \
+    do {                                                                       \
+        st_status s_ = st_op_need((op), (t), (n), ST_F32);                     \
+        if (s_ != ST_OK)                                                       \
+            return s_;                                                         \
+    } while (0)
+
+#endif
