@@ -443,6 +443,39 @@ static void attention_matches_reference(void **state)
         }
 }
 
+/* ---- sum of squares (global gradient norm) */
+
+static void sumsq_matches_and_repeats_bitwise(void **state)
+{
+    (void)state;
+    size_t n1 = 100003, n2 = 7; /* more and fewer elements than parts */
+    double *x1 = rnd(n1, 100, 1.0), *x2 = rnd(n2, 101, 3.0), want = 0;
+    for (size_t i = 0; i < n1; i++)
+        want += x1[i] * x1[i];
+    for (size_t i = 0; i < n2; i++)
+        want += x2[i] * x2[i];
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        st_tensor *t1 = up(dev, x1, n1, "x1"), *t2 = up(dev, x2, n2, "x2");
+        size_t one = 1, parts = ST_SUMSQ_PARTS;
+        st_tensor *acc, *scratch;
+        assert_ok(st_tensor_create(dev, ST_F32, 1, &one, "acc", &acc));
+        assert_ok(st_tensor_create(dev, ST_F32, 1, &parts, "scratch", &scratch));
+        float got[2];
+        for (int run = 0; run < 2; run++) {
+            assert_ok(st_tensor_fill(acc, 0.0f));
+            assert_ok(st_sumsq_accumulate(acc, scratch, t1, n1));
+            assert_ok(st_sumsq_accumulate(acc, scratch, t2, n2));
+            assert_ok(st_tensor_read(acc, 0, 1, &got[run]));
+        }
+        assert_true(fabs(got[0] - want) <= 1e-4 * want);
+        assert_memory_equal(&got[0], &got[1], sizeof got[0]); /* the same bits each run */
+        st_tensor_destroy(t1), st_tensor_destroy(t2), st_tensor_destroy(acc);
+        st_tensor_destroy(scratch);
+    }
+    free(x1), free(x2);
+}
+
 static void wrong_sizes_are_refused(void **state)
 {
     (void)state;
@@ -481,6 +514,7 @@ int main(void)
         cmocka_unit_test(encoder_matches_reference),
         cmocka_unit_test(attention_reference_backward_is_the_gradient),
         cmocka_unit_test(attention_matches_reference),
+        cmocka_unit_test(sumsq_matches_and_repeats_bitwise),
         cmocka_unit_test(wrong_sizes_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

@@ -65,6 +65,13 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
                            const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
                            int NH);
 
+/* Parts of the first pass of st_sumsq_accumulate: scratch holds this many floats. */
+#define ST_SUMSQ_PARTS 256
+
+/* acc[0] += sum of x[i]^2 over n elements, in a fixed order (global gradient
+ * norm). scratch: ST_SUMSQ_PARTS floats. */
+st_status st_sumsq_accumulate(st_tensor *acc, st_tensor *scratch, const st_tensor *x, size_t n);
+
 typedef struct st_adamw_hparams {
     float lr, beta1, beta2, eps, weight_decay;
 } st_adamw_hparams;

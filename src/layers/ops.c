@@ -183,3 +183,17 @@ st_status st_adamw_step(st_tensor *param, const st_tensor *grad, st_tensor *m, s
                      ST_KF(h->beta2), ST_KF(h->eps), ST_KF(h->weight_decay), ST_KF(bc1),
                      ST_KF(bc2), ST_KF(grad_scale));
 }
+
+st_status st_sumsq_accumulate(st_tensor *acc, st_tensor *scratch, const st_tensor *x, size_t n)
+{
+    NEED("sumsq", acc, 1);
+    NEED("sumsq", scratch, ST_SUMSQ_PARTS);
+    NEED("sumsq", x, n);
+    st_device *dev = st_tensor_device(acc);
+    st_status s = ST_LAUNCH(dev, "norm.cl", "sumsq_partial", ST_SUMSQ_PARTS, LOCAL,
+                            ST_KT(scratch), ST_KT(x), ST_KU(n), ST_KI(ST_SUMSQ_PARTS));
+    if (s != ST_OK)
+        return s;
+    return ST_LAUNCH(dev, "norm.cl", "sumsq_final", 1, 1, ST_KT(acc), ST_KT(scratch),
+                     ST_KI(ST_SUMSQ_PARTS));
+}
