@@ -49,3 +49,27 @@ __kernel void attention_softmax_bwd(__global float *datt, const ulong datt_off,
     for (int s = t + 1; s < T; s++)
         d[s] = 0.0f;
 }
+
+/* Decoding with a KV cache: `rows` rows (one per head) of stride `stride`,
+ * each a softmax over its first `len` entries (every cached position is
+ * visible to the newest token). */
+__kernel void attention_softmax_rows(__global float *att, const ulong att_off,
+                                     const int rows, const int len, const int stride)
+{
+    const int r = get_global_id(0);
+    if (r >= rows)
+        return;
+    __global float *a = att + att_off + (size_t)r * stride;
+    float m = -INFINITY;
+    for (int s = 0; s < len; s++)
+        m = fmax(m, a[s]);
+    float sum = 0.0f;
+    for (int s = 0; s < len; s++) {
+        const float e = exp(a[s] - m);
+        a[s] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int s = 0; s < len; s++)
+        a[s] *= inv;
+}

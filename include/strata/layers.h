@@ -16,6 +16,16 @@
 extern "C" {
 #endif
 
+/* The linear layer (GPT-2's Conv1D, weights stored [in, out]):
+ * out[N,OC] = inp[N,IC] . w[IC,OC] + b[OC]; b may be NULL. */
+st_status st_matmul_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w,
+                        const st_tensor *b, int N, int IC, int OC);
+/* dinp[N,IC] = dout . w^T + dinp_beta * dinp (skipped when dinp is NULL);
+ * dw[IC,OC] += inp^T . dout; db[OC] += column sums of dout (skipped when NULL). */
+st_status st_matmul_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tensor *db,
+                        const st_tensor *dout, const st_tensor *inp, const st_tensor *w, int N,
+                        int IC, int OC);
+
 /* out[N,C] = (inp - mean) * rstd * w + b; mean[N], rstd[N] kept. */
 st_status st_layernorm_fwd(st_tensor *out, st_tensor *mean, st_tensor *rstd,
                            const st_tensor *inp, const st_tensor *w, const st_tensor *b,

@@ -55,6 +55,11 @@ const char *st_tensor_name(const st_tensor *t);
 st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *host);
 st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *host);
 
+/* Queues a copy of `count` elements on one device, from src (starting
+ * src_first into its view) to dst (starting dst_first); not waited for. */
+st_status st_tensor_copy(st_tensor *dst, size_t dst_first, const st_tensor *src,
+                         size_t src_first, size_t count);
+
 /* Sets every element of an F32 tensor's view to value (queued, not waited for). */
 st_status st_tensor_fill(st_tensor *t, float value);
 

@@ -250,3 +250,27 @@ st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *h
     }
     return s;
 }
+
+st_status st_tensor_copy(st_tensor *dst, size_t dst_first, const st_tensor *src,
+                         size_t src_first, size_t count)
+{
+    st_status s = check_range(dst, dst_first, count, "copy");
+    if (s == ST_OK)
+        s = check_range(src, src_first, count, "copy");
+    if (s != ST_OK || count == 0)
+        return s;
+    if (dst->alloc->dev != src->alloc->dev || dst->dtype != src->dtype)
+        return st_error(ST_ERR_INVALID,
+                        "copy from '%s' to '%s': tensors must be on one device and of one type",
+                        src->name, dst->name);
+    size_t es = st_dtype_size(dst->dtype);
+    st_device *dev = dst->alloc->dev;
+    cl_int err = clEnqueueCopyBuffer(st_device_cl_queue(dev), src->alloc->mem, dst->alloc->mem,
+                                     (src->offset + src_first) * es,
+                                     (dst->offset + dst_first) * es, count * es, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        s = ST_CL_FAIL(err, "clEnqueueCopyBuffer", dev);
+        st_error_context("copying tensor '%s' to '%s'", src->name, dst->name);
+    }
+    return s;
+}

@@ -1,0 +1,872 @@
+/*
+ * gpt.c - a GPT-2 model stage on one device: buffers, forward, backward,
+ * AdamW and KV-cache decoding, built from the layer ops in src/layers/.
+ *
+ * Shape letters: B batch, T time, C channels, V vocab, L layers, NH heads,
+ * F MLP width, N = B*T rows. Per block, forward (Conv1D weights [in, out]):
+ *   ln1 = LN(x); qkv = ln1 W_attn + b; atty = attention(qkv)
+ *   res2 = x + atty W_proj + b; ln2 = LN(res2)
+ *   fch = ln2 W_fc + b; fcg = gelu(fch); res3 = res2 + fcg W_fcp + b
+ * and the head: lnf = LN(x); logits = lnf wte^T; loss = xent(logits, targets).
+ * Backward runs the same in reverse with one flowing gradient `dres` [N, C]
+ * that every block updates in place.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/cl.h"
+#include "strata/gemm.h"
+#include "strata/gpt.h"
+
+/* The activations of one block for one slot, views into the slot's buffer. */
+typedef struct block_acts {
+    st_tensor *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res2;
+    st_tensor *ln2, *ln2_mean, *ln2_rstd, *fch, *fcg, *res3;
+} block_acts;
+
+typedef struct slot_acts {
+    st_tensor *buf;
+    st_tensor *tokens, *targets; /* I32 [N] */
+    st_tensor *x0;               /* embedding output or stage input [N, C] */
+    block_acts *blocks;          /* one per block of the stage */
+    st_tensor *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+    st_tensor *dout;             /* gradient arriving at a stage without the head */
+} slot_acts;
+
+/* A block's parameters, views into the parameter (or gradient) buffer. */
+typedef struct block_params {
+    st_tensor *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+    st_tensor *ln2_w, *ln2_b, *fc_w, *fc_b, *fcp_w, *fcp_b;
+} block_params;
+
+typedef struct param_views {
+    st_tensor *wte, *wpe, *lnf_w, *lnf_b;
+    block_params *blocks;
+} param_views;
+
+/* KV-cache decoding buffers (one sequence). */
+typedef struct decode_bufs {
+    st_tensor *buf;
+    st_tensor *x, *ln, *mean, *rstd, *qkv, *scores, *atty, *res2, *fch, *tmp, *logits;
+    st_tensor **k, **v; /* per block [kv_seq, C] */
+    st_tensor *token;   /* I32 [1] */
+} decode_bufs;
+
+struct st_gpt {
+    st_device *dev;
+    st_gpt_config cfg;
+    size_t first, end;
+    bool has_emb, has_head;
+    int n_blocks, first_block;
+    int B, T, slots, kv_seq;
+    bool training;
+
+    st_gpt_param *params;
+    size_t n_params, numel;
+    st_tensor *bufs[4];     /* params, grads, m, v */
+    param_views views[4];   /* views of each, by role */
+    slot_acts *acts;
+    /* backward scratch: dres [N,C], dC [N,C], d3C [N,3C], dF [N,F], datt [B,NH,T,T] */
+    st_tensor *scratch, *dres, *dC, *d3C, *dF, *datt, *sumsq_acc, *sumsq_parts;
+    decode_bufs dec;
+    uint64_t bytes;
+};
+
+/* ---- buffers ---------------------------------------------------------- */
+
+/* Carves views out of one buffer, in order. */
+typedef struct carver {
+    st_tensor *base;
+    size_t off;
+    st_status status;
+} carver;
+
+static st_tensor *carve(carver *c, size_t n)
+{
+    st_tensor *t = NULL;
+    if (c->status != ST_OK)
+        return NULL;
+    size_t shape[1] = {n};
+    c->status = st_tensor_view(c->base, c->off, 1, shape, &t);
+    c->off += n;
+    return t;
+}
+
+static void destroy_views(st_tensor **first, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        st_tensor_destroy(first[i]);
+}
+
+st_device *st_gpt_device(const st_gpt *g)
+{
+    return g->dev;
+}
+
+bool st_gpt_has_embedding(const st_gpt *g)
+{
+    return g->has_emb;
+}
+
+bool st_gpt_has_head(const st_gpt *g)
+{
+    return g->has_head;
+}
+
+size_t st_gpt_n_params(const st_gpt *g)
+{
+    return g->n_params;
+}
+
+const st_gpt_param *st_gpt_param_at(const st_gpt *g, size_t i)
+{
+    return i < g->n_params ? &g->params[i] : NULL;
+}
+
+long st_gpt_param_find(const st_gpt *g, const char *name)
+{
+    for (size_t i = 0; i < g->n_params; i++)
+        if (strcmp(g->params[i].desc->name, name) == 0)
+            return (long)i;
+    return -1;
+}
+
+size_t st_gpt_param_numel(const st_gpt *g)
+{
+    return g->numel;
+}
+
+uint64_t st_gpt_bytes(const st_gpt *g)
+{
+    return g->bytes;
+}
+
+st_tensor *st_gpt_tensor(const st_gpt *g, st_gpt_buf which)
+{
+    return g->bufs[which];
+}
+
+static st_status make_buffer(st_gpt *g, st_dtype dt, size_t n, const char *name, st_tensor **out)
+{
+    size_t shape[1] = {n ? n : 1};
+    st_status s = st_tensor_create(g->dev, dt, 1, shape, name, out);
+    if (s == ST_OK)
+        g->bytes += shape[0] * st_dtype_size(dt);
+    return s;
+}
+
+/* Views of one of the four parameter-shaped buffers by role. */
+static st_status make_param_views(st_gpt *g, int which)
+{
+    param_views *pv = &g->views[which];
+    pv->blocks = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *pv->blocks);
+    if (!pv->blocks)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t i = 0; i < g->n_params; i++) {
+        const st_gpt_param *p = &g->params[i];
+        st_tensor *t = NULL;
+        st_status s = st_tensor_view(g->bufs[which], p->offset, p->desc->ndim, p->desc->shape, &t);
+        if (s != ST_OK)
+            return s;
+        const char *n = p->desc->name;
+        st_tensor **slot = NULL;
+        if (strcmp(n, "wte.weight") == 0)
+            slot = &pv->wte;
+        else if (strcmp(n, "wpe.weight") == 0)
+            slot = &pv->wpe;
+        else if (strcmp(n, "ln_f.weight") == 0)
+            slot = &pv->lnf_w;
+        else if (strcmp(n, "ln_f.bias") == 0)
+            slot = &pv->lnf_b;
+        else {
+            int blk = atoi(n + 2) - g->first_block;
+            const char *suffix = strchr(n + 2, '.') + 1;
+            static const char *const names[12] = {
+                "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+            for (int k = 0; k < 12; k++)
+                if (strcmp(suffix, names[k]) == 0)
+                    slot = &((st_tensor **)&pv->blocks[blk])[k];
+        }
+        if (!slot || *slot) {
+            st_tensor_destroy(t);
+            return st_error(ST_ERR_INVALID, "unexpected parameter '%s'", n);
+        }
+        *slot = t;
+    }
+    return ST_OK;
+}
+
+static void free_param_views(st_gpt *g, int which)
+{
+    param_views *pv = &g->views[which];
+    st_tensor_destroy(pv->wte);
+    st_tensor_destroy(pv->wpe);
+    st_tensor_destroy(pv->lnf_w);
+    st_tensor_destroy(pv->lnf_b);
+    if (pv->blocks)
+        for (int b = 0; b < g->n_blocks; b++)
+            destroy_views((st_tensor **)&pv->blocks[b], 12);
+    free(pv->blocks);
+}
+
+static st_status make_slot(st_gpt *g, int i)
+{
+    slot_acts *a = &g->acts[i];
+    size_t N = (size_t)g->B * g->T, C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner;
+    size_t V = (size_t)g->cfg.vocab_size, att = (size_t)g->B * g->cfg.n_head * g->T * g->T;
+    size_t per_block = N * (8 * C + 2 * F + 4) + att;
+    size_t total = N * C + (size_t)g->n_blocks * per_block +
+                   (g->has_head ? N * (C + 2 + V + 1) : 0) + (g->has_head ? 0 : N * C);
+    char name[48];
+    snprintf(name, sizeof name, "activations %d", i);
+    st_status s = make_buffer(g, ST_F32, total, name, &a->buf);
+    if (s != ST_OK)
+        return s;
+    if ((s = make_buffer(g, ST_I32, N, "tokens", &a->tokens)) != ST_OK ||
+        (s = make_buffer(g, ST_I32, N, "targets", &a->targets)) != ST_OK)
+        return s;
+    carver c = {a->buf, 0, ST_OK};
+    a->x0 = carve(&c, N * C);
+    a->blocks = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *a->blocks);
+    if (!a->blocks)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int b = 0; b < g->n_blocks; b++) {
+        block_acts *k = &a->blocks[b];
+        k->ln1 = carve(&c, N * C);
+        k->ln1_mean = carve(&c, N);
+        k->ln1_rstd = carve(&c, N);
+        k->qkv = carve(&c, N * 3 * C);
+        k->att = carve(&c, att);
+        k->atty = carve(&c, N * C);
+        k->res2 = carve(&c, N * C);
+        k->ln2 = carve(&c, N * C);
+        k->ln2_mean = carve(&c, N);
+        k->ln2_rstd = carve(&c, N);
+        k->fch = carve(&c, N * F);
+        k->fcg = carve(&c, N * F);
+        k->res3 = carve(&c, N * C);
+    }
+    if (g->has_head) {
+        a->lnf = carve(&c, N * C);
+        a->lnf_mean = carve(&c, N);
+        a->lnf_rstd = carve(&c, N);
+        a->logits = carve(&c, N * V);
+        a->losses = carve(&c, N);
+    } else {
+        a->dout = carve(&c, N * C);
+    }
+    return c.status;
+}
+
+static void free_slot(st_gpt *g, slot_acts *a)
+{
+    if (a->blocks)
+        for (int b = 0; b < g->n_blocks; b++)
+            destroy_views((st_tensor **)&a->blocks[b], 13);
+    free(a->blocks);
+    st_tensor *t[] = {a->x0, a->lnf, a->lnf_mean, a->lnf_rstd, a->logits, a->losses, a->dout,
+                      a->tokens, a->targets, a->buf};
+    destroy_views(t, sizeof t / sizeof t[0]);
+}
+
+static st_status make_scratch(st_gpt *g)
+{
+    size_t N = (size_t)g->B * g->T, C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner;
+    size_t att = (size_t)g->B * g->cfg.n_head * g->T * g->T;
+    st_status s = make_buffer(g, ST_F32, N * (5 * C + F) + att + 1 + ST_SUMSQ_PARTS,
+                              "gradient scratch", &g->scratch);
+    if (s != ST_OK)
+        return s;
+    carver c = {g->scratch, 0, ST_OK};
+    g->dres = carve(&c, N * C);
+    g->dC = carve(&c, N * C);
+    g->d3C = carve(&c, N * 3 * C);
+    g->dF = carve(&c, N * F);
+    g->datt = carve(&c, att);
+    g->sumsq_acc = carve(&c, 1);
+    g->sumsq_parts = carve(&c, ST_SUMSQ_PARTS);
+    return c.status;
+}
+
+static st_status make_decode(st_gpt *g)
+{
+    decode_bufs *d = &g->dec;
+    size_t C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner, V = (size_t)g->cfg.vocab_size;
+    size_t S = (size_t)g->kv_seq, NH = (size_t)g->cfg.n_head;
+    size_t total = C * 5 + 2 + 3 * C + NH * S + F + V + (size_t)g->n_blocks * 2 * S * C;
+    st_status s = make_buffer(g, ST_F32, total, "KV cache", &d->buf);
+    if (s != ST_OK || (s = make_buffer(g, ST_I32, 1, "token", &d->token)) != ST_OK)
+        return s;
+    carver c = {d->buf, 0, ST_OK};
+    d->x = carve(&c, C);
+    d->ln = carve(&c, C);
+    d->mean = carve(&c, 1);
+    d->rstd = carve(&c, 1);
+    d->qkv = carve(&c, 3 * C);
+    d->scores = carve(&c, NH * S);
+    d->atty = carve(&c, C);
+    d->res2 = carve(&c, C);
+    d->tmp = carve(&c, C);
+    d->fch = carve(&c, F);
+    d->logits = carve(&c, V);
+    d->k = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *d->k);
+    d->v = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *d->v);
+    if (!d->k || !d->v)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int b = 0; b < g->n_blocks; b++) {
+        d->k[b] = carve(&c, S * C);
+        d->v[b] = carve(&c, S * C);
+    }
+    return c.status;
+}
+
+static void free_decode(st_gpt *g)
+{
+    decode_bufs *d = &g->dec;
+    if (d->k)
+        for (int b = 0; b < g->n_blocks; b++) {
+            st_tensor_destroy(d->k[b]);
+            st_tensor_destroy(d->v[b]);
+        }
+    free(d->k);
+    free(d->v);
+    st_tensor *t[] = {d->x, d->ln, d->mean, d->rstd, d->qkv, d->scores, d->atty,
+                      d->res2, d->tmp, d->fch, d->logits, d->token, d->buf};
+    destroy_views(t, sizeof t / sizeof t[0]);
+}
+
+void st_gpt_destroy(st_gpt *g)
+{
+    if (!g)
+        return;
+    free_decode(g);
+    st_tensor *t[] = {g->dres, g->dC, g->d3C, g->dF, g->datt, g->sumsq_acc, g->sumsq_parts,
+                      g->scratch};
+    destroy_views(t, sizeof t / sizeof t[0]);
+    if (g->acts)
+        for (int i = 0; i < g->slots; i++)
+            free_slot(g, &g->acts[i]);
+    free(g->acts);
+    for (int w = 0; w < 4; w++) {
+        free_param_views(g, w);
+        st_tensor_destroy(g->bufs[w]);
+    }
+    free(g->params);
+    free(g);
+}
+
+st_status st_gpt_create(st_device *dev, const st_model_desc *desc, const st_gpt_options *opt,
+                        st_gpt **out)
+{
+    size_t first = opt->first_layer, end = opt->end_layer ? opt->end_layer : desc->n_layers;
+    if (first >= end || end > desc->n_layers)
+        return st_error(ST_ERR_INVALID, "layers [%zu, %zu) are not a range of the model's %zu",
+                        first, end, desc->n_layers);
+    if (opt->batch < 0 || opt->seq < 0 || opt->seq > desc->cfg.n_positions ||
+        opt->kv_seq < 0 || opt->kv_seq > desc->cfg.n_positions ||
+        (opt->training && (opt->batch < 1 || opt->seq < 1)))
+        return st_error(ST_ERR_INVALID,
+                        "bad sizes: batch %d, sequence %d, KV cache %d (the model has %d "
+                        "positions)",
+                        opt->batch, opt->seq, opt->kv_seq, desc->cfg.n_positions);
+    st_gpt *g = calloc(1, sizeof *g);
+    if (!g)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    g->dev = dev;
+    g->cfg = desc->cfg;
+    g->first = first;
+    g->end = end;
+    g->B = opt->batch;
+    g->T = opt->seq;
+    g->slots = opt->slots > 0 ? opt->slots : 1;
+    g->kv_seq = opt->kv_seq;
+    g->training = opt->training;
+    g->first_block = -1;
+    size_t n_params = 0;
+    for (size_t l = first; l < end; l++) {
+        const st_layer_desc *ld = &desc->layers[l];
+        if (ld->kind == ST_LAYER_EMBEDDING)
+            g->has_emb = true;
+        if (ld->kind == ST_LAYER_HEAD)
+            g->has_head = true;
+        if (ld->kind == ST_LAYER_BLOCK) {
+            if (g->first_block < 0)
+                g->first_block = ld->block;
+            g->n_blocks++;
+        }
+        n_params += ld->n_params;
+    }
+    if (g->first_block < 0)
+        g->first_block = 0;
+    bool tied_copy = g->has_head && !g->has_emb;
+    g->params = calloc(n_params + 1, sizeof *g->params);
+    st_status s = g->params ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t l = first; s == ST_OK && l < end; l++) {
+        const st_layer_desc *ld = &desc->layers[l];
+        if (ld->kind == ST_LAYER_HEAD && tied_copy) {
+            size_t li = 0;
+            g->params[g->n_params] = (st_gpt_param){st_model_find_param(desc, "wte.weight", &li),
+                                                    g->numel, true};
+            g->numel += g->params[g->n_params++].desc->numel;
+        }
+        for (size_t p = 0; p < ld->n_params; p++) {
+            g->params[g->n_params] = (st_gpt_param){&ld->params[p], g->numel, false};
+            g->numel += ld->params[p].numel;
+            g->n_params++;
+        }
+    }
+    static const char *const buf_names[4] = {"parameters", "gradients", "AdamW m", "AdamW v"};
+    int nbufs = g->training ? 4 : 1;
+    for (int w = 0; s == ST_OK && w < nbufs; w++)
+        if ((s = make_buffer(g, ST_F32, g->numel, buf_names[w], &g->bufs[w])) == ST_OK)
+            s = make_param_views(g, w);
+    if (s == ST_OK && g->B > 0) {
+        g->acts = calloc((size_t)g->slots, sizeof *g->acts);
+        if (!g->acts)
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int i = 0; s == ST_OK && i < g->slots; i++)
+            s = make_slot(g, i);
+        if (s == ST_OK && g->training)
+            s = make_scratch(g);
+    }
+    if (s == ST_OK && g->kv_seq > 0)
+        s = make_decode(g);
+    if (s != ST_OK) {
+        st_error_context("setting up layers %zu..%zu of the model on %s", first, end - 1,
+                         st_device_label(dev));
+        st_gpt_destroy(g);
+        return s;
+    }
+    *out = g;
+    return ST_OK;
+}
+
+/* ---- parameters --------------------------------------------------------- */
+
+st_status st_gpt_read(const st_gpt *g, st_gpt_buf which, size_t i, float *host)
+{
+    if (i >= g->n_params || !g->bufs[which])
+        return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
+    return st_tensor_read(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
+}
+
+st_status st_gpt_write(st_gpt *g, st_gpt_buf which, size_t i, const float *host)
+{
+    if (i >= g->n_params || !g->bufs[which])
+        return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
+    return st_tensor_write(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+st_status st_gpt_init(st_gpt *g, uint64_t seed)
+{
+    size_t biggest = 0;
+    for (size_t i = 0; i < g->n_params; i++)
+        if (g->params[i].desc->numel > biggest)
+            biggest = g->params[i].desc->numel;
+    float *host = malloc(biggest * sizeof *host);
+    if (!host)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu floats", biggest);
+    st_status s = ST_OK;
+    for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+        const st_param_desc *p = g->params[i].desc;
+        if (p->ndim == 1) {
+            float v = ends_with(p->name, "ln_1.weight") || ends_with(p->name, "ln_2.weight") ||
+                              ends_with(p->name, "ln_f.weight")
+                          ? 1.0f
+                          : 0.0f;
+            for (size_t j = 0; j < p->numel; j++)
+                host[j] = v;
+        } else {
+            double std = 0.02;
+            if (ends_with(p->name, "c_proj.weight"))
+                std /= sqrt(2.0 * g->cfg.n_layer);
+            uint64_t st = seed ^ name_hash(p->name);
+            for (size_t j = 0; j < p->numel; j += 2) {
+                /* Box-Muller from two 53-bit uniforms in (0, 1]. */
+                double u1 = ((splitmix(&st) >> 11) + 1) * 0x1.0p-53;
+                double u2 = ((splitmix(&st) >> 11) + 1) * 0x1.0p-53;
+                double r = sqrt(-2.0 * log(u1)) * std;
+                host[j] = (float)(r * cos(6.283185307179586 * u2));
+                if (j + 1 < p->numel)
+                    host[j + 1] = (float)(r * sin(6.283185307179586 * u2));
+            }
+        }
+        s = st_gpt_write(g, ST_GPT_PARAMS, i, host);
+    }
+    free(host);
+    for (int w = ST_GPT_ADAM_M; s == ST_OK && w <= ST_GPT_ADAM_V && g->bufs[w]; w++)
+        s = st_tensor_fill(g->bufs[w], 0.0f);
+    return s;
+}
+
+/* ---- training ------------------------------------------------------------ */
+
+static st_status check_mb(const st_gpt *g, int slot, int B, int T)
+{
+    if (!g->acts || slot < 0 || slot >= g->slots || B < 1 || T < 1 || B > g->B || T > g->T)
+        return st_error(ST_ERR_INVALID,
+                        "micro-batch %dx%d in slot %d does not fit the stage's %dx%d and %d "
+                        "slots",
+                        B, T, slot, g->B, g->T, g->slots);
+    return ST_OK;
+}
+
+st_status st_gpt_zero_grad(st_gpt *g)
+{
+    if (!g->bufs[ST_GPT_GRADS])
+        return st_error(ST_ERR_INVALID, "the stage was created without training buffers");
+    return st_tensor_fill(g->bufs[ST_GPT_GRADS], 0.0f);
+}
+
+st_tensor *st_gpt_io_tensor(const st_gpt *g, int slot, st_gpt_io which)
+{
+    if (!g->acts || slot < 0 || slot >= g->slots)
+        return NULL;
+    slot_acts *a = &g->acts[slot];
+    switch (which) {
+    case ST_GPT_IN:
+        return g->has_emb ? NULL : a->x0;
+    case ST_GPT_OUT:
+        return g->has_head ? NULL
+                           : (g->n_blocks ? a->blocks[g->n_blocks - 1].res3 : a->x0);
+    case ST_GPT_DIN:
+        return g->has_emb ? NULL : g->dres;
+    case ST_GPT_DOUT:
+        return g->has_head ? NULL : a->dout;
+    }
+    return NULL;
+}
+
+static st_status block_forward(st_gpt *g, const block_params *p, block_acts *a,
+                               const st_tensor *x, int B, int T)
+{
+    int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
+    float eps = g->cfg.layer_norm_epsilon;
+    st_status s;
+    if ((s = st_layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, N, C,
+                              eps)) != ST_OK ||
+        (s = st_matmul_fwd(a->qkv, a->ln1, p->attn_w, p->attn_b, N, C, 3 * C)) != ST_OK ||
+        (s = st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
+        (s = st_matmul_fwd(a->res2, a->atty, p->proj_w, p->proj_b, N, C, C)) != ST_OK ||
+        (s = st_residual_fwd(a->res2, a->res2, x, (size_t)N * C)) != ST_OK ||
+        (s = st_layernorm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_w, p->ln2_b, N,
+                              C, eps)) != ST_OK ||
+        (s = st_matmul_fwd(a->fch, a->ln2, p->fc_w, p->fc_b, N, C, F)) != ST_OK ||
+        (s = st_gelu_fwd(a->fcg, a->fch, (size_t)N * F)) != ST_OK ||
+        (s = st_matmul_fwd(a->res3, a->fcg, p->fcp_w, p->fcp_b, N, F, C)) != ST_OK ||
+        (s = st_residual_fwd(a->res3, a->res3, a->res2, (size_t)N * C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+st_status st_gpt_forward(st_gpt *g, int slot, const int32_t *tokens, const int32_t *targets,
+                         int B, int T)
+{
+    st_status s = check_mb(g, slot, B, T);
+    if (s != ST_OK)
+        return s;
+    slot_acts *a = &g->acts[slot];
+    const param_views *pv = &g->views[ST_GPT_PARAMS];
+    int N = B * T, C = g->cfg.n_embd, V = g->cfg.vocab_size;
+    if (g->has_emb) {
+        if (!tokens)
+            return st_error(ST_ERR_INVALID, "forward: the embedding stage needs tokens");
+        for (int i = 0; i < N; i++)
+            if (tokens[i] < 0 || tokens[i] >= V)
+                return st_error(ST_ERR_INVALID,
+                                "token %d at position %d is outside the vocabulary of %d",
+                                tokens[i], i, V);
+        if ((s = st_tensor_write(a->tokens, 0, (size_t)N, tokens)) != ST_OK ||
+            (s = st_encoder_fwd(a->x0, a->tokens, pv->wte, pv->wpe, B, T, C, V)) != ST_OK)
+            return s;
+    }
+    const st_tensor *x = a->x0;
+    for (int b = 0; b < g->n_blocks; b++) {
+        if ((s = block_forward(g, &pv->blocks[b], &a->blocks[b], x, B, T)) != ST_OK)
+            return s;
+        x = a->blocks[b].res3;
+    }
+    if (!g->has_head)
+        return ST_OK;
+    if ((s = st_layernorm_fwd(a->lnf, a->lnf_mean, a->lnf_rstd, x, pv->lnf_w, pv->lnf_b, N, C,
+                              g->cfg.layer_norm_epsilon)) != ST_OK)
+        return s;
+    /* logits[N,V] = lnf[N,C] . wte[V,C]^T */
+    st_gemm_args mm = {.trans_b = true, .m = (size_t)N, .n = (size_t)V, .k = (size_t)C,
+                       .alpha = 1.0f, .a = a->lnf, .lda = (size_t)C, .b = pv->wte,
+                       .ldb = (size_t)C, .c = a->logits, .ldc = (size_t)V};
+    if ((s = st_gemm(&mm)) != ST_OK || !targets)
+        return s;
+    if ((s = st_tensor_write(a->targets, 0, (size_t)N, targets)) != ST_OK)
+        return s;
+    return st_xent_fwd(a->logits, a->losses, a->logits, a->targets, N, V);
+}
+
+st_status st_gpt_loss(st_gpt *g, int slot, int B, int T, double *sum, long *count)
+{
+    st_status s = check_mb(g, slot, B, T);
+    if (s != ST_OK)
+        return s;
+    if (!g->has_head)
+        return st_error(ST_ERR_INVALID, "loss: this stage has no head");
+    size_t N = (size_t)B * T;
+    float *loss = malloc(N * sizeof *loss);
+    int32_t *tgt = malloc(N * sizeof *tgt);
+    if (!loss || !tgt) {
+        free(loss);
+        free(tgt);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    }
+    slot_acts *a = &g->acts[slot];
+    if ((s = st_tensor_read(a->losses, 0, N, loss)) == ST_OK &&
+        (s = st_tensor_read(a->targets, 0, N, tgt)) == ST_OK) {
+        double acc = 0.0;
+        long n = 0;
+        for (size_t i = 0; i < N; i++)
+            if (tgt[i] >= 0) {
+                acc += loss[i];
+                n++;
+            }
+        *sum = acc;
+        *count = n;
+    }
+    free(loss);
+    free(tgt);
+    return s;
+}
+
+st_status st_gpt_output_read(st_gpt *g, int slot, int B, int T, float *host)
+{
+    st_status s = check_mb(g, slot, B, T);
+    if (s != ST_OK)
+        return s;
+    if (!g->has_head)
+        return st_error(ST_ERR_INVALID, "output: this stage has no head");
+    return st_tensor_read(g->acts[slot].logits, 0, (size_t)B * T * g->cfg.vocab_size, host);
+}
+
+/* dres holds the gradient of the block's output on entry and of its input on exit. */
+static st_status block_backward(st_gpt *g, const block_params *p, block_params *d,
+                                const block_acts *a, const st_tensor *x, int B, int T)
+{
+    int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
+    st_status s;
+    /* res3 = res2 + fcg W_fcp + b: the MLP branch gets dres; dres stays d(res2) so far. */
+    if ((s = st_matmul_bwd(g->dF, 0.0f, d->fcp_w, d->fcp_b, g->dres, a->fcg, p->fcp_w, N, F,
+                           C)) != ST_OK ||
+        (s = st_gelu_bwd(g->dF, a->fch, g->dF, (size_t)N * F)) != ST_OK ||
+        (s = st_matmul_bwd(g->dC, 0.0f, d->fc_w, d->fc_b, g->dF, a->ln2, p->fc_w, N, C, F)) !=
+            ST_OK ||
+        (s = st_layernorm_bwd(g->dres, d->ln2_w, d->ln2_b, g->dC, a->res2, p->ln2_w,
+                              a->ln2_mean, a->ln2_rstd, N, C)) != ST_OK)
+        return s;
+    /* res2 = x + atty W_proj + b: the attention branch gets dres; dres becomes d(x). */
+    if ((s = st_matmul_bwd(g->dC, 0.0f, d->proj_w, d->proj_b, g->dres, a->atty, p->proj_w, N, C,
+                           C)) != ST_OK ||
+        (s = st_attention_bwd(g->d3C, g->datt, g->dC, a->qkv, a->att, B, T, C, NH)) != ST_OK ||
+        (s = st_matmul_bwd(g->dC, 0.0f, d->attn_w, d->attn_b, g->d3C, a->ln1, p->attn_w, N, C,
+                           3 * C)) != ST_OK ||
+        (s = st_layernorm_bwd(g->dres, d->ln1_w, d->ln1_b, g->dC, x, p->ln1_w, a->ln1_mean,
+                              a->ln1_rstd, N, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+st_status st_gpt_backward(st_gpt *g, int slot, int B, int T, float dloss)
+{
+    st_status s = check_mb(g, slot, B, T);
+    if (s != ST_OK)
+        return s;
+    if (!g->training)
+        return st_error(ST_ERR_INVALID, "backward: the stage was created without training");
+    slot_acts *a = &g->acts[slot];
+    const param_views *pv = &g->views[ST_GPT_PARAMS];
+    param_views *dv = &g->views[ST_GPT_GRADS];
+    int N = B * T, C = g->cfg.n_embd, V = g->cfg.vocab_size;
+    size_t NC = (size_t)N * C;
+    if (g->has_head) {
+        /* The probabilities become dlogits in place: the forward's probs are not needed after. */
+        if ((s = st_xent_bwd(a->logits, a->logits, a->targets, dloss, N, V)) != ST_OK)
+            return s;
+        /* dlnf[N,C] = dlogits[N,V] . wte[V,C];  dwte[V,C] += dlogits^T . lnf */
+        st_gemm_args dx = {.m = (size_t)N, .n = (size_t)C, .k = (size_t)V, .alpha = 1.0f,
+                           .a = a->logits, .lda = (size_t)V, .b = pv->wte, .ldb = (size_t)C,
+                           .c = g->dC, .ldc = (size_t)C};
+        st_gemm_args dw = {.trans_a = true, .m = (size_t)V, .n = (size_t)C, .k = (size_t)N,
+                           .alpha = 1.0f, .beta = 1.0f, .a = a->logits, .lda = (size_t)V,
+                           .b = a->lnf, .ldb = (size_t)C, .c = dv->wte, .ldc = (size_t)C};
+        const st_tensor *xin = g->n_blocks ? a->blocks[g->n_blocks - 1].res3 : a->x0;
+        if ((s = st_gemm(&dx)) != ST_OK || (s = st_gemm(&dw)) != ST_OK ||
+            (s = st_tensor_fill(g->dres, 0.0f)) != ST_OK ||
+            (s = st_layernorm_bwd(g->dres, dv->lnf_w, dv->lnf_b, g->dC, xin, pv->lnf_w,
+                                  a->lnf_mean, a->lnf_rstd, N, C)) != ST_OK)
+            return s;
+    } else {
+        if ((s = st_tensor_copy(g->dres, 0, a->dout, 0, NC)) != ST_OK)
+            return s;
+    }
+    for (int b = g->n_blocks - 1; b >= 0; b--) {
+        const st_tensor *x = b > 0 ? a->blocks[b - 1].res3 : a->x0;
+        if ((s = block_backward(g, &pv->blocks[b], &dv->blocks[b], &a->blocks[b], x, B, T)) !=
+            ST_OK)
+            return s;
+    }
+    if (g->has_emb)
+        return st_encoder_bwd(dv->wte, dv->wpe, g->dres, a->tokens, B, T, C, V);
+    return ST_OK;
+}
+
+st_status st_gpt_grad_sumsq(st_gpt *g, double *out)
+{
+    if (!g->training || !g->scratch)
+        return st_error(ST_ERR_INVALID, "grad_sumsq: the stage was created without training");
+    st_status s = st_tensor_fill(g->sumsq_acc, 0.0f);
+    for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+        if (g->params[i].tied)
+            continue;
+        st_tensor *view = NULL;
+        size_t shape[1] = {g->params[i].desc->numel};
+        if ((s = st_tensor_view(g->bufs[ST_GPT_GRADS], g->params[i].offset, 1, shape, &view)) ==
+            ST_OK)
+            s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, view, shape[0]);
+        st_tensor_destroy(view);
+    }
+    float acc = 0.0f;
+    if (s == ST_OK && (s = st_tensor_read(g->sumsq_acc, 0, 1, &acc)) == ST_OK)
+        *out = acc;
+    return s;
+}
+
+st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_scale)
+{
+    if (!g->training)
+        return st_error(ST_ERR_INVALID, "step: the stage was created without training");
+    st_status s = ST_OK;
+    for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+        const st_gpt_param *p = &g->params[i];
+        st_adamw_hparams hp = *h;
+        if (p->desc->ndim != 2)
+            hp.weight_decay = 0.0f;
+        st_tensor *v[4] = {NULL, NULL, NULL, NULL};
+        size_t shape[1] = {p->desc->numel};
+        for (int w = 0; s == ST_OK && w < 4; w++)
+            s = st_tensor_view(g->bufs[w], p->offset, 1, shape, &v[w]);
+        if (s == ST_OK)
+            s = st_adamw_step(v[0], v[1], v[2], v[3], shape[0], &hp, t, grad_scale);
+        destroy_views(v, 4);
+    }
+    return s;
+}
+
+/* ---- decoding with the KV cache ------------------------------------------ */
+
+static st_status decode_block(st_gpt *g, int b, int pos)
+{
+    decode_bufs *d = &g->dec;
+    const block_params *p = &g->views[ST_GPT_PARAMS].blocks[b];
+    size_t C = (size_t)g->cfg.n_embd, NH = (size_t)g->cfg.n_head, HS = C / NH;
+    size_t S = (size_t)g->kv_seq, len = (size_t)pos + 1;
+    int F = g->cfg.n_inner, Ci = g->cfg.n_embd;
+    float eps = g->cfg.layer_norm_epsilon, scale = (float)(1.0 / sqrt((double)HS));
+    st_status s;
+    if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->x, p->ln1_w, p->ln1_b, 1, Ci, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(d->qkv, d->ln, p->attn_w, p->attn_b, 1, Ci, 3 * Ci)) != ST_OK ||
+        (s = st_tensor_copy(d->k[b], (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
+        (s = st_tensor_copy(d->v[b], (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
+        return s;
+    /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+    st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
+                       .a = d->qkv, .lda = 3 * C, .a_stride = HS,
+                       .b = d->k[b], .ldb = C, .b_stride = HS,
+                       .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
+    if ((s = st_gemm(&qk)) != ST_OK ||
+        (s = ST_LAUNCH(g->dev, "attention.cl", "attention_softmax_rows", NH, 0,
+                       ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
+        return s;
+    /* atty_h = scores_h[1, len] . V_h[len, HS] */
+    st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
+                       .a = d->scores, .lda = S, .a_stride = S,
+                       .b = d->v[b], .ldb = C, .b_stride = HS,
+                       .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
+    if ((s = st_gemm(&pv)) != ST_OK ||
+        (s = st_matmul_fwd(d->res2, d->atty, p->proj_w, p->proj_b, 1, Ci, Ci)) != ST_OK ||
+        (s = st_residual_fwd(d->res2, d->res2, d->x, C)) != ST_OK ||
+        (s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->res2, p->ln2_w, p->ln2_b, 1, Ci,
+                              eps)) != ST_OK ||
+        (s = st_matmul_fwd(d->fch, d->ln, p->fc_w, p->fc_b, 1, Ci, F)) != ST_OK ||
+        (s = st_gelu_fwd(d->fch, d->fch, (size_t)F)) != ST_OK ||
+        (s = st_matmul_fwd(d->tmp, d->fch, p->fcp_w, p->fcp_b, 1, F, Ci)) != ST_OK ||
+        (s = st_residual_fwd(d->x, d->res2, d->tmp, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits)
+{
+    if (g->kv_seq <= 0)
+        return st_error(ST_ERR_INVALID, "decode: the stage was created without a KV cache");
+    if (pos < 0 || pos >= g->kv_seq)
+        return st_error(ST_ERR_INVALID,
+                        "decode: position %d is past the KV cache of %d positions", pos,
+                        g->kv_seq);
+    int C = g->cfg.n_embd, V = g->cfg.vocab_size;
+    const param_views *pv = &g->views[ST_GPT_PARAMS];
+    decode_bufs *d = &g->dec;
+    st_status s;
+    if (g->has_emb) {
+        if (tok < 0 || tok >= V)
+            return st_error(ST_ERR_INVALID, "token %d is outside the vocabulary of %d", tok, V);
+        int32_t t = tok;
+        st_tensor *wpe_row = NULL;
+        size_t shape[2] = {1, (size_t)C};
+        /* x = wte[tok] + wpe[pos]: one row each, as the encoder does for a batch of one. */
+        if ((s = st_tensor_write(d->token, 0, 1, &t)) != ST_OK ||
+            (s = st_tensor_view(pv->wpe, (size_t)pos * C, 2, shape, &wpe_row)) != ST_OK)
+            return s;
+        s = st_encoder_fwd(d->x, d->token, pv->wte, wpe_row, 1, 1, C, V);
+        st_tensor_destroy(wpe_row);
+        if (s != ST_OK)
+            return s;
+    }
+    for (int b = 0; b < g->n_blocks; b++)
+        if ((s = decode_block(g, b, pos)) != ST_OK)
+            return s;
+    if (!g->has_head)
+        return ST_OK;
+    if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->x, pv->lnf_w, pv->lnf_b, 1, C,
+                              g->cfg.layer_norm_epsilon)) != ST_OK)
+        return s;
+    st_gemm_args mm = {.trans_b = true, .m = 1, .n = (size_t)V, .k = (size_t)C, .alpha = 1.0f,
+                       .a = d->ln, .lda = (size_t)C, .b = pv->wte, .ldb = (size_t)C,
+                       .c = d->logits, .ldc = (size_t)V};
+    if ((s = st_gemm(&mm)) != ST_OK)
+        return s;
+    return logits ? st_tensor_read(d->logits, 0, (size_t)V, logits) : ST_OK;
+}
