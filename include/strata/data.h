@@ -1,0 +1,71 @@
+/*
+ * data.h - training and evaluation data as batches of token ids.
+ *
+ * Three sources:
+ *   - "addition" (the default, built in, no file): problems "123+456=9750\n"
+ *     of two 3-digit numbers whose 4-digit sum is written least significant
+ *     digit first, the order in which a left-to-right model can carry. Only
+ *     the answer and the newline have targets, so the loss and the exact-match
+ *     accuracy measure the sums alone. One problem per sequence, T = 12.
+ *   - a text file: bytes are tokens (vocabulary 256); the first 90% trains,
+ *     the last 10% validates.
+ *   - a file of uint16 token ids (name ending in .bin, .u16 or .tok), split
+ *     the same way.
+ *
+ * Batches are a pure function of (seed, split, index): a run that resumes at
+ * step s draws exactly the batches an uninterrupted run draws.
+ *
+ * Not here: OpenCL.
+ */
+#ifndef STRATA_DATA_H
+#define STRATA_DATA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "strata/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct st_dataset st_dataset;
+
+typedef enum st_split { ST_TRAIN, ST_VAL } st_split;
+
+/* source: NULL or "addition" for the built-in task, else a file path. */
+st_status st_dataset_open(const char *source, st_dataset **out);
+void st_dataset_destroy(st_dataset *ds);
+
+/* "addition", or the path. */
+const char *st_dataset_name(const st_dataset *ds);
+/* One line for logs: what it is and how big. */
+const char *st_dataset_describe(const st_dataset *ds);
+/* Smallest vocabulary that holds every token. */
+int st_dataset_vocab_needed(const st_dataset *ds);
+/* The sequence length the source fixes (12 for addition), or 0 when free. */
+int st_dataset_fixed_seq(const st_dataset *ds);
+/* Whether exact-match accuracy (every target of a sequence right) means something. */
+bool st_dataset_has_exact_match(const st_dataset *ds);
+/* Tokens in a split. */
+size_t st_dataset_tokens(const st_dataset *ds, st_split split);
+
+/* B sequences of T tokens and their targets (the next token, or -1 where
+ * there is no loss): batch `index` of the split for this seed. Training
+ * batches are random windows; validation batches walk the split in order
+ * (batch k holds windows kB .. kB+B-1, wrapping), the same for every seed. */
+st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, uint64_t index,
+                           int B, int T, int32_t *tokens, int32_t *targets);
+
+/* Windows of T tokens in the validation split without wrapping (for eval). */
+size_t st_dataset_windows(const st_dataset *ds, st_split split, int T);
+
+/* The built-in task's prompt for a + b ("123+456=") and its answer ("9750\n"). */
+void st_addition_problem(int a, int b, char prompt[16], char answer[8]);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,247 @@
+/*
+ * data.c - the built-in addition task, byte-level text files and uint16
+ * token files, as batches (see strata/data.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/file.h"
+#include "strata/data.h"
+
+#define ADD_DIGITS 3
+#define ADD_SEQ 12 /* "123+456=9750\n" is 13 tokens: 12 in, 12 targets */
+#define VAL_PERCENT 10
+
+typedef enum kind { KIND_ADDITION, KIND_TEXT, KIND_TOKENS } kind;
+
+struct st_dataset {
+    kind kind;
+    char name[1024];
+    char describe[1200];
+    uint16_t *tokens; /* files: every token */
+    size_t n, n_train; /* files: all tokens, the first n_train train */
+    int vocab_needed;
+};
+
+static uint64_t mix(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* A small counter-based generator: the stream of (seed, split, index). */
+typedef struct rng {
+    uint64_t state;
+} rng;
+
+static uint64_t rng_next(rng *r)
+{
+    return mix(r->state++ * 0x2545f4914f6cdd1dull);
+}
+
+static uint64_t rng_below(rng *r, uint64_t n)
+{
+    return rng_next(r) % n; /* bias < n / 2^64: negligible for data sizes */
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+static st_status load_file(st_dataset *ds, const char *path)
+{
+    bool tokens = ends_with(path, ".bin") || ends_with(path, ".u16") || ends_with(path, ".tok");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return st_error(ST_ERR_IO, "cannot open data file '%s': %s", path, strerror(errno));
+    st_status s = ST_OK;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return st_error(ST_ERR_IO, "cannot read data file '%s': %s", path, strerror(errno));
+    }
+    size_t bytes = (size_t)size;
+    if (tokens && bytes % 2 != 0) {
+        fclose(f);
+        return st_error(ST_ERR_FORMAT,
+                        "token file '%s' has %zu bytes, not a whole number of uint16 tokens",
+                        path, bytes);
+    }
+    unsigned char *raw = malloc(bytes ? bytes : 1);
+    if (!raw) {
+        fclose(f);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory reading '%s' (%zu bytes)", path,
+                        bytes);
+    }
+    if (fread(raw, 1, bytes, f) != bytes)
+        s = st_error(ST_ERR_IO, "cannot read data file '%s'", path);
+    fclose(f);
+    if (s != ST_OK) {
+        free(raw);
+        return s;
+    }
+    ds->n = tokens ? bytes / 2 : bytes;
+    ds->tokens = malloc((ds->n ? ds->n : 1) * sizeof *ds->tokens);
+    if (!ds->tokens) {
+        free(raw);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu tokens", ds->n);
+    }
+    int maxtok = 0;
+    for (size_t i = 0; i < ds->n; i++) {
+        ds->tokens[i] = tokens ? (uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8) : raw[i];
+        if (ds->tokens[i] > maxtok)
+            maxtok = ds->tokens[i];
+    }
+    free(raw);
+    ds->kind = tokens ? KIND_TOKENS : KIND_TEXT;
+    ds->vocab_needed = tokens ? maxtok + 1 : 256;
+    ds->n_train = ds->n - ds->n * VAL_PERCENT / 100;
+    snprintf(ds->describe, sizeof ds->describe,
+             "%s: %zu %s (%zu train, %zu validation)", path, ds->n,
+             tokens ? "uint16 tokens" : "bytes", ds->n_train, ds->n - ds->n_train);
+    return ST_OK;
+}
+
+st_status st_dataset_open(const char *source, st_dataset **out)
+{
+    st_dataset *ds = calloc(1, sizeof *ds);
+    if (!ds)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    if (!source || strcmp(source, "addition") == 0) {
+        ds->kind = KIND_ADDITION;
+        snprintf(ds->name, sizeof ds->name, "addition");
+        snprintf(ds->describe, sizeof ds->describe,
+                 "addition: built-in task, %d-digit sums written least significant digit "
+                 "first (\"123+456=9750\")",
+                 ADD_DIGITS);
+        ds->vocab_needed = 256;
+        *out = ds;
+        return ST_OK;
+    }
+    snprintf(ds->name, sizeof ds->name, "%s", source);
+    st_status s = load_file(ds, source);
+    if (s == ST_OK && ds->n - ds->n_train < 2)
+        s = st_error(ST_ERR_FORMAT,
+                     "data file '%s' has %zu tokens: too few to split into training and "
+                     "validation (the last %d%% validate)",
+                     source, ds->n, VAL_PERCENT);
+    if (s != ST_OK) {
+        st_dataset_destroy(ds);
+        return s;
+    }
+    *out = ds;
+    return ST_OK;
+}
+
+void st_dataset_destroy(st_dataset *ds)
+{
+    if (!ds)
+        return;
+    free(ds->tokens);
+    free(ds);
+}
+
+const char *st_dataset_name(const st_dataset *ds)
+{
+    return ds->name;
+}
+
+const char *st_dataset_describe(const st_dataset *ds)
+{
+    return ds->describe;
+}
+
+int st_dataset_vocab_needed(const st_dataset *ds)
+{
+    return ds->vocab_needed;
+}
+
+int st_dataset_fixed_seq(const st_dataset *ds)
+{
+    return ds->kind == KIND_ADDITION ? ADD_SEQ : 0;
+}
+
+bool st_dataset_has_exact_match(const st_dataset *ds)
+{
+    return ds->kind == KIND_ADDITION;
+}
+
+size_t st_dataset_tokens(const st_dataset *ds, st_split split)
+{
+    if (ds->kind == KIND_ADDITION)
+        return (size_t)-1;
+    return split == ST_TRAIN ? ds->n_train : ds->n - ds->n_train;
+}
+
+void st_addition_problem(int a, int b, char prompt[16], char answer[8])
+{
+    int c = a + b;
+    snprintf(prompt, 16, "%03d+%03d=", a, b);
+    for (int i = 0; i < ADD_DIGITS + 1; i++, c /= 10)
+        answer[i] = (char)('0' + c % 10);
+    answer[ADD_DIGITS + 1] = '\n';
+    answer[ADD_DIGITS + 2] = '\0';
+}
+
+size_t st_dataset_windows(const st_dataset *ds, st_split split, int T)
+{
+    size_t n = st_dataset_tokens(ds, split);
+    if (ds->kind == KIND_ADDITION)
+        return 0;
+    return T > 0 && n > (size_t)T ? (n - 1) / (size_t)T : 0;
+}
+
+st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, uint64_t index,
+                           int B, int T, int32_t *tokens, int32_t *targets)
+{
+    if (B < 1 || T < 1)
+        return st_error(ST_ERR_INVALID, "batch %d x %d is empty", B, T);
+    /* Validation draws do not depend on the seed: every run is measured on the same set. */
+    uint64_t key = split == ST_VAL ? 0x5eedull : seed;
+    rng r = {mix(mix(key) ^ (split == ST_VAL ? 0xa11ull : 0x7a1ull)) ^ mix(index)};
+    if (ds->kind == KIND_ADDITION) {
+        if (T != ADD_SEQ)
+            return st_error(ST_ERR_INVALID,
+                            "the addition task has sequences of %d tokens, not %d (leave "
+                            "--seq out)",
+                            ADD_SEQ, T);
+        for (int b = 0; b < B; b++) {
+            char prompt[16], answer[8], text[24];
+            int x = (int)rng_below(&r, 1000), y = (int)rng_below(&r, 1000);
+            st_addition_problem(x, y, prompt, answer);
+            snprintf(text, sizeof text, "%s%s", prompt, answer);
+            for (int t = 0; t < T; t++) {
+                tokens[b * T + t] = (unsigned char)text[t];
+                /* targets: the answer digits and the newline (predicted from position 7 on) */
+                targets[b * T + t] = t >= 7 ? (unsigned char)text[t + 1] : -1;
+            }
+        }
+        return ST_OK;
+    }
+    size_t first = split == ST_TRAIN ? 0 : ds->n_train;
+    size_t n = st_dataset_tokens(ds, split);
+    if (n < (size_t)T + 1)
+        return st_error(ST_ERR_INVALID,
+                        "the %s split of '%s' has %zu tokens, fewer than a sequence of %d + 1",
+                        split == ST_TRAIN ? "training" : "validation", ds->name, n, T);
+    size_t windows = (n - 1) / (size_t)T;
+    for (int b = 0; b < B; b++) {
+        size_t start;
+        if (split == ST_TRAIN)
+            start = (size_t)rng_below(&r, n - (size_t)T);
+        else
+            start = ((index * (size_t)B + (size_t)b) % windows) * (size_t)T;
+        const uint16_t *src = ds->tokens + first + start;
+        for (int t = 0; t < T; t++) {
+            tokens[b * T + t] = src[t];
+            targets[b * T + t] = src[t + 1];
+        }
+    }
+    return ST_OK;
+}
