@@ -32,7 +32,8 @@ extern "C" {
 
 typedef struct st_dataset st_dataset;
 
-typedef enum st_split { ST_TRAIN, ST_VAL } st_split;
+/* ST_ALL: the whole source, in order (for evaluating a file). */
+typedef enum st_split { ST_TRAIN, ST_VAL, ST_ALL } st_split;
 
 /* source: NULL or "addition" for the built-in task, else a file path. */
 st_status st_dataset_open(const char *source, st_dataset **out);

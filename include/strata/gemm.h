@@ -35,6 +35,9 @@ typedef struct st_gemm_args {
     st_tensor *c;
     size_t c_offset, ldc, c_stride;
     size_t batch; /* 0 or 1: one product; more: strided-batched */
+    /* A second, outer batch level (0 or 1: none): item (o, i) starts at
+     * offset + o * x_outer + i * x_stride; one CLBlast call for all. */
+    size_t outer, a_outer, b_outer, c_outer;
 } st_gemm_args;
 
 st_status st_gemm(const st_gemm_args *args);

@@ -64,7 +64,7 @@ static const char *clblast_error_name(int code)
 
 static st_status check_operand(const char *which, const st_tensor *t, const st_device *dev,
                                size_t offset, size_t ld, size_t stride, size_t batch,
-                               size_t rows, size_t cols)
+                               size_t rows, size_t cols, size_t outer, size_t outer_stride)
 {
     if (!t)
         return st_error(ST_ERR_INVALID, "gemm: matrix %s is missing", which);
@@ -80,7 +80,8 @@ static st_status check_operand(const char *which, const st_tensor *t, const st_d
                         "gemm: leading dimension of %s ('%s') is %zu, less than its %zu columns",
                         which, st_tensor_name(t), ld, cols);
     /* Last element touched: offset + (batch-1)*stride + (rows-1)*ld + cols - 1. */
-    size_t end = offset + (batch - 1) * stride + (rows - 1) * ld + cols;
+    size_t end = offset + (outer - 1) * outer_stride + (batch - 1) * stride + (rows - 1) * ld +
+                 cols;
     if (end > st_tensor_numel(t))
         return st_error(ST_ERR_INVALID,
                         "gemm: matrix %s ([%zu,%zu], ld %zu, offset %zu, %zu batch item(s) of "
@@ -95,17 +96,19 @@ st_status st_gemm(const st_gemm_args *g)
     if (!g->c)
         return st_error(ST_ERR_INVALID, "gemm: matrix C is missing");
     st_device *dev = st_tensor_device(g->c);
-    size_t batch = g->batch ? g->batch : 1;
+    size_t batch = g->batch ? g->batch : 1, outer = g->outer ? g->outer : 1;
     if (g->m == 0 || g->n == 0 || g->k == 0)
         return st_error(ST_ERR_INVALID, "gemm: empty product %zux%zux%zu", g->m, g->n, g->k);
     st_status s;
     /* Row-major storage: A is [m,k] or, transposed, stored [k,m]. */
     if ((s = check_operand("A", g->a, dev, g->a_offset, g->lda, g->a_stride, batch,
-                           g->trans_a ? g->k : g->m, g->trans_a ? g->m : g->k)) != ST_OK ||
+                           g->trans_a ? g->k : g->m, g->trans_a ? g->m : g->k, outer,
+                           g->a_outer)) != ST_OK ||
         (s = check_operand("B", g->b, dev, g->b_offset, g->ldb, g->b_stride, batch,
-                           g->trans_b ? g->n : g->k, g->trans_b ? g->k : g->n)) != ST_OK ||
+                           g->trans_b ? g->n : g->k, g->trans_b ? g->k : g->n, outer,
+                           g->b_outer)) != ST_OK ||
         (s = check_operand("C", g->c, dev, g->c_offset, g->ldc, g->c_stride, batch, g->m,
-                           g->n)) != ST_OK)
+                           g->n, outer, g->c_outer)) != ST_OK)
         return s;
 
     cl_command_queue q = st_device_cl_queue(dev);
@@ -116,7 +119,33 @@ st_status st_gemm(const st_gemm_args *g)
     size_t co = st_tensor_offset(g->c) + g->c_offset;
     CLBlastStatusCode r;
     const char *call;
-    if (batch == 1) {
+    if (outer > 1) {
+        /* Two levels of batch: CLBlast's batched GEMM takes one offset per item. */
+        size_t items = outer * batch;
+        size_t *offs = malloc(3 * items * sizeof *offs);
+        float *ab = malloc(2 * items * sizeof *ab);
+        if (!offs || !ab) {
+            free(offs);
+            free(ab);
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu GEMM offsets", items);
+        }
+        for (size_t o = 0; o < outer; o++)
+            for (size_t i = 0; i < batch; i++) {
+                size_t j = o * batch + i;
+                offs[j] = ao + o * g->a_outer + i * g->a_stride;
+                offs[items + j] = bo + o * g->b_outer + i * g->b_stride;
+                offs[2 * items + j] = co + o * g->c_outer + i * g->c_stride;
+                ab[j] = g->alpha;
+                ab[items + j] = g->beta;
+            }
+        call = "CLBlastSgemmBatched";
+        r = CLBlastSgemmBatched(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, ab,
+                                st_tensor_cl_mem(g->a), offs, g->lda, st_tensor_cl_mem(g->b),
+                                offs + items, g->ldb, ab + items, st_tensor_cl_mem(g->c),
+                                offs + 2 * items, g->ldc, items, &q, NULL);
+        free(offs);
+        free(ab);
+    } else if (batch == 1) {
         call = "CLBlastSgemm";
         r = CLBlastSgemm(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha,
                          st_tensor_cl_mem(g->a), ao, g->lda, st_tensor_cl_mem(g->b), bo, g->ldb,

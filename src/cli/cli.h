@@ -43,5 +43,8 @@ void cli_table_free(cli_table *t);
 
 int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

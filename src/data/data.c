@@ -176,7 +176,7 @@ size_t st_dataset_tokens(const st_dataset *ds, st_split split)
 {
     if (ds->kind == KIND_ADDITION)
         return (size_t)-1;
-    return split == ST_TRAIN ? ds->n_train : ds->n - ds->n_train;
+    return split == ST_TRAIN ? ds->n_train : split == ST_VAL ? ds->n - ds->n_train : ds->n;
 }
 
 void st_addition_problem(int a, int b, char prompt[16], char answer[8])
@@ -203,8 +203,8 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
     if (B < 1 || T < 1)
         return st_error(ST_ERR_INVALID, "batch %d x %d is empty", B, T);
     /* Validation draws do not depend on the seed: every run is measured on the same set. */
-    uint64_t key = split == ST_VAL ? 0x5eedull : seed;
-    rng r = {mix(mix(key) ^ (split == ST_VAL ? 0xa11ull : 0x7a1ull)) ^ mix(index)};
+    uint64_t key = split == ST_TRAIN ? seed : 0x5eedull;
+    rng r = {mix(mix(key) ^ (split == ST_TRAIN ? 0x7a1ull : 0xa11ull)) ^ mix(index)};
     if (ds->kind == KIND_ADDITION) {
         if (T != ADD_SEQ)
             return st_error(ST_ERR_INVALID,
@@ -224,12 +224,13 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
         }
         return ST_OK;
     }
-    size_t first = split == ST_TRAIN ? 0 : ds->n_train;
+    size_t first = split == ST_VAL ? ds->n_train : 0;
     size_t n = st_dataset_tokens(ds, split);
     if (n < (size_t)T + 1)
         return st_error(ST_ERR_INVALID,
                         "the %s split of '%s' has %zu tokens, fewer than a sequence of %d + 1",
-                        split == ST_TRAIN ? "training" : "validation", ds->name, n, T);
+                        split == ST_TRAIN ? "training" : split == ST_VAL ? "validation" : "whole",
+                        ds->name, n, T);
     size_t windows = (n - 1) / (size_t)T;
     for (int b = 0; b < B; b++) {
         size_t start;

@@ -1,13 +1,13 @@
 /*
  * attention.c - causal multi-head attention: the products through CLBlast
- * (batched over heads, one call per sequence of the batch), the causal
+ * (one batched call over every sequence and head), the causal
  * softmax in cl/attention.cl.
  *
  * Per sequence b and head h, with HS = C / NH and row stride 3C in qkv:
  *   Q = qkv[b, :, h*HS ...], K = qkv[b, :, C + h*HS ...], V = qkv[b, :, 2C + h*HS ...]
  *   att[b,h] = softmax_causal(Q K^T * scale),  out[b, :, h*HS ...] = att[b,h] V
- * Heads are HS elements apart in qkv and out, T*T apart in att: one strided
- * batch of NH products per sequence.
+ * Heads are HS elements apart in qkv and out, T*T apart in att; sequences
+ * T*3C, T*C and NH*T*T apart.
  */
 #include <math.h>
 
@@ -23,18 +23,21 @@ static st_status check_shapes(const char *op, int B, int T, int C, int NH)
     return ST_OK;
 }
 
-/* One strided batch over the NH heads of sequence b. Offsets are per sequence. */
+/* One batched call over every (sequence, head): heads are x_stride apart,
+ * sequences x_seq apart. Offsets are those of sequence 0. */
 static st_status heads_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                             const st_tensor *a, size_t a_off, size_t lda, size_t a_stride,
-                            const st_tensor *b, size_t b_off, size_t ldb, size_t b_stride,
-                            st_tensor *c, size_t c_off, size_t ldc, size_t c_stride, int NH)
+                            size_t a_seq, const st_tensor *b, size_t b_off, size_t ldb,
+                            size_t b_stride, size_t b_seq, st_tensor *c, size_t c_off,
+                            size_t ldc, size_t c_stride, size_t c_seq, int NH, int B)
 {
     st_gemm_args g = {.trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .alpha = alpha,
                       .beta = 0.0f,
                       .a = a, .a_offset = a_off, .lda = lda, .a_stride = a_stride,
                       .b = b, .b_offset = b_off, .ldb = ldb, .b_stride = b_stride,
                       .c = c, .c_offset = c_off, .ldc = ldc, .c_stride = c_stride,
-                      .batch = (size_t)NH};
+                      .batch = (size_t)NH, .outer = (size_t)B,
+                      .a_outer = a_seq, .b_outer = b_seq, .c_outer = c_seq};
     return st_gemm(&g);
 }
 
@@ -49,25 +52,19 @@ st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv,
     NEED("attention_fwd", att, Bs * (size_t)NH * Ts * Ts);
     NEED("attention_fwd", qkv, Bs * Ts * 3 * Cs);
     float scale = (float)(1.0 / sqrt((double)HS));
-    for (size_t b = 0; b < Bs; b++) {
-        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
-        /* att = Q K^T * scale */
-        if ((s = heads_gemm(false, true, Ts, Ts, HS, scale, qkv, q, 3 * Cs, HS, qkv, q + Cs,
-                            3 * Cs, HS, att, a, Ts, Ts * Ts, NH)) != ST_OK)
-            return s;
-    }
+    /* Sequences are T*3C apart in qkv, T*C in out and NH*T*T in att. */
+    size_t qs = Ts * 3 * Cs, os = Ts * Cs, as = (size_t)NH * Ts * Ts;
+    /* att = Q K^T * scale */
+    if ((s = heads_gemm(false, true, Ts, Ts, HS, scale, qkv, 0, 3 * Cs, HS, qs, qkv, Cs, 3 * Cs,
+                        HS, qs, att, 0, Ts, Ts * Ts, as, NH, B)) != ST_OK)
+        return s;
     size_t rows = Bs * (size_t)NH * Ts;
     if ((s = ST_LAUNCH(st_tensor_device(att), "attention.cl", "attention_softmax_fwd", rows, 64,
                        ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
         return s;
-    for (size_t b = 0; b < Bs; b++) {
-        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
-        /* out = att V */
-        if ((s = heads_gemm(false, false, Ts, HS, Ts, 1.0f, att, a, Ts, Ts * Ts, qkv,
-                            q + 2 * Cs, 3 * Cs, HS, out, b * Ts * Cs, Cs, HS, NH)) != ST_OK)
-            return s;
-    }
-    return ST_OK;
+    /* out = att V */
+    return heads_gemm(false, false, Ts, HS, Ts, 1.0f, att, 0, Ts, Ts * Ts, as, qkv, 2 * Cs,
+                      3 * Cs, HS, qs, out, 0, Cs, HS, os, NH, B);
 }
 
 st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *dout,
@@ -84,27 +81,22 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
     NEED("attention_bwd", qkv, Bs * Ts * 3 * Cs);
     NEED("attention_bwd", att, Bs * (size_t)NH * Ts * Ts);
     float scale = (float)(1.0 / sqrt((double)HS));
-    for (size_t b = 0; b < Bs; b++) {
-        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts, o = b * Ts * Cs;
-        /* datt = dout V^T;  dV = att^T dout */
-        if ((s = heads_gemm(false, true, Ts, Ts, HS, 1.0f, dout, o, Cs, HS, qkv, q + 2 * Cs,
-                            3 * Cs, HS, datt, a, Ts, Ts * Ts, NH)) != ST_OK ||
-            (s = heads_gemm(true, false, Ts, HS, Ts, 1.0f, att, a, Ts, Ts * Ts, dout, o, Cs, HS,
-                            dqkv, q + 2 * Cs, 3 * Cs, HS, NH)) != ST_OK)
-            return s;
-    }
+    size_t qs = Ts * 3 * Cs, os = Ts * Cs, as = (size_t)NH * Ts * Ts;
+    /* datt = dout V^T;  dV = att^T dout */
+    if ((s = heads_gemm(false, true, Ts, Ts, HS, 1.0f, dout, 0, Cs, HS, os, qkv, 2 * Cs, 3 * Cs,
+                        HS, qs, datt, 0, Ts, Ts * Ts, as, NH, B)) != ST_OK ||
+        (s = heads_gemm(true, false, Ts, HS, Ts, 1.0f, att, 0, Ts, Ts * Ts, as, dout, 0, Cs, HS,
+                        os, dqkv, 2 * Cs, 3 * Cs, HS, qs, NH, B)) != ST_OK)
+        return s;
     size_t rows = Bs * (size_t)NH * Ts;
     if ((s = ST_LAUNCH(st_tensor_device(datt), "attention.cl", "attention_softmax_bwd", rows, 64,
                        ST_KT(datt), ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
         return s;
-    for (size_t b = 0; b < Bs; b++) {
-        size_t q = b * Ts * 3 * Cs, a = b * (size_t)NH * Ts * Ts;
-        /* dQ = dS K * scale;  dK = dS^T Q * scale */
-        if ((s = heads_gemm(false, false, Ts, HS, Ts, scale, datt, a, Ts, Ts * Ts, qkv, q + Cs,
-                            3 * Cs, HS, dqkv, q, 3 * Cs, HS, NH)) != ST_OK ||
-            (s = heads_gemm(true, false, Ts, HS, Ts, scale, datt, a, Ts, Ts * Ts, qkv, q, 3 * Cs,
-                            HS, dqkv, q + Cs, 3 * Cs, HS, NH)) != ST_OK)
-            return s;
-    }
+    /* dQ = dS K * scale;  dK = dS^T Q * scale */
+    if ((s = heads_gemm(false, false, Ts, HS, Ts, scale, datt, 0, Ts, Ts * Ts, as, qkv, Cs,
+                        3 * Cs, HS, qs, dqkv, 0, 3 * Cs, HS, qs, NH, B)) != ST_OK ||
+        (s = heads_gemm(true, false, Ts, HS, Ts, scale, datt, 0, Ts, Ts * Ts, as, qkv, 0, 3 * Cs,
+                        HS, qs, dqkv, Cs, 3 * Cs, HS, qs, NH, B)) != ST_OK)
+        return s;
     return ST_OK;
 }

@@ -1,0 +1,86 @@
+/*
+ * train.h - the training loop: batches from a dataset, forward, backward,
+ * global-norm clipping, AdamW with warmup and cosine decay, validation,
+ * checkpoints and resuming.
+ *
+ * Same seed, same devices, same settings: bitwise the same losses, and a run
+ * resumed from a checkpoint continues exactly as the uninterrupted run
+ * (batches are a function of the step; every sum has a fixed order).
+ *
+ * The loop reports through a callback; it prints nothing itself.
+ */
+#ifndef STRATA_TRAIN_H
+#define STRATA_TRAIN_H
+
+#include <stdint.h>
+
+#include "strata/data.h"
+#include "strata/device.h"
+#include "strata/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct st_train_config {
+    int batch, seq;        /* sequences per step, tokens per sequence */
+    long steps;            /* last step (a resumed run continues to it) */
+    long stop_at;          /* 0, or stop after this step as if interrupted (the
+                            * schedule still runs to `steps`) */
+    float lr, min_lr;      /* peak learning rate; cosine decay ends at min_lr */
+    long warmup;           /* linear warmup steps */
+    float weight_decay;    /* on 2-D weights only */
+    float clip;            /* global gradient-norm limit; 0: none */
+    float beta1, beta2, eps;
+    uint64_t seed;
+    long eval_every;       /* 0: only at the end */
+    int eval_batches;
+    long save_every;       /* 0: only at the end */
+    const char *out_dir;   /* checkpoint folder, or NULL */
+    const char *resume_dir;
+} st_train_config;
+
+/* The defaults of `strata train`. */
+void st_train_config_defaults(st_train_config *tc);
+
+/* Learning rate at step (from 1). */
+float st_train_lr(const st_train_config *tc, long step);
+
+typedef enum st_train_event_kind {
+    ST_TRAIN_START,
+    ST_TRAIN_STEP,
+    ST_TRAIN_EVAL,
+    ST_TRAIN_SAVE,
+    ST_TRAIN_DONE
+} st_train_event_kind;
+
+typedef struct st_train_event {
+    st_train_event_kind kind;
+    long step, steps;
+    double loss, lr, grad_norm;     /* STEP */
+    double ms, tokens_per_s;        /* STEP: this step; DONE: whole run average */
+    double val_loss, exact;         /* EVAL: exact < 0 when the data has no exact match */
+    long val_tokens;
+    const char *path;               /* SAVE */
+    double seconds;                 /* DONE: wall time of the steps */
+    uint64_t params;                /* START */
+    uint64_t device_bytes, peak_bytes; /* START, DONE */
+} st_train_event;
+
+typedef void (*st_train_callback)(const st_train_event *e, void *user);
+
+/* Trains cfg's model on dev. With tc->resume_dir, the weights, moments and
+ * step come from there and the data, batch, sequence, seed and schedule
+ * must match the checkpoint's (st_train_settings_apply fills them). */
+st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
+                   const st_train_config *tc, st_train_callback cb, void *user);
+
+/* Reads the settings a checkpoint was trained with into tc and data (the
+ * dataset's name), for a resumed run's defaults. */
+st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,387 @@
+/*
+ * cmd_generate.c - `strata generate`: sample text from a trained model with
+ * the KV cache (each new token costs one position, not the whole sequence),
+ * and `strata eval`: loss and perplexity of a model on data.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "strata/checkpoint.h"
+#include "strata/data.h"
+#include "strata/gpt.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Opens dir's model on the first chosen device with the given buffers. */
+static st_status open_model(const char *dir, const char *devices, st_gpt_options *o,
+                            cli_devices *devs, st_gpt_config *cfg, st_model_desc **desc,
+                            st_gpt **g)
+{
+    st_status s = st_checkpoint_config(dir, cfg);
+    if (s != ST_OK || (s = st_model_describe(cfg, desc)) != ST_OK)
+        return s;
+    if ((s = cli_devices_get(devices, true, devs)) != ST_OK)
+        return s;
+    if (o->kv_seq > cfg->n_positions)
+        o->kv_seq = cfg->n_positions;
+    if (o->seq > cfg->n_positions)
+        o->seq = cfg->n_positions;
+    if ((s = st_gpt_create(devs->dev[0], *desc, o, g)) != ST_OK)
+        return s;
+    return st_checkpoint_load(dir, g, 1, NULL);
+}
+
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+typedef struct cand {
+    float logit;
+    int id;
+} cand;
+
+static int by_logit(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit > y->logit ? -1 : 1;
+    return x->id - y->id;
+}
+
+/* Temperature 0: the most likely token. Else softmax(logits / temperature)
+ * over the top_k most likely (all when top_k is 0), sampled. */
+static int sample(const float *logits, int V, double temperature, int top_k, cand *c,
+                  uint64_t *rng)
+{
+    for (int v = 0; v < V; v++)
+        c[v] = (cand){logits[v], v};
+    qsort(c, (size_t)V, sizeof *c, by_logit);
+    if (temperature <= 0)
+        return c[0].id;
+    int k = top_k > 0 && top_k < V ? top_k : V;
+    double sum = 0, *p = malloc((size_t)k * sizeof *p);
+    if (!p)
+        return c[0].id;
+    for (int i = 0; i < k; i++)
+        sum += p[i] = exp((c[i].logit - c[0].logit) / temperature);
+    double u = (double)(next_u64(rng) >> 11) * 0x1.0p-53 * sum;
+    int pick = k - 1;
+    for (int i = 0; i < k; i++) {
+        if (u < p[i]) {
+            pick = i;
+            break;
+        }
+        u -= p[i];
+    }
+    free(p);
+    return c[pick].id;
+}
+
+static void put_token(int tok)
+{
+    if (tok < 256)
+        putchar(tok);
+    else
+        printf("<%d>", tok);
+}
+
+static void generate_help(void)
+{
+    printf("usage: strata generate --model DIR [options]\n"
+           "\n"
+           "Continues a prompt with a trained model (a folder written by `strata train\n"
+           "--out`, or any GPT-2 config.json + model.safetensors). Tokens are bytes;\n"
+           "ids of 256 and up print as <id>. Each new token runs one position through\n"
+           "the model, reusing the keys and values of the earlier ones (KV cache).\n"
+           "The text goes to stdout, the statistics to stderr.\n"
+           "\n"
+           "  --model DIR         the model folder (required)\n"
+           "  --prompt TEXT       text to continue (default: a newline)\n"
+           "  -n, --tokens N      tokens to generate (default 200; stops at the model's\n"
+           "                      positions)\n"
+           "  --temperature X     0 picks the most likely token (default 0.8)\n"
+           "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
+           "  --seed N            sampling seed (default 1)\n"
+           "  --devices CHOICE    which device (the first chosen runs the model)\n"
+           "  -h, --help          this text\n"
+           "\n"
+           "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"prompt", required_argument, NULL, 'p'},
+                                         {"tokens", required_argument, NULL, 'n'},
+                                         {"temperature", required_argument, NULL, 't'},
+                                         {"top-k", required_argument, NULL, 'k'},
+                                         {"seed", required_argument, NULL, 's'},
+                                         {"devices", required_argument, NULL, 'd'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *model = NULL, *prompt = "\n", *devices = NULL;
+    long n = 200, top_k = 40, seed = 1;
+    double temperature = 0.8;
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":hn:", opts, &li)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n': ok = parse_long(optarg, 0, 1L << 30, &n); break;
+        case 't': {
+            char *end = NULL;
+            temperature = strtod(optarg, &end);
+            ok = *optarg && !*end && temperature >= 0 && temperature <= 100;
+            break;
+        }
+        case 'k': ok = parse_long(optarg, 0, 1L << 30, &top_k); break;
+        case 's': ok = parse_long(optarg, 0, 1L << 62, &seed); break;
+        case 'd': devices = optarg; break;
+        case 'h': generate_help(); return CLI_OK;
+        case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
+        default: return cli_usage_error("generate", "unknown option %s", argv[optind - 1]);
+        }
+        if (!ok)
+            return cli_usage_error("generate", "bad value '%s' for %s%s", optarg,
+                                   li >= 0 ? "--" : "", li >= 0 ? opts[li].name : "-n");
+    }
+    if (optind < argc)
+        return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
+    if (!model)
+        return cli_usage_error("generate", "--model DIR is required");
+    if (!*prompt)
+        return cli_usage_error("generate", "the prompt is empty: give at least one character");
+    cli_devices devs = {0};
+    st_gpt_config cfg;
+    st_model_desc *desc = NULL;
+    st_gpt *g = NULL;
+    st_gpt_options o = {.kv_seq = 1 << 30};
+    st_status s = open_model(model, devices, &o, &devs, &cfg, &desc, &g);
+    size_t plen = strlen(prompt);
+    if (s == ST_OK && plen > (size_t)cfg.n_positions)
+        s = st_error(ST_ERR_INVALID, "the prompt has %zu tokens; the model takes at most %d",
+                     plen, cfg.n_positions);
+    float *logits = malloc((size_t)cfg.vocab_size * sizeof *logits);
+    cand *cands = malloc((size_t)cfg.vocab_size * sizeof *cands);
+    if (s == ST_OK && (!logits || !cands))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    uint64_t rng = (uint64_t)seed;
+    long made = 0;
+    double t0 = now_s(), t_prompt = 0;
+    if (s == ST_OK) {
+        fputs(prompt, stdout);
+        for (size_t i = 0; s == ST_OK && i < plen; i++)
+            s = st_gpt_decode(g, (unsigned char)prompt[i], (int)i, logits);
+        t_prompt = now_s() - t0;
+        for (int pos = (int)plen; s == ST_OK && made < n; pos++) {
+            int tok = sample(logits, cfg.vocab_size, temperature, (int)top_k, cands, &rng);
+            put_token(tok);
+            fflush(stdout);
+            made++;
+            if (pos >= cfg.n_positions)
+                break;
+            if (made < n)
+                s = st_gpt_decode(g, tok, pos, logits);
+        }
+    }
+    double secs = now_s() - t0;
+    if (s == ST_OK) {
+        putchar('\n');
+        fprintf(stderr,
+                "generated %ld tokens in %.2f s | %.1f tok/s (prompt: %zu tokens in %.2f s) on "
+                "%s\n",
+                made, secs, secs - t_prompt > 0 ? (made - 1) / (secs - t_prompt) : 0.0, plen,
+                t_prompt, st_device_label(devs.dev[0]));
+        if (made < n)
+            fprintf(stderr, "stopped at the model's %d positions\n", cfg.n_positions);
+    }
+    free(logits);
+    free(cands);
+    st_gpt_destroy(g);
+    st_model_desc_destroy(desc);
+    if (devs.list)
+        cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}
+
+static void eval_help(void)
+{
+    printf("usage: strata eval --model DIR [--data SRC] [options]\n"
+           "\n"
+           "Prints a model's mean loss per token and its perplexity on data: every\n"
+           "token of a text or token file (windows of --seq tokens, each token\n"
+           "predicted once), or --batches batches of the built-in addition task's\n"
+           "validation problems (with exact-match accuracy).\n"
+           "\n"
+           "  --model DIR         the model folder (required)\n"
+           "  --data SRC          'addition' (default), a text file or a token file\n"
+           "  --seq N             tokens per window (default: the model's positions)\n"
+           "  --batch N           windows per forward pass (default 8)\n"
+           "  --batches N         addition: validation batches (default 16)\n"
+           "  --devices CHOICE    which device (the first chosen runs the model)\n"
+           "  -h, --help          this text\n");
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"data", required_argument, NULL, 'D'},
+                                         {"seq", required_argument, NULL, 'T'},
+                                         {"batch", required_argument, NULL, 'B'},
+                                         {"batches", required_argument, NULL, 'K'},
+                                         {"devices", required_argument, NULL, 'd'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *model = NULL, *data = NULL, *devices = NULL;
+    long T = 0, B = 8, batches = 16;
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'D': data = optarg; break;
+        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'K': ok = parse_long(optarg, 1, 1 << 20, &batches); break;
+        case 'd': devices = optarg; break;
+        case 'h': eval_help(); return CLI_OK;
+        case ':': return cli_usage_error("eval", "option %s needs a value", argv[optind - 1]);
+        default: return cli_usage_error("eval", "unknown option %s", argv[optind - 1]);
+        }
+        if (!ok)
+            return cli_usage_error("eval", "bad value '%s' for --%s", optarg, opts[li].name);
+    }
+    if (optind < argc)
+        return cli_usage_error("eval", "unexpected argument '%s'", argv[optind]);
+    if (!model)
+        return cli_usage_error("eval", "--model DIR is required");
+    st_dataset *ds = NULL;
+    st_status s = st_dataset_open(data, &ds);
+    if (s != ST_OK)
+        return cli_fail(s);
+    st_gpt_config cfg;
+    if ((s = st_checkpoint_config(model, &cfg)) != ST_OK) {
+        st_dataset_destroy(ds);
+        return cli_fail(s);
+    }
+    int fixed = st_dataset_fixed_seq(ds);
+    if (!T)
+        T = fixed ? fixed : cfg.n_positions;
+    if (fixed && T != fixed) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("eval", "the addition task has sequences of %d tokens: leave --seq out",
+                               fixed);
+    }
+    if (T > cfg.n_positions) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("eval", "--seq %ld is longer than the model's %d positions", T,
+                               cfg.n_positions);
+    }
+    if (st_dataset_vocab_needed(ds) > cfg.vocab_size) {
+        st_dataset_destroy(ds);
+        return cli_fail(st_error(ST_ERR_INVALID,
+                                 "the data has tokens up to %d; the model's vocabulary is %d",
+                                 st_dataset_vocab_needed(ds) - 1, cfg.vocab_size));
+    }
+    size_t windows = fixed ? (size_t)(batches * B) : st_dataset_windows(ds, ST_ALL, (int)T);
+    if (!windows) {
+        st_dataset_destroy(ds);
+        return cli_fail(st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",
+                                 st_dataset_name(ds), T + 1));
+    }
+    cli_devices devs = {0};
+    st_model_desc *desc = NULL;
+    st_gpt *g = NULL;
+    st_gpt_options o = {.batch = (int)B, .seq = (int)T, .slots = 1};
+    s = open_model(model, devices, &o, &devs, &cfg, &desc, &g);
+    size_t N = (size_t)B * T;
+    int32_t *tok = malloc(N * sizeof *tok), *tgt = malloc(N * sizeof *tgt);
+    float *probs = fixed ? malloc(N * cfg.vocab_size * sizeof *probs) : NULL;
+    if (s == ST_OK && (!tok || !tgt || (fixed && !probs)))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    double sum = 0, t0 = now_s();
+    long count = 0, exact = 0;
+    size_t n_batches = (windows + (size_t)B - 1) / (size_t)B;
+    for (size_t k = 0; s == ST_OK && k < n_batches; k++) {
+        double bs = 0;
+        long bc = 0;
+        if ((s = st_dataset_batch(ds, fixed ? ST_VAL : ST_ALL, 0, k, (int)B, (int)T, tok, tgt)) !=
+            ST_OK)
+            break;
+        for (size_t w = k * (size_t)B; w < (k + 1) * (size_t)B; w++)
+            if (w >= windows) /* past the last window: the batch wrapped; count nothing */
+                for (long t = 0; t < T; t++)
+                    tgt[(w - k * (size_t)B) * (size_t)T + (size_t)t] = -1;
+        if ((s = st_gpt_forward(g, 0, tok, tgt, (int)B, (int)T)) != ST_OK ||
+            (s = st_gpt_loss(g, 0, (int)B, (int)T, &bs, &bc)) != ST_OK)
+            break;
+        sum += bs;
+        count += bc;
+        if (fixed && (s = st_gpt_output_read(g, 0, (int)B, (int)T, probs)) == ST_OK) {
+            for (long b = 0; b < B; b++) {
+                bool all = true;
+                for (long t = 0; t < T && all; t++) {
+                    int want = tgt[b * T + t];
+                    if (want < 0)
+                        continue;
+                    const float *p = probs + ((size_t)b * T + (size_t)t) * cfg.vocab_size;
+                    int best = 0;
+                    for (int v = 1; v < cfg.vocab_size; v++)
+                        if (p[v] > p[best])
+                            best = v;
+                    all = best == want;
+                }
+                exact += all;
+            }
+        }
+        if (!fixed && n_batches > 20 && (k + 1) % (n_batches / 10) == 0)
+            fprintf(stderr, "eval: %zu of %zu batches\n", k + 1, n_batches);
+    }
+    if (s == ST_OK) {
+        double loss = count ? sum / count : 0;
+        printf("eval: %s | %ld tokens | loss %.4f | perplexity %.3f", st_dataset_name(ds), count,
+               loss, exp(loss));
+        if (fixed)
+            printf(" | exact match %.1f%% of %zu problems", 100.0 * exact / (double)windows,
+                   windows);
+        printf(" | %.1f s\n", now_s() - t0);
+    }
+    free(tok);
+    free(tgt);
+    free(probs);
+    st_gpt_destroy(g);
+    st_model_desc_destroy(desc);
+    if (devs.list)
+        cli_devices_put(&devs);
+    st_dataset_destroy(ds);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}

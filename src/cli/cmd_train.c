@@ -1,0 +1,367 @@
+/*
+ * cmd_train.c - `strata train`: options, the model's config, then the
+ * training loop of strata/train.h with one log line per step (and JSON
+ * lines with --log-json).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "strata/checkpoint.h"
+#include "strata/train.h"
+
+static void help(void)
+{
+    st_train_config d;
+    st_train_config_defaults(&d);
+    printf("usage: strata train [options]\n"
+           "\n"
+           "Trains a GPT-2-style model. Without --data it learns the built-in\n"
+           "addition task (\"123+456=9750\": 3-digit sums, answer digits least\n"
+           "significant first), which needs no file and shows learning within a\n"
+           "minute or two on a CPU.\n"
+           "\n"
+           "data:\n"
+           "  --data SRC          'addition' (default), a text file (bytes are tokens,\n"
+           "                      vocabulary 256) or a uint16 token file (*.bin, *.u16,\n"
+           "                      *.tok); files: last 10%% validate\n"
+           "model (ignored with --resume, which uses the checkpoint's config.json):\n"
+           "  --config FILE       a config.json with GPT-2 field names\n"
+           "  --layers N          transformer blocks (default %d)\n"
+           "  --embd N            channels (default %d)\n"
+           "  --heads N           attention heads (default %d)\n"
+           "  --positions N       longest sequence (default: --seq)\n"
+           "  --vocab N           vocabulary (default 256, or what a token file needs)\n"
+           "training:\n"
+           "  --batch N           sequences per step (default %d)\n"
+           "  --seq N             tokens per sequence (default: 12 for addition, else 64)\n"
+           "  --steps N           last step (default %ld)\n"
+           "  --lr X              peak learning rate (default %g)\n"
+           "  --min-lr X          learning rate at the end of the cosine decay (default %g)\n"
+           "  --warmup N          linear warmup steps (default %ld)\n"
+           "  --weight-decay X    AdamW decay on 2-D weights (default %g)\n"
+           "  --clip X            global gradient-norm limit, 0 for none (default %g)\n"
+           "  --seed N            weights and batches (default %llu)\n"
+           "  --eval-every N      validation every N steps, 0: only at the end (default %ld)\n"
+           "  --eval-batches N    validation batches (default %d)\n"
+           "checkpoints and logs:\n"
+           "  --out DIR           write config.json, model.safetensors and\n"
+           "                      optimizer.safetensors here at the end\n"
+           "  --save-every N      also every N steps\n"
+           "  --resume DIR        continue from a checkpoint (bitwise the same as not\n"
+           "                      stopping); batch, seq, seed, data and schedule come\n"
+           "                      from it; --steps may extend the run\n"
+           "  --stop-at N         stop after step N as if interrupted (saving to --out);\n"
+           "                      the schedule still runs to --steps, for --resume\n"
+           "  --log-every N       print every Nth step line (default 1)\n"
+           "  --log-json FILE     also write every event as a JSON line\n"
+           "  --devices CHOICE    which device (default $STRATA_DEVICES, else all; the\n"
+           "                      first chosen device trains)\n"
+           "  -h, --help          this text\n"
+           "\n"
+           "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files.\n",
+           2, 128, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
+           (double)d.weight_decay, (double)d.clip, (unsigned long long)d.seed, d.eval_every,
+           d.eval_batches);
+}
+
+typedef struct log_ctx {
+    FILE *json;
+    long log_every;
+    bool has_exact;
+    double last_val, last_exact;
+    bool have_val;
+    const char *out;
+} log_ctx;
+
+/* 24850 -> "24,850" */
+static const char *commas(double x, char *buf, size_t size)
+{
+    char raw[64];
+    snprintf(raw, sizeof raw, "%.0f", x);
+    size_t len = strlen(raw), o = 0;
+    for (size_t i = 0; i < len && o + 2 < size; i++) {
+        if (i > 0 && (len - i) % 3 == 0 && raw[i - 1] != '-')
+            buf[o++] = ',';
+        buf[o++] = raw[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void on_event(const st_train_event *e, void *user)
+{
+    log_ctx *L = user;
+    char a[64], b[64];
+    switch (e->kind) {
+    case ST_TRAIN_START:
+        printf("parameters: %s | %s on the device\n", commas((double)e->params, a, sizeof a),
+               st_format_bytes(e->device_bytes, b, sizeof b));
+        if (e->step)
+            printf("resuming at step %ld of %ld\n", e->step, e->steps);
+        if (L->json)
+            fprintf(L->json,
+                    "{\"event\":\"start\",\"step\":%ld,\"steps\":%ld,\"params\":%llu,"
+                    "\"device_bytes\":%llu}\n",
+                    e->step, e->steps, (unsigned long long)e->params,
+                    (unsigned long long)e->device_bytes);
+        break;
+    case ST_TRAIN_STEP:
+        if (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)
+            printf("step %ld/%ld | loss %.4f | lr %.1e | %.1f ms | %s tok/s\n", e->step, e->steps,
+                   e->loss, e->lr, e->ms, commas(e->tokens_per_s, a, sizeof a));
+        if (L->json)
+            fprintf(L->json,
+                    "{\"event\":\"step\",\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
+                    "\"grad_norm\":%.9g,\"ms\":%.3f,\"tok_per_s\":%.1f}\n",
+                    e->step, e->steps, e->loss, e->lr, e->grad_norm, e->ms, e->tokens_per_s);
+        break;
+    case ST_TRAIN_EVAL:
+        L->have_val = true;
+        L->last_val = e->val_loss;
+        L->last_exact = e->exact;
+        if (e->exact >= 0)
+            printf("val  %ld/%ld | loss %.4f | exact match %.1f%%\n", e->step, e->steps,
+                   e->val_loss, 100.0 * e->exact);
+        else
+            printf("val  %ld/%ld | loss %.4f | perplexity %.2f\n", e->step, e->steps,
+                   e->val_loss, exp(e->val_loss));
+        if (L->json)
+            fprintf(L->json,
+                    "{\"event\":\"eval\",\"step\":%ld,\"val_loss\":%.9g,\"val_tokens\":%ld%s",
+                    e->step, e->val_loss, e->val_tokens, e->exact >= 0 ? "" : "}\n");
+        if (L->json && e->exact >= 0)
+            fprintf(L->json, ",\"exact\":%.6f}\n", e->exact);
+        break;
+    case ST_TRAIN_SAVE:
+        printf("saved step %ld to %s\n", e->step, e->path);
+        if (L->json)
+            fprintf(L->json, "{\"event\":\"save\",\"step\":%ld}\n", e->step);
+        break;
+    case ST_TRAIN_DONE:
+        printf("done: step %ld of %ld in %.1f s | %s tok/s", e->step, e->steps, e->seconds,
+               commas(e->tokens_per_s, a, sizeof a));
+        if (L->have_val)
+            printf(" | val loss %.4f", L->last_val);
+        if (L->have_val && L->last_exact >= 0)
+            printf(" | exact match %.1f%%", 100.0 * L->last_exact);
+        printf(" | device memory peak %s\n", st_format_bytes(e->peak_bytes, b, sizeof b));
+        if (L->json)
+            fprintf(L->json,
+                    "{\"event\":\"done\",\"steps\":%ld,\"seconds\":%.3f,\"tok_per_s\":%.1f,"
+                    "\"peak_bytes\":%llu}\n",
+                    e->steps, e->seconds, e->tokens_per_s, (unsigned long long)e->peak_bytes);
+        break;
+    }
+    fflush(stdout);
+    if (L->json)
+        fflush(L->json);
+}
+
+/* Parsers that refuse trailing junk and out-of-range values. */
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, double lo, double hi, float *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return false;
+    *out = (float)v;
+    return true;
+}
+
+enum {
+    O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
+    O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
+    O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_DEVICES
+};
+
+int cmd_train(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data", required_argument, NULL, O_DATA},
+        {"config", required_argument, NULL, O_CONFIG},
+        {"layers", required_argument, NULL, O_LAYERS},
+        {"embd", required_argument, NULL, O_EMBD},
+        {"heads", required_argument, NULL, O_HEADS},
+        {"positions", required_argument, NULL, O_POSITIONS},
+        {"vocab", required_argument, NULL, O_VOCAB},
+        {"batch", required_argument, NULL, O_BATCH},
+        {"seq", required_argument, NULL, O_SEQ},
+        {"steps", required_argument, NULL, O_STEPS},
+        {"lr", required_argument, NULL, O_LR},
+        {"min-lr", required_argument, NULL, O_MINLR},
+        {"warmup", required_argument, NULL, O_WARMUP},
+        {"weight-decay", required_argument, NULL, O_WD},
+        {"clip", required_argument, NULL, O_CLIP},
+        {"seed", required_argument, NULL, O_SEED},
+        {"eval-every", required_argument, NULL, O_EVAL_EVERY},
+        {"eval-batches", required_argument, NULL, O_EVAL_BATCHES},
+        {"out", required_argument, NULL, O_OUT},
+        {"save-every", required_argument, NULL, O_SAVE_EVERY},
+        {"resume", required_argument, NULL, O_RESUME},
+        {"stop-at", required_argument, NULL, O_STOP_AT},
+        {"log-every", required_argument, NULL, O_LOG_EVERY},
+        {"log-json", required_argument, NULL, O_LOG_JSON},
+        {"devices", required_argument, NULL, O_DEVICES},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    st_train_config tc;
+    st_train_config_defaults(&tc);
+    const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
+    long layers = 2, embd = 128, heads = 4, positions = 0, vocab = 0, log_every = 1;
+    /* Which training settings were given, so that --resume can tell them from defaults. */
+    bool given[O_DEVICES + 1] = {false};
+    long v = 0;
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        char name[64];
+        const char *arg = optarg;
+        if (li >= 0)
+            snprintf(name, sizeof name, "--%s", opts[li].name);
+        else
+            snprintf(name, sizeof name, "%s", argv[optind - 1]);
+        bool ok = true;
+        if (c >= O_DATA && c <= O_DEVICES)
+            given[c] = true;
+        switch (c) {
+        case O_DATA: data = arg; break;
+        case O_CONFIG: config = arg; break;
+        case O_LAYERS: ok = parse_long(arg, 1, 1000, &layers); break;
+        case O_EMBD: ok = parse_long(arg, 1, 1 << 16, &embd); break;
+        case O_HEADS: ok = parse_long(arg, 1, 1024, &heads); break;
+        case O_POSITIONS: ok = parse_long(arg, 1, 1 << 20, &positions); break;
+        case O_VOCAB: ok = parse_long(arg, 2, 1 << 24, &vocab); break;
+        case O_BATCH: ok = parse_long(arg, 1, 1 << 20, &v); tc.batch = (int)v; break;
+        case O_SEQ: ok = parse_long(arg, 1, 1 << 20, &v); tc.seq = (int)v; break;
+        case O_STEPS: ok = parse_long(arg, 1, 1L << 40, &tc.steps); break;
+        case O_LR: ok = parse_float(arg, 1e-12, 10, &tc.lr); break;
+        case O_MINLR: ok = parse_float(arg, 0, 10, &tc.min_lr); break;
+        case O_WARMUP: ok = parse_long(arg, 0, 1L << 40, &tc.warmup); break;
+        case O_WD: ok = parse_float(arg, 0, 10, &tc.weight_decay); break;
+        case O_CLIP: ok = parse_float(arg, 0, 1e30, &tc.clip); break;
+        case O_SEED: ok = parse_long(arg, 0, 1L << 62, &v); tc.seed = (uint64_t)v; break;
+        case O_EVAL_EVERY: ok = parse_long(arg, 0, 1L << 40, &tc.eval_every); break;
+        case O_EVAL_BATCHES: ok = parse_long(arg, 1, 1 << 20, &v); tc.eval_batches = (int)v; break;
+        case O_OUT: tc.out_dir = arg; break;
+        case O_SAVE_EVERY: ok = parse_long(arg, 0, 1L << 40, &tc.save_every); break;
+        case O_RESUME: tc.resume_dir = arg; break;
+        case O_STOP_AT: ok = parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
+        case O_LOG_EVERY: ok = parse_long(arg, 1, 1L << 40, &log_every); break;
+        case O_LOG_JSON: log_json = arg; break;
+        case O_DEVICES: devices = arg; break;
+        case 'h': help(); return CLI_OK;
+        case ':': return cli_usage_error("train", "option %s needs a value", name);
+        default: return cli_usage_error("train", "unknown option %s", name);
+        }
+        if (!ok)
+            return cli_usage_error("train", "bad value '%s' for %s", arg, name);
+    }
+    if (optind < argc)
+        return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
+
+    st_gpt_config cfg = {0};
+    st_status s = ST_OK;
+    char saved_data[1024] = "";
+    if (tc.resume_dir) {
+        /* The checkpoint's settings are the defaults; flags given must agree (st_train checks). */
+        st_train_config saved = tc;
+        if ((s = st_train_settings_read(tc.resume_dir, &saved, saved_data, sizeof saved_data)) !=
+                ST_OK ||
+            (s = st_checkpoint_config(tc.resume_dir, &cfg)) != ST_OK)
+            return cli_fail(s);
+        if (!given[O_BATCH]) tc.batch = saved.batch;
+        if (!given[O_SEQ]) tc.seq = saved.seq;
+        if (!given[O_STEPS]) tc.steps = saved.steps;
+        if (!given[O_LR]) tc.lr = saved.lr;
+        if (!given[O_MINLR]) tc.min_lr = saved.min_lr;
+        if (!given[O_WARMUP]) tc.warmup = saved.warmup;
+        if (!given[O_WD]) tc.weight_decay = saved.weight_decay;
+        if (!given[O_CLIP]) tc.clip = saved.clip;
+        if (!given[O_SEED]) tc.seed = saved.seed;
+        tc.beta1 = saved.beta1, tc.beta2 = saved.beta2, tc.eps = saved.eps;
+        if (!data)
+            data = saved_data;
+        if (given[O_STEPS] && tc.steps != saved.steps)
+            fprintf(stderr,
+                    "strata train: note: --steps %ld changes the cosine schedule of the "
+                    "checkpoint's %ld steps; the run continues, but not as the original would "
+                    "have\n",
+                    tc.steps, saved.steps);
+    }
+    st_dataset *ds = NULL;
+    if ((s = st_dataset_open(data, &ds)) != ST_OK)
+        return cli_fail(s);
+    int fixed = st_dataset_fixed_seq(ds);
+    if (fixed && tc.seq && tc.seq != fixed) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("train", "the addition task has sequences of %d tokens: leave --seq out",
+                               fixed);
+    }
+    if (!tc.seq)
+        tc.seq = fixed ? fixed : 64;
+    if (!tc.resume_dir) {
+        if (config) {
+            if ((s = st_gpt_config_load(config, &cfg)) != ST_OK) {
+                st_dataset_destroy(ds);
+                return cli_fail(s);
+            }
+        } else {
+            cfg.vocab_size = (int)(vocab ? vocab : st_dataset_vocab_needed(ds));
+            cfg.n_positions = (int)(positions ? positions : tc.seq);
+            cfg.n_embd = (int)embd;
+            cfg.n_layer = (int)layers;
+            cfg.n_head = (int)heads;
+            cfg.n_inner = 4 * (int)embd;
+            cfg.layer_norm_epsilon = 1e-5f;
+            if ((s = st_gpt_config_check(&cfg)) != ST_OK) {
+                st_dataset_destroy(ds);
+                return cli_fail(s);
+            }
+        }
+    }
+    cli_devices devs;
+    if ((s = cli_devices_get(devices, true, &devs)) != ST_OK) {
+        st_dataset_destroy(ds);
+        return cli_fail(s);
+    }
+    log_ctx L = {.log_every = log_every, .out = tc.out_dir};
+    if (log_json && !(L.json = fopen(log_json, "w"))) {
+        fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s\n", log_json,
+                strerror(errno));
+        cli_devices_put(&devs);
+        st_dataset_destroy(ds);
+        return CLI_USAGE;
+    }
+    printf("data: %s\n", st_dataset_describe(ds));
+    printf("model: %d layers, %d channels, %d heads, %d positions, vocabulary %d\n",
+           cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size);
+    printf("device: %s%s\n", st_device_label(devs.dev[0]),
+           devs.n > 1 ? " (the first chosen; splitting over several comes with the planner)" : "");
+    printf("training: batch %d x %d tokens, %ld steps, lr %.1e warmup %ld cosine to %.1e, "
+           "seed %llu\n",
+           tc.batch, tc.seq, tc.steps, (double)tc.lr, tc.warmup, (double)tc.min_lr,
+           (unsigned long long)tc.seed);
+    fflush(stdout);
+    s = st_train(devs.dev[0], &cfg, ds, &tc, on_event, &L);
+    if (L.json)
+        fclose(L.json);
+    cli_devices_put(&devs);
+    st_dataset_destroy(ds);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}

@@ -1,0 +1,336 @@
+/*
+ * train.c - the training loop on one device (see strata/train.h).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "strata/checkpoint.h"
+#include "strata/gpt.h"
+#include "strata/train.h"
+
+void st_train_config_defaults(st_train_config *tc)
+{
+    memset(tc, 0, sizeof *tc);
+    tc->batch = 32;
+    tc->seq = 0; /* the data's own, or the model's positions */
+    tc->steps = 1000;
+    tc->lr = 3e-3f;
+    tc->min_lr = 3e-4f;
+    tc->warmup = 50;
+    tc->weight_decay = 0.1f;
+    tc->clip = 1.0f;
+    tc->beta1 = 0.9f;
+    tc->beta2 = 0.95f;
+    tc->eps = 1e-8f;
+    tc->seed = 1;
+    tc->eval_every = 100;
+    tc->eval_batches = 8;
+}
+
+float st_train_lr(const st_train_config *tc, long step)
+{
+    if (tc->warmup > 0 && step <= tc->warmup)
+        return tc->lr * (float)step / (float)tc->warmup;
+    long decay = tc->steps - tc->warmup;
+    if (decay <= 0)
+        return tc->lr;
+    double progress = (double)(step - tc->warmup) / (double)decay;
+    if (progress > 1.0)
+        progress = 1.0;
+    return (float)(tc->min_lr + 0.5 * (tc->lr - tc->min_lr) * (1.0 + cos(3.14159265358979323846 * progress)));
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The settings a resumed run must share, as JSON (floats as their bits'
+ * decimal form through %.9g, which reads back to the same float). */
+static char *settings_json(const st_train_config *tc, const st_dataset *ds)
+{
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)tc->seed);
+    json_t *j = json_pack("{s:s, s:i, s:i, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f, s:s}",
+                          "data", st_dataset_name(ds), "batch", tc->batch, "seq", tc->seq,
+                          "steps", (json_int_t)tc->steps, "lr", (double)tc->lr, "min_lr",
+                          (double)tc->min_lr, "warmup", (json_int_t)tc->warmup,
+                          "weight_decay", (double)tc->weight_decay, "clip", (double)tc->clip,
+                          "beta1", (double)tc->beta1, "beta2", (double)tc->beta2, "eps",
+                          (double)tc->eps, "seed", seed);
+    if (!j)
+        return NULL;
+    char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(j);
+    return text;
+}
+
+st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size)
+{
+    st_train_state state;
+    st_status s = st_checkpoint_state(dir, &state);
+    if (s != ST_OK)
+        return s;
+    const char *text = state.settings;
+    json_error_t err;
+    json_t *j = json_loads(text, 0, &err);
+    const char *d = NULL, *seed = NULL;
+    json_int_t batch = 0, seq = 0, steps = 0, warmup = 0;
+    double lr, min_lr, wd, clip, b1, b2, eps;
+    if (!j || json_unpack(j, "{s:s, s:I, s:I, s:I, s:F, s:F, s:I, s:F, s:F, s:F, s:F, s:F, s:s}",
+                          "data", &d, "batch", &batch, "seq", &seq, "steps", &steps, "lr", &lr,
+                          "min_lr", &min_lr, "warmup", &warmup, "weight_decay", &wd, "clip",
+                          &clip, "beta1", &b1, "beta2", &b2, "eps", &eps, "seed", &seed) != 0) {
+        json_decref(j);
+        return st_error(ST_ERR_FORMAT,
+                        "%s/optimizer.safetensors: the training settings in its metadata are "
+                        "unreadable",
+                        dir);
+    }
+    snprintf(data, size, "%s", d);
+    tc->batch = (int)batch;
+    tc->seq = (int)seq;
+    tc->steps = (long)steps;
+    tc->lr = (float)lr;
+    tc->min_lr = (float)min_lr;
+    tc->warmup = (long)warmup;
+    tc->weight_decay = (float)wd;
+    tc->clip = (float)clip;
+    tc->beta1 = (float)b1;
+    tc->beta2 = (float)b2;
+    tc->eps = (float)eps;
+    tc->seed = strtoull(seed, NULL, 10);
+    json_decref(j);
+    return ST_OK;
+}
+
+typedef struct run {
+    st_gpt *g;
+    const st_gpt_config *cfg;
+    st_dataset *ds;
+    const st_train_config *tc;
+    int B, T;
+    int32_t *tokens, *targets;
+    float *probs;
+    st_train_callback cb;
+    void *user;
+} run;
+
+static void emit(run *r, st_train_event *e)
+{
+    if (r->cb)
+        r->cb(e, r->user);
+}
+
+static st_status evaluate(run *r, long step)
+{
+    int B = r->B, T = r->T, V = r->cfg->vocab_size;
+    double sum = 0;
+    long count = 0, exact = 0, seqs = 0;
+    bool has_exact = st_dataset_has_exact_match(r->ds);
+    st_status s = ST_OK;
+    for (int k = 0; s == ST_OK && k < r->tc->eval_batches; k++) {
+        double bs = 0;
+        long bc = 0;
+        if ((s = st_dataset_batch(r->ds, ST_VAL, r->tc->seed, (uint64_t)k, B, T, r->tokens,
+                                  r->targets)) != ST_OK ||
+            (s = st_gpt_forward(r->g, 0, r->tokens, r->targets, B, T)) != ST_OK ||
+            (s = st_gpt_loss(r->g, 0, B, T, &bs, &bc)) != ST_OK)
+            break;
+        sum += bs;
+        count += bc;
+        if (!has_exact)
+            continue;
+        if ((s = st_gpt_output_read(r->g, 0, B, T, r->probs)) != ST_OK)
+            break;
+        for (int b = 0; b < B; b++) {
+            bool all = true;
+            for (int t = 0; t < T && all; t++) {
+                int tgt = r->targets[b * T + t];
+                if (tgt < 0)
+                    continue;
+                const float *p = r->probs + ((size_t)b * T + t) * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (p[v] > p[best])
+                        best = v;
+                all = best == tgt;
+            }
+            exact += all;
+            seqs++;
+        }
+    }
+    if (s != ST_OK)
+        return s;
+    st_train_event e = {.kind = ST_TRAIN_EVAL, .step = step, .steps = r->tc->steps,
+                        .val_loss = count ? sum / count : 0, .val_tokens = count,
+                        .exact = has_exact && seqs ? (double)exact / seqs : -1};
+    emit(r, &e);
+    return ST_OK;
+}
+
+static st_status save(run *r, long step, const st_dataset *ds)
+{
+    st_train_state state = {.step = step};
+    char *text = settings_json(r->tc, ds);
+    if (!text)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    snprintf(state.settings, sizeof state.settings, "%s", text);
+    free(text);
+    st_status s = st_checkpoint_save(r->tc->out_dir, &r->g, 1, r->cfg, &state);
+    if (s == ST_OK) {
+        st_train_event e = {.kind = ST_TRAIN_SAVE, .step = step, .steps = r->tc->steps,
+                            .path = r->tc->out_dir};
+        emit(r, &e);
+    }
+    return s;
+}
+
+/* A resumed run must share the settings that shape its batches and schedule. */
+static st_status check_resume(const st_train_config *tc, const st_dataset *ds, const char *dir)
+{
+    st_train_config saved;
+    char data[1024];
+    st_status s = st_train_settings_read(dir, &saved, data, sizeof data);
+    if (s != ST_OK)
+        return s;
+#define SAME(field, flag)                                                                   \
+    if (saved.field != tc->field)                                                           \
+        return st_error(ST_ERR_INVALID,                                                     \
+                        "resume: %s differs from the checkpoint's; a resumed run continues "  \
+                        "with the checkpoint's settings (leave the flag out)",               \
+                        flag);
+    SAME(batch, "--batch")
+    SAME(seq, "--seq")
+    SAME(lr, "--lr")
+    SAME(min_lr, "--min-lr")
+    SAME(warmup, "--warmup")
+    SAME(weight_decay, "--weight-decay")
+    SAME(clip, "--clip")
+    SAME(seed, "--seed")
+#undef SAME
+    if (strcmp(data, st_dataset_name(ds)) != 0)
+        return st_error(ST_ERR_INVALID,
+                        "resume: the checkpoint was trained on '%s', not '%s' (leave --data out)",
+                        data, st_dataset_name(ds));
+    return ST_OK;
+}
+
+st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
+                   const st_train_config *tc, st_train_callback cb, void *user)
+{
+    run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->batch, .T = tc->seq, .cb = cb,
+             .user = user};
+    if (tc->batch < 1 || tc->seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
+        tc->min_lr < 0 || tc->warmup < 0 || tc->clip < 0 || tc->eval_every < 0 ||
+        tc->save_every < 0)
+        return st_error(ST_ERR_INVALID,
+                        "train: batch, sequence, steps and eval batches must be positive, the "
+                        "learning rate positive, the rest not negative");
+    if (tc->seq > cfg->n_positions)
+        return st_error(ST_ERR_INVALID,
+                        "train: sequences of %d tokens do not fit the model's %d positions", tc->seq,
+                        cfg->n_positions);
+    if (st_dataset_vocab_needed(ds) > cfg->vocab_size)
+        return st_error(ST_ERR_INVALID, "train: the data has tokens up to %d, the model's vocabulary is %d",
+                        st_dataset_vocab_needed(ds) - 1, cfg->vocab_size);
+    st_status s = ST_OK;
+    st_train_state state = {0};
+    if (tc->resume_dir && (s = check_resume(tc, ds, tc->resume_dir)) != ST_OK)
+        return s;
+    st_model_desc *desc = NULL;
+    if ((s = st_model_describe(cfg, &desc)) != ST_OK)
+        return s;
+    size_t N = (size_t)r.B * r.T;
+    r.tokens = malloc(N * sizeof *r.tokens);
+    r.targets = malloc(N * sizeof *r.targets);
+    r.probs = malloc(N * cfg->vocab_size * sizeof *r.probs);
+    if (!r.tokens || !r.targets || !r.probs)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for a batch");
+    st_gpt_options o = {.batch = r.B, .seq = r.T, .slots = 1, .training = true};
+    if (s == ST_OK)
+        s = st_gpt_create(dev, desc, &o, &r.g);
+    if (s == ST_OK)
+        s = tc->resume_dir ? st_checkpoint_load(tc->resume_dir, &r.g, 1, &state)
+                           : st_gpt_init(r.g, tc->seed);
+    long start = state.step;
+    long last = tc->stop_at > 0 && tc->stop_at < tc->steps ? tc->stop_at : tc->steps;
+    if (s == ST_OK && start >= last)
+        s = st_error(ST_ERR_INVALID,
+                     "resume: the checkpoint is at step %ld, --steps/--stop-at %ld leave nothing "
+                     "to do",
+                     start, last);
+    if (s == ST_OK) {
+        st_device_memory m = st_device_get_memory(dev);
+        st_train_event e = {.kind = ST_TRAIN_START, .step = start, .steps = tc->steps,
+                            .params = desc->param_numel, .device_bytes = st_gpt_bytes(r.g),
+                            .peak_bytes = m.peak};
+        emit(&r, &e);
+    }
+    double t_start = now_s();
+    long done_steps = 0;
+    for (long step = start + 1; s == ST_OK && step <= last; step++) {
+        double t0 = now_s(), sum = 0, ss = 0;
+        long count = 0;
+        float lr = st_train_lr(tc, step);
+        if ((s = st_dataset_batch(ds, ST_TRAIN, tc->seed, (uint64_t)(step - 1), r.B, r.T,
+                                  r.tokens, r.targets)) != ST_OK ||
+            (s = st_gpt_zero_grad(r.g)) != ST_OK ||
+            (s = st_gpt_forward(r.g, 0, r.tokens, r.targets, r.B, r.T)) != ST_OK ||
+            (s = st_gpt_loss(r.g, 0, r.B, r.T, &sum, &count)) != ST_OK)
+            break;
+        if (count == 0) {
+            s = st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
+            break;
+        }
+        if ((s = st_gpt_backward(r.g, 0, r.B, r.T, 1.0f / (float)count)) != ST_OK ||
+            (s = st_gpt_grad_sumsq(r.g, &ss)) != ST_OK)
+            break;
+        double norm = sqrt(ss);
+        if (!isfinite(norm) || !isfinite(sum)) {
+            s = st_error(ST_ERR_INVALID,
+                         "step %ld: the loss or gradient is not finite (loss %g, gradient norm "
+                         "%g); lower --lr or set --clip",
+                         step, sum / count, norm);
+            break;
+        }
+        float scale = tc->clip > 0 && norm > tc->clip ? (float)(tc->clip / (norm + 1e-6)) : 1.0f;
+        st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
+        if ((s = st_gpt_step(r.g, &hp, step, scale)) != ST_OK ||
+            (s = st_device_finish(dev)) != ST_OK)
+            break;
+        double ms = (now_s() - t0) * 1e3;
+        done_steps++;
+        st_train_event e = {.kind = ST_TRAIN_STEP, .step = step, .steps = tc->steps,
+                            .loss = sum / count, .lr = lr, .grad_norm = norm, .ms = ms,
+                            .tokens_per_s = (double)N / (ms * 1e-3)};
+        emit(&r, &e);
+        if ((tc->eval_every > 0 && step % tc->eval_every == 0) || step == last)
+            s = evaluate(&r, step);
+        if (s == ST_OK && tc->out_dir &&
+            ((tc->save_every > 0 && step % tc->save_every == 0) || step == last))
+            s = save(&r, step, ds);
+    }
+    if (s == ST_OK) {
+        double secs = now_s() - t_start;
+        st_device_memory m = st_device_get_memory(dev);
+        st_train_event e = {.kind = ST_TRAIN_DONE, .step = last, .steps = tc->steps,
+                            .seconds = secs,
+                            .tokens_per_s = secs > 0 ? (double)N * done_steps / secs : 0,
+                            .device_bytes = st_gpt_bytes(r.g), .peak_bytes = m.peak};
+        emit(&r, &e);
+    }
+    st_gpt_destroy(r.g);
+    st_model_desc_destroy(desc);
+    free(r.tokens);
+    free(r.targets);
+    free(r.probs);
+    return s;
+}

@@ -1,0 +1,125 @@
+#!/bin/bash
+# train_test.sh - `strata train`, `generate` and `eval` end to end on a tiny
+# model: log format, JSON log, bitwise repeatable runs, a resumed run equal to
+# an uninterrupted one, checkpoint files, generation with a seed, evaluation,
+# and clear errors with exit code 2 for bad input.
+#
+# usage: train_test.sh path/to/strata
+set -u
+strata=$1
+work=$(mktemp -d /tmp/strata-train-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+failures=0
+
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+
+# expect CODE TEXT -- command...: the exit code and a piece of stdout+stderr.
+expect() {
+    local code=$1 text=$2
+    shift 3
+    local out rc
+    out=$("$@" 2>&1)
+    rc=$?
+    if [ "$rc" != "$code" ]; then
+        fail "$* -> exit $rc, expected $code: $out"
+    elif ! grep -qF -- "$text" <<<"$out"; then
+        fail "$* -> output lacks '$text': $out"
+    fi
+}
+
+tiny=(--layers 1 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5)
+
+# A first run: log lines, JSON lines, a checkpoint.
+out=$("$strata" train "${tiny[@]}" --steps 20 --eval-every 10 --out "$work/a" \
+    --log-json "$work/a.json" 2>&1) || fail "train: $out"
+grep -qE '^step 20/20 \| loss [0-9]+\.[0-9]{4} \| lr [0-9.]+e[-+][0-9]+ \| [0-9.]+ ms \| [0-9,]+ tok/s$' \
+    <<<"$out" || fail "no step line in the expected format: $out"
+grep -qE '^val  10/20 \| loss [0-9.]+ \| exact match [0-9.]+%$' <<<"$out" || fail "no val line: $out"
+grep -q '^done: step 20 of 20' <<<"$out" || fail "no summary line: $out"
+[ "$(grep -c '"event":"step"' "$work/a.json")" = 20 ] || fail "JSON log lacks 20 step lines"
+grep -q '"event":"eval"' "$work/a.json" || fail "JSON log lacks eval lines"
+for f in config.json model.safetensors optimizer.safetensors; do
+    [ -s "$work/a/$f" ] || fail "checkpoint lacks $f"
+done
+grep -q '"n_embd": 32' "$work/a/config.json" || fail "config.json lacks n_embd: $(cat "$work/a/config.json")"
+
+# The same run again: bitwise the same losses (printed with 9 digits in JSON).
+"$strata" train "${tiny[@]}" --steps 20 --eval-every 10 --log-json "$work/b.json" >/dev/null 2>&1 ||
+    fail "second run failed"
+cmp -s <(grep '"event":"step"' "$work/a.json" | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/b.json" | sed 's/"ms".*//') ||
+    fail "two runs with one seed gave different losses"
+# Another seed: different losses.
+"$strata" train "${tiny[@]}" --steps 3 --seed 2 --log-json "$work/s2.json" >/dev/null 2>&1
+cmp -s <(grep '"step":3,' "$work/a.json" | sed 's/"ms".*//') \
+    <(grep '"step":3,' "$work/s2.json" | sed 's/"ms".*//') && fail "seed 2 gave seed 1's losses"
+
+# Interrupted at step 10 and resumed: the same steps 11..20 and the same weights.
+"$strata" train "${tiny[@]}" --steps 20 --eval-every 10 --stop-at 10 --out "$work/c" >/dev/null 2>&1 ||
+    fail "run stopped at 10 failed"
+out=$("$strata" train --resume "$work/c" --out "$work/d" --log-json "$work/d.json" 2>&1) ||
+    fail "resume failed: $out"
+grep -q 'resuming at step 10 of 20' <<<"$out" || fail "resume did not say where it starts: $out"
+cmp -s <(grep '"event":"step"' "$work/a.json" | sed -n '11,20p' | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/d.json" | sed 's/"ms".*//') ||
+    fail "resumed steps 11..20 differ from the uninterrupted run"
+cmp -s "$work/a/model.safetensors" "$work/d/model.safetensors" ||
+    fail "resumed weights differ from the uninterrupted run's"
+cmp -s "$work/a/optimizer.safetensors" "$work/d/optimizer.safetensors" ||
+    fail "resumed optimizer state differs from the uninterrupted run's"
+expect 2 "differs from the checkpoint" -- "$strata" train --resume "$work/c" --batch 4
+expect 2 "leave nothing" -- "$strata" train --resume "$work/a"
+
+# Generation: the prompt comes back, one seed gives one text, tokens/s reported.
+out1=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>"$work/gen.err") ||
+    fail "generate failed: $(cat "$work/gen.err")"
+out2=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>/dev/null)
+[ "$out1" = "$out2" ] || fail "generate with one seed differs: '$out1' vs '$out2'"
+[[ "$out1" == "123+456="* ]] || fail "generate does not start with the prompt: '$out1'"
+grep -qE 'generated 4 tokens in [0-9.]+ s \| [0-9.]+ tok/s' "$work/gen.err" ||
+    fail "generate did not report tokens/s: $(cat "$work/gen.err")"
+out=$("$strata" generate --model "$work/a" --prompt "1" -n 50 --temperature 0 2>&1) ||
+    fail "greedy generate failed: $out"
+grep -q "stopped at the model's 12 positions" <<<"$out" || fail "no note at the position limit: $out"
+expect 2 "--model DIR is required" -- "$strata" generate --prompt x
+expect 2 "does not exist" -- "$strata" generate --model "$work/none"
+expect 2 "at most 12" -- "$strata" generate --model "$work/a" --prompt "0123456789abc"
+
+# Evaluation.
+expect 0 "exact match" -- "$strata" eval --model "$work/a"
+
+# Text data: train and evaluate on a file.
+for i in $(seq 1 200); do echo "the quick brown fox jumps over the lazy dog $i"; done >"$work/text.txt"
+expect 0 "perplexity" -- "$strata" train --data "$work/text.txt" "${tiny[@]}" --seq 16 --steps 5 --out "$work/t"
+expect 0 "perplexity" -- "$strata" eval --model "$work/t" --data "$work/text.txt"
+expect 2 "longer than the model's 16 positions" -- "$strata" eval --model "$work/t" --data "$work/text.txt" --seq 32
+# uint16 token files: tokens above the vocabulary are refused.
+printf '\x01\x00\x02\x00\x03\x00\x2c\x01' >"$work/tok.bin"
+for i in $(seq 1 6); do cat "$work/tok.bin" "$work/tok.bin" >"$work/tok2.bin"; mv "$work/tok2.bin" "$work/tok.bin"; done
+expect 2 "vocabulary is 256" -- "$strata" eval --model "$work/t" --data "$work/tok.bin"
+expect 0 "step 2/2" -- "$strata" train --data "$work/tok.bin" "${tiny[@]}" --seq 8 --steps 2
+
+# Bad input: exit 2 and a message that names the problem.
+expect 2 "cannot open data file" -- "$strata" train --data "$work/missing.txt"
+expect 2 "sequences of 12 tokens" -- "$strata" train --seq 10
+expect 2 "bad value 'x' for --steps" -- "$strata" train --steps x
+expect 2 "unknown option --nope" -- "$strata" train --nope
+expect 2 "not divisible" -- "$strata" train --embd 30 --heads 4 --steps 1
+cp -r "$work/a" "$work/bad"
+head -c 100 "$work/a/model.safetensors" >"$work/bad/model.safetensors"
+expect 2 "not a valid safetensors file" -- "$strata" generate --model "$work/bad"
+cp -r "$work/a" "$work/wrong"
+sed -i 's/"n_embd": 32/"n_embd": 64/' "$work/wrong/config.json"
+expect 2 "the model needs [256, 64]" -- "$strata" generate --model "$work/wrong"
+
+"$strata" train --help | grep -q -- "--resume DIR" || fail "train --help lacks --resume"
+"$strata" generate --help | grep -q -- "--top-k" || fail "generate --help lacks --top-k"
+
+if [ "$failures" -gt 0 ]; then
+    echo "$failures check(s) failed" >&2
+    exit 1
+fi
+echo "all train/generate/eval checks passed"
