@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# main.sh - the main job: set up and build, then list the OpenCL devices and
-# check kernels and CLBlast GEMM on every one of them.
-# Arguments are passed to `strata check` (e.g. --devices 0).
+# main.sh - the main job: set up and build, list the OpenCL devices, train the
+# built-in default model (the addition task) and generate from it.
+# Arguments are passed to `strata train` (e.g. --devices 0 or --steps 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 build=${BUILD_DIR:-build}
+out=${STRATA_OUT:-runs/default}
 "$build/strata" devices
-"$build/strata" check "$@"
+"$build/strata" train --out "$out" --log-every 50 "$@"
+echo
+echo "generating from $out (answers are written least significant digit first):"
+for prompt in "123+456=" "905+187=" "999+999="; do
+    "$build/strata" generate --model "$out" --prompt "$prompt" -n 5 --temperature 0
+done

@@ -194,6 +194,7 @@ int cmd_generate(int argc, char **argv)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     uint64_t rng = (uint64_t)seed;
     long made = 0;
+    int last_tok = '\n';
     double t0 = now_s(), t_prompt = 0;
     if (s == ST_OK) {
         fputs(prompt, stdout);
@@ -203,6 +204,7 @@ int cmd_generate(int argc, char **argv)
         for (int pos = (int)plen; s == ST_OK && made < n; pos++) {
             int tok = sample(logits, cfg.vocab_size, temperature, (int)top_k, cands, &rng);
             put_token(tok);
+            last_tok = tok;
             fflush(stdout);
             made++;
             if (pos >= cfg.n_positions)
@@ -213,7 +215,8 @@ int cmd_generate(int argc, char **argv)
     }
     double secs = now_s() - t0;
     if (s == ST_OK) {
-        putchar('\n');
+        if (last_tok != '\n')
+            putchar('\n');
         fprintf(stderr,
                 "generated %ld tokens in %.2f s | %.1f tok/s (prompt: %zu tokens in %.2f s) on "
                 "%s\n",

@@ -64,7 +64,7 @@ static void help(void)
            "  -h, --help          this text\n"
            "\n"
            "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files.\n",
-           2, 128, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
+           2, 64, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
            (double)d.weight_decay, (double)d.clip, (unsigned long long)d.seed, d.eval_every,
            d.eval_batches);
 }
@@ -222,7 +222,7 @@ int cmd_train(int argc, char **argv)
     st_train_config tc;
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
-    long layers = 2, embd = 128, heads = 4, positions = 0, vocab = 0, log_every = 1;
+    long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     /* Which training settings were given, so that --resume can tell them from defaults. */
     bool given[O_DEVICES + 1] = {false};
     long v = 0;

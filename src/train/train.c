@@ -16,11 +16,11 @@
 void st_train_config_defaults(st_train_config *tc)
 {
     memset(tc, 0, sizeof *tc);
-    tc->batch = 32;
+    tc->batch = 64;
     tc->seq = 0; /* the data's own, or the model's positions */
-    tc->steps = 1000;
-    tc->lr = 3e-3f;
-    tc->min_lr = 3e-4f;
+    tc->steps = 1500;
+    tc->lr = 5e-3f;
+    tc->min_lr = 5e-4f;
     tc->warmup = 50;
     tc->weight_decay = 0.1f;
     tc->clip = 1.0f;
@@ -28,7 +28,7 @@ void st_train_config_defaults(st_train_config *tc)
     tc->beta2 = 0.95f;
     tc->eps = 1e-8f;
     tc->seed = 1;
-    tc->eval_every = 100;
+    tc->eval_every = 250;
     tc->eval_batches = 8;
 }
 
