@@ -99,6 +99,7 @@ static void transposes_alpha_beta(void **state)
         {false, true, 100, 7, 129, 0, 0, 0, 0.5f, 1.0f},
         {true, true, 31, 29, 37, 0, 0, 0, -1.0f, 0.25f},
         {false, true, 384, 256, 128, 0, 0, 0, 1.0f, 1.0f},
+        {false, true, 1, 300, 64, 0, 0, 0, 0.5f, 1.0f}, /* one row: CLBlast's GEMV */
     };
     run_all(cases, sizeof cases / sizeof cases[0]);
 }
@@ -110,6 +111,8 @@ static void offsets_and_padded_rows(void **state)
         {false, false, 19, 23, 29, 0, 5, 3, 1.0f, 0.0f},
         {true, true, 16, 8, 24, 0, 101, 1, 1.0f, 0.5f},
         {false, true, 40, 33, 64, 0, 7, 9, 2.0f, 0.0f},
+        {false, false, 1, 50, 33, 0, 5, 3, 2.0f, 0.5f}, /* GEMV with offsets, padded rows */
+        {false, true, 1, 20, 70, 0, 11, 2, 1.0f, 0.0f},
     };
     run_all(cases, sizeof cases / sizeof cases[0]);
 }

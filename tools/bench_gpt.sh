@@ -45,9 +45,10 @@ run() { # name layers embd heads seq batch steps gen
         --positions "$T" --seq "$T" --batch "$B" --steps "$S" --gen "$G" --threads "$threads")
     /usr/bin/python3 -c '
 import json, sys
-name, st_train, st_gen, torch = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
-print(f"| {name} | train | {st_train:,.0f} | {torch[\"train_tok_per_s\"]:,.0f} | {st_train / torch[\"train_tok_per_s\"]:.2f} |")
-print(f"| {name} | generate | {st_gen:,.1f} | {torch[\"gen_tok_per_s\"]:,.1f} | {st_gen / torch[\"gen_tok_per_s\"]:.2f} |")
+name, st_train, st_gen, t = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+tt, tg = t["train_tok_per_s"], t["gen_tok_per_s"]
+print(f"| {name} | train | {st_train:,.0f} | {tt:,.0f} | {st_train / tt:.2f} |")
+print(f"| {name} | generate | {st_gen:,.1f} | {tg:,.1f} | {st_gen / tg:.2f} |")
 ' "$name" "$st_train" "$st_gen" "$torch"
 }
 

@@ -145,6 +145,17 @@ st_status st_gemm(const st_gemm_args *g)
                                 offs + 2 * items, g->ldc, items, &q, NULL);
         free(offs);
         free(ab);
+    } else if (batch == 1 && g->m == 1 && !g->trans_a) {
+        /* One row (decoding one token): c = op(B)^T a is a matrix-vector
+         * product, which CLBlast's GEMV does several times faster than its GEMM. */
+        call = "CLBlastSgemv";
+        r = g->trans_b
+                ? CLBlastSgemv(CLBlastLayoutRowMajor, CLBlastTransposeNo, g->n, g->k, g->alpha,
+                               st_tensor_cl_mem(g->b), bo, g->ldb, st_tensor_cl_mem(g->a), ao, 1,
+                               g->beta, st_tensor_cl_mem(g->c), co, 1, &q, NULL)
+                : CLBlastSgemv(CLBlastLayoutRowMajor, CLBlastTransposeYes, g->k, g->n, g->alpha,
+                               st_tensor_cl_mem(g->b), bo, g->ldb, st_tensor_cl_mem(g->a), ao, 1,
+                               g->beta, st_tensor_cl_mem(g->c), co, 1, &q, NULL);
     } else if (batch == 1) {
         call = "CLBlastSgemm";
         r = CLBlastSgemm(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha,
