@@ -7,7 +7,9 @@
 #   STRATA_DEVICES picks the device (default: the first). PyTorch gets
 #   `threads` threads (default: the number of cores), PoCL the same through
 #   POCL_MAX_PTHREAD_COUNT.
-# Needs python3-torch (apt-get install python3-torch).
+# Needs python3-torch (apt-get install python3-torch). Debian's PyTorch does
+# its matrix products through the system BLAS: install libopenblas0-pthread,
+# or it runs on the slow reference BLAS and the comparison means little.
 set -euo pipefail
 strata=${1:-build/strata}
 threads=${2:-$(nproc)}
@@ -53,6 +55,7 @@ print(f"| {name} | generate | {st_gen:,.1f} | {tg:,.1f} | {st_gen / tg:.2f} |")
 }
 
 echo "device: $("$strata" devices | sed -n 2p | tr -s " ")"
+echo "PyTorch BLAS: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
 echo "threads: $threads (PoCL and PyTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)'))"
 echo
 echo "| model | work | Strata tok/s | PyTorch tok/s | Strata / PyTorch |"

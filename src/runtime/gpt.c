@@ -27,7 +27,8 @@ typedef struct block_acts {
 } block_acts;
 
 typedef struct slot_acts {
-    st_tensor *buf;
+    st_tensor *buf;              /* x0 and the head's tensors */
+    st_tensor **block_bufs;      /* one buffer per block: no single allocation grows with L */
     st_tensor *tokens, *targets; /* I32 [N] */
     st_tensor *x0;               /* embedding output or stage input [N, C] */
     block_acts *blocks;          /* one per block of the stage */
@@ -219,9 +220,8 @@ static st_status make_slot(st_gpt *g, int i)
     size_t N = (size_t)g->B * g->T, C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner;
     size_t V = (size_t)g->cfg.vocab_size, att = (size_t)g->B * g->cfg.n_head * g->T * g->T;
     size_t per_block = N * (8 * C + 2 * F + 4) + att;
-    size_t total = N * C + (size_t)g->n_blocks * per_block +
-                   (g->has_head ? N * (C + 2 + V + 1) : 0) + (g->has_head ? 0 : N * C);
-    char name[48];
+    size_t total = N * C + (g->has_head ? N * (C + 3 + V) : N * C);
+    char name[64];
     snprintf(name, sizeof name, "activations %d", i);
     st_status s = make_buffer(g, ST_F32, total, name, &a->buf);
     if (s != ST_OK)
@@ -231,25 +231,6 @@ static st_status make_slot(st_gpt *g, int i)
         return s;
     carver c = {a->buf, 0, ST_OK};
     a->x0 = carve(&c, N * C);
-    a->blocks = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *a->blocks);
-    if (!a->blocks)
-        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    for (int b = 0; b < g->n_blocks; b++) {
-        block_acts *k = &a->blocks[b];
-        k->ln1 = carve(&c, N * C);
-        k->ln1_mean = carve(&c, N);
-        k->ln1_rstd = carve(&c, N);
-        k->qkv = carve(&c, N * 3 * C);
-        k->att = carve(&c, att);
-        k->atty = carve(&c, N * C);
-        k->res2 = carve(&c, N * C);
-        k->ln2 = carve(&c, N * C);
-        k->ln2_mean = carve(&c, N);
-        k->ln2_rstd = carve(&c, N);
-        k->fch = carve(&c, N * F);
-        k->fcg = carve(&c, N * F);
-        k->res3 = carve(&c, N * C);
-    }
     if (g->has_head) {
         a->lnf = carve(&c, N * C);
         a->lnf_mean = carve(&c, N);
@@ -259,7 +240,36 @@ static st_status make_slot(st_gpt *g, int i)
     } else {
         a->dout = carve(&c, N * C);
     }
-    return c.status;
+    if (c.status != ST_OK)
+        return c.status;
+    size_t nb = (size_t)(g->n_blocks ? g->n_blocks : 1);
+    a->blocks = calloc(nb, sizeof *a->blocks);
+    a->block_bufs = calloc(nb, sizeof *a->block_bufs);
+    if (!a->blocks || !a->block_bufs)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int b = 0; b < g->n_blocks; b++) {
+        snprintf(name, sizeof name, "activations %d of block %d", i, g->first_block + b);
+        if ((s = make_buffer(g, ST_F32, per_block, name, &a->block_bufs[b])) != ST_OK)
+            return s;
+        carver k_c = {a->block_bufs[b], 0, ST_OK};
+        block_acts *k = &a->blocks[b];
+        k->ln1 = carve(&k_c, N * C);
+        k->ln1_mean = carve(&k_c, N);
+        k->ln1_rstd = carve(&k_c, N);
+        k->qkv = carve(&k_c, N * 3 * C);
+        k->att = carve(&k_c, att);
+        k->atty = carve(&k_c, N * C);
+        k->res2 = carve(&k_c, N * C);
+        k->ln2 = carve(&k_c, N * C);
+        k->ln2_mean = carve(&k_c, N);
+        k->ln2_rstd = carve(&k_c, N);
+        k->fch = carve(&k_c, N * F);
+        k->fcg = carve(&k_c, N * F);
+        k->res3 = carve(&k_c, N * C);
+        if (k_c.status != ST_OK)
+            return k_c.status;
+    }
+    return ST_OK;
 }
 
 static void free_slot(st_gpt *g, slot_acts *a)
@@ -267,7 +277,10 @@ static void free_slot(st_gpt *g, slot_acts *a)
     if (a->blocks)
         for (int b = 0; b < g->n_blocks; b++)
             destroy_views((st_tensor **)&a->blocks[b], 13);
+    if (a->block_bufs)
+        destroy_views(a->block_bufs, (size_t)g->n_blocks);
     free(a->blocks);
+    free(a->block_bufs);
     st_tensor *t[] = {a->x0, a->lnf, a->lnf_mean, a->lnf_rstd, a->logits, a->losses, a->dout,
                       a->tokens, a->targets, a->buf};
     destroy_views(t, sizeof t / sizeof t[0]);
@@ -436,8 +449,11 @@ st_status st_gpt_create(st_device *dev, const st_model_desc *desc, const st_gpt_
     if (s == ST_OK && g->kv_seq > 0)
         s = make_decode(g);
     if (s != ST_OK) {
-        st_error_context("setting up layers %zu..%zu of the model on %s", first, end - 1,
-                         st_device_label(dev));
+        if (first == 0 && end == desc->n_layers)
+            st_error_context("setting up the model on %s", st_device_label(dev));
+        else
+            st_error_context("setting up layers %zu..%zu of the model on %s", first, end - 1,
+                             st_device_label(dev));
         st_gpt_destroy(g);
         return s;
     }
