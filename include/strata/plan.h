@@ -1,0 +1,114 @@
+/*
+ * plan.h - the layer-sharding planner: which contiguous layers of a model go
+ * to which device, so that the slowest pipeline stage is as fast as it can be
+ * while every device's memory holds its stage.
+ *
+ * Pure C: it reads the model description (strata/model.h) and a profile per
+ * device (measured elsewhere); no OpenCL here.
+ *
+ * Cost model, per micro-batch of B sequences of T tokens, for a stage on a
+ * device of measured GEMM rate R (GFLOP/s) and host<->device bandwidth:
+ *   forward  = sum of its layers' forward FLOPs / R + receiving its input
+ *              (host to device) + sending its output (device to host)
+ *   backward = the same with backward FLOPs and the gradients
+ * and a training step of m micro-batches over S stages takes about
+ *   (m + S - 1) * max over stages of (forward + backward) + optimizer
+ * for both GPipe and 1F1B (they differ in memory, not in this bubble).
+ * Memory of a stage: parameters (x4 when training: gradients and two AdamW
+ * moments; the head's stage also holds a copy of the tied embedding when it
+ * does not hold the embedding), activations kept per micro-batch times the
+ * micro-batches in flight (GPipe: m; 1F1B: at most S - stage index), and the
+ * backward scratch.
+ */
+#ifndef STRATA_PLAN_H
+#define STRATA_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "strata/model.h"
+#include "strata/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ST_PLAN_MAX_STAGES 64
+
+typedef struct st_device_profile {
+    char name[128];
+    double gflops;              /* GEMM rate on the model's shapes */
+    double h2d_gbps, d2h_gbps;  /* host to device, device to host, GB/s */
+    uint64_t mem_bytes;         /* what the planner may use */
+} st_device_profile;
+
+typedef enum st_schedule { ST_SCHED_1F1B, ST_SCHED_GPIPE } st_schedule;
+const char *st_schedule_name(st_schedule s);
+st_status st_schedule_parse(const char *text, st_schedule *out);
+
+typedef enum st_split_kind {
+    ST_SPLIT_AUTO,    /* balance the predicted times; may use fewer devices */
+    ST_SPLIT_UNIFORM, /* the same number of blocks per device */
+    ST_SPLIT_RATIO,   /* blocks in proportion to given weights */
+    ST_SPLIT_LAYERS   /* explicit block ranges */
+} st_split_kind;
+
+typedef struct st_split {
+    st_split_kind kind;
+    size_t n;                               /* RATIO, LAYERS: entries */
+    double ratio[ST_PLAN_MAX_STAGES];
+    int first[ST_PLAN_MAX_STAGES], last[ST_PLAN_MAX_STAGES]; /* blocks, inclusive */
+} st_split;
+
+/* "auto", "uniform", "ratio:3,1", "layers:0-5,6-11" (transformer blocks;
+ * the embedding goes with the first stage, the head with the last). */
+st_status st_split_parse(const char *text, st_split *out);
+
+typedef struct st_plan_input {
+    const st_model_desc *desc;
+    int micro_batch, seq, micro_batches;
+    st_schedule schedule;
+    bool training;
+    size_t n_devices;
+    const st_device_profile *devices;
+    st_split split;
+    bool keep_all_devices; /* devices chosen explicitly: use every one */
+} st_plan_input;
+
+typedef struct st_plan_stage {
+    size_t device;            /* index into the input's devices */
+    size_t first, end;        /* layers [first, end) of the description */
+    int in_flight;            /* micro-batches whose activations it keeps */
+    double param_bytes;       /* parameters (+ gradients and moments when training) */
+    double act_bytes;         /* activations, all micro-batches in flight, and scratch */
+    double total_bytes;
+    double fwd_ms, bwd_ms;    /* per micro-batch, compute and transfers */
+    double xfer_ms;           /* the transfers' part of fwd_ms + bwd_ms */
+} st_plan_stage;
+
+typedef struct st_plan {
+    size_t n_stages;
+    st_plan_stage stage[ST_PLAN_MAX_STAGES];
+    double step_ms;           /* predicted training step (or forward pass) */
+    double bubble;            /* idle fraction of the pipeline: (S-1)/(m+S-1) */
+    double one_device_ms;     /* the same on the fastest device alone (memory ignored) */
+    double speedup;           /* one_device_ms / step_ms */
+    size_t devices_offered;   /* how many devices the input had */
+    char note[256];           /* e.g. why fewer devices are used */
+} st_plan;
+
+/* Plans; an impossible request (does not fit, bad ranges) is ST_ERR_INVALID
+ * with a message that says how much memory is missing where. */
+st_status st_plan_make(const st_plan_input *in, st_plan *out);
+
+/* The predicted times and memory of a given partition (cuts: the first
+ * layer of stages 1..S-1), for tests and for checking explicit splits. */
+st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_t S,
+                           const size_t *cuts, st_plan *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,426 @@
+/*
+ * plan.c - the layer-sharding planner (see strata/plan.h): cost of a stage,
+ * the exact contiguous partition minimising the slowest stage under memory
+ * limits (dynamic programming over (stage, last layer)), fixed splits, and
+ * the choice of how many devices to use.
+ */
+#include <ctype.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/plan.h"
+
+/* Kernel launches per layer and micro-batch; each costs about the device's
+ * launch overhead, which dominates small models on CPU devices. */
+#define LAUNCH_EST_US 25.0
+static const double launches_fwd[3] = {1, 14, 4}; /* embedding, block, head */
+static const double launches_bwd[3] = {1, 20, 6};
+
+const char *st_schedule_name(st_schedule s)
+{
+    return s == ST_SCHED_GPIPE ? "gpipe" : "1f1b";
+}
+
+st_status st_schedule_parse(const char *text, st_schedule *out)
+{
+    if (strcmp(text, "1f1b") == 0 || strcmp(text, "1F1B") == 0)
+        *out = ST_SCHED_1F1B;
+    else if (strcmp(text, "gpipe") == 0 || strcmp(text, "GPipe") == 0)
+        *out = ST_SCHED_GPIPE;
+    else
+        return st_error(ST_ERR_INVALID, "unknown schedule '%s': use 1f1b or gpipe", text);
+    return ST_OK;
+}
+
+st_status st_split_parse(const char *text, st_split *out)
+{
+    st_split s = {.kind = ST_SPLIT_AUTO};
+    if (strcmp(text, "auto") == 0) {
+        *out = s;
+        return ST_OK;
+    }
+    if (strcmp(text, "uniform") == 0) {
+        s.kind = ST_SPLIT_UNIFORM;
+        *out = s;
+        return ST_OK;
+    }
+    const char *p;
+    if (strncmp(text, "ratio:", 6) == 0) {
+        s.kind = ST_SPLIT_RATIO;
+        p = text + 6;
+        while (*p) {
+            char *end = NULL;
+            double v = strtod(p, &end);
+            if (end == p || !(v > 0) || s.n >= ST_PLAN_MAX_STAGES || (*end && *end != ','))
+                return st_error(ST_ERR_INVALID,
+                                "bad split '%s': ratio:W1,W2,... takes positive weights, one per "
+                                "device",
+                                text);
+            s.ratio[s.n++] = v;
+            p = *end ? end + 1 : end;
+        }
+    } else if (strncmp(text, "layers:", 7) == 0) {
+        s.kind = ST_SPLIT_LAYERS;
+        p = text + 7;
+        while (*p) {
+            char *end = NULL;
+            long a = strtol(p, &end, 10), b = a;
+            if (end == p || a < 0 || s.n >= ST_PLAN_MAX_STAGES)
+                goto bad_layers;
+            if (*end == '-') {
+                const char *q = end + 1;
+                b = strtol(q, &end, 10);
+                if (end == q || b < a)
+                    goto bad_layers;
+            }
+            if (*end && *end != ',')
+                goto bad_layers;
+            s.first[s.n] = (int)a;
+            s.last[s.n] = (int)b;
+            s.n++;
+            p = *end ? end + 1 : end;
+        }
+    } else {
+        return st_error(ST_ERR_INVALID,
+                        "unknown split '%s': use auto, uniform, ratio:3,1 or layers:0-5,6-11",
+                        text);
+    }
+    if (s.n == 0)
+        return st_error(ST_ERR_INVALID, "split '%s' names no device", text);
+    *out = s;
+    return ST_OK;
+bad_layers:
+    return st_error(ST_ERR_INVALID,
+                    "bad split '%s': layers:A-B,C-D,... takes ascending block ranges, one per "
+                    "device",
+                    text);
+}
+
+static int kind_index(st_layer_kind k)
+{
+    return k == ST_LAYER_EMBEDDING ? 0 : k == ST_LAYER_BLOCK ? 1 : 2;
+}
+
+/* Cost and memory of layers [a, b) as stage s of S on device d. */
+static void stage_cost(const st_plan_input *in, const st_device_profile *d, size_t a, size_t b,
+                       size_t s, size_t S, st_plan_stage *out)
+{
+    const st_model_desc *m = in->desc;
+    size_t B = (size_t)in->micro_batch, T = (size_t)in->seq, N = B * T;
+    double C = m->cfg.n_embd, F = m->cfg.n_inner, NH = m->cfg.n_head;
+    double fwd = 0, bwd = 0, act = 0, params = 0, launches_f = 0, launches_b = 0;
+    bool has_emb = false, has_head = false, has_block = false;
+    for (size_t l = a; l < b; l++) {
+        const st_layer_desc *ld = &m->layers[l];
+        fwd += st_layer_fwd_flops(ld, B, T);
+        bwd += st_layer_bwd_flops(ld, B, T);
+        act += st_layer_act_floats(ld, B, T);
+        params += (double)ld->param_numel;
+        launches_f += launches_fwd[kind_index(ld->kind)];
+        launches_b += launches_bwd[kind_index(ld->kind)];
+        has_emb |= ld->kind == ST_LAYER_EMBEDDING;
+        has_head |= ld->kind == ST_LAYER_HEAD;
+        has_block |= ld->kind == ST_LAYER_BLOCK;
+    }
+    for (size_t l = a; l < b; l++)
+        if (m->layers[l].kind == ST_LAYER_HEAD && !has_emb)
+            params += (double)m->layers[l].tied_numel; /* its copy of wte */
+    double boundary = (double)N * C * 4.0;
+    double h2d = boundary / (d->h2d_gbps * 1e6), d2h = boundary / (d->d2h_gbps * 1e6);
+    double xf = 0, xb = 0;
+    if (s > 0) {
+        xf += h2d; /* receive the input */
+        xb += d2h; /* send its gradient back */
+    }
+    if (s + 1 < S) {
+        xf += d2h; /* send the output */
+        xb += h2d; /* receive its gradient */
+    }
+    double launch_ms = LAUNCH_EST_US * 1e-3;
+    out->first = a;
+    out->end = b;
+    out->fwd_ms = fwd / (d->gflops * 1e6) + launches_f * launch_ms + xf;
+    out->bwd_ms = in->training ? bwd / (d->gflops * 1e6) + launches_b * launch_ms + xb : 0;
+    out->xfer_ms = xf + (in->training ? xb : 0);
+    int m_b = in->micro_batches;
+    out->in_flight = !in->training               ? 1
+                     : in->schedule == ST_SCHED_GPIPE ? m_b
+                     : (int)((size_t)m_b < S - s ? (size_t)m_b : S - s);
+    double per_mb = act + (double)N * C * (has_head ? 1.0 : 2.0) + 2.0 * (double)N;
+    double scratch = in->training && has_block ? (double)N * (5 * C + F) + (double)B * NH * T * T
+                                               : 0;
+    out->param_bytes = params * 4.0 * (in->training ? 4.0 : 1.0);
+    out->act_bytes = (per_mb * out->in_flight + scratch) * 4.0;
+    out->total_bytes = out->param_bytes + out->act_bytes;
+}
+
+static double optimizer_ms(const st_plan_input *in, const st_plan_stage *st,
+                           const st_device_profile *d)
+{
+    if (!in->training)
+        return 0;
+    /* AdamW streams four buffers: count it as 12 FLOPs per parameter at a
+     * tenth of the GEMM rate, element-wise work being memory-bound. */
+    double numel = st->param_bytes / 16.0;
+    return numel * 12.0 / (d->gflops * 0.1 * 1e6);
+}
+
+st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_t S,
+                           const size_t *cuts, st_plan *out)
+{
+    size_t n = in->desc->n_layers;
+    if (S < 1 || S > ST_PLAN_MAX_STAGES || S > n)
+        return st_error(ST_ERR_INVALID, "%zu stages for %zu layers", S, n);
+    st_plan p;
+    memset(&p, 0, sizeof p);
+    p.n_stages = S;
+    p.devices_offered = in->n_devices;
+    double worst = 0, opt = 0;
+    for (size_t s = 0; s < S; s++) {
+        size_t a = s == 0 ? 0 : cuts[s - 1], b = s + 1 == S ? n : cuts[s];
+        if (a >= b || b > n)
+            return st_error(ST_ERR_INVALID, "stage %zu has no layers", s);
+        const st_device_profile *d = &in->devices[devices[s]];
+        stage_cost(in, d, a, b, s, S, &p.stage[s]);
+        p.stage[s].device = devices[s];
+        double t = p.stage[s].fwd_ms + p.stage[s].bwd_ms;
+        if (t > worst)
+            worst = t;
+        double o = optimizer_ms(in, &p.stage[s], d);
+        if (o > opt)
+            opt = o;
+    }
+    double m = in->micro_batches;
+    p.step_ms = (m + (double)S - 1) * worst + opt;
+    p.bubble = ((double)S - 1) / (m + (double)S - 1);
+    /* The fastest device alone, memory ignored: the reference for speedup. */
+    size_t best = 0;
+    for (size_t i = 1; i < in->n_devices; i++)
+        if (in->devices[i].gflops > in->devices[best].gflops)
+            best = i;
+    st_plan_stage one;
+    stage_cost(in, &in->devices[best], 0, n, 0, 1, &one);
+    p.one_device_ms = m * (one.fwd_ms + one.bwd_ms) + optimizer_ms(in, &one, &in->devices[best]);
+    p.speedup = p.one_device_ms / p.step_ms;
+    *out = p;
+    return ST_OK;
+}
+
+static bool fits(const st_plan_stage *st, const st_device_profile *d)
+{
+    return st->total_bytes <= (double)d->mem_bytes;
+}
+
+/* The partition of all layers over devices[0..S) in order minimising the
+ * slowest stage with every stage fitting; false when none fits. */
+static bool best_partition(const st_plan_input *in, const size_t *devices, size_t S,
+                           size_t *cuts)
+{
+    size_t n = in->desc->n_layers;
+    if (S > n)
+        return false;
+    /* best[j][b]: the slowest stage of the best split of layers [0, b) over
+     * stages 0..j; from[j][b]: where stage j starts in it. */
+    double *best = malloc(S * (n + 1) * sizeof *best);
+    size_t *from = malloc(S * (n + 1) * sizeof *from);
+    if (!best || !from) {
+        free(best);
+        free(from);
+        return false;
+    }
+    for (size_t i = 0; i < S * (n + 1); i++)
+        best[i] = INFINITY;
+    for (size_t j = 0; j < S; j++) {
+        const st_device_profile *d = &in->devices[devices[j]];
+        for (size_t b = j + 1; b + (S - 1 - j) <= n; b++) {
+            size_t a_lo = j, a_hi = j == 0 ? 0 : b - 1;
+            for (size_t a = j == 0 ? 0 : a_lo; a <= a_hi; a++) {
+                double prev = j == 0 ? 0 : best[(j - 1) * (n + 1) + a];
+                if (!(prev < INFINITY))
+                    continue;
+                st_plan_stage st;
+                stage_cost(in, d, a, b, j, S, &st);
+                if (!fits(&st, d))
+                    continue;
+                double v = fmax(prev, st.fwd_ms + st.bwd_ms);
+                if (v < best[j * (n + 1) + b]) {
+                    best[j * (n + 1) + b] = v;
+                    from[j * (n + 1) + b] = a;
+                }
+            }
+        }
+    }
+    bool ok = best[(S - 1) * (n + 1) + n] < INFINITY;
+    if (ok) {
+        size_t b = n;
+        for (size_t j = S - 1; j > 0; j--) {
+            size_t a = from[j * (n + 1) + b];
+            cuts[j - 1] = a;
+            b = a;
+        }
+    }
+    free(best);
+    free(from);
+    return ok;
+}
+
+/* Cuts for a block split: blocks [first_j, last_j] to device j; the embedding
+ * joins the first stage and the head the last. */
+static void cuts_from_blocks(size_t S, const int *block_first, size_t *cuts)
+{
+    for (size_t j = 1; j < S; j++)
+        cuts[j - 1] = (size_t)block_first[j] + 1; /* layer index = block + 1 */
+}
+
+static st_status check_fit(const st_plan_input *in, const st_plan *p)
+{
+    char msg[2048] = "";
+    bool ok = true;
+    for (size_t s = 0; s < p->n_stages; s++) {
+        const st_plan_stage *st = &p->stage[s];
+        const st_device_profile *d = &in->devices[st->device];
+        if (fits(st, d))
+            continue;
+        ok = false;
+        size_t len = strlen(msg);
+        snprintf(msg + len, sizeof msg - len,
+                 "%sstage %zu (layers %zu-%zu) needs %.2f GiB on device %zu '%s', which has "
+                 "%.2f GiB: %.2f GiB missing",
+                 len ? "; " : "", s, st->first, st->end - 1, st->total_bytes / 1073741824.0,
+                 st->device, d->name, (double)d->mem_bytes / 1073741824.0,
+                 (st->total_bytes - (double)d->mem_bytes) / 1073741824.0);
+    }
+    if (!ok)
+        return st_error(ST_ERR_INVALID,
+                        "the split does not fit: %s (use more devices, a smaller micro-batch, "
+                        "or another split)",
+                        msg);
+    return ST_OK;
+}
+
+static st_status plan_fixed(const st_plan_input *in, st_plan *out)
+{
+    size_t S = in->split.kind == ST_SPLIT_UNIFORM ? in->n_devices : in->split.n;
+    int L = in->desc->cfg.n_layer;
+    if (S != in->n_devices)
+        return st_error(ST_ERR_INVALID, "the split names %zu devices but %zu are chosen", S,
+                        in->n_devices);
+    if ((int)S > L && S > 1)
+        return st_error(ST_ERR_INVALID,
+                        "%zu devices for %d transformer blocks: a block split needs at least "
+                        "one block per device",
+                        S, L);
+    int first[ST_PLAN_MAX_STAGES];
+    if (in->split.kind == ST_SPLIT_LAYERS) {
+        for (size_t j = 0; j < S; j++) {
+            int want = j == 0 ? 0 : in->split.last[j - 1] + 1;
+            if (in->split.first[j] != want)
+                return st_error(ST_ERR_INVALID,
+                                "split layers: range %zu starts at block %d, expected %d (ranges "
+                                "must follow each other without gaps or overlaps)",
+                                j, in->split.first[j], want);
+            first[j] = in->split.first[j];
+        }
+        if (in->split.last[S - 1] != L - 1)
+            return st_error(ST_ERR_INVALID,
+                            "split layers: the ranges end at block %d but the model's last "
+                            "block is %d",
+                            in->split.last[S - 1], L - 1);
+    } else {
+        double total = 0, acc = 0;
+        for (size_t j = 0; j < S; j++)
+            total += in->split.kind == ST_SPLIT_RATIO ? in->split.ratio[j] : 1.0;
+        for (size_t j = 0; j < S; j++) {
+            first[j] = (int)lround(acc / total * L);
+            acc += in->split.kind == ST_SPLIT_RATIO ? in->split.ratio[j] : 1.0;
+        }
+        for (size_t j = 1; j < S; j++) /* every device at least one block */
+            if (first[j] <= first[j - 1])
+                first[j] = first[j - 1] + 1;
+        for (size_t j = S; j-- > 1;)
+            if (first[j] > L - (int)(S - j))
+                first[j] = L - (int)(S - j);
+    }
+    size_t devices[ST_PLAN_MAX_STAGES], cuts[ST_PLAN_MAX_STAGES];
+    for (size_t j = 0; j < S; j++)
+        devices[j] = j;
+    cuts_from_blocks(S, first, cuts);
+    st_status s = st_plan_evaluate(in, devices, S, cuts, out);
+    if (s == ST_OK)
+        s = check_fit(in, out);
+    return s;
+}
+
+st_status st_plan_make(const st_plan_input *in, st_plan *out)
+{
+    if (!in->desc || in->n_devices < 1 || in->n_devices > ST_PLAN_MAX_STAGES ||
+        in->micro_batch < 1 || in->seq < 1 || in->micro_batches < 1)
+        return st_error(ST_ERR_INVALID, "plan: needs a model, 1 to %d devices and positive sizes",
+                        ST_PLAN_MAX_STAGES);
+    for (size_t i = 0; i < in->n_devices; i++)
+        if (!(in->devices[i].gflops > 0) || !(in->devices[i].h2d_gbps > 0) ||
+            !(in->devices[i].d2h_gbps > 0))
+            return st_error(ST_ERR_INVALID, "plan: device %zu's profile has no speeds", i);
+    if (in->split.kind != ST_SPLIT_AUTO)
+        return plan_fixed(in, out);
+    /* Auto: the k fastest devices (kept in the given order), each k from 1 to
+     * all, unless every device must be used; the fastest predicted step wins. */
+    size_t order[ST_PLAN_MAX_STAGES];
+    for (size_t i = 0; i < in->n_devices; i++)
+        order[i] = i;
+    for (size_t i = 1; i < in->n_devices; i++) /* stable: by speed, fastest first */
+        for (size_t j = i; j > 0 && in->devices[order[j]].gflops > in->devices[order[j - 1]].gflops; j--) {
+            size_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    st_plan best;
+    bool have = false;
+    size_t k_lo = in->keep_all_devices ? in->n_devices : 1;
+    for (size_t k = k_lo; k <= in->n_devices && k <= in->desc->n_layers; k++) {
+        size_t devices[ST_PLAN_MAX_STAGES], cuts[ST_PLAN_MAX_STAGES], c = 0;
+        for (size_t i = 0; i < in->n_devices; i++) /* the k fastest, in the given order */
+            for (size_t r = 0; r < k; r++)
+                if (order[r] == i)
+                    devices[c++] = i;
+        if (!best_partition(in, devices, k, cuts))
+            continue;
+        st_plan p;
+        st_status s = st_plan_evaluate(in, devices, k, cuts, &p);
+        if (s != ST_OK)
+            return s;
+        /* More devices must win by a margin: each stage adds threads and copies. */
+        if (!have || p.step_ms < best.step_ms * 0.97) {
+            best = p;
+            have = true;
+        }
+    }
+    if (!have) {
+        /* Say how far off the model is: every layer's memory against the total. */
+        double need = 0, cap = 0;
+        for (size_t i = 0; i < in->n_devices; i++)
+            cap += (double)in->devices[i].mem_bytes;
+        for (size_t l = 0; l < in->desc->n_layers; l++) {
+            st_plan_stage st;
+            stage_cost(in, &in->devices[0], l, l + 1, 0, 1, &st);
+            need += st.total_bytes;
+        }
+        return st_error(ST_ERR_INVALID,
+                        "the model does not fit the %zu device(s): its layers need about %.2f "
+                        "GiB with this batch, the devices have %.2f GiB (%.2f GiB missing, or no "
+                        "split fits each device); use more devices, a smaller --batch or more "
+                        "--micro-batches, or --mem-limit if the capacities are wrong",
+                        in->n_devices, need / 1073741824.0, cap / 1073741824.0,
+                        need > cap ? (need - cap) / 1073741824.0 : 0.0);
+    }
+    if (best.n_stages < in->n_devices)
+        snprintf(best.note, sizeof best.note,
+                 "%zu of %zu devices: splitting over more is predicted slower (transfers and "
+                 "pipeline bubble outweigh the extra compute); choose --devices to use them all",
+                 best.n_stages, in->n_devices);
+    *out = best;
+    return ST_OK;
+}

@@ -1,0 +1,291 @@
+/*
+ * test_plan.c - the planner against a brute-force search over every
+ * contiguous partition on synthetic cost tables; fixed splits; memory errors;
+ * choosing fewer devices; the split parser.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "strata/plan.h"
+#include "tests/common.h"
+
+static uint64_t rng_state = 12345;
+static double urand(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) * 0x1.0p-53;
+}
+
+/* A made-up model: n_blocks blocks of random cost and size around a real config. */
+static st_model_desc *synthetic(int n_blocks)
+{
+    st_gpt_config cfg = {.vocab_size = 256, .n_positions = 16, .n_embd = 64, .n_layer = n_blocks,
+                         .n_head = 4, .n_inner = 256, .layer_norm_epsilon = 1e-5f};
+    st_model_desc *d = NULL;
+    assert_ok(st_model_describe(&cfg, &d));
+    for (size_t l = 0; l < d->n_layers; l++) {
+        st_layer_desc *ld = &d->layers[l];
+        double f = 0.2 + 2.0 * urand();
+        ld->fwd_flops_per_token *= f;
+        ld->bwd_flops_per_token *= f;
+        ld->param_numel = (size_t)((double)ld->param_numel * (0.5 + urand()));
+    }
+    return d;
+}
+
+static double slowest(const st_plan *p)
+{
+    double w = 0;
+    for (size_t s = 0; s < p->n_stages; s++)
+        w = fmax(w, p->stage[s].fwd_ms + p->stage[s].bwd_ms);
+    return w;
+}
+
+/* Every way to cut n layers into S non-empty ranges, in order. */
+static void brute(const st_plan_input *in, size_t S, size_t *cuts, size_t k, size_t from,
+                  double *best)
+{
+    size_t n = in->desc->n_layers;
+    if (k == S - 1) {
+        size_t devices[ST_PLAN_MAX_STAGES] = {0};
+        for (size_t i = 0; i < S; i++)
+            devices[i] = i;
+        st_plan p;
+        assert_ok(st_plan_evaluate(in, devices, S, cuts, &p));
+        for (size_t s = 0; s < S; s++)
+            if (p.stage[s].total_bytes > (double)in->devices[s].mem_bytes)
+                return;
+        *best = fmin(*best, slowest(&p));
+        return;
+    }
+    for (size_t c = from; c + (S - 1 - k) <= n - 1 + 1 && c < n; c++) {
+        cuts[k] = c;
+        brute(in, S, cuts, k + 1, c + 1, best);
+    }
+}
+
+static void partition_matches_brute_force(void **state)
+{
+    (void)state;
+    int checked = 0, infeasible = 0;
+    for (int trial = 0; trial < 200; trial++) {
+        int blocks = 1 + (int)(urand() * 7);
+        st_model_desc *d = synthetic(blocks);
+        size_t S = 1 + (size_t)(urand() * 4);
+        if (S > d->n_layers)
+            S = d->n_layers;
+        st_device_profile prof[4];
+        for (size_t i = 0; i < S; i++) {
+            snprintf(prof[i].name, sizeof prof[i].name, "dev%zu", i);
+            prof[i].gflops = 5 + 50 * urand();
+            prof[i].h2d_gbps = 1 + 10 * urand();
+            prof[i].d2h_gbps = 1 + 10 * urand();
+            /* sometimes tight memory, to exercise the limits */
+            prof[i].mem_bytes = (uint64_t)((trial % 3 ? 1e9 : 3e6 + 6e6 * urand()));
+        }
+        st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 16, .micro_batches = 4,
+                            .schedule = trial % 2 ? ST_SCHED_GPIPE : ST_SCHED_1F1B,
+                            .training = true, .n_devices = S, .devices = prof,
+                            .split = {.kind = ST_SPLIT_AUTO}, .keep_all_devices = true};
+        size_t cuts[ST_PLAN_MAX_STAGES] = {0};
+        double want = INFINITY;
+        if (S == 1) {
+            size_t dev0 = 0;
+            st_plan p;
+            assert_ok(st_plan_evaluate(&in, &dev0, 1, cuts, &p));
+            if (p.stage[0].total_bytes <= (double)prof[0].mem_bytes)
+                want = slowest(&p);
+        } else {
+            brute(&in, S, cuts, 0, 1, &want);
+        }
+        st_plan got;
+        st_status s = st_plan_make(&in, &got);
+        if (want == INFINITY) {
+            assert_int_equal(s, ST_ERR_INVALID);
+            assert_contains(st_last_error(), "does not fit");
+            infeasible++;
+        } else {
+            assert_ok(s);
+            assert_int_equal(got.n_stages, S);
+            if (fabs(slowest(&got) - want) > 1e-9 * want)
+                fail_msg("trial %d: planner's slowest stage %.9g ms, brute force %.9g ms", trial,
+                         slowest(&got), want);
+            for (size_t i = 0; i < got.n_stages; i++)
+                assert_true(got.stage[i].total_bytes <= (double)prof[got.stage[i].device].mem_bytes);
+            checked++;
+        }
+        st_model_desc_destroy(d);
+    }
+    print_message("brute force: %d plans equal, %d infeasible cases refused\n", checked,
+                  infeasible);
+    assert_true(checked > 100 && infeasible > 5);
+}
+
+static st_model_desc *real_model(int L, int C)
+{
+    st_gpt_config cfg = {.vocab_size = 256, .n_positions = 64, .n_embd = C, .n_layer = L,
+                         .n_head = 4, .n_inner = 4 * C, .layer_norm_epsilon = 1e-5f};
+    st_model_desc *d = NULL;
+    assert_ok(st_model_describe(&cfg, &d));
+    return d;
+}
+
+static st_device_profile dev(double gflops, double gib)
+{
+    st_device_profile p = {.gflops = gflops, .h2d_gbps = 5, .d2h_gbps = 5,
+                           .mem_bytes = (uint64_t)(gib * 1073741824.0)};
+    snprintf(p.name, sizeof p.name, "%.0f GFLOPS", gflops);
+    return p;
+}
+
+static void faster_devices_get_more_layers(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(12, 512);
+    st_device_profile p[2] = {dev(300, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 8,
+                        .training = true, .n_devices = 2, .devices = p,
+                        .keep_all_devices = true};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2);
+    size_t l0 = plan.stage[0].end - plan.stage[0].first, l1 = plan.stage[1].end - plan.stage[1].first;
+    assert_true(l0 >= 2 * l1); /* three times as fast: about three times the layers */
+    assert_true(plan.speedup > 1.0);
+    assert_true(fabs(plan.bubble - 1.0 / 9.0) < 1e-12);
+    st_model_desc_destroy(d);
+}
+
+static void fewer_devices_when_faster(void **state)
+{
+    (void)state;
+    /* A tiny model and a very slow link: one device is predicted faster. */
+    st_model_desc *d = real_model(2, 32);
+    st_device_profile p[2] = {dev(50, 8), dev(50, 8)};
+    p[0].h2d_gbps = p[0].d2h_gbps = p[1].h2d_gbps = p[1].d2h_gbps = 0.001;
+    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 2,
+                        .training = true, .n_devices = 2, .devices = p};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 1);
+    assert_contains(plan.note, "1 of 2 devices");
+    in.keep_all_devices = true; /* --devices given: obeyed */
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2);
+    st_model_desc_destroy(d);
+}
+
+static void memory_decides_the_split(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(8, 512);
+    st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 4,
+                        .training = true, .n_devices = 2, .devices = p, .keep_all_devices = true};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    double total = plan.stage[0].total_bytes + plan.stage[1].total_bytes;
+    /* Device 0 can hold a quarter of the model: the split must follow. */
+    p[0].mem_bytes = (uint64_t)(total * 0.3);
+    assert_ok(st_plan_make(&in, &plan));
+    assert_true(plan.stage[0].total_bytes <= (double)p[0].mem_bytes);
+    assert_true(plan.stage[0].end - plan.stage[0].first < plan.stage[1].end - plan.stage[1].first);
+    /* Neither can: a clear error with the amounts. */
+    p[0].mem_bytes = p[1].mem_bytes = (uint64_t)(total * 0.2);
+    assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "does not fit the 2 device(s)");
+    assert_contains(st_last_error(), "GiB missing");
+    /* A fixed split that does not fit names the stage and the shortfall. */
+    p[0].mem_bytes = (uint64_t)(total * 0.3);
+    p[1].mem_bytes = (uint64_t)(total * 2);
+    assert_ok(st_split_parse("uniform", &in.split));
+    assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "stage 0 (layers 0-4)");
+    assert_contains(st_last_error(), "missing");
+    st_model_desc_destroy(d);
+}
+
+static void fixed_splits(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(12, 128);
+    st_device_profile p[3] = {dev(100, 8), dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 32, .micro_batches = 8,
+                        .training = true, .n_devices = 2, .devices = p};
+    st_plan plan;
+    assert_ok(st_split_parse("layers:0-3,4-11", &in.split));
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.stage[0].first, 0);
+    assert_int_equal(plan.stage[0].end, 5); /* embedding + blocks 0-3 */
+    assert_int_equal(plan.stage[1].end, 14); /* blocks 4-11 + head */
+    assert_ok(st_split_parse("ratio:3,1", &in.split));
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.stage[0].end, 10); /* 9 blocks of 12 */
+    assert_ok(st_split_parse("uniform", &in.split));
+    in.n_devices = 3;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.stage[0].end, 5);
+    assert_int_equal(plan.stage[1].end, 9);
+    /* Ranges with a gap, an overlap, the wrong end, the wrong count. */
+    in.n_devices = 2;
+    const char *bad[] = {"layers:0-3,5-11", "layers:0-5,5-11", "layers:0-3,4-10", "layers:0-11",
+                         "ratio:1,1,1"};
+    const char *why[] = {"starts at block 5, expected 4", "starts at block 5, expected 6",
+                         "end at block 10", "names 1 devices but 2", "names 3 devices"};
+    for (size_t i = 0; i < 5; i++) {
+        assert_ok(st_split_parse(bad[i], &in.split));
+        assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
+        assert_contains(st_last_error(), why[i]);
+    }
+    assert_int_equal(st_split_parse("ratio:1,0", &in.split), ST_ERR_INVALID);
+    assert_int_equal(st_split_parse("layers:3-1", &in.split), ST_ERR_INVALID);
+    assert_int_equal(st_split_parse("even", &in.split), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "use auto, uniform");
+    st_schedule sc;
+    assert_ok(st_schedule_parse("gpipe", &sc));
+    assert_int_equal(sc, ST_SCHED_GPIPE);
+    assert_int_equal(st_schedule_parse("zb", &sc), ST_ERR_INVALID);
+    st_model_desc_destroy(d);
+}
+
+static void one_f_one_b_keeps_fewer_activations(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(8, 256);
+    st_device_profile p[4] = {dev(100, 64), dev(100, 64), dev(100, 64), dev(100, 64)};
+    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 64, .micro_batches = 16,
+                        .training = true, .n_devices = 4, .devices = p,
+                        .split = {.kind = ST_SPLIT_UNIFORM}};
+    st_plan g, f;
+    in.schedule = ST_SCHED_GPIPE;
+    assert_ok(st_plan_make(&in, &g));
+    in.schedule = ST_SCHED_1F1B;
+    assert_ok(st_plan_make(&in, &f));
+    for (size_t s = 0; s < 4; s++) {
+        assert_int_equal(g.stage[s].in_flight, 16);
+        assert_int_equal(f.stage[s].in_flight, (int)(4 - s));
+        assert_true(f.stage[s].act_bytes < g.stage[s].act_bytes);
+    }
+    assert_true(fabs(f.step_ms - g.step_ms) < 1e-9);
+    st_model_desc_destroy(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(partition_matches_brute_force),
+        cmocka_unit_test(faster_devices_get_more_layers),
+        cmocka_unit_test(fewer_devices_when_faster),
+        cmocka_unit_test(memory_decides_the_split),
+        cmocka_unit_test(fixed_splits),
+        cmocka_unit_test(one_f_one_b_keeps_fewer_activations),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
