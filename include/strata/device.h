@@ -124,6 +124,8 @@ st_status st_device_set_capacity(st_device *dev, uint64_t bytes);
  * the message when the reservation is refused. */
 st_status st_device_reserve(st_device *dev, uint64_t bytes, const char *what);
 void st_device_release(st_device *dev, uint64_t bytes);
+/* Starts the peak over from what is reserved now (after set-up work). */
+void st_device_reset_peak(st_device *dev);
 
 /* "1.50 GiB", "512.0 MiB", "12.0 KiB", "100 B" into buf. */
 const char *st_format_bytes(uint64_t bytes, char *buf, size_t size);

@@ -114,6 +114,10 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
  * token `tok` at position pos (0, 1, 2, ... in order; pos 0 starts over) and,
  * for the stage with the head, writes the next-token logits [V] to host. */
 st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits);
+/* The decoding activation [C]: the input of a stage without the embedding
+ * (written by the caller before st_gpt_decode), the output of one without
+ * the head. */
+st_tensor *st_gpt_decode_x(const st_gpt *g);
 
 #ifdef __cplusplus
 }

@@ -37,7 +37,7 @@ extern "C" {
 #define ST_PLAN_MAX_STAGES 64
 
 typedef struct st_device_profile {
-    char name[128];
+    char name[256];
     double gflops;              /* GEMM rate on the model's shapes */
     double h2d_gbps, d2h_gbps;  /* host to device, device to host, GB/s */
     uint64_t mem_bytes;         /* what the planner may use */
@@ -54,16 +54,16 @@ typedef enum st_split_kind {
     ST_SPLIT_LAYERS   /* explicit block ranges */
 } st_split_kind;
 
-typedef struct st_split {
+typedef struct st_split_spec {
     st_split_kind kind;
     size_t n;                               /* RATIO, LAYERS: entries */
     double ratio[ST_PLAN_MAX_STAGES];
     int first[ST_PLAN_MAX_STAGES], last[ST_PLAN_MAX_STAGES]; /* blocks, inclusive */
-} st_split;
+} st_split_spec;
 
 /* "auto", "uniform", "ratio:3,1", "layers:0-5,6-11" (transformer blocks;
  * the embedding goes with the first stage, the head with the last). */
-st_status st_split_parse(const char *text, st_split *out);
+st_status st_split_parse(const char *text, st_split_spec *out);
 
 typedef struct st_plan_input {
     const st_model_desc *desc;
@@ -72,7 +72,7 @@ typedef struct st_plan_input {
     bool training;
     size_t n_devices;
     const st_device_profile *devices;
-    st_split split;
+    st_split_spec split;
     bool keep_all_devices; /* devices chosen explicitly: use every one */
 } st_plan_input;
 

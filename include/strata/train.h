@@ -17,6 +17,7 @@
 #include "strata/data.h"
 #include "strata/device.h"
 #include "strata/model.h"
+#include "strata/plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +25,8 @@ extern "C" {
 
 typedef struct st_train_config {
     int batch, seq;        /* sequences per step, tokens per sequence */
+    int micro_batches;     /* the batch in this many pipeline micro-batches (divides it) */
+    st_schedule schedule;  /* GPipe or 1F1B */
     long steps;            /* last step (a resumed run continues to it) */
     long stop_at;          /* 0, or stop after this step as if interrupted (the
                             * schedule still runs to `steps`) */
@@ -63,16 +66,25 @@ typedef struct st_train_event {
     long val_tokens;
     const char *path;               /* SAVE */
     double seconds;                 /* DONE: wall time of the steps */
+    double wait_ms;                 /* STEP: the most any stage waited on its links */
     uint64_t params;                /* START */
     uint64_t device_bytes, peak_bytes; /* START, DONE */
 } st_train_event;
 
 typedef void (*st_train_callback)(const st_train_event *e, void *user);
 
-/* Trains cfg's model on dev. With tc->resume_dir, the weights, moments and
+/* Where the model lives: stage s holds layers [first[s], end[s]) of the
+ * model description on dev[s] (one stage: the whole model on one device). */
+typedef struct st_train_layout {
+    size_t n_stages;
+    st_device *dev[ST_PLAN_MAX_STAGES];
+    size_t first[ST_PLAN_MAX_STAGES], end[ST_PLAN_MAX_STAGES];
+} st_train_layout;
+
+/* Trains cfg's model over the layout's stages. With tc->resume_dir, the weights, moments and
  * step come from there and the data, batch, sequence, seed and schedule
  * must match the checkpoint's (st_train_settings_apply fills them). */
-st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
+st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user);
 
 /* Reads the settings a checkpoint was trained with into tc and data (the

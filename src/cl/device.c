@@ -401,6 +401,13 @@ st_status st_device_reserve(st_device *dev, uint64_t bytes, const char *what)
     return s;
 }
 
+void st_device_reset_peak(st_device *dev)
+{
+    pthread_mutex_lock(&dev->mem_lock);
+    dev->mem.peak = dev->mem.current;
+    pthread_mutex_unlock(&dev->mem_lock);
+}
+
 void st_device_release(st_device *dev, uint64_t bytes)
 {
     pthread_mutex_lock(&dev->mem_lock);

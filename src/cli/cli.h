@@ -13,6 +13,8 @@
 #include <stdio.h>
 
 #include "strata/strata.h"
+#include "strata/plan.h"
+#include "strata/train.h"
 
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 
@@ -40,6 +42,25 @@ cli_table *cli_table_new(size_t columns);
 void cli_table_add(cli_table *t, const char *const *cells);
 void cli_table_print(const cli_table *t, FILE *f);
 void cli_table_free(cli_table *t);
+
+/* Splitting a model over the chosen devices (planning.c). */
+typedef struct cli_plan_opts {
+    const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */
+    const char *mem_limit; /* "0:2G,1:6G" or NULL */
+    int micro_batch, seq, micro_batches;
+    st_schedule schedule;
+    bool training;
+    bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
+    bool quiet;
+} cli_plan_opts;
+
+st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
+/* Profiles the devices (cached) and plans; prof gets one entry per device. */
+st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
+                        st_plan *plan, st_device_profile *prof);
+void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_devices *devs,
+                    const st_device_profile *prof, const cli_plan_opts *o, FILE *f);
+void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layout *layout);
 
 int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);

@@ -59,8 +59,14 @@ static void help(void)
            "                      the schedule still runs to --steps, for --resume\n"
            "  --log-every N       print every Nth step line (default 1)\n"
            "  --log-json FILE     also write every event as a JSON line\n"
-           "  --devices CHOICE    which device (default $STRATA_DEVICES, else all; the\n"
-           "                      first chosen device trains)\n"
+           "devices and pipeline:\n"
+           "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all); given\n"
+           "                      explicitly, every chosen device gets a stage\n"
+           "  --split HOW         auto (default: balance predicted times, fewer devices\n"
+           "                      when faster), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --micro-batches N   split each batch into N pipeline micro-batches (default 1)\n"
+           "  --schedule S        1f1b (default) or gpipe\n"
+           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"
            "\n"
            "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files.\n",
@@ -186,7 +192,8 @@ static bool parse_float(const char *s, double lo, double hi, float *out)
 enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
-    O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_DEVICES
+    O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
+    O_MEM_LIMIT, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -216,12 +223,17 @@ int cmd_train(int argc, char **argv)
         {"stop-at", required_argument, NULL, O_STOP_AT},
         {"log-every", required_argument, NULL, O_LOG_EVERY},
         {"log-json", required_argument, NULL, O_LOG_JSON},
+        {"micro-batches", required_argument, NULL, O_MICRO},
+        {"schedule", required_argument, NULL, O_SCHEDULE},
+        {"split", required_argument, NULL, O_SPLIT},
+        {"mem-limit", required_argument, NULL, O_MEM_LIMIT},
         {"devices", required_argument, NULL, O_DEVICES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     st_train_config tc;
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
+    const char *split = NULL, *mem_limit = NULL;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     /* Which training settings were given, so that --resume can tell them from defaults. */
     bool given[O_DEVICES + 1] = {false};
@@ -265,6 +277,13 @@ int cmd_train(int argc, char **argv)
         case O_LOG_EVERY: ok = parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
         case O_DEVICES: devices = arg; break;
+        case O_MICRO: ok = parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
+        case O_SCHEDULE:
+            if (st_schedule_parse(arg, &tc.schedule) != ST_OK)
+                return cli_usage_error("train", "%s", st_last_error());
+            break;
+        case O_SPLIT: split = arg; break;
+        case O_MEM_LIMIT: mem_limit = arg; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("train", "option %s needs a value", name);
         default: return cli_usage_error("train", "unknown option %s", name);
@@ -294,6 +313,8 @@ int cmd_train(int argc, char **argv)
         if (!given[O_WD]) tc.weight_decay = saved.weight_decay;
         if (!given[O_CLIP]) tc.clip = saved.clip;
         if (!given[O_SEED]) tc.seed = saved.seed;
+        if (!given[O_MICRO]) tc.micro_batches = saved.micro_batches;
+        if (!given[O_SCHEDULE]) tc.schedule = saved.schedule;
         tc.beta1 = saved.beta1, tc.beta2 = saved.beta2, tc.eps = saved.eps;
         if (!data)
             data = saved_data;
@@ -351,14 +372,39 @@ int cmd_train(int argc, char **argv)
     printf("data: %s\n", st_dataset_describe(ds));
     printf("model: %d layers, %d channels, %d heads, %d positions, vocabulary %d\n",
            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size);
-    printf("device: %s%s\n", st_device_label(devs.dev[0]),
-           devs.n > 1 ? " (the first chosen; splitting over several comes with the planner)" : "");
     printf("training: batch %d x %d tokens, %ld steps, lr %.1e warmup %ld cosine to %.1e, "
            "seed %llu\n",
            tc.batch, tc.seq, tc.steps, (double)tc.lr, tc.warmup, (double)tc.min_lr,
            (unsigned long long)tc.seed);
     fflush(stdout);
-    s = st_train(devs.dev[0], &cfg, ds, &tc, on_event, &L);
+    st_model_desc *desc = NULL;
+    st_plan plan;
+    st_device_profile prof[ST_MAX_DEVICES];
+    cli_plan_opts po = {.split = split, .mem_limit = mem_limit,
+                        .micro_batch = tc.batch / tc.micro_batches, .seq = tc.seq,
+                        .micro_batches = tc.micro_batches, .schedule = tc.schedule,
+                        .training = true,
+                        .devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL};
+    if (tc.batch % tc.micro_batches != 0)
+        s = st_error(ST_ERR_INVALID,
+                     "a batch of %d sequences does not split into %d equal micro-batches",
+                     tc.batch, tc.micro_batches);
+    if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK &&
+        (s = cli_make_plan(&devs, desc, &po, &plan, prof)) == ST_OK) {
+        st_train_layout layout;
+        cli_plan_layout(&plan, &devs, &layout);
+        cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
+        fflush(stdout);
+        s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
+        for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {
+            char a[32], b[32];
+            st_device_memory m = st_device_get_memory(layout.dev[k]);
+            printf("stage %zu: %s peak %s of %s\n", k, st_device_label(layout.dev[k]),
+                   st_format_bytes(m.peak, a, sizeof a), st_format_bytes(m.capacity, b, sizeof b));
+        }
+    }
+    st_model_desc_destroy(desc);
+
     if (L.json)
         fclose(L.json);
     cli_devices_put(&devs);

@@ -35,9 +35,9 @@ st_status st_schedule_parse(const char *text, st_schedule *out)
     return ST_OK;
 }
 
-st_status st_split_parse(const char *text, st_split *out)
+st_status st_split_parse(const char *text, st_split_spec *out)
 {
-    st_split s = {.kind = ST_SPLIT_AUTO};
+    st_split_spec s = {.kind = ST_SPLIT_AUTO};
     if (strcmp(text, "auto") == 0) {
         *out = s;
         return ST_OK;

@@ -886,3 +886,8 @@ st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits)
         return s;
     return logits ? st_tensor_read(d->logits, 0, (size_t)V, logits) : ST_OK;
 }
+
+st_tensor *st_gpt_decode_x(const st_gpt *g)
+{
+    return g->dec.x;
+}

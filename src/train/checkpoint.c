@@ -139,9 +139,8 @@ static st_status load_file(const char *path, st_gpt *const *stages, size_t n_sta
         bool known = mn == NULL;
         for (size_t k = 0; !known && k < n_stages; k++)
             known = known || st_gpt_param_find(stages[k], mn) >= 0;
-        /* A stage may hold only part of the model: then other parts' tensors are fine. */
-        if (!known && n_stages == 1 && st_gpt_has_embedding(stages[0]) &&
-            st_gpt_has_head(stages[0]))
+        /* The stages together hold the whole model: anything else is foreign. */
+        if (!known)
             s = st_error(ST_ERR_FORMAT,
                          "%s: tensor '%s' is not a parameter of this model (does config.json "
                          "match the weights?)",

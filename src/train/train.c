@@ -11,12 +11,15 @@
 
 #include "strata/checkpoint.h"
 #include "strata/gpt.h"
+#include "strata/pipe.h"
 #include "strata/train.h"
 
 void st_train_config_defaults(st_train_config *tc)
 {
     memset(tc, 0, sizeof *tc);
     tc->batch = 64;
+    tc->micro_batches = 1;
+    tc->schedule = ST_SCHED_1F1B;
     tc->seq = 0; /* the data's own, or the model's positions */
     tc->steps = 1500;
     tc->lr = 5e-3f;
@@ -58,8 +61,11 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
 {
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)tc->seed);
-    json_t *j = json_pack("{s:s, s:i, s:i, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f, s:s}",
+    json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f, "
+                          "s:s}",
                           "data", st_dataset_name(ds), "batch", tc->batch, "seq", tc->seq,
+                          "micro_batches", tc->micro_batches, "schedule",
+                          st_schedule_name(tc->schedule),
                           "steps", (json_int_t)tc->steps, "lr", (double)tc->lr, "min_lr",
                           (double)tc->min_lr, "warmup", (json_int_t)tc->warmup,
                           "weight_decay", (double)tc->weight_decay, "clip", (double)tc->clip,
@@ -81,11 +87,13 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
     const char *text = state.settings;
     json_error_t err;
     json_t *j = json_loads(text, 0, &err);
-    const char *d = NULL, *seed = NULL;
-    json_int_t batch = 0, seq = 0, steps = 0, warmup = 0;
+    const char *d = NULL, *seed = NULL, *sched = NULL;
+    json_int_t batch = 0, seq = 0, steps = 0, warmup = 0, micro = 0;
     double lr, min_lr, wd, clip, b1, b2, eps;
-    if (!j || json_unpack(j, "{s:s, s:I, s:I, s:I, s:F, s:F, s:I, s:F, s:F, s:F, s:F, s:F, s:s}",
-                          "data", &d, "batch", &batch, "seq", &seq, "steps", &steps, "lr", &lr,
+    if (!j || json_unpack(j, "{s:s, s:I, s:I, s:I, s:s, s:I, s:F, s:F, s:I, s:F, s:F, s:F, s:F, s:F, "
+                             "s:s}",
+                          "data", &d, "batch", &batch, "seq", &seq, "micro_batches", &micro,
+                          "schedule", &sched, "steps", &steps, "lr", &lr,
                           "min_lr", &min_lr, "warmup", &warmup, "weight_decay", &wd, "clip",
                           &clip, "beta1", &b1, "beta2", &b2, "eps", &eps, "seed", &seed) != 0) {
         json_decref(j);
@@ -97,6 +105,12 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
     snprintf(data, size, "%s", d);
     tc->batch = (int)batch;
     tc->seq = (int)seq;
+    tc->micro_batches = (int)micro;
+    if (st_schedule_parse(sched, &tc->schedule) != ST_OK) {
+        json_decref(j);
+        return st_error(ST_ERR_FORMAT, "%s/optimizer.safetensors: unknown schedule '%s'", dir,
+                        sched);
+    }
     tc->steps = (long)steps;
     tc->lr = (float)lr;
     tc->min_lr = (float)min_lr;
@@ -112,7 +126,7 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
 }
 
 typedef struct run {
-    st_gpt *g;
+    st_pipe *p;
     const st_gpt_config *cfg;
     st_dataset *ds;
     const st_train_config *tc;
@@ -141,15 +155,13 @@ static st_status evaluate(run *r, long step)
         long bc = 0;
         if ((s = st_dataset_batch(r->ds, ST_VAL, r->tc->seed, (uint64_t)k, B, T, r->tokens,
                                   r->targets)) != ST_OK ||
-            (s = st_gpt_forward(r->g, 0, r->tokens, r->targets, B, T)) != ST_OK ||
-            (s = st_gpt_loss(r->g, 0, B, T, &bs, &bc)) != ST_OK)
+            (s = st_pipe_forward(r->p, r->tokens, r->targets, &bs, &bc,
+                                 has_exact ? r->probs : NULL)) != ST_OK)
             break;
         sum += bs;
         count += bc;
         if (!has_exact)
             continue;
-        if ((s = st_gpt_output_read(r->g, 0, B, T, r->probs)) != ST_OK)
-            break;
         for (int b = 0; b < B; b++) {
             bool all = true;
             for (int t = 0; t < T && all; t++) {
@@ -184,7 +196,11 @@ static st_status save(run *r, long step, const st_dataset *ds)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     snprintf(state.settings, sizeof state.settings, "%s", text);
     free(text);
-    st_status s = st_checkpoint_save(r->tc->out_dir, &r->g, 1, r->cfg, &state);
+    st_gpt *stages[ST_PLAN_MAX_STAGES];
+    for (size_t k = 0; k < st_pipe_n_stages(r->p); k++)
+        stages[k] = st_pipe_stage(r->p, k);
+    st_status s = st_checkpoint_save(r->tc->out_dir, stages, st_pipe_n_stages(r->p), r->cfg,
+                                     &state);
     if (s == ST_OK) {
         st_train_event e = {.kind = ST_TRAIN_SAVE, .step = step, .steps = r->tc->steps,
                             .path = r->tc->out_dir};
@@ -215,6 +231,7 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
     SAME(weight_decay, "--weight-decay")
     SAME(clip, "--clip")
     SAME(seed, "--seed")
+    SAME(micro_batches, "--micro-batches")
 #undef SAME
     if (strcmp(data, st_dataset_name(ds)) != 0)
         return st_error(ST_ERR_INVALID,
@@ -223,23 +240,29 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
     return ST_OK;
 }
 
-st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
+st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user)
 {
     run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->batch, .T = tc->seq, .cb = cb,
              .user = user};
     if (tc->batch < 1 || tc->seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
         tc->min_lr < 0 || tc->warmup < 0 || tc->clip < 0 || tc->eval_every < 0 ||
-        tc->save_every < 0)
+        tc->save_every < 0 || tc->micro_batches < 1)
         return st_error(ST_ERR_INVALID,
-                        "train: batch, sequence, steps and eval batches must be positive, the "
-                        "learning rate positive, the rest not negative");
+                        "train: batch, sequence, steps, micro-batches and eval batches must be "
+                        "positive, the learning rate positive, the rest not negative");
+    if (tc->batch % tc->micro_batches != 0)
+        return st_error(ST_ERR_INVALID,
+                        "train: a batch of %d sequences does not split into %d equal "
+                        "micro-batches",
+                        tc->batch, tc->micro_batches);
     if (tc->seq > cfg->n_positions)
         return st_error(ST_ERR_INVALID,
                         "train: sequences of %d tokens do not fit the model's %d positions", tc->seq,
                         cfg->n_positions);
     if (st_dataset_vocab_needed(ds) > cfg->vocab_size)
-        return st_error(ST_ERR_INVALID, "train: the data has tokens up to %d, the model's vocabulary is %d",
+        return st_error(ST_ERR_INVALID,
+                        "train: the data has tokens up to %d, the model's vocabulary is %d",
                         st_dataset_vocab_needed(ds) - 1, cfg->vocab_size);
     st_status s = ST_OK;
     st_train_state state = {0};
@@ -254,12 +277,18 @@ st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
     r.probs = malloc(N * cfg->vocab_size * sizeof *r.probs);
     if (!r.tokens || !r.targets || !r.probs)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for a batch");
-    st_gpt_options o = {.batch = r.B, .seq = r.T, .slots = 1, .training = true};
+    st_pipe_options po = {.micro_batch = tc->batch / tc->micro_batches, .seq = tc->seq,
+                          .micro_batches = tc->micro_batches, .schedule = tc->schedule,
+                          .training = true};
     if (s == ST_OK)
-        s = st_gpt_create(dev, desc, &o, &r.g);
+        s = st_pipe_create(layout->dev, layout->first, layout->end, layout->n_stages, desc, &po,
+                           &r.p);
+    st_gpt *stages[ST_PLAN_MAX_STAGES];
+    for (size_t k = 0; s == ST_OK && k < layout->n_stages; k++)
+        stages[k] = st_pipe_stage(r.p, k);
     if (s == ST_OK)
-        s = tc->resume_dir ? st_checkpoint_load(tc->resume_dir, &r.g, 1, &state)
-                           : st_gpt_init(r.g, tc->seed);
+        s = tc->resume_dir ? st_checkpoint_load(tc->resume_dir, stages, layout->n_stages, &state)
+                           : st_pipe_init(r.p, tc->seed);
     long start = state.step;
     long last = tc->stop_at > 0 && tc->stop_at < tc->steps ? tc->stop_at : tc->steps;
     if (s == ST_OK && start >= last)
@@ -268,49 +297,35 @@ st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
                      "to do",
                      start, last);
     if (s == ST_OK) {
-        st_device_memory m = st_device_get_memory(dev);
+        uint64_t bytes = 0, peak = 0;
+        for (size_t k = 0; k < layout->n_stages; k++) {
+            bytes += st_gpt_bytes(stages[k]);
+            peak += st_device_get_memory(layout->dev[k]).peak;
+        }
         st_train_event e = {.kind = ST_TRAIN_START, .step = start, .steps = tc->steps,
-                            .params = desc->param_numel, .device_bytes = st_gpt_bytes(r.g),
-                            .peak_bytes = m.peak};
+                            .params = desc->param_numel, .device_bytes = bytes,
+                            .peak_bytes = peak};
         emit(&r, &e);
     }
     double t_start = now_s();
     long done_steps = 0;
     for (long step = start + 1; s == ST_OK && step <= last; step++) {
-        double t0 = now_s(), sum = 0, ss = 0;
-        long count = 0;
+        double t0 = now_s();
         float lr = st_train_lr(tc, step);
+        st_pipe_step_result res;
+        st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
         if ((s = st_dataset_batch(ds, ST_TRAIN, tc->seed, (uint64_t)(step - 1), r.B, r.T,
                                   r.tokens, r.targets)) != ST_OK ||
-            (s = st_gpt_zero_grad(r.g)) != ST_OK ||
-            (s = st_gpt_forward(r.g, 0, r.tokens, r.targets, r.B, r.T)) != ST_OK ||
-            (s = st_gpt_loss(r.g, 0, r.B, r.T, &sum, &count)) != ST_OK)
+            (s = st_pipe_train_step(r.p, r.tokens, r.targets, &hp, step, tc->clip, &res)) !=
+                ST_OK)
             break;
-        if (count == 0) {
-            s = st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
-            break;
-        }
-        if ((s = st_gpt_backward(r.g, 0, r.B, r.T, 1.0f / (float)count)) != ST_OK ||
-            (s = st_gpt_grad_sumsq(r.g, &ss)) != ST_OK)
-            break;
-        double norm = sqrt(ss);
-        if (!isfinite(norm) || !isfinite(sum)) {
-            s = st_error(ST_ERR_INVALID,
-                         "step %ld: the loss or gradient is not finite (loss %g, gradient norm "
-                         "%g); lower --lr or set --clip",
-                         step, sum / count, norm);
-            break;
-        }
-        float scale = tc->clip > 0 && norm > tc->clip ? (float)(tc->clip / (norm + 1e-6)) : 1.0f;
-        st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
-        if ((s = st_gpt_step(r.g, &hp, step, scale)) != ST_OK ||
-            (s = st_device_finish(dev)) != ST_OK)
-            break;
-        double ms = (now_s() - t0) * 1e3;
+        double ms = (now_s() - t0) * 1e3, wait = 0;
+        for (size_t k = 0; k < layout->n_stages; k++)
+            wait = fmax(wait, st_pipe_wait_s(r.p, k) * 1e3);
         done_steps++;
         st_train_event e = {.kind = ST_TRAIN_STEP, .step = step, .steps = tc->steps,
-                            .loss = sum / count, .lr = lr, .grad_norm = norm, .ms = ms,
-                            .tokens_per_s = (double)N / (ms * 1e-3)};
+                            .loss = res.loss, .lr = lr, .grad_norm = res.grad_norm, .ms = ms,
+                            .tokens_per_s = (double)N / (ms * 1e-3), .wait_ms = wait};
         emit(&r, &e);
         if ((tc->eval_every > 0 && step % tc->eval_every == 0) || step == last)
             s = evaluate(&r, step);
@@ -320,14 +335,20 @@ st_status st_train(st_device *dev, const st_gpt_config *cfg, st_dataset *ds,
     }
     if (s == ST_OK) {
         double secs = now_s() - t_start;
-        st_device_memory m = st_device_get_memory(dev);
+        uint64_t bytes = 0, peak = 0;
+        for (size_t k = 0; k < layout->n_stages; k++) {
+            bytes += st_gpt_bytes(stages[k]);
+            peak = peak > st_device_get_memory(layout->dev[k]).peak
+                       ? peak
+                       : st_device_get_memory(layout->dev[k]).peak;
+        }
         st_train_event e = {.kind = ST_TRAIN_DONE, .step = last, .steps = tc->steps,
                             .seconds = secs,
                             .tokens_per_s = secs > 0 ? (double)N * done_steps / secs : 0,
-                            .device_bytes = st_gpt_bytes(r.g), .peak_bytes = m.peak};
+                            .device_bytes = bytes, .peak_bytes = peak};
         emit(&r, &e);
     }
-    st_gpt_destroy(r.g);
+    st_pipe_destroy(r.p);
     st_model_desc_destroy(desc);
     free(r.tokens);
     free(r.targets);

@@ -1,0 +1,81 @@
+/*
+ * pipe.h - a model split into stages (contiguous layer ranges, one device
+ * each), trained and run as a pipeline of micro-batches.
+ *
+ * One host thread per stage runs that stage's list of operations for the
+ * step: forward(mb) and backward(mb) in the order of the schedule (GPipe: all
+ * forwards, then all backwards; 1F1B: a warm-up of S - s - 1 forwards, then
+ * one forward and one backward in turn). Tensors between consecutive stages
+ * travel through links; the schedule does not know how a link moves data.
+ *
+ * Backwards run in micro-batch order on every stage, so gradients accumulate
+ * in the same order however the model is split. After the last backward the
+ * tied embedding's two copies (first and last stage) get the sum of their
+ * gradients, the global gradient norm is summed over the stages, and every
+ * stage takes one AdamW step with the same clipping scale.
+ *
+ * A stage that fails makes the others stop at their next link operation
+ * instead of waiting for data that will not come; the first failure's
+ * message is the step's error.
+ */
+#ifndef STRATA_PIPE_H
+#define STRATA_PIPE_H
+
+#include "strata/gpt.h"
+#include "strata/plan.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct st_pipe st_pipe;
+
+typedef struct st_pipe_options {
+    int micro_batch, seq;  /* B x T of one micro-batch */
+    int micro_batches;     /* m per step */
+    st_schedule schedule;
+    bool training;
+    int kv_seq;            /* decoding: KV cache length; 0: none */
+} st_pipe_options;
+
+/* Stage s holds layers [first[s], end[s]) of desc on devs[s]; the ranges
+ * must cover the model in order. */
+st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
+                         size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
+                         st_pipe **out);
+void st_pipe_destroy(st_pipe *p);
+
+size_t st_pipe_n_stages(const st_pipe *p);
+st_gpt *st_pipe_stage(const st_pipe *p, size_t s);
+
+/* GPT-2 initialisation on every stage (the same weights however split). */
+st_status st_pipe_init(st_pipe *p, uint64_t seed);
+
+typedef struct st_pipe_step_result {
+    double loss;      /* mean over the tokens with a target */
+    long tokens;      /* tokens with a target */
+    double grad_norm; /* before clipping */
+} st_pipe_step_result;
+
+/* One training step on m micro-batches: tokens and targets hold m * B * T
+ * entries, micro-batch j at j * B * T. clip 0: no clipping. */
+st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                             const st_adamw_hparams *hp, long step, float clip,
+                             st_pipe_step_result *res);
+
+/* Forward only over m micro-batches: loss sum and count; with probs (m * B *
+ * T * V floats) also the probabilities. */
+st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                          double *sum, long *count, float *probs);
+
+/* Decoding one sequence through every stage (see st_gpt_decode). */
+st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits);
+
+/* Seconds each stage spent waiting on its links in the last step. */
+double st_pipe_wait_s(const st_pipe *p, size_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

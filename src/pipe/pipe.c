@@ -1,0 +1,409 @@
+/*
+ * pipe.c - the pipeline executor (see strata/pipe.h): stages, links, one
+ * thread per stage per step, schedules as lists of operations.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipe/link.h"
+#include "strata/pipe.h"
+
+typedef enum op_kind { OP_FWD, OP_BWD } op_kind;
+
+typedef struct op {
+    op_kind kind;
+    int mb;
+} op;
+
+struct st_pipe {
+    size_t S;
+    st_gpt *stage[ST_PLAN_MAX_STAGES];
+    st_device *dev[ST_PLAN_MAX_STAGES];
+    int slots[ST_PLAN_MAX_STAGES];
+    /* fwd[s]: stage s -> s+1 activations; bwd[s]: stage s+1 -> s gradients */
+    st_link *fwd[ST_PLAN_MAX_STAGES], *bwd[ST_PLAN_MAX_STAGES];
+    st_pipe_options o;
+    st_gpt_config cfg;
+    /* per step */
+    const int32_t *tokens, *targets;
+    bool backward;
+    float dloss;
+    double *mb_loss;
+    long *mb_count;
+    float *probs;
+    atomic_int failed;
+    pthread_mutex_t err_mu;
+    st_status err;
+    char err_msg[4096];
+    double wait_s[ST_PLAN_MAX_STAGES];
+};
+
+size_t st_pipe_n_stages(const st_pipe *p)
+{
+    return p->S;
+}
+
+st_gpt *st_pipe_stage(const st_pipe *p, size_t s)
+{
+    return s < p->S ? p->stage[s] : NULL;
+}
+
+double st_pipe_wait_s(const st_pipe *p, size_t s)
+{
+    return s < p->S ? p->wait_s[s] : 0;
+}
+
+void st_pipe_destroy(st_pipe *p)
+{
+    if (!p)
+        return;
+    for (size_t s = 0; s < p->S; s++) {
+        st_gpt_destroy(p->stage[s]);
+        if (p->fwd[s])
+            p->fwd[s]->destroy(p->fwd[s]);
+        if (p->bwd[s])
+            p->bwd[s]->destroy(p->bwd[s]);
+    }
+    pthread_mutex_destroy(&p->err_mu);
+    free(p->mb_loss);
+    free(p->mb_count);
+    free(p);
+}
+
+st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
+                         size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
+                         st_pipe **out)
+{
+    if (n_stages < 1 || n_stages > ST_PLAN_MAX_STAGES || o->micro_batches < 1)
+        return st_error(ST_ERR_INVALID, "pipeline: %zu stages, %d micro-batches", n_stages,
+                        o->micro_batches);
+    for (size_t s = 0; s < n_stages; s++)
+        if (first[s] != (s ? end[s - 1] : 0) || end[s] <= first[s] ||
+            (s + 1 == n_stages && end[s] != desc->n_layers))
+            return st_error(ST_ERR_INVALID,
+                            "pipeline: stage %zu's layers [%zu, %zu) do not continue the split "
+                            "of the model's %zu layers",
+                            s, first[s], end[s], desc->n_layers);
+    st_pipe *p = calloc(1, sizeof *p);
+    if (!p)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    pthread_mutex_init(&p->err_mu, NULL);
+    p->S = n_stages;
+    p->o = *o;
+    p->cfg = desc->cfg;
+    p->mb_loss = calloc((size_t)o->micro_batches, sizeof *p->mb_loss);
+    p->mb_count = calloc((size_t)o->micro_batches, sizeof *p->mb_count);
+    st_status s = p->mb_loss && p->mb_count ? ST_OK
+                                             : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    size_t boundary = (size_t)o->micro_batch * o->seq * desc->cfg.n_embd;
+    for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
+        int m = o->micro_batches, S = (int)n_stages;
+        /* Activations in flight: GPipe keeps every micro-batch's, 1F1B at most S - k. */
+        p->slots[k] = !o->training || o->schedule == ST_SCHED_GPIPE
+                          ? (o->training ? m : 1)
+                          : (m < S - (int)k ? m : S - (int)k);
+        st_gpt_options go = {.first_layer = first[k], .end_layer = end[k],
+                             .batch = o->micro_batch, .seq = o->seq, .slots = p->slots[k],
+                             .training = o->training, .kv_seq = o->kv_seq};
+        p->dev[k] = devs[k];
+        s = st_gpt_create(devs[k], desc, &go, &p->stage[k]);
+        /* A ring as deep as the micro-batches: a sender never waits on a
+         * receiver that is itself waiting to send the other way. */
+        if (s == ST_OK && k + 1 < n_stages && (size_t)o->micro_batch * o->seq > 0) {
+            if ((s = st_link_host_create(boundary, m, &p->fwd[k])) == ST_OK)
+                s = st_link_host_create(boundary, m, &p->bwd[k]);
+        }
+        if (s != ST_OK)
+            st_error_context("stage %zu", k);
+    }
+    if (s != ST_OK) {
+        st_pipe_destroy(p);
+        return s;
+    }
+    *out = p;
+    return ST_OK;
+}
+
+st_status st_pipe_init(st_pipe *p, uint64_t seed)
+{
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        s = st_gpt_init(p->stage[k], seed);
+    return s;
+}
+
+/* The operations of stage s for one step, in order. */
+static size_t schedule_ops(const st_pipe *p, size_t s, op *ops)
+{
+    int m = p->o.micro_batches, S = (int)p->S;
+    size_t n = 0;
+    if (!p->backward) {
+        for (int j = 0; j < m; j++)
+            ops[n++] = (op){OP_FWD, j};
+        return n;
+    }
+    if (p->o.schedule == ST_SCHED_GPIPE) {
+        for (int j = 0; j < m; j++)
+            ops[n++] = (op){OP_FWD, j};
+        for (int j = 0; j < m; j++)
+            ops[n++] = (op){OP_BWD, j};
+        return n;
+    }
+    int warm = S - (int)s - 1 < m ? S - (int)s - 1 : m;
+    for (int j = 0; j < warm; j++)
+        ops[n++] = (op){OP_FWD, j};
+    for (int i = 0; i < m - warm; i++) {
+        ops[n++] = (op){OP_FWD, warm + i};
+        ops[n++] = (op){OP_BWD, i};
+    }
+    for (int j = m - warm; j < m; j++)
+        ops[n++] = (op){OP_BWD, j};
+    return n;
+}
+
+static void fail(st_pipe *p, st_status s, size_t stage)
+{
+    pthread_mutex_lock(&p->err_mu);
+    /* The first real failure wins; "the pipeline stopped" from others does not. */
+    if (!atomic_load(&p->failed)) {
+        p->err = s;
+        snprintf(p->err_msg, sizeof p->err_msg, "stage %zu on %s: %s", stage,
+                 st_device_label(p->dev[stage]), st_last_error());
+        atomic_store(&p->failed, 1);
+    }
+    pthread_mutex_unlock(&p->err_mu);
+    for (size_t k = 0; k + 1 < p->S; k++) {
+        p->fwd[k]->abort(p->fwd[k]);
+        p->bwd[k]->abort(p->bwd[k]);
+    }
+}
+
+typedef struct stage_job {
+    st_pipe *p;
+    size_t s;
+} stage_job;
+
+static st_status run_op(st_pipe *p, size_t s, const op *o)
+{
+    st_gpt *g = p->stage[s];
+    int B = p->o.micro_batch, T = p->o.seq, slot = o->mb % p->slots[s];
+    size_t N = (size_t)B * T, NC = N * (size_t)p->cfg.n_embd;
+    bool last = s + 1 == p->S;
+    st_status st;
+    if (o->kind == OP_FWD) {
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_gpt_io_tensor(g, slot, ST_GPT_IN),
+                                                NC)) != ST_OK)
+            return st;
+        const int32_t *tok = p->tokens + (size_t)o->mb * N;
+        const int32_t *tgt = p->targets ? p->targets + (size_t)o->mb * N : NULL;
+        if ((st = st_gpt_forward(g, slot, s == 0 ? tok : NULL, last ? tgt : NULL, B, T)) != ST_OK)
+            return st;
+        if (!last)
+            return p->fwd[s]->send(p->fwd[s], st_gpt_io_tensor(g, slot, ST_GPT_OUT), NC);
+        if (tgt && (st = st_gpt_loss(g, slot, B, T, &p->mb_loss[o->mb], &p->mb_count[o->mb])) !=
+                       ST_OK)
+            return st;
+        if (p->probs)
+            return st_gpt_output_read(g, slot, B, T,
+                                      p->probs + (size_t)o->mb * N * p->cfg.vocab_size);
+        return ST_OK;
+    }
+    if (!last && (st = p->bwd[s]->recv(p->bwd[s], st_gpt_io_tensor(g, slot, ST_GPT_DOUT), NC)) !=
+                     ST_OK)
+        return st;
+    if ((st = st_gpt_backward(g, slot, B, T, p->dloss)) != ST_OK)
+        return st;
+    /* The input's gradient lives in shared scratch: it leaves before the next backward. */
+    if (s > 0)
+        return p->bwd[s - 1]->send(p->bwd[s - 1], st_gpt_io_tensor(g, slot, ST_GPT_DIN), NC);
+    return ST_OK;
+}
+
+static void *stage_main(void *arg)
+{
+    stage_job *job = arg;
+    st_pipe *p = job->p;
+    size_t s = job->s;
+    op *ops = malloc(2 * (size_t)p->o.micro_batches * sizeof *ops);
+    if (!ops) {
+        fail(p, st_error(ST_ERR_HOST_MEMORY, "out of host memory"), s);
+        return NULL;
+    }
+    size_t n = schedule_ops(p, s, ops);
+    for (size_t i = 0; i < n && !atomic_load(&p->failed); i++) {
+        st_status st = run_op(p, s, &ops[i]);
+        if (st != ST_OK) {
+            fail(p, st, s);
+            break;
+        }
+    }
+    /* Wait for this stage's device so that the step's time is the work's. */
+    if (!atomic_load(&p->failed)) {
+        st_status st = st_device_finish(p->dev[s]);
+        if (st != ST_OK)
+            fail(p, st, s);
+    }
+    free(ops);
+    return NULL;
+}
+
+/* Runs every stage's operations, one thread per stage (inline for one stage). */
+static st_status run_stages(st_pipe *p)
+{
+    atomic_store(&p->failed, 0);
+    p->err = ST_OK;
+    for (size_t k = 0; k + 1 < p->S; k++)
+        p->fwd[k]->wait_s = p->bwd[k]->wait_s = 0;
+    stage_job jobs[ST_PLAN_MAX_STAGES];
+    pthread_t threads[ST_PLAN_MAX_STAGES];
+    bool started[ST_PLAN_MAX_STAGES] = {false};
+    for (size_t s = 0; s < p->S; s++) {
+        jobs[s] = (stage_job){p, s};
+        if (p->S == 1) {
+            stage_main(&jobs[s]);
+        } else if (pthread_create(&threads[s], NULL, stage_main, &jobs[s]) == 0) {
+            started[s] = true;
+        } else {
+            fail(p, st_error(ST_ERR_HOST_MEMORY, "cannot start a thread for stage %zu", s), s);
+        }
+    }
+    for (size_t s = 0; s < p->S; s++)
+        if (started[s])
+            pthread_join(threads[s], NULL);
+    for (size_t s = 0; s < p->S; s++)
+        p->wait_s[s] = (s > 0 ? p->fwd[s - 1]->wait_s : 0) + (s + 1 < p->S ? p->bwd[s]->wait_s : 0);
+    if (atomic_load(&p->failed)) {
+        /* Links stay aborted: re-arm them for a later step by rebuilding is the
+         * caller's choice; a failed step ends the run. */
+        return st_error(p->err, "%s", p->err_msg);
+    }
+    return ST_OK;
+}
+
+/* The tied embedding: both copies get the sum of both gradients. */
+static st_status sum_tied(st_pipe *p)
+{
+    if (p->S < 2)
+        return ST_OK;
+    st_gpt *a = p->stage[0], *b = p->stage[p->S - 1];
+    long ia = st_gpt_param_find(a, "wte.weight"), ib = st_gpt_param_find(b, "wte.weight");
+    if (ia < 0 || ib < 0 || !st_gpt_param_at(b, (size_t)ib)->tied)
+        return ST_OK; /* the embedding and the head share a stage */
+    size_t n = st_gpt_param_at(a, (size_t)ia)->desc->numel;
+    float *ga = malloc(n * sizeof *ga), *gb = malloc(n * sizeof *gb);
+    st_status s = ga && gb ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    if (s == ST_OK && (s = st_gpt_read(a, ST_GPT_GRADS, (size_t)ia, ga)) == ST_OK &&
+        (s = st_gpt_read(b, ST_GPT_GRADS, (size_t)ib, gb)) == ST_OK) {
+        for (size_t i = 0; i < n; i++)
+            ga[i] += gb[i];
+        if ((s = st_gpt_write(a, ST_GPT_GRADS, (size_t)ia, ga)) == ST_OK)
+            s = st_gpt_write(b, ST_GPT_GRADS, (size_t)ib, ga);
+    }
+    free(ga);
+    free(gb);
+    return s;
+}
+
+st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                             const st_adamw_hparams *hp, long step, float clip,
+                             st_pipe_step_result *res)
+{
+    if (!p->o.training)
+        return st_error(ST_ERR_INVALID, "the pipeline was made without training buffers");
+    size_t all = (size_t)p->o.micro_batches * p->o.micro_batch * p->o.seq;
+    long count = 0;
+    for (size_t i = 0; i < all; i++)
+        count += targets[i] >= 0;
+    if (count == 0)
+        return st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        s = st_gpt_zero_grad(p->stage[k]);
+    if (s != ST_OK)
+        return s;
+    p->tokens = tokens;
+    p->targets = targets;
+    p->backward = true;
+    p->probs = NULL;
+    /* Every token's loss weighs 1/count: the mean over the whole step. */
+    p->dloss = 1.0f / (float)count;
+    if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK)
+        return s;
+    double loss = 0, ss = 0;
+    for (int j = 0; j < p->o.micro_batches; j++)
+        loss += p->mb_loss[j];
+    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+        double part = 0;
+        if ((s = st_gpt_grad_sumsq(p->stage[k], &part)) == ST_OK)
+            ss += part;
+    }
+    if (s != ST_OK)
+        return s;
+    double norm = sqrt(ss);
+    if (!isfinite(norm) || !isfinite(loss))
+        return st_error(ST_ERR_INVALID,
+                        "step %ld: the loss or gradient is not finite (loss %g, gradient norm "
+                        "%g); lower --lr or set --clip",
+                        step, loss / count, norm);
+    float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        s = st_gpt_step(p->stage[k], hp, step, scale);
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        s = st_device_finish(p->dev[k]);
+    if (s == ST_OK) {
+        res->loss = loss / (double)count;
+        res->tokens = count;
+        res->grad_norm = norm;
+    }
+    return s;
+}
+
+st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                          double *sum, long *count, float *probs)
+{
+    p->tokens = tokens;
+    p->targets = targets;
+    p->backward = false;
+    p->probs = probs;
+    for (int j = 0; j < p->o.micro_batches; j++) {
+        p->mb_loss[j] = 0;
+        p->mb_count[j] = 0;
+    }
+    st_status s = run_stages(p);
+    p->probs = NULL;
+    if (s != ST_OK)
+        return s;
+    double acc = 0;
+    long n = 0;
+    for (int j = 0; j < p->o.micro_batches; j++) {
+        acc += p->mb_loss[j];
+        n += p->mb_count[j];
+    }
+    *sum = acc;
+    *count = n;
+    return ST_OK;
+}
+
+st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
+{
+    size_t C = (size_t)p->cfg.n_embd;
+    float *x = p->S > 1 ? malloc(C * sizeof *x) : NULL;
+    if (p->S > 1 && !x)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+        /* One token's activation hops through the host from stage to stage. */
+        if (k > 0)
+            s = st_tensor_write(st_gpt_decode_x(p->stage[k]), 0, C, x);
+        if (s == ST_OK)
+            s = st_gpt_decode(p->stage[k], tok, pos, k + 1 == p->S ? logits : NULL);
+        if (s == ST_OK && k + 1 < p->S)
+            s = st_tensor_read(st_gpt_decode_x(p->stage[k]), 0, C, x);
+    }
+    free(x);
+    return s;
+}
