@@ -1,0 +1,294 @@
+/*
+ * test_pipe.c - a model split over 2, 3 and 4 devices trains like the model
+ * on one device (both schedules), decodes the same tokens, and a checkpoint
+ * written by one split continues identically in another.
+ *
+ * Run with several devices (meson sets POCL_DEVICES to four PoCL devices);
+ * with fewer, stages share devices, which exercises the same paths.
+ *
+ * Tolerances: losses per step within 1e-5 relative (the splits differ only
+ * in the order of two sums: the tied embedding's gradient and the global
+ * norm); final weights atol 1e-3 per element with a mean |difference| under
+ * 1e-5 (Adam turns a gradient of rounding size into a step of about lr, so a
+ * few near-zero-gradient weights move apart; the key bias, whose true
+ * gradient is zero, is left out as in test_gpt.c).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "strata/checkpoint.h"
+#include "strata/pipe.h"
+#include "tests/common.h"
+
+#define STEPS 20
+#define MB 4      /* micro-batches */
+#define BATCH 8   /* sequences per step */
+#define SEQ 8
+
+static test_devices td;
+static st_model_desc *desc;
+static int32_t tokens[STEPS][BATCH * SEQ], targets[STEPS][BATCH * SEQ];
+
+static void make_data(void)
+{
+    uint64_t s = 99;
+    for (int k = 0; k < STEPS; k++)
+        for (int i = 0; i < BATCH * SEQ; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            tokens[k][i] = (int32_t)((s >> 33) % 64);
+            /* a learnable target: the token plus one, some positions without loss */
+            targets[k][i] = i % 7 == 3 ? -1 : (tokens[k][i] + 1) % 64;
+        }
+}
+
+/* Layer ranges for S stages over the model's 6 layers (embedding, 4 blocks, head). */
+static void ranges(size_t S, size_t *first, size_t *end)
+{
+    static const size_t cuts[5][4] = {{0}, {6}, {3, 6}, {1, 4, 6}, {2, 3, 5, 6}};
+    for (size_t s = 0; s < S; s++) {
+        first[s] = s ? cuts[S][s - 1] : 0;
+        end[s] = cuts[S][s];
+    }
+}
+
+static st_pipe *make_pipe(size_t S, st_schedule sched, int kv)
+{
+    st_device *devs[4];
+    size_t first[4], end[4];
+    for (size_t s = 0; s < S; s++)
+        devs[s] = td.dev[s % td.n];
+    ranges(S, first, end);
+    st_pipe_options o = {.micro_batch = BATCH / MB, .seq = SEQ, .micro_batches = MB,
+                         .schedule = sched, .training = true, .kv_seq = kv};
+    st_pipe *p = NULL;
+    assert_ok(st_pipe_create(devs, first, end, S, desc, &o, &p));
+    return p;
+}
+
+static void train(st_pipe *p, int from, int to, double *losses)
+{
+    st_adamw_hparams hp = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    for (int k = from; k < to; k++) {
+        st_pipe_step_result r;
+        /* clip 0.5: clipping is active, so the global norm over stages matters */
+        assert_ok(st_pipe_train_step(p, tokens[k], targets[k], &hp, k + 1, 0.5f, &r));
+        losses[k] = r.loss;
+    }
+}
+
+/* Every parameter by name, in the model's order, from whichever stage owns it. */
+static float *weights(st_pipe *p)
+{
+    float *w = malloc(desc->param_numel * sizeof *w);
+    assert_non_null(w);
+    size_t off = 0;
+    for (size_t l = 0; l < desc->n_layers; l++)
+        for (size_t i = 0; i < desc->layers[l].n_params; i++) {
+            const st_param_desc *pd = &desc->layers[l].params[i];
+            bool found = false;
+            for (size_t k = 0; k < st_pipe_n_stages(p) && !found; k++) {
+                st_gpt *g = st_pipe_stage(p, k);
+                long j = st_gpt_param_find(g, pd->name);
+                if (j >= 0 && !st_gpt_param_at(g, (size_t)j)->tied) {
+                    assert_ok(st_gpt_read(g, ST_GPT_PARAMS, (size_t)j, w + off));
+                    found = true;
+                }
+            }
+            assert_true(found);
+            if (strstr(pd->name, "attn.c_attn.bias")) /* the key bias: see the file header */
+                memset(w + off + desc->cfg.n_embd, 0, desc->cfg.n_embd * sizeof *w);
+            off += pd->numel;
+        }
+    return w;
+}
+
+static void compare_weights(const float *a, const float *b, const char *what)
+{
+    double mean = 0;
+    for (size_t i = 0; i < desc->param_numel; i++)
+        mean += fabs((double)a[i] - b[i]);
+    mean /= (double)desc->param_numel;
+    if (!st_compare_f32(a, b, desc->param_numel, 1e-3, 1e-3, NULL) || mean > 1e-5) {
+        char buf[2048];
+        fail_msg("%s: weights differ (mean |diff| %.3g): %s", what, mean,
+                 st_compare_describe(a, b, desc->param_numel, 1e-3, 1e-3, 5, buf, sizeof buf));
+    }
+}
+
+static void compare_losses(const double *a, const double *b, int from, int to, const char *what)
+{
+    for (int k = from; k < to; k++)
+        if (fabs(a[k] - b[k]) > 1e-5 * fabs(b[k]))
+            fail_msg("%s: step %d loss %.9g, one device %.9g", what, k + 1, a[k], b[k]);
+}
+
+static double ref_losses[STEPS];
+static float *ref_weights;
+
+static void split_training_matches_one_device(void **state)
+{
+    (void)state;
+    st_pipe *p = make_pipe(1, ST_SCHED_1F1B, 0);
+    assert_ok(st_pipe_init(p, 5));
+    train(p, 0, STEPS, ref_losses);
+    ref_weights = weights(p);
+    st_pipe_destroy(p);
+    assert_true(ref_losses[STEPS - 1] < ref_losses[0] * 0.9); /* it learns */
+    for (size_t S = 2; S <= 4; S++)
+        for (int sc = 0; sc < 2; sc++) {
+            st_schedule sched = sc ? ST_SCHED_GPIPE : ST_SCHED_1F1B;
+            char what[64];
+            snprintf(what, sizeof what, "%zu stages, %s", S, st_schedule_name(sched));
+            p = make_pipe(S, sched, 0);
+            assert_ok(st_pipe_init(p, 5));
+            double losses[STEPS];
+            train(p, 0, STEPS, losses);
+            compare_losses(losses, ref_losses, 0, STEPS, what);
+            float *w = weights(p);
+            compare_weights(w, ref_weights, what);
+            /* The two copies of the tied embedding stay equal. */
+            st_gpt *first = st_pipe_stage(p, 0), *last = st_pipe_stage(p, S - 1);
+            long a = st_gpt_param_find(first, "wte.weight"), b = st_gpt_param_find(last, "wte.weight");
+            assert_true(a >= 0 && b >= 0 && st_gpt_param_at(last, (size_t)b)->tied);
+            size_t n = st_gpt_param_at(first, (size_t)a)->desc->numel;
+            float *wa = malloc(n * sizeof *wa), *wb = malloc(n * sizeof *wb);
+            assert_ok(st_gpt_read(first, ST_GPT_PARAMS, (size_t)a, wa));
+            assert_ok(st_gpt_read(last, ST_GPT_PARAMS, (size_t)b, wb));
+            assert_memory_equal(wa, wb, n * sizeof *wa);
+            free(wa);
+            free(wb);
+            free(w);
+            st_pipe_destroy(p);
+        }
+}
+
+static void split_decoding_gives_the_same_tokens(void **state)
+{
+    (void)state;
+    st_pipe *one = make_pipe(1, ST_SCHED_1F1B, SEQ), *three = make_pipe(3, ST_SCHED_1F1B, SEQ);
+    assert_ok(st_pipe_init(one, 5));
+    assert_ok(st_pipe_init(three, 5));
+    double losses[STEPS];
+    train(one, 0, 10, losses);
+    /* Copy the trained weights into the split model by name. */
+    st_gpt *src = st_pipe_stage(one, 0);
+    for (size_t k = 0; k < 3; k++) {
+        st_gpt *g = st_pipe_stage(three, k);
+        for (size_t i = 0; i < st_gpt_n_params(g); i++) {
+            const st_gpt_param *pp = st_gpt_param_at(g, i);
+            long j = st_gpt_param_find(src, pp->desc->name);
+            float *buf = malloc(pp->desc->numel * sizeof *buf);
+            assert_ok(st_gpt_read(src, ST_GPT_PARAMS, (size_t)j, buf));
+            assert_ok(st_gpt_write(g, ST_GPT_PARAMS, i, buf));
+            free(buf);
+        }
+    }
+    int V = desc->cfg.vocab_size, tok_a = 7, tok_b = 7;
+    float *la = malloc(V * sizeof *la), *lb = malloc(V * sizeof *lb);
+    for (int pos = 0; pos < SEQ; pos++) {
+        assert_ok(st_pipe_decode(one, tok_a, pos, la));
+        assert_ok(st_pipe_decode(three, tok_b, pos, lb));
+        assert_close(lb, la, (size_t)V, 1e-5, 1e-5);
+        int ba = 0, bb = 0;
+        for (int v = 1; v < V; v++) {
+            ba = la[v] > la[ba] ? v : ba;
+            bb = lb[v] > lb[bb] ? v : bb;
+        }
+        assert_int_equal(ba, bb);
+        tok_a = ba;
+        tok_b = bb;
+    }
+    free(la);
+    free(lb);
+    st_pipe_destroy(one);
+    st_pipe_destroy(three);
+}
+
+static void checkpoint_moves_between_splits(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/strata-pipe-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    /* Two stages: 10 steps, save, 10 more (the uninterrupted run). */
+    st_pipe *two = make_pipe(2, ST_SCHED_1F1B, 0);
+    assert_ok(st_pipe_init(two, 5));
+    double straight[STEPS];
+    train(two, 0, 10, straight);
+    st_gpt *stages[4] = {st_pipe_stage(two, 0), st_pipe_stage(two, 1)};
+    st_train_state state10 = {.step = 10};
+    snprintf(state10.settings, sizeof state10.settings, "{}");
+    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10));
+    train(two, 10, STEPS, straight);
+    st_pipe_destroy(two);
+    /* Loaded into one and into four stages, the next 10 steps are the same. */
+    for (size_t S = 1; S <= 4; S += 3) {
+        st_pipe *p = make_pipe(S, ST_SCHED_GPIPE, 0);
+        for (size_t k = 0; k < S; k++)
+            stages[k] = st_pipe_stage(p, k);
+        st_train_state st;
+        assert_ok(st_checkpoint_load(dir, stages, S, &st));
+        assert_int_equal(st.step, 10);
+        double again[STEPS];
+        train(p, 10, STEPS, again);
+        char what[64];
+        snprintf(what, sizeof what, "checkpoint from 2 stages continued on %zu", S);
+        compare_losses(again, straight, 10, STEPS, what);
+        st_pipe_destroy(p);
+    }
+    char path[256];
+    const char *files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void bad_layouts_are_refused(void **state)
+{
+    (void)state;
+    st_device *devs[2] = {td.dev[0], td.dev[0]};
+    size_t first[2] = {0, 2}, end[2] = {3, 6};
+    st_pipe_options o = {.micro_batch = 2, .seq = SEQ, .micro_batches = 2, .training = true};
+    st_pipe *p = NULL;
+    assert_int_equal(st_pipe_create(devs, first, end, 2, desc, &o, &p), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "do not continue the split");
+    end[1] = 5;
+    first[1] = 3;
+    assert_int_equal(st_pipe_create(devs, first, end, 2, desc, &o, &p), ST_ERR_INVALID);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    free(ref_weights);
+    st_model_desc_destroy(desc);
+    test_devices_close(&td);
+    return 0;
+}
+
+int main(void)
+{
+    test_devices_open_or_skip(&td);
+    make_data();
+    st_gpt_config cfg = {.vocab_size = 64, .n_positions = SEQ, .n_embd = 32, .n_layer = 4,
+                         .n_head = 2, .n_inner = 128, .layer_norm_epsilon = 1e-5f};
+    if (st_model_describe(&cfg, &desc) != ST_OK)
+        return 1;
+    fprintf(stderr, "%zu device(s)\n", td.n);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(split_training_matches_one_device),
+        cmocka_unit_test(split_decoding_gives_the_same_tokens),
+        cmocka_unit_test(checkpoint_moves_between_splits),
+        cmocka_unit_test(bad_layouts_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, group_teardown);
+}
