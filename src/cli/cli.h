@@ -65,6 +65,7 @@ void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layo
 int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 

@@ -8,10 +8,11 @@
 #include <stdlib.h>
 
 #include "cli/cli.h"
+#include "strata/profile.h"
 
 static void help(void)
 {
-    printf("usage: strata devices [--devices CHOICE] [--json]\n"
+    printf("usage: strata devices [--devices CHOICE] [--json] [--profile]\n"
            "\n"
            "Lists every OpenCL device of every platform the ICD loader finds.\n"
            "\n"
@@ -19,6 +20,8 @@ static void help(void)
            "                    (0,2 or 0-3) or part of a device name; default\n"
            "                    $STRATA_DEVICES, else all\n"
            "  --json            print a JSON array instead of a table\n"
+           "  --profile         also measure (or show the cached) GEMM rate and copy\n"
+           "                    bandwidths the planner uses\n"
            "  -h, --help        this text\n"
            "\n"
            "Exit status: 0 listed; 2 no platform or no device matches the choice.\n");
@@ -68,10 +71,11 @@ int cmd_devices(int argc, char **argv)
 {
     static const struct option opts[] = {{"devices", required_argument, NULL, 'd'},
                                          {"json", no_argument, NULL, 'j'},
+                                         {"profile", no_argument, NULL, 'p'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *choice = NULL;
-    bool json = false;
+    bool json = false, profile = false;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":hj", opts, NULL)) != -1) {
@@ -81,6 +85,9 @@ int cmd_devices(int argc, char **argv)
             break;
         case 'j':
             json = true;
+            break;
+        case 'p':
+            profile = true;
             break;
         case 'h':
             help();
@@ -95,7 +102,7 @@ int cmd_devices(int argc, char **argv)
         return cli_usage_error("devices", "unexpected argument '%s'", argv[optind]);
 
     cli_devices d;
-    st_status s = cli_devices_get(choice, false, &d);
+    st_status s = cli_devices_get(choice, profile, &d);
     if (s != ST_OK) {
         cli_devices_put(&d);
         return cli_fail(s);
@@ -112,6 +119,29 @@ int cmd_devices(int argc, char **argv)
     } else {
         print_table(&d);
     }
+    if (profile) {
+        /* The planner's view of each device, for a mid-sized product (1024 x 2048 x 512). */
+        cli_table *t = cli_table_new(6);
+        const char *head[] = {"#", "device", "GEMM GFLOPS", "host->device GB/s",
+                              "device->host GB/s", "from"};
+        cli_table_add(t, head);
+        for (size_t i = 0; s == ST_OK && i < d.n; i++) {
+            st_device_profile p;
+            bool cached = false;
+            if ((s = st_device_profile_get(d.dev[i], 1024, 2048, 512, &cached, &p)) != ST_OK)
+                break;
+            char c0[16], c2[32], c3[32], c4[32];
+            snprintf(c0, sizeof c0, "%zu", d.index[i]);
+            snprintf(c2, sizeof c2, "%.1f", p.gflops);
+            snprintf(c3, sizeof c3, "%.2f", p.h2d_gbps);
+            snprintf(c4, sizeof c4, "%.2f", p.d2h_gbps);
+            const char *row[] = {c0, p.name, c2, c3, c4, cached ? "cache" : "measured now"};
+            cli_table_add(t, row);
+        }
+        printf("\nprofiles (1024 x 2048 x 512 SGEMM; 16 MB copies):\n");
+        cli_table_print(t, stdout);
+        cli_table_free(t);
+    }
     cli_devices_put(&d);
-    return CLI_OK;
+    return s == ST_OK ? CLI_OK : cli_fail(s);
 }

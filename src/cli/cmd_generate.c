@@ -14,6 +14,7 @@
 #include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/gpt.h"
+#include "strata/pipe.h"
 
 static double now_s(void)
 {
@@ -32,23 +33,48 @@ static bool parse_long(const char *s, long lo, long hi, long *out)
     return true;
 }
 
-/* Opens dir's model on the first chosen device with the given buffers. */
-static st_status open_model(const char *dir, const char *devices, st_gpt_options *o,
+/* Where to run a saved model: the device choice and how to split. */
+typedef struct run_flags {
+    const char *devices, *split, *mem_limit;
+} run_flags;
+
+/* Opens dir's model over the chosen devices, split by the planner (plan
+ * printed to stderr when there is more than one stage). */
+static st_status open_model(const char *dir, const run_flags *f, st_pipe_options *o,
                             cli_devices *devs, st_gpt_config *cfg, st_model_desc **desc,
-                            st_gpt **g)
+                            st_pipe **p)
 {
     st_status s = st_checkpoint_config(dir, cfg);
     if (s != ST_OK || (s = st_model_describe(cfg, desc)) != ST_OK)
         return s;
-    if ((s = cli_devices_get(devices, true, devs)) != ST_OK)
+    if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK)
         return s;
     if (o->kv_seq > cfg->n_positions)
         o->kv_seq = cfg->n_positions;
     if (o->seq > cfg->n_positions)
         o->seq = cfg->n_positions;
-    if ((s = st_gpt_create(devs->dev[0], *desc, o, g)) != ST_OK)
+    cli_plan_opts po = {.split = f->split, .mem_limit = f->mem_limit,
+                        .micro_batch = o->micro_batch,
+                        .seq = o->kv_seq ? o->kv_seq : o->seq,
+                        .micro_batches = o->micro_batches, .schedule = ST_SCHED_1F1B,
+                        .training = false,
+                        .devices_explicit = f->devices != NULL || getenv("STRATA_DEVICES") != NULL,
+                        .quiet = true};
+    st_plan plan;
+    st_device_profile prof[ST_MAX_DEVICES];
+    if ((s = cli_make_plan(devs, *desc, &po, &plan, prof)) != ST_OK)
         return s;
-    return st_checkpoint_load(dir, g, 1, NULL);
+    if (plan.n_stages > 1)
+        cli_plan_print(&plan, *desc, devs, prof, &po, stderr);
+    st_train_layout layout;
+    cli_plan_layout(&plan, devs, &layout);
+    if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, *desc, o, p)) !=
+        ST_OK)
+        return s;
+    st_gpt *stages[ST_PLAN_MAX_STAGES];
+    for (size_t k = 0; k < layout.n_stages; k++)
+        stages[k] = st_pipe_stage(*p, k);
+    return st_checkpoint_load(dir, stages, layout.n_stages, NULL);
 }
 
 static uint64_t next_u64(uint64_t *s)
@@ -126,7 +152,10 @@ static void generate_help(void)
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
            "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
            "  --seed N            sampling seed (default 1)\n"
-           "  --devices CHOICE    which device (the first chosen runs the model)\n"
+           "  --devices CHOICE    which devices; the planner splits the model over them\n"
+           "                      (each stage keeps the KV cache of its own layers)\n"
+           "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"
            "\n"
            "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
@@ -141,9 +170,12 @@ int cmd_generate(int argc, char **argv)
                                          {"top-k", required_argument, NULL, 'k'},
                                          {"seed", required_argument, NULL, 's'},
                                          {"devices", required_argument, NULL, 'd'},
+                                         {"split", required_argument, NULL, 'S'},
+                                         {"mem-limit", required_argument, NULL, 'M'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *model = NULL, *prompt = "\n", *devices = NULL;
+    const char *model = NULL, *prompt = "\n";
+    run_flags rf = {0};
     long n = 200, top_k = 40, seed = 1;
     double temperature = 0.8;
     int c, li;
@@ -163,7 +195,9 @@ int cmd_generate(int argc, char **argv)
         }
         case 'k': ok = parse_long(optarg, 0, 1L << 30, &top_k); break;
         case 's': ok = parse_long(optarg, 0, 1L << 62, &seed); break;
-        case 'd': devices = optarg; break;
+        case 'd': rf.devices = optarg; break;
+        case 'S': rf.split = optarg; break;
+        case 'M': rf.mem_limit = optarg; break;
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
         default: return cli_usage_error("generate", "unknown option %s", argv[optind - 1]);
@@ -181,9 +215,9 @@ int cmd_generate(int argc, char **argv)
     cli_devices devs = {0};
     st_gpt_config cfg;
     st_model_desc *desc = NULL;
-    st_gpt *g = NULL;
-    st_gpt_options o = {.kv_seq = 1 << 30};
-    st_status s = open_model(model, devices, &o, &devs, &cfg, &desc, &g);
+    st_pipe *g = NULL;
+    st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30};
+    st_status s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
     size_t plen = strlen(prompt);
     if (s == ST_OK && plen > (size_t)cfg.n_positions)
         s = st_error(ST_ERR_INVALID, "the prompt has %zu tokens; the model takes at most %d",
@@ -199,7 +233,7 @@ int cmd_generate(int argc, char **argv)
     if (s == ST_OK) {
         fputs(prompt, stdout);
         for (size_t i = 0; s == ST_OK && i < plen; i++)
-            s = st_gpt_decode(g, (unsigned char)prompt[i], (int)i, logits);
+            s = st_pipe_decode(g, (unsigned char)prompt[i], (int)i, logits);
         t_prompt = now_s() - t0;
         for (int pos = (int)plen; s == ST_OK && made < n; pos++) {
             int tok = sample(logits, cfg.vocab_size, temperature, (int)top_k, cands, &rng);
@@ -210,7 +244,7 @@ int cmd_generate(int argc, char **argv)
             if (pos >= cfg.n_positions)
                 break;
             if (made < n)
-                s = st_gpt_decode(g, tok, pos, logits);
+                s = st_pipe_decode(g, tok, pos, logits);
         }
     }
     double secs = now_s() - t0;
@@ -219,15 +253,15 @@ int cmd_generate(int argc, char **argv)
             putchar('\n');
         fprintf(stderr,
                 "generated %ld tokens in %.2f s | %.1f tok/s (prompt: %zu tokens in %.2f s) on "
-                "%s\n",
+                "%zu stage%s\n",
                 made, secs, secs - t_prompt > 0 ? (made - 1) / (secs - t_prompt) : 0.0, plen,
-                t_prompt, st_device_label(devs.dev[0]));
+                t_prompt, st_pipe_n_stages(g), st_pipe_n_stages(g) == 1 ? "" : "s");
         if (made < n)
             fprintf(stderr, "stopped at the model's %d positions\n", cfg.n_positions);
     }
     free(logits);
     free(cands);
-    st_gpt_destroy(g);
+    st_pipe_destroy(g);
     st_model_desc_destroy(desc);
     if (devs.list)
         cli_devices_put(&devs);
@@ -248,7 +282,10 @@ static void eval_help(void)
            "  --seq N             tokens per window (default: the model's positions)\n"
            "  --batch N           windows per forward pass (default 8)\n"
            "  --batches N         addition: validation batches (default 16)\n"
-           "  --devices CHOICE    which device (the first chosen runs the model)\n"
+           "  --micro-batches N   split each batch into N pipeline micro-batches\n"
+           "  --devices CHOICE    which devices; the planner splits the model over them\n"
+           "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n");
 }
 
@@ -259,11 +296,15 @@ int cmd_eval(int argc, char **argv)
                                          {"seq", required_argument, NULL, 'T'},
                                          {"batch", required_argument, NULL, 'B'},
                                          {"batches", required_argument, NULL, 'K'},
+                                         {"micro-batches", required_argument, NULL, 'u'},
                                          {"devices", required_argument, NULL, 'd'},
+                                         {"split", required_argument, NULL, 'S'},
+                                         {"mem-limit", required_argument, NULL, 'M'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *model = NULL, *data = NULL, *devices = NULL;
-    long T = 0, B = 8, batches = 16;
+    const char *model = NULL, *data = NULL;
+    run_flags rf = {0};
+    long T = 0, B = 8, batches = 16, micro = 1;
     int c, li;
     optind = 1;
     opterr = 0;
@@ -275,7 +316,10 @@ int cmd_eval(int argc, char **argv)
         case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
         case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
         case 'K': ok = parse_long(optarg, 1, 1 << 20, &batches); break;
-        case 'd': devices = optarg; break;
+        case 'u': ok = parse_long(optarg, 1, 1 << 20, &micro); break;
+        case 'd': rf.devices = optarg; break;
+        case 'S': rf.split = optarg; break;
+        case 'M': rf.mem_limit = optarg; break;
         case 'h': eval_help(); return CLI_OK;
         case ':': return cli_usage_error("eval", "option %s needs a value", argv[optind - 1]);
         default: return cli_usage_error("eval", "unknown option %s", argv[optind - 1]);
@@ -321,11 +365,17 @@ int cmd_eval(int argc, char **argv)
         return cli_fail(st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",
                                  st_dataset_name(ds), T + 1));
     }
+    if (B % micro != 0) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("eval", "--batch %ld does not split into %ld micro-batches", B,
+                               micro);
+    }
     cli_devices devs = {0};
     st_model_desc *desc = NULL;
-    st_gpt *g = NULL;
-    st_gpt_options o = {.batch = (int)B, .seq = (int)T, .slots = 1};
-    s = open_model(model, devices, &o, &devs, &cfg, &desc, &g);
+    st_pipe *g = NULL;
+    st_pipe_options o = {.micro_batch = (int)(B / micro), .seq = (int)T,
+                         .micro_batches = (int)micro};
+    s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
     size_t N = (size_t)B * T;
     int32_t *tok = malloc(N * sizeof *tok), *tgt = malloc(N * sizeof *tgt);
     float *probs = fixed ? malloc(N * cfg.vocab_size * sizeof *probs) : NULL;
@@ -344,12 +394,11 @@ int cmd_eval(int argc, char **argv)
             if (w >= windows) /* past the last window: the batch wrapped; count nothing */
                 for (long t = 0; t < T; t++)
                     tgt[(w - k * (size_t)B) * (size_t)T + (size_t)t] = -1;
-        if ((s = st_gpt_forward(g, 0, tok, tgt, (int)B, (int)T)) != ST_OK ||
-            (s = st_gpt_loss(g, 0, (int)B, (int)T, &bs, &bc)) != ST_OK)
+        if ((s = st_pipe_forward(g, tok, tgt, &bs, &bc, probs)) != ST_OK)
             break;
         sum += bs;
         count += bc;
-        if (fixed && (s = st_gpt_output_read(g, 0, (int)B, (int)T, probs)) == ST_OK) {
+        if (fixed) {
             for (long b = 0; b < B; b++) {
                 bool all = true;
                 for (long t = 0; t < T && all; t++) {
@@ -381,7 +430,7 @@ int cmd_eval(int argc, char **argv)
     free(tok);
     free(tgt);
     free(probs);
-    st_gpt_destroy(g);
+    st_pipe_destroy(g);
     st_model_desc_destroy(desc);
     if (devs.list)
         cli_devices_put(&devs);

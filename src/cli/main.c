@@ -16,6 +16,7 @@ typedef struct command {
 static const command commands[] = {
     {"devices", cmd_devices, "list the OpenCL devices (--json for tools)"},
     {"check", cmd_check, "check kernels and GEMM on each device against a C reference"},
+    {"plan", cmd_plan, "show how a model would be split over the devices"},
     {"train", cmd_train, "train a GPT model (default: the built-in addition task)"},
     {"generate", cmd_generate, "continue a prompt with a trained model (KV cache)"},
     {"eval", cmd_eval, "loss and perplexity of a trained model on data"},

@@ -1,0 +1,179 @@
+/*
+ * cmd_plan.c - `strata plan`: how a model would be split over the chosen
+ * devices, with the planner's predictions, as a table or JSON.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli/cli.h"
+#include "strata/checkpoint.h"
+
+static void help(void)
+{
+    printf("usage: strata plan [model] [options]\n"
+           "\n"
+           "Profiles the chosen devices (GEMM rate on the model's shapes and host<->device\n"
+           "bandwidth, cached on disk) and prints how the planner splits the model:\n"
+           "layers, memory and predicted times per stage, the predicted step, the\n"
+           "pipeline bubble and the speedup over one device.\n"
+           "\n"
+           "model (default: the model `strata train` builds by default):\n"
+           "  --model DIR         a model folder's config.json\n"
+           "  --config FILE       a config.json\n"
+           "  --layers N, --embd N, --heads N, --positions N, --vocab N\n"
+           "work:\n"
+           "  --batch N           sequences per step (default 64)\n"
+           "  --seq N             tokens per sequence (default: the model's positions)\n"
+           "  --micro-batches N   pipeline micro-batches per step (default 1)\n"
+           "  --schedule S        1f1b (default) or gpipe\n"
+           "  --inference         plan a forward pass only (no gradients or optimizer)\n"
+           "devices:\n"
+           "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
+           "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
+           "  --json              the plan as JSON\n"
+           "  -h, --help          this text\n"
+           "\n"
+           "Exit status: 0 planned; 1 a device failure; 2 bad options or the model does\n"
+           "not fit (the message says how much memory is missing where).\n");
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static void print_json(const st_plan *plan, const cli_devices *devs,
+                       const st_device_profile *prof, const cli_plan_opts *o)
+{
+    json_t *stages = json_array();
+    for (size_t s = 0; s < plan->n_stages; s++) {
+        const st_plan_stage *st = &plan->stage[s];
+        json_array_append_new(
+            stages, json_pack("{s:I, s:s, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:i}",
+                              "device", (json_int_t)devs->index[st->device], "name",
+                              prof[st->device].name, "first_layer", (json_int_t)st->first,
+                              "end_layer", (json_int_t)st->end, "param_bytes", st->param_bytes,
+                              "act_bytes", st->act_bytes, "total_bytes", st->total_bytes,
+                              "capacity_bytes", (json_int_t)prof[st->device].mem_bytes,
+                              "fwd_ms", st->fwd_ms, "bwd_ms", st->bwd_ms, "gflops",
+                              prof[st->device].gflops, "h2d_gbps", prof[st->device].h2d_gbps,
+                              "in_flight", st->in_flight));
+    }
+    json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:b, s:o, s:f, s:f, s:f, s:f, s:s}", "schedule",
+                          st_schedule_name(o->schedule), "micro_batch", o->micro_batch, "seq",
+                          o->seq, "micro_batches", o->micro_batches, "training", o->training,
+                          "stages", stages, "step_ms", plan->step_ms, "bubble", plan->bubble,
+                          "one_device_ms", plan->one_device_ms, "speedup", plan->speedup, "note",
+                          plan->note);
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    json_decref(j);
+}
+
+int cmd_plan(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},     {"config", required_argument, NULL, 'c'},
+        {"layers", required_argument, NULL, 'L'},    {"embd", required_argument, NULL, 'C'},
+        {"heads", required_argument, NULL, 'H'},     {"positions", required_argument, NULL, 'P'},
+        {"vocab", required_argument, NULL, 'V'},     {"batch", required_argument, NULL, 'B'},
+        {"seq", required_argument, NULL, 'T'},       {"micro-batches", required_argument, NULL, 'u'},
+        {"schedule", required_argument, NULL, 's'},  {"inference", no_argument, NULL, 'i'},
+        {"devices", required_argument, NULL, 'd'},   {"split", required_argument, NULL, 'S'},
+        {"mem-limit", required_argument, NULL, 'M'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    const char *model = NULL, *config = NULL, *devices = NULL;
+    long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 1;
+    bool json = false, given_pos = false;
+    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true};
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'c': config = optarg; break;
+        case 'L': ok = parse_long(optarg, 1, 1000, &L); break;
+        case 'C': ok = parse_long(optarg, 1, 1 << 16, &C); break;
+        case 'H': ok = parse_long(optarg, 1, 1024, &NH); break;
+        case 'P': ok = parse_long(optarg, 1, 1 << 20, &P); given_pos = true; break;
+        case 'V': ok = parse_long(optarg, 2, 1 << 24, &V); break;
+        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'u': ok = parse_long(optarg, 1, 1 << 20, &m); break;
+        case 's':
+            if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
+                return cli_usage_error("plan", "%s", st_last_error());
+            break;
+        case 'i': po.training = false; break;
+        case 'd': devices = optarg; break;
+        case 'S': po.split = optarg; break;
+        case 'M': po.mem_limit = optarg; break;
+        case 'j': json = true; break;
+        case 'h': help(); return CLI_OK;
+        case ':': return cli_usage_error("plan", "option %s needs a value", argv[optind - 1]);
+        default: return cli_usage_error("plan", "unknown option %s", argv[optind - 1]);
+        }
+        if (!ok)
+            return cli_usage_error("plan", "bad value '%s' for --%s", optarg, opts[li].name);
+    }
+    if (optind < argc)
+        return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);
+    if (B % m != 0)
+        return cli_usage_error("plan", "--batch %ld does not split into %ld micro-batches", B, m);
+    st_gpt_config cfg = {.vocab_size = (int)V, .n_positions = (int)(given_pos ? P : (T ? T : P)),
+                         .n_embd = (int)C, .n_layer = (int)L, .n_head = (int)NH,
+                         .n_inner = 4 * (int)C, .layer_norm_epsilon = 1e-5f};
+    st_status s = ST_OK;
+    if (model)
+        s = st_checkpoint_config(model, &cfg);
+    else if (config)
+        s = st_gpt_config_load(config, &cfg);
+    else
+        s = st_gpt_config_check(&cfg);
+    if (s != ST_OK)
+        return cli_fail(s);
+    if (!T)
+        T = cfg.n_positions;
+    if (T > cfg.n_positions)
+        return cli_usage_error("plan", "--seq %ld is longer than the model's %d positions", T,
+                               cfg.n_positions);
+    po.micro_batch = (int)(B / m);
+    po.seq = (int)T;
+    po.micro_batches = (int)m;
+    po.devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL;
+    po.quiet = json;
+    st_model_desc *desc = NULL;
+    cli_devices devs = {0};
+    st_plan plan;
+    st_device_profile prof[ST_MAX_DEVICES];
+    if ((s = st_model_describe(&cfg, &desc)) == ST_OK &&
+        (s = cli_devices_get(devices, true, &devs)) == ST_OK)
+        s = cli_make_plan(&devs, desc, &po, &plan, prof);
+    if (s == ST_OK) {
+        if (json)
+            print_json(&plan, &devs, prof, &po);
+        else {
+            printf("model: %d layers, %d channels, %d heads, %zu parameters\n", cfg.n_layer,
+                   cfg.n_embd, cfg.n_head, desc->param_numel);
+            cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
+        }
+    }
+    st_model_desc_destroy(desc);
+    if (devs.list)
+        cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}
