@@ -52,6 +52,7 @@ typedef struct cli_plan_opts {
     bool training;
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
     bool quiet;
+    bool profile_always;   /* measure even one device with nothing to split (bench) */
 } cli_plan_opts;
 
 st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
@@ -66,6 +67,7 @@ int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 

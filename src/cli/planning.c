@@ -72,7 +72,7 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
     size_t C = (size_t)desc->cfg.n_embd;
     for (size_t i = 0; i < devs->n; i++) {
         bool cached = false;
-        if (devs->n > 1 || split.kind != ST_SPLIT_AUTO) {
+        if (devs->n > 1 || split.kind != ST_SPLIT_AUTO || o->profile_always) {
             /* The product every block does most: tokens x C -> 4C. */
             if ((s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached,
                                            &prof[i])) != ST_OK)

@@ -1,0 +1,247 @@
+/*
+ * cmd_bench.c - `strata bench --pipeline`: training and inference
+ * throughput of one model with one global batch on 1, 2, 4, ... of the
+ * chosen devices, speedup and scaling efficiency against one device, and the
+ * planner's predicted step time against the measured one.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "strata/pipe.h"
+
+static void help(void)
+{
+    printf("usage: strata bench --pipeline [options]\n"
+           "\n"
+           "Trains one model with one global batch on the first 1, 2, 4, ... of the\n"
+           "chosen devices (every one given a stage, split by the planner) and runs\n"
+           "forward passes the same way; prints step times, tokens/s, speedup and\n"
+           "scaling efficiency against one device, and the planner's predicted step\n"
+           "time next to the measured one. Data: random tokens.\n"
+           "\n"
+           "  --pipeline          the pipeline benchmark (the only one so far)\n"
+           "  --layers N, --embd N, --heads N   the model (default 8 x 192, 4 heads)\n"
+           "  --batch N           sequences per step (default 32)\n"
+           "  --seq N             tokens per sequence (default 64)\n"
+           "  --micro-batches N   pipeline micro-batches (default 16)\n"
+           "  --schedule S        1f1b (default) or gpipe\n"
+           "  --steps N           timed steps per device count, after one warm-up (default 3)\n"
+           "  --devices CHOICE    the devices (default $STRATA_DEVICES, else all)\n"
+           "  -h, --help          this text\n"
+           "\n"
+           "On a CPU run PoCL with POCL_DEVICES=\"basic basic\": each basic device runs on\n"
+           "its own thread, so two of them use two cores.\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static int by_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct bench_row {
+    size_t devices, stages;
+    double train_ms, predicted_ms, fwd_ms, predicted_fwd_ms, wait_ms;
+} bench_row;
+
+/* Times training and forward passes on the first k devices. */
+static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
+                         const cli_plan_opts *po_in, long steps, const int32_t *tokens,
+                         const int32_t *targets, bench_row *row)
+{
+    cli_devices sub = *all;
+    sub.n = k;
+    cli_plan_opts po = *po_in;
+    po.devices_explicit = true;
+    st_plan plan, fplan;
+    st_device_profile prof[ST_MAX_DEVICES];
+    st_status s = cli_make_plan(&sub, desc, &po, &plan, prof);
+    cli_plan_opts fo = po;
+    fo.training = false;
+    if (s == ST_OK)
+        s = cli_make_plan(&sub, desc, &fo, &fplan, prof);
+    if (s != ST_OK)
+        return s;
+    cli_plan_print(&plan, desc, &sub, prof, &po, stdout);
+    st_train_layout layout;
+    cli_plan_layout(&plan, &sub, &layout);
+    st_pipe_options o = {.micro_batch = po.micro_batch, .seq = po.seq,
+                         .micro_batches = po.micro_batches, .schedule = po.schedule,
+                         .training = true};
+    st_pipe *p = NULL;
+    if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, desc, &o,
+                            &p)) != ST_OK ||
+        (s = st_pipe_init(p, 1)) != ST_OK) {
+        st_pipe_destroy(p);
+        return s;
+    }
+    double *t = malloc((size_t)(steps + 1) * 2 * sizeof *t), wait = 0;
+    st_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    for (long i = 0; s == ST_OK && i <= steps; i++) {
+        st_pipe_step_result r;
+        double t0 = now_s();
+        s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
+        t[i] = (now_s() - t0) * 1e3;
+        if (i > 0)
+            for (size_t k2 = 0; k2 < layout.n_stages; k2++)
+                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)layout.n_stages / (double)steps;
+    }
+    for (long i = 0; s == ST_OK && i <= steps; i++) {
+        double sum = 0, t0 = now_s();
+        long count = 0;
+        s = st_pipe_forward(p, tokens, targets, &sum, &count, NULL);
+        t[steps + 1 + i] = (now_s() - t0) * 1e3;
+    }
+    if (s == ST_OK) {
+        qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
+        qsort(t + steps + 2, (size_t)steps, sizeof *t, by_double);
+        row->devices = k;
+        row->stages = layout.n_stages;
+        row->train_ms = t[1 + steps / 2];
+        row->fwd_ms = t[steps + 2 + steps / 2];
+        row->predicted_ms = plan.step_ms;
+        row->predicted_fwd_ms = fplan.step_ms;
+        row->wait_ms = wait;
+    }
+    free(t);
+    st_pipe_destroy(p);
+    return s;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"pipeline", no_argument, NULL, 'p'},       {"layers", required_argument, NULL, 'L'},
+        {"embd", required_argument, NULL, 'C'},     {"heads", required_argument, NULL, 'H'},
+        {"batch", required_argument, NULL, 'B'},    {"seq", required_argument, NULL, 'T'},
+        {"micro-batches", required_argument, NULL, 'u'},
+        {"schedule", required_argument, NULL, 's'}, {"steps", required_argument, NULL, 'n'},
+        {"devices", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
+    bool pipeline = false;
+    const char *devices = NULL;
+    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true, .quiet = true,
+                        .profile_always = true};
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'p': pipeline = true; break;
+        case 'L': ok = parse_long(optarg, 1, 1000, &L); break;
+        case 'C': ok = parse_long(optarg, 1, 1 << 16, &C); break;
+        case 'H': ok = parse_long(optarg, 1, 1024, &NH); break;
+        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'u': ok = parse_long(optarg, 1, 1 << 20, &m); break;
+        case 'n': ok = parse_long(optarg, 1, 1000, &steps); break;
+        case 's':
+            if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
+                return cli_usage_error("bench", "%s", st_last_error());
+            break;
+        case 'd': devices = optarg; break;
+        case 'h': help(); return CLI_OK;
+        case ':': return cli_usage_error("bench", "option %s needs a value", argv[optind - 1]);
+        default: return cli_usage_error("bench", "unknown option %s", argv[optind - 1]);
+        }
+        if (!ok)
+            return cli_usage_error("bench", "bad value '%s' for --%s", optarg, opts[li].name);
+    }
+    if (!pipeline)
+        return cli_usage_error("bench", "say which benchmark: --pipeline");
+    if (B % m != 0)
+        return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);
+    st_gpt_config cfg = {.vocab_size = 256, .n_positions = (int)T, .n_embd = (int)C,
+                         .n_layer = (int)L, .n_head = (int)NH, .n_inner = 4 * (int)C,
+                         .layer_norm_epsilon = 1e-5f};
+    st_model_desc *desc = NULL;
+    cli_devices devs = {0};
+    st_status s = st_model_describe(&cfg, &desc);
+    if (s == ST_OK)
+        s = cli_devices_get(devices, true, &devs);
+    size_t N = (size_t)B * (size_t)T;
+    int32_t *tokens = malloc(N * sizeof *tokens), *targets = malloc(N * sizeof *targets);
+    if (s == ST_OK && (!tokens || !targets))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    uint64_t r = 7;
+    for (size_t i = 0; s == ST_OK && i < N; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((r >> 33) % 256);
+        targets[i] = (int32_t)((r >> 41) % 256);
+    }
+    po.micro_batch = (int)(B / m);
+    po.seq = (int)T;
+    po.micro_batches = (int)m;
+    bench_row rows[8];
+    size_t n_rows = 0;
+    if (s == ST_OK)
+        printf("model: %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens in %ld "
+               "micro-batches | %s\n\n",
+               L, C, desc->param_numel, B, T, m, st_schedule_name(po.schedule));
+    for (size_t k = 1; s == ST_OK && k <= devs.n && n_rows < 8; k *= 2) {
+        if ((s = bench_k(&devs, k, desc, &po, steps, tokens, targets, &rows[n_rows])) == ST_OK)
+            n_rows++;
+        printf("\n");
+        fflush(stdout);
+    }
+    if (s == ST_OK && n_rows > 0) {
+        cli_table *t = cli_table_new(11);
+        const char *head[] = {"devices", "train ms", "predicted", "error", "tok/s", "speedup",
+                              "efficiency", "link wait ms", "forward ms", "fwd tok/s",
+                              "fwd speedup"};
+        cli_table_add(t, head);
+        for (size_t i = 0; i < n_rows; i++) {
+            bench_row *w = &rows[i];
+            char cell[11][32];
+            snprintf(cell[0], 32, "%zu", w->devices);
+            snprintf(cell[1], 32, "%.1f", w->train_ms);
+            snprintf(cell[2], 32, "%.1f", w->predicted_ms);
+            snprintf(cell[3], 32, "%+.1f%%", 100.0 * (w->predicted_ms - w->train_ms) / w->train_ms);
+            snprintf(cell[4], 32, "%.0f", (double)N / (w->train_ms * 1e-3));
+            snprintf(cell[5], 32, "%.2fx", rows[0].train_ms / w->train_ms);
+            snprintf(cell[6], 32, "%.2f", rows[0].train_ms / w->train_ms / (double)w->devices);
+            snprintf(cell[7], 32, "%.1f", w->wait_ms);
+            snprintf(cell[8], 32, "%.1f", w->fwd_ms);
+            snprintf(cell[9], 32, "%.0f", (double)N / (w->fwd_ms * 1e-3));
+            snprintf(cell[10], 32, "%.2fx", rows[0].fwd_ms / w->fwd_ms);
+            const char *row[11];
+            for (int j = 0; j < 11; j++)
+                row[j] = cell[j];
+            cli_table_add(t, row);
+        }
+        printf("scaling (medians of %ld steps after a warm-up; efficiency = speedup / devices):\n",
+               steps);
+        cli_table_print(t, stdout);
+        cli_table_free(t);
+    }
+    free(tokens);
+    free(targets);
+    st_model_desc_destroy(desc);
+    if (devs.list)
+        cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}
