@@ -201,7 +201,7 @@ static void memory_decides_the_split(void **state)
     p[0].mem_bytes = p[1].mem_bytes = (uint64_t)(total * 0.2);
     assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
     assert_contains(st_last_error(), "does not fit the 2 device(s)");
-    assert_contains(st_last_error(), "GiB missing");
+    assert_contains(st_last_error(), "MiB missing");
     /* A fixed split that does not fit names the stage and the shortfall. */
     p[0].mem_bytes = (uint64_t)(total * 0.3);
     p[1].mem_bytes = (uint64_t)(total * 2);

@@ -275,6 +275,16 @@ static void cuts_from_blocks(size_t S, const int *block_first, size_t *cuts)
         cuts[j - 1] = (size_t)block_first[j] + 1; /* layer index = block + 1 */
 }
 
+/* Bytes for messages: "512.0 MiB", "3.25 GiB". */
+static const char *human(double bytes, char *buf, size_t size)
+{
+    if (bytes < 1073741824.0)
+        snprintf(buf, size, "%.1f MiB", bytes / 1048576.0);
+    else
+        snprintf(buf, size, "%.2f GiB", bytes / 1073741824.0);
+    return buf;
+}
+
 static st_status check_fit(const st_plan_input *in, const st_plan *p)
 {
     char msg[2048] = "";
@@ -286,12 +296,13 @@ static st_status check_fit(const st_plan_input *in, const st_plan *p)
             continue;
         ok = false;
         size_t len = strlen(msg);
+        char a[32], b[32], c[32];
         snprintf(msg + len, sizeof msg - len,
-                 "%sstage %zu (layers %zu-%zu) needs %.2f GiB on device %zu '%s', which has "
-                 "%.2f GiB: %.2f GiB missing",
-                 len ? "; " : "", s, st->first, st->end - 1, st->total_bytes / 1073741824.0,
-                 st->device, d->name, (double)d->mem_bytes / 1073741824.0,
-                 (st->total_bytes - (double)d->mem_bytes) / 1073741824.0);
+                 "%sstage %zu (layers %zu-%zu) needs %s on device %zu '%s', which has %s: %s "
+                 "missing",
+                 len ? "; " : "", s, st->first, st->end - 1, human(st->total_bytes, a, sizeof a),
+                 st->device, d->name, human((double)d->mem_bytes, b, sizeof b),
+                 human(st->total_bytes - (double)d->mem_bytes, c, sizeof c));
     }
     if (!ok)
         return st_error(ST_ERR_INVALID,
@@ -408,13 +419,16 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
             stage_cost(in, &in->devices[0], l, l + 1, 0, 1, &st);
             need += st.total_bytes;
         }
+        char a[32], b[32], c[48];
+        human(need - cap, c, 32);
         return st_error(ST_ERR_INVALID,
-                        "the model does not fit the %zu device(s): its layers need about %.2f "
-                        "GiB with this batch, the devices have %.2f GiB (%.2f GiB missing, or no "
-                        "split fits each device); use more devices, a smaller --batch or more "
-                        "--micro-batches, or --mem-limit if the capacities are wrong",
-                        in->n_devices, need / 1073741824.0, cap / 1073741824.0,
-                        need > cap ? (need - cap) / 1073741824.0 : 0.0);
+                        "the model does not fit the %zu device(s): its layers need about %s "
+                        "with this batch, the devices have %s (%s; use more devices, a smaller "
+                        "--batch or more --micro-batches, or --mem-limit if the capacities are "
+                        "wrong)",
+                        in->n_devices, human(need, a, sizeof a), human(cap, b, sizeof b),
+                        need > cap ? strcat(c, " missing")
+                                   : "no split gives every device a share that fits");
     }
     if (best.n_stages < in->n_devices)
         snprintf(best.note, sizeof best.note,

@@ -1,0 +1,72 @@
+#!/bin/bash
+# pipe_cli_test.sh - splitting through the command line, on two PoCL devices:
+# plan (table, JSON, memory errors), training split over both devices with
+# the losses of one device, a model that only fits split (--mem-limit),
+# generation split and not, and a split checkpoint resumed on one device.
+#
+# usage: pipe_cli_test.sh path/to/strata   (run with POCL_DEVICES set to two devices)
+set -u
+strata=$1
+work=$(mktemp -d /tmp/strata-pipe-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+failures=0
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+n=$("$strata" devices --json | grep -c '"index"')
+if [ "$n" -lt 2 ]; then
+    echo "skip: needs two OpenCL devices, found $n" >&2
+    exit 77
+fi
+tiny=(--layers 2 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5 --micro-batches 4)
+
+out=$("$strata" plan --devices 0,1 --split uniform 2>&1) || fail "plan: $out"
+grep -q "plan: 2 stages" <<<"$out" || fail "plan did not split over two devices: $out"
+grep -q "embedding, h.0" <<<"$out" || fail "plan table lacks the first stage's layers: $out"
+grep -qE "predicted step [0-9.]+ ms \| bubble [0-9.]+% \| speedup" <<<"$out" || fail "no prediction line: $out"
+"$strata" plan --devices 0,1 --json | grep -q '"stages"' || fail "plan --json lacks stages"
+out=$("$strata" plan --mem-limit 0:1M,1:1M 2>&1)
+[ $? = 2 ] || fail "a model that fits nowhere did not exit 2"
+grep -q "does not fit" <<<"$out" || fail "no 'does not fit' message: $out"
+out=$("$strata" plan --devices 0,1 --split layers:0-0,1-2 2>&1)
+[ $? = 2 ] && grep -q "last block is 1" <<<"$out" || fail "a bad layer range was not refused: $out"
+out=$("$strata" train --mem-limit 0:bad 2>&1)
+[ $? = 2 ] && grep -q "bad --mem-limit" <<<"$out" || fail "a bad --mem-limit was not refused: $out"
+
+# Split training gives the one-device losses (to 1e-5 relative).
+"$strata" train "${tiny[@]}" --steps 12 --devices 0 --log-json "$work/one.json" >/dev/null 2>&1 ||
+    fail "one-device training failed"
+out=$("$strata" train "${tiny[@]}" --steps 12 --devices 0,1 --split uniform --out "$work/split" \
+    --stop-at 6 --log-json "$work/two.json" 2>&1) || fail "split training failed: $out"
+grep -q "plan: 2 stages" <<<"$out" || fail "training did not split: $out"
+grep -q "stage 1: device 1" <<<"$out" || fail "no per-device peak memory: $out"
+"$strata" train --resume "$work/split" --devices 0 --log-json "$work/resumed.json" >/dev/null 2>&1 ||
+    fail "resuming a split checkpoint on one device failed"
+losses() { grep '"event":"step"' "$1" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
+awk 'NR == FNR { a[FNR] = $1; next }
+     { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
+     END { exit bad }' <(losses "$work/one.json") <(losses "$work/two.json"; losses "$work/resumed.json") ||
+    fail "split or resumed losses differ from one device's"
+[ "$(losses "$work/two.json" | wc -l)" = 6 ] && [ "$(losses "$work/resumed.json" | wc -l)" = 6 ] ||
+    fail "expected 6 + 6 steps"
+
+# A model that fits only when split: auto uses both devices.
+out=$("$strata" plan --mem-limit 0:8M,1:8M --batch 64 2>&1) || fail "plan under a memory limit: $out"
+grep -q "plan: 2 stages" <<<"$out" || fail "a model too big for one device was not split: $out"
+out=$("$strata" train --mem-limit 0:8M,1:8M --steps 3 --eval-batches 1 2>&1) || fail "train under a memory limit: $out"
+grep -q "plan: 2 stages" <<<"$out" || fail "training under a memory limit did not split: $out"
+
+# Generation: the same text split or not.
+"$strata" train "${tiny[@]}" --steps 10 --devices 0 --out "$work/m" >/dev/null 2>&1
+a=$("$strata" generate --model "$work/m" --prompt "12" -n 8 --seed 4 --devices 0 2>/dev/null)
+b=$("$strata" generate --model "$work/m" --prompt "12" -n 8 --seed 4 --devices 0,1 --split uniform 2>/dev/null)
+[ "$a" = "$b" ] || fail "split generation differs: '$a' vs '$b'"
+out=$("$strata" eval --model "$work/m" --devices 0,1 --split uniform --micro-batches 2 2>&1) ||
+    fail "split eval failed: $out"
+
+if [ "$failures" -gt 0 ]; then
+    echo "$failures check(s) failed" >&2
+    exit 1
+fi
+echo "all pipeline command-line checks passed"
