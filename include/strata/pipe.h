@@ -29,6 +29,24 @@ extern "C" {
 #endif
 
 typedef struct st_pipe st_pipe;
+typedef struct st_link st_link; /* src/pipe/link.h */
+
+/* Stages in other processes (MPI ranks): who holds which stage, links to
+ * them, and the sums the step needs across processes. NULL: all stages here. */
+typedef struct st_pipe_comm {
+    int rank;
+    int stage_rank[ST_PLAN_MAX_STAGES];
+    /* A link for boundary b (stage b to b+1 when !backward, b+1 to b when
+     * backward) between this process and another. */
+    st_status (*make_link)(void *ctx, size_t boundary, bool backward, int from, int to,
+                           size_t floats, int depth, st_link **out);
+    /* v[i] = sum over processes of v[i], added in rank order (bitwise the
+     * same on every process and every run). */
+    st_status (*allsum)(void *ctx, double *v, int n);
+    /* Sends n floats to peer and receives n from it. */
+    st_status (*exchange)(void *ctx, int peer, const float *send, float *recv, size_t n);
+    void *ctx;
+} st_pipe_comm;
 
 typedef struct st_pipe_options {
     int micro_batch, seq;  /* B x T of one micro-batch */
@@ -43,9 +61,16 @@ typedef struct st_pipe_options {
 st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
                          size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
                          st_pipe **out);
+/* The same with some stages in other processes: devs[s] and the stage exist
+ * only where comm->stage_rank[s] is comm->rank. */
+st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const size_t *end,
+                              size_t n_stages, const st_model_desc *desc,
+                              const st_pipe_options *o, const st_pipe_comm *comm,
+                              st_pipe **out);
 void st_pipe_destroy(st_pipe *p);
 
 size_t st_pipe_n_stages(const st_pipe *p);
+/* Stage s, or NULL when another process holds it. */
 st_gpt *st_pipe_stage(const st_pipe *p, size_t s);
 
 /* GPT-2 initialisation on every stage (the same weights however split). */

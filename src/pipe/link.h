@@ -15,7 +15,7 @@
 
 #include "strata/tensor.h"
 
-typedef struct st_link st_link;
+#include "strata/pipe.h"
 
 struct st_link {
     st_status (*send)(st_link *l, const st_tensor *t, size_t count);

@@ -21,6 +21,7 @@ typedef struct op {
 
 struct st_pipe {
     size_t S;
+    const st_pipe_comm *comm;
     st_gpt *stage[ST_PLAN_MAX_STAGES];
     st_device *dev[ST_PLAN_MAX_STAGES];
     int slots[ST_PLAN_MAX_STAGES];
@@ -74,9 +75,21 @@ void st_pipe_destroy(st_pipe *p)
     free(p);
 }
 
+static bool is_local(const st_pipe_comm *comm, size_t s)
+{
+    return !comm || comm->stage_rank[s] == comm->rank;
+}
+
 st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
                          size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
                          st_pipe **out)
+{
+    return st_pipe_create_comm(devs, first, end, n_stages, desc, o, NULL, out);
+}
+
+st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const size_t *end,
+                              size_t n_stages, const st_model_desc *desc,
+                              const st_pipe_options *o, const st_pipe_comm *comm, st_pipe **out)
 {
     if (n_stages < 1 || n_stages > ST_PLAN_MAX_STAGES || o->micro_batches < 1)
         return st_error(ST_ERR_INVALID, "pipeline: %zu stages, %d micro-batches", n_stages,
@@ -93,6 +106,7 @@ st_status st_pipe_create(st_device *const *devs, const size_t *first, const size
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     pthread_mutex_init(&p->err_mu, NULL);
     p->S = n_stages;
+    p->comm = comm;
     p->o = *o;
     p->cfg = desc->cfg;
     p->mb_loss = calloc((size_t)o->micro_batches, sizeof *p->mb_loss);
@@ -109,13 +123,21 @@ st_status st_pipe_create(st_device *const *devs, const size_t *first, const size
         st_gpt_options go = {.first_layer = first[k], .end_layer = end[k],
                              .batch = o->micro_batch, .seq = o->seq, .slots = p->slots[k],
                              .training = o->training, .kv_seq = o->kv_seq};
-        p->dev[k] = devs[k];
-        s = st_gpt_create(devs[k], desc, &go, &p->stage[k]);
+        bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
+        if (here) {
+            p->dev[k] = devs[k];
+            s = st_gpt_create(devs[k], desc, &go, &p->stage[k]);
+        }
         /* A ring as deep as the micro-batches: a sender never waits on a
          * receiver that is itself waiting to send the other way. */
-        if (s == ST_OK && k + 1 < n_stages && (size_t)o->micro_batch * o->seq > 0) {
+        if (s == ST_OK && k + 1 < n_stages && here && next_here) {
             if ((s = st_link_host_create(boundary, m, &p->fwd[k])) == ST_OK)
                 s = st_link_host_create(boundary, m, &p->bwd[k]);
+        } else if (s == ST_OK && k + 1 < n_stages && (here || next_here)) {
+            int a = comm->stage_rank[k], b = comm->stage_rank[k + 1];
+            if ((s = comm->make_link(comm->ctx, k, false, a, b, boundary, m, &p->fwd[k])) ==
+                ST_OK)
+                s = comm->make_link(comm->ctx, k, true, b, a, boundary, m, &p->bwd[k]);
         }
         if (s != ST_OK)
             st_error_context("stage %zu", k);
@@ -132,7 +154,8 @@ st_status st_pipe_init(st_pipe *p, uint64_t seed)
 {
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
-        s = st_gpt_init(p->stage[k], seed);
+        if (p->stage[k])
+            s = st_gpt_init(p->stage[k], seed);
     return s;
 }
 
@@ -172,13 +195,15 @@ static void fail(st_pipe *p, st_status s, size_t stage)
     if (!atomic_load(&p->failed)) {
         p->err = s;
         snprintf(p->err_msg, sizeof p->err_msg, "stage %zu on %s: %s", stage,
-                 st_device_label(p->dev[stage]), st_last_error());
+                 p->dev[stage] ? st_device_label(p->dev[stage]) : "?", st_last_error());
         atomic_store(&p->failed, 1);
     }
     pthread_mutex_unlock(&p->err_mu);
     for (size_t k = 0; k + 1 < p->S; k++) {
-        p->fwd[k]->abort(p->fwd[k]);
-        p->bwd[k]->abort(p->bwd[k]);
+        if (p->fwd[k])
+            p->fwd[k]->abort(p->fwd[k]);
+        if (p->bwd[k])
+            p->bwd[k]->abort(p->bwd[k]);
     }
 }
 
@@ -257,13 +282,19 @@ static st_status run_stages(st_pipe *p)
     atomic_store(&p->failed, 0);
     p->err = ST_OK;
     for (size_t k = 0; k + 1 < p->S; k++)
-        p->fwd[k]->wait_s = p->bwd[k]->wait_s = 0;
+        if (p->fwd[k])
+            p->fwd[k]->wait_s = p->bwd[k]->wait_s = 0;
     stage_job jobs[ST_PLAN_MAX_STAGES];
     pthread_t threads[ST_PLAN_MAX_STAGES];
     bool started[ST_PLAN_MAX_STAGES] = {false};
+    size_t n_local = 0;
+    for (size_t s = 0; s < p->S; s++)
+        n_local += p->stage[s] != NULL;
     for (size_t s = 0; s < p->S; s++) {
         jobs[s] = (stage_job){p, s};
-        if (p->S == 1) {
+        if (!p->stage[s])
+            continue;
+        if (n_local == 1) {
             stage_main(&jobs[s]);
         } else if (pthread_create(&threads[s], NULL, stage_main, &jobs[s]) == 0) {
             started[s] = true;
@@ -275,7 +306,9 @@ static st_status run_stages(st_pipe *p)
         if (started[s])
             pthread_join(threads[s], NULL);
     for (size_t s = 0; s < p->S; s++)
-        p->wait_s[s] = (s > 0 ? p->fwd[s - 1]->wait_s : 0) + (s + 1 < p->S ? p->bwd[s]->wait_s : 0);
+        p->wait_s[s] = !p->stage[s] ? 0
+                                    : (s > 0 ? p->fwd[s - 1]->wait_s : 0) +
+                                          (s + 1 < p->S ? p->bwd[s]->wait_s : 0);
     if (atomic_load(&p->failed)) {
         /* Links stay aborted: re-arm them for a later step by rebuilding is the
          * caller's choice; a failed step ends the run. */
@@ -284,28 +317,49 @@ static st_status run_stages(st_pipe *p)
     return ST_OK;
 }
 
-/* The tied embedding: both copies get the sum of both gradients. */
+/* The tied embedding: both copies get the sum of both gradients, added as
+ * first stage's + last stage's wherever they live. */
 static st_status sum_tied(st_pipe *p)
 {
     if (p->S < 2)
-        return ST_OK;
+        return ST_OK; /* one stage holds the embedding and the head: one copy */
     st_gpt *a = p->stage[0], *b = p->stage[p->S - 1];
-    long ia = st_gpt_param_find(a, "wte.weight"), ib = st_gpt_param_find(b, "wte.weight");
-    if (ia < 0 || ib < 0 || !st_gpt_param_at(b, (size_t)ib)->tied)
-        return ST_OK; /* the embedding and the head share a stage */
-    size_t n = st_gpt_param_at(a, (size_t)ia)->desc->numel;
+    if (!a && !b)
+        return ST_OK;
+    st_gpt *mine = a ? a : b;
+    long idx = st_gpt_param_find(mine, "wte.weight");
+    if (idx < 0)
+        return st_error(ST_ERR_INVALID, "the tied embedding is missing from a stage");
+    size_t n = st_gpt_param_at(mine, (size_t)idx)->desc->numel;
     float *ga = malloc(n * sizeof *ga), *gb = malloc(n * sizeof *gb);
     st_status s = ga && gb ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    if (s == ST_OK && (s = st_gpt_read(a, ST_GPT_GRADS, (size_t)ia, ga)) == ST_OK &&
-        (s = st_gpt_read(b, ST_GPT_GRADS, (size_t)ib, gb)) == ST_OK) {
+    if (s == ST_OK && a && b) {
+        long ib = st_gpt_param_find(b, "wte.weight");
+        if ((s = st_gpt_read(a, ST_GPT_GRADS, (size_t)idx, ga)) == ST_OK)
+            s = st_gpt_read(b, ST_GPT_GRADS, (size_t)ib, gb);
+    } else if (s == ST_OK && a) {
+        if ((s = st_gpt_read(a, ST_GPT_GRADS, (size_t)idx, ga)) == ST_OK)
+            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[p->S - 1], ga, gb, n);
+    } else if (s == ST_OK) {
+        if ((s = st_gpt_read(b, ST_GPT_GRADS, (size_t)idx, gb)) == ST_OK)
+            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[0], gb, ga, n);
+    }
+    if (s == ST_OK) {
         for (size_t i = 0; i < n; i++)
             ga[i] += gb[i];
-        if ((s = st_gpt_write(a, ST_GPT_GRADS, (size_t)ia, ga)) == ST_OK)
-            s = st_gpt_write(b, ST_GPT_GRADS, (size_t)ib, ga);
+        if (a)
+            s = st_gpt_write(a, ST_GPT_GRADS, (size_t)st_gpt_param_find(a, "wte.weight"), ga);
+        if (s == ST_OK && b)
+            s = st_gpt_write(b, ST_GPT_GRADS, (size_t)st_gpt_param_find(b, "wte.weight"), ga);
     }
     free(ga);
     free(gb);
     return s;
+}
+
+static st_status allsum(st_pipe *p, double *v, int n)
+{
+    return p->comm ? p->comm->allsum(p->comm->ctx, v, n) : ST_OK;
 }
 
 st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
@@ -322,7 +376,8 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
         return st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
-        s = st_gpt_zero_grad(p->stage[k]);
+        if (p->stage[k])
+            s = st_gpt_zero_grad(p->stage[k]);
     if (s != ST_OK)
         return s;
     p->tokens = tokens;
@@ -334,15 +389,19 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK)
         return s;
     double loss = 0, ss = 0;
-    for (int j = 0; j < p->o.micro_batches; j++)
-        loss += p->mb_loss[j];
+    if (p->stage[p->S - 1])
+        for (int j = 0; j < p->o.micro_batches; j++)
+            loss += p->mb_loss[j];
     for (size_t k = 0; s == ST_OK && k < p->S; k++) {
         double part = 0;
-        if ((s = st_gpt_grad_sumsq(p->stage[k], &part)) == ST_OK)
+        if (p->stage[k] && (s = st_gpt_grad_sumsq(p->stage[k], &part)) == ST_OK)
             ss += part;
     }
-    if (s != ST_OK)
+    double sums[2] = {loss, ss};
+    if (s != ST_OK || (s = allsum(p, sums, 2)) != ST_OK)
         return s;
+    loss = sums[0];
+    ss = sums[1];
     double norm = sqrt(ss);
     if (!isfinite(norm) || !isfinite(loss))
         return st_error(ST_ERR_INVALID,
@@ -351,9 +410,11 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
                         step, loss / count, norm);
     float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
-        s = st_gpt_step(p->stage[k], hp, step, scale);
+        if (p->stage[k])
+            s = st_gpt_step(p->stage[k], hp, step, scale);
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
-        s = st_device_finish(p->dev[k]);
+        if (p->stage[k])
+            s = st_device_finish(p->dev[k]);
     if (s == ST_OK) {
         res->loss = loss / (double)count;
         res->tokens = count;
@@ -377,19 +438,23 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     p->probs = NULL;
     if (s != ST_OK)
         return s;
-    double acc = 0;
-    long n = 0;
-    for (int j = 0; j < p->o.micro_batches; j++) {
-        acc += p->mb_loss[j];
-        n += p->mb_count[j];
-    }
-    *sum = acc;
-    *count = n;
+    double v[2] = {0, 0};
+    if (p->stage[p->S - 1])
+        for (int j = 0; j < p->o.micro_batches; j++) {
+            v[0] += p->mb_loss[j];
+            v[1] += (double)p->mb_count[j];
+        }
+    if ((s = allsum(p, v, 2)) != ST_OK)
+        return s;
+    *sum = v[0];
+    *count = (long)v[1];
     return ST_OK;
 }
 
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
 {
+    if (p->comm)
+        return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
     size_t C = (size_t)p->cfg.n_embd;
     float *x = p->S > 1 ? malloc(C * sizeof *x) : NULL;
     if (p->S > 1 && !x)
