@@ -6,7 +6,8 @@
  *                        and the training settings in its metadata (training only)
  * Each file is written to a temporary name, synced and renamed.
  *
- * Loading checks every tensor's name and shape against the model and says
+ * Loading reads one file or, when model.safetensors.index.json is there, the
+ * shards it names. Loading checks every tensor's name and shape against the model and says
  * which is missing, extra or of the wrong shape. Weights from elsewhere may
  * carry a "transformer." prefix, the attention mask buffers ("attn.bias",
  * "attn.masked_bias") and a tied "lm_head.weight": these are accepted.
@@ -40,6 +41,24 @@ st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg);
  * each stage's own parameters, tied copies included. */
 st_status st_checkpoint_load(const char *dir, st_gpt *const *stages, size_t n_stages,
                              st_train_state *state);
+/* The same for stages that hold only part of the model (other processes
+ * hold the rest): tensors of other parts are not errors. */
+st_status st_checkpoint_load_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+                                  st_train_state *state);
+
+/* Sharded checkpoints (MPI ranks): each rank writes the shard of its stages
+ * (model-stepN-RRRRR-of-NNNNN.safetensors and the optimizer's); once all are
+ * complete, rank 0 writes config.json and the two indexes
+ * (model.safetensors.index.json, Hugging Face's layout: a weight_map from
+ * tensor name to shard file); then each rank removes its shards of other
+ * steps. A crash at any point leaves the previous index and its shards. */
+st_status st_checkpoint_save_shard(const char *dir, st_gpt *const *stages, size_t n_stages,
+                                   const st_train_state *state, int rank, int ranks);
+st_status st_checkpoint_save_index(const char *dir, const st_model_desc *desc,
+                                   const size_t *stage_first, const size_t *stage_end,
+                                   const int *stage_rank, size_t n_stages, int ranks,
+                                   const st_train_state *state);
+void st_checkpoint_remove_old_shards(const char *dir, long keep_step, int rank, int ranks);
 
 /* Reads only the training state (step and settings) of dir. */
 st_status st_checkpoint_state(const char *dir, st_train_state *state);

@@ -17,6 +17,7 @@
 #include "strata/data.h"
 #include "strata/device.h"
 #include "strata/model.h"
+#include "strata/pipe.h"
 #include "strata/plan.h"
 
 #ifdef __cplusplus
@@ -77,8 +78,13 @@ typedef void (*st_train_callback)(const st_train_event *e, void *user);
  * model description on dev[s] (one stage: the whole model on one device). */
 typedef struct st_train_layout {
     size_t n_stages;
-    st_device *dev[ST_PLAN_MAX_STAGES];
+    st_device *dev[ST_PLAN_MAX_STAGES]; /* NULL for a stage another process holds */
     size_t first[ST_PLAN_MAX_STAGES], end[ST_PLAN_MAX_STAGES];
+    /* Stages in several processes (MPI): NULL for one process. Checkpoints
+     * are then written as one shard per rank and an index by rank 0. */
+    const st_pipe_comm *comm;
+    int ranks;
+    st_status (*barrier)(void);
 } st_train_layout;
 
 /* Trains cfg's model over the layout's stages. With tc->resume_dir, the weights, moments and

@@ -13,13 +13,16 @@
 #include <stdio.h>
 
 #include "strata/strata.h"
+#include "strata_config.h"
 #include "strata/plan.h"
 #include "strata/train.h"
 
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
 
-/* Prints "strata: error: <last error>" and returns the exit code for s. */
+/* Prints "strata: error: <last error>" (with the rank under MPI) and returns
+ * the exit code for s. */
 int cli_fail(st_status s);
+void cli_set_rank(int rank);
 /* Prints "strata <cmd>: <message>" and a pointer to --help; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -62,6 +65,14 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
 void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_devices *devs,
                     const st_device_profile *prof, const cli_plan_opts *o, FILE *f);
 void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layout *layout);
+
+#if STRATA_HAVE_MPI
+/* Under mpirun: this rank's devices, rank 0's plan over all ranks, and the
+ * layout and comm for st_train (mpi_plan.c). */
+st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_desc *desc,
+                       const cli_plan_opts *o, st_plan *plan, st_device_profile *prof,
+                       st_train_layout *layout, st_pipe_comm *comm);
+#endif
 
 int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);

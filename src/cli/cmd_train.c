@@ -13,6 +13,9 @@
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
 #include "strata/train.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 
 static void help(void)
 {
@@ -362,6 +365,10 @@ int cmd_train(int argc, char **argv)
         return cli_fail(s);
     }
     log_ctx L = {.log_every = log_every, .out = tc.out_dir};
+#if STRATA_HAVE_MPI
+    if (st_mpi_active() && st_mpi_rank() != 0)
+        log_json = NULL; /* rank 0 writes the log */
+#endif
     if (log_json && !(L.json = fopen(log_json, "w"))) {
         fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s\n", log_json,
                 strerror(errno));
@@ -389,19 +396,60 @@ int cmd_train(int argc, char **argv)
         s = st_error(ST_ERR_INVALID,
                      "a batch of %d sequences does not split into %d equal micro-batches",
                      tc.batch, tc.micro_batches);
-    if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK &&
-        (s = cli_make_plan(&devs, desc, &po, &plan, prof)) == ST_OK) {
-        st_train_layout layout;
-        cli_plan_layout(&plan, &devs, &layout);
-        cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
+    bool mpi = false;
+#if STRATA_HAVE_MPI
+    st_pipe_comm comm;
+    mpi = st_mpi_active() && st_mpi_size() > 1;
+#endif
+    st_train_layout layout;
+    if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK) {
+#if STRATA_HAVE_MPI
+        if (mpi) {
+            s = cli_mpi_plan(&devs, devices != NULL, desc, &po, &plan, prof, &layout, &comm);
+            if (s == ST_OK)
+                cli_plan_print(&plan, desc, NULL, prof, &po, stdout);
+        }
+#endif
+        if (!mpi && (s = cli_make_plan(&devs, desc, &po, &plan, prof)) == ST_OK) {
+            cli_plan_layout(&plan, &devs, &layout);
+            cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
+        }
+    }
+    if (s == ST_OK) {
         fflush(stdout);
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
+        char lines[ST_PLAN_MAX_STAGES][256];
+        size_t n_lines = 0;
         for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {
+            if (!layout.dev[k])
+                continue;
             char a[32], b[32];
             st_device_memory m = st_device_get_memory(layout.dev[k]);
-            printf("stage %zu: %s peak %s of %s\n", k, st_device_label(layout.dev[k]),
-                   st_format_bytes(m.peak, a, sizeof a), st_format_bytes(m.capacity, b, sizeof b));
+            snprintf(lines[n_lines++], sizeof lines[0], "stage %zu: %s peak %s of %s", k,
+                     st_device_label(layout.dev[k]), st_format_bytes(m.peak, a, sizeof a),
+                     st_format_bytes(m.capacity, b, sizeof b));
         }
+        if (s == ST_OK && !mpi)
+            for (size_t i = 0; i < n_lines; i++)
+                printf("%s\n", lines[i]);
+#if STRATA_HAVE_MPI
+        if (s == ST_OK && mpi) {
+            /* Per-rank facts reach rank 0, which prints them with the rank. */
+            char mine[1024] = "", *all = malloc((size_t)st_mpi_size() * sizeof mine);
+            for (size_t i = 0; i < n_lines; i++) {
+                size_t used = strlen(mine);
+                if (used + strlen(lines[i]) + 3 < sizeof mine) {
+                    memcpy(mine + used, i ? "; " : "", i ? 2 : 0);
+                    strcpy(mine + used + (i ? 2 : 0), lines[i]);
+                }
+            }
+            if (all && (s = st_mpi_gather_lines(mine, all, sizeof mine)) == ST_OK &&
+                st_mpi_rank() == 0)
+                for (int r = 0; r < st_mpi_size(); r++)
+                    printf("rank %d: %s\n", r, all + (size_t)r * sizeof mine);
+            free(all);
+        }
+#endif
     }
     st_model_desc_destroy(desc);
 

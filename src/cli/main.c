@@ -4,8 +4,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "cli/cli.h"
 #include "strata_config.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 
 typedef struct command {
     const char *name;
@@ -22,6 +27,59 @@ static const command commands[] = {
     {"eval", cmd_eval, "loss and perplexity of a trained model on data"},
     {"bench", cmd_bench, "measure pipeline scaling over 1, 2, 4... devices (--pipeline)"},
 };
+
+/* How many ranks a launcher (mpirun, srun) started, 0 when none. */
+static int launched_ranks(void)
+{
+    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0)
+            return atoi(v);
+    }
+    return 0;
+}
+
+/* `strata train` under mpirun with several ranks: MPI up, rank 0 speaks,
+ * a failing rank ends the whole job with its message. */
+static int run_ranks(const command *c, int argc, char **argv, int ranks)
+{
+#if STRATA_HAVE_MPI
+    st_status s = st_mpi_start(&argc, &argv);
+    if (s != ST_OK) {
+        fprintf(stderr, "strata: error: %s\n", st_last_error());
+        if (st_mpi_active())
+            st_mpi_abort(CLI_FAILED);
+        return CLI_FAILED;
+    }
+    int rank = st_mpi_rank();
+    if ((s = st_mpi_check_same_args(argc, argv)) != ST_OK) {
+        if (rank == 0)
+            fprintf(stderr, "strata: error: %s\n", st_last_error());
+        st_mpi_abort(CLI_USAGE);
+    }
+    /* Ranks other than 0 print nothing but errors. */
+    if (rank != 0 && !freopen("/dev/null", "w", stdout))
+        fprintf(stderr, "strata: rank %d: cannot silence stdout\n", rank);
+    cli_set_rank(rank);
+    (void)ranks;
+    int rc = c->run(argc - 1, argv + 1);
+    if (rc != CLI_OK) /* the message is out; the other ranks must not wait for this one */
+        st_mpi_abort(rc);
+    st_mpi_stop();
+    return rc;
+#else
+    (void)c;
+    (void)argc;
+    (void)argv;
+    fprintf(stderr,
+            "strata: error: started as %d MPI ranks, but this strata was built without MPI "
+            "support; install libopenmpi-dev and rebuild (meson setup -Dmpi=enabled), or run "
+            "one process without mpirun\n",
+            ranks);
+    return CLI_USAGE;
+#endif
+}
 
 static void usage(FILE *f)
 {
@@ -68,9 +126,23 @@ int main(int argc, char **argv)
                STRATA_HAVE_MPI ? "compiled in" : "not compiled in");
         return CLI_OK;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(commands[i].name, name) == 0)
-            return commands[i].run(argc - 1, argv + 1);
+    int ranks = launched_ranks();
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(commands[i].name, name) != 0)
+            continue;
+        if (ranks > 1 && strcmp(name, "train") == 0)
+            return run_ranks(&commands[i], argc, argv, ranks);
+        if (ranks > 1 && STRATA_HAVE_MPI) {
+            fprintf(stderr,
+                    "strata: error: `strata %s` runs in one process; under mpirun only `strata "
+                    "train` spreads over ranks\n",
+                    name);
+            return CLI_USAGE;
+        }
+        if (ranks > 1)
+            return run_ranks(&commands[i], argc, argv, ranks);
+        return commands[i].run(argc - 1, argv + 1);
+    }
     fprintf(stderr, "strata: unknown command '%s'\n\n", name);
     usage(stderr);
     return CLI_USAGE;

@@ -6,9 +6,21 @@
 
 #include "cli/cli.h"
 
+static int rank_of_process = -1;
+
+void cli_set_rank(int rank)
+{
+    rank_of_process = rank;
+}
+
 int cli_fail(st_status s)
 {
-    fprintf(stderr, "strata: error: %s\n", st_last_error()[0] ? st_last_error() : st_status_text(s));
+    if (rank_of_process >= 0)
+        fprintf(stderr, "strata: rank %d: error: %s\n", rank_of_process,
+                st_last_error()[0] ? st_last_error() : st_status_text(s));
+    else
+        fprintf(stderr, "strata: error: %s\n",
+                st_last_error()[0] ? st_last_error() : st_status_text(s));
     switch (s) {
     case ST_ERR_INVALID:
     case ST_ERR_NOT_FOUND:

@@ -142,8 +142,11 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
         const st_plan_stage *st = &plan->stage[s];
         char c[9][300];
         snprintf(c[0], sizeof c[0], "%zu", s);
-        snprintf(c[1], sizeof c[1], "%zu %s", devs->index[st->device],
-                 st_device_get_info(devs->dev[st->device])->name);
+        if (devs)
+            snprintf(c[1], sizeof c[1], "%zu %s", devs->index[st->device],
+                     st_device_get_info(devs->dev[st->device])->name);
+        else /* devices of several ranks: the profiles carry their labels */
+            snprintf(c[1], sizeof c[1], "%s", prof[st->device].name);
         layer_names(desc, st->first, st->end, c[2], sizeof c[2]);
         snprintf(c[3], sizeof c[3], "%.1f", st->param_bytes / 1048576.0);
         snprintf(c[4], sizeof c[4], "%.1f", st->act_bytes / 1048576.0);
@@ -168,6 +171,7 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
 
 void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layout *layout)
 {
+    memset(layout, 0, sizeof *layout);
     layout->n_stages = plan->n_stages;
     for (size_t s = 0; s < plan->n_stages; s++) {
         layout->dev[s] = devs->dev[plan->stage[s].device];

@@ -6,9 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "strata/checkpoint.h"
+#include "strata/plan.h"
 #include "strata/safetensors.h"
 
 static st_status make_dir(const char *dir)
@@ -90,6 +95,13 @@ st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_st
         (s = st_safetensors_set_metadata(w, "format", "pt")) == ST_OK)
         s = st_safetensors_save(w, path);
     st_safetensors_writer_destroy(w);
+    if (s == ST_OK) {
+        /* An index from an earlier MPI run would take precedence: it goes. */
+        join(path, sizeof path, dir, "model.safetensors.index.json");
+        unlink(path);
+        join(path, sizeof path, dir, "optimizer.safetensors.index.json");
+        unlink(path);
+    }
     return s;
 }
 
@@ -120,17 +132,119 @@ static const char *model_name(const char *name)
     return name;
 }
 
-static st_status load_file(const char *path, st_gpt *const *stages, size_t n_stages,
+/* Where a checkpoint's tensors are: one file, or an index naming the shard
+ * of each tensor (written by MPI ranks). */
+typedef struct source {
+    char path[4200]; /* the file or the index, for messages */
+    st_safetensors *single;
+    json_t *index, *map;
+    char dir[4096];
+    size_t n_shards;
+    char shard_name[ST_PLAN_MAX_STAGES * 2][256];
+    st_safetensors *shard[ST_PLAN_MAX_STAGES * 2];
+} source;
+
+static void source_close(source *src)
+{
+    st_safetensors_close(src->single);
+    for (size_t i = 0; i < src->n_shards; i++)
+        st_safetensors_close(src->shard[i]);
+    json_decref(src->index);
+    memset(src, 0, sizeof *src);
+}
+
+static st_status source_open(const char *dir, const char *base, source *src)
+{
+    memset(src, 0, sizeof *src);
+    snprintf(src->dir, sizeof src->dir, "%s", dir);
+    char index[4200];
+    snprintf(index, sizeof index, "%s/%s.safetensors.index.json", dir, base);
+    FILE *f = fopen(index, "r");
+    if (!f) {
+        snprintf(src->path, sizeof src->path, "%s/%s.safetensors", dir, base);
+        return st_safetensors_open(src->path, &src->single);
+    }
+    fclose(f);
+    snprintf(src->path, sizeof src->path, "%s", index);
+    json_error_t err;
+    src->index = json_load_file(index, JSON_REJECT_DUPLICATES, &err);
+    src->map = src->index ? json_object_get(src->index, "weight_map") : NULL;
+    if (!json_is_object(src->map)) {
+        st_status s = st_error(ST_ERR_FORMAT, "%s: not a safetensors index (%s)", index,
+                               src->index ? "no weight_map object" : err.text);
+        source_close(src);
+        return s;
+    }
+    return ST_OK;
+}
+
+static st_status source_find(source *src, const char *name, const st_safetensors_entry **out)
+{
+    *out = NULL;
+    if (src->single) {
+        *out = st_safetensors_find(src->single, name);
+        return ST_OK;
+    }
+    const char *file = json_string_value(json_object_get(src->map, name));
+    if (!file)
+        return ST_OK;
+    if (strchr(file, '/'))
+        return st_error(ST_ERR_FORMAT, "%s: shard '%s' is not a file in the folder", src->path,
+                        file);
+    size_t i = 0;
+    while (i < src->n_shards && strcmp(src->shard_name[i], file) != 0)
+        i++;
+    if (i == src->n_shards) {
+        if (i == sizeof src->shard / sizeof src->shard[0])
+            return st_error(ST_ERR_FORMAT, "%s names too many shards", src->path);
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", src->dir, file);
+        st_status s = st_safetensors_open(path, &src->shard[i]);
+        if (s != ST_OK)
+            return s;
+        snprintf(src->shard_name[i], sizeof src->shard_name[i], "%s", file);
+        src->n_shards++;
+    }
+    *out = st_safetensors_find(src->shard[i], name);
+    if (!*out)
+        return st_error(ST_ERR_FORMAT, "%s: the index puts '%s' in %s, which does not hold it",
+                        src->path, name, file);
+    return ST_OK;
+}
+
+/* The names the source holds, one at a time (i from 0; NULL at the end). */
+static const char *source_name(const source *src, size_t i)
+{
+    if (src->single) {
+        const st_safetensors_entry *e = st_safetensors_at(src->single, i);
+        return e ? e->name : NULL;
+    }
+    size_t k = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(src->map, key, v) {
+        if (k++ == i)
+            return key;
+    }
+    return NULL;
+}
+
+static const char *source_meta(const source *src, const char *key)
+{
+    if (src->single)
+        return st_safetensors_metadata(src->single, key);
+    return json_string_value(json_object_get(json_object_get(src->index, "metadata"), key));
+}
+
+static st_status load_file(source *src, st_gpt *const *stages, size_t n_stages,
                            st_gpt_buf which, const char *prefix, bool check_extra)
 {
-    st_safetensors *f = NULL;
-    st_status s = st_safetensors_open(path, &f);
-    if (s != ST_OK)
-        return s;
+    st_status s = ST_OK;
+    const char *path = src->path;
     size_t plen = strlen(prefix);
     /* Every tensor of the file must belong to the model (when check_extra). */
-    for (size_t i = 0; s == ST_OK && check_extra && i < st_safetensors_count(f); i++) {
-        const char *name = st_safetensors_at(f, i)->name;
+    const char *name;
+    for (size_t i = 0; s == ST_OK && check_extra && (name = source_name(src, i)); i++) {
         if (strncmp(name, prefix, plen) != 0) {
             s = st_error(ST_ERR_FORMAT, "%s: tensor '%s' is not part of the model", path, name);
             break;
@@ -149,12 +263,15 @@ static st_status load_file(const char *path, st_gpt *const *stages, size_t n_sta
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
         for (size_t i = 0; s == ST_OK && i < st_gpt_n_params(stages[k]); i++) {
             const st_param_desc *p = st_gpt_param_at(stages[k], i)->desc;
-            char name[160];
-            snprintf(name, sizeof name, "%s%s", prefix, p->name);
-            const st_safetensors_entry *e = st_safetensors_find(f, name);
+            char tname[160];
+            snprintf(tname, sizeof tname, "%s%s", prefix, p->name);
+            const st_safetensors_entry *e = NULL;
+            if ((s = source_find(src, tname, &e)) != ST_OK)
+                break;
             if (!e) {
-                snprintf(name, sizeof name, "%stransformer.%s", prefix, p->name);
-                e = st_safetensors_find(f, name);
+                snprintf(tname, sizeof tname, "%stransformer.%s", prefix, p->name);
+                if ((s = source_find(src, tname, &e)) != ST_OK)
+                    break;
             }
             if (!e) {
                 s = st_error(ST_ERR_FORMAT, "%s has no tensor '%s%s'", path, prefix, p->name);
@@ -173,12 +290,12 @@ static st_status load_file(const char *path, st_gpt *const *stages, size_t n_sta
                 else
                     snprintf(want, sizeof want, "%zu", p->shape[0]);
                 s = st_error(ST_ERR_FORMAT, "%s: tensor '%s' has shape [%s], the model needs [%s]",
-                             path, name, got, want);
+                             path, tname, got, want);
                 break;
             }
             float *host = malloc(p->numel * sizeof *host);
             if (!host) {
-                s = st_error(ST_ERR_HOST_MEMORY, "out of host memory loading '%s'", name);
+                s = st_error(ST_ERR_HOST_MEMORY, "out of host memory loading '%s'", tname);
                 break;
             }
             if ((s = st_safetensors_to_f32(e, host)) == ST_OK)
@@ -186,31 +303,45 @@ static st_status load_file(const char *path, st_gpt *const *stages, size_t n_sta
             free(host);
         }
     }
-    st_safetensors_close(f);
+    return s;
+}
+
+static st_status load(const char *dir, st_gpt *const *stages, size_t n_stages,
+                      st_train_state *state, bool whole)
+{
+    source src;
+    st_status s = source_open(dir, "model", &src);
+    if (s != ST_OK)
+        return s;
+    s = load_file(&src, stages, n_stages, ST_GPT_PARAMS, "", whole);
+    source_close(&src);
+    if (s != ST_OK || !state)
+        return s;
+    if ((s = st_checkpoint_state(dir, state)) != ST_OK ||
+        (s = source_open(dir, "optimizer", &src)) != ST_OK)
+        return s;
+    if ((s = load_file(&src, stages, n_stages, ST_GPT_ADAM_M, "m.", false)) == ST_OK)
+        s = load_file(&src, stages, n_stages, ST_GPT_ADAM_V, "v.", false);
+    source_close(&src);
     return s;
 }
 
 st_status st_checkpoint_load(const char *dir, st_gpt *const *stages, size_t n_stages,
                              st_train_state *state)
 {
-    char path[4200];
-    join(path, sizeof path, dir, "model.safetensors");
-    st_status s = load_file(path, stages, n_stages, ST_GPT_PARAMS, "", true);
-    if (s != ST_OK || !state)
-        return s;
-    join(path, sizeof path, dir, "optimizer.safetensors");
-    if ((s = load_file(path, stages, n_stages, ST_GPT_ADAM_M, "m.", false)) != ST_OK ||
-        (s = load_file(path, stages, n_stages, ST_GPT_ADAM_V, "v.", false)) != ST_OK)
-        return s;
-    return st_checkpoint_state(dir, state);
+    return load(dir, stages, n_stages, state, true);
+}
+
+st_status st_checkpoint_load_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+                                  st_train_state *state)
+{
+    return load(dir, stages, n_stages, state, false);
 }
 
 st_status st_checkpoint_state(const char *dir, st_train_state *state)
 {
-    char path[4200];
-    join(path, sizeof path, dir, "optimizer.safetensors");
-    st_safetensors *f = NULL;
-    st_status s = st_safetensors_open(path, &f);
+    source src;
+    st_status s = source_open(dir, "optimizer", &src);
     if (s == ST_ERR_NOT_FOUND)
         return st_error(ST_ERR_NOT_FOUND,
                         "'%s' has no optimizer.safetensors: it holds a model but no training "
@@ -218,16 +349,143 @@ st_status st_checkpoint_state(const char *dir, st_train_state *state)
                         dir);
     if (s != ST_OK)
         return s;
-    const char *step = st_safetensors_metadata(f, "step");
-    const char *settings = st_safetensors_metadata(f, "settings");
+    const char *step = source_meta(&src, "step");
+    const char *settings = source_meta(&src, "settings");
     char *end = NULL;
     long v = step ? strtol(step, &end, 10) : -1;
     if (!step || *end || v < 0 || !settings) {
-        s = st_error(ST_ERR_FORMAT, "%s: no training step and settings in its metadata", path);
+        s = st_error(ST_ERR_FORMAT, "%s: no training step and settings in its metadata",
+                     src.path);
     } else {
         state->step = v;
         snprintf(state->settings, sizeof state->settings, "%s", settings);
     }
-    st_safetensors_close(f);
+    source_close(&src);
     return s;
+}
+
+/* ---- shards: one per rank, and the index rank 0 writes last ------------------- */
+
+static void shard_file(char *out, size_t size, const char *base, long step, int rank, int ranks)
+{
+    snprintf(out, size, "%s-step%08ld-%05d-of-%05d.safetensors", base, step, rank + 1, ranks);
+}
+
+st_status st_checkpoint_save_shard(const char *dir, st_gpt *const *stages, size_t n_stages,
+                                   const st_train_state *state, int rank, int ranks)
+{
+    st_status s = make_dir(dir);
+    if (s != ST_OK)
+        return s;
+    const char *bases[2] = {"model", "optimizer"};
+    for (int b = 0; s == ST_OK && b < 2; b++) {
+        st_safetensors_writer *w = NULL;
+        if ((s = st_safetensors_writer_create(&w)) != ST_OK)
+            return s;
+        char file[256], path[4400];
+        shard_file(file, sizeof file, bases[b], state->step, rank, ranks);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        if (b == 0)
+            s = add_buffers(w, stages, n_stages, ST_GPT_PARAMS, "");
+        else if ((s = add_buffers(w, stages, n_stages, ST_GPT_ADAM_M, "m.")) == ST_OK)
+            s = add_buffers(w, stages, n_stages, ST_GPT_ADAM_V, "v.");
+        if (s == ST_OK)
+            s = st_safetensors_save(w, path);
+        st_safetensors_writer_destroy(w);
+    }
+    return s;
+}
+
+static st_status write_json_atomic(json_t *j, const char *path)
+{
+    char tmp[4400];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return st_error(ST_ERR_IO, "cannot create '%s': %s", tmp, strerror(errno));
+    bool ok = json_dumpf(j, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 && fputc('\n', f) != EOF;
+    ok = fflush(f) == 0 && ok && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        st_status s = st_error(ST_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        unlink(tmp);
+        return s;
+    }
+    return ST_OK;
+}
+
+st_status st_checkpoint_save_index(const char *dir, const st_model_desc *desc,
+                                   const size_t *stage_first, const size_t *stage_end,
+                                   const int *stage_rank, size_t n_stages, int ranks,
+                                   const st_train_state *state)
+{
+    char path[4400];
+    join(path, sizeof path, dir, "config.json");
+    st_status s = st_gpt_config_save(&desc->cfg, path);
+    json_t *maps[2] = {json_object(), json_object()};
+    for (size_t k = 0; s == ST_OK && k < n_stages; k++)
+        for (size_t l = stage_first[k]; l < stage_end[k]; l++)
+            for (size_t i = 0; i < desc->layers[l].n_params; i++) {
+                const char *name = desc->layers[l].params[i].name;
+                char file[256], key[160];
+                shard_file(file, sizeof file, "model", state->step, stage_rank[k], ranks);
+                json_object_set_new(maps[0], name, json_string(file));
+                shard_file(file, sizeof file, "optimizer", state->step, stage_rank[k], ranks);
+                snprintf(key, sizeof key, "m.%s", name);
+                json_object_set_new(maps[1], key, json_string(file));
+                snprintf(key, sizeof key, "v.%s", name);
+                json_object_set_new(maps[1], key, json_string(file));
+            }
+    char step[32];
+    snprintf(step, sizeof step, "%ld", state->step);
+    json_t *model = json_pack("{s:{s:s, s:s}, s:o}", "metadata", "format", "pt", "step", step,
+                              "weight_map", maps[0]);
+    json_t *opt = json_pack("{s:{s:s, s:s}, s:o}", "metadata", "step", step, "settings",
+                            state->settings, "weight_map", maps[1]);
+    /* The optimizer's index first, the model's last: a crash in between
+     * leaves an older model index that still names complete shards. */
+    if (s == ST_OK) {
+        join(path, sizeof path, dir, "optimizer.safetensors.index.json");
+        s = write_json_atomic(opt, path);
+    }
+    if (s == ST_OK) {
+        join(path, sizeof path, dir, "model.safetensors.index.json");
+        s = write_json_atomic(model, path);
+    }
+    json_decref(model);
+    json_decref(opt);
+    if (s == ST_OK) {
+        /* A single-file checkpoint from an earlier run would now be stale. */
+        join(path, sizeof path, dir, "model.safetensors");
+        unlink(path);
+        join(path, sizeof path, dir, "optimizer.safetensors");
+        unlink(path);
+    }
+    return s;
+}
+
+/* Removes this rank's shards of other steps (after the new index is in place). */
+void st_checkpoint_remove_old_shards(const char *dir, long keep_step, int rank, int ranks)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char mine[64];
+    snprintf(mine, sizeof mine, "-%05d-of-%05d.safetensors", rank + 1, ranks);
+    char keep_m[256], keep_o[256];
+    shard_file(keep_m, sizeof keep_m, "model", keep_step, rank, ranks);
+    shard_file(keep_o, sizeof keep_o, "optimizer", keep_step, rank, ranks);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name), m = strlen(mine);
+        bool shard = (strncmp(e->d_name, "model-step", 10) == 0 ||
+                      strncmp(e->d_name, "optimizer-step", 14) == 0) &&
+                     n > m && strcmp(e->d_name + n - m, mine) == 0;
+        if (shard && strcmp(e->d_name, keep_m) != 0 && strcmp(e->d_name, keep_o) != 0) {
+            char path[4400];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
 }

@@ -127,6 +127,10 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
 
 typedef struct run {
     st_pipe *p;
+    const st_train_layout *layout;
+    st_model_desc *desc;
+    st_gpt *local[ST_PLAN_MAX_STAGES];
+    size_t n_local;
     const st_gpt_config *cfg;
     st_dataset *ds;
     const st_train_config *tc;
@@ -181,6 +185,14 @@ static st_status evaluate(run *r, long step)
     }
     if (s != ST_OK)
         return s;
+    if (r->layout->comm) {
+        /* Only the last stage's process saw the predictions. */
+        double v[2] = {(double)exact, (double)seqs};
+        if ((s = r->layout->comm->allsum(r->layout->comm->ctx, v, 2)) != ST_OK)
+            return s;
+        exact = (long)v[0];
+        seqs = (long)v[1];
+    }
     st_train_event e = {.kind = ST_TRAIN_EVAL, .step = step, .steps = r->tc->steps,
                         .val_loss = count ? sum / count : 0, .val_tokens = count,
                         .exact = has_exact && seqs ? (double)exact / seqs : -1};
@@ -196,11 +208,29 @@ static st_status save(run *r, long step, const st_dataset *ds)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     snprintf(state.settings, sizeof state.settings, "%s", text);
     free(text);
-    st_gpt *stages[ST_PLAN_MAX_STAGES];
-    for (size_t k = 0; k < st_pipe_n_stages(r->p); k++)
-        stages[k] = st_pipe_stage(r->p, k);
-    st_status s = st_checkpoint_save(r->tc->out_dir, stages, st_pipe_n_stages(r->p), r->cfg,
-                                     &state);
+    st_status s;
+    const st_train_layout *L = r->layout;
+    if (L->comm) {
+        /* Every rank's shard is complete before rank 0 writes the index. */
+        int stage_rank[ST_PLAN_MAX_STAGES];
+        for (size_t k = 0; k < L->n_stages; k++)
+            stage_rank[k] = L->comm->stage_rank[k];
+        s = st_checkpoint_save_shard(r->tc->out_dir, r->local, r->n_local, &state,
+                                     L->comm->rank, L->ranks);
+        st_status b = L->barrier();
+        if (s == ST_OK)
+            s = b;
+        if (s == ST_OK && L->comm->rank == 0)
+            s = st_checkpoint_save_index(r->tc->out_dir, r->desc, L->first, L->end, stage_rank,
+                                         L->n_stages, L->ranks, &state);
+        b = L->barrier();
+        if (s == ST_OK)
+            s = b;
+        if (s == ST_OK)
+            st_checkpoint_remove_old_shards(r->tc->out_dir, step, L->comm->rank, L->ranks);
+    } else {
+        s = st_checkpoint_save(r->tc->out_dir, r->local, r->n_local, r->cfg, &state);
+    }
     if (s == ST_OK) {
         st_train_event e = {.kind = ST_TRAIN_SAVE, .step = step, .steps = r->tc->steps,
                             .path = r->tc->out_dir};
@@ -244,7 +274,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
                    const st_train_config *tc, st_train_callback cb, void *user)
 {
     run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->batch, .T = tc->seq, .cb = cb,
-             .user = user};
+             .user = user, .layout = layout};
     if (tc->batch < 1 || tc->seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
         tc->min_lr < 0 || tc->warmup < 0 || tc->clip < 0 || tc->eval_every < 0 ||
         tc->save_every < 0 || tc->micro_batches < 1)
@@ -280,15 +310,18 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
     st_pipe_options po = {.micro_batch = tc->batch / tc->micro_batches, .seq = tc->seq,
                           .micro_batches = tc->micro_batches, .schedule = tc->schedule,
                           .training = true};
+    r.desc = desc;
     if (s == ST_OK)
-        s = st_pipe_create(layout->dev, layout->first, layout->end, layout->n_stages, desc, &po,
-                           &r.p);
-    st_gpt *stages[ST_PLAN_MAX_STAGES];
+        s = st_pipe_create_comm(layout->dev, layout->first, layout->end, layout->n_stages, desc,
+                                &po, layout->comm, &r.p);
     for (size_t k = 0; s == ST_OK && k < layout->n_stages; k++)
-        stages[k] = st_pipe_stage(r.p, k);
-    if (s == ST_OK)
-        s = tc->resume_dir ? st_checkpoint_load(tc->resume_dir, stages, layout->n_stages, &state)
-                           : st_pipe_init(r.p, tc->seed);
+        if (st_pipe_stage(r.p, k))
+            r.local[r.n_local++] = st_pipe_stage(r.p, k);
+    if (s == ST_OK && tc->resume_dir)
+        s = layout->comm ? st_checkpoint_load_part(tc->resume_dir, r.local, r.n_local, &state)
+                         : st_checkpoint_load(tc->resume_dir, r.local, r.n_local, &state);
+    else if (s == ST_OK)
+        s = st_pipe_init(r.p, tc->seed);
     long start = state.step;
     long last = tc->stop_at > 0 && tc->stop_at < tc->steps ? tc->stop_at : tc->steps;
     if (s == ST_OK && start >= last)
@@ -298,9 +331,9 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
                      start, last);
     if (s == ST_OK) {
         uint64_t bytes = 0, peak = 0;
-        for (size_t k = 0; k < layout->n_stages; k++) {
-            bytes += st_gpt_bytes(stages[k]);
-            peak += st_device_get_memory(layout->dev[k]).peak;
+        for (size_t k = 0; k < r.n_local; k++) {
+            bytes += st_gpt_bytes(r.local[k]);
+            peak += st_device_get_memory(st_gpt_device(r.local[k])).peak;
         }
         st_train_event e = {.kind = ST_TRAIN_START, .step = start, .steps = tc->steps,
                             .params = desc->param_numel, .device_bytes = bytes,
@@ -336,11 +369,10 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
     if (s == ST_OK) {
         double secs = now_s() - t_start;
         uint64_t bytes = 0, peak = 0;
-        for (size_t k = 0; k < layout->n_stages; k++) {
-            bytes += st_gpt_bytes(stages[k]);
-            peak = peak > st_device_get_memory(layout->dev[k]).peak
-                       ? peak
-                       : st_device_get_memory(layout->dev[k]).peak;
+        for (size_t k = 0; k < r.n_local; k++) {
+            uint64_t pk = st_device_get_memory(st_gpt_device(r.local[k])).peak;
+            bytes += st_gpt_bytes(r.local[k]);
+            peak = peak > pk ? peak : pk;
         }
         st_train_event e = {.kind = ST_TRAIN_DONE, .step = last, .steps = tc->steps,
                             .seconds = secs,

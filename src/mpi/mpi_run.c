@@ -1,0 +1,356 @@
+/*
+ * mpi_run.c - ranks, the MPI link and the collectives (see mpi_run.h).
+ *
+ * The MPI link carries one boundary in one direction between two ranks on
+ * host-staged buffers. The receiver keeps a receive posted for each of its
+ * `depth` buffers at all times (posted early: a message lands while the
+ * stage still computes); recv() waits for the next one in order, copies it
+ * to the device and posts that buffer again. The sender copies to a host
+ * buffer, starts a non-blocking send and only waits for it when the buffer
+ * comes round again.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mpi/mpi_run.h"
+#include "pipe/link.h"
+#include "strata/tensor.h"
+
+static struct {
+    bool active;
+    int rank, size, local_rank;
+} g;
+
+int st_mpi_launched_size(void)
+{
+    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0)
+            return atoi(v);
+    }
+    return 0;
+}
+
+static st_status mpi_fail(int err, const char *call)
+{
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(err, text, &len);
+    return st_error(ST_ERR_IO, "rank %d: %s failed: %s", g.rank, call, text);
+}
+
+st_status st_mpi_start(int *argc, char ***argv)
+{
+    int provided = 0;
+    int err = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+    if (err != MPI_SUCCESS)
+        return st_error(ST_ERR_IO, "MPI_Init_thread failed (%d)", err);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g.size);
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g.rank, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &g.local_rank);
+    MPI_Comm_free(&node);
+    g.active = true;
+    if (provided < MPI_THREAD_MULTIPLE)
+        return st_error(ST_ERR_UNSUPPORTED,
+                        "this MPI library gives thread level %d, Strata needs "
+                        "MPI_THREAD_MULTIPLE (stages send and receive from their own threads)",
+                        provided);
+    return ST_OK;
+}
+
+void st_mpi_stop(void)
+{
+    if (g.active)
+        MPI_Finalize();
+    g.active = false;
+}
+
+bool st_mpi_active(void)
+{
+    return g.active;
+}
+
+int st_mpi_rank(void)
+{
+    return g.rank;
+}
+
+int st_mpi_size(void)
+{
+    return g.active ? g.size : 1;
+}
+
+int st_mpi_local_rank(void)
+{
+    return g.local_rank;
+}
+
+void st_mpi_abort(int code)
+{
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+st_status st_mpi_barrier(void)
+{
+    int err = MPI_Barrier(MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Barrier");
+}
+
+st_status st_mpi_check_same_args(int argc, char **argv)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 1; i < argc; i++) {
+        for (const char *c = argv[i]; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        h = (h ^ 0xffu) * 1099511628211ull;
+    }
+    uint64_t *all = malloc((size_t)g.size * sizeof *all);
+    if (!all)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    int err = MPI_Allgather(&h, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
+    st_status s = err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Allgather");
+    for (int r = 1; s == ST_OK && r < g.size; r++)
+        if (all[r] != all[0])
+            s = st_error(ST_ERR_INVALID,
+                         "rank %d was started with other flags than rank 0: every rank must get "
+                         "the same command line",
+                         r);
+    free(all);
+    return s;
+}
+
+st_status st_mpi_gather_profiles(const st_device_profile *mine, int n_mine,
+                                 st_device_profile *out, int *counts, int *total)
+{
+    int err = MPI_Gather(&n_mine, 1, MPI_INT, counts, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Gather");
+    int displs[ST_PLAN_MAX_STAGES] = {0}, bytes[ST_PLAN_MAX_STAGES] = {0}, n = 0;
+    if (g.rank == 0) {
+        for (int r = 0; r < g.size; r++) {
+            if (n + counts[r] > ST_PLAN_MAX_STAGES)
+                return st_error(ST_ERR_INVALID, "more than %d devices over all ranks",
+                                ST_PLAN_MAX_STAGES);
+            displs[r] = n * (int)sizeof *out;
+            bytes[r] = counts[r] * (int)sizeof *out;
+            n += counts[r];
+        }
+        *total = n;
+    }
+    err = MPI_Gatherv(mine, n_mine * (int)sizeof *mine, MPI_BYTE, out, bytes, displs, MPI_BYTE, 0,
+                      MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Gatherv");
+}
+
+st_status st_mpi_bcast_plan(st_plan *plan, st_status status, char *message, size_t size)
+{
+    int st = (int)status;
+    int err = MPI_Bcast(&st, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (err == MPI_SUCCESS)
+        err = MPI_Bcast(message, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (err == MPI_SUCCESS && st == ST_OK)
+        err = MPI_Bcast(plan, (int)sizeof *plan, MPI_BYTE, 0, MPI_COMM_WORLD);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Bcast");
+    if (st != ST_OK)
+        return st_error((st_status)st, "%s", message);
+    return ST_OK;
+}
+
+st_status st_mpi_allsum(double *v, int n)
+{
+    double *all = malloc((size_t)n * (size_t)g.size * sizeof *all);
+    if (!all)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    /* Gather everything and add in rank order: the same bits on every rank. */
+    int err = MPI_Allgather(v, n, MPI_DOUBLE, all, n, MPI_DOUBLE, MPI_COMM_WORLD);
+    if (err == MPI_SUCCESS)
+        for (int i = 0; i < n; i++) {
+            double acc = 0;
+            for (int r = 0; r < g.size; r++)
+                acc += all[(size_t)r * (size_t)n + (size_t)i];
+            v[i] = acc;
+        }
+    free(all);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Allgather");
+}
+
+st_status st_mpi_gather_lines(const char *line, char *out, size_t line_size)
+{
+    char *buf = calloc(1, line_size);
+    if (!buf)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    snprintf(buf, line_size, "%s", line);
+    int err = MPI_Gather(buf, (int)line_size, MPI_CHAR, out, (int)line_size, MPI_CHAR, 0,
+                         MPI_COMM_WORLD);
+    free(buf);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Gather");
+}
+
+/* ---- the MPI link ------------------------------------------------------------ */
+
+typedef struct mpi_link {
+    st_link base;
+    bool sender;
+    int peer, tag, depth;
+    size_t floats;
+    float **buf;
+    MPI_Request *req;
+    long count; /* messages handled so far */
+} mpi_link;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static st_status mpi_send(st_link *l, const st_tensor *t, size_t count)
+{
+    mpi_link *m = (mpi_link *)l;
+    int slot = (int)(m->count % m->depth);
+    double t0 = now_s();
+    if (m->req[slot] != MPI_REQUEST_NULL) { /* the buffer's previous send */
+        int err = MPI_Wait(&m->req[slot], MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return mpi_fail(err, "MPI_Wait (send)");
+    }
+    l->wait_s += now_s() - t0;
+    st_status s = st_tensor_read(t, 0, count, m->buf[slot]);
+    if (s != ST_OK)
+        return s;
+    int err = MPI_Isend(m->buf[slot], (int)count, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+                        &m->req[slot]);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Isend");
+    m->count++;
+    return ST_OK;
+}
+
+static st_status mpi_recv(st_link *l, st_tensor *t, size_t count)
+{
+    mpi_link *m = (mpi_link *)l;
+    int slot = (int)(m->count % m->depth);
+    MPI_Status st;
+    double t0 = now_s();
+    int err = MPI_Wait(&m->req[slot], &st);
+    l->wait_s += now_s() - t0;
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Wait (receive)");
+    int got = 0;
+    MPI_Get_count(&st, MPI_FLOAT, &got);
+    if ((size_t)got != count)
+        return st_error(ST_ERR_INVALID, "rank %d: expected %zu floats from rank %d, got %d",
+                        g.rank, count, m->peer, got);
+    st_status s = st_tensor_write(t, 0, count, m->buf[slot]);
+    if (s != ST_OK)
+        return s;
+    /* Post this buffer again for the message `depth` ahead. */
+    err = MPI_Irecv(m->buf[slot], (int)m->floats, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+                    &m->req[slot]);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Irecv");
+    m->count++;
+    return ST_OK;
+}
+
+static void mpi_link_abort(st_link *l)
+{
+    /* A failed rank ends the whole job (st_mpi_abort): nothing to wake here. */
+    (void)l;
+}
+
+static void mpi_link_destroy(st_link *l)
+{
+    mpi_link *m = (mpi_link *)l;
+    if (!m)
+        return;
+    for (int i = 0; m->req && i < m->depth; i++) {
+        if (m->req[i] == MPI_REQUEST_NULL)
+            continue;
+        if (!m->sender)
+            MPI_Cancel(&m->req[i]);
+        MPI_Wait(&m->req[i], MPI_STATUS_IGNORE);
+    }
+    for (int i = 0; m->buf && i < m->depth; i++)
+        free(m->buf[i]);
+    free(m->buf);
+    free(m->req);
+    free(m);
+}
+
+static st_status make_link(void *ctx, size_t boundary, bool backward, int from, int to,
+                           size_t floats, int depth, st_link **out)
+{
+    (void)ctx;
+    mpi_link *m = calloc(1, sizeof *m);
+    if (!m)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    m->base = (st_link){mpi_send, mpi_recv, mpi_link_abort, mpi_link_destroy, 0.0};
+    m->sender = from == g.rank;
+    m->peer = m->sender ? to : from;
+    m->tag = (int)(boundary * 2 + (backward ? 1 : 0));
+    m->depth = depth < 2 ? 2 : depth;
+    m->floats = floats;
+    m->buf = calloc((size_t)m->depth, sizeof *m->buf);
+    m->req = malloc((size_t)m->depth * sizeof *m->req);
+    bool ok = m->buf && m->req;
+    for (int i = 0; ok && i < m->depth; i++) {
+        m->req[i] = MPI_REQUEST_NULL;
+        ok = (m->buf[i] = malloc((floats ? floats : 1) * sizeof(float))) != NULL;
+    }
+    if (!ok) {
+        mpi_link_destroy(&m->base);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for MPI link buffers");
+    }
+    for (int i = 0; !m->sender && i < m->depth; i++) {
+        int err = MPI_Irecv(m->buf[i], (int)floats, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+                            &m->req[i]);
+        if (err != MPI_SUCCESS) {
+            mpi_link_destroy(&m->base);
+            return mpi_fail(err, "MPI_Irecv");
+        }
+    }
+    *out = &m->base;
+    return ST_OK;
+}
+
+static st_status comm_allsum(void *ctx, double *v, int n)
+{
+    (void)ctx;
+    return st_mpi_allsum(v, n);
+}
+
+static st_status comm_exchange(void *ctx, int peer, const float *send, float *recv, size_t n)
+{
+    (void)ctx;
+    /* Large tensors go in pieces: MPI counts are int. */
+    const size_t piece = (size_t)1 << 28;
+    for (size_t off = 0; off < n; off += piece) {
+        int c = (int)(n - off < piece ? n - off : piece);
+        int err = MPI_Sendrecv(send + off, c, MPI_FLOAT, peer, 1000, recv + off, c, MPI_FLOAT,
+                               peer, 1000, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return mpi_fail(err, "MPI_Sendrecv");
+    }
+    return ST_OK;
+}
+
+void st_mpi_comm_init(st_pipe_comm *comm)
+{
+    memset(comm, 0, sizeof *comm);
+    comm->rank = g.rank;
+    comm->make_link = make_link;
+    comm->allsum = comm_allsum;
+    comm->exchange = comm_exchange;
+}
