@@ -55,7 +55,6 @@ typedef struct cli_plan_opts {
     bool training;
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
     bool quiet;
-    bool profile_always;   /* measure even one device with nothing to split (bench) */
 } cli_plan_opts;
 
 st_status cli_apply_mem_limit(const char *text, cli_devices *devs);

@@ -143,8 +143,7 @@ int cmd_bench(int argc, char **argv)
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false;
     const char *devices = NULL;
-    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true, .quiet = true,
-                        .profile_always = true};
+    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true, .quiet = true};
     int c, li;
     optind = 1;
     opterr = 0;

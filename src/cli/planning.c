@@ -72,26 +72,17 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
     size_t C = (size_t)desc->cfg.n_embd;
     for (size_t i = 0; i < devs->n; i++) {
         bool cached = false;
-        if (devs->n > 1 || split.kind != ST_SPLIT_AUTO || o->profile_always) {
-            /* The product every block does most: tokens x C -> 4C. */
-            if ((s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached,
-                                           &prof[i])) != ST_OK)
-                return s;
-            st_device_reset_peak(devs->dev[i]); /* the measurement is not the run's memory */
-            if (!cached && !o->quiet)
-                fprintf(stderr,
-                        "profiled %s: GEMM %.1f GFLOPS, host to device %.2f GB/s, device to "
-                        "host %.2f GB/s (kept in the cache)\n",
-                        st_device_label(devs->dev[i]), prof[i].gflops, prof[i].h2d_gbps,
-                        prof[i].d2h_gbps);
-        } else {
-            /* One device, nothing to split: no need to measure it. */
-            memset(&prof[i], 0, sizeof prof[i]);
-            snprintf(prof[i].name, sizeof prof[i].name, "%s",
-                     st_device_get_info(devs->dev[i])->name);
-            prof[i].gflops = prof[i].h2d_gbps = prof[i].d2h_gbps = 1;
-            prof[i].mem_bytes = st_device_get_memory(devs->dev[i]).capacity;
-        }
+        /* The product every block does most: tokens x C -> 4C. */
+        if ((s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached,
+                                       &prof[i])) != ST_OK)
+            return s;
+        st_device_reset_peak(devs->dev[i]); /* the measurement is not the run's memory */
+        if (!cached && !o->quiet)
+            fprintf(stderr,
+                    "profiled %s: GEMM %.1f GFLOPS, host to device %.2f GB/s, device to host "
+                    "%.2f GB/s (kept in the cache)\n",
+                    st_device_label(devs->dev[i]), prof[i].gflops, prof[i].h2d_gbps,
+                    prof[i].d2h_gbps);
     }
     st_plan_input in = {.desc = desc, .micro_batch = o->micro_batch, .seq = o->seq,
                         .micro_batches = o->micro_batches, .schedule = o->schedule,
