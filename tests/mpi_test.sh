@@ -1,0 +1,96 @@
+#!/bin/bash
+# mpi_test.sh - `strata train` under mpirun: 2 and 4 ranks give the losses of
+# one process with the same number of stages; a checkpoint written by 4 ranks
+# continues on 2 ranks and in one process; a killed rank ends the job with a
+# clear error within the timeout; ranks started with different flags are
+# refused.
+#
+# usage: mpi_test.sh path/to/strata    (skips, exit 77, without mpirun or MPI support)
+set -u
+strata=$1
+work=$(mktemp -d /tmp/strata-mpi-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+if ! command -v mpirun >/dev/null || ! "$strata" --version | grep -q "MPI support compiled in"; then
+    echo "skip: no mpirun or strata built without MPI" >&2
+    exit 77
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# One PoCL device per rank, one thread each.
+export POCL_MAX_PTHREAD_COUNT=1
+mpirun=(mpirun --oversubscribe)
+failures=0
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+losses() { grep '"event":"step"' "$1" | sed 's/.*"loss":\([^,]*\),.*/\1/'; }
+same_losses() { # file-a file-b what
+    awk 'NR == FNR { a[FNR] = $1; n = FNR; next }
+         { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
+         END { if (FNR != n) bad = 1; exit bad }' <(losses "$1") <(losses "$2") || fail "$3: losses differ"
+}
+tiny=(--layers 4 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5 --micro-batches 4
+      --split uniform --steps 12)
+
+# Two ranks against one process with two stages.
+POCL_DEVICES="basic basic" "$strata" train "${tiny[@]}" --devices 0,1 --log-json "$work/p2.json" \
+    >"$work/p2.log" 2>&1 || fail "one process, two stages: $(tail -3 "$work/p2.log")"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" \
+    --log-json "$work/r2.json" >"$work/r2.log" 2>&1 || fail "mpirun -np 2: $(tail -5 "$work/r2.log")"
+grep -q "rank 1: 0 basic" "$work/r2.log" || fail "the plan does not show rank 1's device: $(cat "$work/r2.log")"
+grep -q "^rank 1: stage 1" "$work/r2.log" || fail "no per-rank memory line from rank 1"
+[ "$(grep -c '^step 12/12' "$work/r2.log")" = 1 ] || fail "rank 0 alone should print the log"
+same_losses "$work/p2.json" "$work/r2.json" "2 ranks vs one process"
+
+# Four ranks against one process with four stages; the checkpoint at step 6
+# continues on 2 ranks and in one process like the uninterrupted 4-rank run.
+POCL_DEVICES="basic basic basic basic" "$strata" train "${tiny[@]}" --devices 0-3 \
+    --log-json "$work/p4.json" >"$work/p4.log" 2>&1 || fail "one process, four stages: $(tail -3 "$work/p4.log")"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${tiny[@]}" \
+    --log-json "$work/r4.json" >"$work/r4.log" 2>&1 || fail "mpirun -np 4: $(tail -5 "$work/r4.log")"
+same_losses "$work/p4.json" "$work/r4.json" "4 ranks vs one process"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${tiny[@]}" --stop-at 6 \
+    --out "$work/c4" >"$work/c4.log" 2>&1 || fail "mpirun -np 4 --stop-at 6: $(tail -5 "$work/c4.log")"
+[ -s "$work/c4/model.safetensors.index.json" ] || fail "4 ranks wrote no index"
+[ "$(ls "$work/c4" | grep -c '^model-step00000006-0000[1-4]-of-00004.safetensors$')" = 4 ] ||
+    fail "expected 4 model shards: $(ls "$work/c4")"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 2 "$strata" train --resume "$work/c4" \
+    --log-json "$work/c2.json" >"$work/c2r.log" 2>&1 || fail "resume on 2 ranks: $(tail -5 "$work/c2r.log")"
+POCL_DEVICES=basic "$strata" train --resume "$work/c4" --log-json "$work/c1.json" \
+    >"$work/c1r.log" 2>&1 || fail "resume in one process: $(tail -5 "$work/c1r.log")"
+grep '"event":"step"' "$work/r4.json" | sed -n '7,12p' >"$work/r4tail.json"
+same_losses "$work/r4tail.json" "$work/c2.json" "4-rank checkpoint continued on 2 ranks"
+same_losses "$work/r4tail.json" "$work/c1.json" "4-rank checkpoint continued in one process"
+# And the single-process save goes back to one file that transformers-style tools read.
+POCL_DEVICES=basic "$strata" generate --model "$work/c4" --prompt "1" -n 3 >/dev/null 2>&1 ||
+    fail "generate from a sharded checkpoint failed"
+
+# A rank killed mid-run ends the job, with the rank named, well within the timeout.
+POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" --steps 100000 \
+    --log-every 1 >"$work/kill.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do
+    grep -q "^step 3/" "$work/kill.log" 2>/dev/null && break
+    sleep 0.2
+done
+victim=$(pgrep -f "strata train --layers 4 .*--steps 100000" | tail -1)
+[ -n "$victim" ] && kill -9 "$victim"
+start=$SECONDS
+wait "$job"
+rc=$?
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "a killed rank: job exit $rc (124: it hung until the timeout)"
+[ $((SECONDS - start)) -lt 30 ] || fail "the job took $((SECONDS - start)) s to end after the kill"
+grep -qiE "rank [0-9].*(signal|killed|exited)" "$work/kill.log" || fail "no message naming the rank: $(tail -5 "$work/kill.log")"
+
+# Ranks started with different flags.
+out=$(POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 1 "$strata" train "${tiny[@]}" : \
+    -np 1 "$strata" train "${tiny[@]}" --seed 2 2>&1)
+rc=$?
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "mismatched flags: exit $rc"
+grep -q "rank 1 was started with other flags" <<<"$out" || fail "no mismatch message: $out"
+
+if [ "$failures" -gt 0 ]; then
+    echo "$failures check(s) failed" >&2
+    exit 1
+fi
+echo "all MPI checks passed"
