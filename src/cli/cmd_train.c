@@ -126,8 +126,9 @@ static void on_event(const st_train_event *e, void *user)
         if (L->json)
             fprintf(L->json,
                     "{\"event\":\"step\",\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
-                    "\"grad_norm\":%.9g,\"ms\":%.3f,\"tok_per_s\":%.1f}\n",
-                    e->step, e->steps, e->loss, e->lr, e->grad_norm, e->ms, e->tokens_per_s);
+                    "\"grad_norm\":%.9g,\"ms\":%.3f,\"tok_per_s\":%.1f,\"link_wait_ms\":%.3f}\n",
+                    e->step, e->steps, e->loss, e->lr, e->grad_norm, e->ms, e->tokens_per_s,
+                    e->wait_ms);
         break;
     case ST_TRAIN_EVAL:
         L->have_val = true;
