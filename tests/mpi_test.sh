@@ -42,6 +42,13 @@ grep -q "^rank 1: stage 1" "$work/r2.log" || fail "no per-rank memory line from 
 [ "$(grep -c '^step 12/12' "$work/r2.log")" = 1 ] || fail "rank 0 alone should print the log"
 same_losses "$work/p2.json" "$work/r2.json" "2 ranks vs one process"
 
+# Two ranks driving two devices each (host links inside a rank, MPI between):
+# the same four stages.
+POCL_DEVICES="basic basic" timeout 300 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" \
+    --devices 0,1 --log-json "$work/r2x2.json" >"$work/r2x2.log" 2>&1 ||
+    fail "mpirun -np 2 with two devices per rank: $(tail -5 "$work/r2x2.log")"
+grep -q "plan: 4 stages" "$work/r2x2.log" || fail "2 ranks x 2 devices did not make 4 stages"
+
 # Four ranks against one process with four stages; the checkpoint at step 6
 # continues on 2 ranks and in one process like the uninterrupted 4-rank run.
 POCL_DEVICES="basic basic basic basic" "$strata" train "${tiny[@]}" --devices 0-3 \
@@ -49,6 +56,7 @@ POCL_DEVICES="basic basic basic basic" "$strata" train "${tiny[@]}" --devices 0-
 POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${tiny[@]}" \
     --log-json "$work/r4.json" >"$work/r4.log" 2>&1 || fail "mpirun -np 4: $(tail -5 "$work/r4.log")"
 same_losses "$work/p4.json" "$work/r4.json" "4 ranks vs one process"
+same_losses "$work/p4.json" "$work/r2x2.json" "2 ranks x 2 devices vs one process"
 POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${tiny[@]}" --stop-at 6 \
     --out "$work/c4" >"$work/c4.log" 2>&1 || fail "mpirun -np 4 --stop-at 6: $(tail -5 "$work/c4.log")"
 [ -s "$work/c4/model.safetensors.index.json" ] || fail "4 ranks wrote no index"
