@@ -23,6 +23,10 @@ enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
  * the exit code for s. */
 int cli_fail(st_status s);
 void cli_set_rank(int rank);
+
+/* Option values: the whole string a number within [lo, hi], else false. */
+bool cli_parse_long(const char *s, long lo, long hi, long *out);
+bool cli_parse_float(const char *s, double lo, double hi, float *out);
 /* Prints "strata <cmd>: <message>" and a pointer to --help; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

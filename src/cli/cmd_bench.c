@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/pipe.h"
 
@@ -36,23 +37,6 @@ static void help(void)
            "\n"
            "On a CPU run PoCL with POCL_DEVICES=\"basic basic\": each basic device runs on\n"
            "its own thread, so two of them use two cores.\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int by_double(const void *a, const void *b)
@@ -101,18 +85,18 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     st_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
     for (long i = 0; s == ST_OK && i <= steps; i++) {
         st_pipe_step_result r;
-        double t0 = now_s();
+        double t0 = st_now_s();
         s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
-        t[i] = (now_s() - t0) * 1e3;
+        t[i] = (st_now_s() - t0) * 1e3;
         if (i > 0)
             for (size_t k2 = 0; k2 < layout.n_stages; k2++)
                 wait += st_pipe_wait_s(p, k2) * 1e3 / (double)layout.n_stages / (double)steps;
     }
     for (long i = 0; s == ST_OK && i <= steps; i++) {
-        double sum = 0, t0 = now_s();
+        double sum = 0, t0 = st_now_s();
         long count = 0;
         s = st_pipe_forward(p, tokens, targets, &sum, &count, NULL);
-        t[steps + 1 + i] = (now_s() - t0) * 1e3;
+        t[steps + 1 + i] = (st_now_s() - t0) * 1e3;
     }
     if (s == ST_OK) {
         qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
@@ -151,13 +135,13 @@ int cmd_bench(int argc, char **argv)
         bool ok = true;
         switch (c) {
         case 'p': pipeline = true; break;
-        case 'L': ok = parse_long(optarg, 1, 1000, &L); break;
-        case 'C': ok = parse_long(optarg, 1, 1 << 16, &C); break;
-        case 'H': ok = parse_long(optarg, 1, 1024, &NH); break;
-        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
-        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
-        case 'u': ok = parse_long(optarg, 1, 1 << 20, &m); break;
-        case 'n': ok = parse_long(optarg, 1, 1000, &steps); break;
+        case 'L': ok = cli_parse_long(optarg, 1, 1000, &L); break;
+        case 'C': ok = cli_parse_long(optarg, 1, 1 << 16, &C); break;
+        case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
+        case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
+        case 'n': ok = cli_parse_long(optarg, 1, 1000, &steps); break;
         case 's':
             if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
                 return cli_usage_error("bench", "%s", st_last_error());

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/compare.h"
 
@@ -48,13 +49,6 @@ static const gemm_case cases[] = {
     {false, true, 24, 40, 16, 1, 7, 6, 1.0f, 0.0f},
     {true, false, 17, 9, 33, 0, 3, 5, 2.0f, -1.0f},
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Stored rows and columns of an operand, and its element count over the batch. */
 static size_t operand_len(bool trans, size_t rows, size_t cols, size_t pad, size_t off,
@@ -157,13 +151,13 @@ static st_status time_gemm(st_device *dev, size_t n, double *gflops)
         (s = st_device_finish(dev)) != ST_OK)
         goto done;
     int reps = 0;
-    double t0 = now_s(), t1 = t0;
+    double t0 = st_now_s(), t1 = t0;
     while (reps < 3 || (t1 - t0 < 1.0 && reps < 50)) {
         if ((s = st_matmul(false, false, 1.0f, a, b, 0.0f, c)) != ST_OK ||
             (s = st_device_finish(dev)) != ST_OK)
             goto done;
         reps++;
-        t1 = now_s();
+        t1 = st_now_s();
     }
     *gflops = 2.0 * (double)n * (double)n * (double)n * reps / (t1 - t0) / 1e9;
 done:
@@ -186,10 +180,10 @@ static st_status check_device(st_device *dev, size_t size, bool *all_ok)
 
     fprintf(stderr, "%s: compiling GEMM kernels (the first run on a device takes a while)...\n",
             label);
-    double t0 = now_s();
+    double t0 = st_now_s();
     if ((s = st_gemm_warmup(dev)) != ST_OK)
         return s;
-    fprintf(stderr, "%s: GEMM kernels ready in %.1f s\n", label, now_s() - t0);
+    fprintf(stderr, "%s: GEMM kernels ready in %.1f s\n", label, st_now_s() - t0);
 
     size_t passed = 0, n_cases = sizeof cases / sizeof cases[0];
     for (size_t i = 0; i < n_cases; i++) {

@@ -10,28 +10,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
 #include "strata/data.h"
 #include "strata/gpt.h"
 #include "strata/pipe.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
 
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
@@ -186,15 +170,15 @@ int cmd_generate(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
-        case 'n': ok = parse_long(optarg, 0, 1L << 30, &n); break;
+        case 'n': ok = cli_parse_long(optarg, 0, 1L << 30, &n); break;
         case 't': {
             char *end = NULL;
             temperature = strtod(optarg, &end);
             ok = *optarg && !*end && temperature >= 0 && temperature <= 100;
             break;
         }
-        case 'k': ok = parse_long(optarg, 0, 1L << 30, &top_k); break;
-        case 's': ok = parse_long(optarg, 0, 1L << 62, &seed); break;
+        case 'k': ok = cli_parse_long(optarg, 0, 1L << 30, &top_k); break;
+        case 's': ok = cli_parse_long(optarg, 0, 1L << 62, &seed); break;
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
@@ -229,12 +213,12 @@ int cmd_generate(int argc, char **argv)
     uint64_t rng = (uint64_t)seed;
     long made = 0;
     int last_tok = '\n';
-    double t0 = now_s(), t_prompt = 0;
+    double t0 = st_now_s(), t_prompt = 0;
     if (s == ST_OK) {
         fputs(prompt, stdout);
         for (size_t i = 0; s == ST_OK && i < plen; i++)
             s = st_pipe_decode(g, (unsigned char)prompt[i], (int)i, logits);
-        t_prompt = now_s() - t0;
+        t_prompt = st_now_s() - t0;
         for (int pos = (int)plen; s == ST_OK && made < n; pos++) {
             int tok = sample(logits, cfg.vocab_size, temperature, (int)top_k, cands, &rng);
             put_token(tok);
@@ -247,7 +231,7 @@ int cmd_generate(int argc, char **argv)
                 s = st_pipe_decode(g, tok, pos, logits);
         }
     }
-    double secs = now_s() - t0;
+    double secs = st_now_s() - t0;
     if (s == ST_OK) {
         if (last_tok != '\n')
             putchar('\n');
@@ -313,10 +297,10 @@ int cmd_eval(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'D': data = optarg; break;
-        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
-        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
-        case 'K': ok = parse_long(optarg, 1, 1 << 20, &batches); break;
-        case 'u': ok = parse_long(optarg, 1, 1 << 20, &micro); break;
+        case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'K': ok = cli_parse_long(optarg, 1, 1 << 20, &batches); break;
+        case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &micro); break;
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
@@ -381,7 +365,7 @@ int cmd_eval(int argc, char **argv)
     float *probs = fixed ? malloc(N * cfg.vocab_size * sizeof *probs) : NULL;
     if (s == ST_OK && (!tok || !tgt || (fixed && !probs)))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    double sum = 0, t0 = now_s();
+    double sum = 0, t0 = st_now_s();
     long count = 0, exact = 0;
     size_t n_batches = (windows + (size_t)B - 1) / (size_t)B;
     for (size_t k = 0; s == ST_OK && k < n_batches; k++) {
@@ -425,7 +409,7 @@ int cmd_eval(int argc, char **argv)
         if (fixed)
             printf(" | exact match %.1f%% of %zu problems", 100.0 * exact / (double)windows,
                    windows);
-        printf(" | %.1f s\n", now_s() - t0);
+        printf(" | %.1f s\n", st_now_s() - t0);
     }
     free(tok);
     free(tgt);

@@ -42,16 +42,6 @@ static void help(void)
            "not fit (the message says how much memory is missing where).\n");
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
 static void print_json(const st_plan *plan, const cli_devices *devs,
                        const st_device_profile *prof, const cli_plan_opts *o)
 {
@@ -106,14 +96,14 @@ int cmd_plan(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'c': config = optarg; break;
-        case 'L': ok = parse_long(optarg, 1, 1000, &L); break;
-        case 'C': ok = parse_long(optarg, 1, 1 << 16, &C); break;
-        case 'H': ok = parse_long(optarg, 1, 1024, &NH); break;
-        case 'P': ok = parse_long(optarg, 1, 1 << 20, &P); given_pos = true; break;
-        case 'V': ok = parse_long(optarg, 2, 1 << 24, &V); break;
-        case 'B': ok = parse_long(optarg, 1, 1 << 20, &B); break;
-        case 'T': ok = parse_long(optarg, 1, 1 << 20, &T); break;
-        case 'u': ok = parse_long(optarg, 1, 1 << 20, &m); break;
+        case 'L': ok = cli_parse_long(optarg, 1, 1000, &L); break;
+        case 'C': ok = cli_parse_long(optarg, 1, 1 << 16, &C); break;
+        case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
+        case 'P': ok = cli_parse_long(optarg, 1, 1 << 20, &P); given_pos = true; break;
+        case 'V': ok = cli_parse_long(optarg, 2, 1 << 24, &V); break;
+        case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
+        case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
         case 's':
             if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
                 return cli_usage_error("plan", "%s", st_last_error());

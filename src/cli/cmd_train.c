@@ -172,27 +172,6 @@ static void on_event(const st_train_event *e, void *user)
         fflush(L->json);
 }
 
-/* Parsers that refuse trailing junk and out-of-range values. */
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_float(const char *s, double lo, double hi, float *out)
-{
-    char *end = NULL;
-    double v = strtod(s, &end);
-    if (!*s || *end || !(v >= lo && v <= hi))
-        return false;
-    *out = (float)v;
-    return true;
-}
-
 enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
@@ -258,30 +237,30 @@ int cmd_train(int argc, char **argv)
         switch (c) {
         case O_DATA: data = arg; break;
         case O_CONFIG: config = arg; break;
-        case O_LAYERS: ok = parse_long(arg, 1, 1000, &layers); break;
-        case O_EMBD: ok = parse_long(arg, 1, 1 << 16, &embd); break;
-        case O_HEADS: ok = parse_long(arg, 1, 1024, &heads); break;
-        case O_POSITIONS: ok = parse_long(arg, 1, 1 << 20, &positions); break;
-        case O_VOCAB: ok = parse_long(arg, 2, 1 << 24, &vocab); break;
-        case O_BATCH: ok = parse_long(arg, 1, 1 << 20, &v); tc.batch = (int)v; break;
-        case O_SEQ: ok = parse_long(arg, 1, 1 << 20, &v); tc.seq = (int)v; break;
-        case O_STEPS: ok = parse_long(arg, 1, 1L << 40, &tc.steps); break;
-        case O_LR: ok = parse_float(arg, 1e-12, 10, &tc.lr); break;
-        case O_MINLR: ok = parse_float(arg, 0, 10, &tc.min_lr); break;
-        case O_WARMUP: ok = parse_long(arg, 0, 1L << 40, &tc.warmup); break;
-        case O_WD: ok = parse_float(arg, 0, 10, &tc.weight_decay); break;
-        case O_CLIP: ok = parse_float(arg, 0, 1e30, &tc.clip); break;
-        case O_SEED: ok = parse_long(arg, 0, 1L << 62, &v); tc.seed = (uint64_t)v; break;
-        case O_EVAL_EVERY: ok = parse_long(arg, 0, 1L << 40, &tc.eval_every); break;
-        case O_EVAL_BATCHES: ok = parse_long(arg, 1, 1 << 20, &v); tc.eval_batches = (int)v; break;
+        case O_LAYERS: ok = cli_parse_long(arg, 1, 1000, &layers); break;
+        case O_EMBD: ok = cli_parse_long(arg, 1, 1 << 16, &embd); break;
+        case O_HEADS: ok = cli_parse_long(arg, 1, 1024, &heads); break;
+        case O_POSITIONS: ok = cli_parse_long(arg, 1, 1 << 20, &positions); break;
+        case O_VOCAB: ok = cli_parse_long(arg, 2, 1 << 24, &vocab); break;
+        case O_BATCH: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.batch = (int)v; break;
+        case O_SEQ: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.seq = (int)v; break;
+        case O_STEPS: ok = cli_parse_long(arg, 1, 1L << 40, &tc.steps); break;
+        case O_LR: ok = cli_parse_float(arg, 1e-12, 10, &tc.lr); break;
+        case O_MINLR: ok = cli_parse_float(arg, 0, 10, &tc.min_lr); break;
+        case O_WARMUP: ok = cli_parse_long(arg, 0, 1L << 40, &tc.warmup); break;
+        case O_WD: ok = cli_parse_float(arg, 0, 10, &tc.weight_decay); break;
+        case O_CLIP: ok = cli_parse_float(arg, 0, 1e30, &tc.clip); break;
+        case O_SEED: ok = cli_parse_long(arg, 0, 1L << 62, &v); tc.seed = (uint64_t)v; break;
+        case O_EVAL_EVERY: ok = cli_parse_long(arg, 0, 1L << 40, &tc.eval_every); break;
+        case O_EVAL_BATCHES: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.eval_batches = (int)v; break;
         case O_OUT: tc.out_dir = arg; break;
-        case O_SAVE_EVERY: ok = parse_long(arg, 0, 1L << 40, &tc.save_every); break;
+        case O_SAVE_EVERY: ok = cli_parse_long(arg, 0, 1L << 40, &tc.save_every); break;
         case O_RESUME: tc.resume_dir = arg; break;
-        case O_STOP_AT: ok = parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
-        case O_LOG_EVERY: ok = parse_long(arg, 1, 1L << 40, &log_every); break;
+        case O_STOP_AT: ok = cli_parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
+        case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
         case O_DEVICES: devices = arg; break;
-        case O_MICRO: ok = parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
+        case O_MICRO: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
         case O_SCHEDULE:
             if (st_schedule_parse(arg, &tc.schedule) != ST_OK)
                 return cli_usage_error("train", "%s", st_last_error());

@@ -135,3 +135,23 @@ void cli_table_free(cli_table *t)
     free(t->cells);
     free(t);
 }
+
+bool cli_parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_float(const char *s, double lo, double hi, float *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return false;
+    *out = (float)v;
+    return true;
+}

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "mpi/mpi_run.h"
 #include "pipe/link.h"
 #include "strata/tensor.h"
@@ -208,24 +209,17 @@ typedef struct mpi_link {
     long count; /* messages handled so far */
 } mpi_link;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static st_status mpi_send(st_link *l, const st_tensor *t, size_t count)
 {
     mpi_link *m = (mpi_link *)l;
     int slot = (int)(m->count % m->depth);
-    double t0 = now_s();
+    double t0 = st_now_s();
     if (m->req[slot] != MPI_REQUEST_NULL) { /* the buffer's previous send */
         int err = MPI_Wait(&m->req[slot], MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS)
             return mpi_fail(err, "MPI_Wait (send)");
     }
-    l->wait_s += now_s() - t0;
+    l->wait_s += st_now_s() - t0;
     st_status s = st_tensor_read(t, 0, count, m->buf[slot]);
     if (s != ST_OK)
         return s;
@@ -242,9 +236,9 @@ static st_status mpi_recv(st_link *l, st_tensor *t, size_t count)
     mpi_link *m = (mpi_link *)l;
     int slot = (int)(m->count % m->depth);
     MPI_Status st;
-    double t0 = now_s();
+    double t0 = st_now_s();
     int err = MPI_Wait(&m->req[slot], &st);
-    l->wait_s += now_s() - t0;
+    l->wait_s += st_now_s() - t0;
     if (err != MPI_SUCCESS)
         return mpi_fail(err, "MPI_Wait (receive)");
     int got = 0;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "pipe/link.h"
 
 typedef struct host_link {
@@ -21,13 +22,6 @@ typedef struct host_link {
     bool aborted;
 } host_link;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static st_status stopped(void)
 {
     return st_error(ST_ERR_INVALID, "the pipeline stopped (another stage failed)");
@@ -39,14 +33,14 @@ static st_status host_send(st_link *l, const st_tensor *t, size_t count)
     if (count > h->floats)
         return st_error(ST_ERR_INVALID, "link: message of %zu floats, the link carries %zu", count,
                         h->floats);
-    double t0 = now_s();
+    double t0 = st_now_s();
     pthread_mutex_lock(&h->mu);
     while (h->count == h->depth && !h->aborted)
         pthread_cond_wait(&h->freed, &h->mu);
     int slot = (h->head + h->count) % h->depth;
     bool aborted = h->aborted;
     pthread_mutex_unlock(&h->mu);
-    l->wait_s += now_s() - t0;
+    l->wait_s += st_now_s() - t0;
     if (aborted)
         return stopped();
     /* Only this sender writes a free slot, so the copy runs outside the lock. */
@@ -64,14 +58,14 @@ static st_status host_send(st_link *l, const st_tensor *t, size_t count)
 static st_status host_recv(st_link *l, st_tensor *t, size_t count)
 {
     host_link *h = (host_link *)l;
-    double t0 = now_s();
+    double t0 = st_now_s();
     pthread_mutex_lock(&h->mu);
     while (h->count == 0 && !h->aborted)
         pthread_cond_wait(&h->filled, &h->mu);
     int slot = h->head;
     bool aborted = h->aborted;
     pthread_mutex_unlock(&h->mu);
-    l->wait_s += now_s() - t0;
+    l->wait_s += st_now_s() - t0;
     if (aborted)
         return stopped();
     if (h->len[slot] != count)

@@ -11,17 +11,11 @@
 
 #include <jansson.h>
 
+#include "core/clock.h"
 #include "strata/gemm.h"
 #include "strata/profile.h"
 #include "strata/program.h"
 #include "strata/tensor.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The profile file of this device and shape, or "" when caching is off. */
 static void profile_path(const st_device *dev, size_t m, size_t n, size_t k, char *out,
@@ -100,19 +94,19 @@ static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device
         /* The first product compiles; then the best of three timed runs. */
         double best = 1e30, best_w = 1e30, best_r = 1e30;
         for (int i = 0; s == ST_OK && i < 4; i++) {
-            double t0 = now_s();
+            double t0 = st_now_s();
             if ((s = st_matmul(false, false, 1.0f, a, b, 0.0f, c)) == ST_OK &&
-                (s = st_device_finish(dev)) == ST_OK && i > 0 && now_s() - t0 < best)
-                best = now_s() - t0;
+                (s = st_device_finish(dev)) == ST_OK && i > 0 && st_now_s() - t0 < best)
+                best = st_now_s() - t0;
         }
         for (int i = 0; s == ST_OK && i < 3; i++) {
-            double t0 = now_s();
-            if ((s = st_tensor_write(x, 0, sx[0], host)) == ST_OK && now_s() - t0 < best_w)
-                best_w = now_s() - t0;
-            t0 = now_s();
+            double t0 = st_now_s();
+            if ((s = st_tensor_write(x, 0, sx[0], host)) == ST_OK && st_now_s() - t0 < best_w)
+                best_w = st_now_s() - t0;
+            t0 = st_now_s();
             if (s == ST_OK && (s = st_tensor_read(x, 0, sx[0], host)) == ST_OK &&
-                now_s() - t0 < best_r)
-                best_r = now_s() - t0;
+                st_now_s() - t0 < best_r)
+                best_r = st_now_s() - t0;
         }
         if (s == ST_OK) {
             p->gflops = 2.0 * (double)m * n * k / best / 1e9;

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "core/clock.h"
 #include "strata/checkpoint.h"
 #include "strata/gpt.h"
 #include "strata/pipe.h"
@@ -46,13 +47,6 @@ float st_train_lr(const st_train_config *tc, long step)
     if (progress > 1.0)
         progress = 1.0;
     return (float)(tc->min_lr + 0.5 * (tc->lr - tc->min_lr) * (1.0 + cos(3.14159265358979323846 * progress)));
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* The settings a resumed run must share, as JSON (floats as their bits'
@@ -340,10 +334,10 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
                             .peak_bytes = peak};
         emit(&r, &e);
     }
-    double t_start = now_s();
+    double t_start = st_now_s();
     long done_steps = 0;
     for (long step = start + 1; s == ST_OK && step <= last; step++) {
-        double t0 = now_s();
+        double t0 = st_now_s();
         float lr = st_train_lr(tc, step);
         st_pipe_step_result res;
         st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
@@ -352,7 +346,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
             (s = st_pipe_train_step(r.p, r.tokens, r.targets, &hp, step, tc->clip, &res)) !=
                 ST_OK)
             break;
-        double ms = (now_s() - t0) * 1e3, wait = 0;
+        double ms = (st_now_s() - t0) * 1e3, wait = 0;
         for (size_t k = 0; k < layout->n_stages; k++)
             wait = fmax(wait, st_pipe_wait_s(r.p, k) * 1e3);
         done_steps++;
@@ -367,7 +361,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
             s = save(&r, step, ds);
     }
     if (s == ST_OK) {
-        double secs = now_s() - t_start;
+        double secs = st_now_s() - t_start;
         uint64_t bytes = 0, peak = 0;
         for (size_t k = 0; k < r.n_local; k++) {
             uint64_t pk = st_device_get_memory(st_gpt_device(r.local[k])).peak;
