@@ -62,6 +62,12 @@ grep -q "plan: 2 stages" <<<"$out" || fail "training under a memory limit did no
 a=$("$strata" generate --model "$work/m" --prompt "12" -n 8 --seed 4 --devices 0 2>/dev/null)
 b=$("$strata" generate --model "$work/m" --prompt "12" -n 8 --seed 4 --devices 0,1 --split uniform 2>/dev/null)
 [ "$a" = "$b" ] || fail "split generation differs: '$a' vs '$b'"
+a=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0 2>/dev/null)
+b=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0,1 --split uniform 2>/dev/null)
+[ "$a" = "$b" ] || fail "split generation of three prompts differs: '$a' vs '$b'"
+[ "$(wc -l <<<"$a")" -ge 3 ] || fail "three prompts should give three texts: '$a'"
 out=$("$strata" eval --model "$work/m" --devices 0,1 --split uniform --micro-batches 2 2>&1) ||
     fail "split eval failed: $out"
 

@@ -59,7 +59,7 @@ static void ranges(size_t S, size_t *first, size_t *end)
     }
 }
 
-static st_pipe *make_pipe(size_t S, st_schedule sched, int kv)
+static st_pipe *make_pipe_seqs(size_t S, st_schedule sched, int kv, int seqs)
 {
     st_device *devs[4];
     size_t first[4], end[4];
@@ -67,10 +67,15 @@ static st_pipe *make_pipe(size_t S, st_schedule sched, int kv)
         devs[s] = td.dev[s % td.n];
     ranges(S, first, end);
     st_pipe_options o = {.micro_batch = BATCH / MB, .seq = SEQ, .micro_batches = MB,
-                         .schedule = sched, .training = true, .kv_seq = kv};
+                         .schedule = sched, .training = true, .kv_seq = kv, .kv_seqs = seqs};
     st_pipe *p = NULL;
     assert_ok(st_pipe_create(devs, first, end, S, desc, &o, &p));
     return p;
+}
+
+static st_pipe *make_pipe(size_t S, st_schedule sched, int kv)
+{
+    return make_pipe_seqs(S, sched, kv, 1);
 }
 
 static void train(st_pipe *p, int from, int to, double *losses)
@@ -173,7 +178,7 @@ static void split_training_matches_one_device(void **state)
 static void split_decoding_gives_the_same_tokens(void **state)
 {
     (void)state;
-    st_pipe *one = make_pipe(1, ST_SCHED_1F1B, SEQ), *three = make_pipe(3, ST_SCHED_1F1B, SEQ);
+    st_pipe *one = make_pipe(1, ST_SCHED_1F1B, SEQ), *three = make_pipe_seqs(3, ST_SCHED_1F1B, SEQ, 3);
     assert_ok(st_pipe_init(one, 5));
     assert_ok(st_pipe_init(three, 5));
     double losses[STEPS];
@@ -206,6 +211,28 @@ static void split_decoding_gives_the_same_tokens(void **state)
         tok_a = ba;
         tok_b = bb;
     }
+    /* Three sequences at once through the three stages, against each alone. */
+    int toks[3][SEQ], pos3[3];
+    float *lbatch = malloc(3 * (size_t)V * sizeof *lbatch);
+    for (int q = 0; q < 3; q++)
+        for (int t = 0; t < SEQ; t++)
+            toks[q][t] = (q * 17 + t * 5) % V;
+    float want[3][SEQ][64];
+    for (int q = 0; q < 3; q++)
+        for (int t = 0; t < SEQ; t++)
+            assert_ok(st_pipe_decode(one, toks[q][t], t, want[q][t]));
+    for (int t = 0; t < SEQ; t++) {
+        int tk[3];
+        for (int q = 0; q < 3; q++) {
+            tk[q] = toks[q][t];
+            pos3[q] = t;
+        }
+        assert_ok(st_pipe_decode_batch(three, 3, tk, pos3, lbatch));
+        for (int q = 0; q < 3; q++)
+            assert_close(lbatch + (size_t)q * V, want[q][t], (size_t)V, 1e-5, 1e-5);
+    }
+    assert_int_equal(st_pipe_decode_batch(three, 4, toks[0], pos3, lbatch), ST_ERR_INVALID);
+    free(lbatch);
     free(la);
     free(lb);
     st_pipe_destroy(one);

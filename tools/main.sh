@@ -11,6 +11,5 @@ out=${STRATA_OUT:-runs/default}
 "$build/strata" train --out "$out" --log-every 50 "$@"
 echo
 echo "generating from $out (answers are written least significant digit first):"
-for prompt in "123+456=" "905+187=" "999+999="; do
-    "$build/strata" generate --model "$out" --prompt "$prompt" -n 5 --temperature 0
-done
+"$build/strata" generate --model "$out" --prompt "123+456=" --prompt "905+187=" \
+    --prompt "999+999=" -n 5 --temperature 0

@@ -45,6 +45,7 @@ typedef struct st_gpt_options {
     int slots;                     /* activation sets (micro-batches in flight); 0 means 1 */
     bool training;                 /* gradients and AdamW moments */
     int kv_seq;                    /* decoding: KV cache length; 0: no decoding */
+    int kv_seqs;                   /* decoding: sequences with their own cache; 0 means 1 */
 } st_gpt_options;
 
 st_status st_gpt_create(st_device *dev, const st_model_desc *desc, const st_gpt_options *opt,
@@ -114,6 +115,8 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
  * token `tok` at position pos (0, 1, 2, ... in order; pos 0 starts over) and,
  * for the stage with the head, writes the next-token logits [V] to host. */
 st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits);
+/* The same for sequence `seq` of kv_seqs, each with its own cache. */
+st_status st_gpt_decode_seq(st_gpt *g, int seq, int tok, int pos, float *logits);
 /* The decoding activation [C]: the input of a stage without the embedding
  * (written by the caller before st_gpt_decode), the output of one without
  * the head. */

@@ -54,6 +54,7 @@ typedef struct st_pipe_options {
     st_schedule schedule;
     bool training;
     int kv_seq;            /* decoding: KV cache length; 0: none */
+    int kv_seqs;           /* decoding: sequences at once, each its own cache; 0 means 1 */
 } st_pipe_options;
 
 /* Stage s holds layers [first[s], end[s]) of desc on devs[s]; the ranges
@@ -95,6 +96,10 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
 
 /* Decoding one sequence through every stage (see st_gpt_decode). */
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits);
+/* One token for each of n sequences (tok[i] at pos[i]; logits n x V): the
+ * sequences flow through the stages one after the other, like micro-batches,
+ * so that every stage works on a different sequence at once. */
+st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits);
 
 /* Seconds each stage spent waiting on its links in the last step. */
 double st_pipe_wait_s(const st_pipe *p, size_t s);

@@ -130,7 +130,10 @@ static void generate_help(void)
            "The text goes to stdout, the statistics to stderr.\n"
            "\n"
            "  --model DIR         the model folder (required)\n"
-           "  --prompt TEXT       text to continue (default: a newline)\n"
+           "  --prompt TEXT       text to continue (default: a newline); give it several\n"
+           "                      times to generate for several prompts at once (each\n"
+           "                      with its own cache; they flow through split stages\n"
+           "                      like micro-batches)\n"
            "  -n, --tokens N      tokens to generate (default 200; stops at the model's\n"
            "                      positions)\n"
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
@@ -143,6 +146,91 @@ static void generate_help(void)
            "  -h, --help          this text\n"
            "\n"
            "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
+}
+
+/* Several prompts at once: each sequence has its own KV cache, and every
+ * round sends one token of each through the stages one after the other, so
+ * that the stages work on different sequences at the same time. */
+static int generate_many(const char *model, const run_flags *rf, const char *const *prompts,
+                         int n_prompts, long n, double temperature, int top_k, uint64_t seed)
+{
+    cli_devices devs = {0};
+    st_gpt_config cfg;
+    st_model_desc *desc = NULL;
+    st_pipe *g = NULL;
+    st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
+                         .kv_seqs = n_prompts};
+    st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
+    int V = cfg.vocab_size, P = cfg.n_positions;
+    size_t cap = (size_t)P + 1;
+    int *tok = calloc((size_t)n_prompts, sizeof *tok), *pos = calloc((size_t)n_prompts, sizeof *pos);
+    int *text = calloc((size_t)n_prompts * cap, sizeof *text), *len = calloc((size_t)n_prompts, sizeof *len);
+    long *made = calloc((size_t)n_prompts, sizeof *made);
+    uint64_t *rng = calloc((size_t)n_prompts, sizeof *rng);
+    float *logits = malloc((size_t)n_prompts * (size_t)V * sizeof *logits);
+    cand *cands = malloc((size_t)V * sizeof *cands);
+    if (s == ST_OK && (!tok || !pos || !text || !len || !made || !rng || !logits || !cands))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+        size_t pl = strlen(prompts[i]);
+        if (pl > (size_t)P)
+            s = st_error(ST_ERR_INVALID, "prompt %d has %zu tokens; the model takes at most %d",
+                         i + 1, pl, P);
+        for (size_t j = 0; s == ST_OK && j < pl; j++)
+            text[(size_t)i * cap + j] = (unsigned char)prompts[i][j];
+        len[i] = (int)pl;
+        rng[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        tok[i] = text[(size_t)i * cap];
+    }
+    long total = 0;
+    double t0 = st_now_s();
+    bool busy = true;
+    while (s == ST_OK && busy) {
+        if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
+            break;
+        busy = false;
+        for (int i = 0; i < n_prompts; i++) {
+            int *t = text + (size_t)i * cap;
+            bool done = made[i] >= n || len[i] > P;
+            if (!done && pos[i] + 1 < len[i]) { /* still reading the prompt */
+                tok[i] = t[++pos[i]];
+            } else if (!done) {
+                t[len[i]++] = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
+                made[i]++;
+                total++;
+                if (made[i] < n && len[i] <= P) {
+                    tok[i] = t[len[i] - 1];
+                    pos[i] = len[i] - 1;
+                }
+            }
+            /* A finished sequence repeats its last step, which rewrites the same cache row. */
+            busy |= made[i] < n && len[i] <= P;
+        }
+    }
+    double secs = st_now_s() - t0;
+    for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+        for (int j = 0; j < len[i]; j++)
+            put_token(text[(size_t)i * cap + j]);
+        if (text[(size_t)i * cap + len[i] - 1] != '\n')
+            putchar('\n');
+    }
+    if (s == ST_OK)
+        fprintf(stderr, "generated %ld tokens for %d prompts in %.2f s | %.1f tok/s on %zu stage%s\n",
+                total, n_prompts, secs, total / secs, st_pipe_n_stages(g),
+                st_pipe_n_stages(g) == 1 ? "" : "s");
+    free(tok);
+    free(pos);
+    free(text);
+    free(len);
+    free(made);
+    free(rng);
+    free(logits);
+    free(cands);
+    st_pipe_destroy(g);
+    st_model_desc_destroy(desc);
+    if (devs.list)
+        cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
 }
 
 int cmd_generate(int argc, char **argv)
@@ -159,6 +247,8 @@ int cmd_generate(int argc, char **argv)
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
+    const char *prompts[64];
+    int n_prompts = 0;
     run_flags rf = {0};
     long n = 200, top_k = 40, seed = 1;
     double temperature = 0.8;
@@ -169,7 +259,11 @@ int cmd_generate(int argc, char **argv)
         bool ok = true;
         switch (c) {
         case 'm': model = optarg; break;
-        case 'p': prompt = optarg; break;
+        case 'p':
+            if (n_prompts == 64)
+                return cli_usage_error("generate", "at most 64 prompts at once");
+            prompt = prompts[n_prompts++] = optarg;
+            break;
         case 'n': ok = cli_parse_long(optarg, 0, 1L << 30, &n); break;
         case 't': {
             char *end = NULL;
@@ -194,8 +288,13 @@ int cmd_generate(int argc, char **argv)
         return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
     if (!model)
         return cli_usage_error("generate", "--model DIR is required");
-    if (!*prompt)
-        return cli_usage_error("generate", "the prompt is empty: give at least one character");
+    for (int i = 0; i < n_prompts; i++)
+        if (!*prompts[i])
+            return cli_usage_error("generate",
+                                   "prompt %d is empty: give at least one character", i + 1);
+    if (n_prompts > 1)
+        return generate_many(model, &rf, prompts, n_prompts, n, temperature, (int)top_k,
+                             (uint64_t)seed);
     cli_devices devs = {0};
     st_gpt_config cfg;
     st_model_desc *desc = NULL;

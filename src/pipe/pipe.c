@@ -12,7 +12,7 @@
 #include "pipe/link.h"
 #include "strata/pipe.h"
 
-typedef enum op_kind { OP_FWD, OP_BWD } op_kind;
+typedef enum op_kind { OP_FWD, OP_BWD, OP_DEC } op_kind;
 
 typedef struct op {
     op_kind kind;
@@ -32,6 +32,10 @@ struct st_pipe {
     /* per step */
     const int32_t *tokens, *targets;
     bool backward;
+    /* decoding several sequences: token and position of each, logits out */
+    int dec_n;
+    const int *dec_tok, *dec_pos;
+    float *dec_logits;
     float dloss;
     double *mb_loss;
     long *mb_count;
@@ -122,7 +126,8 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
                           : (m < S - (int)k ? m : S - (int)k);
         st_gpt_options go = {.first_layer = first[k], .end_layer = end[k],
                              .batch = o->micro_batch, .seq = o->seq, .slots = p->slots[k],
-                             .training = o->training, .kv_seq = o->kv_seq};
+                             .training = o->training, .kv_seq = o->kv_seq,
+                             .kv_seqs = o->kv_seqs};
         bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
         if (here) {
             p->dev[k] = devs[k];
@@ -164,6 +169,11 @@ static size_t schedule_ops(const st_pipe *p, size_t s, op *ops)
 {
     int m = p->o.micro_batches, S = (int)p->S;
     size_t n = 0;
+    if (p->dec_n > 0) {
+        for (int j = 0; j < p->dec_n; j++)
+            ops[n++] = (op){OP_DEC, j};
+        return n;
+    }
     if (!p->backward) {
         for (int j = 0; j < m; j++)
             ops[n++] = (op){OP_FWD, j};
@@ -219,6 +229,19 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
     size_t N = (size_t)B * T, NC = N * (size_t)p->cfg.n_embd;
     bool last = s + 1 == p->S;
     st_status st;
+    if (o->kind == OP_DEC) {
+        /* One token of sequence mb: its activation hops to the next stage
+         * while this stage starts on the next sequence. */
+        size_t C = (size_t)p->cfg.n_embd;
+        st_tensor *x = st_gpt_decode_x(g);
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, C)) != ST_OK)
+            return st;
+        float *logits = last ? p->dec_logits + (size_t)o->mb * p->cfg.vocab_size : NULL;
+        if ((st = st_gpt_decode_seq(g, o->mb, p->dec_tok[o->mb], p->dec_pos[o->mb], logits)) !=
+            ST_OK)
+            return st;
+        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, C);
+    }
     if (o->kind == OP_FWD) {
         if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_gpt_io_tensor(g, slot, ST_GPT_IN),
                                                 NC)) != ST_OK)
@@ -253,7 +276,8 @@ static void *stage_main(void *arg)
     stage_job *job = arg;
     st_pipe *p = job->p;
     size_t s = job->s;
-    op *ops = malloc(2 * (size_t)p->o.micro_batches * sizeof *ops);
+    size_t n_ops = 2 * (size_t)p->o.micro_batches + (size_t)p->dec_n;
+    op *ops = malloc(n_ops * sizeof *ops);
     if (!ops) {
         fail(p, st_error(ST_ERR_HOST_MEMORY, "out of host memory"), s);
         return NULL;
@@ -449,6 +473,22 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     *sum = v[0];
     *count = (long)v[1];
     return ST_OK;
+}
+
+st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)
+{
+    if (p->comm)
+        return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
+    if (n < 1 || n > (p->o.kv_seqs > 0 ? p->o.kv_seqs : 1))
+        return st_error(ST_ERR_INVALID, "decode: %d sequences, the pipeline caches %d", n,
+                        p->o.kv_seqs > 0 ? p->o.kv_seqs : 1);
+    p->dec_n = n;
+    p->dec_tok = tok;
+    p->dec_pos = pos;
+    p->dec_logits = logits;
+    st_status s = run_stages(p);
+    p->dec_n = 0;
+    return s;
 }
 
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)

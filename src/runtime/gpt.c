@@ -51,7 +51,7 @@ typedef struct param_views {
 typedef struct decode_bufs {
     st_tensor *buf;
     st_tensor *x, *ln, *mean, *rstd, *qkv, *scores, *atty, *res2, *fch, *tmp, *logits;
-    st_tensor **k, **v; /* per block [kv_seq, C] */
+    st_tensor **k, **v; /* per block [kv_seqs, kv_seq, C]: a cache per sequence */
     st_tensor *token;   /* I32 [1] */
 } decode_bufs;
 
@@ -61,7 +61,7 @@ struct st_gpt {
     size_t first, end;
     bool has_emb, has_head;
     int n_blocks, first_block;
-    int B, T, slots, kv_seq;
+    int B, T, slots, kv_seq, kv_seqs;
     bool training;
 
     st_gpt_param *params;
@@ -310,7 +310,8 @@ static st_status make_decode(st_gpt *g)
     decode_bufs *d = &g->dec;
     size_t C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner, V = (size_t)g->cfg.vocab_size;
     size_t S = (size_t)g->kv_seq, NH = (size_t)g->cfg.n_head;
-    size_t total = C * 5 + 2 + 3 * C + NH * S + F + V + (size_t)g->n_blocks * 2 * S * C;
+    size_t Q = (size_t)g->kv_seqs;
+    size_t total = C * 5 + 2 + 3 * C + NH * S + F + V + (size_t)g->n_blocks * 2 * Q * S * C;
     st_status s = make_buffer(g, ST_F32, total, "KV cache", &d->buf);
     if (s != ST_OK || (s = make_buffer(g, ST_I32, 1, "token", &d->token)) != ST_OK)
         return s;
@@ -331,8 +332,8 @@ static st_status make_decode(st_gpt *g)
     if (!d->k || !d->v)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (int b = 0; b < g->n_blocks; b++) {
-        d->k[b] = carve(&c, S * C);
-        d->v[b] = carve(&c, S * C);
+        d->k[b] = carve(&c, Q * S * C);
+        d->v[b] = carve(&c, Q * S * C);
     }
     return c.status;
 }
@@ -397,6 +398,7 @@ st_status st_gpt_create(st_device *dev, const st_model_desc *desc, const st_gpt_
     g->T = opt->seq;
     g->slots = opt->slots > 0 ? opt->slots : 1;
     g->kv_seq = opt->kv_seq;
+    g->kv_seqs = opt->kv_seqs > 0 ? opt->kv_seqs : 1;
     g->training = opt->training;
     g->first_block = -1;
     size_t n_params = 0;
@@ -802,25 +804,25 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
 
 /* ---- decoding with the KV cache ------------------------------------------ */
 
-static st_status decode_block(st_gpt *g, int b, int pos)
+static st_status decode_block(st_gpt *g, int b, int seq, int pos)
 {
     decode_bufs *d = &g->dec;
     const block_params *p = &g->views[ST_GPT_PARAMS].blocks[b];
     size_t C = (size_t)g->cfg.n_embd, NH = (size_t)g->cfg.n_head, HS = C / NH;
-    size_t S = (size_t)g->kv_seq, len = (size_t)pos + 1;
+    size_t S = (size_t)g->kv_seq, len = (size_t)pos + 1, cache = (size_t)seq * S * C;
     int F = g->cfg.n_inner, Ci = g->cfg.n_embd;
     float eps = g->cfg.layer_norm_epsilon, scale = (float)(1.0 / sqrt((double)HS));
     st_status s;
     if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->x, p->ln1_w, p->ln1_b, 1, Ci, eps)) !=
             ST_OK ||
         (s = st_matmul_fwd(d->qkv, d->ln, p->attn_w, p->attn_b, 1, Ci, 3 * Ci)) != ST_OK ||
-        (s = st_tensor_copy(d->k[b], (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
-        (s = st_tensor_copy(d->v[b], (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
+        (s = st_tensor_copy(d->k[b], cache + (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
+        (s = st_tensor_copy(d->v[b], cache + (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
         return s;
     /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
     st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
                        .a = d->qkv, .lda = 3 * C, .a_stride = HS,
-                       .b = d->k[b], .ldb = C, .b_stride = HS,
+                       .b = d->k[b], .b_offset = cache, .ldb = C, .b_stride = HS,
                        .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
     if ((s = st_gemm(&qk)) != ST_OK ||
         (s = ST_LAUNCH(g->dev, "attention.cl", "attention_softmax_rows", NH, 0,
@@ -829,7 +831,7 @@ static st_status decode_block(st_gpt *g, int b, int pos)
     /* atty_h = scores_h[1, len] . V_h[len, HS] */
     st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
                        .a = d->scores, .lda = S, .a_stride = S,
-                       .b = d->v[b], .ldb = C, .b_stride = HS,
+                       .b = d->v[b], .b_offset = cache, .ldb = C, .b_stride = HS,
                        .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
     if ((s = st_gemm(&pv)) != ST_OK ||
         (s = st_matmul_fwd(d->res2, d->atty, p->proj_w, p->proj_b, 1, Ci, Ci)) != ST_OK ||
@@ -846,8 +848,16 @@ static st_status decode_block(st_gpt *g, int b, int pos)
 
 st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits)
 {
+    return st_gpt_decode_seq(g, 0, tok, pos, logits);
+}
+
+st_status st_gpt_decode_seq(st_gpt *g, int seq, int tok, int pos, float *logits)
+{
     if (g->kv_seq <= 0)
         return st_error(ST_ERR_INVALID, "decode: the stage was created without a KV cache");
+    if (seq < 0 || seq >= g->kv_seqs)
+        return st_error(ST_ERR_INVALID, "decode: sequence %d, the stage caches %d", seq,
+                        g->kv_seqs);
     if (pos < 0 || pos >= g->kv_seq)
         return st_error(ST_ERR_INVALID,
                         "decode: position %d is past the KV cache of %d positions", pos,
@@ -872,7 +882,7 @@ st_status st_gpt_decode(st_gpt *g, int tok, int pos, float *logits)
             return s;
     }
     for (int b = 0; b < g->n_blocks; b++)
-        if ((s = decode_block(g, b, pos)) != ST_OK)
+        if ((s = decode_block(g, b, seq, pos)) != ST_OK)
             return s;
     if (!g->has_head)
         return ST_OK;
