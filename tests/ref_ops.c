@@ -215,3 +215,37 @@ void ref_attention_bwd(double *dqkv, const double *dout, const double *qkv, cons
                 }
             }
 }
+
+void ref_matmul_fwd(double *out, const double *inp, const double *w, const double *b, int N,
+                    int IC, int OC)
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double acc = b ? b[o] : 0.0;
+            for (int i = 0; i < IC; i++)
+                acc += inp[n * IC + i] * w[i * OC + o];
+            out[n * OC + o] = acc;
+        }
+}
+
+void ref_matmul_bwd(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                    const double *w, int N, int IC, int OC)
+{
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < IC; i++) {
+            double acc = 0.0;
+            for (int o = 0; o < OC; o++)
+                acc += dout[n * OC + o] * w[i * OC + o];
+            dinp[n * IC + i] = acc;
+        }
+    for (int i = 0; i < IC; i++)
+        for (int o = 0; o < OC; o++) {
+            double acc = 0.0;
+            for (int n = 0; n < N; n++)
+                acc += inp[n * IC + i] * dout[n * OC + o];
+            dw[i * OC + o] += acc;
+        }
+    for (int o = 0; db && o < OC; o++)
+        for (int n = 0; n < N; n++)
+            db[o] += dout[n * OC + o];
+}

@@ -35,4 +35,11 @@ void ref_attention_fwd(double *out, double *att, const double *qkv, int B, int T
 void ref_attention_bwd(double *dqkv, const double *dout, const double *qkv, const double *att,
                        int B, int T, int C, int NH);
 
+/* out[N,OC] = inp[N,IC] . w[IC,OC] + b[OC] (b may be NULL) */
+void ref_matmul_fwd(double *out, const double *inp, const double *w, const double *b, int N,
+                    int IC, int OC);
+/* dinp = dout . w^T (overwrites); dw += inp^T . dout; db += column sums of dout */
+void ref_matmul_bwd(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                    const double *w, int N, int IC, int OC);
+
 #endif

@@ -268,6 +268,72 @@ static void residual_and_bias_match(void **state)
     }
 }
 
+/* ---- the linear layer (Conv1D) */
+
+typedef struct mm_ctx {
+    double *inp, *w, *b, *g;
+    int N, IC, OC;
+} mm_ctx;
+
+static double mm_loss(void *p)
+{
+    mm_ctx *c = p;
+    size_t n = (size_t)c->N * c->OC;
+    double *out = zeros(n), loss = 0;
+    ref_matmul_fwd(out, c->inp, c->w, c->b, c->N, c->IC, c->OC);
+    for (size_t i = 0; i < n; i++)
+        loss += out[i] * c->g[i];
+    free(out);
+    return loss;
+}
+
+static void matmul_reference_and_device(void **state)
+{
+    (void)state;
+    int N = 13, IC = 24, OC = 20;
+    size_t ni = (size_t)N * IC, nw = (size_t)IC * OC, no = (size_t)N * OC;
+    double *inp = rnd(ni, 60, 1.0), *w = rnd(nw, 61, 0.5), *b = rnd(OC, 62, 0.5);
+    double *g = rnd(no, 63, 1.0), *dinp = zeros(ni), *dw = zeros(nw), *db = zeros(OC);
+    /* The reference backward is the gradient of sum(out * g). */
+    mm_ctx c = {inp, w, b, g, N, IC, OC};
+    ref_matmul_bwd(dinp, dw, db, g, inp, w, N, IC, OC);
+    check_fd("matmul dinp", inp, ni, dinp, mm_loss, &c);
+    check_fd("matmul dw", w, nw, dw, mm_loss, &c);
+    check_fd("matmul db", b, OC, db, mm_loss, &c);
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *out = zeros(no), *dw0 = rnd(nw, 64, 1.0), *db0 = rnd(OC, 65, 1.0);
+        double *dinp0 = rnd(ni, 66, 1.0), *dw_ref = zeros(nw), *db_ref = zeros(OC);
+        double *dinp_ref = zeros(ni);
+        st_tensor *ti = up(dev, inp, ni, "inp"), *tw = up(dev, w, nw, "w"),
+                  *tb = up(dev, b, OC, "b"), *tg = up(dev, g, no, "dout"),
+                  *to = up(dev, out, no, "out"), *tdi = up(dev, dinp0, ni, "dinp"),
+                  *tdw = up(dev, dw0, nw, "dw"), *tdb = up(dev, db0, OC, "db");
+        ref_matmul_fwd(out, inp, w, b, N, IC, OC);
+        assert_ok(st_matmul_fwd(to, ti, tw, tb, N, IC, OC));
+        check("matmul out", to, out, no);
+        /* dw and db accumulate onto what they held; dinp with beta 1 does too. */
+        memcpy(dw_ref, dw0, nw * sizeof *dw_ref);
+        memcpy(db_ref, db0, OC * sizeof *db_ref);
+        ref_matmul_bwd(dinp_ref, dw_ref, db_ref, g, inp, w, N, IC, OC);
+        for (size_t i = 0; i < ni; i++)
+            dinp_ref[i] += dinp0[i];
+        assert_ok(st_matmul_bwd(tdi, 1.0f, tdw, tdb, tg, ti, tw, N, IC, OC));
+        check("matmul dinp (beta 1)", tdi, dinp_ref, ni);
+        check("matmul dw", tdw, dw_ref, nw);
+        check("matmul db", tdb, db_ref, OC);
+        for (size_t i = 0; i < ni; i++)
+            dinp_ref[i] -= dinp0[i];
+        assert_ok(st_matmul_bwd(tdi, 0.0f, tdw, NULL, tg, ti, tw, N, IC, OC));
+        check("matmul dinp (beta 0)", tdi, dinp_ref, ni);
+        st_tensor *all[] = {ti, tw, tb, tg, to, tdi, tdw, tdb};
+        for (size_t i = 0; i < 8; i++)
+            st_tensor_destroy(all[i]);
+        free(out), free(dw0), free(db0), free(dinp0), free(dw_ref), free(db_ref), free(dinp_ref);
+    }
+    free(inp), free(w), free(b), free(g), free(dinp), free(dw), free(db);
+}
+
 /* ---- softmax + cross-entropy */
 
 typedef struct xent_ctx {
@@ -509,6 +575,7 @@ int main(void)
         cmocka_unit_test(layernorm_matches_reference),
         cmocka_unit_test(gelu_reference_and_device),
         cmocka_unit_test(residual_and_bias_match),
+        cmocka_unit_test(matmul_reference_and_device),
         cmocka_unit_test(xent_reference_and_device),
         cmocka_unit_test(adamw_matches_reference_over_steps),
         cmocka_unit_test(encoder_matches_reference),
