@@ -73,6 +73,24 @@ cmp -s "$work/a/optimizer.safetensors" "$work/d/optimizer.safetensors" ||
 expect 2 "differs from the checkpoint" -- "$strata" train --resume "$work/c" --batch 4
 expect 2 "leave nothing" -- "$strata" train --resume "$work/a"
 
+# Ctrl-C: the step finishes, the checkpoint is written, exit 130, and it resumes.
+"$strata" train "${tiny[@]}" --steps 100000 --out "$work/int" --log-every 1 >"$work/int.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do
+    grep -q "^step 3/" "$work/int.log" 2>/dev/null && break
+    sleep 0.1
+done
+kill -INT "$job"
+wait "$job"
+rc=$?
+[ "$rc" = 130 ] || fail "Ctrl-C: exit $rc, expected 130: $(tail -3 "$work/int.log")"
+grep -q "^interrupted: stopped after step" "$work/int.log" || fail "Ctrl-C: no interrupted line"
+[ -s "$work/int/model.safetensors" ] || fail "Ctrl-C: no checkpoint saved"
+stopped=$(sed -n 's/^interrupted: stopped after step \([0-9]*\).*/\1/p' "$work/int.log")
+out=$("$strata" train --resume "$work/int" --stop-at $((stopped + 1)) 2>&1) ||
+    fail "resuming the Ctrl-C checkpoint failed: $out"
+grep -q "resuming at step $stopped of 100000" <<<"$out" || fail "Ctrl-C checkpoint does not resume: $out"
+
 # Generation: the prompt comes back, one seed gives one text, tokens/s reported.
 out1=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>"$work/gen.err") ||
     fail "generate failed: $(cat "$work/gen.err")"

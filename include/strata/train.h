@@ -42,6 +42,9 @@ typedef struct st_train_config {
     long save_every;       /* 0: only at the end */
     const char *out_dir;   /* checkpoint folder, or NULL */
     const char *resume_dir;
+    /* Asked after every step; true stops the run there as if --stop-at were
+     * that step (saving to out_dir): how Ctrl-C ends a run without losing it. */
+    bool (*should_stop)(void);
 } st_train_config;
 
 /* The defaults of `strata train`. */
@@ -68,6 +71,7 @@ typedef struct st_train_event {
     const char *path;               /* SAVE */
     double seconds;                 /* DONE: wall time of the steps */
     double wait_ms;                 /* STEP: the most any stage waited on its links */
+    bool interrupted;               /* DONE: should_stop ended the run early */
     uint64_t params;                /* START */
     uint64_t device_bytes, peak_bytes; /* START, DONE */
 } st_train_event;

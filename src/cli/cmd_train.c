@@ -4,6 +4,7 @@
  * lines with --log-json).
  */
 #include <errno.h>
+#include <signal.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -72,7 +73,11 @@ static void help(void)
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"
            "\n"
-           "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files.\n",
+           "Ctrl-C (SIGINT or SIGTERM) finishes the current step, validates, saves to\n"
+           "--out and exits 130; a second Ctrl-C quits at once.\n"
+           "\n"
+           "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files;\n"
+           "130 interrupted (after saving).\n",
            2, 64, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
            (double)d.weight_decay, (double)d.clip, (unsigned long long)d.seed, d.eval_every,
            d.eval_batches);
@@ -153,6 +158,9 @@ static void on_event(const st_train_event *e, void *user)
             fprintf(L->json, "{\"event\":\"save\",\"step\":%ld}\n", e->step);
         break;
     case ST_TRAIN_DONE:
+        if (e->interrupted)
+            printf("interrupted: stopped after step %ld%s\n", e->step,
+                   L->out ? "; --resume continues from the checkpoint" : " (no --out: not saved)");
         printf("done: step %ld of %ld in %.1f s | %s tok/s", e->step, e->steps, e->seconds,
                commas(e->tokens_per_s, a, sizeof a));
         if (L->have_val)
@@ -170,6 +178,24 @@ static void on_event(const st_train_event *e, void *user)
     fflush(stdout);
     if (L->json)
         fflush(L->json);
+}
+
+/* Ctrl-C (or SIGTERM) once: finish the step, validate, save, stop. Twice: quit now. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    if (stop_requested) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_requested = 1;
+}
+
+static bool should_stop(void)
+{
+    return stop_requested != 0;
 }
 
 enum {
@@ -397,6 +423,15 @@ int cmd_train(int argc, char **argv)
     }
     if (s == ST_OK) {
         fflush(stdout);
+        tc.should_stop = should_stop;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        if (!mpi) { /* under mpirun the launcher owns the signals */
+            sigaction(SIGINT, &sa, NULL);
+            sigaction(SIGTERM, &sa, NULL);
+        }
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
         char lines[ST_PLAN_MAX_STAGES][256];
         size_t n_lines = 0;
@@ -437,5 +472,7 @@ int cmd_train(int argc, char **argv)
         fclose(L.json);
     cli_devices_put(&devs);
     st_dataset_destroy(ds);
+    if (s == ST_OK && stop_requested)
+        return 130; /* interrupted, as shells report SIGINT; the checkpoint is saved */
     return s == ST_OK ? CLI_OK : cli_fail(s);
 }

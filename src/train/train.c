@@ -336,6 +336,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
     }
     double t_start = st_now_s();
     long done_steps = 0;
+    bool interrupted = false;
     for (long step = start + 1; s == ST_OK && step <= last; step++) {
         double t0 = st_now_s();
         float lr = st_train_lr(tc, step);
@@ -354,6 +355,10 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
                             .loss = res.loss, .lr = lr, .grad_norm = res.grad_norm, .ms = ms,
                             .tokens_per_s = (double)N / (ms * 1e-3), .wait_ms = wait};
         emit(&r, &e);
+        if (tc->should_stop && tc->should_stop() && step < last) {
+            last = step; /* ends the loop after this step's validation and save */
+            interrupted = true;
+        }
         if ((tc->eval_every > 0 && step % tc->eval_every == 0) || step == last)
             s = evaluate(&r, step);
         if (s == ST_OK && tc->out_dir &&
@@ -369,7 +374,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
             peak = peak > pk ? peak : pk;
         }
         st_train_event e = {.kind = ST_TRAIN_DONE, .step = last, .steps = tc->steps,
-                            .seconds = secs,
+                            .seconds = secs, .interrupted = interrupted,
                             .tokens_per_s = secs > 0 ? (double)N * done_steps / secs : 0,
                             .device_bytes = bytes, .peak_bytes = peak};
         emit(&r, &e);
