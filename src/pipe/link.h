@@ -5,7 +5,7 @@
  * device (its buffer may be reused); recv() once it is in the receiver's.
  * abort() wakes every waiter with ST_ERR_INVALID ("the pipeline stopped").
  *
- * link_host: device -> host buffer -> device in one process, with a ring of
+ * link_host: device -> pinned host buffer -> device in one process, with a ring of
  * host buffers so that the sender runs ahead of the receiver by up to `depth`
  * messages (its copy overlaps the receiver's compute). The MPI link comes
  * behind the same interface.
@@ -25,6 +25,8 @@ struct st_link {
     double wait_s; /* time spent blocked in send and recv */
 };
 
-st_status st_link_host_create(size_t floats, int depth, st_link **out);
+/* pin_on: the sending device, whose context allocates page-locked host
+ * buffers (NULL: plain host memory). */
+st_status st_link_host_create(st_device *pin_on, size_t floats, int depth, st_link **out);
 
 #endif

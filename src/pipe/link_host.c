@@ -10,12 +10,15 @@
 
 #include "core/clock.h"
 #include "pipe/link.h"
+#include "strata/cl.h"
 
 typedef struct host_link {
     st_link base;
     pthread_mutex_t mu;
     pthread_cond_t filled, freed;
     float **buf;
+    cl_mem *pinned;       /* when the buffers are pinned: their OpenCL objects */
+    st_device *pin_dev;
     size_t *len;
     int depth, head, count; /* head: next to receive; count: filled slots */
     size_t floats;
@@ -95,8 +98,18 @@ static void host_destroy(st_link *l)
     host_link *h = (host_link *)l;
     if (!h)
         return;
-    for (int i = 0; h->buf && i < h->depth; i++)
-        free(h->buf[i]);
+    for (int i = 0; h->buf && i < h->depth; i++) {
+        if (h->pinned && h->pinned[i]) {
+            cl_command_queue q = st_device_cl_queue(h->pin_dev);
+            if (h->buf[i])
+                clEnqueueUnmapMemObject(q, h->pinned[i], h->buf[i], 0, NULL, NULL);
+            clFinish(q);
+            clReleaseMemObject(h->pinned[i]);
+        } else {
+            free(h->buf[i]);
+        }
+    }
+    free(h->pinned);
     free(h->buf);
     free(h->len);
     pthread_mutex_destroy(&h->mu);
@@ -105,7 +118,27 @@ static void host_destroy(st_link *l)
     free(h);
 }
 
-st_status st_link_host_create(size_t floats, int depth, st_link **out)
+/* A host buffer the driver can copy to and from directly (page-locked on
+ * GPUs): an ALLOC_HOST_PTR buffer of the sending device, mapped for good. */
+static bool pin(host_link *h, int i, size_t bytes)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(st_device_cl_context(h->pin_dev),
+                              CL_MEM_ALLOC_HOST_PTR | CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (err != CL_SUCCESS)
+        return false;
+    void *p = clEnqueueMapBuffer(st_device_cl_queue(h->pin_dev), m, CL_TRUE,
+                                 CL_MAP_READ | CL_MAP_WRITE, 0, bytes, 0, NULL, NULL, &err);
+    if (err != CL_SUCCESS) {
+        clReleaseMemObject(m);
+        return false;
+    }
+    h->pinned[i] = m;
+    h->buf[i] = p;
+    return true;
+}
+
+st_status st_link_host_create(st_device *pin_on, size_t floats, int depth, st_link **out)
 {
     host_link *h = calloc(1, sizeof *h);
     if (!h)
@@ -118,9 +151,13 @@ st_status st_link_host_create(size_t floats, int depth, st_link **out)
     pthread_cond_init(&h->freed, NULL);
     h->buf = calloc((size_t)h->depth, sizeof *h->buf);
     h->len = calloc((size_t)h->depth, sizeof *h->len);
-    bool ok = h->buf && h->len;
+    h->pin_dev = pin_on;
+    h->pinned = pin_on ? calloc((size_t)h->depth, sizeof *h->pinned) : NULL;
+    bool ok = h->buf && h->len && (!pin_on || h->pinned);
+    size_t bytes = (floats ? floats : 1) * sizeof(float);
     for (int i = 0; ok && i < h->depth; i++)
-        ok = (h->buf[i] = malloc((floats ? floats : 1) * sizeof(float))) != NULL;
+        if (!h->pinned || !pin(h, i, bytes)) /* unpinned memory works, only slower */
+            ok = (h->buf[i] = malloc(bytes)) != NULL;
     if (!ok) {
         host_destroy(&h->base);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory for link buffers");

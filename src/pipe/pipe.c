@@ -136,8 +136,8 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
         /* A ring as deep as the micro-batches: a sender never waits on a
          * receiver that is itself waiting to send the other way. */
         if (s == ST_OK && k + 1 < n_stages && here && next_here) {
-            if ((s = st_link_host_create(boundary, m, &p->fwd[k])) == ST_OK)
-                s = st_link_host_create(boundary, m, &p->bwd[k]);
+            if ((s = st_link_host_create(devs[k], boundary, m, &p->fwd[k])) == ST_OK)
+                s = st_link_host_create(devs[k + 1], boundary, m, &p->bwd[k]);
         } else if (s == ST_OK && k + 1 < n_stages && (here || next_here)) {
             int a = comm->stage_rank[k], b = comm->stage_rank[k + 1];
             if ((s = comm->make_link(comm->ctx, k, false, a, b, boundary, m, &p->fwd[k])) ==
