@@ -122,6 +122,10 @@ expect 0 "step 2/2" -- "$strata" train --data "$work/tok.bin" "${tiny[@]}" --seq
 
 # Bad input: exit 2 and a message that names the problem.
 expect 2 "cannot open data file" -- "$strata" train --data "$work/missing.txt"
+expect 2 "is not a file" -- "$strata" train --data "$work"
+expect 2 "cannot create folder" -- "$strata" train --out /proc/strata-nope --steps 1
+: >"$work/empty.txt"
+expect 2 "too few to split" -- "$strata" train --data "$work/empty.txt"
 expect 2 "sequences of 12 tokens" -- "$strata" train --seq 10
 expect 2 "bad value 'x' for --steps" -- "$strata" train --steps x
 expect 2 "unknown option --nope" -- "$strata" train --nope

@@ -34,6 +34,10 @@ typedef struct st_train_state {
 st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_stages,
                              const st_gpt_config *cfg, const st_train_state *state);
 
+/* Creates dir and checks that files can be written there: before a run,
+ * so that a bad --out fails at the start and not after the training. */
+st_status st_checkpoint_prepare(const char *dir);
+
 /* Reads dir/config.json. */
 st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg);
 

@@ -334,6 +334,8 @@ int cmd_train(int argc, char **argv)
                     "have\n",
                     tc.steps, saved.steps);
     }
+    if (tc.out_dir && (s = st_checkpoint_prepare(tc.out_dir)) != ST_OK)
+        return cli_fail(s);
     st_dataset *ds = NULL;
     if ((s = st_dataset_open(data, &ds)) != ST_OK)
         return cli_fail(s);

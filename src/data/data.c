@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/file.h"
 #include "strata/data.h"
@@ -57,6 +58,10 @@ static bool ends_with(const char *s, const char *suffix)
 static st_status load_file(st_dataset *ds, const char *path)
 {
     bool tokens = ends_with(path, ".bin") || ends_with(path, ".u16") || ends_with(path, ".tok");
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return st_error(ST_ERR_IO, "data '%s' is not a file (a folder?): give a text or token file",
+                        path);
     FILE *f = fopen(path, "rb");
     if (!f)
         return st_error(ST_ERR_IO, "cannot open data file '%s': %s", path, strerror(errno));

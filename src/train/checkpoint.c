@@ -38,6 +38,22 @@ static void join(char *out, size_t size, const char *dir, const char *name)
     snprintf(out, size, "%s/%s", dir, name);
 }
 
+st_status st_checkpoint_prepare(const char *dir)
+{
+    st_status s = make_dir(dir);
+    if (s != ST_OK)
+        return s;
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.strata-write-test.%ld", dir, (long)getpid());
+    FILE *f = fopen(probe, "w");
+    if (!f)
+        return st_error(ST_ERR_IO, "cannot write into '%s': %s (choose another --out)", dir,
+                        strerror(errno));
+    fclose(f);
+    unlink(probe);
+    return ST_OK;
+}
+
 /* Adds one buffer of every stage's own (not tied) parameters, names prefixed. */
 static st_status add_buffers(st_safetensors_writer *w, st_gpt *const *stages, size_t n,
                              st_gpt_buf which, const char *prefix)
