@@ -90,6 +90,15 @@ rc=$?
 [ $((SECONDS - start)) -lt 30 ] || fail "the job took $((SECONDS - start)) s to end after the kill"
 grep -qiE "rank [0-9].*(signal|killed|exited)" "$work/kill.log" || fail "no message naming the rank: $(tail -5 "$work/kill.log")"
 
+# A rank whose stage fails mid-step (injected) ends the job with its message.
+start=$SECONDS
+out=$(POCL_DEVICES=basic STRATA_TEST_FAIL_STAGE=1:30 timeout 120 "${mpirun[@]}" -np 2 "$strata" train \
+    "${tiny[@]}" --steps 1000 2>&1)
+rc=$?
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "a failing rank: job exit $rc (124: it hung)"
+grep -q "rank 1: error: stage 1 .*injected failure" <<<"$out" || fail "no message from the failing rank: $out"
+[ $((SECONDS - start)) -lt 60 ] || fail "the failing job took $((SECONDS - start)) s"
+
 # Ranks started with different flags.
 out=$(POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 1 "$strata" train "${tiny[@]}" : \
     -np 1 "$strata" train "${tiny[@]}" --seed 2 2>&1)

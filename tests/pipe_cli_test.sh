@@ -71,6 +71,12 @@ b=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "
 out=$("$strata" eval --model "$work/m" --devices 0,1 --split uniform --micro-batches 2 2>&1) ||
     fail "split eval failed: $out"
 
+# A stage that fails mid-step stops the other stage's thread: an error, not a hang.
+out=$(STRATA_TEST_FAIL_STAGE=1:9 timeout 120 "$strata" train "${tiny[@]}" --steps 100 --devices 0,1 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "an injected stage failure: exit $rc, expected 1 (124: hung)"
+grep -q "stage 1 on .*injected failure" <<<"$out" || fail "no message naming the failed stage: $out"
+
 if [ "$failures" -gt 0 ]; then
     echo "$failures check(s) failed" >&2
     exit 1

@@ -45,6 +45,9 @@ typedef struct st_pipe_comm {
     st_status (*allsum)(void *ctx, double *v, int n);
     /* Sends n floats to peer and receives n from it. */
     st_status (*exchange)(void *ctx, int peer, const float *send, float *recv, size_t n);
+    /* A stage here failed: end every process now (the others may be waiting
+     * on this one), after reporting the message. Does not return. */
+    void (*abort_job)(void *ctx, const char *message);
     void *ctx;
 } st_pipe_comm;
 

@@ -340,6 +340,13 @@ static st_status comm_exchange(void *ctx, int peer, const float *send, float *re
     return ST_OK;
 }
 
+static void comm_abort(void *ctx, const char *message)
+{
+    (void)ctx;
+    fprintf(stderr, "strata: rank %d: error: %s\n", g.rank, message);
+    st_mpi_abort(1);
+}
+
 void st_mpi_comm_init(st_pipe_comm *comm)
 {
     memset(comm, 0, sizeof *comm);
@@ -347,4 +354,5 @@ void st_mpi_comm_init(st_pipe_comm *comm)
     comm->make_link = make_link;
     comm->allsum = comm_allsum;
     comm->exchange = comm_exchange;
+    comm->abort_job = comm_abort;
 }

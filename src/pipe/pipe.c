@@ -45,6 +45,9 @@ struct st_pipe {
     st_status err;
     char err_msg[4096];
     double wait_s[ST_PLAN_MAX_STAGES];
+    /* Fault injection for tests: STRATA_TEST_FAIL_STAGE=s:n fails stage s at
+     * its n-th operation (counted over the run). */
+    long fail_stage, fail_at, ops_done[ST_PLAN_MAX_STAGES];
 };
 
 size_t st_pipe_n_stages(const st_pipe *p)
@@ -111,6 +114,10 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
     pthread_mutex_init(&p->err_mu, NULL);
     p->S = n_stages;
     p->comm = comm;
+    p->fail_stage = -1;
+    const char *inject = getenv("STRATA_TEST_FAIL_STAGE");
+    if (inject && sscanf(inject, "%ld:%ld", &p->fail_stage, &p->fail_at) != 2)
+        p->fail_stage = -1;
     p->o = *o;
     p->cfg = desc->cfg;
     p->mb_loss = calloc((size_t)o->micro_batches, sizeof *p->mb_loss);
@@ -207,6 +214,9 @@ static void fail(st_pipe *p, st_status s, size_t stage)
         snprintf(p->err_msg, sizeof p->err_msg, "stage %zu on %s: %s", stage,
                  p->dev[stage] ? st_device_label(p->dev[stage]) : "?", st_last_error());
         atomic_store(&p->failed, 1);
+        /* Other processes may be blocked on this one: only ending the job frees them. */
+        if (p->comm && p->comm->abort_job)
+            p->comm->abort_job(p->comm->ctx, p->err_msg);
     }
     pthread_mutex_unlock(&p->err_mu);
     for (size_t k = 0; k + 1 < p->S; k++) {
@@ -226,6 +236,9 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
 {
     st_gpt *g = p->stage[s];
     int B = p->o.micro_batch, T = p->o.seq, slot = o->mb % p->slots[s];
+    if ((long)s == p->fail_stage && ++p->ops_done[s] >= p->fail_at)
+        return st_error(ST_ERR_CL, "injected failure (STRATA_TEST_FAIL_STAGE=%ld:%ld)",
+                        p->fail_stage, p->fail_at);
     size_t N = (size_t)B * T, NC = N * (size_t)p->cfg.n_embd;
     bool last = s + 1 == p->S;
     st_status st;
