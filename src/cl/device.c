@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "strata/cl.h"
+#include "strata/tune.h"
 #include "strata/device.h"
 #include "strata/program.h"
 
@@ -284,6 +285,12 @@ st_status st_device_open(const st_device_list *list, size_t index, st_device **o
         s = ST_CL_FAIL(err, "clCreateCommandQueue", dev);
         goto fail;
     }
+    /* A saved CLBlast tuning (`strata tune`) applies from the first product on. */
+    size_t tuned = 0;
+    if (st_tuning_load(dev, &tuned) != ST_OK)
+        st_log(ST_LOG_WARN, "%s", st_last_error());
+    else if (tuned)
+        st_log(ST_LOG_INFO, "%s: using the CLBlast tuning saved by `strata tune`", dev->label);
     *out = dev;
     return ST_OK;
 fail:

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"train", cmd_train, "train a GPT model (default: the built-in addition task)"},
     {"generate", cmd_generate, "continue a prompt with a trained model (KV cache)"},
     {"eval", cmd_eval, "loss and perplexity of a trained model on data"},
+    {"tune", cmd_tune, "tune CLBlast's GEMM kernels for each device (kept when faster)"},
     {"bench", cmd_bench, "measure pipeline scaling over 1, 2, 4... devices (--pipeline)"},
 };
 

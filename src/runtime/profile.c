@@ -16,6 +16,7 @@
 #include "strata/profile.h"
 #include "strata/program.h"
 #include "strata/tensor.h"
+#include "strata/tune.h"
 
 /* The profile file of this device and shape, or "" when caching is off. */
 static void profile_path(const st_device *dev, size_t m, size_t n, size_t k, char *out,
@@ -31,9 +32,16 @@ static void profile_path(const st_device *dev, size_t m, size_t n, size_t k, cha
     if (slash && strcmp(slash, "/kernels") == 0)
         *slash = '\0';
     const st_device_info *info = st_device_get_info(dev);
+    /* A new CLBlast tuning changes the GEMM rate: it is part of the key. */
+    char tuning[4200];
+    struct stat tb;
+    long long stamp = 0;
+    st_tuning_path(dev, tuning, sizeof tuning);
+    if (tuning[0] && stat(tuning, &tb) == 0)
+        stamp = (long long)tb.st_mtime * 1000003LL + (long long)tb.st_size;
     char key[1024];
-    snprintf(key, sizeof key, "%s|%s|%s|%s|%zux%zux%zu|v1", info->platform, info->name,
-             info->driver_version, info->platform_version, m, n, k);
+    snprintf(key, sizeof key, "%s|%s|%s|%s|%zux%zux%zu|tuning %lld|v1", info->platform,
+             info->name, info->driver_version, info->platform_version, m, n, k, stamp);
     unsigned long long h = 1469598103934665603ull;
     for (const char *c = key; *c; c++)
         h = (h ^ (unsigned char)*c) * 1099511628211ull;

@@ -1,0 +1,54 @@
+/*
+ * tune.h - tuning CLBlast's GEMM kernels for a device (`strata tune`).
+ *
+ * CLBlast ships tuned parameters for many GPUs but not for every device
+ * (PoCL's CPU devices run on defaults). Its tuner tries a fraction of each
+ * kernel's parameter space on the device and returns the fastest set;
+ * Strata keeps the result in the cache root's tuning/ folder, keyed by
+ * device, driver and platform, and applies it whenever it opens that device
+ * (CLBlastOverrideParameters). Results of GEMMs change in their last bits
+ * with tuning: runs compare bitwise only under the same tuning.
+ */
+#ifndef STRATA_TUNE_H
+#define STRATA_TUNE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "strata/device.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ST_TUNE_MAX_PARAMS 32
+
+typedef struct st_tuning {
+    char kernel[32]; /* "Xgemm" (large products) or "XgemmDirect" (small ones) */
+    size_t n;
+    char names[ST_TUNE_MAX_PARAMS][32];
+    size_t values[ST_TUNE_MAX_PARAMS];
+} st_tuning;
+
+/* Whether this build has CLBlast's tuner (it needs a C++ compiler). */
+bool st_tune_available(void);
+/* Runs CLBlast's tuner for `kernel` on an m x n x k product, trying
+ * `fraction` of the parameter space (0.001 takes minutes on a CPU). */
+st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m, size_t n, size_t k,
+                         double fraction, st_tuning *out);
+/* Makes CLBlast use these parameters on dev from the next call on. */
+st_status st_tuning_apply(st_device *dev, const st_tuning *t);
+/* Saves the device's tunings (replacing earlier ones); count 0 removes them. */
+st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count);
+/* Reads the saved tunings of dev (up to max; none when there is no file). */
+st_status st_tuning_read(const st_device *dev, st_tuning *out, size_t max, size_t *count);
+/* Applies the saved tunings of dev, if any; *applied says how many. */
+st_status st_tuning_load(st_device *dev, size_t *applied);
+/* The saved tuning file's path for dev, or "" when caching is off. */
+void st_tuning_path(const st_device *dev, char *out, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,157 @@
+/*
+ * tuning.c - applying, saving and loading CLBlast tunings (see strata/tune.h).
+ */
+#include <clblast_c.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "strata/cl.h"
+#include "strata/program.h"
+#include "strata/tune.h"
+#include "strata_config.h"
+
+#if !STRATA_HAVE_TUNER
+bool st_tune_available(void)
+{
+    return false;
+}
+
+st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m, size_t n, size_t k,
+                         double fraction, st_tuning *out)
+{
+    (void)dev, (void)kernel, (void)m, (void)n, (void)k, (void)fraction, (void)out;
+    return st_error(ST_ERR_UNSUPPORTED,
+                    "this strata was built without CLBlast's tuner (it needs a C++ compiler: "
+                    "install g++ and rebuild)");
+}
+#endif
+
+st_status st_tuning_apply(st_device *dev, const st_tuning *t)
+{
+    const char *names[ST_TUNE_MAX_PARAMS];
+    for (size_t i = 0; i < t->n; i++)
+        names[i] = t->names[i];
+    CLBlastStatusCode r = CLBlastOverrideParameters(st_device_cl_id(dev), t->kernel,
+                                                    CLBlastPrecisionSingle, t->n, names,
+                                                    t->values);
+    if (r != CLBlastSuccess)
+        return st_error(ST_ERR_BLAS, "CLBlast refused the %s tuning for %s (status %d)", t->kernel,
+                        st_device_label(dev), (int)r);
+    return ST_OK;
+}
+
+void st_tuning_path(const st_device *dev, char *out, size_t size)
+{
+    out[0] = '\0';
+    const char *kdir = st_cache_dir();
+    if (!kdir)
+        return;
+    char root[4096];
+    snprintf(root, sizeof root, "%s", kdir);
+    char *slash = strrchr(root, '/');
+    if (slash && strcmp(slash, "/kernels") == 0)
+        *slash = '\0';
+    const st_device_info *info = st_device_get_info(dev);
+    char key[1024];
+    snprintf(key, sizeof key, "%s|%s|%s|%s", info->platform, info->name, info->driver_version,
+             info->platform_version);
+    unsigned long long h = 1469598103934665603ull;
+    for (const char *c = key; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    snprintf(out, size, "%s/tuning/%016llx.json", root, h);
+}
+
+st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count)
+{
+    char path[4200];
+    st_tuning_path(dev, path, sizeof path);
+    if (!path[0])
+        return st_error(ST_ERR_IO, "the cache is off (STRATA_CACHE=0): tunings cannot be kept");
+    if (count == 0) {
+        if (unlink(path) != 0 && errno != ENOENT)
+            return st_error(ST_ERR_IO, "cannot remove '%s': %s", path, strerror(errno));
+        return ST_OK;
+    }
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    *strrchr(dir, '/') = '\0';
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return st_error(ST_ERR_IO, "cannot create '%s': %s", dir, strerror(errno));
+    json_t *kernels = json_object();
+    for (size_t i = 0; i < count; i++) {
+        json_t *params = json_object();
+        for (size_t j = 0; j < t[i].n; j++)
+            json_object_set_new(params, t[i].names[j], json_integer((json_int_t)t[i].values[j]));
+        json_object_set_new(kernels, t[i].kernel, params);
+    }
+    const st_device_info *info = st_device_get_info(dev);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:o}", "device", info->name, "driver",
+                          info->driver_version, "platform", info->platform_version, "kernels",
+                          kernels);
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    st_status s = ST_OK;
+    if (!j || json_dump_file(j, tmp, JSON_INDENT(2)) != 0 || rename(tmp, path) != 0) {
+        s = st_error(ST_ERR_IO, "cannot write '%s'", path);
+        unlink(tmp);
+    }
+    json_decref(j);
+    return s;
+}
+
+st_status st_tuning_read(const st_device *dev, st_tuning *out, size_t max, size_t *count)
+{
+    *count = 0;
+    char path[4200];
+    st_tuning_path(dev, path, sizeof path);
+    if (!path[0] || access(path, F_OK) != 0)
+        return ST_OK;
+    json_error_t err;
+    json_t *j = json_load_file(path, 0, &err);
+    json_t *kernels = j ? json_object_get(j, "kernels") : NULL;
+    const char *name = j ? json_string_value(json_object_get(j, "device")) : NULL;
+    st_status s = ST_OK;
+    if (!json_is_object(kernels) || !name || strcmp(name, st_device_get_info(dev)->name) != 0) {
+        s = st_error(ST_ERR_FORMAT, "tuning file '%s' is damaged or not this device's: run "
+                                    "`strata tune` again or delete it",
+                     path);
+    } else {
+        const char *kname;
+        json_t *params;
+        json_object_foreach(kernels, kname, params) {
+            if (*count == max)
+                break;
+            st_tuning *t = &out[(*count)++];
+            memset(t, 0, sizeof *t);
+            snprintf(t->kernel, sizeof t->kernel, "%s", kname);
+            const char *pn;
+            json_t *pv;
+            json_object_foreach(params, pn, pv) {
+                if (t->n < ST_TUNE_MAX_PARAMS && json_is_integer(pv)) {
+                    snprintf(t->names[t->n], sizeof t->names[0], "%s", pn);
+                    t->values[t->n++] = (size_t)json_integer_value(pv);
+                }
+            }
+        }
+    }
+    json_decref(j);
+    return s;
+}
+
+st_status st_tuning_load(st_device *dev, size_t *applied)
+{
+    st_tuning t[4];
+    size_t n = 0;
+    *applied = 0;
+    st_status s = st_tuning_read(dev, t, 4, &n);
+    for (size_t i = 0; s == ST_OK && i < n; i++)
+        if ((s = st_tuning_apply(dev, &t[i])) == ST_OK)
+            (*applied)++;
+    return s;
+}

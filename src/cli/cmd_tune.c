@@ -1,0 +1,148 @@
+/*
+ * cmd_tune.c - `strata tune`: CLBlast's tuner for the GEMM kernels of each
+ * chosen device; a tuning is kept only when it makes the product faster.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "core/clock.h"
+#include "strata/tune.h"
+
+static void help(void)
+{
+    printf("usage: strata tune [--devices CHOICE] [--fraction F] [--size N] [--reset]\n"
+           "\n"
+           "Runs CLBlast's tuner on each chosen device for its two GEMM kernels: Xgemm\n"
+           "(large products, timed at N x N x N) and XgemmDirect (small ones, at\n"
+           "N/2). A tuning is saved (under the cache folder's tuning/) only when it\n"
+           "beats what the device uses now, and every later strata run on that device\n"
+           "applies it. Tuning tries a fraction of each kernel's parameter space and\n"
+           "takes minutes on a CPU, seconds on a GPU.\n"
+           "\n"
+           "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
+           "  --fraction F        share of the search space to try (default 0.001)\n"
+           "  --size N            product size to tune and time (default 512)\n"
+           "  --reset             forget the saved tunings of the chosen devices\n"
+           "  -h, --help          this text\n"
+           "\n"
+           "Training results change in their last bits with a new tuning: compare runs\n"
+           "bitwise only under the same tuning.\n");
+}
+
+/* GFLOPS of an m x n x k product: the best of three after one warm-up. */
+static st_status gemm_rate(st_device *dev, size_t m, size_t n, size_t k, double *out)
+{
+    st_tensor *a = NULL, *b = NULL, *c = NULL;
+    size_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+    st_status s;
+    double best = 1e30;
+    if ((s = st_tensor_create(dev, ST_F32, 2, sa, "tune A", &a)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 2, sb, "tune B", &b)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 2, sc, "tune C", &c)) == ST_OK)
+        for (int i = 0; s == ST_OK && i < 4; i++) {
+            double t0 = st_now_s();
+            if ((s = st_matmul(false, false, 1.0f, a, b, 0.0f, c)) == ST_OK &&
+                (s = st_device_finish(dev)) == ST_OK && i > 0 && st_now_s() - t0 < best)
+                best = st_now_s() - t0;
+        }
+    if (s == ST_OK)
+        *out = 2.0 * (double)m * n * k / best / 1e9;
+    st_tensor_destroy(a);
+    st_tensor_destroy(b);
+    st_tensor_destroy(c);
+    return s;
+}
+
+int cmd_tune(int argc, char **argv)
+{
+    static const struct option opts[] = {{"devices", required_argument, NULL, 'd'},
+                                         {"fraction", required_argument, NULL, 'f'},
+                                         {"size", required_argument, NULL, 'n'},
+                                         {"reset", no_argument, NULL, 'r'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *devices = NULL;
+    float fraction = 0.001f;
+    long size = 512;
+    bool reset = false;
+    int c, li;
+    optind = 1;
+    opterr = 0;
+    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'd': devices = optarg; break;
+        case 'f': ok = cli_parse_float(optarg, 1e-6, 1.0, &fraction); break;
+        case 'n': ok = cli_parse_long(optarg, 16, 8192, &size); break;
+        case 'r': reset = true; break;
+        case 'h': help(); return CLI_OK;
+        case ':': return cli_usage_error("tune", "option %s needs a value", argv[optind - 1]);
+        default: return cli_usage_error("tune", "unknown option %s", argv[optind - 1]);
+        }
+        if (!ok)
+            return cli_usage_error("tune", "bad value '%s' for --%s", optarg, opts[li].name);
+    }
+    if (optind < argc)
+        return cli_usage_error("tune", "unexpected argument '%s'", argv[optind]);
+    if (!reset && !st_tune_available())
+        return cli_fail(st_tune_kernel(NULL, "Xgemm", 1, 1, 1, 0, NULL));
+    cli_devices devs;
+    st_status s = cli_devices_get(devices, true, &devs);
+    if (s != ST_OK)
+        return cli_fail(s);
+    for (size_t i = 0; s == ST_OK && i < devs.n; i++) {
+        st_device *dev = devs.dev[i];
+        const char *label = st_device_label(dev);
+        if (reset) {
+            if ((s = st_tuning_save(dev, NULL, 0)) == ST_OK)
+                printf("%s: saved tuning removed (CLBlast's defaults from the next run on)\n",
+                       label);
+            continue;
+        }
+        struct {
+            const char *kernel;
+            size_t n;
+        } jobs[2] = {{"Xgemm", (size_t)size}, {"XgemmDirect", (size_t)size / 2}};
+        /* What is saved stays unless this run finds better. */
+        st_tuning keep[4];
+        size_t n_keep = 0;
+        if ((s = st_tuning_read(dev, keep, 2, &n_keep)) != ST_OK)
+            break;
+        for (int j = 0; s == ST_OK && j < 2; j++) {
+            size_t n = jobs[j].n;
+            double before = 0, after = 0, t0;
+            st_tuning t;
+            if ((s = gemm_rate(dev, n, n, n, &before)) != ST_OK)
+                break;
+            printf("%s: tuning %s at %zu^3 (%.2f%% of the search space)...\n", label,
+                   jobs[j].kernel, n, 100.0 * fraction);
+            fflush(stdout);
+            t0 = st_now_s();
+            if ((s = st_tune_kernel(dev, jobs[j].kernel, n, n, n, fraction, &t)) != ST_OK ||
+                (s = st_tuning_apply(dev, &t)) != ST_OK || (s = gemm_rate(dev, n, n, n, &after)) != ST_OK)
+                break;
+            bool better = after > before * 1.02;
+            printf("%s: %s %zu^3: %.1f GFLOPS before, %.1f after (%.2fx) in %.0f s: %s\n", label,
+                   jobs[j].kernel, n, before, after, after / before, st_now_s() - t0,
+                   better ? "kept" : "not better, not kept");
+            if (better) {
+                size_t k = 0;
+                while (k < n_keep && strcmp(keep[k].kernel, t.kernel) != 0)
+                    k++;
+                keep[k] = t;
+                if (k == n_keep)
+                    n_keep++;
+            }
+        }
+        if (s == ST_OK && n_keep > 0 && (s = st_tuning_save(dev, keep, n_keep)) == ST_OK) {
+            char path[4200];
+            st_tuning_path(dev, path, sizeof path);
+            printf("%s: saved to %s\n", label, path);
+        }
+    }
+    cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}
