@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-    gcc pkg-config meson ninja-build python3 cmake
+    gcc g++ pkg-config meson ninja-build python3 cmake
     ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
     libclblast-dev libjansson-dev libcmocka-dev
     libopenmpi-dev openmpi-bin
