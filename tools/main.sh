@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # main.sh - the main job: set up and build, list the OpenCL devices, train the
-# built-in default model (the addition task) and generate from it.
+# built-in default model (the addition task) split over every OpenCL device
+# found, and generate from it.
 # Arguments are passed to `strata train` (e.g. --devices 0 or --steps 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ tools/setup.sh
 build=${BUILD_DIR:-build}
 out=${STRATA_OUT:-runs/default}
 "$build/strata" devices
-"$build/strata" train --out "$out" --log-every 50 "$@"
+"$build/strata" train --devices all --out "$out" --log-every 50 "$@"
 echo
 echo "generating from $out (answers are written least significant digit first):"
 "$build/strata" generate --model "$out" --prompt "123+456=" --prompt "905+187=" \
