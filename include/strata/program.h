@@ -67,6 +67,11 @@ st_cache_stats st_cache_get_stats(void);
 void st_cache_reset(void);
 /* The folder in use, or NULL when caching is off. */
 const char *st_cache_dir(void);
+/* A file for one device under <cache root>/<folder>/ (created), named by a
+ * hash of the device, driver and platform and `extra`; "" when caching is
+ * off. Profiles and tunings live there. */
+void st_cache_device_file(const st_device *dev, const char *folder, const char *extra,
+                          char *out, size_t size);
 
 #ifdef __cplusplus
 }

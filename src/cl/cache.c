@@ -332,3 +332,30 @@ const char *st_cache_dir(void)
     pthread_mutex_unlock(&cache.lock);
     return d;
 }
+
+void st_cache_device_file(const st_device *dev, const char *folder, const char *extra,
+                          char *out, size_t size)
+{
+    out[0] = '\0';
+    const char *kdir = st_cache_dir();
+    if (!kdir)
+        return;
+    /* Siblings of the kernel folder under the cache root. */
+    char root[4096];
+    snprintf(root, sizeof root, "%s", kdir);
+    char *slash = strrchr(root, '/');
+    if (slash && strcmp(slash, "/kernels") == 0)
+        *slash = '\0';
+    const st_device_info *info = st_device_get_info(dev);
+    char key[1536];
+    snprintf(key, sizeof key, "%s|%s|%s|%s|%s", info->platform, info->name,
+             info->driver_version, info->platform_version, extra ? extra : "");
+    unsigned long long h = 1469598103934665603ull;
+    for (const char *c = key; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", root, folder);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return;
+    snprintf(out, size, "%s/%016llx.json", dir, h);
+}

@@ -48,23 +48,7 @@ st_status st_tuning_apply(st_device *dev, const st_tuning *t)
 
 void st_tuning_path(const st_device *dev, char *out, size_t size)
 {
-    out[0] = '\0';
-    const char *kdir = st_cache_dir();
-    if (!kdir)
-        return;
-    char root[4096];
-    snprintf(root, sizeof root, "%s", kdir);
-    char *slash = strrchr(root, '/');
-    if (slash && strcmp(slash, "/kernels") == 0)
-        *slash = '\0';
-    const st_device_info *info = st_device_get_info(dev);
-    char key[1024];
-    snprintf(key, sizeof key, "%s|%s|%s|%s", info->platform, info->name, info->driver_version,
-             info->platform_version);
-    unsigned long long h = 1469598103934665603ull;
-    for (const char *c = key; *c; c++)
-        h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    snprintf(out, size, "%s/tuning/%016llx.json", root, h);
+    st_cache_device_file(dev, "tuning", NULL, out, size);
 }
 
 st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count)
@@ -78,11 +62,6 @@ st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count)
             return st_error(ST_ERR_IO, "cannot remove '%s': %s", path, strerror(errno));
         return ST_OK;
     }
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    *strrchr(dir, '/') = '\0';
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return st_error(ST_ERR_IO, "cannot create '%s': %s", dir, strerror(errno));
     json_t *kernels = json_object();
     for (size_t i = 0; i < count; i++) {
         json_t *params = json_object();

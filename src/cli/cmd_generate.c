@@ -151,8 +151,12 @@ static void generate_help(void)
 /* Several prompts at once: each sequence has its own KV cache, and every
  * round sends one token of each through the stages one after the other, so
  * that the stages work on different sequences at the same time. */
-static int generate_many(const char *model, const run_flags *rf, const char *const *prompts,
-                         int n_prompts, long n, double temperature, int top_k, uint64_t seed)
+/* Generates for one or more prompts. Each sequence has its own KV cache, and
+ * every round sends one token of each through the stages one after the
+ * other, so that split stages work on different sequences at the same time.
+ * One prompt streams its text as it comes; several print when all are done. */
+static int generate(const char *model, const run_flags *rf, const char *const *prompts,
+                    int n_prompts, long n, double temperature, int top_k, uint64_t seed)
 {
     cli_devices devs = {0};
     st_gpt_config cfg;
@@ -163,6 +167,7 @@ static int generate_many(const char *model, const run_flags *rf, const char *con
     st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
     int V = cfg.vocab_size, P = cfg.n_positions;
     size_t cap = (size_t)P + 1;
+    bool stream = n_prompts == 1;
     int *tok = calloc((size_t)n_prompts, sizeof *tok), *pos = calloc((size_t)n_prompts, sizeof *pos);
     int *text = calloc((size_t)n_prompts * cap, sizeof *text), *len = calloc((size_t)n_prompts, sizeof *len);
     long *made = calloc((size_t)n_prompts, sizeof *made);
@@ -171,6 +176,7 @@ static int generate_many(const char *model, const run_flags *rf, const char *con
     cand *cands = malloc((size_t)V * sizeof *cands);
     if (s == ST_OK && (!tok || !pos || !text || !len || !made || !rng || !logits || !cands))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    long prompt_tokens = 0;
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
         size_t pl = strlen(prompts[i]);
         if (pl > (size_t)P)
@@ -179,45 +185,70 @@ static int generate_many(const char *model, const run_flags *rf, const char *con
         for (size_t j = 0; s == ST_OK && j < pl; j++)
             text[(size_t)i * cap + j] = (unsigned char)prompts[i][j];
         len[i] = (int)pl;
+        prompt_tokens += (long)pl;
         rng[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
         tok[i] = text[(size_t)i * cap];
     }
+    if (s == ST_OK && stream) {
+        fputs(prompts[0], stdout);
+        fflush(stdout);
+    }
     long total = 0;
-    double t0 = st_now_s();
+    double t0 = st_now_s(), t_prompt = 0;
     bool busy = true;
     while (s == ST_OK && busy) {
         if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
             break;
         busy = false;
+        bool reading = false;
         for (int i = 0; i < n_prompts; i++) {
             int *t = text + (size_t)i * cap;
             bool done = made[i] >= n || len[i] > P;
             if (!done && pos[i] + 1 < len[i]) { /* still reading the prompt */
                 tok[i] = t[++pos[i]];
+                reading = true;
             } else if (!done) {
-                t[len[i]++] = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
+                int next = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
+                t[len[i]++] = next;
                 made[i]++;
                 total++;
+                if (stream) {
+                    put_token(next);
+                    fflush(stdout);
+                }
                 if (made[i] < n && len[i] <= P) {
-                    tok[i] = t[len[i] - 1];
+                    tok[i] = next;
                     pos[i] = len[i] - 1;
                 }
             }
             /* A finished sequence repeats its last step, which rewrites the same cache row. */
             busy |= made[i] < n && len[i] <= P;
         }
+        if (reading)
+            t_prompt = st_now_s() - t0;
     }
     double secs = st_now_s() - t0;
+    bool cut = false;
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-        for (int j = 0; j < len[i]; j++)
+        for (int j = stream ? len[i] : 0; j < len[i]; j++)
             put_token(text[(size_t)i * cap + j]);
         if (text[(size_t)i * cap + len[i] - 1] != '\n')
             putchar('\n');
+        cut |= made[i] < n;
     }
-    if (s == ST_OK)
-        fprintf(stderr, "generated %ld tokens for %d prompts in %.2f s | %.1f tok/s on %zu stage%s\n",
-                total, n_prompts, secs, total / secs, st_pipe_n_stages(g),
+    if (s == ST_OK) {
+        char many[48] = "";
+        if (n_prompts > 1)
+            snprintf(many, sizeof many, " for %d prompts", n_prompts);
+        fprintf(stderr,
+                "generated %ld tokens%s in %.2f s | %.1f tok/s (prompt%s: %ld tokens in %.2f s) "
+                "on %zu stage%s\n",
+                total, many, secs, secs - t_prompt > 0 ? total / (secs - t_prompt) : 0.0,
+                n_prompts > 1 ? "s" : "", prompt_tokens, t_prompt, st_pipe_n_stages(g),
                 st_pipe_n_stages(g) == 1 ? "" : "s");
+        if (cut)
+            fprintf(stderr, "stopped at the model's %d positions\n", P);
+    }
     free(tok);
     free(pos);
     free(text);
@@ -292,63 +323,9 @@ int cmd_generate(int argc, char **argv)
         if (!*prompts[i])
             return cli_usage_error("generate",
                                    "prompt %d is empty: give at least one character", i + 1);
-    if (n_prompts > 1)
-        return generate_many(model, &rf, prompts, n_prompts, n, temperature, (int)top_k,
-                             (uint64_t)seed);
-    cli_devices devs = {0};
-    st_gpt_config cfg;
-    st_model_desc *desc = NULL;
-    st_pipe *g = NULL;
-    st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30};
-    st_status s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
-    size_t plen = strlen(prompt);
-    if (s == ST_OK && plen > (size_t)cfg.n_positions)
-        s = st_error(ST_ERR_INVALID, "the prompt has %zu tokens; the model takes at most %d",
-                     plen, cfg.n_positions);
-    float *logits = malloc((size_t)cfg.vocab_size * sizeof *logits);
-    cand *cands = malloc((size_t)cfg.vocab_size * sizeof *cands);
-    if (s == ST_OK && (!logits || !cands))
-        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    uint64_t rng = (uint64_t)seed;
-    long made = 0;
-    int last_tok = '\n';
-    double t0 = st_now_s(), t_prompt = 0;
-    if (s == ST_OK) {
-        fputs(prompt, stdout);
-        for (size_t i = 0; s == ST_OK && i < plen; i++)
-            s = st_pipe_decode(g, (unsigned char)prompt[i], (int)i, logits);
-        t_prompt = st_now_s() - t0;
-        for (int pos = (int)plen; s == ST_OK && made < n; pos++) {
-            int tok = sample(logits, cfg.vocab_size, temperature, (int)top_k, cands, &rng);
-            put_token(tok);
-            last_tok = tok;
-            fflush(stdout);
-            made++;
-            if (pos >= cfg.n_positions)
-                break;
-            if (made < n)
-                s = st_pipe_decode(g, tok, pos, logits);
-        }
-    }
-    double secs = st_now_s() - t0;
-    if (s == ST_OK) {
-        if (last_tok != '\n')
-            putchar('\n');
-        fprintf(stderr,
-                "generated %ld tokens in %.2f s | %.1f tok/s (prompt: %zu tokens in %.2f s) on "
-                "%zu stage%s\n",
-                made, secs, secs - t_prompt > 0 ? (made - 1) / (secs - t_prompt) : 0.0, plen,
-                t_prompt, st_pipe_n_stages(g), st_pipe_n_stages(g) == 1 ? "" : "s");
-        if (made < n)
-            fprintf(stderr, "stopped at the model's %d positions\n", cfg.n_positions);
-    }
-    free(logits);
-    free(cands);
-    st_pipe_destroy(g);
-    st_model_desc_destroy(desc);
-    if (devs.list)
-        cli_devices_put(&devs);
-    return s == ST_OK ? CLI_OK : cli_fail(s);
+    if (n_prompts == 0)
+        prompts[n_prompts++] = prompt;
+    return generate(model, &rf, prompts, n_prompts, n, temperature, (int)top_k, (uint64_t)seed);
 }
 
 static void eval_help(void)

@@ -506,22 +506,5 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
 
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
 {
-    if (p->comm)
-        return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
-    size_t C = (size_t)p->cfg.n_embd;
-    float *x = p->S > 1 ? malloc(C * sizeof *x) : NULL;
-    if (p->S > 1 && !x)
-        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    st_status s = ST_OK;
-    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
-        /* One token's activation hops through the host from stage to stage. */
-        if (k > 0)
-            s = st_tensor_write(st_gpt_decode_x(p->stage[k]), 0, C, x);
-        if (s == ST_OK)
-            s = st_gpt_decode(p->stage[k], tok, pos, k + 1 == p->S ? logits : NULL);
-        if (s == ST_OK && k + 1 < p->S)
-            s = st_tensor_read(st_gpt_decode_x(p->stage[k]), 0, C, x);
-    }
-    free(x);
-    return s;
+    return st_pipe_decode_batch(p, 1, &tok, &pos, logits);
 }

@@ -22,34 +22,15 @@
 static void profile_path(const st_device *dev, size_t m, size_t n, size_t k, char *out,
                          size_t size)
 {
-    out[0] = '\0';
-    const char *kdir = st_cache_dir();
-    if (!kdir)
-        return;
-    char root[4096];
-    snprintf(root, sizeof root, "%s", kdir);
-    char *slash = strrchr(root, '/');
-    if (slash && strcmp(slash, "/kernels") == 0)
-        *slash = '\0';
-    const st_device_info *info = st_device_get_info(dev);
     /* A new CLBlast tuning changes the GEMM rate: it is part of the key. */
-    char tuning[4200];
+    char tuning[4200], extra[128];
     struct stat tb;
     long long stamp = 0;
     st_tuning_path(dev, tuning, sizeof tuning);
     if (tuning[0] && stat(tuning, &tb) == 0)
         stamp = (long long)tb.st_mtime * 1000003LL + (long long)tb.st_size;
-    char key[1024];
-    snprintf(key, sizeof key, "%s|%s|%s|%s|%zux%zux%zu|tuning %lld|v1", info->platform,
-             info->name, info->driver_version, info->platform_version, m, n, k, stamp);
-    unsigned long long h = 1469598103934665603ull;
-    for (const char *c = key; *c; c++)
-        h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/profiles", root);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return;
-    snprintf(out, size, "%s/%016llx.json", dir, h);
+    snprintf(extra, sizeof extra, "%zux%zux%zu|tuning %lld|v1", m, n, k, stamp);
+    st_cache_device_file(dev, "profiles", extra, out, size);
 }
 
 static bool load(const char *path, const st_device *dev, st_device_profile *out)
@@ -81,7 +62,7 @@ static void save(const char *path, const st_device *dev, size_t m, size_t n, siz
                           "driver", info->driver_version, "platform", info->platform_version,
                           "gemm_mnk", (json_int_t)m, (json_int_t)n, (json_int_t)k, "gflops",
                           p->gflops, "h2d_gbps", p->h2d_gbps, "d2h_gbps", p->d2h_gbps);
-    char tmp[4300];
+    char tmp[4500];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     if (j && json_dump_file(j, tmp, JSON_INDENT(2)) == 0 && rename(tmp, path) != 0)
         remove(tmp);
