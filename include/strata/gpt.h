@@ -17,7 +17,7 @@
  *   st_gpt_create(dev, desc, &o, &g);  st_gpt_init(g, seed);
  *   st_gpt_zero_grad(g);
  *   st_gpt_forward(g, 0, tokens, targets, B, T);
- *   st_gpt_loss(g, 0, B, T, &sum, &count);
+ *   st_gpt_loss(g, 0, targets, B, T, &sum, &count);
  *   st_gpt_backward(g, 0, B, T, 1.0f / count);
  *   st_gpt_grad_sumsq(g, &ss);  st_gpt_step(g, &hp, step, scale);
  *
@@ -90,9 +90,10 @@ st_status st_gpt_init(st_gpt *g, uint64_t seed);
 st_status st_gpt_zero_grad(st_gpt *g);
 st_status st_gpt_forward(st_gpt *g, int slot, const int32_t *tokens, const int32_t *targets,
                          int B, int T);
-/* Sum of the per-token losses of a slot and how many tokens had a target;
- * waits for the forward. */
-st_status st_gpt_loss(st_gpt *g, int slot, int B, int T, double *sum, long *count);
+/* Sum of the per-token losses of a slot and how many tokens had a target
+ * (targets: the ones given to the forward); waits for the forward. */
+st_status st_gpt_loss(st_gpt *g, int slot, const int32_t *targets, int B, int T, double *sum,
+                      long *count);
 /* Accumulates the gradients of a slot; dloss scales each token's loss
  * (1 / tokens counted over the whole step). */
 st_status st_gpt_backward(st_gpt *g, int slot, int B, int T, float dloss);

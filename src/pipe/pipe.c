@@ -265,7 +265,8 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
             return st;
         if (!last)
             return p->fwd[s]->send(p->fwd[s], st_gpt_io_tensor(g, slot, ST_GPT_OUT), NC);
-        if (tgt && (st = st_gpt_loss(g, slot, B, T, &p->mb_loss[o->mb], &p->mb_count[o->mb])) !=
+        if (tgt && (st = st_gpt_loss(g, slot, tgt, B, T, &p->mb_loss[o->mb],
+                                     &p->mb_count[o->mb])) !=
                        ST_OK)
             return st;
         if (p->probs)

@@ -646,7 +646,8 @@ st_status st_gpt_forward(st_gpt *g, int slot, const int32_t *tokens, const int32
     return st_xent_fwd(a->logits, a->losses, a->logits, a->targets, N, V);
 }
 
-st_status st_gpt_loss(st_gpt *g, int slot, int B, int T, double *sum, long *count)
+st_status st_gpt_loss(st_gpt *g, int slot, const int32_t *targets, int B, int T, double *sum,
+                      long *count)
 {
     st_status s = check_mb(g, slot, B, T);
     if (s != ST_OK)
@@ -655,19 +656,14 @@ st_status st_gpt_loss(st_gpt *g, int slot, int B, int T, double *sum, long *coun
         return st_error(ST_ERR_INVALID, "loss: this stage has no head");
     size_t N = (size_t)B * T;
     float *loss = malloc(N * sizeof *loss);
-    int32_t *tgt = malloc(N * sizeof *tgt);
-    if (!loss || !tgt) {
-        free(loss);
-        free(tgt);
+    if (!loss)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    }
-    slot_acts *a = &g->acts[slot];
-    if ((s = st_tensor_read(a->losses, 0, N, loss)) == ST_OK &&
-        (s = st_tensor_read(a->targets, 0, N, tgt)) == ST_OK) {
+    /* The targets are the caller's own: only the losses cross from the device. */
+    if ((s = st_tensor_read(g->acts[slot].losses, 0, N, loss)) == ST_OK) {
         double acc = 0.0;
         long n = 0;
         for (size_t i = 0; i < N; i++)
-            if (tgt[i] >= 0) {
+            if (targets[i] >= 0) {
                 acc += loss[i];
                 n++;
             }
@@ -675,7 +671,6 @@ st_status st_gpt_loss(st_gpt *g, int slot, int B, int T, double *sum, long *coun
         *count = n;
     }
     free(loss);
-    free(tgt);
     return s;
 }
 
