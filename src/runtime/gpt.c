@@ -68,6 +68,7 @@ struct st_gpt {
     size_t n_params, numel;
     st_tensor *bufs[4];     /* params, grads, m, v */
     param_views views[4];   /* views of each, by role */
+    st_tensor **flat[4];    /* the same views by parameter index (they own them) */
     slot_acts *acts;
     /* backward scratch: dres [N,C], dC [N,C], d3C [N,3C], dF [N,F], datt [B,NH,T,T] */
     st_tensor *scratch, *dres, *dC, *d3C, *dF, *datt, *sumsq_acc, *sumsq_parts;
@@ -163,7 +164,8 @@ static st_status make_param_views(st_gpt *g, int which)
 {
     param_views *pv = &g->views[which];
     pv->blocks = calloc((size_t)(g->n_blocks ? g->n_blocks : 1), sizeof *pv->blocks);
-    if (!pv->blocks)
+    g->flat[which] = calloc(g->n_params ? g->n_params : 1, sizeof *g->flat[which]);
+    if (!pv->blocks || !g->flat[which])
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (size_t i = 0; i < g->n_params; i++) {
         const st_gpt_param *p = &g->params[i];
@@ -192,10 +194,9 @@ static st_status make_param_views(st_gpt *g, int which)
                 if (strcmp(suffix, names[k]) == 0)
                     slot = &((st_tensor **)&pv->blocks[blk])[k];
         }
-        if (!slot || *slot) {
-            st_tensor_destroy(t);
+        g->flat[which][i] = t;
+        if (!slot || *slot)
             return st_error(ST_ERR_INVALID, "unexpected parameter '%s'", n);
-        }
         *slot = t;
     }
     return ST_OK;
@@ -203,15 +204,10 @@ static st_status make_param_views(st_gpt *g, int which)
 
 static void free_param_views(st_gpt *g, int which)
 {
-    param_views *pv = &g->views[which];
-    st_tensor_destroy(pv->wte);
-    st_tensor_destroy(pv->wpe);
-    st_tensor_destroy(pv->lnf_w);
-    st_tensor_destroy(pv->lnf_b);
-    if (pv->blocks)
-        for (int b = 0; b < g->n_blocks; b++)
-            destroy_views((st_tensor **)&pv->blocks[b], 12);
-    free(pv->blocks);
+    if (g->flat[which])
+        destroy_views(g->flat[which], g->n_params);
+    free(g->flat[which]);
+    free(g->views[which].blocks);
 }
 
 static st_status make_slot(st_gpt *g, int i)
@@ -760,16 +756,10 @@ st_status st_gpt_grad_sumsq(st_gpt *g, double *out)
     if (!g->training || !g->scratch)
         return st_error(ST_ERR_INVALID, "grad_sumsq: the stage was created without training");
     st_status s = st_tensor_fill(g->sumsq_acc, 0.0f);
-    for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
-        if (g->params[i].tied)
-            continue;
-        st_tensor *view = NULL;
-        size_t shape[1] = {g->params[i].desc->numel};
-        if ((s = st_tensor_view(g->bufs[ST_GPT_GRADS], g->params[i].offset, 1, shape, &view)) ==
-            ST_OK)
-            s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, view, shape[0]);
-        st_tensor_destroy(view);
-    }
+    for (size_t i = 0; s == ST_OK && i < g->n_params; i++)
+        if (!g->params[i].tied)
+            s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, g->flat[ST_GPT_GRADS][i],
+                                    g->params[i].desc->numel);
     float acc = 0.0f;
     if (s == ST_OK && (s = st_tensor_read(g->sumsq_acc, 0, 1, &acc)) == ST_OK)
         *out = acc;
@@ -782,17 +772,11 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
         return st_error(ST_ERR_INVALID, "step: the stage was created without training");
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
-        const st_gpt_param *p = &g->params[i];
         st_adamw_hparams hp = *h;
-        if (p->desc->ndim != 2)
-            hp.weight_decay = 0.0f;
-        st_tensor *v[4] = {NULL, NULL, NULL, NULL};
-        size_t shape[1] = {p->desc->numel};
-        for (int w = 0; s == ST_OK && w < 4; w++)
-            s = st_tensor_view(g->bufs[w], p->offset, 1, shape, &v[w]);
-        if (s == ST_OK)
-            s = st_adamw_step(v[0], v[1], v[2], v[3], shape[0], &hp, t, grad_scale);
-        destroy_views(v, 4);
+        if (g->params[i].desc->ndim != 2)
+            hp.weight_decay = 0.0f; /* no decay on biases and LayerNorm */
+        s = st_adamw_step(g->flat[0][i], g->flat[1][i], g->flat[2][i], g->flat[3][i],
+                          g->params[i].desc->numel, &hp, t, grad_scale);
     }
     return s;
 }
