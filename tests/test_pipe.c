@@ -252,7 +252,7 @@ static void checkpoint_moves_between_splits(void **state)
     st_gpt *stages[4] = {st_pipe_stage(two, 0), st_pipe_stage(two, 1)};
     st_train_state state10 = {.step = 10};
     snprintf(state10.settings, sizeof state10.settings, "{}");
-    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10));
+    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
     train(two, 10, STEPS, straight);
     st_pipe_destroy(two);
     /* Loaded into one and into four stages, the next 10 steps are the same. */

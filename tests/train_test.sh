@@ -41,9 +41,17 @@ grep -qE '^val  10/20 \| loss [0-9.]+ \| exact match [0-9.]+%$' <<<"$out" || fai
 grep -q '^done: step 20 of 20' <<<"$out" || fail "no summary line: $out"
 [ "$(grep -c '"event":"step"' "$work/a.json")" = 20 ] || fail "JSON log lacks 20 step lines"
 grep -q '"event":"eval"' "$work/a.json" || fail "JSON log lacks eval lines"
-for f in config.json model.safetensors optimizer.safetensors; do
+# The newest save's file of a kind (model, optimizer, checkpoint) in a folder.
+newest() {
+    ls "$1"/"$2"-step*"${3:-}" 2>/dev/null | sort | tail -1
+}
+for f in config.json model.safetensors.index.json; do
     [ -s "$work/a/$f" ] || fail "checkpoint lacks $f"
 done
+for k in model optimizer checkpoint; do
+    [ -s "$(newest "$work/a" $k)" ] || fail "checkpoint lacks its $k file: $(ls "$work/a")"
+done
+grep -q '"step": 20,' "$(newest "$work/a" checkpoint)" || fail "the manifest is not of step 20"
 grep -q '"n_embd": 32' "$work/a/config.json" || fail "config.json lacks n_embd: $(cat "$work/a/config.json")"
 
 # The same run again: bitwise the same losses (printed with 9 digits in JSON).
@@ -66,9 +74,9 @@ grep -q 'resuming at step 10 of 20' <<<"$out" || fail "resume did not say where 
 cmp -s <(grep '"event":"step"' "$work/a.json" | sed -n '11,20p' | sed 's/"ms".*//') \
     <(grep '"event":"step"' "$work/d.json" | sed 's/"ms".*//') ||
     fail "resumed steps 11..20 differ from the uninterrupted run"
-cmp -s "$work/a/model.safetensors" "$work/d/model.safetensors" ||
+cmp -s "$(newest "$work/a" model)" "$(newest "$work/d" model)" ||
     fail "resumed weights differ from the uninterrupted run's"
-cmp -s "$work/a/optimizer.safetensors" "$work/d/optimizer.safetensors" ||
+cmp -s "$(newest "$work/a" optimizer)" "$(newest "$work/d" optimizer)" ||
     fail "resumed optimizer state differs from the uninterrupted run's"
 expect 2 "differs from the checkpoint" -- "$strata" train --resume "$work/c" --batch 4
 expect 2 "leave nothing" -- "$strata" train --resume "$work/a"
@@ -85,7 +93,7 @@ wait "$job"
 rc=$?
 [ "$rc" = 130 ] || fail "Ctrl-C: exit $rc, expected 130: $(tail -3 "$work/int.log")"
 grep -q "^interrupted: stopped after step" "$work/int.log" || fail "Ctrl-C: no interrupted line"
-[ -s "$work/int/model.safetensors" ] || fail "Ctrl-C: no checkpoint saved"
+[ -s "$(newest "$work/int" checkpoint)" ] || fail "Ctrl-C: no checkpoint saved"
 stopped=$(sed -n 's/^interrupted: stopped after step \([0-9]*\).*/\1/p' "$work/int.log")
 out=$("$strata" train --resume "$work/int" --stop-at $((stopped + 1)) 2>&1) ||
     fail "resuming the Ctrl-C checkpoint failed: $out"
@@ -131,11 +139,19 @@ expect 2 "bad value 'x' for --steps" -- "$strata" train --steps x
 expect 2 "unknown option --nope" -- "$strata" train --nope
 expect 2 "not divisible" -- "$strata" train --embd 30 --heads 4 --steps 1
 cp -r "$work/a" "$work/bad"
-head -c 100 "$work/a/model.safetensors" >"$work/bad/model.safetensors"
-expect 2 "not a valid safetensors file" -- "$strata" generate --model "$work/bad"
+head -c 100 "$(newest "$work/a" model)" >"$(newest "$work/bad" model)"
+expect 2 "holds no complete checkpoint (step 20: model-step00000020-" -- "$strata" generate --model "$work/bad"
 cp -r "$work/a" "$work/wrong"
-sed -i 's/"n_embd": 32/"n_embd": 64/' "$work/wrong/config.json"
+sed -i 's/"n_embd": 32/"n_embd": 64/' "$(newest "$work/wrong" checkpoint)"
 expect 2 "the model needs [256, 64]" -- "$strata" generate --model "$work/wrong"
+# A folder in the Hugging Face layout (no manifest): config.json and model.safetensors.
+mkdir "$work/hf"
+cp "$work/a/config.json" "$work/hf/"
+head -c 100 "$(newest "$work/a" model)" >"$work/hf/model.safetensors"
+expect 2 "not a valid safetensors file" -- "$strata" generate --model "$work/hf"
+cp "$(newest "$work/a" model)" "$work/hf/model.safetensors"
+expect 0 "123" -- "$strata" generate --model "$work/hf" --prompt "123" -n 2
+expect 2 "no checkpoint manifest" -- "$strata" train --resume "$work/hf"
 
 "$strata" train --help | grep -q -- "--resume DIR" || fail "train --help lacks --resume"
 "$strata" generate --help | grep -q -- "--top-k" || fail "generate --help lacks --top-k"

@@ -1,71 +1,118 @@
 /*
- * checkpoint.h - a model folder, as Hugging Face tools expect it:
- *   config.json          GPT-2 config (strata/model.h)
- *   model.safetensors    weights with GPT-2 names and layouts, metadata format=pt
- *   optimizer.safetensors  AdamW moments "m.<name>", "v.<name>", with the step
- *                        and the training settings in its metadata (training only)
- * Each file is written to a temporary name, synced and renamed.
+ * checkpoint.h - model folders, saved as a unit and loaded only whole.
  *
- * Loading reads one file or, when model.safetensors.index.json is there, the
- * shards it names. Loading checks every tensor's name and shape against the model and says
- * which is missing, extra or of the wrong shape. Weights from elsewhere may
- * carry a "transformer." prefix, the attention mask buffers ("attn.bias",
- * "attn.masked_bias") and a tied "lm_head.weight": these are accepted.
+ * A save of step N writes, in this order:
+ *   model-stepN-TAG-0000R-of-0000K.safetensors      weights of rank R's stages
+ *                                                   (HF GPT-2 names, format=pt)
+ *   optimizer-stepN-TAG-0000R-of-0000K.safetensors  AdamW moments m.<name>, v.<name>
+ *   checkpoint-stepN-TAG.json                       the manifest: the step, the
+ *       model's config, the training settings, and every file above with its
+ *       size and checksum. Renaming it into place (then syncing the folder) is
+ *       the one step that makes the save current.
+ *   config.json, model.safetensors.index.json       the Hugging Face view of the
+ *       newest save (transformers loads the folder as GPT2LMHeadModel)
+ * and only then removes saves beyond the newest `keep`, files no kept manifest
+ * names and temporary files left by a crash. Every file goes through a
+ * temporary name, fsync and rename (core/atomic.h). K is 1 in one process;
+ * TAG tells apart two saves of one step (a run repeated into the same folder).
+ *
+ * Loading takes the newest save whose manifest is readable and whose every
+ * file is there with its size and checksum; a newer save that is not (a
+ * crash, a full disk, a file from another run) is passed over with a warning
+ * that names the file and the step. A folder without a manifest (Hugging Face
+ * layout: config.json and model.safetensors or its index) loads as weights
+ * without training state. Tensors are checked by name and shape against the
+ * model; a "transformer." prefix, the attention mask buffers and a tied
+ * "lm_head.weight" are accepted.
  */
 #ifndef STRATA_CHECKPOINT_H
 #define STRATA_CHECKPOINT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "strata/gpt.h"
+#include "strata/model.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Training state kept in optimizer.safetensors' metadata. */
+/* Training state kept in the manifest. */
 typedef struct st_train_state {
     long step;
     char settings[4096]; /* JSON object of the training settings */
 } st_train_state;
 
-/* Writes the model (and, when state is not NULL, the optimizer) of the
- * stages, which together hold every layer once, into dir (created). */
-st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_stages,
-                             const st_gpt_config *cfg, const st_train_state *state);
+/* One file of a save. */
+typedef struct st_checkpoint_file {
+    char name[128];
+    bool optimizer; /* AdamW moments, else weights */
+    uint64_t bytes, sum;
+} st_checkpoint_file;
+
+#define ST_CHECKPOINT_MAX_FILES 128 /* two per rank, up to 64 ranks */
 
 /* Creates dir and checks that files can be written there: before a run,
  * so that a bad --out fails at the start and not after the training. */
 st_status st_checkpoint_prepare(const char *dir);
 
-/* Reads dir/config.json. */
-st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg);
+/* One process: the model of the stages (which together hold every layer
+ * once) and, when state is not NULL, their optimizer, committed as step
+ * state->step (0 without state); keeps the newest `keep` saves (at least 1). */
+st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_stages,
+                             const st_gpt_config *cfg, const st_train_state *state, int keep);
 
-/* Loads the weights (and the moments and state when state is not NULL) of
- * each stage's own parameters, tied copies included. */
+/* The parts of a save over several processes (MPI ranks):
+ *   every rank   st_checkpoint_write_part   its shards (same tag everywhere)
+ *   rank 0       st_checkpoint_commit       with every rank's files, once all are written
+ *   rank 0       st_checkpoint_clean        after the commit
+ * A crash anywhere leaves the previous save current. */
+uint32_t st_checkpoint_new_tag(void);
+st_status st_checkpoint_write_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+                                   const st_train_state *state, uint32_t tag, int rank,
+                                   int ranks, st_checkpoint_file *files, size_t *n_files);
+st_status st_checkpoint_commit(const char *dir, const st_gpt_config *cfg,
+                               const st_train_state *state, uint32_t tag,
+                               const st_checkpoint_file *files, size_t n_files);
+st_status st_checkpoint_clean(const char *dir, int keep);
+
+/* Files as one line of text and back (how ranks send them to rank 0). */
+void st_checkpoint_files_format(const st_checkpoint_file *files, size_t n, char *out,
+                                size_t size);
+st_status st_checkpoint_files_parse(const char *line, st_checkpoint_file *files, size_t max,
+                                    size_t *n);
+
+/* ---- loading ----------------------------------------------------------------- */
+
+typedef struct st_checkpoint st_checkpoint;
+
+/* Finds the save to load (see above) and verifies it. */
+st_status st_checkpoint_open(const char *dir, st_checkpoint **out);
+void st_checkpoint_close(st_checkpoint *ck);
+
+const st_gpt_config *st_checkpoint_get_config(const st_checkpoint *ck);
+/* The step of the save, or -1 for a folder without a manifest. */
+long st_checkpoint_get_step(const st_checkpoint *ck);
+/* The training state; an error naming the folder when it has none. */
+st_status st_checkpoint_get_state(const st_checkpoint *ck, st_train_state *state);
+/* "step 12 (checkpoint-step00000012-1a2b3c4d.json)" or "config.json and model weights". */
+const char *st_checkpoint_describe(const st_checkpoint *ck);
+
+/* Loads each stage's parameters (tied copies included) and, when state is
+ * not NULL, the moments and the state. whole: the stages hold the whole
+ * model, so a tensor of the files that none of them has is an error; else
+ * other processes hold the rest. */
+st_status st_checkpoint_load_into(const st_checkpoint *ck, st_gpt *const *stages,
+                                  size_t n_stages, st_train_state *state, bool whole);
+
+/* Shorthands that open dir, do one thing and close it. */
+st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg);
+st_status st_checkpoint_state(const char *dir, st_train_state *state);
 st_status st_checkpoint_load(const char *dir, st_gpt *const *stages, size_t n_stages,
                              st_train_state *state);
-/* The same for stages that hold only part of the model (other processes
- * hold the rest): tensors of other parts are not errors. */
 st_status st_checkpoint_load_part(const char *dir, st_gpt *const *stages, size_t n_stages,
                                   st_train_state *state);
-
-/* Sharded checkpoints (MPI ranks): each rank writes the shard of its stages
- * (model-stepN-RRRRR-of-NNNNN.safetensors and the optimizer's); once all are
- * complete, rank 0 writes config.json and the two indexes
- * (model.safetensors.index.json, Hugging Face's layout: a weight_map from
- * tensor name to shard file); then each rank removes its shards of other
- * steps. A crash at any point leaves the previous index and its shards. */
-st_status st_checkpoint_save_shard(const char *dir, st_gpt *const *stages, size_t n_stages,
-                                   const st_train_state *state, int rank, int ranks);
-st_status st_checkpoint_save_index(const char *dir, const st_model_desc *desc,
-                                   const size_t *stage_first, const size_t *stage_end,
-                                   const int *stage_rank, size_t n_stages, int ranks,
-                                   const st_train_state *state);
-void st_checkpoint_remove_old_shards(const char *dir, long keep_step, int rank, int ranks);
-
-/* Reads only the training state (step and settings) of dir. */
-st_status st_checkpoint_state(const char *dir, st_train_state *state);
 
 #ifdef __cplusplus
 }

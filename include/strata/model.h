@@ -45,6 +45,8 @@ st_status st_gpt_config_parse(const char *json_text, const char *source, st_gpt_
 st_status st_gpt_config_check(const st_gpt_config *cfg);
 /* Writes config.json that Hugging Face transformers loads as GPT2LMHeadModel. */
 st_status st_gpt_config_save(const st_gpt_config *cfg, const char *path);
+/* The config.json text of cfg (the caller frees it), for embedding. */
+char *st_gpt_config_json(const st_gpt_config *cfg);
 
 typedef enum st_layer_kind {
     ST_LAYER_EMBEDDING, /* wte, wpe: tokens -> x[B,T,C] */

@@ -13,7 +13,8 @@
  * A bad file is ST_ERR_FORMAT with a message naming the file and the fault.
  *
  * The writer pads the header with spaces to 8 bytes and writes through a
- * temporary file, fsync and rename, so that a crash leaves the old file.
+ * temporary file, fsync, rename and a sync of the folder, so that a crash
+ * leaves the old file or the new one.
  */
 #ifndef STRATA_SAFETENSORS_H
 #define STRATA_SAFETENSORS_H
@@ -49,6 +50,9 @@ st_status st_safetensors_parse(const void *bytes, size_t size, const char *sourc
                                st_safetensors **out);
 void st_safetensors_close(st_safetensors *f);
 
+/* The whole file as read (for checksums). */
+const void *st_safetensors_bytes(const st_safetensors *f, size_t *size);
+
 size_t st_safetensors_count(const st_safetensors *f);
 /* Entries in the order of their offsets. */
 const st_safetensors_entry *st_safetensors_at(const st_safetensors *f, size_t i);
@@ -69,6 +73,9 @@ st_status st_safetensors_add_f32(st_safetensors_writer *w, const char *name, int
 st_status st_safetensors_set_metadata(st_safetensors_writer *w, const char *key,
                                       const char *value);
 st_status st_safetensors_save(st_safetensors_writer *w, const char *path);
+/* The same, giving the file's size and its st_sum64 checksum (core/hash.h). */
+st_status st_safetensors_save_sum(st_safetensors_writer *w, const char *path, uint64_t *bytes,
+                                  uint64_t *sum);
 
 #ifdef __cplusplus
 }

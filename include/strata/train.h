@@ -40,6 +40,7 @@ typedef struct st_train_config {
     long eval_every;       /* 0: only at the end */
     int eval_batches;
     long save_every;       /* 0: only at the end */
+    int keep;              /* complete saves kept in out_dir (at least 1) */
     const char *out_dir;   /* checkpoint folder, or NULL */
     const char *resume_dir;
     /* Asked after every step; true stops the run there as if --stop-at were
@@ -89,6 +90,8 @@ typedef struct st_train_layout {
     const st_pipe_comm *comm;
     int ranks;
     st_status (*barrier)(void);
+    /* Each rank's line of text to rank 0 (out: ranks x line_size bytes, rank 0 only). */
+    st_status (*gather)(const char *line, char *out, size_t line_size);
 } st_train_layout;
 
 /* Trains cfg's model over the layout's stages. With tc->resume_dir, the weights, moments and

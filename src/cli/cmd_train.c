@@ -53,9 +53,10 @@ static void help(void)
            "  --eval-every N      validation every N steps, 0: only at the end (default %ld)\n"
            "  --eval-batches N    validation batches (default %d)\n"
            "checkpoints and logs:\n"
-           "  --out DIR           write config.json, model.safetensors and\n"
-           "                      optimizer.safetensors here at the end\n"
+           "  --out DIR           save the model and optimizer here at the end (each\n"
+           "                      save is committed whole: a crash leaves the last one)\n"
            "  --save-every N      also every N steps\n"
+           "  --keep N            complete saves kept in --out (default %d)\n"
            "  --resume DIR        continue from a checkpoint (bitwise the same as not\n"
            "                      stopping); batch, seq, seed, data and schedule come\n"
            "                      from it; --steps may extend the run\n"
@@ -84,7 +85,7 @@ static void help(void)
            "130 interrupted (after saving).\n",
            2, 64, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
            (double)d.weight_decay, (double)d.clip, (unsigned long long)d.seed, d.eval_every,
-           d.eval_batches);
+           d.eval_batches, d.keep);
 }
 
 typedef struct log_ctx {
@@ -206,7 +207,7 @@ enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
-    O_MEM_LIMIT, O_DEVICES
+    O_MEM_LIMIT, O_KEEP, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -240,6 +241,7 @@ int cmd_train(int argc, char **argv)
         {"schedule", required_argument, NULL, O_SCHEDULE},
         {"split", required_argument, NULL, O_SPLIT},
         {"mem-limit", required_argument, NULL, O_MEM_LIMIT},
+        {"keep", required_argument, NULL, O_KEEP},
         {"devices", required_argument, NULL, O_DEVICES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -290,6 +292,7 @@ int cmd_train(int argc, char **argv)
         case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
         case O_DEVICES: devices = arg; break;
+        case O_KEEP: ok = cli_parse_long(arg, 1, 1000000, &v); tc.keep = (int)v; break;
         case O_MICRO: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
         case O_SCHEDULE:
             if (st_schedule_parse(arg, &tc.schedule) != ST_OK)
@@ -313,9 +316,14 @@ int cmd_train(int argc, char **argv)
     if (tc.resume_dir) {
         /* The checkpoint's settings are the defaults; flags given must agree (st_train checks). */
         st_train_config saved = tc;
+        st_checkpoint *ck = NULL;
+        if ((s = st_checkpoint_open(tc.resume_dir, &ck)) != ST_OK)
+            return cli_fail(s);
+        cfg = *st_checkpoint_get_config(ck);
+        printf("resuming from %s: %s\n", tc.resume_dir, st_checkpoint_describe(ck));
+        st_checkpoint_close(ck);
         if ((s = st_train_settings_read(tc.resume_dir, &saved, saved_data, sizeof saved_data)) !=
-                ST_OK ||
-            (s = st_checkpoint_config(tc.resume_dir, &cfg)) != ST_OK)
+            ST_OK)
             return cli_fail(s);
         if (!given[O_BATCH]) tc.batch = saved.batch;
         if (!given[O_SEQ]) tc.seq = saved.seq;

@@ -95,5 +95,6 @@ st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_des
     layout->comm = comm;
     layout->ranks = size;
     layout->barrier = barrier;
+    layout->gather = st_mpi_gather_lines;
     return ST_OK;
 }

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "strata/safetensors.h"
+#include "core/atomic.h"
 
 struct st_safetensors {
     char source[1024];
@@ -256,6 +257,12 @@ void st_safetensors_close(st_safetensors *f)
     free(f);
 }
 
+const void *st_safetensors_bytes(const st_safetensors *f, size_t *size)
+{
+    *size = f->size;
+    return f->bytes;
+}
+
 size_t st_safetensors_count(const st_safetensors *f)
 {
     return f->n;
@@ -413,23 +420,8 @@ st_status st_safetensors_set_metadata(st_safetensors_writer *w, const char *key,
     return ST_OK;
 }
 
-static bool write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return false;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-st_status st_safetensors_save(st_safetensors_writer *w, const char *path)
+st_status st_safetensors_save_sum(st_safetensors_writer *w, const char *path, uint64_t *bytes,
+                                  uint64_t *sum)
 {
     json_t *h = json_object();
     if (!h)
@@ -441,43 +433,43 @@ st_status st_safetensors_save(st_safetensors_writer *w, const char *path)
         json_t *shape = json_array();
         for (int d = 0; d < w->e[i].ndim; d++)
             json_array_append_new(shape, json_integer((json_int_t)w->e[i].shape[d]));
-        uint64_t bytes = w->e[i].numel * 4;
+        uint64_t size = w->e[i].numel * 4;
         json_object_set_new(h, w->e[i].name,
                             json_pack("{s:s, s:o, s:[I, I]}", "dtype", "F32", "shape", shape,
                                       "data_offsets", (json_int_t)off,
-                                      (json_int_t)(off + bytes)));
-        off += bytes;
+                                      (json_int_t)(off + size)));
+        off += size;
     }
     char *text = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
     if (!text)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory for a safetensors header");
     size_t len = strlen(text), padded = (len + 8 + 7) / 8 * 8 - 8;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
+    st_afile *f = NULL;
+    st_status s = st_afile_create(path, &f);
+    if (s != ST_OK) {
         free(text);
-        return st_error(ST_ERR_IO, "cannot create '%s': %s", tmp, strerror(errno));
+        return s;
     }
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (unsigned char)((uint64_t)padded >> (8 * i));
-    bool ok = write_all(fd, lenb, 8) && write_all(fd, text, len);
-    for (size_t i = len; ok && i < padded; i++)
-        ok = write_all(fd, " ", 1);
+    s = st_afile_write(f, lenb, 8);
+    if (s == ST_OK)
+        s = st_afile_write(f, text, len);
+    for (size_t i = len; s == ST_OK && i < padded; i++)
+        s = st_afile_write(f, " ", 1);
     free(text);
-    for (size_t i = 0; ok && i < w->n; i++)
-        ok = write_all(fd, w->e[i].data, w->e[i].numel * 4);
-    int saved = errno;
-    ok = ok && fsync(fd) == 0;
-    if (close(fd) != 0)
-        ok = false;
-    if (!ok || rename(tmp, path) != 0) {
-        if (ok)
-            saved = errno;
-        unlink(tmp);
-        return st_error(ST_ERR_IO, "cannot write '%s': %s", path, strerror(saved));
+    for (size_t i = 0; s == ST_OK && i < w->n; i++)
+        s = st_afile_write(f, w->e[i].data, w->e[i].numel * 4);
+    if (s != ST_OK) {
+        st_afile_abort(f);
+        return s;
     }
-    return ST_OK;
+    return st_afile_commit(f, bytes, sum);
+}
+
+st_status st_safetensors_save(st_safetensors_writer *w, const char *path)
+{
+    return st_safetensors_save_sum(w, path, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/atomic.h"
 #include "core/file.h"
 #include "strata/model.h"
 
@@ -177,7 +178,7 @@ st_status st_gpt_config_load(const char *path, st_gpt_config *out)
     return s;
 }
 
-st_status st_gpt_config_save(const st_gpt_config *c, const char *path)
+char *st_gpt_config_json(const st_gpt_config *c)
 {
     json_t *root = json_pack(
         "{s:[s], s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:b, s:b, s:f, s:f, s:f}",
@@ -187,11 +188,19 @@ st_status st_gpt_config_save(const st_gpt_config *c, const char *path)
         "n_inner", c->n_inner, "layer_norm_epsilon", (double)c->layer_norm_epsilon,
         "tie_word_embeddings", 1, "scale_attn_weights", 1, "resid_pdrop", 0.0, "embd_pdrop",
         0.0, "attn_pdrop", 0.0);
-    if (!root)
-        return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing %s", path);
-    int rc = json_dump_file(root, path, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(root);
-    if (rc != 0)
-        return st_error(ST_ERR_IO, "cannot write %s", path);
-    return ST_OK;
+    return text;
+}
+
+st_status st_gpt_config_save(const st_gpt_config *c, const char *path)
+{
+    char *text = st_gpt_config_json(c);
+    if (!text)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing %s", path);
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps leaves the terminator: the newline replaces it */
+    st_status s = st_write_file_atomic(path, text, len + 1, NULL);
+    free(text);
+    return s;
 }

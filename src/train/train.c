@@ -34,6 +34,7 @@ void st_train_config_defaults(st_train_config *tc)
     tc->seed = 1;
     tc->eval_every = 250;
     tc->eval_batches = 8;
+    tc->keep = 1;
 }
 
 float st_train_lr(const st_train_config *tc, long step)
@@ -72,6 +73,18 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
     return text;
 }
 
+/* A value read from a checkpoint gets the checks of the flag it stands for. */
+static st_status setting_range(const char *dir, const char *key, const char *flag, double v,
+                               double lo, double hi, bool lo_open)
+{
+    if (v != v || v < lo || v > hi || (lo_open && v == lo))
+        return st_error(ST_ERR_FORMAT,
+                        "'%s': the checkpoint's training setting \"%s\" is %.9g, where %s takes "
+                        "%s%g to %g; the manifest is damaged or was not written by strata",
+                        dir, key, v, flag, lo_open ? "more than " : "", lo, hi);
+    return ST_OK;
+}
+
 st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size)
 {
     st_train_state state;
@@ -92,19 +105,50 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
                           &clip, "beta1", &b1, "beta2", &b2, "eps", &eps, "seed", &seed) != 0) {
         json_decref(j);
         return st_error(ST_ERR_FORMAT,
-                        "%s/optimizer.safetensors: the training settings in its metadata are "
+                        "'%s': the training settings in the checkpoint's manifest are "
                         "unreadable",
                         dir);
+    }
+    char *end = NULL;
+    unsigned long long seedv = strtoull(seed, &end, 10);
+    if ((s = setting_range(dir, "batch", "--batch", (double)batch, 1, 1 << 20, false)) == ST_OK &&
+        (s = setting_range(dir, "seq", "--seq", (double)seq, 1, 1 << 20, false)) == ST_OK &&
+        (s = setting_range(dir, "micro_batches", "--micro-batches", (double)micro, 1, 1 << 20,
+                           false)) == ST_OK &&
+        (s = setting_range(dir, "steps", "--steps", (double)steps, 1, 1099511627776.0, false)) ==
+            ST_OK &&
+        (s = setting_range(dir, "lr", "--lr", lr, 1e-12, 10, false)) == ST_OK &&
+        (s = setting_range(dir, "min_lr", "--min-lr", min_lr, 0, lr, false)) == ST_OK &&
+        (s = setting_range(dir, "warmup", "--warmup", (double)warmup, 0, 1099511627776.0,
+                           false)) == ST_OK &&
+        (s = setting_range(dir, "weight_decay", "--weight-decay", wd, 0, 10, false)) == ST_OK &&
+        (s = setting_range(dir, "clip", "--clip", clip, 0, 1e30, false)) == ST_OK &&
+        (s = setting_range(dir, "beta1", "AdamW", b1, 0, 0.999999, false)) == ST_OK &&
+        (s = setting_range(dir, "beta2", "AdamW", b2, 0, 0.999999999, false)) == ST_OK &&
+        (s = setting_range(dir, "eps", "AdamW", eps, 0, 1, true)) == ST_OK) {
+        if (batch % micro != 0)
+            s = st_error(ST_ERR_FORMAT,
+                         "'%s': the checkpoint's batch of %lld does not split into its %lld "
+                         "micro-batches; the manifest is damaged",
+                         dir, (long long)batch, (long long)micro);
+        else if (!*seed || *end || seedv > (1ull << 62))
+            s = st_error(ST_ERR_FORMAT, "'%s': the checkpoint's seed '%s' is not a number up to "
+                                        "2^62", dir, seed);
+        else if (!*d || strlen(d) >= size)
+            s = st_error(ST_ERR_FORMAT, "'%s': the checkpoint's data name is empty or too long",
+                         dir);
+        else if (st_schedule_parse(sched, &tc->schedule) != ST_OK)
+            s = st_error(ST_ERR_FORMAT, "'%s': the checkpoint's schedule '%s' is unknown", dir,
+                         sched);
+    }
+    if (s != ST_OK) {
+        json_decref(j);
+        return s;
     }
     snprintf(data, size, "%s", d);
     tc->batch = (int)batch;
     tc->seq = (int)seq;
     tc->micro_batches = (int)micro;
-    if (st_schedule_parse(sched, &tc->schedule) != ST_OK) {
-        json_decref(j);
-        return st_error(ST_ERR_FORMAT, "%s/optimizer.safetensors: unknown schedule '%s'", dir,
-                        sched);
-    }
     tc->steps = (long)steps;
     tc->lr = (float)lr;
     tc->min_lr = (float)min_lr;
@@ -114,7 +158,7 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
     tc->beta1 = (float)b1;
     tc->beta2 = (float)b2;
     tc->eps = (float)eps;
-    tc->seed = strtoull(seed, NULL, 10);
+    tc->seed = seedv;
     json_decref(j);
     return ST_OK;
 }
@@ -194,6 +238,70 @@ static st_status evaluate(run *r, long step)
     return ST_OK;
 }
 
+/* Under MPI: every rank writes its shards, rank 0 gets their names, sizes
+ * and checksums and commits the save once all are complete, then every rank
+ * learns the outcome (no rank carries on after a save that did not happen). */
+static st_status save_ranks(run *r, const st_train_state *state)
+{
+    const st_train_layout *L = r->layout;
+    const char *dir = r->tc->out_dir;
+    int rank = L->comm->rank;
+    double tagv = rank == 0 ? (double)st_checkpoint_new_tag() : 0.0;
+    st_status s = L->comm->allsum(L->comm->ctx, &tagv, 1); /* rank 0's tag everywhere */
+    if (s != ST_OK)
+        return s;
+    uint32_t tag = (uint32_t)tagv;
+    st_checkpoint_file mine[ST_CHECKPOINT_MAX_FILES];
+    size_t n_mine = 0;
+    enum { LINE = 2048 };
+    char line[LINE];
+    s = st_checkpoint_write_part(dir, r->local, r->n_local, state, tag, rank, L->ranks, mine,
+                                 &n_mine);
+    if (s == ST_OK)
+        st_checkpoint_files_format(mine, n_mine, line, sizeof line);
+    else
+        snprintf(line, sizeof line, "!%s", st_last_error());
+    char *all = rank == 0 ? calloc((size_t)L->ranks, LINE) : NULL;
+    if (rank == 0 && !all)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_status g = L->gather(line, all, LINE);
+    double failed = s != ST_OK || g != ST_OK;
+    if (rank == 0 && !failed) {
+        st_checkpoint_file *files = calloc(ST_CHECKPOINT_MAX_FILES, sizeof *files);
+        size_t n = 0;
+        s = files ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int k = 0; s == ST_OK && k < L->ranks; k++) {
+            const char *theirs = all + (size_t)k * LINE;
+            size_t got = 0;
+            if (theirs[0] == '!')
+                s = st_error(ST_ERR_IO, "rank %d could not write its part of the checkpoint: %s",
+                             k, theirs + 1);
+            else if ((s = st_checkpoint_files_parse(theirs, files + n,
+                                                    ST_CHECKPOINT_MAX_FILES - n, &got)) == ST_OK)
+                n += got;
+        }
+        if (s == ST_OK)
+            s = st_checkpoint_commit(dir, r->cfg, state, tag, files, n);
+        free(files);
+        failed = s != ST_OK;
+    }
+    free(all);
+    /* Rank 0's verdict to everyone (a sum: any failure anywhere counts). */
+    double verdict = rank == 0 ? failed : (s != ST_OK || g != ST_OK);
+    st_status v = L->comm->allsum(L->comm->ctx, &verdict, 1);
+    if (s == ST_OK && g != ST_OK)
+        s = g;
+    if (s == ST_OK && v != ST_OK)
+        s = v;
+    if (s == ST_OK && verdict > 0)
+        s = st_error(ST_ERR_IO, "the checkpoint of step %ld was not saved: another rank failed "
+                                "(its message says why)",
+                     state->step);
+    if (s == ST_OK && rank == 0)
+        s = st_checkpoint_clean(dir, r->tc->keep);
+    return s;
+}
+
 static st_status save(run *r, long step, const st_dataset *ds)
 {
     st_train_state state = {.step = step};
@@ -203,32 +311,17 @@ static st_status save(run *r, long step, const st_dataset *ds)
     snprintf(state.settings, sizeof state.settings, "%s", text);
     free(text);
     st_status s;
-    const st_train_layout *L = r->layout;
-    if (L->comm) {
-        /* Every rank's shard is complete before rank 0 writes the index. */
-        int stage_rank[ST_PLAN_MAX_STAGES];
-        for (size_t k = 0; k < L->n_stages; k++)
-            stage_rank[k] = L->comm->stage_rank[k];
-        s = st_checkpoint_save_shard(r->tc->out_dir, r->local, r->n_local, &state,
-                                     L->comm->rank, L->ranks);
-        st_status b = L->barrier();
-        if (s == ST_OK)
-            s = b;
-        if (s == ST_OK && L->comm->rank == 0)
-            s = st_checkpoint_save_index(r->tc->out_dir, r->desc, L->first, L->end, stage_rank,
-                                         L->n_stages, L->ranks, &state);
-        b = L->barrier();
-        if (s == ST_OK)
-            s = b;
-        if (s == ST_OK)
-            st_checkpoint_remove_old_shards(r->tc->out_dir, step, L->comm->rank, L->ranks);
-    } else {
-        s = st_checkpoint_save(r->tc->out_dir, r->local, r->n_local, r->cfg, &state);
-    }
+    if (r->layout->comm)
+        s = save_ranks(r, &state);
+    else
+        s = st_checkpoint_save(r->tc->out_dir, r->local, r->n_local, r->cfg, &state,
+                               r->tc->keep);
     if (s == ST_OK) {
         st_train_event e = {.kind = ST_TRAIN_SAVE, .step = step, .steps = r->tc->steps,
                             .path = r->tc->out_dir};
         emit(r, &e);
+    } else {
+        st_error_context("saving step %ld to '%s'", step, r->tc->out_dir);
     }
     return s;
 }
