@@ -106,7 +106,7 @@ static void bad_configs_name_the_problem(void **state)
         assert_contains(st_last_error(), cases[i].says);
     }
     st_gpt_config c;
-    assert_int_equal(st_gpt_config_load("/nonexistent/config.json", &c), ST_ERR_IO);
+    assert_int_equal(st_gpt_config_load("/nonexistent/config.json", &c), ST_ERR_NOT_FOUND);
     assert_contains(st_last_error(), "/nonexistent/config.json");
 }
 

@@ -125,7 +125,7 @@ expect 2 "longer than the model's 16 positions" -- "$strata" eval --model "$work
 # uint16 token files: tokens above the vocabulary are refused.
 printf '\x01\x00\x02\x00\x03\x00\x2c\x01' >"$work/tok.bin"
 for i in $(seq 1 6); do cat "$work/tok.bin" "$work/tok.bin" >"$work/tok2.bin"; mv "$work/tok2.bin" "$work/tok.bin"; done
-expect 2 "vocabulary is 256" -- "$strata" eval --model "$work/t" --data "$work/tok.bin"
+expect 2 "tokens up to 300; the model's vocabulary is 256" -- "$strata" eval --model "$work/t" --data "$work/tok.bin"
 expect 0 "step 2/2" -- "$strata" train --data "$work/tok.bin" "${tiny[@]}" --seq 8 --steps 2
 
 # Bad input: exit 2 and a message that names the problem.

@@ -18,7 +18,7 @@ st_status st_kernel_source(const char *file, char **out)
         if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path)
             return st_error(ST_ERR_INVALID, "STRATA_CL_DIR is too long");
         st_status s = st_read_text_file(path, "kernel file", out, NULL);
-        if (s == ST_ERR_IO) {
+        if (s != ST_OK) {
             char why[1024];
             snprintf(why, sizeof why, "%s", st_last_error());
             st_error(s, "%s (STRATA_CL_DIR=%s should be the cl/ folder of a Strata checkout; "

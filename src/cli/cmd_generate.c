@@ -28,8 +28,14 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
                             cli_devices *devs, st_gpt_config *cfg, st_model_desc **desc,
                             st_pipe **p)
 {
-    st_status s = st_checkpoint_config(dir, cfg);
-    if (s != ST_OK || (s = st_model_describe(cfg, desc)) != ST_OK)
+    st_checkpoint *ck = NULL;
+    st_status s = st_checkpoint_open(dir, &ck);
+    if (s != ST_OK)
+        return s;
+    *cfg = *st_checkpoint_get_config(ck);
+    fprintf(stderr, "model: %s, %s\n", dir, st_checkpoint_describe(ck));
+    st_checkpoint_close(ck);
+    if ((s = st_model_describe(cfg, desc)) != ST_OK)
         return s;
     if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK)
         return s;
@@ -414,16 +420,18 @@ int cmd_eval(int argc, char **argv)
                                cfg.n_positions);
     }
     if (st_dataset_vocab_needed(ds) > cfg.vocab_size) {
+        /* The message first: it reads the dataset, which goes next. */
+        s = st_error(ST_ERR_INVALID, "the data has tokens up to %d; the model's vocabulary is %d",
+                     st_dataset_vocab_needed(ds) - 1, cfg.vocab_size);
         st_dataset_destroy(ds);
-        return cli_fail(st_error(ST_ERR_INVALID,
-                                 "the data has tokens up to %d; the model's vocabulary is %d",
-                                 st_dataset_vocab_needed(ds) - 1, cfg.vocab_size));
+        return cli_fail(s);
     }
     size_t windows = fixed ? (size_t)(batches * B) : st_dataset_windows(ds, ST_ALL, (int)T);
     if (!windows) {
+        s = st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",
+                     st_dataset_name(ds), T + 1);
         st_dataset_destroy(ds);
-        return cli_fail(st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",
-                                 st_dataset_name(ds), T + 1));
+        return cli_fail(s);
     }
     if (B % micro != 0) {
         st_dataset_destroy(ds);

@@ -24,32 +24,51 @@ struct st_afile {
 /* ---- crash points ----------------------------------------------------------- */
 
 static pthread_mutex_t crash_lock = PTHREAD_MUTEX_INITIALIZER;
-static long crash_at = -1, crash_count;
+static long crash_at = -1, crash_count, full_at = -1, write_count;
 static const char *crash_list;
 static bool crash_read;
+
+/* "N", or "R:N" for rank R only (as the MPI launcher numbers ranks): N, else -1. */
+static long test_counter(const char *var)
+{
+    const char *at = getenv(var);
+    if (!at || !*at)
+        return -1;
+    const char *colon = strchr(at, ':');
+    if (colon) {
+        const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+        if (!rank)
+            rank = getenv("PMI_RANK");
+        if (atol(rank ? rank : "0") != atol(at)) /* one process is rank 0 */
+            return -1;
+        at = colon + 1;
+    }
+    return atol(at);
+}
 
 static void crash_setup(void)
 {
     crash_read = true;
     crash_list = getenv("STRATA_TEST_CRASH_LIST");
-    const char *at = getenv("STRATA_TEST_CRASH_AT");
-    if (!at || !*at)
-        return;
-    const char *colon = strchr(at, ':');
-    if (colon) {
-        /* R:N stops only rank R (as the MPI launcher numbers ranks). */
-        const char *rank = getenv("OMPI_COMM_WORLD_RANK");
-        if (!rank)
-            rank = getenv("PMI_RANK");
-        if (!rank || atol(rank) != atol(at))
-            return;
-        at = colon + 1;
-    }
-    crash_at = atol(at);
+    crash_at = test_counter("STRATA_TEST_CRASH_AT");
+    full_at = test_counter("STRATA_TEST_FULL_DISK_AT");
 }
 
-void st_crash_point(const char *what)
+/* STRATA_TEST_FULL_DISK_AT=N: the N-th write of a file fails as on a full disk. */
+static bool full_disk_now(void)
 {
+    pthread_mutex_lock(&crash_lock);
+    if (!crash_read)
+        crash_setup();
+    bool full = full_at > 0 && ++write_count == full_at;
+    pthread_mutex_unlock(&crash_lock);
+    return full;
+}
+
+void st_crash_point(const char *what, const char *path)
+{
+    const char *slash = path ? strrchr(path, '/') : NULL;
+    const char *file = slash ? slash + 1 : path ? path : "";
     pthread_mutex_lock(&crash_lock);
     if (!crash_read)
         crash_setup();
@@ -60,13 +79,15 @@ void st_crash_point(const char *what)
     crash_count++;
     if (crash_list) {
         FILE *f = fopen(crash_list, "a");
+        const char *rank = getenv("OMPI_COMM_WORLD_RANK");
         if (f) {
-            fprintf(f, "%ld %s\n", crash_count, what);
+            fprintf(f, "r%s %ld %s: %s\n", rank ? rank : "0", crash_count, file, what);
             fclose(f);
         }
     }
     if (crash_count == crash_at) {
-        fprintf(stderr, "strata: test: crash point %ld (%s): SIGKILL\n", crash_count, what);
+        fprintf(stderr, "strata: test: crash point %ld (%s: %s): SIGKILL\n", crash_count, file,
+                what);
         fflush(stderr);
         kill(getpid(), SIGKILL);
     }
@@ -129,7 +150,7 @@ st_status st_afile_create(const char *path, st_afile **out)
     snprintf(f->path, sizeof f->path, "%s", path);
     snprintf(f->tmp, sizeof f->tmp, "%s.tmp.%ld", path, (long)getpid());
     st_sum64_init(&f->sum);
-    st_crash_point("create temporary file");
+    st_crash_point("create temporary file", f->path);
     f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (f->fd < 0) {
         st_status s = st_error(ST_ERR_IO, "cannot create '%s': %s", f->tmp, strerror(errno));
@@ -144,6 +165,9 @@ st_status st_afile_write(st_afile *f, const void *data, size_t len)
 {
     const char *c = data;
     st_sum64_add(&f->sum, data, len);
+    if (full_disk_now())
+        return st_error(ST_ERR_IO, "cannot write '%s': %s (test: STRATA_TEST_FULL_DISK_AT)",
+                        f->path, strerror(ENOSPC));
     while (len) {
         ssize_t k = write(f->fd, c, len);
         if (k < 0) {
@@ -156,7 +180,7 @@ st_status st_afile_write(st_afile *f, const void *data, size_t len)
         if (!f->wrote) {
             /* Once per file: a crash with part of the data written. */
             f->wrote = true;
-            st_crash_point("partly written");
+            st_crash_point("partly written", f->path);
         }
     }
     return ST_OK;
@@ -174,7 +198,7 @@ void st_afile_abort(st_afile *f)
 
 st_status st_afile_commit(st_afile *f, uint64_t *bytes, uint64_t *sum)
 {
-    st_crash_point("written, before fsync");
+    st_crash_point("written, before fsync", f->path);
     if (fsync(f->fd) != 0) {
         st_status s = st_error(ST_ERR_IO, "cannot write '%s' (fsync): %s", f->path,
                                strerror(errno));
@@ -189,14 +213,14 @@ st_status st_afile_commit(st_afile *f, uint64_t *bytes, uint64_t *sum)
         st_afile_abort(f);
         return s;
     }
-    st_crash_point("synced, before rename");
+    st_crash_point("synced, before rename", f->path);
     if (rename(f->tmp, f->path) != 0) {
         st_status s = st_error(ST_ERR_IO, "cannot rename '%s' to '%s': %s", f->tmp, f->path,
                                strerror(errno));
         st_afile_abort(f);
         return s;
     }
-    st_crash_point("renamed, before folder sync");
+    st_crash_point("renamed, before folder sync", f->path);
     char dir[4096];
     dir_of(f->path, dir, sizeof dir);
     if (bytes)

@@ -9,11 +9,13 @@
  * a part. Abort (or any failure) removes the temporary file.
  *
  * Crash points: every step of a save that could be interrupted calls
- * st_crash_point("what"). In a test, STRATA_TEST_CRASH_AT=N (or R:N, only on
+ * st_crash_point("what", path). In a test, STRATA_TEST_CRASH_AT=N (or R:N, only on
  * MPI rank R) kills the process with SIGKILL at the N-th point it passes;
  * STRATA_TEST_CRASH_LIST=FILE appends the name of every point passed to FILE,
- * so a test can count them and then stop at each in turn. Without these
- * variables a crash point costs one branch.
+ * so a test can count them and then stop at each in turn.
+ * STRATA_TEST_FULL_DISK_AT=N (or R:N) makes the N-th st_afile_write fail with
+ * ENOSPC, as a full disk does. Without these variables a crash point costs a
+ * lock and a branch.
  */
 #ifndef STRATA_CORE_ATOMIC_H
 #define STRATA_CORE_ATOMIC_H
@@ -44,7 +46,7 @@ st_status st_fsync_dir(const char *dir);
 /* Is name a temporary file of st_afile's naming ("x.tmp.123")? */
 bool st_afile_is_temp(const char *name);
 
-/* The test hook described above. */
-void st_crash_point(const char *what);
+/* The test hook described above; path (may be NULL) names the file. */
+void st_crash_point(const char *what, const char *path);
 
 #endif

@@ -10,7 +10,7 @@ st_status st_read_text_file(const char *path, const char *what, char **out, size
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return st_error(ST_ERR_IO, "cannot open %s %s: %s", what, path, strerror(errno));
+        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_INVALID, "cannot open %s %s: %s", what, path, strerror(errno));
     st_status s = ST_OK;
     char *buf = NULL;
     long len = -1;

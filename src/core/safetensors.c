@@ -220,7 +220,7 @@ st_status st_safetensors_open(const char *path, st_safetensors **out)
 {
     FILE *fp = fopen(path, "rb");
     if (!fp)
-        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_IO, "cannot open '%s': %s",
+        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_INVALID, "cannot open '%s': %s",
                         path, strerror(errno));
     long size = -1;
     if (fseek(fp, 0, SEEK_END) != 0 || (size = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {

@@ -60,11 +60,11 @@ static st_status load_file(st_dataset *ds, const char *path)
     bool tokens = ends_with(path, ".bin") || ends_with(path, ".u16") || ends_with(path, ".tok");
     struct stat sb;
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
-        return st_error(ST_ERR_IO, "data '%s' is not a file (a folder?): give a text or token file",
+        return st_error(ST_ERR_INVALID, "data '%s' is not a file (a folder?): give a text or token file",
                         path);
     FILE *f = fopen(path, "rb");
     if (!f)
-        return st_error(ST_ERR_IO, "cannot open data file '%s': %s", path, strerror(errno));
+        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_INVALID, "cannot open data file '%s': %s", path, strerror(errno));
     st_status s = ST_OK;
     long size = -1;
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {

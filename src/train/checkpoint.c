@@ -50,14 +50,19 @@ static void join(char *out, size_t size, const char *dir, const char *name)
 
 st_status st_checkpoint_prepare(const char *dir)
 {
+    /* Before a run, a folder that cannot be written is a bad --out (exit 2);
+     * a write that fails during a save is a failure of the run (exit 1). */
     st_status s = make_dir(dir);
-    if (s != ST_OK)
-        return s;
+    if (s != ST_OK) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", st_last_error());
+        return st_error(ST_ERR_INVALID, "%s (choose another --out)", why);
+    }
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/.strata-write-test.%ld", dir, (long)getpid());
     FILE *f = fopen(probe, "w");
     if (!f)
-        return st_error(ST_ERR_IO, "cannot write into '%s': %s (choose another --out)", dir,
+        return st_error(ST_ERR_INVALID, "cannot write into '%s': %s (choose another --out)", dir,
                         strerror(errno));
     fclose(f);
     unlink(probe);
@@ -360,7 +365,10 @@ st_status st_checkpoint_commit(const char *dir, const st_gpt_config *cfg,
     bool removed = false;
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++) {
         join(path, sizeof path, dir, old[i]);
-        st_crash_point("remove a file of the single-file layout");
+        struct stat sb;
+        if (stat(path, &sb) != 0)
+            continue;
+        st_crash_point("remove a file of the single-file layout", path);
         removed = unlink(path) == 0 || removed;
     }
     return removed ? st_fsync_dir(dir) : ST_OK;
@@ -651,7 +659,7 @@ st_status st_checkpoint_clean(const char *dir, int keep)
     /* Manifests first (the saves stop existing), then the files nothing names. */
     for (size_t i = kept; i < n; i++) {
         join(path, sizeof path, dir, list[i]->name);
-        st_crash_point("remove an old manifest");
+        st_crash_point("remove an old manifest", path);
         unlink(path);
     }
     DIR *d = opendir(dir);
@@ -669,7 +677,7 @@ st_status st_checkpoint_clean(const char *dir, int keep)
         if (used || (!ours_temp && kept == 0))
             continue;
         join(path, sizeof path, dir, name);
-        st_crash_point("remove a file no kept save names");
+        st_crash_point("remove a file no kept save names", path);
         removed = unlink(path) == 0 || removed;
     }
     if (d)
