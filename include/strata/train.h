@@ -92,6 +92,10 @@ typedef struct st_train_layout {
     st_status (*barrier)(void);
     /* Each rank's line of text to rank 0 (out: ranks x line_size bytes, rank 0 only). */
     st_status (*gather)(const char *line, char *out, size_t line_size);
+    /* Set by st_train when it fails the same way on every rank at once (a save
+     * that did not happen): no rank waits on another, so the job can end
+     * normally instead of being aborted. May be NULL. */
+    bool *failed_together;
 } st_train_layout;
 
 /* Trains cfg's model over the layout's stages. With tc->resume_dir, the weights, moments and

@@ -91,6 +91,39 @@ static st_status check_operand(const char *which, const st_tensor *t, const st_d
     return ST_OK;
 }
 
+/* CLBlast allocates device buffers of its own inside some products (padded
+ * copies for its fast kernel, the offsets of a batched call), outside
+ * Strata's memory accounting. Before such a call, the room it needs (as
+ * CLBlast itself computes it for one product, times the items, plus the
+ * offsets) must be free in the accounting: else a clear out-of-memory error
+ * now, instead of a failure inside CLBlast. */
+static st_status check_clblast_room(const st_gemm_args *g, st_device *dev, cl_command_queue *q,
+                                    CLBlastTranspose ta, CLBlastTranspose tb, size_t ao,
+                                    size_t bo, size_t co, size_t items)
+{
+    if (g->m == 1 && items == 1 && !g->trans_a)
+        return ST_OK; /* GEMV: no buffers of its own */
+    size_t temp = 0;
+    CLBlastStatusCode r = CLBlastSGemmTempBufferSize(CLBlastLayoutRowMajor, ta, tb, g->m, g->n,
+                                                     g->k, ao, g->lda, bo, g->ldb, co, g->ldc, q,
+                                                     &temp);
+    if (r != CLBlastSuccess)
+        return ST_OK; /* CLBlast will say what is wrong with the call itself */
+    uint64_t need = (uint64_t)temp * items + (items > 1 ? (uint64_t)items * 5 * 8 : 0);
+    st_device_memory mem = st_device_get_memory(dev);
+    uint64_t free = mem.capacity > mem.current ? mem.capacity - mem.current : 0;
+    if (need > free) {
+        char a[32], b[32];
+        return st_error(ST_ERR_DEVICE_MEMORY,
+                        "gemm %zux%zux%zu (%zu item(s), C='%s') needs %s of CLBlast scratch on %s, "
+                        "but only %s is free: use a smaller batch or more devices",
+                        g->m, g->n, g->k, items, st_tensor_name(g->c),
+                        st_format_bytes(need, a, sizeof a), st_device_label(dev),
+                        st_format_bytes(free, b, sizeof b));
+    }
+    return ST_OK;
+}
+
 st_status st_gemm(const st_gemm_args *g)
 {
     if (!g->c)
@@ -119,6 +152,8 @@ st_status st_gemm(const st_gemm_args *g)
     size_t co = st_tensor_offset(g->c) + g->c_offset;
     CLBlastStatusCode r;
     const char *call;
+    if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
+        return s;
     if (outer > 1) {
         /* Two levels of batch: CLBlast's batched GEMM takes one offset per item. */
         size_t items = outer * batch;

@@ -23,6 +23,10 @@ enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
  * the exit code for s. */
 int cli_fail(st_status s);
 void cli_set_rank(int rank);
+/* Under MPI: the command failed on every rank together (each knows), so the
+ * job ends with MPI_Finalize rather than MPI_Abort. */
+void cli_set_failed_together(void);
+bool cli_failed_together(void);
 
 /* Option values: the whole string a number within [lo, hi], else false. */
 bool cli_parse_long(const char *s, long lo, long hi, long *out);

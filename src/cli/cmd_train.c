@@ -446,7 +446,11 @@ int cmd_train(int argc, char **argv)
             sigaction(SIGINT, &sa, NULL);
             sigaction(SIGTERM, &sa, NULL);
         }
+        bool together = false;
+        layout.failed_together = &together;
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
+        if (s != ST_OK && together)
+            cli_set_failed_together();
         char lines[ST_PLAN_MAX_STAGES][256];
         size_t n_lines = 0;
         for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {

@@ -65,7 +65,9 @@ static int run_ranks(const command *c, int argc, char **argv, int ranks)
     cli_set_rank(rank);
     (void)ranks;
     int rc = c->run(argc - 1, argv + 1);
-    if (rc != CLI_OK) /* the message is out; the other ranks must not wait for this one */
+    /* The message is out; the other ranks must not wait for this one, unless
+     * they all failed together (then concurrent aborts would only race). */
+    if (rc != CLI_OK && !cli_failed_together())
         st_mpi_abort(rc);
     st_mpi_stop();
     return rc;

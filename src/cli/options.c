@@ -13,6 +13,18 @@ void cli_set_rank(int rank)
     rank_of_process = rank;
 }
 
+static bool failed_together;
+
+void cli_set_failed_together(void)
+{
+    failed_together = true;
+}
+
+bool cli_failed_together(void)
+{
+    return failed_together;
+}
+
 int cli_fail(st_status s)
 {
     if (rank_of_process >= 0)

@@ -297,6 +297,8 @@ static st_status save_ranks(run *r, const st_train_state *state)
         s = st_error(ST_ERR_IO, "the checkpoint of step %ld was not saved: another rank failed "
                                 "(its message says why)",
                      state->step);
+    if (s != ST_OK && g == ST_OK && v == ST_OK && L->failed_together)
+        *L->failed_together = true; /* every rank saw the verdict: none is left waiting */
     if (s == ST_OK && rank == 0)
         s = st_checkpoint_clean(dir, r->tc->keep);
     return s;
