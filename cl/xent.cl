@@ -35,7 +35,10 @@ __kernel void xent_fwd(__global float *probs, const ulong probs_off,
     for (int v = 0; v < V; v++)
         p[v] *= inv;
     const int t = targets[targets_off + n];
-    losses[losses_off + n] = t >= 0 && t < V ? -log(fmax(p[t], 1e-30f)) : 0.0f;
+    /* The floor keeps log finite for a probability that underflowed; a NaN
+     * (from NaN weights) must stay NaN, which fmax alone would hide. */
+    const float pt = t >= 0 && t < V ? p[t] : 1.0f;
+    losses[losses_off + n] = t >= 0 && t < V ? (isnan(pt) ? pt : -log(fmax(pt, 1e-30f))) : 0.0f;
 }
 
 __kernel void xent_bwd(__global float *dlogits, const ulong dlogits_off,

@@ -82,10 +82,18 @@ static void bad_configs_name_the_problem(void **state)
          " \"n_head\": 2}",
          ST_ERR_FORMAT, "disagree"},
         {"{\"vocab_size\": -9, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 1, \"n_head\": 2}",
-         ST_ERR_FORMAT, "\"vocab_size\" must be a positive integer"},
+         ST_ERR_FORMAT, "\"vocab_size\" must be an integer from 1 to 16777216"},
         {"{\"vocab_size\": \"9\", \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 1,"
          " \"n_head\": 2}",
-         ST_ERR_FORMAT, "positive integer"},
+         ST_ERR_FORMAT, "must be an integer from 1"},
+        /* Sizes beyond the limits are refused before anything is allocated; 4 x n_embd
+         * (the default n_inner) can no longer overflow. */
+        {"{\"vocab_size\": 9, \"n_positions\": 8, \"n_embd\": 8, \"n_layer\": 3000000,"
+         " \"n_head\": 2}",
+         ST_ERR_FORMAT, "\"n_layer\" must be an integer from 1 to 4096"},
+        {"{\"vocab_size\": 9, \"n_positions\": 8, \"n_embd\": 1073741824, \"n_layer\": 1,"
+         " \"n_head\": 2}",
+         ST_ERR_FORMAT, "\"n_embd\" must be an integer from 1 to 65536"},
         {"{\"vocab_size\": 9, \"vocab_size\": 10, \"n_positions\": 8, \"n_embd\": 8,"
          " \"n_layer\": 1, \"n_head\": 2}",
          ST_ERR_FORMAT, "duplicate"},

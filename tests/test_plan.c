@@ -145,6 +145,31 @@ static st_device_profile dev(double gflops, double gib)
     return p;
 }
 
+/* The deepest model accepted, over four equal devices: the plan exists, covers every
+ * layer once in order, and balances the blocks (the planner's time no longer grows
+ * with the cube of the layer count; its speed is in the README, not timed here). */
+static void thousands_of_layers(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(ST_MODEL_MAX_LAYERS, 16);
+    st_device_profile p[4] = {dev(100, 8), dev(100, 8), dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 16, .micro_batches = 8,
+                        .training = true, .n_devices = 4, .devices = p,
+                        .keep_all_devices = true};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 4);
+    size_t at = 0;
+    for (size_t k = 0; k < 4; k++) {
+        assert_int_equal(plan.stage[k].first, at);
+        size_t len = plan.stage[k].end - plan.stage[k].first;
+        assert_true(len > 900 && len < 1150);
+        at = plan.stage[k].end;
+    }
+    assert_int_equal(at, d->n_layers);
+    st_model_desc_destroy(d);
+}
+
 static void faster_devices_get_more_layers(void **state)
 {
     (void)state;
@@ -282,6 +307,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(partition_matches_brute_force),
         cmocka_unit_test(faster_devices_get_more_layers),
+        cmocka_unit_test(thousands_of_layers),
         cmocka_unit_test(fewer_devices_when_faster),
         cmocka_unit_test(memory_decides_the_split),
         cmocka_unit_test(fixed_splits),

@@ -153,6 +153,40 @@ cp "$(newest "$work/a" model)" "$work/hf/model.safetensors"
 expect 0 "123" -- "$strata" generate --model "$work/hf" --prompt "123" -n 2
 expect 2 "no checkpoint manifest" -- "$strata" train --resume "$work/hf"
 
+# NaN or infinity: an injected NaN gradient at step 3 stops the run (exit 1, the
+# stage named, no update, nothing saved); with --on-nan skip the step is passed over.
+"$strata" train "${tiny[@]}" --steps 6 --stop-at 2 --out "$work/nan" >/dev/null 2>&1 || fail "nan: first run"
+out=$(STRATA_TEST_NAN_AT=3:0 "$strata" train --resume "$work/nan" --out "$work/nan" 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "nan abort: exit $rc, expected 1: $out"
+grep -q "step 3: the loss .* is not finite; first found at stage 0 .*gradient of 'wte.weight'" <<<"$out" ||
+    fail "nan abort: no message naming the step and stage: $out"
+[ "$(ls "$work/nan" | grep -c '^checkpoint-step')" = 1 ] && ls "$work/nan" | grep -q '^checkpoint-step00000002-' ||
+    fail "nan abort: the checkpoint changed: $(ls "$work/nan")"
+out=$(STRATA_TEST_NAN_AT=3:0 "$strata" train --resume "$work/nan" --out "$work/nan" --on-nan skip 2>&1) ||
+    fail "nan skip: the run failed: $out"
+grep -q "^step 3/6 | loss [0-9.]* | skipped: not finite" <<<"$out" || fail "nan skip: no skipped line: $out"
+grep -q "^step 4/6 | loss [0-9.]* | lr" <<<"$out" || fail "nan skip: the run did not go on: $out"
+# A model whose weights are NaN: warnings, and eval does not print a finite loss as if all were well.
+mkdir "$work/nanw"
+cp "$work/a/config.json" "$work/nanw/"
+m=$(newest "$work/a" model)
+hlen=$(od -An -tu8 -N8 "$m" | tr -d ' ')
+{ head -c $((8 + hlen)) "$m"; head -c $(($(stat -c %s "$m") - 8 - hlen)) /dev/zero | tr '\0' '\377'; } \
+    >"$work/nanw/model.safetensors"
+out=$("$strata" eval --model "$work/nanw" 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "eval of NaN weights: exit $rc, expected 1: $out"
+grep -q "tensor 'wte.weight' holds .* NaN or infinite" <<<"$out" || fail "eval of NaN weights: no warning: $out"
+grep -q "the loss is not finite" <<<"$out" || fail "eval of NaN weights: no error: $out"
+# A JSON log that cannot be written (a full disk): said at once, the run saves, exit 1.
+out=$("$strata" train "${tiny[@]}" --steps 2 --log-json /dev/full --out "$work/full" 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "--log-json on a full disk: exit $rc, expected 1: $out"
+grep -q "cannot write the JSON log '/dev/full': No space left on device" <<<"$out" ||
+    fail "--log-json on a full disk: no message: $out"
+[ -s "$(newest "$work/full" checkpoint)" ] || fail "--log-json on a full disk: the model was not saved"
+
 "$strata" train --help | grep -q -- "--resume DIR" || fail "train --help lacks --resume"
 "$strata" generate --help | grep -q -- "--top-k" || fail "generate --help lacks --top-k"
 

@@ -23,6 +23,14 @@
 extern "C" {
 #endif
 
+/* The largest models Strata accepts, checked before anything is allocated
+ * (every size below also keeps each product in 64-bit arithmetic). */
+#define ST_MODEL_MAX_LAYERS 4096
+#define ST_MODEL_MAX_EMBD 65536
+#define ST_MODEL_MAX_INNER 1048576
+#define ST_MODEL_MAX_VOCAB 16777216
+#define ST_MODEL_MAX_POSITIONS 1048576
+
 typedef struct st_gpt_config {
     int vocab_size;           /* V */
     int n_positions;          /* longest sequence, rows of wpe */
@@ -41,7 +49,7 @@ typedef struct st_gpt_config {
 st_status st_gpt_config_load(const char *path, st_gpt_config *out);
 /* The same from text; `source` names it in messages. */
 st_status st_gpt_config_parse(const char *json_text, const char *source, st_gpt_config *out);
-/* Positive sizes, n_embd divisible by n_head, sane epsilon. */
+/* Sizes from 1 to the limits above, n_embd divisible by n_head, sane epsilon. */
 st_status st_gpt_config_check(const st_gpt_config *cfg);
 /* Writes config.json that Hugging Face transformers loads as GPT2LMHeadModel. */
 st_status st_gpt_config_save(const st_gpt_config *cfg, const char *path);

@@ -84,6 +84,11 @@ typedef struct st_pipe_step_result {
     double loss;      /* mean over the tokens with a target */
     long tokens;      /* tokens with a target */
     double grad_norm; /* before clipping */
+    /* The loss or the gradient norm was NaN or infinite: no update was made,
+     * and `where` names the first stage it was found on (its weights, else
+     * its gradients). Every process sees the same. */
+    bool nonfinite;
+    char where[256];
 } st_pipe_step_result;
 
 /* One training step on m micro-batches: tokens and targets hold m * B * T

@@ -35,6 +35,8 @@ extern "C" {
 #endif
 
 #define ST_PLAN_MAX_STAGES 64
+/* Transformer blocks a split may name (the model limit, strata/model.h). */
+#define ST_PLAN_MAX_BLOCKS ST_MODEL_MAX_LAYERS
 
 typedef struct st_device_profile {
     char name[256];

@@ -31,7 +31,8 @@ extern "C" {
     X(ST_ERR_BLAS, "CLBlast error")                                            \
     X(ST_ERR_IO, "file error")                                                 \
     X(ST_ERR_FORMAT, "bad file format")                                        \
-    X(ST_ERR_UNSUPPORTED, "not supported")
+    X(ST_ERR_UNSUPPORTED, "not supported")                                     \
+    X(ST_ERR_NUMERIC, "not a finite number")
 
 typedef enum st_status {
 #define ST_STATUS_ENUM_(name, text) name,

@@ -41,6 +41,8 @@ typedef struct st_train_config {
     int eval_batches;
     long save_every;       /* 0: only at the end */
     int keep;              /* complete saves kept in out_dir (at least 1) */
+    bool skip_nonfinite;   /* a NaN/Inf loss or gradient skips the step's update
+                            * (--on-nan skip); else the run stops (abort) */
     const char *out_dir;   /* checkpoint folder, or NULL */
     const char *resume_dir;
     /* Asked after every step; true stops the run there as if --stop-at were
@@ -73,6 +75,8 @@ typedef struct st_train_event {
     double seconds;                 /* DONE: wall time of the steps */
     double wait_ms;                 /* STEP: the most any stage waited on its links */
     bool interrupted;               /* DONE: should_stop ended the run early */
+    bool skipped;                   /* STEP: not finite, no update made (--on-nan skip) */
+    const char *where;              /* STEP when skipped: the first stage it was found on */
     uint64_t params;                /* START */
     uint64_t device_bytes, peak_bytes; /* START, DONE */
 } st_train_event;

@@ -31,6 +31,9 @@ bool cli_failed_together(void);
 /* Option values: the whole string a number within [lo, hi], else false. */
 bool cli_parse_long(const char *s, long lo, long hi, long *out);
 bool cli_parse_float(const char *s, double lo, double hi, float *out);
+bool cli_parse_double(const char *s, double lo, double hi, double *out);
+/* "an integer from 1 to 1048576": what the last cli_parse_* call accepts. */
+const char *cli_expected(void);
 /* Prints "strata <cmd>: <message>" and a pointer to --help; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -152,7 +152,8 @@ int cmd_bench(int argc, char **argv)
         default: return cli_usage_error("bench", "unknown option %s", argv[optind - 1]);
         }
         if (!ok)
-            return cli_usage_error("bench", "bad value '%s' for --%s", optarg, opts[li].name);
+            return cli_usage_error("bench", "bad value '%s' for --%s: %s", optarg, opts[li].name,
+                                   cli_expected());
     }
     if (!pipeline)
         return cli_usage_error("bench", "say which benchmark: --pipeline");

@@ -302,12 +302,7 @@ int cmd_generate(int argc, char **argv)
             prompt = prompts[n_prompts++] = optarg;
             break;
         case 'n': ok = cli_parse_long(optarg, 0, 1L << 30, &n); break;
-        case 't': {
-            char *end = NULL;
-            temperature = strtod(optarg, &end);
-            ok = *optarg && !*end && temperature >= 0 && temperature <= 100;
-            break;
-        }
+        case 't': ok = cli_parse_double(optarg, 0, 100, &temperature); break;
         case 'k': ok = cli_parse_long(optarg, 0, 1L << 30, &top_k); break;
         case 's': ok = cli_parse_long(optarg, 0, 1L << 62, &seed); break;
         case 'd': rf.devices = optarg; break;
@@ -318,8 +313,9 @@ int cmd_generate(int argc, char **argv)
         default: return cli_usage_error("generate", "unknown option %s", argv[optind - 1]);
         }
         if (!ok)
-            return cli_usage_error("generate", "bad value '%s' for %s%s", optarg,
-                                   li >= 0 ? "--" : "", li >= 0 ? opts[li].name : "-n");
+            return cli_usage_error("generate", "bad value '%s' for %s%s: %s", optarg,
+                                   li >= 0 ? "--" : "", li >= 0 ? opts[li].name : "-n",
+                                   cli_expected());
     }
     if (optind < argc)
         return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
@@ -391,7 +387,8 @@ int cmd_eval(int argc, char **argv)
         default: return cli_usage_error("eval", "unknown option %s", argv[optind - 1]);
         }
         if (!ok)
-            return cli_usage_error("eval", "bad value '%s' for --%s", optarg, opts[li].name);
+            return cli_usage_error("eval", "bad value '%s' for --%s: %s", optarg, opts[li].name,
+                                   cli_expected());
     }
     if (optind < argc)
         return cli_usage_error("eval", "unexpected argument '%s'", argv[optind]);
@@ -494,6 +491,10 @@ int cmd_eval(int argc, char **argv)
             printf(" | exact match %.1f%% of %zu problems", 100.0 * exact / (double)windows,
                    windows);
         printf(" | %.1f s\n", st_now_s() - t0);
+        if (!isfinite(loss))
+            s = st_error(ST_ERR_NUMERIC,
+                         "the loss is not finite: the model's weights hold NaN or infinite "
+                         "values (see the warnings above), or overflow on this data");
     }
     free(tok);
     free(tgt);

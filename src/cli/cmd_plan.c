@@ -118,7 +118,8 @@ int cmd_plan(int argc, char **argv)
         default: return cli_usage_error("plan", "unknown option %s", argv[optind - 1]);
         }
         if (!ok)
-            return cli_usage_error("plan", "bad value '%s' for --%s", optarg, opts[li].name);
+            return cli_usage_error("plan", "bad value '%s' for --%s: %s", optarg, opts[li].name,
+                                   cli_expected());
     }
     if (optind < argc)
         return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);

@@ -52,6 +52,9 @@ static void help(void)
            "  --seed N            weights and batches (default %llu)\n"
            "  --eval-every N      validation every N steps, 0: only at the end (default %ld)\n"
            "  --eval-batches N    validation batches (default %d)\n"
+           "  --on-nan WHAT       a NaN or infinite loss or gradient: abort (default: stop,\n"
+           "                      saving nothing, naming the step and the stage) or skip\n"
+           "                      (no update for that step; the run goes on)\n"
            "checkpoints and logs:\n"
            "  --out DIR           save the model and optimizer here at the end (each\n"
            "                      save is committed whole: a crash leaves the last one)\n"
@@ -90,6 +93,9 @@ static void help(void)
 
 typedef struct log_ctx {
     FILE *json;
+    const char *json_path;
+    bool json_failed;
+    int json_errno;
     long log_every;
     bool has_exact;
     double last_val, last_exact;
@@ -130,15 +136,19 @@ static void on_event(const st_train_event *e, void *user)
                     (unsigned long long)e->device_bytes);
         break;
     case ST_TRAIN_STEP:
-        if (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)
+        if (e->skipped)
+            printf("step %ld/%ld | loss %.4f | skipped: not finite (%s), no update\n", e->step,
+                   e->steps, e->loss, e->where);
+        else if (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)
             printf("step %ld/%ld | loss %.4f | lr %.1e | %.1f ms | %s tok/s\n", e->step, e->steps,
                    e->loss, e->lr, e->ms, commas(e->tokens_per_s, a, sizeof a));
         if (L->json)
             fprintf(L->json,
                     "{\"event\":\"step\",\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
-                    "\"grad_norm\":%.9g,\"ms\":%.3f,\"tok_per_s\":%.1f,\"link_wait_ms\":%.3f}\n",
-                    e->step, e->steps, e->loss, e->lr, e->grad_norm, e->ms, e->tokens_per_s,
-                    e->wait_ms);
+                    "\"grad_norm\":%.9g,\"ms\":%.3f,\"tok_per_s\":%.1f,\"link_wait_ms\":%.3f%s}\n",
+                    e->step, e->steps, isfinite(e->loss) ? e->loss : 0.0,
+                    e->lr, isfinite(e->grad_norm) ? e->grad_norm : 0.0, e->ms, e->tokens_per_s,
+                    e->wait_ms, e->skipped ? ",\"skipped\":true" : "");
         break;
     case ST_TRAIN_EVAL:
         L->have_val = true;
@@ -181,8 +191,15 @@ static void on_event(const st_train_event *e, void *user)
         break;
     }
     fflush(stdout);
-    if (L->json)
-        fflush(L->json);
+    if (L->json && (fflush(L->json) != 0 || ferror(L->json)) && !L->json_failed) {
+        /* Said once, now; the run goes on (its checkpoint matters more than
+         * its log) and ends with exit 1. */
+        L->json_failed = true;
+        L->json_errno = errno;
+        fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s (training goes on; "
+                        "the run will exit 1)\n",
+                L->json_path, strerror(errno));
+    }
 }
 
 /* Ctrl-C (or SIGTERM) once: finish the step, validate, save, stop. Twice: quit now. */
@@ -207,7 +224,7 @@ enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
-    O_MEM_LIMIT, O_KEEP, O_DEVICES
+    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -242,6 +259,7 @@ int cmd_train(int argc, char **argv)
         {"split", required_argument, NULL, O_SPLIT},
         {"mem-limit", required_argument, NULL, O_MEM_LIMIT},
         {"keep", required_argument, NULL, O_KEEP},
+        {"on-nan", required_argument, NULL, O_ON_NAN},
         {"devices", required_argument, NULL, O_DEVICES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -293,6 +311,12 @@ int cmd_train(int argc, char **argv)
         case O_LOG_JSON: log_json = arg; break;
         case O_DEVICES: devices = arg; break;
         case O_KEEP: ok = cli_parse_long(arg, 1, 1000000, &v); tc.keep = (int)v; break;
+        case O_ON_NAN:
+            if (strcmp(arg, "abort") != 0 && strcmp(arg, "skip") != 0)
+                return cli_usage_error("train", "bad value '%s' for --on-nan: abort or skip",
+                                       arg);
+            tc.skip_nonfinite = strcmp(arg, "skip") == 0;
+            break;
         case O_MICRO: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
         case O_SCHEDULE:
             if (st_schedule_parse(arg, &tc.schedule) != ST_OK)
@@ -305,10 +329,16 @@ int cmd_train(int argc, char **argv)
         default: return cli_usage_error("train", "unknown option %s", name);
         }
         if (!ok)
-            return cli_usage_error("train", "bad value '%s' for %s", arg, name);
+            return cli_usage_error("train", "bad value '%s' for %s: %s", arg, name,
+                                   cli_expected());
     }
     if (optind < argc)
         return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
+    if (given[O_MINLR] && given[O_LR] && tc.min_lr > tc.lr)
+        return cli_usage_error("train",
+                               "--min-lr %g is above --lr %g: the cosine decay goes from --lr "
+                               "down to --min-lr (give a --min-lr from 0 to --lr)",
+                               (double)tc.min_lr, (double)tc.lr);
 
     st_gpt_config cfg = {0};
     st_status s = ST_OK;
@@ -384,7 +414,7 @@ int cmd_train(int argc, char **argv)
         st_dataset_destroy(ds);
         return cli_fail(s);
     }
-    log_ctx L = {.log_every = log_every, .out = tc.out_dir};
+    log_ctx L = {.log_every = log_every, .out = tc.out_dir, .json_path = log_json};
 #if STRATA_HAVE_MPI
     if (st_mpi_active() && st_mpi_rank() != 0)
         log_json = NULL; /* rank 0 writes the log */
@@ -486,10 +516,15 @@ int cmd_train(int argc, char **argv)
     }
     st_model_desc_destroy(desc);
 
-    if (L.json)
-        fclose(L.json);
+    if (L.json && fclose(L.json) != 0 && !L.json_failed) {
+        L.json_failed = true;
+        fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s\n", log_json,
+                strerror(errno));
+    }
     cli_devices_put(&devs);
     st_dataset_destroy(ds);
+    if (s == ST_OK && L.json_failed)
+        return CLI_FAILED;
     if (s == ST_OK && stop_requested)
         return 130; /* interrupted, as shells report SIGINT; the checkpoint is saved */
     return s == ST_OK ? CLI_OK : cli_fail(s);

@@ -83,7 +83,8 @@ int cmd_tune(int argc, char **argv)
         default: return cli_usage_error("tune", "unknown option %s", argv[optind - 1]);
         }
         if (!ok)
-            return cli_usage_error("tune", "bad value '%s' for --%s", optarg, opts[li].name);
+            return cli_usage_error("tune", "bad value '%s' for --%s: %s", optarg, opts[li].name,
+                                   cli_expected());
     }
     if (optind < argc)
         return cli_usage_error("tune", "unexpected argument '%s'", argv[optind]);

@@ -32,6 +32,8 @@ st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_des
     st_status s = o->mem_limit ? cli_apply_mem_limit(o->mem_limit, devs) : ST_OK;
     st_device_profile mine[ST_PLAN_MAX_STAGES];
     size_t N = (size_t)o->micro_batch * (size_t)o->seq, C = (size_t)desc->cfg.n_embd;
+    if (C > 2048)
+        C = 2048; /* as in planning.c: enough to reach the rate, fast to measure */
     for (size_t i = 0; s == ST_OK && i < devs->n; i++) {
         bool cached;
         s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached, &mine[i]);

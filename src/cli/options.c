@@ -58,6 +58,10 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 st_status cli_devices_get(const char *flag, bool open, cli_devices *out)
 {
     memset(out, 0, sizeof *out);
+    if (flag && !*flag)
+        return st_error(ST_ERR_INVALID,
+                        "--devices is empty: give all, gpu, cpu, accelerator, indices such as "
+                        "0,2 or 0-3, or part of a device name (`strata devices` lists them)");
     st_status s = st_device_list_create(&out->list);
     if (s != ST_OK)
         return s;
@@ -147,8 +151,17 @@ void cli_table_free(cli_table *t)
     free(t);
 }
 
+/* What the last parse would have accepted, for the message of a bad value. */
+static _Thread_local char expected[128];
+
+const char *cli_expected(void)
+{
+    return expected;
+}
+
 bool cli_parse_long(const char *s, long lo, long hi, long *out)
 {
+    snprintf(expected, sizeof expected, "an integer from %ld to %ld", lo, hi);
     char *end = NULL;
     long v = strtol(s, &end, 10);
     if (!*s || *end || v < lo || v > hi)
@@ -157,8 +170,20 @@ bool cli_parse_long(const char *s, long lo, long hi, long *out)
     return true;
 }
 
+bool cli_parse_double(const char *s, double lo, double hi, double *out)
+{
+    snprintf(expected, sizeof expected, "a number from %g to %g", lo, hi);
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return false;
+    *out = v;
+    return true;
+}
+
 bool cli_parse_float(const char *s, double lo, double hi, float *out)
 {
+    snprintf(expected, sizeof expected, "a number from %g to %g", lo, hi);
     char *end = NULL;
     double v = strtod(s, &end);
     if (!*s || *end || !(v >= lo && v <= hi))

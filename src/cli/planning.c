@@ -18,11 +18,11 @@ st_status cli_apply_mem_limit(const char *text, cli_devices *devs)
     while (p && *p) {
         char *end = NULL;
         long idx = strtol(p, &end, 10);
-        if (end == p || *end != ':' || idx < 0)
+        if (end == p || *end != ':' || idx < 0 || idx >= ST_MAX_DEVICES * 16)
             goto bad;
         const char *q = end + 1;
         double v = strtod(q, &end);
-        if (end == q || !(v > 0))
+        if (end == q || !(v > 0) || !isfinite(v))
             goto bad;
         double mult = 1;
         switch (*end) {
@@ -35,6 +35,9 @@ st_status cli_apply_mem_limit(const char *text, cli_devices *devs)
         if (*end == 'B' || *end == 'b')
             end++;
         if (*end && *end != ',')
+            goto bad;
+        /* Less than a KiB or more than an exbibyte is a typo, not a device. */
+        if (v * mult < 1024.0 || v * mult > 1152921504606846976.0)
             goto bad;
         bool found = false;
         for (size_t i = 0; i < devs->n; i++) {
@@ -56,7 +59,9 @@ st_status cli_apply_mem_limit(const char *text, cli_devices *devs)
     return ST_OK;
 bad:
     return st_error(ST_ERR_INVALID,
-                    "bad --mem-limit '%s': use INDEX:SIZE pairs such as 0:2G,1:512M", text);
+                    "bad --mem-limit '%s': use INDEX:SIZE pairs such as 0:2G,1:512M (sizes from "
+                    "1K to 1E bytes, suffix K, M, G or T)",
+                    text);
 }
 
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
@@ -68,8 +73,27 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
         return s;
     if (o->mem_limit && (s = cli_apply_mem_limit(o->mem_limit, devs)) != ST_OK)
         return s;
+    /* Before any measurement or allocation: can the devices together hold
+     * the parameters at all (64-bit arithmetic)? */
+    uint64_t per_param = o->training ? 16 : 4; /* weights; + gradients and two AdamW moments */
+    uint64_t need = (uint64_t)desc->param_numel * per_param, have = 0;
+    for (size_t i = 0; i < devs->n; i++)
+        have += st_device_get_memory(devs->dev[i]).capacity;
+    if (need > have) {
+        char a[32], b[32];
+        return st_error(ST_ERR_INVALID,
+                        "the model does not fit: its %zu parameters alone need %s (%llu bytes "
+                        "each%s), and the %zu chosen device(s) have %s in all (use more devices "
+                        "or a smaller model)",
+                        desc->param_numel, st_format_bytes(need, a, sizeof a),
+                        (unsigned long long)per_param,
+                        o->training ? ": weights, gradients, two AdamW moments" : "",
+                        devs->n, st_format_bytes(have, b, sizeof b));
+    }
     size_t N = (size_t)o->micro_batch * (size_t)o->seq;
     size_t C = (size_t)desc->cfg.n_embd;
+    if (C > 2048)
+        C = 2048; /* large enough to reach the device's rate; small enough to measure fast */
     for (size_t i = 0; i < devs->n; i++) {
         bool cached = false;
         /* The product every block does most: tokens x C -> 4C. */

@@ -32,10 +32,11 @@ static bool is_ignored(const char *key)
     return false;
 }
 
-static st_status want_int(const char *src, const char *key, json_t *v, int *out)
+static st_status want_int(const char *src, const char *key, json_t *v, json_int_t max, int *out)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 30))
-        return st_error(ST_ERR_FORMAT, "%s: \"%s\" must be a positive integer", src, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max)
+        return st_error(ST_ERR_FORMAT, "%s: \"%s\" must be an integer from 1 to %lld", src, key,
+                        (long long)max);
     *out = (int)json_integer_value(v);
     return ST_OK;
 }
@@ -70,19 +71,19 @@ st_status st_gpt_config_parse(const char *json_text, const char *src, st_gpt_con
     json_object_foreach(root, key, v)
     {
         if (strcmp(key, "vocab_size") == 0)
-            s = want_int(src, key, v, &c.vocab_size);
+            s = want_int(src, key, v, ST_MODEL_MAX_VOCAB, &c.vocab_size);
         else if (strcmp(key, "n_positions") == 0)
-            s = want_int(src, key, v, &c.n_positions);
+            s = want_int(src, key, v, ST_MODEL_MAX_POSITIONS, &c.n_positions);
         else if (strcmp(key, "n_ctx") == 0)
-            s = want_int(src, key, v, &n_ctx);
+            s = want_int(src, key, v, ST_MODEL_MAX_POSITIONS, &n_ctx);
         else if (strcmp(key, "n_embd") == 0)
-            s = want_int(src, key, v, &c.n_embd);
+            s = want_int(src, key, v, ST_MODEL_MAX_EMBD, &c.n_embd);
         else if (strcmp(key, "n_layer") == 0)
-            s = want_int(src, key, v, &c.n_layer);
+            s = want_int(src, key, v, ST_MODEL_MAX_LAYERS, &c.n_layer);
         else if (strcmp(key, "n_head") == 0)
-            s = want_int(src, key, v, &c.n_head);
+            s = want_int(src, key, v, ST_MODEL_MAX_EMBD, &c.n_head);
         else if (strcmp(key, "n_inner") == 0)
-            s = json_is_null(v) ? ST_OK : want_int(src, key, v, &c.n_inner);
+            s = json_is_null(v) ? ST_OK : want_int(src, key, v, ST_MODEL_MAX_INNER, &c.n_inner);
         else if (strcmp(key, "layer_norm_epsilon") == 0) {
             if (!json_is_number(v))
                 s = st_error(ST_ERR_FORMAT, "%s: \"layer_norm_epsilon\" must be a number", src);
@@ -136,7 +137,7 @@ st_status st_gpt_config_parse(const char *json_text, const char *src, st_gpt_con
         goto done;
     }
     if (c.n_inner == 0)
-        c.n_inner = 4 * c.n_embd;
+        c.n_inner = 4 * c.n_embd; /* n_embd is at most 65536 here: no overflow */
     s = st_gpt_config_check(&c);
     if (s != ST_OK) {
         st_error_context("%s", src);
@@ -155,6 +156,18 @@ st_status st_gpt_config_check(const st_gpt_config *c)
         return st_error(ST_ERR_INVALID,
                         "vocab_size, n_positions, n_embd, n_layer, n_head and n_inner must all "
                         "be at least 1");
+    static const struct {
+        const char *name;
+        long max;
+    } limits[] = {{"vocab_size", ST_MODEL_MAX_VOCAB}, {"n_positions", ST_MODEL_MAX_POSITIONS},
+                  {"n_embd", ST_MODEL_MAX_EMBD},      {"n_layer", ST_MODEL_MAX_LAYERS},
+                  {"n_head", ST_MODEL_MAX_EMBD},      {"n_inner", ST_MODEL_MAX_INNER}};
+    const int values[] = {c->vocab_size, c->n_positions, c->n_embd,
+                          c->n_layer, c->n_head, c->n_inner};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+        if (values[i] > limits[i].max)
+            return st_error(ST_ERR_INVALID, "%s is %d; Strata takes at most %ld", limits[i].name,
+                            values[i], limits[i].max);
     if (c->n_embd % c->n_head != 0)
         return st_error(ST_ERR_INVALID,
                         "n_embd (%d) is not divisible by n_head (%d): each head gets n_embd / "

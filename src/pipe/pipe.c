@@ -400,6 +400,78 @@ static st_status allsum(st_pipe *p, double *v, int n)
     return p->comm ? p->comm->allsum(p->comm->ctx, v, n) : ST_OK;
 }
 
+/* Is any of the stage's buffer `which` NaN or infinite? name gets the first
+ * such parameter. Only after a non-finite step: it reads everything back. */
+static st_status stage_nonfinite(st_gpt *g, st_gpt_buf which, bool *bad, const char **name)
+{
+    *bad = false;
+    st_status s = ST_OK;
+    for (size_t i = 0; s == ST_OK && !*bad && i < st_gpt_n_params(g); i++) {
+        const st_gpt_param *prm = st_gpt_param_at(g, i);
+        float *host = malloc(prm->desc->numel * sizeof *host);
+        if (!host)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        if ((s = st_gpt_read(g, which, i, host)) == ST_OK)
+            for (size_t e = 0; e < prm->desc->numel && !*bad; e++)
+                *bad = !isfinite(host[e]);
+        if (*bad)
+            *name = prm->desc->name;
+        free(host);
+    }
+    return s;
+}
+
+/* Where did the NaN or infinity come from? The first stage (of this process)
+ * whose weights hold one, else the first whose gradients do. */
+static st_status locate_nonfinite(st_pipe *p, char *where, size_t size)
+{
+    snprintf(where, size, "a stage of another process");
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t k = 0; k < p->S; k++) {
+            if (!p->stage[k])
+                continue;
+            bool bad = false;
+            const char *name = NULL;
+            st_status s = stage_nonfinite(p->stage[k], pass == 0 ? ST_GPT_PARAMS : ST_GPT_GRADS,
+                                          &bad, &name);
+            if (s != ST_OK)
+                return s;
+            if (bad) {
+                snprintf(where, size, "stage %zu (%s), %s of '%s'", k,
+                         st_device_label(p->dev[k]), pass == 0 ? "weights" : "gradient", name);
+                return ST_OK;
+            }
+        }
+    }
+    if (p->stage[p->S - 1])
+        snprintf(where, size, "stage %zu (%s), the loss", p->S - 1,
+                 st_device_label(p->dev[p->S - 1]));
+    return ST_OK;
+}
+
+/* STRATA_TEST_NAN_AT=STEP:STAGE puts a NaN into the first gradient of that
+ * stage after the backward of that step: how the tests reach the NaN paths. */
+static st_status test_poison(st_pipe *p, long step)
+{
+    const char *spec = getenv("STRATA_TEST_NAN_AT");
+    char *end = NULL;
+    long at = spec ? strtol(spec, &end, 10) : -1;
+    long stage = end && *end == ':' ? strtol(end + 1, NULL, 10) : -1;
+    if (at != step || stage < 0 || (size_t)stage >= p->S || !p->stage[stage])
+        return ST_OK;
+    st_gpt *g = p->stage[stage];
+    size_t n = st_gpt_param_at(g, 0)->desc->numel;
+    float *host = malloc(n * sizeof *host);
+    if (!host)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_status s = st_gpt_read(g, ST_GPT_GRADS, 0, host);
+    host[0] = NAN;
+    if (s == ST_OK)
+        s = st_gpt_write(g, ST_GPT_GRADS, 0, host);
+    free(host);
+    return s;
+}
+
 st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
                              const st_adamw_hparams *hp, long step, float clip,
                              st_pipe_step_result *res)
@@ -424,7 +496,8 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     p->probs = NULL;
     /* Every token's loss weighs 1/count: the mean over the whole step. */
     p->dloss = 1.0f / (float)count;
-    if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK)
+    if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK ||
+        (s = test_poison(p, step)) != ST_OK)
         return s;
     double loss = 0, ss = 0;
     if (p->stage[p->S - 1])
@@ -441,11 +514,15 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     loss = sums[0];
     ss = sums[1];
     double norm = sqrt(ss);
-    if (!isfinite(norm) || !isfinite(loss))
-        return st_error(ST_ERR_INVALID,
-                        "step %ld: the loss or gradient is not finite (loss %g, gradient norm "
-                        "%g); lower --lr or set --clip",
-                        step, loss / count, norm);
+    memset(res, 0, sizeof *res);
+    if (!isfinite(norm) || !isfinite(loss)) {
+        /* No update: the weights stay as they were before this step. */
+        res->loss = loss / (double)count;
+        res->tokens = count;
+        res->grad_norm = norm;
+        res->nonfinite = true;
+        return locate_nonfinite(p, res->where, sizeof res->where);
+    }
     float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])

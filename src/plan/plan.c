@@ -54,11 +54,12 @@ st_status st_split_parse(const char *text, st_split_spec *out)
         while (*p) {
             char *end = NULL;
             double v = strtod(p, &end);
-            if (end == p || !(v > 0) || s.n >= ST_PLAN_MAX_STAGES || (*end && *end != ','))
+            if (end == p || !(v > 0) || !(v <= 1e6) || s.n >= ST_PLAN_MAX_STAGES ||
+                (*end && *end != ','))
                 return st_error(ST_ERR_INVALID,
-                                "bad split '%s': ratio:W1,W2,... takes positive weights, one per "
-                                "device",
-                                text);
+                                "bad split '%s': ratio:W1,W2,... takes weights from more than 0 "
+                                "to 1e6, one per device (at most %d)",
+                                text, ST_PLAN_MAX_STAGES);
             s.ratio[s.n++] = v;
             p = *end ? end + 1 : end;
         }
@@ -68,12 +69,12 @@ st_status st_split_parse(const char *text, st_split_spec *out)
         while (*p) {
             char *end = NULL;
             long a = strtol(p, &end, 10), b = a;
-            if (end == p || a < 0 || s.n >= ST_PLAN_MAX_STAGES)
+            if (end == p || a < 0 || a > ST_PLAN_MAX_BLOCKS || s.n >= ST_PLAN_MAX_STAGES)
                 goto bad_layers;
             if (*end == '-') {
                 const char *q = end + 1;
                 b = strtol(q, &end, 10);
-                if (end == q || b < a)
+                if (end == q || b < a || b > ST_PLAN_MAX_BLOCKS)
                     goto bad_layers;
             }
             if (*end && *end != ',')
@@ -94,9 +95,9 @@ st_status st_split_parse(const char *text, st_split_spec *out)
     return ST_OK;
 bad_layers:
     return st_error(ST_ERR_INVALID,
-                    "bad split '%s': layers:A-B,C-D,... takes ascending block ranges, one per "
-                    "device",
-                    text);
+                    "bad split '%s': layers:A-B,C-D,... takes ascending block ranges from 0 to "
+                    "at most %d, one per device (at most %d)",
+                    text, ST_PLAN_MAX_BLOCKS, ST_PLAN_MAX_STAGES);
 }
 
 static int kind_index(st_layer_kind k)
@@ -104,30 +105,72 @@ static int kind_index(st_layer_kind k)
     return k == ST_LAYER_EMBEDDING ? 0 : k == ST_LAYER_BLOCK ? 1 : 2;
 }
 
+/* Running sums over the layers, so that a stage's cost is O(1) whatever its
+ * length: the planner stays fast for models of thousands of layers. Entry l
+ * holds the sum over layers [0, l). */
+typedef struct sums {
+    size_t n;
+    double *fwd, *bwd, *act, *params, *launches_f, *launches_b;
+    size_t *blocks;
+} sums;
+
+static void sums_free(sums *z)
+{
+    free(z->fwd);
+    free(z->bwd);
+    free(z->act);
+    free(z->params);
+    free(z->launches_f);
+    free(z->launches_b);
+    free(z->blocks);
+    memset(z, 0, sizeof *z);
+}
+
+static st_status sums_init(const st_plan_input *in, sums *z)
+{
+    const st_model_desc *m = in->desc;
+    size_t n = m->n_layers, B = (size_t)in->micro_batch, T = (size_t)in->seq;
+    memset(z, 0, sizeof *z);
+    z->n = n;
+    double **arrays[6] = {&z->fwd, &z->bwd, &z->act, &z->params, &z->launches_f, &z->launches_b};
+    for (int i = 0; i < 6; i++)
+        *arrays[i] = calloc(n + 1, sizeof(double));
+    z->blocks = calloc(n + 1, sizeof *z->blocks);
+    for (int i = 0; i < 6; i++)
+        if (!*arrays[i] || !z->blocks) {
+            sums_free(z);
+            return st_error(ST_ERR_HOST_MEMORY, "plan: out of host memory for %zu layers", n);
+        }
+    for (size_t l = 0; l < n; l++) {
+        const st_layer_desc *ld = &m->layers[l];
+        z->fwd[l + 1] = z->fwd[l] + st_layer_fwd_flops(ld, B, T);
+        z->bwd[l + 1] = z->bwd[l] + st_layer_bwd_flops(ld, B, T);
+        z->act[l + 1] = z->act[l] + st_layer_act_floats(ld, B, T);
+        z->params[l + 1] = z->params[l] + (double)ld->param_numel;
+        z->launches_f[l + 1] = z->launches_f[l] + launches_fwd[kind_index(ld->kind)];
+        z->launches_b[l + 1] = z->launches_b[l] + launches_bwd[kind_index(ld->kind)];
+        z->blocks[l + 1] = z->blocks[l] + (ld->kind == ST_LAYER_BLOCK);
+    }
+    return ST_OK;
+}
+
 /* Cost and memory of layers [a, b) as stage s of S on device d. */
-static void stage_cost(const st_plan_input *in, const st_device_profile *d, size_t a, size_t b,
-                       size_t s, size_t S, st_plan_stage *out)
+static void stage_cost(const st_plan_input *in, const sums *z, const st_device_profile *d,
+                       size_t a, size_t b, size_t s, size_t S, st_plan_stage *out)
 {
     const st_model_desc *m = in->desc;
     size_t B = (size_t)in->micro_batch, T = (size_t)in->seq, N = B * T;
     double C = m->cfg.n_embd, F = m->cfg.n_inner, NH = m->cfg.n_head;
-    double fwd = 0, bwd = 0, act = 0, params = 0, launches_f = 0, launches_b = 0;
-    bool has_emb = false, has_head = false, has_block = false;
-    for (size_t l = a; l < b; l++) {
-        const st_layer_desc *ld = &m->layers[l];
-        fwd += st_layer_fwd_flops(ld, B, T);
-        bwd += st_layer_bwd_flops(ld, B, T);
-        act += st_layer_act_floats(ld, B, T);
-        params += (double)ld->param_numel;
-        launches_f += launches_fwd[kind_index(ld->kind)];
-        launches_b += launches_bwd[kind_index(ld->kind)];
-        has_emb |= ld->kind == ST_LAYER_EMBEDDING;
-        has_head |= ld->kind == ST_LAYER_HEAD;
-        has_block |= ld->kind == ST_LAYER_BLOCK;
-    }
-    for (size_t l = a; l < b; l++)
-        if (m->layers[l].kind == ST_LAYER_HEAD && !has_emb)
-            params += (double)m->layers[l].tied_numel; /* its copy of wte */
+    double fwd = z->fwd[b] - z->fwd[a], bwd = z->bwd[b] - z->bwd[a];
+    double act = z->act[b] - z->act[a], params = z->params[b] - z->params[a];
+    double launches_f = z->launches_f[b] - z->launches_f[a];
+    double launches_b = z->launches_b[b] - z->launches_b[a];
+    /* The embedding is the first layer and the head the last. */
+    bool has_emb = a == 0 && m->layers[0].kind == ST_LAYER_EMBEDDING;
+    bool has_head = b == m->n_layers && m->layers[b - 1].kind == ST_LAYER_HEAD;
+    bool has_block = z->blocks[b] > z->blocks[a];
+    if (has_head && !has_emb)
+        params += (double)m->layers[b - 1].tied_numel; /* its copy of wte */
     double boundary = (double)N * C * 4.0;
     double h2d = boundary / (d->h2d_gbps * 1e6), d2h = boundary / (d->d2h_gbps * 1e6);
     double xf = 0, xb = 0;
@@ -174,6 +217,10 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
     size_t n = in->desc->n_layers;
     if (S < 1 || S > ST_PLAN_MAX_STAGES || S > n)
         return st_error(ST_ERR_INVALID, "%zu stages for %zu layers", S, n);
+    sums z;
+    st_status zs = sums_init(in, &z);
+    if (zs != ST_OK)
+        return zs;
     st_plan p;
     memset(&p, 0, sizeof p);
     p.n_stages = S;
@@ -181,10 +228,12 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
     double worst = 0, opt = 0;
     for (size_t s = 0; s < S; s++) {
         size_t a = s == 0 ? 0 : cuts[s - 1], b = s + 1 == S ? n : cuts[s];
-        if (a >= b || b > n)
+        if (a >= b || b > n) {
+            sums_free(&z);
             return st_error(ST_ERR_INVALID, "stage %zu has no layers", s);
+        }
         const st_device_profile *d = &in->devices[devices[s]];
-        stage_cost(in, d, a, b, s, S, &p.stage[s]);
+        stage_cost(in, &z, d, a, b, s, S, &p.stage[s]);
         p.stage[s].device = devices[s];
         double t = p.stage[s].fwd_ms + p.stage[s].bwd_ms;
         if (t > worst)
@@ -202,7 +251,8 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
         if (in->devices[i].gflops > in->devices[best].gflops)
             best = i;
     st_plan_stage one;
-    stage_cost(in, &in->devices[best], 0, n, 0, 1, &one);
+    stage_cost(in, &z, &in->devices[best], 0, n, 0, 1, &one);
+    sums_free(&z);
     p.one_device_ms = m * (one.fwd_ms + one.bwd_ms) + optimizer_ms(in, &one, &in->devices[best]);
     p.speedup = p.one_device_ms / p.step_ms;
     *out = p;
@@ -216,8 +266,8 @@ static bool fits(const st_plan_stage *st, const st_device_profile *d)
 
 /* The partition of all layers over devices[0..S) in order minimising the
  * slowest stage with every stage fitting; false when none fits. */
-static bool best_partition(const st_plan_input *in, const size_t *devices, size_t S,
-                           size_t *cuts)
+static bool best_partition(const st_plan_input *in, const sums *z, const size_t *devices,
+                           size_t S, size_t *cuts)
 {
     size_t n = in->desc->n_layers;
     if (S > n)
@@ -236,17 +286,21 @@ static bool best_partition(const st_plan_input *in, const size_t *devices, size_
     for (size_t j = 0; j < S; j++) {
         const st_device_profile *d = &in->devices[devices[j]];
         for (size_t b = j + 1; b + (S - 1 - j) <= n; b++) {
-            size_t a_lo = j, a_hi = j == 0 ? 0 : b - 1;
-            for (size_t a = j == 0 ? 0 : a_lo; a <= a_hi; a++) {
+            size_t a_lo = j == 0 ? 0 : j, a_hi = j == 0 ? 0 : b - 1;
+            /* From the shortest stage to the longest: its time and memory only
+             * grow, so once it no longer fits, or alone takes as long as the
+             * best found, no longer stage can do better. */
+            for (size_t a = a_hi + 1; a-- > a_lo;) {
+                st_plan_stage st;
+                stage_cost(in, z, d, a, b, j, S, &st);
+                double t = st.fwd_ms + st.bwd_ms;
+                if (!fits(&st, d) || t > best[j * (n + 1) + b])
+                    break;
                 double prev = j == 0 ? 0 : best[(j - 1) * (n + 1) + a];
                 if (!(prev < INFINITY))
                     continue;
-                st_plan_stage st;
-                stage_cost(in, d, a, b, j, S, &st);
-                if (!fits(&st, d))
-                    continue;
-                double v = fmax(prev, st.fwd_ms + st.bwd_ms);
-                if (v < best[j * (n + 1) + b]) {
+                double v = fmax(prev, t);
+                if (v <= best[j * (n + 1) + b]) { /* ties: the earlier cut, as before */
                     best[j * (n + 1) + b] = v;
                     from[j * (n + 1) + b] = a;
                 }
@@ -390,6 +444,10 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
         }
     st_plan best;
     bool have = false;
+    sums z;
+    st_status zs = sums_init(in, &z);
+    if (zs != ST_OK)
+        return zs;
     size_t k_lo = in->keep_all_devices ? in->n_devices : 1;
     for (size_t k = k_lo; k <= in->n_devices && k <= in->desc->n_layers; k++) {
         size_t devices[ST_PLAN_MAX_STAGES], cuts[ST_PLAN_MAX_STAGES], c = 0;
@@ -397,12 +455,14 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
             for (size_t r = 0; r < k; r++)
                 if (order[r] == i)
                     devices[c++] = i;
-        if (!best_partition(in, devices, k, cuts))
+        if (!best_partition(in, &z, devices, k, cuts))
             continue;
         st_plan p;
         st_status s = st_plan_evaluate(in, devices, k, cuts, &p);
-        if (s != ST_OK)
+        if (s != ST_OK) {
+            sums_free(&z);
             return s;
+        }
         /* More devices must win by a margin: each stage adds threads and copies. */
         if (!have || p.step_ms < best.step_ms * 0.97) {
             best = p;
@@ -416,9 +476,10 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
             cap += (double)in->devices[i].mem_bytes;
         for (size_t l = 0; l < in->desc->n_layers; l++) {
             st_plan_stage st;
-            stage_cost(in, &in->devices[0], l, l + 1, 0, 1, &st);
+            stage_cost(in, &z, &in->devices[0], l, l + 1, 0, 1, &st);
             need += st.total_bytes;
         }
+        sums_free(&z);
         char a[32], b[32], c[48];
         human(need - cap, c, 32);
         return st_error(ST_ERR_INVALID,
@@ -430,6 +491,7 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
                         need > cap ? strcat(c, " missing")
                                    : "no split gives every device a share that fits");
     }
+    sums_free(&z);
     if (best.n_stages < in->n_devices)
         snprintf(best.note, sizeof best.note,
                  "%zu of %zu devices: splitting over more is predicted slower (transfers and "

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1026,8 +1027,18 @@ static st_status load_file(const source *src, st_gpt *const *stages, size_t n_st
                 s = st_error(ST_ERR_HOST_MEMORY, "out of host memory loading '%s'", tname);
                 break;
             }
-            if ((s = st_safetensors_to_f32(e, host)) == ST_OK)
+            if ((s = st_safetensors_to_f32(e, host)) == ST_OK) {
+                size_t bad = 0;
+                for (size_t x = 0; x < p->numel; x++)
+                    bad += !isfinite(host[x]);
+                /* Loads, so that the file can be looked at, but never silently. */
+                if (bad)
+                    st_log(ST_LOG_WARN,
+                           "%s: tensor '%s' holds %zu NaN or infinite value(s) of %zu: what is "
+                           "computed from it is not meaningful",
+                           path, tname, bad, p->numel);
                 s = st_gpt_write(stages[k], which, i, host);
+            }
             free(host);
         }
     }

@@ -77,11 +77,18 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
 static st_status setting_range(const char *dir, const char *key, const char *flag, double v,
                                double lo, double hi, bool lo_open)
 {
-    if (v != v || v < lo || v > hi || (lo_open && v == lo))
+    if (v != v || v < lo || v > hi || (lo_open && v == lo)) {
+        /* Counts print as integers, rates in the shortest form. */
+        bool count = v == floor(v) && lo == floor(lo) && hi == floor(hi) && hi > 1;
         return st_error(ST_ERR_FORMAT,
-                        "'%s': the checkpoint's training setting \"%s\" is %.9g, where %s takes "
-                        "%s%g to %g; the manifest is damaged or was not written by strata",
+                        count ? "'%s': the checkpoint's training setting \"%s\" is %.0f, where "
+                                "%s takes %s%.0f to %.0f; the manifest is damaged or was not "
+                                "written by strata"
+                              : "'%s': the checkpoint's training setting \"%s\" is %.9g, where "
+                                "%s takes %s%g to %g; the manifest is damaged or was not "
+                                "written by strata",
                         dir, key, v, flag, lo_open ? "more than " : "", lo, hi);
+    }
     return ST_OK;
 }
 
@@ -366,10 +373,13 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
              .user = user, .layout = layout};
     if (tc->batch < 1 || tc->seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
         tc->min_lr < 0 || tc->warmup < 0 || tc->clip < 0 || tc->eval_every < 0 ||
-        tc->save_every < 0 || tc->micro_batches < 1)
+        tc->save_every < 0 || tc->micro_batches < 1 || tc->min_lr > tc->lr)
         return st_error(ST_ERR_INVALID,
                         "train: batch, sequence, steps, micro-batches and eval batches must be "
-                        "positive, the learning rate positive, the rest not negative");
+                        "positive, the learning rate positive, the rest not negative, and "
+                        "--min-lr (%g) not above --lr (%g): the cosine decay goes from --lr "
+                        "down to --min-lr",
+                        (double)tc->min_lr, (double)tc->lr);
     if (tc->batch % tc->micro_batches != 0)
         return st_error(ST_ERR_INVALID,
                         "train: a batch of %d sequences does not split into %d equal "
@@ -448,7 +458,20 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
         done_steps++;
         st_train_event e = {.kind = ST_TRAIN_STEP, .step = step, .steps = tc->steps,
                             .loss = res.loss, .lr = lr, .grad_norm = res.grad_norm, .ms = ms,
-                            .tokens_per_s = (double)N / (ms * 1e-3), .wait_ms = wait};
+                            .tokens_per_s = (double)N / (ms * 1e-3), .wait_ms = wait,
+                            .skipped = res.nonfinite, .where = res.where};
+        if (res.nonfinite && !tc->skip_nonfinite) {
+            /* Nothing is saved: the weights are those of the step before, but
+             * the run cannot go on as asked. Every process saw the same sums. */
+            s = st_error(ST_ERR_NUMERIC,
+                         "step %ld: the loss (%g) or the gradient norm (%g) is not finite; first "
+                         "found at %s. No update was made and nothing saved: lower --lr, set "
+                         "--clip, or --on-nan skip to pass over such steps",
+                         step, res.loss, res.grad_norm, res.where);
+            if (layout->failed_together)
+                *layout->failed_together = true;
+            break;
+        }
         emit(&r, &e);
         if (tc->should_stop && tc->should_stop() && step < last) {
             last = step; /* ends the loop after this step's validation and save */
