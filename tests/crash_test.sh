@@ -43,7 +43,13 @@ fi
 tiny=(--layers 2 --embd 16 --heads 2 --batch 4 --eval-batches 1 --steps 4 --save-every 2 --warmup 1)
 
 steps_of() { grep '"event":"step"' "$1" | sed 's/"ms".*//'; }
-eval_line() { "$strata" eval --model "$1" 2>"$work/eval.err" | sed 's/ | [0-9.]* s$//'; }
+# The eval line of a model folder (its timing cut off); eval's stderr and exit
+# code go to eval.err.
+eval_line() {
+    "$strata" eval --model "$1" >"$work/eval.out" 2>"$work/eval.err"
+    echo "(eval exit $?)" >>"$work/eval.err"
+    sed 's/ | [0-9.]* s$//' "$work/eval.out"
+}
 
 # The uninterrupted run, and what its saves of step 2 and 4 evaluate to.
 "${run[@]}" train "${tiny[@]}" --out "$work/ref" --log-json "$work/ref.json" >"$work/ref.log" 2>&1 ||

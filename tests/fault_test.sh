@@ -7,10 +7,18 @@
 # message; never a signal, a hang or exit 2 (the input was fine); and the
 # checkpoint it resumed from and saves to must stay complete: step 2 or 3.
 #
+# In the sanitizer build (tools/sanitize.sh) the runs also check for leaks and
+# memory errors on every failure path; STRATA_FAULT_STRIDE=K there tries every
+# K-th call of each kind (default 1: every call) to bound the time.
+#
 # usage: fault_test.sh path/to/strata path/to/libstrata_cl_fault.so
 set -u
 strata=$1
 shim=$2
+stride=${STRATA_FAULT_STRIDE:-1}
+# AddressSanitizer's runtime must come first among preloaded libraries.
+asan=$(ldd "$strata" | awk '/libasan/ {print $3}')
+[ -n "$asan" ] && shim="$asan $shim"
 work=$(mktemp -d /tmp/strata-fault-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failures=0
@@ -31,7 +39,7 @@ read -r _ allocs _ enqueues _ builds <"$work/count"
 runs=0 absorbed=0
 for kind in alloc build enqueue; do
     case $kind in alloc) total=$allocs ;; build) total=$builds ;; enqueue) total=$enqueues ;; esac
-    for n in $(seq 1 "$total"); do
+    for n in $(seq 1 "$stride" "$total"); do
         rm -rf "$work/ck"
         cp -r "$work/start" "$work/ck"
         (STRATA_CL_FAULT=$kind:$n LD_PRELOAD=$shim timeout 120 "$strata" train --resume "$work/ck" \

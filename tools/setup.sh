@@ -13,6 +13,7 @@ packages=(
     ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
     libclblast-dev libjansson-dev libcmocka-dev
     libopenmpi-dev openmpi-bin
+    clang libclang-rt-14-dev
 )
 
 missing=()

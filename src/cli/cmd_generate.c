@@ -165,12 +165,20 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                     int n_prompts, long n, double temperature, int top_k, uint64_t seed)
 {
     cli_devices devs = {0};
-    st_gpt_config cfg;
+    st_gpt_config cfg = {0};
     st_model_desc *desc = NULL;
     st_pipe *g = NULL;
     st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
                          .kv_seqs = n_prompts};
     st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
+    if (s != ST_OK) {
+        /* Nothing is sized from a config that was not read (found by ASan). */
+        st_pipe_destroy(g);
+        st_model_desc_destroy(desc);
+        if (devs.list)
+            cli_devices_put(&devs);
+        return cli_fail(s);
+    }
     int V = cfg.vocab_size, P = cfg.n_positions;
     size_t cap = (size_t)P + 1;
     bool stream = n_prompts == 1;
@@ -398,7 +406,7 @@ int cmd_eval(int argc, char **argv)
     st_status s = st_dataset_open(data, &ds);
     if (s != ST_OK)
         return cli_fail(s);
-    st_gpt_config cfg;
+    st_gpt_config cfg = {0};
     if ((s = st_checkpoint_config(model, &cfg)) != ST_OK) {
         st_dataset_destroy(ds);
         return cli_fail(s);

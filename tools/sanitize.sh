@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# sanitize.sh - the test suite again, built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (gcc's): the unit and CLI suites (the crash-point,
+# fault-injection and bad-input tables among them) and the four-device
+# pipeline test. Any finding in Strata's code fails the run; leaks inside
+# PoCL, CLBlast and Open MPI are suppressed (tests/sanitizers/lsan.supp says
+# why, entry by entry). Called by tools/test.sh; arguments go to `meson test`.
+#
+# Environment: SANITIZE_BUILD_DIR (default build-asan), STRATA_FAULT_STRIDE
+# (default 5: every 5th OpenCL call of the fault walk, to bound the time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${SANITIZE_BUILD_DIR:-build-asan}
+if [ ! -f "$build/build.ninja" ]; then
+    # -Db_lundef=false: the sanitizer runtimes resolve symbols at load time.
+    # No -Werror here: the main build enforces warnings; this one finds bugs.
+    meson setup "$build" -Db_sanitize=address,undefined -Db_lundef=false \
+        -Dbuildtype=debugoptimized -Dwerror=false
+fi
+meson compile -C "$build"
+export STRATA_FAULT_STRIDE=${STRATA_FAULT_STRIDE:-5}
+meson test -C "$build" --print-errorlogs --suite unit --suite cli "$@"
+meson test -C "$build" --print-errorlogs test_pipe-4dev "$@"
