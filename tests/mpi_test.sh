@@ -89,6 +89,25 @@ rc=$?
 [ $((SECONDS - start)) -lt 30 ] || fail "the job took $((SECONDS - start)) s to end after the kill"
 grep -qiE "rank [0-9].*(signal|killed|exited)" "$work/kill.log" || fail "no message naming the rank: $(tail -5 "$work/kill.log")"
 
+# A signal to one rank: every rank stops after the same step and saves (exit 130),
+# and the checkpoint resumes.
+POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" --steps 100000 \
+    --log-every 1 --out "$work/sig" >"$work/sig.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do
+    grep -q "^step 3/" "$work/sig.log" 2>/dev/null && break
+    sleep 0.2
+done
+victim=$(pgrep -f "strata train --layers 4 .*--out $work/sig" | tail -1)
+[ -n "$victim" ] && kill -TERM "$victim"
+wait "$job"
+rc=$?
+[ "$rc" = 130 ] || fail "a signalled rank: job exit $rc, expected 130: $(tail -5 "$work/sig.log")"
+saved=$(ls "$work/sig" | sed -n 's/^checkpoint-step0*\([0-9][0-9]*\)-.*/\1/p')
+[ -n "$saved" ] || fail "a signalled rank: nothing saved: $(ls "$work/sig")"
+out=$(POCL_DEVICES=basic "$strata" train --resume "$work/sig" --stop-at $((saved + 1)) 2>&1)
+grep -q "resuming at step $saved of 100000" <<<"$out" || fail "the signalled run's checkpoint does not resume: $out"
+
 # A rank whose stage fails mid-step (injected) ends the job with its message.
 start=$SECONDS
 out=$(POCL_DEVICES=basic STRATA_TEST_FAIL_STAGE=1:30 timeout 120 "${mpirun[@]}" -np 2 "$strata" train \

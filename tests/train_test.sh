@@ -153,6 +153,22 @@ cp "$(newest "$work/a" model)" "$work/hf/model.safetensors"
 expect 0 "123" -- "$strata" generate --model "$work/hf" --prompt "123" -n 2
 expect 2 "no checkpoint manifest" -- "$strata" train --resume "$work/hf"
 
+# --keep 2 keeps two complete saves; a damaged newest save is passed over with a
+# warning naming the file and the step, and eval and --resume use the one before.
+"$strata" train "${tiny[@]}" --steps 6 --save-every 2 --keep 2 --out "$work/k2" >/dev/null 2>&1 || fail "keep 2: run"
+[ "$(ls "$work/k2" | grep -c '^checkpoint-step')" = 2 ] || fail "keep 2: not two manifests: $(ls "$work/k2")"
+ls "$work/k2" | grep -q '^checkpoint-step00000004-' && ls "$work/k2" | grep -q '^checkpoint-step00000006-' ||
+    fail "keep 2: not the saves of steps 4 and 6: $(ls "$work/k2")"
+[ "$(ls "$work/k2" | grep -c '^model-step')" = 2 ] || fail "keep 2: old shards were not removed: $(ls "$work/k2")"
+m6=$(newest "$work/k2" model)
+printf 'X' | dd of="$m6" bs=1 seek=100 conv=notrunc 2>/dev/null
+out=$("$strata" eval --model "$work/k2" 2>&1) || fail "keep 2: eval after damage failed: $out"
+grep -q "passing over newer saves that are not complete (step 6: $(basename "$m6") does not hold what the manifest recorded" <<<"$out" ||
+    fail "keep 2: no warning naming the damaged file and step: $out"
+grep -q "model: .*, step 4 " <<<"$out" || fail "keep 2: eval did not fall back to step 4: $out"
+out=$("$strata" train --resume "$work/k2" --steps 6 2>&1) || fail "keep 2: resume after damage failed: $out"
+grep -q "resuming at step 4 of 6" <<<"$out" || fail "keep 2: resume did not fall back to step 4: $out"
+
 # NaN or infinity: an injected NaN gradient at step 3 stops the run (exit 1, the
 # stage named, no update, nothing saved); with --on-nan skip the step is passed over.
 "$strata" train "${tiny[@]}" --steps 6 --stop-at 2 --out "$work/nan" >/dev/null 2>&1 || fail "nan: first run"

@@ -4,7 +4,9 @@
  * lines with --log-json).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -81,8 +83,11 @@ static void help(void)
            "each rank takes its local device and the model is split over all ranks;\n"
            "rank 0 prints the log and writes the checkpoint's index.\n"
            "\n"
-           "Ctrl-C (SIGINT or SIGTERM) finishes the current step, validates, saves to\n"
-           "--out and exits 130; a second Ctrl-C quits at once.\n"
+           "Ctrl-C (SIGINT, SIGTERM or SIGUSR1) finishes the current step, validates,\n"
+           "saves to --out and exits 130; a second Ctrl-C quits at once. Under mpirun,\n"
+           "a signal to any rank (pkill -TERM -f 'strata train') stops every rank after\n"
+           "the same step, and they save. Ctrl-C to mpirun itself reaches the ranks too,\n"
+           "but Open MPI kills them 1 s later: enough to save only a small model.\n"
            "\n"
            "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files;\n"
            "130 interrupted (after saving).\n",
@@ -205,6 +210,8 @@ static void on_event(const st_train_event *e, void *user)
 /* Ctrl-C (or SIGTERM) once: finish the step, validate, save, stop. Twice: quit now. */
 static volatile sig_atomic_t stop_requested;
 
+static volatile sig_atomic_t under_launcher;
+
 static void on_signal(int sig)
 {
     if (stop_requested) {
@@ -213,12 +220,35 @@ static void on_signal(int sig)
         return;
     }
     stop_requested = 1;
+    /* mpirun stops reading the ranks' output once it is interrupted: a rank
+     * must not block on a full pipe before it has saved. Lines may be lost. */
+    if (under_launcher) {
+        int fl = fcntl(STDOUT_FILENO, F_GETFL);
+        if (fl != -1)
+            fcntl(STDOUT_FILENO, F_SETFL, fl | O_NONBLOCK);
+    }
 }
+
+static bool stop_agreed;
 
 static bool should_stop(void)
 {
-    return stop_requested != 0;
+    stop_agreed = stop_agreed || stop_requested != 0;
+    return stop_agreed;
 }
+
+#if STRATA_HAVE_MPI
+/* Under mpirun every rank asks after every step, and all stop after the same
+ * step when any got the signal (mpirun passes Ctrl-C on as SIGTERM). */
+static bool should_stop_ranks(void)
+{
+    double v = stop_requested != 0;
+    if (st_mpi_allsum(&v, 1) != ST_OK)
+        return stop_agreed; /* the next collective fails and says why */
+    stop_agreed = stop_agreed || v > 0;
+    return stop_agreed;
+}
+#endif
 
 enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
@@ -468,14 +498,18 @@ int cmd_train(int argc, char **argv)
     if (s == ST_OK) {
         fflush(stdout);
         tc.should_stop = should_stop;
+#if STRATA_HAVE_MPI
+        if (mpi)
+            tc.should_stop = should_stop_ranks;
+#endif
+        under_launcher = mpi;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;
         sigemptyset(&sa.sa_mask);
-        if (!mpi) { /* under mpirun the launcher owns the signals */
-            sigaction(SIGINT, &sa, NULL);
-            sigaction(SIGTERM, &sa, NULL);
-        }
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGUSR1, &sa, NULL);
         bool together = false;
         layout.failed_together = &together;
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
@@ -525,7 +559,9 @@ int cmd_train(int argc, char **argv)
     st_dataset_destroy(ds);
     if (s == ST_OK && L.json_failed)
         return CLI_FAILED;
-    if (s == ST_OK && stop_requested)
+    if (s == ST_OK && stop_agreed) {
+        cli_set_failed_together(); /* under MPI: every rank stopped at the same step */
         return 130; /* interrupted, as shells report SIGINT; the checkpoint is saved */
+    }
     return s == ST_OK ? CLI_OK : cli_fail(s);
 }
