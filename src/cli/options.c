@@ -183,10 +183,8 @@ bool cli_parse_double(const char *s, double lo, double hi, double *out)
 
 bool cli_parse_float(const char *s, double lo, double hi, float *out)
 {
-    snprintf(expected, sizeof expected, "a number from %g to %g", lo, hi);
-    char *end = NULL;
-    double v = strtod(s, &end);
-    if (!*s || *end || !(v >= lo && v <= hi))
+    double v = 0;
+    if (!cli_parse_double(s, lo, hi, &v))
         return false;
     *out = (float)v;
     return true;

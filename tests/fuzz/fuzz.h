@@ -16,6 +16,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The input as a NUL-terminated string the caller frees (NULL when out of memory). */
+char *fuzz_text(const uint8_t *data, size_t size);
+
 /* A folder of this process's own under TMPDIR (created on first use). */
 const char *fuzz_dir(void);
 /* Writes data to fuzz_dir()/name, replacing it; the full path. */

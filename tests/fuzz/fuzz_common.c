@@ -49,6 +49,16 @@ const char *fuzz_dir(void)
     return dir;
 }
 
+char *fuzz_text(const uint8_t *data, size_t size)
+{
+    char *text = malloc(size + 1);
+    if (text) {
+        memcpy(text, data, size);
+        text[size] = '\0';
+    }
+    return text;
+}
+
 const char *fuzz_file(const char *name, const uint8_t *data, size_t size)
 {
     static char path[700];

@@ -8,11 +8,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size + 1);
+    char *text = fuzz_text(data, size);
     if (!text)
         return 0;
-    memcpy(text, data, size);
-    text[size] = '\0';
     st_gpt_config cfg;
     if (st_gpt_config_parse(text, "fuzz input", &cfg) == ST_OK) {
         st_model_desc *desc = NULL;

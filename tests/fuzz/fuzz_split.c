@@ -8,11 +8,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size + 1);
+    char *text = fuzz_text(data, size);
     if (!text)
         return 0;
-    memcpy(text, data, size);
-    text[size] = '\0';
     st_split_spec split;
     if (st_split_parse(text, &split) == ST_OK) {
         st_gpt_config cfg = {.vocab_size = 64, .n_positions = 16, .n_embd = 16, .n_layer = 6,
