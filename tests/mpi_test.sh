@@ -62,7 +62,7 @@ POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${tiny[@]}"
 [ -s "$work/c4/model.safetensors.index.json" ] || fail "4 ranks wrote no index"
 [ "$(ls "$work/c4" | grep -c '^model-step00000006-[0-9a-f]\{8\}-0000[1-4]-of-00004.safetensors$')" = 4 ] ||
     fail "expected 4 model shards: $(ls "$work/c4")"
-POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 2 "$strata" train --resume "$work/c4" \
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 2 "$strata" train --resume "$work/c4" --out "$work/c2out" \
     --log-json "$work/c2.json" >"$work/c2r.log" 2>&1 || fail "resume on 2 ranks: $(tail -5 "$work/c2r.log")"
 POCL_DEVICES=basic "$strata" train --resume "$work/c4" --log-json "$work/c1.json" \
     >"$work/c1r.log" 2>&1 || fail "resume in one process: $(tail -5 "$work/c1r.log")"

@@ -6,7 +6,7 @@
 #
 # usage: train_test.sh path/to/strata
 set -u
-strata=$1
+strata=$(realpath "$1")
 work=$(mktemp -d /tmp/strata-train-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failures=0
@@ -168,6 +168,33 @@ grep -q "passing over newer saves that are not complete (step 6: $(basename "$m6
 grep -q "model: .*, step 4 " <<<"$out" || fail "keep 2: eval did not fall back to step 4: $out"
 out=$("$strata" train --resume "$work/k2" --steps 6 2>&1) || fail "keep 2: resume after damage failed: $out"
 grep -q "resuming at step 4 of 6" <<<"$out" || fail "keep 2: resume did not fall back to step 4: $out"
+
+# Nothing thrown away. A run without --out saves to a new folder under
+# $STRATA_RUNS_DIR and says so; a resume saves back to its folder.
+out=$(STRATA_RUNS_DIR="$work/runs" "$strata" train "${tiny[@]}" --steps 2 2>&1) || fail "default folder: $out"
+grep -q "^saving to $work/runs/[0-9]\{8\}-[0-9]\{6\} (a new run folder" <<<"$out" || fail "default folder: not said: $out"
+[ -s "$(newest "$(ls -d "$work"/runs/* | head -1)" checkpoint)" ] || fail "default folder: nothing saved there"
+"$strata" train "${tiny[@]}" --steps 4 --stop-at 2 --out "$work/back" >/dev/null 2>&1 || fail "save back: first run"
+"$strata" train --resume "$work/back" >/dev/null 2>&1 || fail "save back: resume failed"
+ls "$work/back" | grep -q '^checkpoint-step00000004-' || fail "a resume did not save back to its folder: $(ls "$work/back")"
+# Another run's checkpoint is not written over without --force; model flags with --resume are refused.
+expect 2 "holds the checkpoint of another run (step 4" -- "$strata" train "${tiny[@]}" --steps 2 --out "$work/back"
+expect 0 "saved step 2" -- "$strata" train "${tiny[@]}" --steps 2 --out "$work/back" --force
+expect 2 "--layers cannot be used with --resume" -- "$strata" train --resume "$work/back" --layers 3
+expect 2 "--config cannot be used with --resume" -- "$strata" train --resume "$work/back" --config "$work/a/config.json"
+# The data file is recorded by absolute path, size and checksum: a resume works from another
+# folder; a moved file is named, and found again with --data; a changed one is refused.
+mkdir -p "$work/d1" "$work/d2"
+for i in $(seq 1 100); do echo "pack my box with five dozen liquor jugs $i"; done >"$work/d1/text.txt"
+(cd "$work/d1" && "$strata" train "${tiny[@]}" --data text.txt --seq 16 --steps 4 --stop-at 2 --out ../dck >/dev/null 2>&1) ||
+    fail "data: first run"
+out=$(cd "$work/d2" && "$strata" train --resume ../dck --stop-at 3 2>&1) || fail "resume from another folder: $out"
+grep -q "resuming at step 2 of 4" <<<"$out" || fail "resume from another folder: $out"
+mv "$work/d1/text.txt" "$work/d2/moved.txt"
+expect 2 "trained on '$work/d1/text.txt', which is not there any more" -- "$strata" train --resume "$work/dck"
+expect 0 "resuming at step 3 of 4" -- "$strata" train --resume "$work/dck" --data "$work/d2/moved.txt"
+echo "changed" >>"$work/d2/moved.txt"
+expect 2 "is not the data the checkpoint was trained on" -- "$strata" train --resume "$work/dck" --data "$work/d2/moved.txt" --steps 5
 
 # NaN or infinity: an injected NaN gradient at step 3 stops the run (exit 1, the
 # stage named, no update, nothing saved); with --on-nan skip the step is passed over.

@@ -9,7 +9,8 @@ tools/setup.sh
 build=${BUILD_DIR:-build}
 out=${STRATA_OUT:-runs/default}
 "$build/strata" devices
-"$build/strata" train --devices all --out "$out" --log-every 50 "$@"
+# --force: each run of this script replaces the last one's model in $out.
+"$build/strata" train --devices all --out "$out" --force --log-every 50 "$@"
 echo
 echo "generating from $out (answers are written least significant digit first):"
 "$build/strata" generate --model "$out" --prompt "123+456=" --prompt "905+187=" \

@@ -63,6 +63,16 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
 size_t st_dataset_windows(const st_dataset *ds, st_split split, int T);
 
 /* The built-in task's prompt for a + b ("123+456=") and its answer ("9750\n"). */
+/* What a data file was, so that a resumed run finds it from anywhere and can
+ * tell a moved file (same bytes elsewhere) from a changed one. */
+typedef struct st_data_identity {
+    char path[4096]; /* absolute; "" for the built-in task */
+    uint64_t bytes;  /* size of the file */
+    uint64_t sum;    /* st_sum64 of its bytes */
+} st_data_identity;
+
+void st_dataset_identity(const st_dataset *ds, st_data_identity *id);
+
 void st_addition_problem(int a, int b, char prompt[16], char answer[8]);
 
 #ifdef __cplusplus

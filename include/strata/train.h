@@ -41,6 +41,8 @@ typedef struct st_train_config {
     int eval_batches;
     long save_every;       /* 0: only at the end */
     int keep;              /* complete saves kept in out_dir (at least 1) */
+    char run[17];          /* this run's id (hex), kept through resumes: a folder
+                            * holding saves of another run is not written over */
     bool skip_nonfinite;   /* a NaN/Inf loss or gradient skips the step's update
                             * (--on-nan skip); else the run stops (abort) */
     const char *out_dir;   /* checkpoint folder, or NULL */
@@ -108,9 +110,12 @@ typedef struct st_train_layout {
 st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user);
 
-/* Reads the settings a checkpoint was trained with into tc and data (the
- * dataset's name), for a resumed run's defaults. */
-st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size);
+/* Reads the settings a checkpoint was trained with into tc (its run id too),
+ * data (the dataset's name as given) and, when not NULL, id (what the data
+ * file was: absolute path, size, checksum; an empty path for the built-in
+ * task), for a resumed run's defaults. */
+st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size,
+                                 st_data_identity *id);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <getopt.h>
 #include <math.h>
@@ -35,7 +37,7 @@ static void help(void)
            "  --data SRC          'addition' (default), a text file (bytes are tokens,\n"
            "                      vocabulary 256) or a uint16 token file (*.bin, *.u16,\n"
            "                      *.tok); files: last 10%% validate\n"
-           "model (ignored with --resume, which uses the checkpoint's config.json):\n"
+           "model (refused with --resume: the model is the checkpoint's):\n"
            "  --config FILE       a config.json with GPT-2 field names\n"
            "  --layers N          transformer blocks (default %d)\n"
            "  --embd N            channels (default %d)\n"
@@ -58,13 +60,19 @@ static void help(void)
            "                      saving nothing, naming the step and the stage) or skip\n"
            "                      (no update for that step; the run goes on)\n"
            "checkpoints and logs:\n"
-           "  --out DIR           save the model and optimizer here at the end (each\n"
-           "                      save is committed whole: a crash leaves the last one)\n"
+           "  --out DIR           save the model and optimizer here (default: a new folder\n"
+           "                      under $STRATA_RUNS_DIR or runs/; with --resume, the\n"
+           "                      checkpoint's folder). Each save is committed whole: a\n"
+           "                      crash leaves the last one. A folder holding another\n"
+           "                      run's or model's checkpoint is refused\n"
+           "  --force             write over such a folder\n"
            "  --save-every N      also every N steps\n"
            "  --keep N            complete saves kept in --out (default %d)\n"
            "  --resume DIR        continue from a checkpoint (bitwise the same as not\n"
-           "                      stopping); batch, seq, seed, data and schedule come\n"
-           "                      from it; --steps may extend the run\n"
+           "                      stopping), saving back to DIR unless --out; batch,\n"
+           "                      seq, seed, data (found by its absolute path; a moved\n"
+           "                      copy with --data) and schedule come from it; --steps\n"
+           "                      may extend the run\n"
            "  --stop-at N         stop after step N as if interrupted (saving to --out);\n"
            "                      the schedule still runs to --steps, for --resume\n"
            "  --log-every N       print every Nth step line (default 1)\n"
@@ -207,6 +215,100 @@ static void on_event(const st_train_event *e, void *user)
     }
 }
 
+/* A folder for a run without --out: $STRATA_RUNS_DIR (default runs) /
+ * YYYYmmdd-HHMMSS, with -2, -3 ... if taken. Under MPI every rank takes rank
+ * 0's choice (its time and suffix, sent as one number). */
+static st_status new_run_dir(char *out, size_t size)
+{
+    const char *root = getenv("STRATA_RUNS_DIR");
+    if (!root || !*root)
+        root = "runs";
+    double pick = 0;
+    bool rank0 = true;
+#if STRATA_HAVE_MPI
+    rank0 = !st_mpi_active() || st_mpi_rank() == 0;
+#endif
+    if (rank0) {
+        time_t now = time(NULL);
+        for (int k = 1; k < 1000; k++) {
+            struct tm tm;
+            char stamp[32];
+            strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&now, &tm));
+            if (k == 1)
+                snprintf(out, size, "%s/%s", root, stamp);
+            else
+                snprintf(out, size, "%s/%s-%d", root, stamp, k);
+            struct stat sb;
+            if (stat(out, &sb) != 0) {
+                pick = (double)now * 1000.0 + k;
+                break;
+            }
+        }
+        if (pick == 0)
+            return st_error(ST_ERR_INVALID, "no free run folder name under '%s': give --out",
+                            root);
+    }
+#if STRATA_HAVE_MPI
+    if (st_mpi_active() && st_mpi_size() > 1) {
+        st_status s = st_mpi_allsum(&pick, 1);
+        if (s != ST_OK)
+            return s;
+        time_t now = (time_t)(pick / 1000.0);
+        int k = (int)(pick - (double)now * 1000.0 + 0.5);
+        struct tm tm;
+        char stamp[32];
+        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&now, &tm));
+        if (k == 1)
+            snprintf(out, size, "%s/%s", root, stamp);
+        else
+            snprintf(out, size, "%s/%s-%d", root, stamp, k);
+    }
+#endif
+    return ST_OK;
+}
+
+/* --out may hold nothing, other files, or saves of this same run (a resume);
+ * a checkpoint of another run or another model is refused unless --force. */
+static st_status check_out(const char *out, const char *run, bool force)
+{
+    struct stat sb;
+    if (force || stat(out, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return ST_OK;
+    st_checkpoint *ck = NULL;
+    st_status s = st_checkpoint_open(out, &ck);
+    if (s == ST_ERR_NOT_FOUND) { /* no checkpoint there */
+        st_error_clear();
+        return ST_OK;
+    }
+    if (s != ST_OK) {
+        char why[1536];
+        snprintf(why, sizeof why, "%s", st_last_error());
+        return st_error(ST_ERR_INVALID,
+                        "--out '%s' holds checkpoint files that do not load (%s): choose another "
+                        "--out, or give --force to write over them",
+                        out, why);
+    }
+    char what[256];
+    snprintf(what, sizeof what, "%s", st_checkpoint_describe(ck));
+    st_checkpoint_close(ck);
+    st_train_config saved;
+    st_train_config_defaults(&saved);
+    char data[1024];
+    if (st_train_settings_read(out, &saved, data, sizeof data, NULL) != ST_OK) {
+        st_error_clear();
+        return st_error(ST_ERR_INVALID,
+                        "--out '%s' holds a model (%s) that this run would replace: choose "
+                        "another --out, or give --force",
+                        out, what);
+    }
+    if (saved.run[0] && strcmp(saved.run, run) == 0)
+        return ST_OK;
+    return st_error(ST_ERR_INVALID,
+                    "--out '%s' holds the checkpoint of another run (%s): choose another --out, "
+                    "continue that run with --resume %s, or give --force to replace it",
+                    out, what, out);
+}
+
 /* Ctrl-C (or SIGTERM) once: finish the step, validate, save, stop. Twice: quit now. */
 static volatile sig_atomic_t stop_requested;
 
@@ -254,7 +356,7 @@ enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
-    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_DEVICES
+    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -290,6 +392,7 @@ int cmd_train(int argc, char **argv)
         {"mem-limit", required_argument, NULL, O_MEM_LIMIT},
         {"keep", required_argument, NULL, O_KEEP},
         {"on-nan", required_argument, NULL, O_ON_NAN},
+        {"force", no_argument, NULL, O_FORCE},
         {"devices", required_argument, NULL, O_DEVICES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -297,6 +400,7 @@ int cmd_train(int argc, char **argv)
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
     const char *split = NULL, *mem_limit = NULL;
+    bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     /* Which training settings were given, so that --resume can tell them from defaults. */
     bool given[O_DEVICES + 1] = {false};
@@ -341,6 +445,7 @@ int cmd_train(int argc, char **argv)
         case O_LOG_JSON: log_json = arg; break;
         case O_DEVICES: devices = arg; break;
         case O_KEEP: ok = cli_parse_long(arg, 1, 1000000, &v); tc.keep = (int)v; break;
+        case O_FORCE: force = true; break;
         case O_ON_NAN:
             if (strcmp(arg, "abort") != 0 && strcmp(arg, "skip") != 0)
                 return cli_usage_error("train", "bad value '%s' for --on-nan: abort or skip",
@@ -374,6 +479,23 @@ int cmd_train(int argc, char **argv)
     st_status s = ST_OK;
     char saved_data[1024] = "";
     if (tc.resume_dir) {
+        /* The model is the checkpoint's: a model flag would be ignored, so it is refused. */
+        static const struct {
+            int opt;
+            const char *name;
+        } model_flags[] = {{O_CONFIG, "--config"},       {O_LAYERS, "--layers"},
+                           {O_EMBD, "--embd"},           {O_HEADS, "--heads"},
+                           {O_POSITIONS, "--positions"}, {O_VOCAB, "--vocab"}};
+        for (size_t i = 0; i < sizeof model_flags / sizeof model_flags[0]; i++)
+            if (given[model_flags[i].opt])
+                return cli_usage_error("train",
+                                       "%s cannot be used with --resume: the model is the "
+                                       "checkpoint's (leave %s out, or start a new run without "
+                                       "--resume)",
+                                       model_flags[i].name, model_flags[i].name);
+    }
+    st_data_identity saved_id = {0};
+    if (tc.resume_dir) {
         /* The checkpoint's settings are the defaults; flags given must agree (st_train checks). */
         st_train_config saved = tc;
         st_checkpoint *ck = NULL;
@@ -382,9 +504,10 @@ int cmd_train(int argc, char **argv)
         cfg = *st_checkpoint_get_config(ck);
         printf("resuming from %s: %s\n", tc.resume_dir, st_checkpoint_describe(ck));
         st_checkpoint_close(ck);
-        if ((s = st_train_settings_read(tc.resume_dir, &saved, saved_data, sizeof saved_data)) !=
-            ST_OK)
+        if ((s = st_train_settings_read(tc.resume_dir, &saved, saved_data, sizeof saved_data,
+                                        &saved_id)) != ST_OK)
             return cli_fail(s);
+        snprintf(tc.run, sizeof tc.run, "%s", saved.run);
         if (!given[O_BATCH]) tc.batch = saved.batch;
         if (!given[O_SEQ]) tc.seq = saved.seq;
         if (!given[O_STEPS]) tc.steps = saved.steps;
@@ -397,8 +520,19 @@ int cmd_train(int argc, char **argv)
         if (!given[O_MICRO]) tc.micro_batches = saved.micro_batches;
         if (!given[O_SCHEDULE]) tc.schedule = saved.schedule;
         tc.beta1 = saved.beta1, tc.beta2 = saved.beta2, tc.eps = saved.eps;
-        if (!data)
+        if (!data && saved_id.path[0]) {
+            /* Recorded as an absolute path: found from any folder. */
+            struct stat sb;
+            if (stat(saved_id.path, &sb) != 0)
+                return cli_fail(st_error(ST_ERR_NOT_FOUND,
+                                         "the checkpoint was trained on '%s', which is not there "
+                                         "any more (moved or deleted?): give --data with that "
+                                         "file",
+                                         saved_id.path));
+            data = saved_id.path;
+        } else if (!data) {
             data = saved_data;
+        }
         if (given[O_STEPS] && tc.steps != saved.steps)
             fprintf(stderr,
                     "strata train: note: --steps %ld changes the cosine schedule of the "
@@ -406,7 +540,23 @@ int cmd_train(int argc, char **argv)
                     "have\n",
                     tc.steps, saved.steps);
     }
-    if (tc.out_dir && (s = st_checkpoint_prepare(tc.out_dir)) != ST_OK)
+    if (!tc.run[0])
+        snprintf(tc.run, sizeof tc.run, "%08x%08x", (unsigned)st_checkpoint_new_tag(),
+                 (unsigned)st_checkpoint_new_tag() ^ 0x5bd1e995u);
+    /* Nothing is thrown away: a resumed run saves back where it came from,
+     * and a new run without --out gets a new folder of its own. */
+    char run_dir[1024];
+    if (!tc.out_dir && tc.resume_dir)
+        tc.out_dir = tc.resume_dir;
+    if (!tc.out_dir) {
+        if ((s = new_run_dir(run_dir, sizeof run_dir)) != ST_OK)
+            return cli_fail(s);
+        tc.out_dir = run_dir;
+        printf("saving to %s (a new run folder; --out DIR chooses another)\n", run_dir);
+    }
+    if ((s = check_out(tc.out_dir, tc.run, force)) != ST_OK)
+        return cli_fail(s);
+    if ((s = st_checkpoint_prepare(tc.out_dir)) != ST_OK)
         return cli_fail(s);
     st_dataset *ds = NULL;
     if ((s = st_dataset_open(data, &ds)) != ST_OK)

@@ -2,6 +2,7 @@
  * data.c - the built-in addition task, byte-level text files and uint16
  * token files, as batches (see strata/data.h).
  */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "core/file.h"
+#include "core/hash.h"
 #include "strata/data.h"
 
 #define ADD_DIGITS 3
@@ -24,6 +26,7 @@ struct st_dataset {
     uint16_t *tokens; /* files: every token */
     size_t n, n_train; /* files: all tokens, the first n_train train */
     int vocab_needed;
+    st_data_identity id;
 };
 
 static uint64_t mix(uint64_t z)
@@ -87,6 +90,10 @@ static st_status load_file(st_dataset *ds, const char *path)
     if (fread(raw, 1, bytes, f) != bytes)
         s = st_error(ST_ERR_IO, "cannot read data file '%s'", path);
     fclose(f);
+    ds->id.bytes = bytes;
+    ds->id.sum = st_sum64_of(raw, bytes);
+    if (!realpath(path, ds->id.path))
+        snprintf(ds->id.path, sizeof ds->id.path, "%s", path);
     if (s != ST_OK) {
         free(raw);
         return s;
@@ -150,6 +157,11 @@ void st_dataset_destroy(st_dataset *ds)
         return;
     free(ds->tokens);
     free(ds);
+}
+
+void st_dataset_identity(const st_dataset *ds, st_data_identity *id)
+{
+    *id = ds->id;
 }
 
 const char *st_dataset_name(const st_dataset *ds)

@@ -54,8 +54,11 @@ float st_train_lr(const st_train_config *tc, long step)
  * decimal form through %.9g, which reads back to the same float). */
 static char *settings_json(const st_train_config *tc, const st_dataset *ds)
 {
-    char seed[32];
+    char seed[32], sum[24];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)tc->seed);
+    st_data_identity id;
+    st_dataset_identity(ds, &id);
+    snprintf(sum, sizeof sum, "%016llx", (unsigned long long)id.sum);
     json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f, "
                           "s:s}",
                           "data", st_dataset_name(ds), "batch", tc->batch, "seq", tc->seq,
@@ -68,6 +71,12 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
                           (double)tc->eps, "seed", seed);
     if (!j)
         return NULL;
+    json_object_set_new(j, "run", json_string(tc->run));
+    if (id.path[0]) {
+        json_object_set_new(j, "data_path", json_string(id.path));
+        json_object_set_new(j, "data_bytes", json_integer((json_int_t)id.bytes));
+        json_object_set_new(j, "data_sum64", json_string(sum));
+    }
     char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(j);
     return text;
@@ -92,7 +101,8 @@ static st_status setting_range(const char *dir, const char *key, const char *fla
     return ST_OK;
 }
 
-st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size)
+st_status st_train_settings_read(const char *dir, st_train_config *tc, char *data, size_t size,
+                                 st_data_identity *id)
 {
     st_train_state state;
     st_status s = st_checkpoint_state(dir, &state);
@@ -153,6 +163,19 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
         return s;
     }
     snprintf(data, size, "%s", d);
+    const char *run = json_string_value(json_object_get(j, "run"));
+    snprintf(tc->run, sizeof tc->run, "%s", run ? run : "");
+    if (id) {
+        memset(id, 0, sizeof *id);
+        const char *path = json_string_value(json_object_get(j, "data_path"));
+        const char *dsum = json_string_value(json_object_get(j, "data_sum64"));
+        json_t *dbytes = json_object_get(j, "data_bytes");
+        if (path && dsum && json_is_integer(dbytes) && strlen(path) < sizeof id->path) {
+            snprintf(id->path, sizeof id->path, "%s", path);
+            id->bytes = (uint64_t)json_integer_value(dbytes);
+            id->sum = strtoull(dsum, NULL, 16);
+        }
+    }
     tc->batch = (int)batch;
     tc->seq = (int)seq;
     tc->micro_batches = (int)micro;
@@ -340,7 +363,8 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
 {
     st_train_config saved;
     char data[1024];
-    st_status s = st_train_settings_read(dir, &saved, data, sizeof data);
+    st_data_identity want, got;
+    st_status s = st_train_settings_read(dir, &saved, data, sizeof data, &want);
     if (s != ST_OK)
         return s;
 #define SAME(field, flag)                                                                   \
@@ -359,10 +383,23 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
     SAME(seed, "--seed")
     SAME(micro_batches, "--micro-batches")
 #undef SAME
-    if (strcmp(data, st_dataset_name(ds)) != 0)
+    st_dataset_identity(ds, &got);
+    if (want.path[0]) {
+        /* The same bytes, wherever the file is now. */
+        if (got.bytes != want.bytes || got.sum != want.sum)
+            return st_error(ST_ERR_INVALID,
+                            "resume: '%s' is not the data the checkpoint was trained on: it has "
+                            "%llu bytes (checksum %016llx), the checkpoint's '%s' had %llu "
+                            "(checksum %016llx); give --data with that file, unchanged",
+                            got.path[0] ? got.path : st_dataset_name(ds),
+                            (unsigned long long)got.bytes, (unsigned long long)got.sum,
+                            want.path, (unsigned long long)want.bytes,
+                            (unsigned long long)want.sum);
+    } else if (strcmp(data, st_dataset_name(ds)) != 0) {
         return st_error(ST_ERR_INVALID,
                         "resume: the checkpoint was trained on '%s', not '%s' (leave --data out)",
                         data, st_dataset_name(ds));
+    }
     return ST_OK;
 }
 
