@@ -67,6 +67,9 @@ row "does not split into 4 equal micro-batches" train "${tiny[@]}" --batch 6 --m
 row "bad value '-1' for --temperature: a number from 0 to 100" generate --model "$work/ck" --temperature -1
 row "bad value 'x' for -n: an integer from 0 to" generate --model "$work/ck" -n x
 row "bad value '0' for --seq: an integer from 1 to" eval --model "$work/ck" --seq 0
+row "unknown option --stpes (did you mean --steps?)" train --stpes 3
+row "unknown option --tempreature (did you mean --temperature?)" generate -m "$work/ck" --tempreature 1
+row "unknown command 'trian' (did you mean \`strata train\`?)" trian
 # Files: the file, the field and what would be accepted.
 row "\"n_layer\" must be an integer from 1 to 4096" train --config "$work/deep.json" --steps 1
 row "\"n_embd\" must be an integer from 1 to 65536" train --config "$work/wide.json" --steps 1

@@ -35,7 +35,9 @@ tiny=(--layers 1 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5)
 # A first run: log lines, JSON lines, a checkpoint.
 out=$("$strata" train "${tiny[@]}" --steps 20 --eval-every 10 --out "$work/a" \
     --log-json "$work/a.json" 2>&1) || fail "train: $out"
-grep -qE '^step 20/20 \| loss [0-9]+\.[0-9]{4} \| lr [0-9.]+e[-+][0-9]+ \| [0-9.]+ ms \| [0-9,]+ tok/s$' \
+grep -qE '^step 20/20 \| loss [0-9]+\.[0-9]{4} \| norm [0-9]+\.[0-9]{3} \| lr [0-9.]+e[-+][0-9]+ \| [0-9.]+ ms \| [0-9,]+ tok/s$' \
+    <<<"$out" || fail "no step line in the expected format: $out"
+grep -qE '^step 10/20 \| loss [0-9.]+ \| norm [0-9.]+ \| lr [0-9.e+-]+ \| [0-9.]+ ms \| [0-9,]+ tok/s \| eta [0-9]+s$' \
     <<<"$out" || fail "no step line in the expected format: $out"
 grep -qE '^val  10/20 \| loss [0-9.]+ \| exact match [0-9.]+%$' <<<"$out" || fail "no val line: $out"
 grep -q '^done: step 20 of 20' <<<"$out" || fail "no summary line: $out"
@@ -93,6 +95,8 @@ wait "$job"
 rc=$?
 [ "$rc" = 130 ] || fail "Ctrl-C: exit $rc, expected 130: $(tail -3 "$work/int.log")"
 grep -q "^interrupted: stopped after step" "$work/int.log" || fail "Ctrl-C: no interrupted line"
+grep -q "^strata: stopping: finishing this step, then validating and saving to $work/int; Ctrl-C again quits" \
+    "$work/int.log" || fail "Ctrl-C: not acknowledged: $(tail -5 "$work/int.log")"
 [ -s "$(newest "$work/int" checkpoint)" ] || fail "Ctrl-C: no checkpoint saved"
 stopped=$(sed -n 's/^interrupted: stopped after step \([0-9]*\).*/\1/p' "$work/int.log")
 out=$("$strata" train --resume "$work/int" --stop-at $((stopped + 1)) 2>&1) ||
@@ -104,6 +108,8 @@ out1=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>
     fail "generate failed: $(cat "$work/gen.err")"
 out2=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>/dev/null)
 [ "$out1" = "$out2" ] || fail "generate with one seed differs: '$out1' vs '$out2'"
+out3=$("$strata" generate -m "$work/a" -p "123+456=" -n 4 --seed 3 2>/dev/null)
+[ "$out1" = "$out3" ] || fail "generate -m/-p differs from --model/--prompt: '$out1' vs '$out3'"
 [[ "$out1" == "123+456="* ]] || fail "generate does not start with the prompt: '$out1'"
 grep -qE 'generated 4 tokens in [0-9.]+ s \| [0-9.]+ tok/s' "$work/gen.err" ||
     fail "generate did not report tokens/s: $(cat "$work/gen.err")"
@@ -209,7 +215,7 @@ grep -q "step 3: the loss .* is not finite; first found at stage 0 .*gradient of
 out=$(STRATA_TEST_NAN_AT=3:0 "$strata" train --resume "$work/nan" --out "$work/nan" --on-nan skip 2>&1) ||
     fail "nan skip: the run failed: $out"
 grep -q "^step 3/6 | loss [0-9.]* | skipped: not finite" <<<"$out" || fail "nan skip: no skipped line: $out"
-grep -q "^step 4/6 | loss [0-9.]* | lr" <<<"$out" || fail "nan skip: the run did not go on: $out"
+grep -q "^step 4/6 | loss [0-9.]* | norm" <<<"$out" || fail "nan skip: the run did not go on: $out"
 # A model whose weights are NaN: warnings, and eval does not print a finite loss as if all were well.
 mkdir "$work/nanw"
 cp "$work/a/config.json" "$work/nanw/"

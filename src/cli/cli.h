@@ -34,6 +34,11 @@ bool cli_parse_float(const char *s, double lo, double hi, float *out);
 bool cli_parse_double(const char *s, double lo, double hi, double *out);
 /* "an integer from 1 to 1048576": what the last cli_parse_* call accepts. */
 const char *cli_expected(void);
+/* The name closest to word (a few edits at most), or NULL: "did you mean". */
+const char *cli_nearest(const char *word, const char *const *names, size_t n);
+struct option;
+/* "unknown option --stpes (did you mean --steps?)"; returns CLI_USAGE. */
+int cli_unknown_option(const char *cmd, const char *arg, const struct option *opts);
 /* Prints "strata <cmd>: <message>" and a pointer to --help; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -149,7 +149,7 @@ int cmd_bench(int argc, char **argv)
         case 'd': devices = optarg; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("bench", "option %s needs a value", argv[optind - 1]);
-        default: return cli_usage_error("bench", "unknown option %s", argv[optind - 1]);
+        default: return cli_unknown_option("bench", argv[optind - 1], opts);
         }
         if (!ok)
             return cli_usage_error("bench", "bad value '%s' for --%s: %s", optarg, opts[li].name,

@@ -239,7 +239,7 @@ int cmd_check(int argc, char **argv)
         case ':':
             return cli_usage_error("check", "option %s needs a value", argv[optind - 1]);
         default:
-            return cli_usage_error("check", "unknown option %s", argv[optind - 1]);
+            return cli_unknown_option("check", argv[optind - 1], opts);
         }
     }
     if (optind < argc)

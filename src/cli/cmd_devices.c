@@ -95,7 +95,7 @@ int cmd_devices(int argc, char **argv)
         case ':':
             return cli_usage_error("devices", "option %s needs a value", argv[optind - 1]);
         default:
-            return cli_usage_error("devices", "unknown option %s", argv[optind - 1]);
+            return cli_unknown_option("devices", argv[optind - 1], opts);
         }
     }
     if (optind < argc)

@@ -135,8 +135,8 @@ static void generate_help(void)
            "the model, reusing the keys and values of the earlier ones (KV cache).\n"
            "The text goes to stdout, the statistics to stderr.\n"
            "\n"
-           "  --model DIR         the model folder (required)\n"
-           "  --prompt TEXT       text to continue (default: a newline); give it several\n"
+           "  -m, --model DIR     the model folder (required)\n"
+           "  -p, --prompt TEXT   text to continue (default: a newline); give it several\n"
            "                      times to generate for several prompts at once (each\n"
            "                      with its own cache; they flow through split stages\n"
            "                      like micro-batches)\n"
@@ -300,7 +300,7 @@ int cmd_generate(int argc, char **argv)
     int c, li;
     optind = 1;
     opterr = 0;
-    while ((li = -1, c = getopt_long(argc, argv, ":hn:", opts, &li)) != -1) {
+    while ((li = -1, c = getopt_long(argc, argv, ":hn:m:p:", opts, &li)) != -1) {
         bool ok = true;
         switch (c) {
         case 'm': model = optarg; break;
@@ -318,7 +318,7 @@ int cmd_generate(int argc, char **argv)
         case 'M': rf.mem_limit = optarg; break;
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
-        default: return cli_usage_error("generate", "unknown option %s", argv[optind - 1]);
+        default: return cli_unknown_option("generate", argv[optind - 1], opts);
         }
         if (!ok)
             return cli_usage_error("generate", "bad value '%s' for %s%s: %s", optarg,
@@ -347,7 +347,7 @@ static void eval_help(void)
            "predicted once), or --batches batches of the built-in addition task's\n"
            "validation problems (with exact-match accuracy).\n"
            "\n"
-           "  --model DIR         the model folder (required)\n"
+           "  -m, --model DIR     the model folder (required)\n"
            "  --data SRC          'addition' (default), a text file or a token file\n"
            "  --seq N             tokens per window (default: the model's positions)\n"
            "  --batch N           windows per forward pass (default 8)\n"
@@ -378,7 +378,7 @@ int cmd_eval(int argc, char **argv)
     int c, li;
     optind = 1;
     opterr = 0;
-    while ((li = -1, c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+    while ((li = -1, c = getopt_long(argc, argv, ":hm:", opts, &li)) != -1) {
         bool ok = true;
         switch (c) {
         case 'm': model = optarg; break;
@@ -392,7 +392,7 @@ int cmd_eval(int argc, char **argv)
         case 'M': rf.mem_limit = optarg; break;
         case 'h': eval_help(); return CLI_OK;
         case ':': return cli_usage_error("eval", "option %s needs a value", argv[optind - 1]);
-        default: return cli_usage_error("eval", "unknown option %s", argv[optind - 1]);
+        default: return cli_unknown_option("eval", argv[optind - 1], opts);
         }
         if (!ok)
             return cli_usage_error("eval", "bad value '%s' for --%s: %s", optarg, opts[li].name,

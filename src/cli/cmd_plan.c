@@ -115,7 +115,7 @@ int cmd_plan(int argc, char **argv)
         case 'j': json = true; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("plan", "option %s needs a value", argv[optind - 1]);
-        default: return cli_usage_error("plan", "unknown option %s", argv[optind - 1]);
+        default: return cli_unknown_option("plan", argv[optind - 1], opts);
         }
         if (!ok)
             return cli_usage_error("plan", "bad value '%s' for --%s: %s", optarg, opts[li].name,

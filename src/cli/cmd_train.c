@@ -113,6 +113,8 @@ typedef struct log_ctx {
     bool has_exact;
     double last_val, last_exact;
     bool have_val;
+    long steps_seen, ms_n;
+    double ms_sum;
     const char *out;
 } log_ctx;
 
@@ -129,6 +131,18 @@ static const char *commas(double x, char *buf, size_t size)
     }
     buf[o] = '\0';
     return buf;
+}
+
+/* 75 -> "1m15s", 4000 -> "1h06m", 9 -> "9s". */
+static void eta_text(double s, char *out, size_t size)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(out, size, "%ldh%02ldm", t / 3600, t % 3600 / 60);
+    else if (t >= 60)
+        snprintf(out, size, "%ldm%02lds", t / 60, t % 60);
+    else
+        snprintf(out, size, "%lds", t);
 }
 
 static void on_event(const st_train_event *e, void *user)
@@ -152,9 +166,19 @@ static void on_event(const st_train_event *e, void *user)
         if (e->skipped)
             printf("step %ld/%ld | loss %.4f | skipped: not finite (%s), no update\n", e->step,
                    e->steps, e->loss, e->where);
-        else if (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)
-            printf("step %ld/%ld | loss %.4f | lr %.1e | %.1f ms | %s tok/s\n", e->step, e->steps,
-                   e->loss, e->lr, e->ms, commas(e->tokens_per_s, a, sizeof a));
+        if (L->steps_seen++ > 0) { /* the first step builds kernels: not a fair clock */
+            L->ms_sum += e->ms;
+            L->ms_n++;
+        }
+        if (!e->skipped && (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)) {
+            char eta[32] = "";
+            if (L->ms_n > 0 && e->steps > e->step)
+                eta_text(L->ms_sum / L->ms_n * (double)(e->steps - e->step) / 1000.0, eta,
+                         sizeof eta);
+            printf("step %ld/%ld | loss %.4f | norm %.3f | lr %.1e | %.1f ms | %s tok/s%s%s\n",
+                   e->step, e->steps, e->loss, e->grad_norm, e->lr, e->ms,
+                   commas(e->tokens_per_s, a, sizeof a), eta[0] ? " | eta " : "", eta);
+        }
         if (L->json)
             fprintf(L->json,
                     "{\"event\":\"step\",\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
@@ -313,6 +337,10 @@ static st_status check_out(const char *out, const char *run, bool force)
 static volatile sig_atomic_t stop_requested;
 
 static volatile sig_atomic_t under_launcher;
+/* Said at once on the first signal (write(2) is safe in a handler; the text
+ * is made before training starts). */
+static char ack[1400];
+static size_t ack_len;
 
 static void on_signal(int sig)
 {
@@ -322,6 +350,8 @@ static void on_signal(int sig)
         return;
     }
     stop_requested = 1;
+    if (ack_len && write(STDERR_FILENO, ack, ack_len) < 0)
+        ack_len = 0; /* nothing to do about a closed stderr */
     /* mpirun stops reading the ranks' output once it is interrupted: a rank
      * must not block on a full pipe before it has saved. Lines may be lost. */
     if (under_launcher) {
@@ -461,7 +491,7 @@ int cmd_train(int argc, char **argv)
         case O_MEM_LIMIT: mem_limit = arg; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("train", "option %s needs a value", name);
-        default: return cli_usage_error("train", "unknown option %s", name);
+        default: return cli_unknown_option("train", name, opts);
         }
         if (!ok)
             return cli_usage_error("train", "bad value '%s' for %s: %s", arg, name,
@@ -653,6 +683,17 @@ int cmd_train(int argc, char **argv)
             tc.should_stop = should_stop_ranks;
 #endif
         under_launcher = mpi;
+        bool says = true;
+#if STRATA_HAVE_MPI
+        says = !mpi || st_mpi_rank() == 0;
+#endif
+        if (says) {
+            snprintf(ack, sizeof ack,
+                     "\nstrata: stopping: finishing this step, then validating and saving to "
+                     "%.1200s; Ctrl-C again quits at once (losing this step)\n",
+                     tc.out_dir);
+            ack_len = strlen(ack);
+        }
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;

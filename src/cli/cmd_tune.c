@@ -80,7 +80,7 @@ int cmd_tune(int argc, char **argv)
         case 'r': reset = true; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("tune", "option %s needs a value", argv[optind - 1]);
-        default: return cli_usage_error("tune", "unknown option %s", argv[optind - 1]);
+        default: return cli_unknown_option("tune", argv[optind - 1], opts);
         }
         if (!ok)
             return cli_usage_error("tune", "bad value '%s' for --%s: %s", optarg, opts[li].name,

@@ -146,7 +146,15 @@ int main(int argc, char **argv)
             return run_ranks(&commands[i], argc, argv, ranks);
         return commands[i].run(argc - 1, argv + 1);
     }
-    fprintf(stderr, "strata: unknown command '%s'\n\n", name);
+    const char *names[sizeof commands / sizeof commands[0]];
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        names[i] = commands[i].name;
+    const char *near = cli_nearest(name, names, sizeof names / sizeof names[0]);
+    if (near)
+        fprintf(stderr, "strata: unknown command '%s' (did you mean `strata %s`?)\n\n", name,
+                near);
+    else
+        fprintf(stderr, "strata: unknown command '%s'\n\n", name);
     usage(stderr);
     return CLI_USAGE;
 }

@@ -1,4 +1,5 @@
 /* options.c - error reporting and device opening shared by the commands. */
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,62 @@ int cli_fail(st_status s)
     default:
         return CLI_FAILED;
     }
+}
+
+/* Edits (insert, delete, replace) from a to b, for "did you mean". */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t n = strlen(b), row[64];
+    if (n >= 64 || strlen(a) >= 64)
+        return 64;
+    for (size_t j = 0; j <= n; j++)
+        row[j] = j;
+    for (size_t i = 1; a[i - 1]; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= n; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[n];
+}
+
+const char *cli_nearest(const char *word, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    size_t best_d = (strlen(word) + 2) / 3 + 1; /* at most about a third of it wrong */
+    for (size_t i = 0; i < n; i++) {
+        size_t d = edit_distance(word, names[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = names[i];
+        }
+    }
+    return best;
+}
+
+int cli_unknown_option(const char *cmd, const char *arg, const struct option *opts)
+{
+    const char *names[128];
+    size_t n = 0;
+    for (; opts[n].name && n < 128; n++)
+        names[n] = opts[n].name;
+    const char *word = arg;
+    while (*word == '-')
+        word++;
+    char head[64];
+    snprintf(head, sizeof head, "%.*s", (int)strcspn(word, "="), word);
+    const char *near = *head ? cli_nearest(head, names, n) : NULL;
+    if (near)
+        return cli_usage_error(cmd, "unknown option %s (did you mean --%s?)", arg, near);
+    return cli_usage_error(cmd, "unknown option %s", arg);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
