@@ -242,6 +242,17 @@ static void on_event(const st_train_event *e, void *user)
 /* A folder for a run without --out: $STRATA_RUNS_DIR (default runs) /
  * YYYYmmdd-HHMMSS, with -2, -3 ... if taken. Under MPI every rank takes rank
  * 0's choice (its time and suffix, sent as one number). */
+static void run_dir_name(char *out, size_t size, const char *root, time_t when, int k)
+{
+    struct tm tm;
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&when, &tm));
+    if (k == 1)
+        snprintf(out, size, "%s/%s", root, stamp);
+    else
+        snprintf(out, size, "%s/%s-%d", root, stamp, k);
+}
+
 static st_status new_run_dir(char *out, size_t size)
 {
     const char *root = getenv("STRATA_RUNS_DIR");
@@ -255,13 +266,7 @@ static st_status new_run_dir(char *out, size_t size)
     if (rank0) {
         time_t now = time(NULL);
         for (int k = 1; k < 1000; k++) {
-            struct tm tm;
-            char stamp[32];
-            strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&now, &tm));
-            if (k == 1)
-                snprintf(out, size, "%s/%s", root, stamp);
-            else
-                snprintf(out, size, "%s/%s-%d", root, stamp, k);
+            run_dir_name(out, size, root, now, k);
             struct stat sb;
             if (stat(out, &sb) != 0) {
                 pick = (double)now * 1000.0 + k;
@@ -278,14 +283,7 @@ static st_status new_run_dir(char *out, size_t size)
         if (s != ST_OK)
             return s;
         time_t now = (time_t)(pick / 1000.0);
-        int k = (int)(pick - (double)now * 1000.0 + 0.5);
-        struct tm tm;
-        char stamp[32];
-        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime_r(&now, &tm));
-        if (k == 1)
-            snprintf(out, size, "%s/%s", root, stamp);
-        else
-            snprintf(out, size, "%s/%s-%d", root, stamp, k);
+        run_dir_name(out, size, root, now, (int)(pick - (double)now * 1000.0 + 0.5));
     }
 #endif
     return ST_OK;
