@@ -52,9 +52,10 @@ awk 'NR == FNR { a[FNR] = $1; next }
     fail "expected 6 + 6 steps"
 
 # A model that fits only when split: auto uses both devices.
-out=$("$strata" plan --mem-limit 0:8M,1:8M --batch 64 2>&1) || fail "plan under a memory limit: $out"
+# One micro-batch: only a split fits (more micro-batches would fit one device).
+out=$("$strata" plan --mem-limit 0:8M,1:8M --batch 64 --micro-batches 1 2>&1) || fail "plan under a memory limit: $out"
 grep -q "plan: 2 stages" <<<"$out" || fail "a model too big for one device was not split: $out"
-out=$("$strata" train --mem-limit 0:8M,1:8M --steps 3 --eval-batches 1 2>&1) || fail "train under a memory limit: $out"
+out=$("$strata" train --mem-limit 0:8M,1:8M --micro-batches 1 --steps 3 --eval-batches 1 2>&1) || fail "train under a memory limit: $out"
 grep -q "plan: 2 stages" <<<"$out" || fail "training under a memory limit did not split: $out"
 
 # Generation: the same text split or not.
@@ -76,6 +77,47 @@ out=$(STRATA_TEST_FAIL_STAGE=1:9 timeout 120 "$strata" train "${tiny[@]}" --step
 rc=$?
 [ "$rc" = 1 ] || fail "an injected stage failure: exit $rc, expected 1 (124: hung)"
 grep -q "stage 1 on .*injected failure" <<<"$out" || fail "no message naming the failed stage: $out"
+
+# bench: spread, and the results as CSV and JSON for scripts.
+out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
+    --micro-batches 4 --steps 2 --format json 2>/dev/null) || fail "bench --format json failed"
+python3 -c '
+import json, sys
+rows = json.loads(sys.argv[1])
+assert [r["devices"] for r in rows] == [1, 2], rows
+for r in rows:
+    assert r["train_ms"] > 0 and r["train_spread"] >= 0 and r["forward_spread"] >= 0, r
+    assert abs(r["speedup"] - rows[0]["train_ms"] / r["train_ms"]) < 1e-3, r
+' "$out" || fail "bench JSON is not the expected rows: $out"
+out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
+    --micro-batches 4 --steps 2 --format csv 2>/dev/null) || fail "bench --format csv failed"
+[ "$(head -1 <<<"$out" | cut -d, -f1-3)" = "devices,train_ms,train_spread" ] &&
+    [ "$(wc -l <<<"$out")" = 3 ] || fail "bench CSV: $out"
+out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
+    --micro-batches 4 --steps 2 2>/dev/null) || fail "bench failed"
+grep -q "spread" <<<"$out" || fail "bench table without the spread: $out"
+out=$("$strata" bench --pipeline --format xml 2>&1)
+[ $? = 2 ] && grep -q "table, csv or json" <<<"$out" || fail "bench --format xml: $out"
+
+# Without --micro-batches the planner chooses: one on one device, more on a split
+# (and on one device more when the whole batch does not fit: see above, which
+# gives --micro-batches 1 to force the split).
+out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0 2>&1)
+grep -q "plan: 1 stage, 1f1b, 1 micro-batch of 16 x 64 tokens (micro-batches chosen by the planner)" \
+    <<<"$out" || fail "one device, chosen micro-batches: $out"
+out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0,1 2>&1)
+m=$(sed -n 's/^plan: 2 stages, 1f1b, \([0-9]*\) micro-batches of .*chosen by the planner.*/\1/p' <<<"$out")
+[ -n "$m" ] && [ "$m" -gt 1 ] || fail "a split should get several chosen micro-batches: $out"
+out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0,1 \
+    --micro-batches 2 2>&1)
+grep -q "plan: 2 stages, 1f1b, 2 micro-batches of 8 x 64 tokens$" <<<"$out" ||
+    fail "--micro-batches given is not obeyed: $out"
+head -c 30000 /dev/urandom | base64 >"$work/text.txt"
+out=$("$strata" train --layers 2 --embd 32 --heads 2 --batch 32 --seq 16 --data "$work/text.txt" \
+    --eval-batches 1 --steps 2 --devices 0,1 --out "$work/auto" 2>&1) || fail "train with chosen micro-batches: $out"
+grep -q "micro-batches chosen by the planner" <<<"$out" || fail "train does not say it chose: $out"
+grep -q '"micro_batches": [2-9]' "$work/auto/"checkpoint-*.json ||
+    fail "the chosen micro-batch count is not in the checkpoint's settings"
 
 if [ "$failures" -gt 0 ]; then
     echo "$failures check(s) failed" >&2

@@ -302,6 +302,99 @@ static void one_f_one_b_keeps_fewer_activations(void **state)
     st_model_desc_destroy(d);
 }
 
+/* Two devices on the same cores (PoCL pthread devices share one thread pool:
+ * each gets half the rate while the other runs): one device is chosen, and
+ * both given explicitly are predicted no faster than one. Devices that do
+ * not slow each other (PoCL basic devices, a core each) still split. */
+static void shared_hardware_is_planned_as_shared(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(8, 256);
+    st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 64, .micro_batches = 8,
+                        .training = true, .n_devices = 2, .devices = p};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2); /* separate hardware: the split pays */
+    double apart = plan.speedup;
+    assert_true(apart > 1.4);
+    for (int i = 0; i < 2; i++) {
+        snprintf(p[i].hardware, sizeof p[i].hardware, "host CPU");
+        p[i].shared_gflops = 50;
+    }
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 1);
+    assert_contains(plan.note, "1 of 2 devices");
+    in.keep_all_devices = true;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2);
+    assert_true(plan.speedup < 1.0);
+    assert_true(plan.stage[0].fwd_ms > 1.5 * plan.stage[0].xfer_ms); /* compute at 50 */
+    /* Basic devices: the rate holds when both run, so the split pays again. */
+    p[0].shared_gflops = p[1].shared_gflops = 98;
+    in.keep_all_devices = false;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2);
+    assert_true(fabs(plan.speedup - apart) < 0.05 * apart);
+    /* A shared rate without the same hardware changes nothing. */
+    p[0].shared_gflops = p[1].shared_gflops = 10;
+    snprintf(p[1].hardware, sizeof p[1].hardware, "PCI 0000:65:00.0");
+    assert_ok(st_plan_make(&in, &plan));
+    assert_true(fabs(plan.speedup - apart) < 1e-9);
+    st_model_desc_destroy(d);
+}
+
+/* micro_batches 0: one device gets one micro-batch; a split gets more (its
+ * bubble shrinks), never below 256 tokens each while those fit; memory can
+ * force more on one device. The plan says what it chose. */
+static void micro_batches_chosen(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(8, 256);
+    st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.desc = d, .seq = 64, .batch = 32, .training = true, .n_devices = 1,
+                        .devices = p};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.micro_batches, 1);
+    assert_int_equal(plan.micro_batch, 32);
+    in.n_devices = 2;
+    in.keep_all_devices = true;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_int_equal(plan.n_stages, 2);
+    assert_true(plan.micro_batches > 1);
+    assert_int_equal(plan.micro_batch * plan.micro_batches, 32);
+    assert_true(plan.micro_batch * 64 >= 256);
+    /* The same as planning that count by hand. */
+    st_plan_input fixed = in;
+    fixed.micro_batches = plan.micro_batches;
+    fixed.micro_batch = plan.micro_batch;
+    st_plan same;
+    assert_ok(st_plan_make(&fixed, &same));
+    assert_true(fabs(same.step_ms - plan.step_ms) < 1e-9);
+    /* And no other count of at least 256 tokens is predicted more than 3% faster. */
+    for (int m = 1; m <= 8; m *= 2) {
+        fixed.micro_batches = m;
+        fixed.micro_batch = 32 / m;
+        assert_ok(st_plan_make(&fixed, &same));
+        assert_true(same.step_ms >= plan.step_ms * 0.97 - 1e-9);
+    }
+    /* One device that cannot hold the whole batch's activations: more micro-batches. */
+    in.n_devices = 1;
+    in.keep_all_devices = false;
+    fixed = in;
+    fixed.micro_batches = 1;
+    fixed.micro_batch = 32;
+    assert_ok(st_plan_make(&fixed, &same));
+    p[0].mem_bytes = (uint64_t)(same.stage[0].param_bytes + 0.5 * same.stage[0].act_bytes);
+    assert_ok(st_plan_make(&in, &plan));
+    assert_true(plan.micro_batches > 1);
+    assert_true(plan.stage[0].total_bytes <= (double)p[0].mem_bytes);
+    in.batch = 0;
+    assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
+    st_model_desc_destroy(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -312,6 +405,8 @@ int main(void)
         cmocka_unit_test(memory_decides_the_split),
         cmocka_unit_test(fixed_splits),
         cmocka_unit_test(one_f_one_b_keeps_fewer_activations),
+        cmocka_unit_test(shared_hardware_is_planned_as_shared),
+        cmocka_unit_test(micro_batches_chosen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

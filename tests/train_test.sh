@@ -115,7 +115,25 @@ grep -qE 'generated 4 tokens in [0-9.]+ s \| [0-9.]+ tok/s' "$work/gen.err" ||
     fail "generate did not report tokens/s: $(cat "$work/gen.err")"
 out=$("$strata" generate --model "$work/a" --prompt "1" -n 50 --temperature 0 2>&1) ||
     fail "greedy generate failed: $out"
-grep -q "stopped at the model's 12 positions" <<<"$out" || fail "no note at the position limit: $out"
+grep -q "the text outgrew the model's 12 positions: 6 times the context slid to its last 6 tokens" \
+    <<<"$out" || fail "no note on the sliding context: $out"
+[ "$(head -c 51 <<<"$out" | wc -c)" = 51 ] || fail "-n 50 beyond the positions did not give 50 tokens: $out"
+# After a slide the model sees the last 6 tokens from position 0: the next
+# token is the one a prompt of those 6 tokens gives (greedy, bytes compared).
+python3 - "$strata" "$work/a" <<'PY' || fail "the sliding context does not continue as a 6-token prompt does"
+import subprocess, sys
+strata, model = sys.argv[1], sys.argv[2]
+def gen(prompt, n):
+    return subprocess.run([strata, "generate", "-m", model, "-p", prompt, "-n", str(n),
+                           "--temperature", "0"], capture_output=True, check=True).stdout
+text = gen(b"1", 20)
+# 1 + 12 tokens fill the 12 positions; the 14th token (index 13) comes from text[7:13].
+window = text[7:13]
+assert b"\0" not in window
+assert gen(window, 1)[6:7] == text[13:14], (text, window)
+PY
+out=$("$strata" generate -m "$work/a" -p "1" -p "22" -n 3 2>/dev/null)
+[ "$(grep -c '^--- [12] of 2 ---$' <<<"$out")" = 2 ] || fail "several prompts without a header each: '$out'"
 expect 2 "--model DIR is required" -- "$strata" generate --prompt x
 expect 2 "does not exist" -- "$strata" generate --model "$work/none"
 expect 2 "at most 12" -- "$strata" generate --model "$work/a" --prompt "0123456789abc"

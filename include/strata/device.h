@@ -61,6 +61,12 @@ typedef struct st_device_info {
     uint64_t local_mem;
     bool fp16;
     bool fp64;
+    /* Which hardware runs it, for devices that share it: "host CPU" for
+     * every CPU device (PoCL's devices all run on the host's cores),
+     * "PCI 0000:65:00.0" for a card whose driver tells its bus address
+     * (the same card seen through two platforms), "" when unknown. Two
+     * devices with the same non-empty value are planned as sharing. */
+    char hardware[64];
 } st_device_info;
 
 typedef struct st_device_list st_device_list;

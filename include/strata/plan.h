@@ -40,9 +40,16 @@ extern "C" {
 
 typedef struct st_device_profile {
     char name[256];
-    double gflops;              /* GEMM rate on the model's shapes */
+    double gflops;              /* GEMM rate on the model's shapes (median of runs) */
+    double gflops_spread;       /* (slowest - fastest) / median of those runs */
     double h2d_gbps, d2h_gbps;  /* host to device, device to host, GB/s */
     uint64_t mem_bytes;         /* what the planner may use */
+    /* Devices with the same non-empty hardware share it (the host's cores,
+     * one card through two platforms); shared_gflops, when above 0, is the
+     * rate of each while all of its group's devices run at once, and the
+     * planner uses it for a plan that gives stages to two or more of them. */
+    char hardware[64];
+    double shared_gflops;
 } st_device_profile;
 
 typedef enum st_schedule { ST_SCHED_1F1B, ST_SCHED_GPIPE } st_schedule;
@@ -69,7 +76,9 @@ st_status st_split_parse(const char *text, st_split_spec *out);
 
 typedef struct st_plan_input {
     const st_model_desc *desc;
-    int micro_batch, seq, micro_batches;
+    /* micro_batches 0: the planner chooses how many (a divisor of `batch`,
+     * the sequences per step; micro_batch is then ignored). */
+    int micro_batch, seq, micro_batches, batch;
     st_schedule schedule;
     bool training;
     size_t n_devices;
@@ -90,6 +99,7 @@ typedef struct st_plan_stage {
 } st_plan_stage;
 
 typedef struct st_plan {
+    int micro_batch, micro_batches; /* as given, or as chosen */
     size_t n_stages;
     st_plan_stage stage[ST_PLAN_MAX_STAGES];
     double step_ms;           /* predicted training step (or forward pass) */
@@ -101,7 +111,15 @@ typedef struct st_plan {
 } st_plan;
 
 /* Plans; an impossible request (does not fit, bad ranges) is ST_ERR_INVALID
- * with a message that says how much memory is missing where. */
+ * with a message that says how much memory is missing where.
+ *
+ * With micro_batches 0 the planner also chooses the micro-batch count: each
+ * divisor m of the batch that leaves at least 256 tokens per micro-batch
+ * (smaller products run far below a device's rate, which the cost model
+ * does not know) is planned, and the fastest predicted step wins; more
+ * micro-batches must win by 3%. Smaller micro-batches are tried only when
+ * none of those fits. One stage gets one micro-batch unless memory needs
+ * more. */
 st_status st_plan_make(const st_plan_input *in, st_plan *out);
 
 /* The predicted times and memory of a given partition (cuts: the first

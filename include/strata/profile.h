@@ -3,9 +3,18 @@
  * the device: GEMM throughput on the model's shapes, host<->device
  * bandwidth, and memory capacity (the accounting's, which --mem-limit sets).
  *
- * Measurements are cached on disk (the kernel cache's root, folder
- * profiles/), keyed by device name, driver, platform and the GEMM shape, so
- * a device is measured once per shape; STRATA_CACHE=0 measures every time.
+ * Each figure is the median of several timed runs, and the GEMM rate's
+ * spread ((slowest - fastest) / median) is kept with it. A measurement whose
+ * spread stays above 20% after two more tries (the machine was busy) is
+ * used for this run with a warning and measured again next time; a steady
+ * one is cached on disk (the kernel cache's root, folder profiles/), keyed by
+ * device name, driver, platform, the GEMM shape and the device's CLBlast
+ * tuning, so a device is measured once per shape. STRATA_CACHE=0 measures
+ * every time; ST_PROFILE_REFRESH forgets the device's cached profiles.
+ *
+ * Devices on the same hardware (st_device_info.hardware: PoCL's CPU devices
+ * all run on the host's cores) are also measured running at once, which
+ * gives each one's rate when they share (st_device_profile.shared_gflops).
  */
 #ifndef STRATA_PROFILE_H
 #define STRATA_PROFILE_H
@@ -19,10 +28,22 @@
 extern "C" {
 #endif
 
+enum { ST_PROFILE_REFRESH = 1 /* forget what is cached for the device; measure again */ };
+
 /* m x n x k: the GEMM to time (a model's typical product: tokens per
  * micro-batch x 4C x C). *cached tells whether it came from the cache. */
-st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, bool *cached,
-                                st_device_profile *out);
+st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, unsigned flags,
+                                bool *cached, st_device_profile *out);
+
+/* For the devices of prof[0..n) (profiled already) that share hardware with
+ * another of them: times the same GEMM on each group's devices at once (a
+ * host thread each) and sets their shared_gflops; others get 0. Cached like
+ * a profile. */
+st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, size_t nn,
+                                   size_t k, st_device_profile *prof);
+
+/* Removes the cached profiles of dev (every shape); returns how many. */
+int st_device_profile_forget(const st_device *dev);
 
 #ifdef __cplusplus
 }

@@ -45,6 +45,18 @@ void st_program_destroy(st_program *prog);
 st_status st_device_program(st_device *dev, const char *file, const char *options,
                             st_program **out);
 
+/* True when cl/<file> with `options` is in the on-disk cache for dev (a
+ * build would load it rather than compile). */
+bool st_program_cached(st_device *dev, const char *file, const char *options);
+
+/* Before a run's first step: builds every kernel file of cl/ for each device
+ * (through the cache) and compiles CLBlast's GEMM kernels with a warm-up
+ * product, under a progress line ("building kernels for device 0 ... first
+ * time on this device, cached for next time"), so that the first step does
+ * not sit silent for a minute of compiling. Devices listed twice are
+ * prepared once. */
+st_status st_devices_prepare(st_device *const *devs, size_t n);
+
 /* True when the program came from the on-disk cache rather than a compile. */
 bool st_program_from_cache(const st_program *prog);
 

@@ -96,6 +96,45 @@ static bool has_extension(cl_device_id id, const char *ext)
     return found;
 }
 
+/* The PCI address where a driver tells it: cl_khr_pci_bus_info, NVIDIA's
+ * and AMD's own queries (CL_DEVICE_PCI_BUS_ID_NV and _SLOT_ID_NV are not in
+ * every cl_ext.h: their values are from NVIDIA's extension text). */
+static void hardware_id(cl_device_id id, st_device_info *info)
+{
+    if (info->type == ST_DEVICE_CPU) {
+        snprintf(info->hardware, sizeof info->hardware, "host CPU");
+        return;
+    }
+    if (has_extension(id, "cl_khr_pci_bus_info")) {
+        cl_device_pci_bus_info_khr pci;
+        if (clGetDeviceInfo(id, CL_DEVICE_PCI_BUS_INFO_KHR, sizeof pci, &pci, NULL) ==
+            CL_SUCCESS) {
+            snprintf(info->hardware, sizeof info->hardware, "PCI %04x:%02x:%02x.%x",
+                     pci.pci_domain, pci.pci_bus, pci.pci_device, pci.pci_function);
+            return;
+        }
+    }
+    if (has_extension(id, "cl_nv_device_attribute_query")) {
+        cl_uint bus = 0, slot = 0; /* CL_DEVICE_PCI_BUS_ID_NV, CL_DEVICE_PCI_SLOT_ID_NV */
+        if (clGetDeviceInfo(id, 0x4008, sizeof bus, &bus, NULL) == CL_SUCCESS &&
+            clGetDeviceInfo(id, 0x4009, sizeof slot, &slot, NULL) == CL_SUCCESS) {
+            snprintf(info->hardware, sizeof info->hardware, "PCI %02x:%02x.%x", bus,
+                     slot >> 3, slot & 7);
+            return;
+        }
+    }
+    if (has_extension(id, "cl_amd_device_attribute_query")) {
+        cl_device_topology_amd topo;
+        if (clGetDeviceInfo(id, CL_DEVICE_TOPOLOGY_AMD, sizeof topo, &topo, NULL) ==
+                CL_SUCCESS &&
+            topo.raw.type == CL_DEVICE_TOPOLOGY_TYPE_PCIE_AMD)
+            snprintf(info->hardware, sizeof info->hardware, "PCI %02x:%02x.%x",
+                     (unsigned)(unsigned char)topo.pcie.bus,
+                     (unsigned)(unsigned char)topo.pcie.device,
+                     (unsigned)(unsigned char)topo.pcie.function);
+    }
+}
+
 static void fill_info(cl_platform_id p, cl_device_id id, unsigned index, unsigned pindex,
                       st_device_info *info)
 {
@@ -139,6 +178,7 @@ static void fill_info(cl_platform_id p, cl_device_id id, unsigned index, unsigne
                   fp != 0) ||
                  has_extension(id, "cl_khr_fp64");
     info->fp16 = has_extension(id, "cl_khr_fp16");
+    hardware_id(id, info);
 }
 
 static const char no_driver_hint[] =

@@ -154,6 +154,21 @@ fail:
     return s;
 }
 
+bool st_program_cached(st_device *dev, const char *file, const char *options)
+{
+    char *source = NULL;
+    if (st_kernel_source(file, &source) != ST_OK)
+        return false;
+    char *key = make_key(dev, file, source, options ? options : "");
+    unsigned char *bin = NULL;
+    size_t len = 0;
+    bool hit = key && st_cache_lookup(key, &bin, &len) == ST_CACHE_FOUND;
+    free(bin);
+    free(key);
+    free(source);
+    return hit;
+}
+
 st_status st_program_build(st_device *dev, const char *file, const char *options,
                            st_program **out)
 {

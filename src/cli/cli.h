@@ -60,13 +60,16 @@ typedef struct cli_table cli_table;
 cli_table *cli_table_new(size_t columns);
 void cli_table_add(cli_table *t, const char *const *cells);
 void cli_table_print(const cli_table *t, FILE *f);
+/* The same as comma-separated values (RFC 4180 quoting). */
+void cli_table_print_csv(const cli_table *t, FILE *f);
 void cli_table_free(cli_table *t);
 
 /* Splitting a model over the chosen devices (planning.c). */
 typedef struct cli_plan_opts {
     const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */
     const char *mem_limit; /* "0:2G,1:6G" or NULL */
-    int micro_batch, seq, micro_batches;
+    /* micro_batches 0: the planner chooses, from `batch` sequences a step */
+    int micro_batch, seq, micro_batches, batch;
     st_schedule schedule;
     bool training;
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
@@ -74,6 +77,9 @@ typedef struct cli_plan_opts {
 } cli_plan_opts;
 
 st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
+/* The GEMM a device is profiled with for this model and run shape. */
+void cli_profile_shape(const st_model_desc *desc, const cli_plan_opts *o, size_t *m, size_t *n,
+                       size_t *k);
 /* Profiles the devices (cached) and plans; prof gets one entry per device. */
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
                         st_plan *plan, st_device_profile *prof);

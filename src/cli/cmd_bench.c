@@ -23,7 +23,8 @@ static void help(void)
            "chosen devices (every one given a stage, split by the planner) and runs\n"
            "forward passes the same way; prints step times, tokens/s, speedup and\n"
            "scaling efficiency against one device, and the planner's predicted step\n"
-           "time next to the measured one. Data: random tokens.\n"
+           "time next to the measured one, with the spread of the timed steps\n"
+           "((slowest - fastest) / median). Data: random tokens.\n"
            "\n"
            "  --pipeline          the pipeline benchmark (the only one so far)\n"
            "  --layers N, --embd N, --heads N   the model (default 8 x 192, 4 heads)\n"
@@ -33,6 +34,8 @@ static void help(void)
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --steps N           timed steps per device count, after one warm-up (default 3)\n"
            "  --devices CHOICE    the devices (default $STRATA_DEVICES, else all)\n"
+           "  --format F          table (default), csv or json: the results on stdout\n"
+           "                      (with csv and json, the plans go to stderr)\n"
            "  -h, --help          this text\n"
            "\n"
            "On a CPU run PoCL with POCL_DEVICES=\"basic basic\": each basic device runs on\n"
@@ -48,12 +51,13 @@ static int by_double(const void *a, const void *b)
 typedef struct bench_row {
     size_t devices, stages;
     double train_ms, predicted_ms, fwd_ms, predicted_fwd_ms, wait_ms;
+    double train_spread, fwd_spread; /* (slowest - fastest) / median of the timed steps */
 } bench_row;
 
 /* Times training and forward passes on the first k devices. */
 static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
                          const cli_plan_opts *po_in, long steps, const int32_t *tokens,
-                         const int32_t *targets, bench_row *row)
+                         const int32_t *targets, FILE *plan_out, bench_row *row)
 {
     cli_devices sub = *all;
     sub.n = k;
@@ -68,14 +72,15 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         s = cli_make_plan(&sub, desc, &fo, &fplan, prof);
     if (s != ST_OK)
         return s;
-    cli_plan_print(&plan, desc, &sub, prof, &po, stdout);
+    cli_plan_print(&plan, desc, &sub, prof, &po, plan_out);
     st_train_layout layout;
     cli_plan_layout(&plan, &sub, &layout);
     st_pipe_options o = {.micro_batch = po.micro_batch, .seq = po.seq,
                          .micro_batches = po.micro_batches, .schedule = po.schedule,
                          .training = true};
     st_pipe *p = NULL;
-    if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, desc, &o,
+    if ((s = st_devices_prepare(layout.dev, layout.n_stages)) != ST_OK ||
+        (s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, desc, &o,
                             &p)) != ST_OK ||
         (s = st_pipe_init(p, 1)) != ST_OK) {
         st_pipe_destroy(p);
@@ -105,6 +110,8 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         row->stages = layout.n_stages;
         row->train_ms = t[1 + steps / 2];
         row->fwd_ms = t[steps + 2 + steps / 2];
+        row->train_spread = (t[steps] - t[1]) / row->train_ms;
+        row->fwd_spread = (t[2 * steps + 1] - t[steps + 2]) / row->fwd_ms;
         row->predicted_ms = plan.step_ms;
         row->predicted_fwd_ms = fplan.step_ms;
         row->wait_ms = wait;
@@ -112,6 +119,71 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     free(t);
     st_pipe_destroy(p);
     return s;
+}
+
+static void print_rows(const bench_row *rows, size_t n_rows, double N, long steps,
+                       const char *format)
+{
+    if (strcmp(format, "json") == 0) {
+        printf("[");
+        for (size_t i = 0; i < n_rows; i++) {
+            const bench_row *w = &rows[i];
+            printf("%s\n  {\"devices\": %zu, \"stages\": %zu, \"train_ms\": %.3f, "
+                   "\"train_spread\": %.4f, \"predicted_ms\": %.3f, \"train_tok_per_s\": %.1f, "
+                   "\"speedup\": %.4f, \"efficiency\": %.4f, \"link_wait_ms\": %.3f, "
+                   "\"forward_ms\": %.3f, \"forward_spread\": %.4f, "
+                   "\"predicted_forward_ms\": %.3f, \"forward_tok_per_s\": %.1f, "
+                   "\"forward_speedup\": %.4f, \"steps\": %ld}",
+                   i ? "," : "", w->devices, w->stages, w->train_ms, w->train_spread,
+                   w->predicted_ms, N / (w->train_ms * 1e-3), rows[0].train_ms / w->train_ms,
+                   rows[0].train_ms / w->train_ms / (double)w->devices, w->wait_ms, w->fwd_ms,
+                   w->fwd_spread, w->predicted_fwd_ms, N / (w->fwd_ms * 1e-3),
+                   rows[0].fwd_ms / w->fwd_ms, steps);
+        }
+        printf("\n]\n");
+        return;
+    }
+    bool csv = strcmp(format, "csv") == 0;
+    cli_table *t = cli_table_new(13);
+    const char *head[] = {"devices", "train ms", "spread", "predicted", "error", "tok/s",
+                          "speedup", "efficiency", "link wait ms", "forward ms", "fwd spread",
+                          "fwd tok/s", "fwd speedup"};
+    const char *csv_head[] = {"devices", "train_ms", "train_spread", "predicted_ms",
+                              "prediction_error", "train_tok_per_s", "speedup", "efficiency",
+                              "link_wait_ms", "forward_ms", "forward_spread",
+                              "forward_tok_per_s", "forward_speedup"};
+    cli_table_add(t, csv ? csv_head : head);
+    for (size_t i = 0; i < n_rows; i++) {
+        const bench_row *w = &rows[i];
+        char cell[13][32];
+        snprintf(cell[0], 32, "%zu", w->devices);
+        snprintf(cell[1], 32, "%.1f", w->train_ms);
+        snprintf(cell[2], 32, csv ? "%.4f" : "%.0f%%", (csv ? 1 : 100) * w->train_spread);
+        snprintf(cell[3], 32, "%.1f", w->predicted_ms);
+        snprintf(cell[4], 32, csv ? "%.4f" : "%+.1f%%",
+                 (csv ? 1 : 100) * (w->predicted_ms - w->train_ms) / w->train_ms);
+        snprintf(cell[5], 32, "%.0f", N / (w->train_ms * 1e-3));
+        snprintf(cell[6], 32, csv ? "%.4f" : "%.2fx", rows[0].train_ms / w->train_ms);
+        snprintf(cell[7], 32, "%.2f", rows[0].train_ms / w->train_ms / (double)w->devices);
+        snprintf(cell[8], 32, "%.1f", w->wait_ms);
+        snprintf(cell[9], 32, "%.1f", w->fwd_ms);
+        snprintf(cell[10], 32, csv ? "%.4f" : "%.0f%%", (csv ? 1 : 100) * w->fwd_spread);
+        snprintf(cell[11], 32, "%.0f", N / (w->fwd_ms * 1e-3));
+        snprintf(cell[12], 32, csv ? "%.4f" : "%.2fx", rows[0].fwd_ms / w->fwd_ms);
+        const char *row[13];
+        for (int j = 0; j < 13; j++)
+            row[j] = cell[j];
+        cli_table_add(t, row);
+    }
+    if (csv) {
+        cli_table_print_csv(t, stdout);
+    } else {
+        printf("scaling (medians of %ld steps after a warm-up, spread = (slowest - fastest) / "
+               "median; efficiency = speedup / devices):\n",
+               steps);
+        cli_table_print(t, stdout);
+    }
+    cli_table_free(t);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -123,10 +195,11 @@ int cmd_bench(int argc, char **argv)
         {"micro-batches", required_argument, NULL, 'u'},
         {"schedule", required_argument, NULL, 's'}, {"steps", required_argument, NULL, 'n'},
         {"devices", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
+        {"format", required_argument, NULL, 'f'},
         {NULL, 0, NULL, 0}};
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false;
-    const char *devices = NULL;
+    const char *devices = NULL, *format = "table";
     cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true, .quiet = true};
     int c, li;
     optind = 1;
@@ -147,6 +220,13 @@ int cmd_bench(int argc, char **argv)
                 return cli_usage_error("bench", "%s", st_last_error());
             break;
         case 'd': devices = optarg; break;
+        case 'f':
+            format = optarg;
+            ok = !strcmp(format, "table") || !strcmp(format, "csv") || !strcmp(format, "json");
+            if (!ok)
+                return cli_usage_error("bench", "bad value '%s' for --format: table, csv or json",
+                                       optarg);
+            break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("bench", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("bench", argv[optind - 1], opts);
@@ -182,46 +262,22 @@ int cmd_bench(int argc, char **argv)
     po.micro_batches = (int)m;
     bench_row rows[8];
     size_t n_rows = 0;
+    bool table = strcmp(format, "table") == 0;
+    FILE *info = table ? stdout : stderr;
     if (s == ST_OK)
-        printf("model: %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens in %ld "
-               "micro-batches | %s\n\n",
-               L, C, desc->param_numel, B, T, m, st_schedule_name(po.schedule));
+        fprintf(info,
+                "model: %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens in "
+                "%ld micro-batches | %s\n\n",
+                L, C, desc->param_numel, B, T, m, st_schedule_name(po.schedule));
     for (size_t k = 1; s == ST_OK && k <= devs.n && n_rows < 8; k *= 2) {
-        if ((s = bench_k(&devs, k, desc, &po, steps, tokens, targets, &rows[n_rows])) == ST_OK)
+        if ((s = bench_k(&devs, k, desc, &po, steps, tokens, targets, info, &rows[n_rows])) ==
+            ST_OK)
             n_rows++;
-        printf("\n");
-        fflush(stdout);
+        fprintf(info, "\n");
+        fflush(info);
     }
-    if (s == ST_OK && n_rows > 0) {
-        cli_table *t = cli_table_new(11);
-        const char *head[] = {"devices", "train ms", "predicted", "error", "tok/s", "speedup",
-                              "efficiency", "link wait ms", "forward ms", "fwd tok/s",
-                              "fwd speedup"};
-        cli_table_add(t, head);
-        for (size_t i = 0; i < n_rows; i++) {
-            bench_row *w = &rows[i];
-            char cell[11][32];
-            snprintf(cell[0], 32, "%zu", w->devices);
-            snprintf(cell[1], 32, "%.1f", w->train_ms);
-            snprintf(cell[2], 32, "%.1f", w->predicted_ms);
-            snprintf(cell[3], 32, "%+.1f%%", 100.0 * (w->predicted_ms - w->train_ms) / w->train_ms);
-            snprintf(cell[4], 32, "%.0f", (double)N / (w->train_ms * 1e-3));
-            snprintf(cell[5], 32, "%.2fx", rows[0].train_ms / w->train_ms);
-            snprintf(cell[6], 32, "%.2f", rows[0].train_ms / w->train_ms / (double)w->devices);
-            snprintf(cell[7], 32, "%.1f", w->wait_ms);
-            snprintf(cell[8], 32, "%.1f", w->fwd_ms);
-            snprintf(cell[9], 32, "%.0f", (double)N / (w->fwd_ms * 1e-3));
-            snprintf(cell[10], 32, "%.2fx", rows[0].fwd_ms / w->fwd_ms);
-            const char *row[11];
-            for (int j = 0; j < 11; j++)
-                row[j] = cell[j];
-            cli_table_add(t, row);
-        }
-        printf("scaling (medians of %ld steps after a warm-up; efficiency = speedup / devices):\n",
-               steps);
-        cli_table_print(t, stdout);
-        cli_table_free(t);
-    }
+    if (s == ST_OK && n_rows > 0)
+        print_rows(rows, n_rows, (double)N, steps, format);
     free(tokens);
     free(targets);
     st_model_desc_destroy(desc);

@@ -16,6 +16,7 @@
 #include "strata/data.h"
 #include "strata/gpt.h"
 #include "strata/pipe.h"
+#include "strata/progress.h"
 
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
@@ -43,10 +44,12 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
         o->kv_seq = cfg->n_positions;
     if (o->seq > cfg->n_positions)
         o->seq = cfg->n_positions;
+    /* o->micro_batches 0: the planner chooses (o->micro_batch is then the batch). */
     cli_plan_opts po = {.split = f->split, .mem_limit = f->mem_limit,
                         .micro_batch = o->micro_batch,
                         .seq = o->kv_seq ? o->kv_seq : o->seq,
-                        .micro_batches = o->micro_batches, .schedule = ST_SCHED_1F1B,
+                        .micro_batches = o->micro_batches, .batch = o->micro_batch,
+                        .schedule = ST_SCHED_1F1B,
                         .training = false,
                         .devices_explicit = f->devices != NULL || getenv("STRATA_DEVICES") != NULL,
                         .quiet = true};
@@ -56,8 +59,12 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
         return s;
     if (plan.n_stages > 1)
         cli_plan_print(&plan, *desc, devs, prof, &po, stderr);
+    o->micro_batches = plan.micro_batches;
+    o->micro_batch = plan.micro_batch;
     st_train_layout layout;
     cli_plan_layout(&plan, devs, &layout);
+    if ((s = st_devices_prepare(layout.dev, layout.n_stages)) != ST_OK)
+        return s;
     if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, *desc, o, p)) !=
         ST_OK)
         return s;
@@ -133,15 +140,18 @@ static void generate_help(void)
            "--out`, or any GPT-2 config.json + model.safetensors). Tokens are bytes;\n"
            "ids of 256 and up print as <id>. Each new token runs one position through\n"
            "the model, reusing the keys and values of the earlier ones (KV cache).\n"
-           "The text goes to stdout, the statistics to stderr.\n"
+           "The text goes to stdout, the statistics to stderr: the prompt's tokens and\n"
+           "time, the generated tokens, their rate, and the time spent loading.\n"
            "\n"
            "  -m, --model DIR     the model folder (required)\n"
            "  -p, --prompt TEXT   text to continue (default: a newline); give it several\n"
            "                      times to generate for several prompts at once (each\n"
            "                      with its own cache; they flow through split stages\n"
-           "                      like micro-batches)\n"
-           "  -n, --tokens N      tokens to generate (default 200; stops at the model's\n"
-           "                      positions)\n"
+           "                      like micro-batches); each text is printed under a\n"
+           "                      line '--- K of N ---'\n"
+           "  -n, --tokens N      tokens to generate (default 200). Beyond the model's\n"
+           "                      positions the context slides: the last half is read\n"
+           "                      again from position 0 and generation goes on\n"
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
            "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
            "  --seed N            sampling seed (default 1)\n"
@@ -154,16 +164,19 @@ static void generate_help(void)
            "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
 }
 
-/* Several prompts at once: each sequence has its own KV cache, and every
- * round sends one token of each through the stages one after the other, so
- * that the stages work on different sequences at the same time. */
 /* Generates for one or more prompts. Each sequence has its own KV cache, and
  * every round sends one token of each through the stages one after the
  * other, so that split stages work on different sequences at the same time.
- * One prompt streams its text as it comes; several print when all are done. */
+ * One prompt streams its text as it comes; several print when all are done,
+ * each under a header line.
+ *
+ * A sequence that reaches the model's P positions slides: it keeps its last
+ * P/2 tokens, reads them again from position 0 (rebuilding its cache), and
+ * goes on, so -n may exceed the positions. */
 static int generate(const char *model, const run_flags *rf, const char *const *prompts,
                     int n_prompts, long n, double temperature, int top_k, uint64_t seed)
 {
+    double t_start = st_now_s();
     cli_devices devs = {0};
     st_gpt_config cfg = {0};
     st_model_desc *desc = NULL;
@@ -180,16 +193,22 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         return cli_fail(s);
     }
     int V = cfg.vocab_size, P = cfg.n_positions;
-    size_t cap = (size_t)P + 1;
+    size_t longest = 0;
+    for (int i = 0; i < n_prompts; i++)
+        if (strlen(prompts[i]) > longest)
+            longest = strlen(prompts[i]);
+    size_t cap = longest + (size_t)n + 1;
     bool stream = n_prompts == 1;
     int *tok = calloc((size_t)n_prompts, sizeof *tok), *pos = calloc((size_t)n_prompts, sizeof *pos);
-    int *text = calloc((size_t)n_prompts * cap, sizeof *text), *len = calloc((size_t)n_prompts, sizeof *len);
+    int *text = calloc((size_t)n_prompts * cap, sizeof *text);
+    long *len = calloc((size_t)n_prompts, sizeof *len), *base = calloc((size_t)n_prompts, sizeof *base);
     long *made = calloc((size_t)n_prompts, sizeof *made);
     uint64_t *rng = calloc((size_t)n_prompts, sizeof *rng);
     float *logits = malloc((size_t)n_prompts * (size_t)V * sizeof *logits);
     cand *cands = malloc((size_t)V * sizeof *cands);
-    if (s == ST_OK && (!tok || !pos || !text || !len || !made || !rng || !logits || !cands))
-        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    if (s == ST_OK && (!tok || !pos || !text || !len || !base || !made || !rng || !logits || !cands))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory (-n %ld for %d prompts)", n,
+                     n_prompts);
     long prompt_tokens = 0;
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
         size_t pl = strlen(prompts[i]);
@@ -198,7 +217,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                          i + 1, pl, P);
         for (size_t j = 0; s == ST_OK && j < pl; j++)
             text[(size_t)i * cap + j] = (unsigned char)prompts[i][j];
-        len[i] = (int)pl;
+        len[i] = (long)pl;
         prompt_tokens += (long)pl;
         rng[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
         tok[i] = text[(size_t)i * cap];
@@ -207,20 +226,27 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         fputs(prompts[0], stdout);
         fflush(stdout);
     }
-    long total = 0;
+    /* Progress: the prompts' tokens while they are read (one position per
+     * round each), then the generated tokens when the text is not streamed. */
+    st_progress pr;
+    st_progress_begin(&pr, (uint64_t)longest, "reading the prompt%s: tokens",
+                      n_prompts > 1 ? "s" : "");
+    bool reading_phase = true;
+    long total = 0, slides = 0, rounds = 0;
     double t0 = st_now_s(), t_prompt = 0;
     bool busy = true;
     while (s == ST_OK && busy) {
         if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
             break;
+        rounds++;
         busy = false;
         bool reading = false;
         for (int i = 0; i < n_prompts; i++) {
             int *t = text + (size_t)i * cap;
-            bool done = made[i] >= n || len[i] > P;
-            if (!done && pos[i] + 1 < len[i]) { /* still reading the prompt */
-                tok[i] = t[++pos[i]];
-                reading = true;
+            bool done = made[i] >= n;
+            if (!done && base[i] + pos[i] + 1 < len[i]) { /* (re)reading known tokens */
+                tok[i] = t[base[i] + ++pos[i]];
+                reading |= made[i] == 0;
             } else if (!done) {
                 int next = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
                 t[len[i]++] = next;
@@ -230,43 +256,66 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                     put_token(next);
                     fflush(stdout);
                 }
-                if (made[i] < n && len[i] <= P) {
-                    tok[i] = next;
-                    pos[i] = len[i] - 1;
+                if (made[i] < n) {
+                    if (len[i] - 1 - base[i] >= P) { /* no position left: slide */
+                        base[i] = len[i] - (P / 2 > 0 ? P / 2 : 1);
+                        pos[i] = 0;
+                        tok[i] = t[base[i]];
+                        slides++;
+                    } else {
+                        tok[i] = next;
+                        pos[i] = (int)(len[i] - 1 - base[i]);
+                    }
                 }
             }
             /* A finished sequence repeats its last step, which rewrites the same cache row. */
-            busy |= made[i] < n && len[i] <= P;
+            busy |= made[i] < n;
         }
-        if (reading)
+        if (reading) {
             t_prompt = st_now_s() - t0;
+            st_progress_update(&pr, (uint64_t)rounds);
+        } else if (reading_phase) {
+            reading_phase = false;
+            st_progress_end(&pr);
+            if (!stream)
+                st_progress_begin(&pr, (uint64_t)n * (uint64_t)n_prompts, "generating: tokens");
+        }
+        if (!reading_phase && !stream)
+            st_progress_update(&pr, (uint64_t)total);
     }
+    st_progress_end(&pr);
     double secs = st_now_s() - t0;
-    bool cut = false;
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-        for (int j = stream ? len[i] : 0; j < len[i]; j++)
+        if (!stream)
+            printf("%s--- %d of %d ---\n", i ? "\n" : "", i + 1, n_prompts);
+        for (long j = stream ? len[i] : 0; j < len[i]; j++)
             put_token(text[(size_t)i * cap + j]);
         if (text[(size_t)i * cap + len[i] - 1] != '\n')
             putchar('\n');
-        cut |= made[i] < n;
     }
     if (s == ST_OK) {
+        fflush(stdout);
+        double gen = secs - t_prompt;
         char many[48] = "";
         if (n_prompts > 1)
-            snprintf(many, sizeof many, " for %d prompts", n_prompts);
+            snprintf(many, sizeof many, " (%d prompts at once)", n_prompts);
         fprintf(stderr,
-                "generated %ld tokens%s in %.2f s | %.1f tok/s (prompt%s: %ld tokens in %.2f s) "
-                "on %zu stage%s\n",
-                total, many, secs, secs - t_prompt > 0 ? total / (secs - t_prompt) : 0.0,
-                n_prompts > 1 ? "s" : "", prompt_tokens, t_prompt, st_pipe_n_stages(g),
-                st_pipe_n_stages(g) == 1 ? "" : "s");
-        if (cut)
-            fprintf(stderr, "stopped at the model's %d positions\n", P);
+                "prompt: %ld token%s in %.2f s | generated %ld token%s in %.2f s | %.1f tok/s%s | "
+                "loading the model and kernels took %.2f s | %zu stage%s\n",
+                prompt_tokens, prompt_tokens == 1 ? "" : "s", t_prompt, total,
+                total == 1 ? "" : "s", gen, gen > 0 ? total / gen : 0.0, many,
+                t0 - t_start, st_pipe_n_stages(g), st_pipe_n_stages(g) == 1 ? "" : "s");
+        if (slides)
+            fprintf(stderr,
+                    "the text outgrew the model's %d positions: %ld time%s the context slid to "
+                    "its last %d tokens (read again from position 0)\n",
+                    P, slides, slides == 1 ? "" : "s", P / 2 > 0 ? P / 2 : 1);
     }
     free(tok);
     free(pos);
     free(text);
     free(len);
+    free(base);
     free(made);
     free(rng);
     free(logits);
@@ -353,6 +402,7 @@ static void eval_help(void)
            "  --batch N           windows per forward pass (default 8)\n"
            "  --batches N         addition: validation batches (default 16)\n"
            "  --micro-batches N   split each batch into N pipeline micro-batches\n"
+           "                      (default: the planner's choice; 1 on one device)\n"
            "  --devices CHOICE    which devices; the planner splits the model over them\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
@@ -374,7 +424,7 @@ int cmd_eval(int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *data = NULL;
     run_flags rf = {0};
-    long T = 0, B = 8, batches = 16, micro = 1;
+    long T = 0, B = 8, batches = 16, micro = 0; /* 0: the planner chooses */
     int c, li;
     optind = 1;
     opterr = 0;
@@ -438,7 +488,7 @@ int cmd_eval(int argc, char **argv)
         st_dataset_destroy(ds);
         return cli_fail(s);
     }
-    if (B % micro != 0) {
+    if (micro && B % micro != 0) {
         st_dataset_destroy(ds);
         return cli_usage_error("eval", "--batch %ld does not split into %ld micro-batches", B,
                                micro);
@@ -446,7 +496,7 @@ int cmd_eval(int argc, char **argv)
     cli_devices devs = {0};
     st_model_desc *desc = NULL;
     st_pipe *g = NULL;
-    st_pipe_options o = {.micro_batch = (int)(B / micro), .seq = (int)T,
+    st_pipe_options o = {.micro_batch = (int)(micro ? B / micro : B), .seq = (int)T,
                          .micro_batches = (int)micro};
     s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
     size_t N = (size_t)B * T;
@@ -457,7 +507,10 @@ int cmd_eval(int argc, char **argv)
     double sum = 0, t0 = st_now_s();
     long count = 0, exact = 0;
     size_t n_batches = (windows + (size_t)B - 1) / (size_t)B;
+    st_progress pr;
+    st_progress_begin(&pr, n_batches, "evaluating %s: batches", st_dataset_name(ds));
     for (size_t k = 0; s == ST_OK && k < n_batches; k++) {
+        st_progress_update(&pr, k);
         double bs = 0;
         long bc = 0;
         if ((s = st_dataset_batch(ds, fixed ? ST_VAL : ST_ALL, 0, k, (int)B, (int)T, tok, tgt)) !=
@@ -488,9 +541,8 @@ int cmd_eval(int argc, char **argv)
                 exact += all;
             }
         }
-        if (!fixed && n_batches > 20 && (k + 1) % (n_batches / 10) == 0)
-            fprintf(stderr, "eval: %zu of %zu batches\n", k + 1, n_batches);
     }
+    st_progress_end(&pr);
     if (s == ST_OK) {
         double loss = count ? sum / count : 0;
         printf("eval: %s | %ld tokens | loss %.4f | perplexity %.3f", st_dataset_name(ds), count,

@@ -28,7 +28,8 @@ static void help(void)
            "work:\n"
            "  --batch N           sequences per step (default 64)\n"
            "  --seq N             tokens per sequence (default: the model's positions)\n"
-           "  --micro-batches N   pipeline micro-batches per step (default 1)\n"
+           "  --micro-batches N   pipeline micro-batches per step (default: the\n"
+           "                      planner's choice; 1 on one device)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --inference         plan a forward pass only (no gradients or optimizer)\n"
            "devices:\n"
@@ -60,8 +61,8 @@ static void print_json(const st_plan *plan, const cli_devices *devs,
                               "in_flight", st->in_flight));
     }
     json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:b, s:o, s:f, s:f, s:f, s:f, s:s}", "schedule",
-                          st_schedule_name(o->schedule), "micro_batch", o->micro_batch, "seq",
-                          o->seq, "micro_batches", o->micro_batches, "training", o->training,
+                          st_schedule_name(o->schedule), "micro_batch", plan->micro_batch, "seq",
+                          o->seq, "micro_batches", plan->micro_batches, "training", o->training,
                           "stages", stages, "step_ms", plan->step_ms, "bubble", plan->bubble,
                           "one_device_ms", plan->one_device_ms, "speedup", plan->speedup, "note",
                           plan->note);
@@ -85,7 +86,7 @@ int cmd_plan(int argc, char **argv)
         {"mem-limit", required_argument, NULL, 'M'}, {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     const char *model = NULL, *config = NULL, *devices = NULL;
-    long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 1;
+    long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 0; /* 0: chosen */
     bool json = false, given_pos = false;
     cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true};
     int c, li;
@@ -123,7 +124,7 @@ int cmd_plan(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);
-    if (B % m != 0)
+    if (m && B % m != 0)
         return cli_usage_error("plan", "--batch %ld does not split into %ld micro-batches", B, m);
     st_gpt_config cfg = {.vocab_size = (int)V, .n_positions = (int)(given_pos ? P : (T ? T : P)),
                          .n_embd = (int)C, .n_layer = (int)L, .n_head = (int)NH,
@@ -142,9 +143,10 @@ int cmd_plan(int argc, char **argv)
     if (T > cfg.n_positions)
         return cli_usage_error("plan", "--seq %ld is longer than the model's %d positions", T,
                                cfg.n_positions);
-    po.micro_batch = (int)(B / m);
+    po.micro_batch = (int)(m ? B / m : B);
     po.seq = (int)T;
     po.micro_batches = (int)m;
+    po.batch = (int)B;
     po.devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL;
     po.quiet = json;
     st_model_desc *desc = NULL;

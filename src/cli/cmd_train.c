@@ -78,11 +78,14 @@ static void help(void)
            "  --log-every N       print every Nth step line (default 1)\n"
            "  --log-json FILE     also write every event as a JSON line\n"
            "devices and pipeline:\n"
-           "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all); given\n"
-           "                      explicitly, every chosen device gets a stage\n"
+           "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all, of\n"
+           "                      which the planner uses those that make the step\n"
+           "                      faster); given explicitly, every chosen device gets a\n"
+           "                      stage\n"
            "  --split HOW         auto (default: balance predicted times, fewer devices\n"
            "                      when faster), uniform, ratio:3,1, layers:0-5,6-11\n"
-           "  --micro-batches N   split each batch into N pipeline micro-batches (default 1)\n"
+           "  --micro-batches N   split each batch into N pipeline micro-batches (default:\n"
+           "                      the planner's choice; 1 on one device)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"
@@ -645,12 +648,14 @@ int cmd_train(int argc, char **argv)
     st_model_desc *desc = NULL;
     st_plan plan;
     st_device_profile prof[ST_MAX_DEVICES];
+    /* Without --micro-batches (and not resuming) the planner chooses. */
+    bool micro_auto = !given[O_MICRO] && !tc.resume_dir;
     cli_plan_opts po = {.split = split, .mem_limit = mem_limit,
                         .micro_batch = tc.batch / tc.micro_batches, .seq = tc.seq,
-                        .micro_batches = tc.micro_batches, .schedule = tc.schedule,
-                        .training = true,
+                        .micro_batches = micro_auto ? 0 : tc.micro_batches, .batch = tc.batch,
+                        .schedule = tc.schedule, .training = true,
                         .devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL};
-    if (tc.batch % tc.micro_batches != 0)
+    if (!micro_auto && tc.batch % tc.micro_batches != 0)
         s = st_error(ST_ERR_INVALID,
                      "a batch of %d sequences does not split into %d equal micro-batches",
                      tc.batch, tc.micro_batches);
@@ -672,6 +677,12 @@ int cmd_train(int argc, char **argv)
             cli_plan_layout(&plan, &devs, &layout);
             cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
         }
+        if (s == ST_OK)
+            tc.micro_batches = plan.micro_batches;
+    }
+    if (s == ST_OK) {
+        fflush(stdout);
+        s = st_devices_prepare(layout.dev, layout.n_stages);
     }
     if (s == ST_OK) {
         fflush(stdout);

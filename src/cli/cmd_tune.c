@@ -3,13 +3,67 @@
  * chosen device; a tuning is kept only when it makes the product faster.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "core/clock.h"
+#include "strata/progress.h"
 #include "strata/tune.h"
+
+/* CLBlast's tuner says nothing until it ends: a thread keeps the progress
+ * line's clock going meanwhile. */
+typedef struct ticker {
+    st_progress p;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool stop;
+    pthread_t thread;
+    bool running;
+} ticker;
+
+static void *tick(void *arg)
+{
+    ticker *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        st_progress_update(&t->p, 0);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static void ticker_start(ticker *t, const char *what)
+{
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->cond, NULL);
+    st_progress_begin(&t->p, 0, "%s", what);
+    t->running = pthread_create(&t->thread, NULL, tick, t) == 0;
+}
+
+static void ticker_stop(ticker *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+    if (t->running)
+        pthread_join(t->thread, NULL);
+    st_progress_end(&t->p);
+    pthread_cond_destroy(&t->cond);
+    pthread_mutex_destroy(&t->lock);
+}
 
 static void help(void)
 {
@@ -122,8 +176,15 @@ int cmd_tune(int argc, char **argv)
                    jobs[j].kernel, n, 100.0 * fraction);
             fflush(stdout);
             t0 = st_now_s();
-            if ((s = st_tune_kernel(dev, jobs[j].kernel, n, n, n, fraction, &t)) != ST_OK ||
-                (s = st_tuning_apply(dev, &t)) != ST_OK || (s = gemm_rate(dev, n, n, n, &after)) != ST_OK)
+            char what[128];
+            snprintf(what, sizeof what, "tuning %s at %zu^3 (every candidate is compiled)",
+                     jobs[j].kernel, n);
+            ticker tk;
+            ticker_start(&tk, what);
+            s = st_tune_kernel(dev, jobs[j].kernel, n, n, n, fraction, &t);
+            ticker_stop(&tk);
+            if (s != ST_OK || (s = st_tuning_apply(dev, &t)) != ST_OK ||
+                (s = gemm_rate(dev, n, n, n, &after)) != ST_OK)
                 break;
             bool better = after > before * 1.02;
             printf("%s: %s %zu^3: %.1f GFLOPS before, %.1f after (%.2fx) in %.0f s: %s\n", label,

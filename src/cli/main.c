@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "cli/cli.h"
+#include "strata/progress.h"
 #include "strata_config.h"
 #if STRATA_HAVE_MPI
 #include "mpi/mpi_run.h"
@@ -63,6 +64,8 @@ static int run_ranks(const command *c, int argc, char **argv, int ranks)
     if (rank != 0 && !freopen("/dev/null", "w", stdout))
         fprintf(stderr, "strata: rank %d: cannot silence stdout\n", rank);
     cli_set_rank(rank);
+    if (rank != 0)
+        st_progress_set_enabled(0); /* one progress line on a shared terminal */
     (void)ranks;
     int rc = c->run(argc - 1, argv + 1);
     /* The message is out; the other ranks must not wait for this one, unless

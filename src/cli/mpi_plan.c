@@ -31,16 +31,28 @@ st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_des
     }
     st_status s = o->mem_limit ? cli_apply_mem_limit(o->mem_limit, devs) : ST_OK;
     st_device_profile mine[ST_PLAN_MAX_STAGES];
-    size_t N = (size_t)o->micro_batch * (size_t)o->seq, C = (size_t)desc->cfg.n_embd;
-    if (C > 2048)
-        C = 2048; /* as in planning.c: enough to reach the rate, fast to measure */
+    size_t pm, pn, pk;
+    cli_profile_shape(desc, o, &pm, &pn, &pk);
     for (size_t i = 0; s == ST_OK && i < devs->n; i++) {
         bool cached;
-        s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached, &mine[i]);
+        s = st_device_profile_get(devs->dev[i], pm, pn, pk, 0, &cached, &mine[i]);
         st_device_reset_peak(devs->dev[i]);
         char label[256];
-        snprintf(label, sizeof label, "rank %d: %zu %s", rank, devs->index[i], mine[i].name);
+        snprintf(label, sizeof label, "rank %d: %zu %.200s", rank, devs->index[i], mine[i].name);
         snprintf(mine[i].name, sizeof mine[i].name, "%s", label);
+    }
+    /* Devices sharing hardware within this rank are measured together; the
+     * rank in the hardware's name keeps other ranks' devices out of the
+     * group (they were not measured with these). */
+    if (s == ST_OK)
+        s = st_device_profile_shared(devs->dev, devs->n, pm, pn, pk, mine);
+    for (size_t i = 0; s == ST_OK && i < devs->n; i++) {
+        char hw[64];
+        st_device_reset_peak(devs->dev[i]);
+        if (mine[i].hardware[0]) {
+            snprintf(hw, sizeof hw, "rank %d %.40s", rank, mine[i].hardware);
+            snprintf(mine[i].hardware, sizeof mine[i].hardware, "%s", hw);
+        }
     }
     /* A rank that failed to measure still takes part in the collectives,
      * with no devices, so that rank 0 can say what went wrong. */
@@ -64,7 +76,8 @@ st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_des
             st_split_spec split;
             ps = st_split_parse(o->split ? o->split : "auto", &split);
             st_plan_input in = {.desc = desc, .micro_batch = o->micro_batch, .seq = o->seq,
-                                .micro_batches = o->micro_batches, .schedule = o->schedule,
+                                .micro_batches = o->micro_batches, .batch = o->batch,
+                                .schedule = o->schedule,
                                 .training = o->training, .n_devices = (size_t)total,
                                 .devices = prof, .split = split, .keep_all_devices = true};
             if (ps == ST_OK)

@@ -246,3 +246,30 @@ bool cli_parse_float(const char *s, double lo, double hi, float *out)
     *out = (float)v;
     return true;
 }
+
+void cli_table_print_csv(const cli_table *t, FILE *f)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->rows; i++) {
+        for (size_t j = 0; j < t->cols; j++) {
+            const char *c = t->cells[i * t->cols + j];
+            if (!c)
+                c = "";
+            if (j)
+                fputc(',', f);
+            if (strpbrk(c, ",\"\n")) { /* quoted, quotes doubled */
+                fputc('"', f);
+                for (; *c; c++) {
+                    if (*c == '"')
+                        fputc('"', f);
+                    fputc(*c, f);
+                }
+                fputc('"', f);
+            } else {
+                fputs(c, f);
+            }
+        }
+        fputc('\n', f);
+    }
+}

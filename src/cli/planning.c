@@ -64,6 +64,21 @@ bad:
                     text);
 }
 
+void cli_profile_shape(const st_model_desc *desc, const cli_plan_opts *o, size_t *m, size_t *n,
+                       size_t *k)
+{
+    /* The product every block does most: tokens x C -> 4C, with C at most
+     * 2048 (large enough to reach the device's rate, small enough to
+     * measure fast) and at most 1024 tokens. */
+    size_t N = (size_t)(o->micro_batches ? o->micro_batch : o->batch) * (size_t)o->seq;
+    size_t C = (size_t)desc->cfg.n_embd;
+    if (C > 2048)
+        C = 2048;
+    *m = N < 1024 ? N : 1024;
+    *n = 4 * C;
+    *k = C;
+}
+
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
                         st_plan *plan, st_device_profile *prof)
 {
@@ -90,26 +105,29 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
                         o->training ? ": weights, gradients, two AdamW moments" : "",
                         devs->n, st_format_bytes(have, b, sizeof b));
     }
-    size_t N = (size_t)o->micro_batch * (size_t)o->seq;
-    size_t C = (size_t)desc->cfg.n_embd;
-    if (C > 2048)
-        C = 2048; /* large enough to reach the device's rate; small enough to measure fast */
+    size_t pm, pn, pk;
+    cli_profile_shape(desc, o, &pm, &pn, &pk);
     for (size_t i = 0; i < devs->n; i++) {
         bool cached = false;
-        /* The product every block does most: tokens x C -> 4C. */
-        if ((s = st_device_profile_get(devs->dev[i], N < 1024 ? N : 1024, 4 * C, C, &cached,
-                                       &prof[i])) != ST_OK)
+        if ((s = st_device_profile_get(devs->dev[i], pm, pn, pk, 0, &cached, &prof[i])) != ST_OK)
             return s;
         st_device_reset_peak(devs->dev[i]); /* the measurement is not the run's memory */
         if (!cached && !o->quiet)
             fprintf(stderr,
-                    "profiled %s: GEMM %.1f GFLOPS, host to device %.2f GB/s, device to host "
-                    "%.2f GB/s (kept in the cache)\n",
-                    st_device_label(devs->dev[i]), prof[i].gflops, prof[i].h2d_gbps,
-                    prof[i].d2h_gbps);
+                    "profiled %s: GEMM %.1f GFLOPS (median of 5, spread %.0f%%), host to "
+                    "device %.2f GB/s, device to host %.2f GB/s\n",
+                    st_device_label(devs->dev[i]), prof[i].gflops, 100 * prof[i].gflops_spread,
+                    prof[i].h2d_gbps, prof[i].d2h_gbps);
     }
+    /* Devices on the same hardware (PoCL's CPU devices) are planned at the
+     * rate each gets while the others run too. */
+    if ((s = st_device_profile_shared(devs->dev, devs->n, pm, pn, pk, prof)) != ST_OK)
+        return s;
+    for (size_t i = 0; i < devs->n; i++)
+        st_device_reset_peak(devs->dev[i]);
     st_plan_input in = {.desc = desc, .micro_batch = o->micro_batch, .seq = o->seq,
-                        .micro_batches = o->micro_batches, .schedule = o->schedule,
+                        .micro_batches = o->micro_batches, .batch = o->batch,
+                        .schedule = o->schedule,
                         .training = o->training, .n_devices = devs->n, .devices = prof,
                         .split = split, .keep_all_devices = o->devices_explicit};
     return st_plan_make(&in, plan);
@@ -145,9 +163,10 @@ static void layer_names(const st_model_desc *desc, size_t first, size_t end, cha
 void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_devices *devs,
                     const st_device_profile *prof, const cli_plan_opts *o, FILE *f)
 {
-    fprintf(f, "plan: %zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s\n", plan->n_stages,
-            plan->n_stages == 1 ? "" : "s", st_schedule_name(o->schedule), o->micro_batches,
-            o->micro_batches == 1 ? "" : "es", o->micro_batch, o->seq,
+    fprintf(f, "plan: %zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n",
+            plan->n_stages, plan->n_stages == 1 ? "" : "s", st_schedule_name(o->schedule),
+            plan->micro_batches, plan->micro_batches == 1 ? "" : "es", plan->micro_batch, o->seq,
+            o->micro_batches ? "" : " (micro-batches chosen by the planner)",
             o->training ? "" : " (inference)");
     cli_table *t = cli_table_new(9);
     const char *head[] = {"stage", "device", "layers", "params MB", "activations MB",

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata/progress.h"
 #include "strata/status.h"
 
 #define ST_MSG_CAP (64 * 1024)
@@ -114,5 +115,6 @@ void st_log(st_log_level level, const char *fmt, ...)
     if (level > default_threshold())
         return;
     static const char *const names[] = {"error", "warning", "info", "debug"};
+    st_progress_clear_line();
     fprintf(stderr, "strata: %s: %s\n", names[level], line);
 }

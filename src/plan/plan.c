@@ -200,6 +200,22 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
     out->total_bytes = out->param_bytes + out->act_bytes;
 }
 
+/* The profile stage j works at in a plan over devices[0..S): its shared rate
+ * when another stage's device shares its hardware. */
+static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *devices, size_t S,
+                                      size_t j)
+{
+    st_device_profile d = in->devices[devices[j]];
+    if (d.shared_gflops > 0 && d.hardware[0])
+        for (size_t q = 0; q < S; q++)
+            if (q != j && devices[q] != devices[j] &&
+                strcmp(in->devices[devices[q]].hardware, d.hardware) == 0) {
+                d.gflops = fmin(d.gflops, d.shared_gflops);
+                break;
+            }
+    return d;
+}
+
 static double optimizer_ms(const st_plan_input *in, const st_plan_stage *st,
                            const st_device_profile *d)
 {
@@ -232,13 +248,13 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
             sums_free(&z);
             return st_error(ST_ERR_INVALID, "stage %zu has no layers", s);
         }
-        const st_device_profile *d = &in->devices[devices[s]];
-        stage_cost(in, &z, d, a, b, s, S, &p.stage[s]);
+        st_device_profile d = rate_in_plan(in, devices, S, s);
+        stage_cost(in, &z, &d, a, b, s, S, &p.stage[s]);
         p.stage[s].device = devices[s];
         double t = p.stage[s].fwd_ms + p.stage[s].bwd_ms;
         if (t > worst)
             worst = t;
-        double o = optimizer_ms(in, &p.stage[s], d);
+        double o = optimizer_ms(in, &p.stage[s], &d);
         if (o > opt)
             opt = o;
     }
@@ -284,7 +300,8 @@ static bool best_partition(const st_plan_input *in, const sums *z, const size_t 
     for (size_t i = 0; i < S * (n + 1); i++)
         best[i] = INFINITY;
     for (size_t j = 0; j < S; j++) {
-        const st_device_profile *d = &in->devices[devices[j]];
+        st_device_profile dj = rate_in_plan(in, devices, S, j);
+        const st_device_profile *d = &dj;
         for (size_t b = j + 1; b + (S - 1 - j) <= n; b++) {
             size_t a_lo = j == 0 ? 0 : j, a_hi = j == 0 ? 0 : b - 1;
             /* From the shortest stage to the longest: its time and memory only
@@ -419,7 +436,17 @@ static st_status plan_fixed(const st_plan_input *in, st_plan *out)
     return s;
 }
 
-st_status st_plan_make(const st_plan_input *in, st_plan *out)
+/* Whether a should come before b among the devices to use. Two devices of
+ * the same name are the same model: measurement noise does not reorder
+ * them (the one listed first is used first). */
+static bool faster(const st_device_profile *a, const st_device_profile *b)
+{
+    if (strcmp(a->name, b->name) == 0)
+        return a->gflops > 1.25 * b->gflops;
+    return a->gflops > b->gflops;
+}
+
+static st_status plan_for(const st_plan_input *in, st_plan *out)
 {
     if (!in->desc || in->n_devices < 1 || in->n_devices > ST_PLAN_MAX_STAGES ||
         in->micro_batch < 1 || in->seq < 1 || in->micro_batches < 1)
@@ -429,15 +456,20 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
         if (!(in->devices[i].gflops > 0) || !(in->devices[i].h2d_gbps > 0) ||
             !(in->devices[i].d2h_gbps > 0))
             return st_error(ST_ERR_INVALID, "plan: device %zu's profile has no speeds", i);
-    if (in->split.kind != ST_SPLIT_AUTO)
-        return plan_fixed(in, out);
+    if (in->split.kind != ST_SPLIT_AUTO) {
+        st_status fs = plan_fixed(in, out);
+        out->micro_batch = in->micro_batch;
+        out->micro_batches = in->micro_batches;
+        return fs;
+    }
     /* Auto: the k fastest devices (kept in the given order), each k from 1 to
      * all, unless every device must be used; the fastest predicted step wins. */
     size_t order[ST_PLAN_MAX_STAGES];
     for (size_t i = 0; i < in->n_devices; i++)
         order[i] = i;
     for (size_t i = 1; i < in->n_devices; i++) /* stable: by speed, fastest first */
-        for (size_t j = i; j > 0 && in->devices[order[j]].gflops > in->devices[order[j - 1]].gflops; j--) {
+        for (size_t j = i; j > 0 && faster(&in->devices[order[j]], &in->devices[order[j - 1]]);
+             j--) {
             size_t t = order[j];
             order[j] = order[j - 1];
             order[j - 1] = t;
@@ -497,6 +529,52 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
                  "%zu of %zu devices: splitting over more is predicted slower (transfers and "
                  "pipeline bubble outweigh the extra compute); choose --devices to use them all",
                  best.n_stages, in->n_devices);
+    best.micro_batch = in->micro_batch;
+    best.micro_batches = in->micro_batches;
+    *out = best;
+    return ST_OK;
+}
+
+st_status st_plan_make(const st_plan_input *in, st_plan *out)
+{
+    if (in->micro_batches != 0)
+        return plan_for(in, out);
+    if (in->batch < 1 || in->seq < 1)
+        return st_error(ST_ERR_INVALID, "plan: choosing micro-batches needs a batch and a "
+                                        "sequence length");
+    /* Two passes: micro-batches of at least 256 tokens (or the whole batch),
+     * then, only if none of those fits, any divisor. */
+    long whole = (long)in->batch * in->seq, floor_tokens = whole < 256 ? whole : 256;
+    st_plan best;
+    bool have = false;
+    char why[2048] = "";
+    for (int pass = 0; pass < 2 && !have; pass++) {
+        for (int m = 1; m <= in->batch; m++) {
+            if (in->batch % m != 0)
+                continue;
+            long tokens = (long)(in->batch / m) * in->seq;
+            if ((pass == 0) != (tokens >= floor_tokens))
+                continue;
+            st_plan_input one = *in;
+            one.micro_batches = m;
+            one.micro_batch = in->batch / m;
+            st_plan p;
+            st_status s = plan_for(&one, &p);
+            if (s == ST_ERR_INVALID) {
+                if (!why[0])
+                    snprintf(why, sizeof why, "%s", st_last_error());
+                continue;
+            }
+            if (s != ST_OK)
+                return s;
+            if (!have || p.step_ms < best.step_ms * 0.97) {
+                best = p;
+                have = true;
+            }
+        }
+    }
+    if (!have)
+        return st_error(ST_ERR_INVALID, "%s", why[0] ? why : "plan: no micro-batch count fits");
     *out = best;
     return ST_OK;
 }

@@ -2,7 +2,9 @@
  * profile.c - measuring devices for the planner, with an on-disk cache of
  * the results (see strata/profile.h).
  */
+#include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,27 +12,58 @@
 #include <time.h>
 
 #include <jansson.h>
+#include <math.h>
+#include <unistd.h>
 
 #include "core/clock.h"
 #include "strata/gemm.h"
 #include "strata/profile.h"
 #include "strata/program.h"
+#include "strata/progress.h"
 #include "strata/tensor.h"
 #include "strata/tune.h"
 
-/* The profile file of this device and shape, or "" when caching is off. */
-static void profile_path(const st_device *dev, size_t m, size_t n, size_t k, char *out,
-                         size_t size)
+enum { RUNS = 5, TRIES = 3 };
+#define STEADY 0.20 /* the largest spread a cached profile may have */
+#define COPY_FLOATS (4u << 20) /* 16 MB copies */
+
+/* The profile file of this device and `what`, or "" when caching is off. */
+static void profile_path(const st_device *dev, const char *what, char *out, size_t size)
 {
     /* A new CLBlast tuning changes the GEMM rate: it is part of the key. */
-    char tuning[4200], extra[128];
+    char tuning[4200], extra[1600];
     struct stat tb;
     long long stamp = 0;
     st_tuning_path(dev, tuning, sizeof tuning);
     if (tuning[0] && stat(tuning, &tb) == 0)
         stamp = (long long)tb.st_mtime * 1000003LL + (long long)tb.st_size;
-    snprintf(extra, sizeof extra, "%zux%zux%zu|tuning %lld|v1", m, n, k, stamp);
+    snprintf(extra, sizeof extra, "%s|tuning %lld|v2", what, stamp);
     st_cache_device_file(dev, "profiles", extra, out, size);
+}
+
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median and (max - min) / median of n > 0 values (sorted in place). */
+static double median_of(double *v, int n, double *spread)
+{
+    qsort(v, (size_t)n, sizeof *v, by_value);
+    double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    if (spread)
+        *spread = med > 0 ? (v[n - 1] - v[0]) / med : 0;
+    return med;
+}
+
+static bool same_device(json_t *j, const st_device_info *info)
+{
+    const char *name = NULL, *driver = NULL, *platform = NULL;
+    return json_unpack(j, "{s:s, s:s, s:s}", "device", &name, "driver", &driver, "platform",
+                       &platform) == 0 &&
+           strcmp(name, info->name) == 0 && strcmp(driver, info->driver_version) == 0 &&
+           strcmp(platform, info->platform_version) == 0;
 }
 
 static bool load(const char *path, const st_device *dev, st_device_profile *out)
@@ -38,13 +71,15 @@ static bool load(const char *path, const st_device *dev, st_device_profile *out)
     if (!path[0])
         return false;
     json_t *j = json_load_file(path, 0, NULL);
-    double g = 0, h2d = 0, d2h = 0;
-    const char *name = NULL;
-    bool ok = j && json_unpack(j, "{s:F, s:F, s:F, s:s}", "gflops", &g, "h2d_gbps", &h2d,
-                               "d2h_gbps", &d2h, "device", &name) == 0 &&
-              g > 0 && h2d > 0 && d2h > 0 && strcmp(name, st_device_get_info(dev)->name) == 0;
+    double g = 0, spread = 1, h2d = 0, d2h = 0;
+    int steady = 0;
+    bool ok = j && same_device(j, st_device_get_info(dev)) &&
+              json_unpack(j, "{s:F, s:F, s:F, s:F, s:b}", "gflops", &g, "gflops_spread",
+                          &spread, "h2d_gbps", &h2d, "d2h_gbps", &d2h, "steady", &steady) == 0 &&
+              g > 0 && h2d > 0 && d2h > 0 && steady && spread >= 0 && spread <= STEADY;
     if (ok) {
         out->gflops = g;
+        out->gflops_spread = spread;
         out->h2d_gbps = h2d;
         out->d2h_gbps = d2h;
     }
@@ -52,57 +87,137 @@ static bool load(const char *path, const st_device *dev, st_device_profile *out)
     return ok;
 }
 
+static void write_json(const char *path, json_t *j)
+{
+    char tmp[4500];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (j && json_dump_file(j, tmp, JSON_INDENT(2)) == 0 && rename(tmp, path) != 0)
+        remove(tmp);
+}
+
+static json_t *device_json(const st_device *dev)
+{
+    const st_device_info *info = st_device_get_info(dev);
+    double load1 = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load1) != 1)
+            load1 = -1;
+        fclose(f);
+    }
+    return json_pack("{s:s, s:s, s:s, s:I, s:f}", "device", info->name, "driver",
+                     info->driver_version, "platform", info->platform_version, "measured_unix",
+                     (json_int_t)time(NULL), "load_average", load1);
+}
+
 static void save(const char *path, const st_device *dev, size_t m, size_t n, size_t k,
-                 const st_device_profile *p)
+                 const st_device_profile *p, const double *runs, bool steady)
 {
     if (!path[0])
         return;
-    const st_device_info *info = st_device_get_info(dev);
-    json_t *j = json_pack("{s:s, s:s, s:s, s:[I,I,I], s:f, s:f, s:f}", "device", info->name,
-                          "driver", info->driver_version, "platform", info->platform_version,
-                          "gemm_mnk", (json_int_t)m, (json_int_t)n, (json_int_t)k, "gflops",
-                          p->gflops, "h2d_gbps", p->h2d_gbps, "d2h_gbps", p->d2h_gbps);
-    char tmp[4500];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (j && json_dump_file(j, tmp, JSON_INDENT(2)) == 0 && rename(tmp, path) != 0)
-        remove(tmp);
+    json_t *j = device_json(dev), *r = json_array();
+    for (int i = 0; i < RUNS; i++)
+        json_array_append_new(r, json_real(runs[i]));
+    json_object_set_new(j, "gemm_mnk", json_pack("[I,I,I]", (json_int_t)m, (json_int_t)n,
+                                                 (json_int_t)k));
+    json_object_set_new(j, "gflops", json_real(p->gflops));
+    json_object_set_new(j, "gflops_runs", r);
+    json_object_set_new(j, "gflops_spread", json_real(p->gflops_spread));
+    json_object_set_new(j, "h2d_gbps", json_real(p->h2d_gbps));
+    json_object_set_new(j, "d2h_gbps", json_real(p->d2h_gbps));
+    json_object_set_new(j, "steady", json_boolean(steady));
+    write_json(path, j);
     json_decref(j);
 }
 
-static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device_profile *p)
+/* reps products, then a wait for the device; *secs per product. */
+static st_status gemm_timed(st_tensor *a, st_tensor *b, st_tensor *c, int reps, double *secs)
+{
+    double t0 = st_now_s();
+    st_status s = ST_OK;
+    for (int i = 0; s == ST_OK && i < reps; i++)
+        s = st_matmul(false, false, 1.0f, a, b, 0.0f, c);
+    if (s == ST_OK)
+        s = st_device_finish(st_tensor_device(c));
+    *secs = (st_now_s() - t0) / reps;
+    return s;
+}
+
+/* Products per timed run so that a run lasts about 20 ms: a single small
+ * product is too short to time steadily. Runs one product to see. */
+static st_status reps_for(st_tensor *a, st_tensor *b, st_tensor *c, int *reps)
+{
+    double t;
+    st_status s = gemm_timed(a, b, c, 1, &t);
+    double r = 0.02 / (t > 1e-7 ? t : 1e-7);
+    *reps = r < 1 ? 1 : r > 1000 ? 1000 : (int)r + 1;
+    return s;
+}
+
+static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device_profile *p,
+                         double *gflops_runs, bool *steady)
 {
     st_tensor *a = NULL, *b = NULL, *c = NULL, *x = NULL;
-    size_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n}, sx[1] = {4u << 20}; /* 16 MB */
+    size_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n}, sx[1] = {COPY_FLOATS};
     float *host = malloc(sx[0] * sizeof *host);
+    st_progress pr;
+    st_progress_begin(&pr, 1 + 3 * RUNS,
+                      "measuring for the planner (GEMM %zu x %zu x %zu, copies): %s", m, n, k,
+                      st_device_label(dev));
     st_status s = host ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     if (s == ST_OK && (s = st_tensor_create(dev, ST_F32, 2, sa, "profile A", &a)) == ST_OK &&
         (s = st_tensor_create(dev, ST_F32, 2, sb, "profile B", &b)) == ST_OK &&
         (s = st_tensor_create(dev, ST_F32, 2, sc, "profile C", &c)) == ST_OK &&
         (s = st_tensor_create(dev, ST_F32, 1, sx, "profile copy", &x)) == ST_OK) {
         memset(host, 0, sx[0] * sizeof *host);
-        /* The first product compiles; then the best of three timed runs. */
-        double best = 1e30, best_w = 1e30, best_r = 1e30;
-        for (int i = 0; s == ST_OK && i < 4; i++) {
-            double t0 = st_now_s();
-            if ((s = st_matmul(false, false, 1.0f, a, b, 0.0f, c)) == ST_OK &&
-                (s = st_device_finish(dev)) == ST_OK && i > 0 && st_now_s() - t0 < best)
-                best = st_now_s() - t0;
+        double t, flops = 2.0 * (double)m * n * k;
+        int reps = 1;
+        s = gemm_timed(a, b, c, 1, &t); /* the first product compiles */
+        if (s == ST_OK)
+            s = reps_for(a, b, c, &reps);
+        uint64_t done = 1;
+        st_progress_update(&pr, done);
+        /* RUNS timed products; again while the spread is large (the
+         * machine busy), keeping the steadiest round. */
+        double best_spread = 1e30;
+        for (int round = 0; s == ST_OK && round < TRIES && best_spread > STEADY; round++) {
+            double rate[RUNS], sorted[RUNS], spread;
+            if (round > 0)
+                pr.total += RUNS;
+            for (int i = 0; s == ST_OK && i < RUNS; i++) {
+                s = gemm_timed(a, b, c, reps, &t);
+                rate[i] = sorted[i] = flops / (t > 0 ? t : 1e-9) / 1e9;
+                st_progress_update(&pr, ++done);
+            }
+            double med = s == ST_OK ? median_of(sorted, RUNS, &spread) : 0;
+            if (s == ST_OK && spread < best_spread) {
+                best_spread = spread;
+                p->gflops = med;
+                p->gflops_spread = spread;
+                memcpy(gflops_runs, rate, sizeof rate);
+            }
         }
-        for (int i = 0; s == ST_OK && i < 3; i++) {
+        *steady = best_spread <= STEADY;
+        double w[RUNS], r[RUNS];
+        for (int i = 0; s == ST_OK && i < RUNS; i++) {
             double t0 = st_now_s();
-            if ((s = st_tensor_write(x, 0, sx[0], host)) == ST_OK && st_now_s() - t0 < best_w)
-                best_w = st_now_s() - t0;
+            if ((s = st_tensor_write(x, 0, sx[0], host)) != ST_OK)
+                break;
+            w[i] = st_now_s() - t0;
             t0 = st_now_s();
-            if (s == ST_OK && (s = st_tensor_read(x, 0, sx[0], host)) == ST_OK &&
-                st_now_s() - t0 < best_r)
-                best_r = st_now_s() - t0;
+            if ((s = st_tensor_read(x, 0, sx[0], host)) != ST_OK)
+                break;
+            r[i] = st_now_s() - t0;
+            done += 2;
+            st_progress_update(&pr, done);
         }
         if (s == ST_OK) {
-            p->gflops = 2.0 * (double)m * n * k / best / 1e9;
-            p->h2d_gbps = (double)sx[0] * 4 / best_w / 1e9;
-            p->d2h_gbps = (double)sx[0] * 4 / best_r / 1e9;
+            double bytes = (double)sx[0] * sizeof(float);
+            p->h2d_gbps = bytes / fmax(median_of(w, RUNS, NULL), 1e-9) / 1e9;
+            p->d2h_gbps = bytes / fmax(median_of(r, RUNS, NULL), 1e-9) / 1e9;
         }
     }
+    st_progress_end(&pr);
     st_tensor_destroy(a);
     st_tensor_destroy(b);
     st_tensor_destroy(c);
@@ -111,26 +226,204 @@ static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device
     return s;
 }
 
-st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, bool *cached,
-                                st_device_profile *out)
+st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, unsigned flags,
+                                bool *cached, st_device_profile *out)
 {
     st_device_profile p;
     memset(&p, 0, sizeof p);
-    snprintf(p.name, sizeof p.name, "%s", st_device_get_info(dev)->name);
+    const st_device_info *info = st_device_get_info(dev);
+    snprintf(p.name, sizeof p.name, "%s", info->name);
+    snprintf(p.hardware, sizeof p.hardware, "%s", info->hardware);
     p.mem_bytes = st_device_get_memory(dev).capacity;
-    char path[4400];
-    profile_path(dev, m, n, k, path, sizeof path);
+    if (flags & ST_PROFILE_REFRESH)
+        st_device_profile_forget(dev);
+    char path[4400], what[128];
+    snprintf(what, sizeof what, "%zux%zux%zu", m, n, k);
+    profile_path(dev, what, path, sizeof path);
     bool hit = load(path, dev, &p);
     if (!hit) {
-        st_status s = measure(dev, m, n, k, &p);
+        double runs[RUNS];
+        bool steady = false;
+        st_status s = measure(dev, m, n, k, &p, runs, &steady);
         if (s != ST_OK) {
             st_error_context("measuring %s for the planner", st_device_label(dev));
             return s;
         }
-        save(path, dev, m, n, k, &p);
+        save(path, dev, m, n, k, &p, runs, steady);
+        if (!steady)
+            st_log(ST_LOG_WARN,
+                   "%s's GEMM rate varied by %.0f%% over %d runs, three times (is the machine "
+                   "busy?): the planner uses the median, %.1f GFLOPS, and it will be measured "
+                   "again next time (`strata devices --profile --refresh` re-measures now)",
+                   st_device_label(dev), 100.0 * p.gflops_spread, RUNS, p.gflops);
     }
     if (cached)
         *cached = hit;
     *out = p;
+    return ST_OK;
+}
+
+int st_device_profile_forget(const st_device *dev)
+{
+    char any[4400];
+    st_cache_device_file(dev, "profiles", "", any, sizeof any);
+    char *slash = strrchr(any, '/');
+    if (!any[0] || !slash)
+        return 0;
+    *slash = '\0';
+    DIR *d = opendir(any);
+    if (!d)
+        return 0;
+    int n = 0;
+    const st_device_info *info = st_device_get_info(dev);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
+            continue;
+        char path[4700];
+        snprintf(path, sizeof path, "%s/%s", any, e->d_name);
+        json_t *j = json_load_file(path, 0, NULL);
+        if (j && same_device(j, info) && unlink(path) == 0)
+            n++;
+        json_decref(j);
+    }
+    closedir(d);
+    return n;
+}
+
+/* One device's share of the concurrent measurement. */
+typedef struct shared_job {
+    st_tensor *a, *b, *c;
+    int reps;
+    pthread_barrier_t *start;
+    double secs[RUNS];
+    st_status s;
+} shared_job;
+
+static void *shared_run(void *arg)
+{
+    shared_job *j = arg;
+    pthread_barrier_wait(j->start);
+    for (int i = 0; j->s == ST_OK && i < RUNS; i++)
+        j->s = gemm_timed(j->a, j->b, j->c, j->reps, &j->secs[i]);
+    return NULL;
+}
+
+/* Times the product on the devices g[0..n) at once; rates in GFLOPS. */
+static st_status measure_shared(st_device *const *g, size_t n, size_t m, size_t nn, size_t k,
+                                double *rates)
+{
+    shared_job job[ST_MAX_DEVICES];
+    pthread_t th[ST_MAX_DEVICES];
+    pthread_barrier_t start;
+    memset(job, 0, sizeof job);
+    size_t sa[2] = {m, k}, sb[2] = {k, nn}, sc[2] = {m, nn};
+    st_status s = ST_OK;
+    for (size_t i = 0; s == ST_OK && i < n; i++) {
+        double t;
+        if ((s = st_tensor_create(g[i], ST_F32, 2, sa, "profile A", &job[i].a)) == ST_OK &&
+            (s = st_tensor_create(g[i], ST_F32, 2, sb, "profile B", &job[i].b)) == ST_OK &&
+            (s = st_tensor_create(g[i], ST_F32, 2, sc, "profile C", &job[i].c)) == ST_OK)
+            s = gemm_timed(job[i].a, job[i].b, job[i].c, 1, &t);
+        if (s == ST_OK)
+            s = reps_for(job[i].a, job[i].b, job[i].c, &job[i].reps);
+    }
+    size_t started = 0;
+    if (s == ST_OK && pthread_barrier_init(&start, NULL, (unsigned)n) == 0) {
+        for (; started < n; started++) {
+            job[started].start = &start;
+            if (pthread_create(&th[started], NULL, shared_run, &job[started]) != 0)
+                break;
+        }
+        if (started < n) {
+            /* Threads wait at the barrier for the missing ones: release them. */
+            s = st_error(ST_ERR_HOST_MEMORY, "cannot start a measuring thread");
+            for (size_t i = started; i < n; i++)
+                job[i].s = s;
+            for (size_t i = started; i < n; i++)
+                pthread_barrier_wait(&start);
+        }
+        for (size_t i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&start);
+    } else if (s == ST_OK) {
+        s = st_error(ST_ERR_HOST_MEMORY, "cannot start the measuring threads");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s == ST_OK && job[i].s != ST_OK)
+            s = job[i].s;
+        if (s == ST_OK)
+            rates[i] = 2.0 * (double)m * nn * k / fmax(median_of(job[i].secs, RUNS, NULL), 1e-9) /
+                       1e9;
+        st_tensor_destroy(job[i].a);
+        st_tensor_destroy(job[i].b);
+        st_tensor_destroy(job[i].c);
+    }
+    return s;
+}
+
+st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, size_t nn,
+                                   size_t k, st_device_profile *prof)
+{
+    bool done[ST_MAX_DEVICES] = {false};
+    for (size_t i = 0; i < n; i++)
+        prof[i].shared_gflops = 0;
+    for (size_t i = 0; i < n && i < ST_MAX_DEVICES; i++) {
+        if (done[i] || !prof[i].hardware[0])
+            continue;
+        st_device *g[ST_MAX_DEVICES];
+        size_t idx[ST_MAX_DEVICES], cnt = 0;
+        for (size_t j = i; j < n && j < ST_MAX_DEVICES; j++)
+            if (!done[j] && strcmp(prof[j].hardware, prof[i].hardware) == 0) {
+                done[j] = true;
+                idx[cnt] = j;
+                g[cnt++] = devs[j];
+            }
+        if (cnt < 2)
+            continue;
+        /* Cached under the first device, keyed by the group's devices. */
+        char what[1400], path[4400];
+        int len = snprintf(what, sizeof what, "shared %zux%zux%zu", m, nn, k);
+        for (size_t j = 0; j < cnt && len < (int)sizeof what; j++)
+            len += snprintf(what + len, sizeof what - (size_t)len, "|%s|%s",
+                            st_device_get_info(g[j])->platform,
+                            st_device_get_info(g[j])->name);
+        profile_path(g[0], what, path, sizeof path);
+        double rates[ST_MAX_DEVICES];
+        bool hit = false;
+        json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
+        json_t *arr = j ? json_object_get(j, "shared_gflops") : NULL;
+        if (j && same_device(j, st_device_get_info(g[0])) && json_is_array(arr) &&
+            json_array_size(arr) == cnt) {
+            hit = true;
+            for (size_t q = 0; q < cnt; q++)
+                hit &= (rates[q] = json_number_value(json_array_get(arr, q))) > 0;
+        }
+        json_decref(j);
+        if (!hit) {
+            st_progress pr;
+            st_progress_begin(&pr, 0, "measuring %zu devices that share the %s, running at once",
+                              cnt, prof[i].hardware);
+            st_status s = measure_shared(g, cnt, m, nn, k, rates);
+            st_progress_end(&pr);
+            if (s != ST_OK) {
+                st_error_context("measuring the devices that share the %s", prof[i].hardware);
+                return s;
+            }
+            if (path[0]) {
+                json_t *out = device_json(g[0]), *r = json_array();
+                for (size_t q = 0; q < cnt; q++)
+                    json_array_append_new(r, json_real(rates[q]));
+                json_object_set_new(out, "gemm_mnk", json_pack("[I,I,I]", (json_int_t)m,
+                                                               (json_int_t)nn, (json_int_t)k));
+                json_object_set_new(out, "shared_gflops", r);
+                write_json(path, out);
+                json_decref(out);
+            }
+        }
+        for (size_t q = 0; q < cnt; q++)
+            prof[idx[q]].shared_gflops = rates[q];
+    }
     return ST_OK;
 }

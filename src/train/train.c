@@ -13,6 +13,7 @@
 #include "strata/checkpoint.h"
 #include "strata/gpt.h"
 #include "strata/pipe.h"
+#include "strata/progress.h"
 #include "strata/train.h"
 
 void st_train_config_defaults(st_train_config *tc)
@@ -222,7 +223,11 @@ static st_status evaluate(run *r, long step)
     long count = 0, exact = 0, seqs = 0;
     bool has_exact = st_dataset_has_exact_match(r->ds);
     st_status s = ST_OK;
+    st_progress pr;
+    st_progress_begin(&pr, (uint64_t)r->tc->eval_batches, "validating at step %ld: batches",
+                      step);
     for (int k = 0; s == ST_OK && k < r->tc->eval_batches; k++) {
+        st_progress_update(&pr, (uint64_t)k);
         double bs = 0;
         long bc = 0;
         if ((s = st_dataset_batch(r->ds, ST_VAL, r->tc->seed, (uint64_t)k, B, T, r->tokens,
@@ -251,6 +256,7 @@ static st_status evaluate(run *r, long step)
             seqs++;
         }
     }
+    st_progress_end(&pr);
     if (s != ST_OK)
         return s;
     if (r->layout->comm) {
