@@ -22,7 +22,9 @@ static st_status prepare_one(st_device *dev)
                           "time): %s",
                           st_device_label(dev));
     else
-        st_progress_begin(&p, files + 1, "loading kernels: %s", st_device_label(dev));
+        st_progress_begin(&p, files + 1,
+                          "loading kernels (GEMM kernels compile once per tuning): %s",
+                          st_device_label(dev));
     double t0 = st_now_s();
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && i < files; i++) {
