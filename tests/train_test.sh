@@ -138,6 +138,29 @@ expect 2 "--model DIR is required" -- "$strata" generate --prompt x
 expect 2 "does not exist" -- "$strata" generate --model "$work/none"
 expect 2 "at most 12" -- "$strata" generate --model "$work/a" --prompt "0123456789abc"
 
+# --profile: a table per device of where a step's time goes, the launches a
+# block costs, the same as JSON lines in --log-json; shares add up to 100%.
+out=$("$strata" train "${tiny[@]}" --steps 4 --profile --log-json "$work/prof.json" \
+    --out "$work/prof" 2>&1) || fail "train --profile failed: $out"
+grep -qE "^profile of device 0 .*: [0-9.]+ ms of device time per step \([0-9]+% of the [0-9.]+ ms step\), [0-9]+ launches per step, over 3 steps:$" \
+    <<<"$out" || fail "no profile heading: $out"
+grep -qE "^op +launches/step +ms/step +share +GB/s +GFLOPS$" <<<"$out" || fail "no profile table: $out"
+grep -qE "^gemm NT +[0-9.]+ +[0-9.]+ +[0-9.]+% +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "no GEMM row with GFLOPS: $out"
+grep -qE "^layernorm_fwd +[0-9.]+ " <<<"$out" || fail "no kernel row: $out"
+n=$(sed -n 's/^launches per block per micro-batch: \([0-9]*\) .*/\1/p' <<<"$out")
+[ -n "$n" ] && [ "$n" -ge 5 ] && [ "$n" -le 100 ] || fail "launches per block: '$n' in $out"
+python3 - "$work/prof.json" <<'PY' || fail "the JSON log lacks a consistent profile"
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+prof = [e for e in ev if e["event"] == "profile"]
+assert len(prof) == 1 and prof[0]["steps"] == 3
+ops = prof[0]["ops"]
+assert abs(sum(o["ms"] for o in ops) / 3 - prof[0]["ms_per_step"]) < 1e-3 * prof[0]["ms_per_step"] + 1e-6
+assert any(o["op"].startswith("gemm") and o["flops"] > 0 for o in ops)
+assert all(o["launches"] % 3 == 0 for o in ops if not o["op"].startswith("copy")), ops
+assert [e for e in ev if e["event"] == "profile_blocks"]
+PY
+
 # Evaluation.
 expect 0 "exact match" -- "$strata" eval --model "$work/a"
 

@@ -66,6 +66,19 @@ st_status st_program_kernel(const st_program *prog, const char *name, cl_kernel 
 
 cl_mem st_tensor_cl_mem(const st_tensor *t);
 
+/* The profiler's side (strata/profiler.h): a device's state, and one
+ * enqueued command's event (NULL when not profiling: st_profiler_event
+ * gives the pointer to pass to the enqueue, or NULL). */
+typedef struct st_prof_state st_prof_state;
+st_prof_state **st_device_prof_slot(st_device *dev);
+st_prof_state *st_prof_state_new(void);
+void st_prof_state_free(st_prof_state *p);
+void st_profiler_record(st_device *dev, const char *op, cl_event ev, double bytes, double flops);
+/* Several commands between two markers (ev before, end after). */
+void st_profiler_record_span(st_device *dev, const char *op, cl_event ev, cl_event end,
+                             double bytes, double flops);
+cl_event *st_profiler_event(st_device *dev, cl_event *ev);
+
 /* Records an OpenCL failure as the last error: CL name and code, the call,
  * the device, file:line and a hint; returns ST_ERR_CL, or
  * ST_ERR_DEVICE_MEMORY for allocation failures. */

@@ -14,6 +14,7 @@
 #include "strata/tune.h"
 #include "strata/device.h"
 #include "strata/program.h"
+#include "strata/profiler.h"
 
 #define ST_DEVICE_MAX_PROGRAMS 64
 #define ST_DEVICE_MAX_KERNELS 128
@@ -53,7 +54,13 @@ struct st_device {
         char name[64];
         cl_kernel kernel;
     } kernels[ST_DEVICE_MAX_KERNELS];
+    st_prof_state *prof; /* NULL unless profiling */
 };
+
+st_prof_state **st_device_prof_slot(st_device *dev)
+{
+    return &dev->prof;
+}
 
 static void copy_str_info(cl_device_id id, cl_device_info what, char *dst, size_t size)
 {
@@ -320,9 +327,15 @@ st_status st_device_open(const st_device_list *list, size_t index, st_device **o
         s = ST_CL_FAIL(err, "clCreateContext", dev);
         goto fail;
     }
-    dev->queue = clCreateCommandQueue(dev->context, dev->id, 0, &err);
+    bool profile = st_profiler_enabled();
+    dev->queue = clCreateCommandQueue(dev->context, dev->id,
+                                      profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
     if (err != CL_SUCCESS) {
         s = ST_CL_FAIL(err, "clCreateCommandQueue", dev);
+        goto fail;
+    }
+    if (profile && !(dev->prof = st_prof_state_new())) {
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory opening %s", dev->label);
         goto fail;
     }
     /* A saved CLBlast tuning (`strata tune`) applies from the first product on. */
@@ -348,6 +361,7 @@ void st_device_close(st_device *dev)
         st_program_destroy(dev->programs[i].prog);
     if (dev->queue) {
         clFinish(dev->queue);
+        st_prof_state_free(dev->prof);
         clReleaseCommandQueue(dev->queue);
     }
     if (dev->context)

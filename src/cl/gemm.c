@@ -8,6 +8,7 @@
 #include <clblast_c.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "strata/cl.h"
 #include "strata/gemm.h"
@@ -154,6 +155,10 @@ st_status st_gemm(const st_gemm_args *g)
     const char *call;
     if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
         return s;
+    /* Profiling: markers around the call (CLBlast may enqueue several kernels). */
+    cl_event before = NULL, after = NULL;
+    if (st_profiler_event(dev, &before))
+        clEnqueueMarkerWithWaitList(q, 0, NULL, &before);
     if (outer > 1) {
         /* Two levels of batch: CLBlast's batched GEMM takes one offset per item. */
         size_t items = outer * batch;
@@ -203,6 +208,22 @@ st_status st_gemm(const st_gemm_args *g)
                                        st_tensor_cl_mem(g->b), bo, g->ldb, g->b_stride, g->beta,
                                        st_tensor_cl_mem(g->c), co, g->ldc, g->c_stride, batch,
                                        &q, NULL);
+    }
+    if (before) {
+        if (r == CLBlastSuccess && clEnqueueMarkerWithWaitList(q, 0, NULL, &after) == CL_SUCCESS) {
+            char op[64];
+            size_t items = outer * batch;
+            snprintf(op, sizeof op, "%s %s%s", strcmp(call, "CLBlastSgemv") == 0 ? "gemv" : "gemm",
+                     g->trans_a ? "T" : "N", g->trans_b ? "T" : "N");
+            if (items > 1)
+                snprintf(op + strlen(op), sizeof op - strlen(op), " batched");
+            double flops = 2.0 * (double)g->m * g->n * g->k * items;
+            double bytes = 4.0 * ((double)g->m * g->k + (double)g->k * g->n +
+                                  2.0 * (double)g->m * g->n) * items;
+            st_profiler_record_span(dev, op, before, after, bytes, flops);
+        } else {
+            clReleaseEvent(before);
+        }
     }
     if (r != CLBlastSuccess) {
         st_status code = (r == CLBlastOpenCLOutOfResources || r == CLBlastTempBufferAllocFailure)

@@ -57,16 +57,27 @@ st_status st_launch(st_device *dev, const char *file, const char *name, size_t g
     if (s != ST_OK)
         return s;
     size_t g = local ? (global + local - 1) / local * local : global;
+    cl_event ev = NULL;
     st_device_launch_lock(dev);
     s = set_args(dev, k, name, nargs, args);
     if (s == ST_OK) {
         cl_int err = clEnqueueNDRangeKernel(st_device_cl_queue(dev), k, 1, NULL, &g,
-                                            local ? &local : NULL, 0, NULL, NULL);
+                                            local ? &local : NULL, 0, NULL,
+                                            st_profiler_event(dev, &ev));
         if (err != CL_SUCCESS) {
             s = ST_CL_FAIL(err, "clEnqueueNDRangeKernel", dev);
             st_error_context("kernel %s", name);
         }
     }
     st_device_launch_unlock(dev);
+    if (s == ST_OK && ev) {
+        /* Bytes: each tensor argument read or written once (an estimate). */
+        double bytes = 0;
+        for (size_t a = 0; a < nargs; a++)
+            if (args[a].kind == 't')
+                bytes += (double)st_tensor_numel(args[a].t) *
+                         (double)st_dtype_size(st_tensor_dtype(args[a].t));
+        st_profiler_record(dev, name, ev, bytes, 0);
+    }
     return s;
 }

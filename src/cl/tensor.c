@@ -226,11 +226,15 @@ st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *
         return s;
     size_t es = st_dtype_size(t->dtype);
     st_device *dev = t->alloc->dev;
+    cl_event ev = NULL;
     cl_int err = clEnqueueWriteBuffer(st_device_cl_queue(dev), t->alloc->mem, CL_TRUE,
-                                      (t->offset + first) * es, count * es, host, 0, NULL, NULL);
+                                      (t->offset + first) * es, count * es, host, 0, NULL,
+                                      st_profiler_event(dev, &ev));
     if (err != CL_SUCCESS) {
         s = ST_CL_FAIL(err, "clEnqueueWriteBuffer", dev);
         st_error_context("writing tensor '%s'", t->name);
+    } else if (ev) {
+        st_profiler_record(dev, "copy host->device", ev, (double)(count * es), 0);
     }
     return s;
 }
@@ -242,11 +246,15 @@ st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *h
         return s;
     size_t es = st_dtype_size(t->dtype);
     st_device *dev = t->alloc->dev;
+    cl_event ev = NULL;
     cl_int err = clEnqueueReadBuffer(st_device_cl_queue(dev), t->alloc->mem, CL_TRUE,
-                                     (t->offset + first) * es, count * es, host, 0, NULL, NULL);
+                                     (t->offset + first) * es, count * es, host, 0, NULL,
+                                      st_profiler_event(dev, &ev));
     if (err != CL_SUCCESS) {
         s = ST_CL_FAIL(err, "clEnqueueReadBuffer", dev);
         st_error_context("reading tensor '%s'", t->name);
+    } else if (ev) {
+        st_profiler_record(dev, "copy device->host", ev, (double)(count * es), 0);
     }
     return s;
 }
@@ -265,12 +273,16 @@ st_status st_tensor_copy(st_tensor *dst, size_t dst_first, const st_tensor *src,
                         src->name, dst->name);
     size_t es = st_dtype_size(dst->dtype);
     st_device *dev = dst->alloc->dev;
+    cl_event ev = NULL;
     cl_int err = clEnqueueCopyBuffer(st_device_cl_queue(dev), src->alloc->mem, dst->alloc->mem,
                                      (src->offset + src_first) * es,
-                                     (dst->offset + dst_first) * es, count * es, 0, NULL, NULL);
+                                     (dst->offset + dst_first) * es, count * es, 0, NULL,
+                                     st_profiler_event(dev, &ev));
     if (err != CL_SUCCESS) {
         s = ST_CL_FAIL(err, "clEnqueueCopyBuffer", dev);
         st_error_context("copying tensor '%s' to '%s'", src->name, dst->name);
+    } else if (ev) {
+        st_profiler_record(dev, "copy device->device", ev, 2.0 * (double)(count * es), 0);
     }
     return s;
 }

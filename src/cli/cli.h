@@ -87,6 +87,13 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
                     const st_device_profile *prof, const cli_plan_opts *o, FILE *f);
 void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layout *layout);
 
+/* The profiler's tables for these devices (each once): per op, launches and
+ * ms per step, share, GB/s and GFLOPS, over `steps` steps of step_ms each;
+ * then the launches per transformer block per micro-batch. jf (may be NULL)
+ * gets the same as JSON lines (report.c). */
+st_status cli_profile_report(st_device *const *devs, size_t n, long steps, double step_ms,
+                             int n_blocks, int micro_batches, FILE *f, FILE *jf);
+
 #if STRATA_HAVE_MPI
 /* Under mpirun: this rank's devices, rank 0's plan over all ranks, and the
  * layout and comm for st_train (mpi_plan.c). */

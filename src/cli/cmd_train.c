@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
+#include "strata/profiler.h"
 #include "strata/train.h"
 #if STRATA_HAVE_MPI
 #include "mpi/mpi_run.h"
@@ -77,6 +78,10 @@ static void help(void)
            "                      the schedule still runs to --steps, for --resume\n"
            "  --log-every N       print every Nth step line (default 1)\n"
            "  --log-json FILE     also write every event as a JSON line\n"
+           "  --profile           time every kernel launch, GEMM and copy on the devices\n"
+           "                      (OpenCL event profiling) and print, per device, where a\n"
+           "                      step's time goes: op, launches and ms per step, share,\n"
+           "                      GB/s, GFLOPS (steps after the first; also in --log-json)\n"
            "devices and pipeline:\n"
            "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all, of\n"
            "                      which the planner uses those that make the step\n"
@@ -119,6 +124,10 @@ typedef struct log_ctx {
     long steps_seen, ms_n;
     double ms_sum;
     const char *out;
+    /* --profile: the stages' devices, reset after the first step (kernel
+     * builds and first-touch costs are not a step's). */
+    st_device *const *prof_devs;
+    size_t n_prof;
 } log_ctx;
 
 /* 24850 -> "24,850" */
@@ -172,6 +181,10 @@ static void on_event(const st_train_event *e, void *user)
         if (L->steps_seen++ > 0) { /* the first step builds kernels: not a fair clock */
             L->ms_sum += e->ms;
             L->ms_n++;
+        } else {
+            for (size_t k = 0; k < L->n_prof; k++)
+                if (L->prof_devs[k])
+                    st_profiler_reset(L->prof_devs[k]);
         }
         if (!e->skipped && (e->step % L->log_every == 0 || e->step == e->steps || e->step == 1)) {
             char eta[32] = "";
@@ -387,7 +400,7 @@ enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
-    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_DEVICES
+    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -424,6 +437,7 @@ int cmd_train(int argc, char **argv)
         {"keep", required_argument, NULL, O_KEEP},
         {"on-nan", required_argument, NULL, O_ON_NAN},
         {"force", no_argument, NULL, O_FORCE},
+        {"profile", no_argument, NULL, O_PROFILE},
         {"devices", required_argument, NULL, O_DEVICES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -477,6 +491,7 @@ int cmd_train(int argc, char **argv)
         case O_DEVICES: devices = arg; break;
         case O_KEEP: ok = cli_parse_long(arg, 1, 1000000, &v); tc.keep = (int)v; break;
         case O_FORCE: force = true; break;
+        case O_PROFILE: st_profiler_enable(true); break;
         case O_ON_NAN:
             if (strcmp(arg, "abort") != 0 && strcmp(arg, "skip") != 0)
                 return cli_usage_error("train", "bad value '%s' for --on-nan: abort or skip",
@@ -712,7 +727,14 @@ int cmd_train(int argc, char **argv)
         sigaction(SIGUSR1, &sa, NULL);
         bool together = false;
         layout.failed_together = &together;
+        if (st_profiler_enabled()) {
+            L.prof_devs = layout.dev;
+            L.n_prof = layout.n_stages;
+        }
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
+        if (s == ST_OK && st_profiler_enabled() && L.ms_n > 0 && !mpi)
+            s = cli_profile_report(layout.dev, layout.n_stages, L.ms_n, L.ms_sum / L.ms_n,
+                                   cfg.n_layer, tc.micro_batches, stdout, L.json);
         if (s != ST_OK && together)
             cli_set_failed_together();
         char lines[ST_PLAN_MAX_STAGES][256];

@@ -19,6 +19,7 @@
 #include "strata/cl.h"
 #include "strata/gemm.h"
 #include "strata/gpt.h"
+#include "strata/profiler.h"
 
 /* The activations of one block for one slot, views into the slot's buffer. */
 typedef struct block_acts {
@@ -577,8 +578,8 @@ st_tensor *st_gpt_io_tensor(const st_gpt *g, int slot, st_gpt_io which)
     return NULL;
 }
 
-static st_status block_forward(st_gpt *g, const block_params *p, block_acts *a,
-                               const st_tensor *x, int B, int T)
+static st_status block_forward_ops(st_gpt *g, const block_params *p, block_acts *a,
+                                   const st_tensor *x, int B, int T)
 {
     int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
     float eps = g->cfg.layer_norm_epsilon;
@@ -597,6 +598,16 @@ static st_status block_forward(st_gpt *g, const block_params *p, block_acts *a,
         (s = st_residual_fwd(a->res3, a->res3, a->res2, (size_t)N * C)) != ST_OK)
         return s;
     return ST_OK;
+}
+
+/* The profiler counts what a block launches (strata/profiler.h). */
+static st_status block_forward(st_gpt *g, const block_params *p, block_acts *a,
+                               const st_tensor *x, int B, int T)
+{
+    st_profiler_scope_block(true);
+    st_status s = block_forward_ops(g, p, a, x, B, T);
+    st_profiler_scope_block(false);
+    return s;
 }
 
 st_status st_gpt_forward(st_gpt *g, int slot, const int32_t *tokens, const int32_t *targets,
@@ -681,8 +692,8 @@ st_status st_gpt_output_read(st_gpt *g, int slot, int B, int T, float *host)
 }
 
 /* dres holds the gradient of the block's output on entry and of its input on exit. */
-static st_status block_backward(st_gpt *g, const block_params *p, block_params *d,
-                                const block_acts *a, const st_tensor *x, int B, int T)
+static st_status block_backward_ops(st_gpt *g, const block_params *p, block_params *d,
+                                    const block_acts *a, const st_tensor *x, int B, int T)
 {
     int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
     st_status s;
@@ -705,6 +716,15 @@ static st_status block_backward(st_gpt *g, const block_params *p, block_params *
                               a->ln1_rstd, N, C)) != ST_OK)
         return s;
     return ST_OK;
+}
+
+static st_status block_backward(st_gpt *g, const block_params *p, block_params *d,
+                                const block_acts *a, const st_tensor *x, int B, int T)
+{
+    st_profiler_scope_block(true);
+    st_status s = block_backward_ops(g, p, d, a, x, B, T);
+    st_profiler_scope_block(false);
+    return s;
 }
 
 st_status st_gpt_backward(st_gpt *g, int slot, int B, int T, float dloss)

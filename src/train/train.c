@@ -13,6 +13,7 @@
 #include "strata/checkpoint.h"
 #include "strata/gpt.h"
 #include "strata/pipe.h"
+#include "strata/profiler.h"
 #include "strata/progress.h"
 #include "strata/train.h"
 
@@ -491,9 +492,12 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
         st_pipe_step_result res;
         st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
         if ((s = st_dataset_batch(ds, ST_TRAIN, tc->seed, (uint64_t)(step - 1), r.B, r.T,
-                                  r.tokens, r.targets)) != ST_OK ||
-            (s = st_pipe_train_step(r.p, r.tokens, r.targets, &hp, step, tc->clip, &res)) !=
-                ST_OK)
+                                  r.tokens, r.targets)) != ST_OK)
+            break;
+        st_profiler_pause(false); /* the profiler counts steps, not validation or saves */
+        s = st_pipe_train_step(r.p, r.tokens, r.targets, &hp, step, tc->clip, &res);
+        st_profiler_pause(true);
+        if (s != ST_OK)
             break;
         double ms = (st_now_s() - t0) * 1e3, wait = 0;
         for (size_t k = 0; k < layout->n_stages; k++)
@@ -540,6 +544,7 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
                             .device_bytes = bytes, .peak_bytes = peak};
         emit(&r, &e);
     }
+    st_profiler_pause(false);
     st_pipe_destroy(r.p);
     st_model_desc_destroy(desc);
     free(r.tokens);
