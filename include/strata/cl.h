@@ -66,6 +66,9 @@ st_status st_program_kernel(const st_program *prog, const char *name, cl_kernel 
 
 cl_mem st_tensor_cl_mem(const st_tensor *t);
 
+/* Set by st_tuning_load (strata/tune.h's st_tuning_source). */
+void st_device_set_tuning_source(st_device *dev, int source);
+
 /* The profiler's side (strata/profiler.h): a device's state, and one
  * enqueued command's event (NULL when not profiling: st_profiler_event
  * gives the pointer to pass to the enqueue, or NULL). */

@@ -42,8 +42,21 @@ st_status st_tuning_apply(st_device *dev, const st_tuning *t);
 st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count);
 /* Reads the saved tunings of dev (up to max; none when there is no file). */
 st_status st_tuning_read(const st_device *dev, st_tuning *out, size_t max, size_t *count);
-/* Applies the saved tunings of dev, if any; *applied says how many. */
+/* Applies the saved tunings of dev, if any, else the built-in ones for its
+ * family (STRATA_BUILTIN_TUNING=0 skips those); *applied says how many. */
 st_status st_tuning_load(st_device *dev, size_t *applied);
+/* Known-good tunings for the device's family (tuning_table.c), up to max;
+ * 0 when the family is not in the table. */
+size_t st_tuning_builtin(const st_device_info *info, st_tuning *out, size_t max);
+/* Where the device's GEMM parameters came from when it opened. */
+typedef enum st_tuning_source {
+    ST_TUNING_DEFAULT, /* CLBlast's own database or defaults */
+    ST_TUNING_BUILTIN, /* Strata's table of known-good values for the family */
+    ST_TUNING_SAVED    /* `strata tune` on this device */
+} st_tuning_source;
+st_tuning_source st_device_tuning_source(const st_device *dev);
+const char *st_tuning_source_name(st_tuning_source s);
+
 /* The saved tuning file's path for dev, or "" when caching is off. */
 void st_tuning_path(const st_device *dev, char *out, size_t size);
 

@@ -55,7 +55,18 @@ struct st_device {
         cl_kernel kernel;
     } kernels[ST_DEVICE_MAX_KERNELS];
     st_prof_state *prof; /* NULL unless profiling */
+    int tuning_source;   /* st_tuning_source */
 };
+
+void st_device_set_tuning_source(st_device *dev, int source)
+{
+    dev->tuning_source = source;
+}
+
+st_tuning_source st_device_tuning_source(const st_device *dev)
+{
+    return (st_tuning_source)dev->tuning_source;
+}
 
 st_prof_state **st_device_prof_slot(st_device *dev)
 {
@@ -343,7 +354,8 @@ st_status st_device_open(const st_device_list *list, size_t index, st_device **o
     if (st_tuning_load(dev, &tuned) != ST_OK)
         st_log(ST_LOG_WARN, "%s", st_last_error());
     else if (tuned)
-        st_log(ST_LOG_INFO, "%s: using the CLBlast tuning saved by `strata tune`", dev->label);
+        st_log(ST_LOG_INFO, "%s: GEMM parameters from %s", dev->label,
+               st_tuning_source_name(st_device_tuning_source(dev)));
     *out = dev;
     return ST_OK;
 fail:

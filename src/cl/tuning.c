@@ -129,8 +129,29 @@ st_status st_tuning_load(st_device *dev, size_t *applied)
     size_t n = 0;
     *applied = 0;
     st_status s = st_tuning_read(dev, t, 4, &n);
+    st_tuning_source src = n ? ST_TUNING_SAVED : ST_TUNING_DEFAULT;
+    if (s == ST_OK && n == 0) {
+        const char *env = getenv("STRATA_BUILTIN_TUNING");
+        if (!env || strcmp(env, "0") != 0)
+            n = st_tuning_builtin(st_device_get_info(dev), t, 4);
+        if (n)
+            src = ST_TUNING_BUILTIN;
+    }
     for (size_t i = 0; s == ST_OK && i < n; i++)
         if ((s = st_tuning_apply(dev, &t[i])) == ST_OK)
             (*applied)++;
+    st_device_set_tuning_source(dev, s == ST_OK ? src : ST_TUNING_DEFAULT);
     return s;
+}
+
+const char *st_tuning_source_name(st_tuning_source s)
+{
+    switch (s) {
+    case ST_TUNING_BUILTIN:
+        return "built-in values for its family";
+    case ST_TUNING_SAVED:
+        return "its own tuning (strata tune)";
+    default:
+        return "CLBlast's defaults";
+    }
 }

@@ -19,6 +19,7 @@
 #include "strata/checkpoint.h"
 #include "strata/profiler.h"
 #include "strata/train.h"
+#include "strata/tune.h"
 #if STRATA_HAVE_MPI
 #include "mpi/mpi_run.h"
 #endif
@@ -698,6 +699,19 @@ int cmd_train(int argc, char **argv)
     if (s == ST_OK) {
         fflush(stdout);
         s = st_devices_prepare(layout.dev, layout.n_stages);
+        /* A device on CLBlast's defaults may have much faster products. */
+        for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {
+            bool seen = false;
+            for (size_t j = 0; j < k; j++)
+                seen |= layout.dev[j] == layout.dev[k];
+            if (!seen && layout.dev[k] &&
+                st_device_tuning_source(layout.dev[k]) == ST_TUNING_DEFAULT)
+                fprintf(stderr,
+                        "hint: %s has never been tuned here and runs CLBlast's default GEMM "
+                        "parameters; `strata tune --devices %u --budget 300` searches for "
+                        "faster ones (kept for every later run)\n",
+                        st_device_label(layout.dev[k]), st_device_get_info(layout.dev[k])->index);
+        }
     }
     if (s == ST_OK) {
         fflush(stdout);

@@ -37,7 +37,8 @@ static void profile_path(const st_device *dev, const char *what, char *out, size
     st_tuning_path(dev, tuning, sizeof tuning);
     if (tuning[0] && stat(tuning, &tb) == 0)
         stamp = (long long)tb.st_mtime * 1000003LL + (long long)tb.st_size;
-    snprintf(extra, sizeof extra, "%s|tuning %lld|v2", what, stamp);
+    snprintf(extra, sizeof extra, "%s|tuning %lld %d|v2", what, stamp,
+             (int)st_device_tuning_source(dev));
     st_cache_device_file(dev, "profiles", extra, out, size);
 }
 
