@@ -106,5 +106,14 @@ expect 1 "broken kernel" -- env STRATA_CL_DIR="$tmp/cl" "$strata" check --size 0
 grep_in "$tmp/err" "build log" "build log shown"
 grep_in "$tmp/err" "not_declared" "compiler's words shown"
 
+# tune: the budgeted search reports where it started and what it kept, in a
+# cache of its own; the two ways of tuning are not mixed.
+expect 2 "tune with --budget and --fraction" -- "$strata" tune --budget 5 --fraction 0.01
+grep_in "$tmp/err" "give one" "tune says to choose one way"
+expect 0 "tune --budget" -- env STRATA_CACHE_DIR="$tmp/tunecache" "$strata" tune --devices 0 --budget 4 --size 64
+grep_in "$tmp/out" "searching for 4 s" "tune says its budget"
+grep_in "$tmp/out" "Xgemm over 64x64x64 and 32x256x64: .* GFLOPS before, .* after" "tune reports before and after"
+grep_in "$tmp/out" "XgemmDirect over" "tune does both kernels"
+
 [ "$fails" = 0 ] && echo "all cli checks passed" || echo "$fails cli check(s) failed"
 [ "$fails" = 0 ]

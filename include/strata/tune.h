@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "strata/device.h"
 
@@ -36,6 +37,29 @@ bool st_tune_available(void);
  * `fraction` of the parameter space (0.001 takes minutes on a CPU). */
 st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m, size_t n, size_t k,
                          double fraction, st_tuning *out);
+/* The parameters CLBlast uses now on dev for `kernel` (its database's,
+ * or those applied). */
+st_status st_tuning_current(st_device *dev, const char *kernel, st_tuning *out);
+
+/* A search with a time budget (tune_search.c): from `start`, changes one or
+ * two parameters at a time, keeps a candidate that makes the products
+ * faster (total time over the shapes) and gives the same results, and
+ * stops when budget_s has passed. The best set found is applied on return.
+ * Progress on the progress line. */
+typedef struct st_tune_shape {
+    size_t m, n, k;
+} st_tune_shape;
+typedef struct st_tune_result {
+    st_tuning best;
+    double start_gflops, best_gflops; /* over the shapes */
+    int tried, failed;                /* candidates timed; refused or wrong */
+} st_tune_result;
+st_status st_tune_search(st_device *dev, const st_tuning *start, const st_tune_shape *shapes,
+                         size_t n_shapes, double budget_s, uint64_t seed, st_tune_result *out);
+/* The GFLOPS of the products (one warm-up each, then the best of three). */
+st_status st_tune_rate(st_device *dev, const st_tune_shape *shapes, size_t n_shapes,
+                       double *gflops);
+
 /* Makes CLBlast use these parameters on dev from the next call on. */
 st_status st_tuning_apply(st_device *dev, const st_tuning *t);
 /* Saves the device's tunings (replacing earlier ones); count 0 removes them. */

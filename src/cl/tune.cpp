@@ -45,3 +45,20 @@ extern "C" st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m
     }
     return ST_OK;
 }
+
+extern "C" st_status st_tuning_current(st_device *dev, const char *kernel, st_tuning *out)
+{
+    std::unordered_map<std::string, size_t> params;
+    clblast::StatusCode r = clblast::RetrieveParameters(st_device_cl_id(dev), kernel,
+                                                        clblast::Precision::kSingle, params);
+    if (r != clblast::StatusCode::kSuccess || params.empty() || params.size() > ST_TUNE_MAX_PARAMS)
+        return st_error(ST_ERR_BLAS, "CLBlast gave no %s parameters for %s (status %d)", kernel,
+                        st_device_label(dev), static_cast<int>(r));
+    std::memset(out, 0, sizeof *out);
+    std::snprintf(out->kernel, sizeof out->kernel, "%s", kernel);
+    for (const auto &kv : params) {
+        std::snprintf(out->names[out->n], sizeof out->names[0], "%s", kv.first.c_str());
+        out->values[out->n++] = kv.second;
+    }
+    return ST_OK;
+}

@@ -30,6 +30,14 @@ st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m, size_t n,
                     "this strata was built without CLBlast's tuner (it needs a C++ compiler: "
                     "install g++ and rebuild)");
 }
+
+st_status st_tuning_current(st_device *dev, const char *kernel, st_tuning *out)
+{
+    (void)dev, (void)kernel, (void)out;
+    return st_error(ST_ERR_UNSUPPORTED,
+                    "this strata was built without CLBlast's C++ interface (install g++ and "
+                    "rebuild)");
+}
 #endif
 
 st_status st_tuning_apply(st_device *dev, const st_tuning *t)
@@ -125,21 +133,22 @@ st_status st_tuning_read(const st_device *dev, st_tuning *out, size_t max, size_
 
 st_status st_tuning_load(st_device *dev, size_t *applied)
 {
-    st_tuning t[4];
-    size_t n = 0;
+    /* The family's built-in values first, then the device's own tuning,
+     * which replaces them kernel by kernel. */
+    st_tuning t[8];
+    size_t n = 0, saved = 0;
     *applied = 0;
-    st_status s = st_tuning_read(dev, t, 4, &n);
-    st_tuning_source src = n ? ST_TUNING_SAVED : ST_TUNING_DEFAULT;
-    if (s == ST_OK && n == 0) {
-        const char *env = getenv("STRATA_BUILTIN_TUNING");
-        if (!env || strcmp(env, "0") != 0)
-            n = st_tuning_builtin(st_device_get_info(dev), t, 4);
-        if (n)
-            src = ST_TUNING_BUILTIN;
-    }
+    const char *env = getenv("STRATA_BUILTIN_TUNING");
+    if (!env || strcmp(env, "0") != 0)
+        n = st_tuning_builtin(st_device_get_info(dev), t, 4);
+    size_t builtin = n;
+    st_status s = st_tuning_read(dev, t + n, 4, &saved);
+    n += saved;
     for (size_t i = 0; s == ST_OK && i < n; i++)
         if ((s = st_tuning_apply(dev, &t[i])) == ST_OK)
             (*applied)++;
+    st_tuning_source src = saved ? ST_TUNING_SAVED : builtin ? ST_TUNING_BUILTIN
+                                                             : ST_TUNING_DEFAULT;
     st_device_set_tuning_source(dev, s == ST_OK ? src : ST_TUNING_DEFAULT);
     return s;
 }

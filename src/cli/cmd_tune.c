@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/cli.h"
 #include "core/clock.h"
@@ -67,18 +68,27 @@ static void ticker_stop(ticker *t)
 
 static void help(void)
 {
-    printf("usage: strata tune [--devices CHOICE] [--fraction F] [--size N] [--reset]\n"
+    printf("usage: strata tune [--devices CHOICE] [--budget SECONDS] [--size N] [--reset]\n"
+           "                   [--fraction F]\n"
            "\n"
-           "Runs CLBlast's tuner on each chosen device for its two GEMM kernels: Xgemm\n"
-           "(large products, timed at N x N x N) and XgemmDirect (small ones, at\n"
-           "N/2). A tuning is saved (under the cache folder's tuning/) only when it\n"
-           "beats what the device uses now, and every later strata run on that device\n"
-           "applies it. Tuning tries a fraction of each kernel's parameter space and\n"
-           "takes minutes on a CPU, seconds on a GPU.\n"
+           "Searches for faster CLBlast GEMM parameters on each chosen device, within a\n"
+           "time budget: it starts from what the device uses now (its saved tuning,\n"
+           "Strata's known-good values for its family, or CLBlast's), changes one or\n"
+           "two parameters at a time, keeps a change that makes the products faster and\n"
+           "gives the same results, and stops at the budget with the best found so\n"
+           "far (a progress line says where it is). Two kernels: Xgemm (large\n"
+           "products, timed at N^3 and N/2 x 4N x N) and XgemmDirect (small ones, 64^3\n"
+           "and 128 x 128 x 64). A result is saved (under the cache folder's tuning/)\n"
+           "only when it is at least 2%% faster, and every later strata run on that\n"
+           "device applies it.\n"
            "\n"
            "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
-           "  --fraction F        share of the search space to try (default 0.001)\n"
-           "  --size N            product size to tune and time (default 512)\n"
+           "  --budget SECONDS    time for the search per device (default 120; on a CPU\n"
+           "                      each candidate compiles for a second or more)\n"
+           "  --size N            the large product's size (default 512)\n"
+           "  --fraction F        instead of the search, CLBlast's own tuner on this\n"
+           "                      share of each space (0.001 takes minutes on a CPU and\n"
+           "                      reports nothing until it ends)\n"
            "  --reset             forget the saved tunings of the chosen devices\n"
            "  -h, --help          this text\n"
            "\n"
@@ -110,18 +120,73 @@ static st_status gemm_rate(st_device *dev, size_t m, size_t n, size_t k, double 
     return s;
 }
 
+/* The budgeted search (st_tune_search) for both kernels of one device. */
+static st_status search(st_device *dev, size_t size, double budget)
+{
+    const char *label = st_device_label(dev);
+    size_t N = size;
+    struct {
+        const char *kernel;
+        double share;
+        st_tune_shape shapes[2];
+    } jobs[2] = {{"Xgemm", 2.0 / 3.0, {{N, N, N}, {N / 2, 4 * N, N}}},
+                 {"XgemmDirect", 1.0 / 3.0, {{64, 64, 64}, {128, 128, 64}}}};
+    st_tuning keep[4];
+    size_t n_keep = 0;
+    st_status s = st_tuning_read(dev, keep, 2, &n_keep);
+    printf("%s: GEMM parameters from %s; searching for %.0f s\n", label,
+           st_tuning_source_name(st_device_tuning_source(dev)), budget);
+    fflush(stdout);
+    bool changed = false;
+    for (int j = 0; s == ST_OK && j < 2; j++) {
+        st_tuning start;
+        st_tune_result r;
+        double t0 = st_now_s();
+        if ((s = st_tuning_current(dev, jobs[j].kernel, &start)) != ST_OK ||
+            (s = st_tune_search(dev, &start, jobs[j].shapes, 2, budget * jobs[j].share,
+                                (uint64_t)time(NULL), &r)) != ST_OK)
+            break;
+        bool better = r.best_gflops > r.start_gflops * 1.02;
+        const st_tune_shape *a = &jobs[j].shapes[0], *b = &jobs[j].shapes[1];
+        printf("%s: %s over %zux%zux%zu and %zux%zux%zu: %.1f GFLOPS before, %.1f after "
+               "(%.2fx), %d candidates (%d refused or wrong) in %.0f s: %s\n",
+               label, jobs[j].kernel, a->m, a->n, a->k, b->m, b->n, b->k, r.start_gflops,
+               r.best_gflops, r.best_gflops / r.start_gflops, r.tried, r.failed,
+               st_now_s() - t0, better ? "kept" : "not better, not kept");
+        if (!better) {
+            s = st_tuning_apply(dev, &start); /* the next kernel is timed as the device runs */
+            continue;
+        }
+        size_t k = 0;
+        while (k < n_keep && strcmp(keep[k].kernel, r.best.kernel) != 0)
+            k++;
+        keep[k] = r.best;
+        if (k == n_keep)
+            n_keep++;
+        changed = true;
+    }
+    if (s == ST_OK && changed && (s = st_tuning_save(dev, keep, n_keep)) == ST_OK) {
+        char path[4200];
+        st_tuning_path(dev, path, sizeof path);
+        printf("%s: saved to %s (every later run on this device uses it)\n", label, path);
+    }
+    return s;
+}
+
 int cmd_tune(int argc, char **argv)
 {
     static const struct option opts[] = {{"devices", required_argument, NULL, 'd'},
                                          {"fraction", required_argument, NULL, 'f'},
                                          {"size", required_argument, NULL, 'n'},
+                                         {"budget", required_argument, NULL, 'b'},
                                          {"reset", no_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *devices = NULL;
-    float fraction = 0.001f;
+    float fraction = 0;
     long size = 512;
-    bool reset = false;
+    double budget = 120;
+    bool reset = false, budget_given = false;
     int c, li;
     optind = 1;
     opterr = 0;
@@ -131,6 +196,10 @@ int cmd_tune(int argc, char **argv)
         case 'd': devices = optarg; break;
         case 'f': ok = cli_parse_float(optarg, 1e-6, 1.0, &fraction); break;
         case 'n': ok = cli_parse_long(optarg, 16, 8192, &size); break;
+        case 'b':
+            ok = cli_parse_double(optarg, 1, 86400, &budget);
+            budget_given = true;
+            break;
         case 'r': reset = true; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("tune", "option %s needs a value", argv[optind - 1]);
@@ -142,6 +211,9 @@ int cmd_tune(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("tune", "unexpected argument '%s'", argv[optind]);
+    if (budget_given && fraction > 0)
+        return cli_usage_error("tune", "--budget (the search) and --fraction (CLBlast's tuner) "
+                                       "are two ways: give one");
     if (!reset && !st_tune_available())
         return cli_fail(st_tune_kernel(NULL, "Xgemm", 1, 1, 1, 0, NULL));
     cli_devices devs;
@@ -155,6 +227,11 @@ int cmd_tune(int argc, char **argv)
             if ((s = st_tuning_save(dev, NULL, 0)) == ST_OK)
                 printf("%s: saved tuning removed (CLBlast's defaults from the next run on)\n",
                        label);
+            continue;
+        }
+        if (fraction <= 0) {
+            if ((s = search(dev, (size_t)size, budget)) != ST_OK)
+                break;
             continue;
         }
         struct {
