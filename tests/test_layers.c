@@ -509,6 +509,77 @@ static void attention_matches_reference(void **state)
         }
 }
 
+/* Attention without the T x T matrix: out, its log-sum-exp per row and dqkv
+ * against the fp64 reference, over shapes with T below, at and beyond a
+ * tile (16), several tiles, and head sizes 1 to 128 (the largest allowed);
+ * two runs agree bitwise; a head beyond the limit is refused. */
+static void flash_attention_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = {{1, 1, 4, 1},  {2, 5, 12, 3},  {3, 17, 32, 4},
+                                    {1, 16, 8, 1}, {2, 40, 24, 2}, {1, 33, 128, 1}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], NH = shapes[k][3];
+            size_t n = (size_t)B * T * C, nq = 3 * n, na = (size_t)B * NH * T * T;
+            size_t nl = (size_t)B * NH * T;
+            double *qkv = rnd(nq, 190 + k, 2.0), *dout = rnd(n, 195 + k, 1.0);
+            double *out = zeros(n), *att = zeros(na), *dqkv = zeros(nq), *lse = zeros(nl);
+            ref_attention_fwd(out, att, qkv, B, T, C, NH);
+            ref_attention_bwd(dqkv, dout, qkv, att, B, T, C, NH);
+            /* lse of row (b, h, t): log sum_s<=t exp(q.k_s * scale) */
+            double scale = 1.0 / sqrt((double)(C / NH));
+            int HS = C / NH;
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++)
+                    for (int t = 0; t < T; t++) {
+                        double m = -INFINITY, sum = 0, sc[64];
+                        double *sv = T <= 64 ? sc : malloc((size_t)T * sizeof *sv);
+                        for (int s2 = 0; s2 <= t; s2++) {
+                            double dot = 0;
+                            for (int e = 0; e < HS; e++)
+                                dot += qkv[((size_t)b * T + t) * 3 * C + h * HS + e] *
+                                       qkv[((size_t)b * T + s2) * 3 * C + C + h * HS + e];
+                            sv[s2] = dot * scale;
+                            m = fmax(m, sv[s2]);
+                        }
+                        for (int s2 = 0; s2 <= t; s2++)
+                            sum += exp(sv[s2] - m);
+                        lse[((size_t)b * NH + h) * T + t] = m + log(sum);
+                        if (sv != sc)
+                            free(sv);
+                    }
+            st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
+                      *tout = up(dev, dout, n, "out"), *tlse = up(dev, dout, nl, "lse"), /* nl <= n */
+                      *tdq = up(dev, qkv, nq, "dqkv");
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, B, T, C, NH));
+            check("flash attention out", tout, out, n);
+            check("flash attention lse", tlse, lse, nl);
+            check("flash attention dqkv", tdq, dqkv, nq);
+            float *a1 = malloc(nq * sizeof *a1), *a2 = malloc(nq * sizeof *a2);
+            assert_ok(st_tensor_read(tdq, 0, nq, a1));
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, B, T, C, NH));
+            assert_ok(st_tensor_read(tdq, 0, nq, a2));
+            assert_memory_equal(a1, a2, nq * sizeof *a1);
+            st_tensor *all[] = {tq, tdout, tout, tlse, tdq};
+            for (size_t i = 0; i < 5; i++)
+                st_tensor_destroy(all[i]);
+            free(a1), free(a2);
+            free(qkv), free(dout), free(out), free(att), free(dqkv), free(lse);
+        }
+    /* C/NH = 129: beyond the kernel's head size. */
+    double *x = rnd(3 * 129, 1, 1.0);
+    st_tensor *q = up(td.dev[0], x, 3 * 129, "qkv"), *o = up(td.dev[0], x, 129, "out"),
+              *l = up(td.dev[0], x, 1, "lse");
+    assert_int_equal(st_attention_flash_fwd(o, l, q, 1, 1, 129, 1), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "head size 129");
+    st_tensor_destroy(q), st_tensor_destroy(o), st_tensor_destroy(l);
+    free(x);
+}
+
 /* ---- sum of squares (global gradient norm) */
 
 static void sumsq_matches_and_repeats_bitwise(void **state)
@@ -581,6 +652,7 @@ int main(void)
         cmocka_unit_test(encoder_matches_reference),
         cmocka_unit_test(attention_reference_backward_is_the_gradient),
         cmocka_unit_test(attention_matches_reference),
+        cmocka_unit_test(flash_attention_matches_reference),
         cmocka_unit_test(sumsq_matches_and_repeats_bitwise),
         cmocka_unit_test(wrong_sizes_are_refused),
     };

@@ -3,6 +3,7 @@
  * round trip) and the layer description (parameter names, shapes and counts
  * checked against GPT-2 small's known size, costs).
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -167,12 +168,17 @@ static void gpt2_small_has_124m_parameters(void **state)
     assert_null(st_model_find_param(d, "lm_head.weight", NULL));
 
     /* A block's products: 24 C^2 per token forward, twice that backward;
-     * attention adds 4 C per token per position of context. */
+     * flash attention adds 2 C per token per position of context (the causal
+     * half of 4 C), and keeps 12 floats per token (a log-sum-exp per head),
+     * nothing growing with the context. */
     const st_layer_desc *b = &d->layers[1];
     double C = 768;
     assert_true(b->fwd_flops_per_token >= 24 * C * C && b->fwd_flops_per_token < 24.1 * C * C);
     assert_true(st_layer_bwd_flops(b, 2, 64) > 1.9 * st_layer_fwd_flops(b, 2, 64));
-    assert_true(st_layer_fwd_flops(b, 1, 1024) > 1024 * (24 * C * C + 4 * C * 1024));
+    assert_true(st_layer_fwd_flops(b, 1, 1024) > 1024 * (24 * C * C + 2 * C * 1024));
+    assert_true(st_layer_fwd_flops(b, 1, 1024) < 1024 * (24.1 * C * C + 2.1 * C * 1024));
+    assert_true(fabs(st_layer_act_floats(b, 1, 1024) / 1024 - st_layer_act_floats(b, 1, 256) / 256) <
+                1e-9);
     /* The head costs 2 C V per token: the largest single product of GPT-2 small. */
     assert_true(d->layers[13].fwd_flops_per_token > 2 * C * 50257);
     assert_true(st_layer_act_floats(b, 4, 128) > 4 * 128 * (8 * C + 12));

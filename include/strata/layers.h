@@ -75,6 +75,16 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
                            const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
                            int NH);
 
+/* The same without the T x T matrix (cl/flash.cl; head size C/NH at most
+ * ST_FLASH_MAX_HEAD): lse[B,NH,T] keeps each row's log-sum-exp for the
+ * backward, which recomputes the probabilities. Causal positions only. */
+st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv, int B,
+                                 int T, int C, int NH);
+/* dqkv[B,T,3C] = gradient (overwrites), from dout and the forward's out and lse. */
+st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
+                                 const st_tensor *lse, const st_tensor *qkv, int B, int T, int C,
+                                 int NH);
+
 /* Parts of the first pass of st_sumsq_accumulate: scratch holds this many floats. */
 #define ST_SUMSQ_PARTS 256
 

@@ -30,6 +30,10 @@ extern "C" {
 #define ST_MODEL_MAX_INNER 1048576
 #define ST_MODEL_MAX_VOCAB 16777216
 #define ST_MODEL_MAX_POSITIONS 1048576
+/* Attention without the T x T matrix (cl/flash.cl) for head sizes up to
+ * this; larger heads use the T x T path. */
+#define ST_FLASH_MAX_HEAD 128
+#define st_attention_is_flash(n_embd, n_head) ((n_embd) / (n_head) <= ST_FLASH_MAX_HEAD)
 
 typedef struct st_gpt_config {
     int vocab_size;           /* V */

@@ -15,6 +15,7 @@
 #include "strata/cl.h"
 #include "strata/gemm.h"
 #include "strata/layers.h"
+#include "strata/model.h"
 
 static st_status check_shapes(const char *op, int B, int T, int C, int NH)
 {
@@ -99,4 +100,57 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
                         HS, qs, dqkv, Cs, 3 * Cs, HS, qs, NH, B)) != ST_OK)
         return s;
     return ST_OK;
+}
+
+enum { FA_TILE = 16 }; /* cl/flash.cl's tile: rows per work-group */
+
+static st_status flash_shapes(const char *op, int B, int T, int C, int NH)
+{
+    st_status s = check_shapes(op, B, T, C, NH);
+    if (s == ST_OK && !st_attention_is_flash(C, NH))
+        s = st_error(ST_ERR_INVALID, "%s: head size %d is above %d", op, C / NH,
+                     ST_FLASH_MAX_HEAD);
+    return s;
+}
+
+st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv, int B,
+                                 int T, int C, int NH)
+{
+    st_status s = flash_shapes("attention_flash_fwd", B, T, C, NH);
+    if (s != ST_OK)
+        return s;
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C;
+    NEED("attention_flash_fwd", out, Bs * Ts * Cs);
+    NEED("attention_flash_fwd", lse, Bs * (size_t)NH * Ts);
+    NEED("attention_flash_fwd", qkv, Bs * Ts * 3 * Cs);
+    float scale = (float)(1.0 / sqrt((double)(C / NH)));
+    size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
+    return ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_flash_fwd", groups * FA_TILE,
+                     FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T), ST_KI(C), ST_KI(NH),
+                     ST_KF(scale));
+}
+
+st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
+                                 const st_tensor *lse, const st_tensor *qkv, int B, int T, int C,
+                                 int NH)
+{
+    st_status s = flash_shapes("attention_flash_bwd", B, T, C, NH);
+    if (s != ST_OK)
+        return s;
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C;
+    NEED("attention_flash_bwd", dqkv, Bs * Ts * 3 * Cs);
+    NEED("attention_flash_bwd", dout, Bs * Ts * Cs);
+    NEED("attention_flash_bwd", out, Bs * Ts * Cs);
+    NEED("attention_flash_bwd", lse, Bs * (size_t)NH * Ts);
+    NEED("attention_flash_bwd", qkv, Bs * Ts * 3 * Cs);
+    float scale = (float)(1.0 / sqrt((double)(C / NH)));
+    size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
+    st_device *dev = st_tensor_device(dqkv);
+    if ((s = ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_kv", groups * FA_TILE, FA_TILE,
+                       ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T),
+                       ST_KI(C), ST_KI(NH), ST_KF(scale))) != ST_OK)
+        return s;
+    return ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_q", groups * FA_TILE, FA_TILE,
+                     ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T),
+                     ST_KI(C), ST_KI(NH), ST_KF(scale));
 }

@@ -2,9 +2,10 @@
  * gpt.c - the layer list of a GPT-2-style model: parameters with Hugging
  * Face names and layouts, FLOPs and activation sizes per token.
  *
- * Costs count what Strata computes, not the ideal: attention scores are full
- * T x T products (the causal mask is applied after), so they count T per
- * token. Element-wise work is counted roughly (a few FLOPs per element) so
+ * Costs count what Strata computes, not the ideal: flash attention
+ * (cl/flash.cl) visits the causal half of the token pairs and recomputes in
+ * its backward; the T x T path (heads above ST_FLASH_MAX_HEAD) does full
+ * products and masks after. Element-wise work is counted roughly (a few FLOPs per element) so
  * that no layer costs zero. Backward matrix products cost twice the forward
  * (one product for the input gradient, one for the weight gradient).
  */
@@ -73,13 +74,24 @@ static void describe_block(const st_gpt_config *c, int i, st_layer_desc *l)
     double matmul = 2.0 * (C * 3 * C + C * C + 2 * C * F);
     double elementwise = 20.0 * C + 12.0 * F;
     l->fwd_flops_per_token = matmul + elementwise;
-    l->fwd_flops_per_token_ctx = 4.0 * C + 5.0 * NH; /* Q.K^T and P.V, softmax */
     l->bwd_flops_per_token = 2.0 * matmul + 2.0 * elementwise;
-    l->bwd_flops_per_token_ctx = 8.0 * C + 5.0 * NH;
     /* ln_1 out and stats, qkv, attention out, residual, ln_2 out and stats,
-     * fc out, gelu out, block out; and the attention probabilities. */
+     * fc out, gelu out, block out; and what attention keeps. */
     l->act_floats_per_token = 8.0 * C + 2.0 * F + 4.0;
-    l->act_floats_per_token_ctx = NH;
+    if (st_attention_is_flash(c->n_embd, c->n_head)) {
+        /* cl/flash.cl: the causal half of the pairs, each Q.K and P.V (2C
+         * per token and key each), the backward recomputing Q.K and dO.V
+         * twice; it keeps one log-sum-exp per row and head. */
+        l->fwd_flops_per_token_ctx = 2.0 * C + 2.5 * NH;
+        l->bwd_flops_per_token_ctx = 7.0 * C + 2.5 * NH;
+        l->act_floats_per_token += NH;
+        l->act_floats_per_token_ctx = 0;
+    } else {
+        /* Full T x T products (the mask applied after), the probabilities kept. */
+        l->fwd_flops_per_token_ctx = 4.0 * C + 5.0 * NH;
+        l->bwd_flops_per_token_ctx = 8.0 * C + 5.0 * NH;
+        l->act_floats_per_token_ctx = NH;
+    }
     l->out_floats_per_token = Cs;
 }
 

@@ -193,8 +193,12 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
                      : in->schedule == ST_SCHED_GPIPE ? m_b
                      : (int)((size_t)m_b < S - s ? (size_t)m_b : S - s);
     double per_mb = act + (double)N * C * (has_head ? 1.0 : 2.0) + 2.0 * (double)N;
-    double scratch = in->training && has_block ? (double)N * (5 * C + F) + (double)B * NH * T * T
-                                               : 0;
+    /* The backward's scratch (runtime/gpt.c): the T x T path also needs
+     * the probabilities' gradient; flash attention none. */
+    double datt = st_attention_is_flash(in->desc->cfg.n_embd, in->desc->cfg.n_head)
+                      ? 1.0
+                      : (double)B * NH * T * T;
+    double scratch = in->training && has_block ? (double)N * (5 * C + F) + datt : 0;
     out->param_bytes = params * 4.0 * (in->training ? 4.0 : 1.0);
     out->act_bytes = (per_mb * out->in_flight + scratch) * 4.0;
     out->total_bytes = out->param_bytes + out->act_bytes;

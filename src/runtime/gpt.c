@@ -211,11 +211,20 @@ static void free_param_views(st_gpt *g, int which)
     free(g->views[which].blocks);
 }
 
+/* What a block keeps of its attention per micro-batch: the log-sum-exp of
+ * each row [B,NH,T] (flash.cl), or the probabilities [B,NH,T,T] for heads
+ * too large for it. */
+static size_t attention_floats(const st_gpt *g)
+{
+    size_t rows = (size_t)g->B * g->cfg.n_head * g->T;
+    return st_attention_is_flash(g->cfg.n_embd, g->cfg.n_head) ? rows : rows * g->T;
+}
+
 static st_status make_slot(st_gpt *g, int i)
 {
     slot_acts *a = &g->acts[i];
     size_t N = (size_t)g->B * g->T, C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner;
-    size_t V = (size_t)g->cfg.vocab_size, att = (size_t)g->B * g->cfg.n_head * g->T * g->T;
+    size_t V = (size_t)g->cfg.vocab_size, att = attention_floats(g);
     size_t per_block = N * (8 * C + 2 * F + 4) + att;
     size_t total = N * C + (g->has_head ? N * (C + 3 + V) : N * C);
     char name[64];
@@ -286,7 +295,10 @@ static void free_slot(st_gpt *g, slot_acts *a)
 static st_status make_scratch(st_gpt *g)
 {
     size_t N = (size_t)g->B * g->T, C = (size_t)g->cfg.n_embd, F = (size_t)g->cfg.n_inner;
-    size_t att = (size_t)g->B * g->cfg.n_head * g->T * g->T;
+    /* datt: the T x T path's only; flash attention needs no scratch. */
+    size_t att = st_attention_is_flash(g->cfg.n_embd, g->cfg.n_head)
+                     ? 1
+                     : (size_t)g->B * g->cfg.n_head * g->T * g->T;
     st_status s = make_buffer(g, ST_F32, N * (5 * C + F) + att + 1 + ST_SUMSQ_PARTS,
                               "gradient scratch", &g->scratch);
     if (s != ST_OK)
@@ -587,7 +599,9 @@ static st_status block_forward_ops(st_gpt *g, const block_params *p, block_acts 
     if ((s = st_layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, N, C,
                               eps)) != ST_OK ||
         (s = st_matmul_fwd(a->qkv, a->ln1, p->attn_w, p->attn_b, N, C, 3 * C)) != ST_OK ||
-        (s = st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
+        (s = st_attention_is_flash(C, NH)
+                 ? st_attention_flash_fwd(a->atty, a->att, a->qkv, B, T, C, NH)
+                 : st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
         (s = st_matmul_fwd(a->res2, a->atty, p->proj_w, p->proj_b, N, C, C)) != ST_OK ||
         (s = st_residual_fwd(a->res2, a->res2, x, (size_t)N * C)) != ST_OK ||
         (s = st_layernorm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_w, p->ln2_b, N,
@@ -709,7 +723,10 @@ static st_status block_backward_ops(st_gpt *g, const block_params *p, block_para
     /* res2 = x + atty W_proj + b: the attention branch gets dres; dres becomes d(x). */
     if ((s = st_matmul_bwd(g->dC, 0.0f, d->proj_w, d->proj_b, g->dres, a->atty, p->proj_w, N, C,
                            C)) != ST_OK ||
-        (s = st_attention_bwd(g->d3C, g->datt, g->dC, a->qkv, a->att, B, T, C, NH)) != ST_OK ||
+        (s = st_attention_is_flash(C, NH)
+                 ? st_attention_flash_bwd(g->d3C, g->dC, a->atty, a->att, a->qkv, B, T, C, NH)
+                 : st_attention_bwd(g->d3C, g->datt, g->dC, a->qkv, a->att, B, T, C, NH)) !=
+            ST_OK ||
         (s = st_matmul_bwd(g->dC, 0.0f, d->attn_w, d->attn_b, g->d3C, a->ln1, p->attn_w, N, C,
                            3 * C)) != ST_OK ||
         (s = st_layernorm_bwd(g->dres, d->ln1_w, d->ln1_b, g->dC, x, p->ln1_w, a->ln1_mean,
