@@ -8,7 +8,9 @@
  * to run.
  *
  * qkv [B, T, 3C] (q | k | v along the last axis, head h at h*HS within
- * each), out and dout [B, T, C], lse [B, NH, T], dqkv [B, T, 3C].
+ * each) without its bias, which is added as rows are read (bias [3C]: the
+ * linear layer that made qkv needs no launch of its own for it); out and
+ * dout [B, T, C], lse [B, NH, T], dqkv [B, T, 3C].
  * Work-groups of FA_TILE work-items, one row (query or key) each; a group
  * covers FA_TILE rows of one (sequence, head). Head sizes up to FA_HS_MAX
  * (layers/attention.c uses the T x T path beyond).
@@ -16,20 +18,22 @@
 #define FA_TILE 16
 #define FA_HS_MAX 128
 
-/* The tile of rows [r0, r0 + FA_TILE) of one part of qkv (part 0 q, 1 k,
- * 2 v) into local memory; rows past T are zeros. */
-static void load_tile(__local float *dst, __global const float *base, const int r0,
-                      const int T, const int C3, const int col, const int HS, const int lid)
+/* The tile of rows [r0, r0 + FA_TILE) of qkv's columns col .. col+HS, with
+ * their bias, into local memory; rows past T are zeros. */
+static void load_tile(__local float *dst, __global const float *base, __global const float *bias,
+                      const int r0, const int T, const int C3, const int col, const int HS,
+                      const int lid)
 {
     for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
         const int r = r0 + e / HS, d = e % HS;
-        dst[e] = r < T ? base[(size_t)r * C3 + col + d] : 0.0f;
+        dst[e] = r < T ? base[(size_t)r * C3 + col + d] + bias[col + d] : 0.0f;
     }
 }
 
 __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
                                   __global float *lse, const ulong lse_off,
-                                  __global const float *qkv, const ulong qkv_off, const int T,
+                                  __global const float *qkv, const ulong qkv_off,
+                                  __global const float *qkv_b, const ulong qkv_b_off, const int T,
                                   const int C, const int NH, const float scale)
 {
     const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
@@ -37,18 +41,19 @@ __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
     const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
     const int i = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *bias = qkv_b + qkv_b_off;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], acc[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
-        q[d] = i < T ? base[(size_t)i * C3 + h * HS + d] : 0.0f;
+        q[d] = i < T ? base[(size_t)i * C3 + h * HS + d] + bias[h * HS + d] : 0.0f;
         acc[d] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
     const int last = min(T, (tile + 1) * FA_TILE) - 1; /* the group's last query row */
     for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Ks, base, k0, T, C3, C + h * HS, HS, lid);
-        load_tile(Vs, base, k0, T, C3, 2 * C + h * HS, HS, lid);
+        load_tile(Ks, base, bias, k0, T, C3, C + h * HS, HS, lid);
+        load_tile(Vs, base, bias, k0, T, C3, 2 * C + h * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
         const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0; /* keys k0 .. i */
         for (int jj = 0; jj < n; jj++) {
@@ -80,6 +85,7 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
                                      __global const float *out, const ulong out_off,
                                      __global const float *lse, const ulong lse_off,
                                      __global const float *qkv, const ulong qkv_off,
+                                     __global const float *qkv_b, const ulong qkv_b_off,
                                      const int T, const int C, const int NH, const float scale)
 {
     const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
@@ -87,19 +93,21 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
     const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
     const int j = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *bias = qkv_b + qkv_b_off;
     __global const float *dob = dout + dout_off + (size_t)b * T * C;
     __global const float *ob = out + out_off + (size_t)b * T * C;
     __global const float *lb = lse + lse_off + (size_t)bh * T;
     __local float Qs[FA_TILE * FA_HS_MAX], Ds_[FA_TILE * FA_HS_MAX], Ls[FA_TILE], Dd[FA_TILE];
     float k[FA_HS_MAX], v[FA_HS_MAX], dk[FA_HS_MAX], dv[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
-        k[d] = j < T ? base[(size_t)j * C3 + C + h * HS + d] : 0.0f;
-        v[d] = j < T ? base[(size_t)j * C3 + 2 * C + h * HS + d] : 0.0f;
+        k[d] = j < T ? base[(size_t)j * C3 + C + h * HS + d] + bias[C + h * HS + d] : 0.0f;
+        v[d] = j < T ? base[(size_t)j * C3 + 2 * C + h * HS + d] + bias[2 * C + h * HS + d]
+                     : 0.0f;
         dk[d] = dv[d] = 0.0f;
     }
     for (int i0 = tile * FA_TILE; i0 < T; i0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Qs, base, i0, T, C3, h * HS, HS, lid);
+        load_tile(Qs, base, bias, i0, T, C3, h * HS, HS, lid);
         for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
             const int r = i0 + e / HS, d = e % HS;
             Ds_[e] = r < T ? dob[(size_t)r * C + h * HS + d] : 0.0f;
@@ -145,6 +153,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
                                     __global const float *out, const ulong out_off,
                                     __global const float *lse, const ulong lse_off,
                                     __global const float *qkv, const ulong qkv_off,
+                                    __global const float *qkv_b, const ulong qkv_b_off,
                                     const int T, const int C, const int NH, const float scale)
 {
     const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
@@ -152,6 +161,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
     const int i = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *bias = qkv_b + qkv_b_off;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], dO[FA_HS_MAX], dq[FA_HS_MAX];
     float D = 0.0f, L = 0.0f;
@@ -159,7 +169,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
         __global const float *dor = dout + dout_off + ((size_t)b * T + i) * C + h * HS;
         __global const float *orow = out + out_off + ((size_t)b * T + i) * C + h * HS;
         for (int d = 0; d < HS; d++) {
-            q[d] = base[(size_t)i * C3 + h * HS + d];
+            q[d] = base[(size_t)i * C3 + h * HS + d] + bias[h * HS + d];
             dO[d] = dor[d];
             D += dor[d] * orow[d];
         }
@@ -170,8 +180,8 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     const int last = min(T, (tile + 1) * FA_TILE) - 1;
     for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Ks, base, k0, T, C3, C + h * HS, HS, lid);
-        load_tile(Vs, base, k0, T, C3, 2 * C + h * HS, HS, lid);
+        load_tile(Ks, base, bias, k0, T, C3, C + h * HS, HS, lid);
+        load_tile(Vs, base, bias, k0, T, C3, 2 * C + h * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
         const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0;
         for (int jj = 0; jj < n; jj++) {

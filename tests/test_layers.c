@@ -150,7 +150,8 @@ static void layernorm_matches_reference(void **state)
 {
     (void)state;
     static const int shapes[][2] = {{1, 1}, {13, 37}, {64, 256}};
-    for (size_t d = 0; d < td.n; d++)
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU + 1; form++) /* and by device */
+    for (size_t d = 0; (st_layers_set_variant(form > ST_LAYERS_CPU ? -1 : form), d < td.n); d++)
         for (size_t k = 0; k < 3; k++) {
             st_device *dev = td.dev[d];
             int N = shapes[k][0], C = shapes[k][1];
@@ -524,8 +525,13 @@ static void flash_attention_matches_reference(void **state)
             int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], NH = shapes[k][3];
             size_t n = (size_t)B * T * C, nq = 3 * n, na = (size_t)B * NH * T * T;
             size_t nl = (size_t)B * NH * T;
-            double *qkv = rnd(nq, 190 + k, 2.0), *dout = rnd(n, 195 + k, 1.0);
+            double *qkv0 = rnd(nq, 190 + k, 2.0), *dout = rnd(n, 195 + k, 1.0);
+            double *bias = rnd(3 * (size_t)C, 185 + k, 0.5), *qkv = zeros(nq);
             double *out = zeros(n), *att = zeros(na), *dqkv = zeros(nq), *lse = zeros(nl);
+            /* The kernels take qkv without its bias and add it as they read. */
+            for (size_t r = 0; r < (size_t)B * T; r++)
+                for (size_t e = 0; e < 3 * (size_t)C; e++)
+                    qkv[r * 3 * C + e] = (double)(float)qkv0[r * 3 * C + e] + (double)(float)bias[e];
             ref_attention_fwd(out, att, qkv, B, T, C, NH);
             ref_attention_bwd(dqkv, dout, qkv, att, B, T, C, NH);
             /* lse of row (b, h, t): log sum_s<=t exp(q.k_s * scale) */
@@ -550,34 +556,123 @@ static void flash_attention_matches_reference(void **state)
                         if (sv != sc)
                             free(sv);
                     }
-            st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
+            st_tensor *tq = up(dev, qkv0, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
                       *tout = up(dev, dout, n, "out"), *tlse = up(dev, dout, nl, "lse"), /* nl <= n */
-                      *tdq = up(dev, qkv, nq, "dqkv");
-            assert_ok(st_attention_flash_fwd(tout, tlse, tq, B, T, C, NH));
-            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, B, T, C, NH));
+                      *tdq = up(dev, qkv, nq, "dqkv"), *tb = up(dev, bias, 3 * (size_t)C, "bias");
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, B, T, C, NH));
             check("flash attention out", tout, out, n);
             check("flash attention lse", tlse, lse, nl);
             check("flash attention dqkv", tdq, dqkv, nq);
             float *a1 = malloc(nq * sizeof *a1), *a2 = malloc(nq * sizeof *a2);
             assert_ok(st_tensor_read(tdq, 0, nq, a1));
-            assert_ok(st_attention_flash_fwd(tout, tlse, tq, B, T, C, NH));
-            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, B, T, C, NH));
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, B, T, C, NH));
             assert_ok(st_tensor_read(tdq, 0, nq, a2));
             assert_memory_equal(a1, a2, nq * sizeof *a1);
-            st_tensor *all[] = {tq, tdout, tout, tlse, tdq};
-            for (size_t i = 0; i < 5; i++)
+            st_tensor *all[] = {tq, tdout, tout, tlse, tdq, tb};
+            for (size_t i = 0; i < 6; i++)
                 st_tensor_destroy(all[i]);
             free(a1), free(a2);
-            free(qkv), free(dout), free(out), free(att), free(dqkv), free(lse);
+            free(qkv0), free(bias), free(qkv), free(dout), free(out), free(att), free(dqkv),
+                free(lse);
         }
     /* C/NH = 129: beyond the kernel's head size. */
     double *x = rnd(3 * 129, 1, 1.0);
     st_tensor *q = up(td.dev[0], x, 3 * 129, "qkv"), *o = up(td.dev[0], x, 129, "out"),
               *l = up(td.dev[0], x, 1, "lse");
-    assert_int_equal(st_attention_flash_fwd(o, l, q, 1, 1, 129, 1), ST_ERR_INVALID);
+    assert_int_equal(st_attention_flash_fwd(o, l, q, q, 1, 1, 129, 1), ST_ERR_INVALID);
     assert_contains(st_last_error(), "head size 129");
     st_tensor_destroy(q), st_tensor_destroy(o), st_tensor_destroy(l);
     free(x);
+}
+
+/* ---- fused ops: each against the composition of the plain references */
+
+/* Both forms of the row kernels (a work-group per row for GPUs, a
+ * work-item per row for CPUs) run here, on whatever device this is. */
+static void fused_ops_match_their_parts(void **state)
+{
+    (void)state;
+    static const int shapes[][2] = {{1, 1}, {3, 5}, {7, 64}, {5, 130}, {2, 777}};
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++)
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int N = shapes[k][0], C = shapes[k][1];
+            size_t n = (size_t)N * C, C3 = 3 * (size_t)C;
+            double *y = rnd(n, 300 + k, 1.0), *bias = rnd(C, 310 + k, 0.5), *x = rnd(n, 320 + k, 1.0);
+            double *w = rnd(C, 330 + k, 1.0), *b = rnd(C, 340 + k, 0.3);
+            /* bias + residual + LayerNorm */
+            double *res = zeros(n), *out = zeros(n), *mean = zeros(N), *rstd = zeros(N);
+            for (size_t i = 0; i < n; i++)
+                res[i] = y[i] + bias[i % C] + x[i];
+            ref_layernorm_fwd(out, mean, rstd, res, w, b, N, C, 1e-5);
+            st_tensor *ty = up(dev, y, n, "y"), *tbias = up(dev, bias, C, "bias"),
+                      *tx = up(dev, x, n, "x"), *tw = up(dev, w, C, "w"), *tb = up(dev, b, C, "b"),
+                      *tout = up(dev, x, n, "out"), *tmean = up(dev, x, N, "mean"),
+                      *trstd = up(dev, x, N, "rstd");
+            assert_ok(st_bias_residual_layernorm_fwd(ty, tout, tmean, trstd, ty, tbias, tx, tw, tb,
+                                                     N, C, 1e-5f));
+            check("bias_residual_layernorm res (in place)", ty, res, n);
+            check("bias_residual_layernorm out", tout, out, n);
+            check("bias_residual_layernorm mean", tmean, mean, N);
+            check("bias_residual_layernorm rstd", trstd, rstd, N);
+            /* bias + residual */
+            st_tensor *t2 = up(dev, y, n, "out2");
+            assert_ok(st_bias_residual_fwd(t2, tbias, tx, N, C));
+            check("bias_residual", t2, res, n);
+            /* bias + GELU, and its backward with the bias gradient */
+            double *pre = zeros(n), *act = zeros(n), *dact = rnd(n, 350 + k, 1.0);
+            double *dpre = zeros(n), *dbias = rnd(C, 360 + k, 0.1), *dbias0 = zeros(C);
+            memcpy(dbias0, dbias, C * sizeof *dbias);
+            for (size_t i = 0; i < n; i++)
+                pre[i] = y[i] + bias[i % C];
+            ref_gelu_fwd(act, pre, n);
+            ref_gelu_bwd(dpre, pre, dact, n);
+            ref_bias_bwd(dbias, dpre, N, C);
+            st_tensor *tpre = up(dev, y, n, "pre"), *tact = up(dev, x, n, "act");
+            assert_ok(st_bias_gelu_fwd(tpre, tact, tbias, N, C));
+            check("bias_gelu pre", tpre, pre, n);
+            check("bias_gelu act", tact, act, n);
+            st_tensor *tdp = up(dev, dact, n, "dpre"), *tdb = up(dev, dbias0, C, "dbias");
+            assert_ok(st_gelu_bwd_bias(tdp, tpre, tdp, tdb, N, C)); /* in place, as the runtime does */
+            check("gelu_bwd_bias dinp", tdp, dpre, n);
+            check("gelu_bwd_bias dbias", tdb, dbias, C);
+            /* LayerNorm backward with two bias column sums, one of them over
+             * the dinp it then updates (the sums see the old values). */
+            double *dout = rnd(n, 370 + k, 1.0), *dinp = rnd(n, 380 + k, 1.0);
+            double *src3 = rnd(n * 3, 390 + k, 1.0), *dinp0 = zeros(n);
+            double *dw = zeros(C), *db = zeros(C), *db2 = zeros(C), *db3 = zeros(C3);
+            memcpy(dinp0, dinp, n * sizeof *dinp);
+            ref_bias_bwd(db2, dinp0, N, C);
+            ref_bias_bwd(db3, src3, N, (int)C3);
+            ref_layernorm_bwd(dinp, dw, db, dout, res, w, mean, rstd, N, C);
+            st_tensor *tdi = up(dev, dinp0, n, "dinp"), *tdo = up(dev, dout, n, "dout"),
+                      *tres = up(dev, res, n, "res"), *tdw = up(dev, dw, C, "dw"),
+                      *tdbb = up(dev, db, C, "db"), *tdb2 = up(dev, db2, C, "db2"),
+                      *tdb3 = up(dev, db3, C3, "db3"), *ts3 = up(dev, src3, 3 * n, "src3");
+            assert_ok(st_tensor_fill(tdw, 0.0f));
+            assert_ok(st_tensor_fill(tdbb, 0.0f));
+            assert_ok(st_tensor_fill(tdb2, 0.0f));
+            assert_ok(st_tensor_fill(tdb3, 0.0f));
+            assert_ok(st_layernorm_bwd_biases(tdi, tdw, tdbb, tdo, tres, tw, tmean, trstd, N, C,
+                                              tdb2, tdi, C, tdb3, ts3, (int)C3));
+            check("layernorm_bwd_biases dinp", tdi, dinp, n);
+            check("layernorm_bwd_biases dw", tdw, dw, C);
+            check("layernorm_bwd_biases db", tdbb, db, C);
+            check("layernorm_bwd_biases dbias2", tdb2, db2, C);
+            check("layernorm_bwd_biases dbias3", tdb3, db3, C3);
+            st_tensor *all[] = {ty, tbias, tx, tw, tb, tout, tmean, trstd, t2, tpre, tact, tdp,
+                                tdb, tdi, tdo, tres, tdw, tdbb, tdb2, tdb3, ts3};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                st_tensor_destroy(all[i]);
+            double *hs[] = {y, bias, x, w, b, res, out, mean, rstd, pre, act, dact, dpre, dbias,
+                            dbias0, dout, dinp, src3, dinp0, dw, db, db2, db3};
+            for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+                free(hs[i]);
+        }
+    st_layers_set_variant(-1);
 }
 
 /* ---- sum of squares (global gradient norm) */
@@ -653,6 +748,7 @@ int main(void)
         cmocka_unit_test(attention_reference_backward_is_the_gradient),
         cmocka_unit_test(attention_matches_reference),
         cmocka_unit_test(flash_attention_matches_reference),
+        cmocka_unit_test(fused_ops_match_their_parts),
         cmocka_unit_test(sumsq_matches_and_repeats_bitwise),
         cmocka_unit_test(wrong_sizes_are_refused),
     };

@@ -146,7 +146,7 @@ grep -qE "^profile of device 0 .*: [0-9.]+ ms of device time per step \([0-9]+% 
     <<<"$out" || fail "no profile heading: $out"
 grep -qE "^op +launches/step +ms/step +share +GB/s +GFLOPS$" <<<"$out" || fail "no profile table: $out"
 grep -qE "^gemm NT +[0-9.]+ +[0-9.]+ +[0-9.]+% +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "no GEMM row with GFLOPS: $out"
-grep -qE "^layernorm_fwd +[0-9.]+ " <<<"$out" || fail "no kernel row: $out"
+grep -qE "^layernorm_fwd(_row)? +[0-9.]+ " <<<"$out" || fail "no kernel row: $out"
 n=$(sed -n 's/^launches per block per micro-batch: \([0-9]*\) .*/\1/p' <<<"$out")
 [ -n "$n" ] && [ "$n" -ge 5 ] && [ "$n" -le 100 ] || fail "launches per block: '$n' in $out"
 python3 - "$work/prof.json" <<'PY' || fail "the JSON log lacks a consistent profile"

@@ -76,17 +76,55 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
                            int NH);
 
 /* The same without the T x T matrix (cl/flash.cl; head size C/NH at most
- * ST_FLASH_MAX_HEAD): lse[B,NH,T] keeps each row's log-sum-exp for the
- * backward, which recomputes the probabilities. Causal positions only. */
-st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv, int B,
-                                 int T, int C, int NH);
+ * ST_FLASH_MAX_HEAD), on qkv + qkv_b (qkv without its bias [3C], added as it
+ * is read): lse[B,NH,T] keeps each row's log-sum-exp for the backward,
+ * which recomputes the probabilities. Causal positions only. */
+st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
+                                 const st_tensor *qkv_b, int B, int T, int C, int NH);
 /* dqkv[B,T,3C] = gradient (overwrites), from dout and the forward's out and lse. */
 st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
-                                 const st_tensor *lse, const st_tensor *qkv, int B, int T, int C,
-                                 int NH);
+                                 const st_tensor *lse, const st_tensor *qkv,
+                                 const st_tensor *qkv_b, int B, int T, int C, int NH);
+
+/* Row ops (LayerNorm, the fused GELU backward) come in two forms with the
+ * same results up to the order of sums: for GPUs a work-group per row (or a
+ * work-item per column, reads side by side), for CPUs a work-item walking a
+ * row (a CPU runs a group's work-items one after another; the GELU backward
+ * then takes two launches). By default the device's type decides
+ * (STRATA_KERNEL_FORM=gpu or cpu overrides it); tests force one with
+ * st_layers_set_variant (-1: as by default). */
+enum { ST_LAYERS_GPU = 0, ST_LAYERS_CPU = 1 };
+void st_layers_set_variant(int variant);
+
+/* Fused ops (one launch each where the plain ones take two or three; each
+ * equal to its plain composition, checked against the fp64 references):
+ *   res = y + bias + x, then out = LayerNorm(res)                [N, C] */
+st_status st_bias_residual_layernorm_fwd(st_tensor *res, st_tensor *out, st_tensor *mean,
+                                         st_tensor *rstd, const st_tensor *y,
+                                         const st_tensor *bias, const st_tensor *x,
+                                         const st_tensor *w, const st_tensor *b, int N, int C,
+                                         float eps);
+/*   out = (out + bias) + res                                        [N, C] */
+st_status st_bias_residual_fwd(st_tensor *out, const st_tensor *bias, const st_tensor *res,
+                               int N, int C);
+/*   pre += bias, act = gelu(pre)                                    [N, F] */
+st_status st_bias_gelu_fwd(st_tensor *pre, st_tensor *act, const st_tensor *bias, int N, int F);
+/*   dinp = dout * gelu'(pre), dbias += column sums of dinp           [N, F] */
+st_status st_gelu_bwd_bias(st_tensor *dinp, const st_tensor *pre, const st_tensor *dout,
+                           st_tensor *dbias, int N, int F);
+/*   st_layernorm_bwd, and in its weight-gradient pass dbias2 += column
+ *   sums of src2 [N, C2] and dbias3 += those of src3 [N, C3] (a NULL
+ *   dbias skips it). The column sums are read before dinp is updated, so
+ *   src2 may be dinp. */
+st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
+                                  const st_tensor *dout, const st_tensor *inp,
+                                  const st_tensor *w, const st_tensor *mean,
+                                  const st_tensor *rstd, int N, int C, st_tensor *dbias2,
+                                  const st_tensor *src2, int C2, st_tensor *dbias3,
+                                  const st_tensor *src3, int C3);
 
 /* Parts of the first pass of st_sumsq_accumulate: scratch holds this many floats. */
-#define ST_SUMSQ_PARTS 256
+#define ST_SUMSQ_PARTS 4096
 
 /* acc[0] += sum of x[i]^2 over n elements, in a fixed order (global gradient
  * norm). scratch: ST_SUMSQ_PARTS floats. */

@@ -113,8 +113,8 @@ static st_status flash_shapes(const char *op, int B, int T, int C, int NH)
     return s;
 }
 
-st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv, int B,
-                                 int T, int C, int NH)
+st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
+                                 const st_tensor *qkv_b, int B, int T, int C, int NH)
 {
     st_status s = flash_shapes("attention_flash_fwd", B, T, C, NH);
     if (s != ST_OK)
@@ -123,16 +123,17 @@ st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor
     NEED("attention_flash_fwd", out, Bs * Ts * Cs);
     NEED("attention_flash_fwd", lse, Bs * (size_t)NH * Ts);
     NEED("attention_flash_fwd", qkv, Bs * Ts * 3 * Cs);
+    NEED("attention_flash_fwd", qkv_b, 3 * Cs);
     float scale = (float)(1.0 / sqrt((double)(C / NH)));
     size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
     return ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_flash_fwd", groups * FA_TILE,
-                     FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T), ST_KI(C), ST_KI(NH),
-                     ST_KF(scale));
+                     FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T), ST_KI(C),
+                     ST_KI(NH), ST_KF(scale));
 }
 
 st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
-                                 const st_tensor *lse, const st_tensor *qkv, int B, int T, int C,
-                                 int NH)
+                                 const st_tensor *lse, const st_tensor *qkv,
+                                 const st_tensor *qkv_b, int B, int T, int C, int NH)
 {
     st_status s = flash_shapes("attention_flash_bwd", B, T, C, NH);
     if (s != ST_OK)
@@ -143,14 +144,15 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
     NEED("attention_flash_bwd", out, Bs * Ts * Cs);
     NEED("attention_flash_bwd", lse, Bs * (size_t)NH * Ts);
     NEED("attention_flash_bwd", qkv, Bs * Ts * 3 * Cs);
+    NEED("attention_flash_bwd", qkv_b, 3 * Cs);
     float scale = (float)(1.0 / sqrt((double)(C / NH)));
     size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
     st_device *dev = st_tensor_device(dqkv);
     if ((s = ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_kv", groups * FA_TILE, FA_TILE,
-                       ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T),
+                       ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T),
                        ST_KI(C), ST_KI(NH), ST_KF(scale))) != ST_OK)
         return s;
     return ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_q", groups * FA_TILE, FA_TILE,
-                     ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KI(T),
+                     ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T),
                      ST_KI(C), ST_KI(NH), ST_KF(scale));
 }

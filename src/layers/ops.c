@@ -3,6 +3,9 @@
  * kernel launches. The kernels are in cl/<op>.cl.
  */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "strata/cl.h"
 #include "strata/layers.h"
@@ -32,6 +35,44 @@ static st_status check_rows(const char *op, int N, int C)
     return ST_OK;
 }
 
+#define LN_WG 64 /* cl/layernorm.cl: work-items per row */
+
+static int variant = -1;
+
+void st_layers_set_variant(int v)
+{
+    variant = v;
+}
+
+/* The kernels' form for this device: a work-group per row for GPUs and
+ * other devices, a work-item per row for CPUs (strata/layers.h). */
+static bool cpu_form(const st_device *dev)
+{
+    if (variant >= 0)
+        return variant == ST_LAYERS_CPU;
+    const char *env = getenv("STRATA_KERNEL_FORM"); /* gpu or cpu: overrides the type */
+    if (env && strcmp(env, "gpu") == 0)
+        return false;
+    if (env && strcmp(env, "cpu") == 0)
+        return true;
+    return st_device_get_info(dev)->type == ST_DEVICE_CPU;
+}
+
+/* A row kernel's launch in the device's form. */
+static st_status launch_rows(st_device *dev, const char *file, const char *name, int N,
+                             size_t nargs, const st_karg *args)
+{
+    char row_name[96];
+    if (cpu_form(dev)) {
+        snprintf(row_name, sizeof row_name, "%s_row", name);
+        return st_launch(dev, file, row_name, (size_t)N, LOCAL, nargs, args);
+    }
+    return st_launch(dev, file, name, (size_t)N * LN_WG, LN_WG, nargs, args);
+}
+#define LAUNCH_ROWS(dev, file, name, N, ...)                                               \
+    launch_rows((dev), (file), (name), (N), sizeof((st_karg[]){__VA_ARGS__}) / sizeof(st_karg), \
+                (st_karg[]){__VA_ARGS__})
+
 st_status st_layernorm_fwd(st_tensor *out, st_tensor *mean, st_tensor *rstd,
                            const st_tensor *inp, const st_tensor *w, const st_tensor *b,
                            int N, int C, float eps)
@@ -46,14 +87,41 @@ st_status st_layernorm_fwd(st_tensor *out, st_tensor *mean, st_tensor *rstd,
     NEED("layernorm_fwd", inp, NC);
     NEED("layernorm_fwd", w, (size_t)C);
     NEED("layernorm_fwd", b, (size_t)C);
-    return ST_LAUNCH(st_tensor_device(out), "layernorm.cl", "layernorm_fwd", (size_t)N, LOCAL,
-                     ST_KT(out), ST_KT(mean), ST_KT(rstd), ST_KT(inp), ST_KT(w), ST_KT(b),
-                     ST_KI(N), ST_KI(C), ST_KF(eps));
+    return LAUNCH_ROWS(st_tensor_device(out), "layernorm.cl", "layernorm_fwd", N, ST_KT(out),
+                       ST_KT(mean), ST_KT(rstd), ST_KT(inp), ST_KT(w), ST_KT(b), ST_KI(N),
+                       ST_KI(C), ST_KF(eps));
 }
 
-st_status st_layernorm_bwd(st_tensor *dinp, st_tensor *dw, st_tensor *db, const st_tensor *dout,
-                           const st_tensor *inp, const st_tensor *w, const st_tensor *mean,
-                           const st_tensor *rstd, int N, int C)
+st_status st_bias_residual_layernorm_fwd(st_tensor *res, st_tensor *out, st_tensor *mean,
+                                         st_tensor *rstd, const st_tensor *y,
+                                         const st_tensor *bias, const st_tensor *x,
+                                         const st_tensor *w, const st_tensor *b, int N, int C,
+                                         float eps)
+{
+    st_status s = check_rows("bias_residual_layernorm_fwd", N, C);
+    if (s != ST_OK)
+        return s;
+    size_t NC = (size_t)N * C;
+    NEED("bias_residual_layernorm_fwd", res, NC);
+    NEED("bias_residual_layernorm_fwd", out, NC);
+    NEED("bias_residual_layernorm_fwd", mean, (size_t)N);
+    NEED("bias_residual_layernorm_fwd", rstd, (size_t)N);
+    NEED("bias_residual_layernorm_fwd", y, NC);
+    NEED("bias_residual_layernorm_fwd", bias, (size_t)C);
+    NEED("bias_residual_layernorm_fwd", x, NC);
+    NEED("bias_residual_layernorm_fwd", w, (size_t)C);
+    NEED("bias_residual_layernorm_fwd", b, (size_t)C);
+    return LAUNCH_ROWS(st_tensor_device(out), "layernorm.cl", "bias_residual_layernorm_fwd", N,
+                       ST_KT(res), ST_KT(out), ST_KT(mean), ST_KT(rstd), ST_KT(y), ST_KT(bias),
+                       ST_KT(x), ST_KT(w), ST_KT(b), ST_KI(N), ST_KI(C), ST_KF(eps));
+}
+
+st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
+                                  const st_tensor *dout, const st_tensor *inp,
+                                  const st_tensor *w, const st_tensor *mean,
+                                  const st_tensor *rstd, int N, int C, st_tensor *dbias2,
+                                  const st_tensor *src2, int C2, st_tensor *dbias3,
+                                  const st_tensor *src3, int C3)
 {
     st_status s = check_rows("layernorm_bwd", N, C);
     if (s != ST_OK)
@@ -67,15 +135,92 @@ st_status st_layernorm_bwd(st_tensor *dinp, st_tensor *dw, st_tensor *db, const 
     NEED("layernorm_bwd", w, (size_t)C);
     NEED("layernorm_bwd", mean, (size_t)N);
     NEED("layernorm_bwd", rstd, (size_t)N);
+    if (!dbias2)
+        C2 = 0;
+    if (!dbias3)
+        C3 = 0;
+    if (C2 < 0 || C3 < 0)
+        return st_error(ST_ERR_INVALID, "layernorm_bwd: bad bias widths %d, %d", C2, C3);
+    if (C2) {
+        NEED("layernorm_bwd", dbias2, (size_t)C2);
+        NEED("layernorm_bwd", src2, (size_t)N * C2);
+    }
+    if (C3) {
+        NEED("layernorm_bwd", dbias3, (size_t)C3);
+        NEED("layernorm_bwd", src3, (size_t)N * C3);
+    }
+    /* Unused bias slots still need buffers: the weight gradients stand in. */
+    st_tensor *d2 = C2 ? dbias2 : dw, *d3 = C3 ? dbias3 : dw;
+    const st_tensor *s2 = C2 ? src2 : dout, *s3 = C3 ? src3 : dout;
+    int cols = C > C2 ? C : C2;
+    cols = cols > C3 ? cols : C3;
     st_device *dev = st_tensor_device(dinp);
-    s = ST_LAUNCH(dev, "layernorm.cl", "layernorm_bwd_inp", (size_t)N, LOCAL, ST_KT(dinp),
-                  ST_KT(dout), ST_KT(inp), ST_KT(w), ST_KT(mean), ST_KT(rstd), ST_KI(N),
-                  ST_KI(C));
+    /* The column sums first: they read dinp's old values when src2 is dinp. */
+    s = ST_LAUNCH(dev, "layernorm.cl", "layernorm_bwd_params", (size_t)cols, LOCAL, ST_KT(dw),
+                  ST_KT(db), ST_KT(dout), ST_KT(inp), ST_KT(mean), ST_KT(rstd), ST_KT(d2),
+                  ST_KT(s2), ST_KT(d3), ST_KT(s3), ST_KI(N), ST_KI(C), ST_KI(C2), ST_KI(C3));
     if (s != ST_OK)
         return s;
-    return ST_LAUNCH(dev, "layernorm.cl", "layernorm_bwd_params", (size_t)C, LOCAL, ST_KT(dw),
-                     ST_KT(db), ST_KT(dout), ST_KT(inp), ST_KT(mean), ST_KT(rstd), ST_KI(N),
-                     ST_KI(C));
+    return LAUNCH_ROWS(dev, "layernorm.cl", "layernorm_bwd_inp", N, ST_KT(dinp), ST_KT(dout),
+                       ST_KT(inp), ST_KT(w), ST_KT(mean), ST_KT(rstd), ST_KI(N), ST_KI(C));
+}
+
+st_status st_layernorm_bwd(st_tensor *dinp, st_tensor *dw, st_tensor *db, const st_tensor *dout,
+                           const st_tensor *inp, const st_tensor *w, const st_tensor *mean,
+                           const st_tensor *rstd, int N, int C)
+{
+    return st_layernorm_bwd_biases(dinp, dw, db, dout, inp, w, mean, rstd, N, C, NULL, NULL, 0,
+                                   NULL, NULL, 0);
+}
+
+st_status st_bias_residual_fwd(st_tensor *out, const st_tensor *bias, const st_tensor *res,
+                               int N, int C)
+{
+    st_status s = check_rows("bias_residual_fwd", N, C);
+    if (s != ST_OK)
+        return s;
+    size_t NC = (size_t)N * C;
+    NEED("bias_residual_fwd", out, NC);
+    NEED("bias_residual_fwd", bias, (size_t)C);
+    NEED("bias_residual_fwd", res, NC);
+    return ST_LAUNCH(st_tensor_device(out), "residual.cl", "bias_residual_fwd", NC, LOCAL,
+                     ST_KT(out), ST_KT(bias), ST_KT(res), ST_KI(N), ST_KI(C));
+}
+
+st_status st_bias_gelu_fwd(st_tensor *pre, st_tensor *act, const st_tensor *bias, int N, int F)
+{
+    st_status s = check_rows("bias_gelu_fwd", N, F);
+    if (s != ST_OK)
+        return s;
+    size_t NF = (size_t)N * F;
+    NEED("bias_gelu_fwd", pre, NF);
+    NEED("bias_gelu_fwd", act, NF);
+    NEED("bias_gelu_fwd", bias, (size_t)F);
+    return ST_LAUNCH(st_tensor_device(pre), "gelu.cl", "bias_gelu_fwd", NF, LOCAL, ST_KT(pre),
+                     ST_KT(act), ST_KT(bias), ST_KI(N), ST_KI(F));
+}
+
+st_status st_gelu_bwd_bias(st_tensor *dinp, const st_tensor *pre, const st_tensor *dout,
+                           st_tensor *dbias, int N, int F)
+{
+    st_status s = check_rows("gelu_bwd_bias", N, F);
+    if (s != ST_OK)
+        return s;
+    size_t NF = (size_t)N * F;
+    NEED("gelu_bwd_bias", dinp, NF);
+    NEED("gelu_bwd_bias", pre, NF);
+    NEED("gelu_bwd_bias", dout, NF);
+    NEED("gelu_bwd_bias", dbias, (size_t)F);
+    st_device *dev = st_tensor_device(dinp);
+    if (cpu_form(dev)) { /* element-wise, then the column sums: a CPU's caches prefer rows */
+        if ((s = ST_LAUNCH(dev, "gelu.cl", "gelu_bwd", NF, LOCAL, ST_KT(dinp), ST_KT(pre),
+                           ST_KT(dout), ST_KU(NF))) != ST_OK)
+            return s;
+        return ST_LAUNCH(dev, "bias.cl", "bias_bwd", (size_t)F, LOCAL, ST_KT(dbias), ST_KT(dinp),
+                         ST_KI(N), ST_KI(F));
+    }
+    return ST_LAUNCH(dev, "gelu.cl", "gelu_bwd_bias", (size_t)F, LOCAL, ST_KT(dinp), ST_KT(pre),
+                     ST_KT(dout), ST_KT(dbias), ST_KI(N), ST_KI(F));
 }
 
 st_status st_gelu_fwd(st_tensor *out, const st_tensor *inp, size_t n)
@@ -190,10 +335,22 @@ st_status st_sumsq_accumulate(st_tensor *acc, st_tensor *scratch, const st_tenso
     NEED("sumsq", scratch, ST_SUMSQ_PARTS);
     NEED("sumsq", x, n);
     st_device *dev = st_tensor_device(acc);
-    st_status s = ST_LAUNCH(dev, "norm.cl", "sumsq_partial", ST_SUMSQ_PARTS, LOCAL,
-                            ST_KT(scratch), ST_KT(x), ST_KU(n), ST_KI(ST_SUMSQ_PARTS));
+    /* Stretches of at least 64 x 256 elements (64 KiB: cached while a
+     * group passes over it), at most ST_SUMSQ_PARTS of them. */
+    const size_t wg = 64, min_stretch = wg * 256;
+    size_t groups = (n + min_stretch - 1) / min_stretch;
+    if (groups > ST_SUMSQ_PARTS)
+        groups = ST_SUMSQ_PARTS;
+    if (groups < 1)
+        groups = 1;
+    size_t L = (n + groups * wg - 1) / (groups * wg);
+    groups = (n + L * wg - 1) / (L * wg); /* none left empty */
+    if (groups < 1)
+        groups = 1;
+    st_status s = ST_LAUNCH(dev, "norm.cl", "sumsq_partial", groups * wg, wg, ST_KT(scratch),
+                            ST_KT(x), ST_KU(n), ST_KU(L));
     if (s != ST_OK)
         return s;
     return ST_LAUNCH(dev, "norm.cl", "sumsq_final", 1, 1, ST_KT(acc), ST_KT(scratch),
-                     ST_KI(ST_SUMSQ_PARTS));
+                     ST_KI((int)groups));
 }

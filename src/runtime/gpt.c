@@ -590,26 +590,31 @@ st_tensor *st_gpt_io_tensor(const st_gpt *g, int slot, st_gpt_io which)
     return NULL;
 }
 
+/* A block's forward in 9 launches (flash attention): each linear layer's
+ * bias is added by the op after its product (attention reads qkv's bias as
+ * it loads; the projections' biases go with the residual sum, the first
+ * also with ln_2, the MLP's first with GELU). */
 static st_status block_forward_ops(st_gpt *g, const block_params *p, block_acts *a,
                                    const st_tensor *x, int B, int T)
 {
     int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
     float eps = g->cfg.layer_norm_epsilon;
+    bool flash = st_attention_is_flash(C, NH);
     st_status s;
     if ((s = st_layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, p->ln1_w, p->ln1_b, N, C,
                               eps)) != ST_OK ||
-        (s = st_matmul_fwd(a->qkv, a->ln1, p->attn_w, p->attn_b, N, C, 3 * C)) != ST_OK ||
-        (s = st_attention_is_flash(C, NH)
-                 ? st_attention_flash_fwd(a->atty, a->att, a->qkv, B, T, C, NH)
-                 : st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
-        (s = st_matmul_fwd(a->res2, a->atty, p->proj_w, p->proj_b, N, C, C)) != ST_OK ||
-        (s = st_residual_fwd(a->res2, a->res2, x, (size_t)N * C)) != ST_OK ||
-        (s = st_layernorm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, p->ln2_w, p->ln2_b, N,
-                              C, eps)) != ST_OK ||
-        (s = st_matmul_fwd(a->fch, a->ln2, p->fc_w, p->fc_b, N, C, F)) != ST_OK ||
-        (s = st_gelu_fwd(a->fcg, a->fch, (size_t)N * F)) != ST_OK ||
-        (s = st_matmul_fwd(a->res3, a->fcg, p->fcp_w, p->fcp_b, N, F, C)) != ST_OK ||
-        (s = st_residual_fwd(a->res3, a->res3, a->res2, (size_t)N * C)) != ST_OK)
+        (s = st_matmul_fwd(a->qkv, a->ln1, p->attn_w, flash ? NULL : p->attn_b, N, C, 3 * C)) !=
+            ST_OK ||
+        (s = flash ? st_attention_flash_fwd(a->atty, a->att, a->qkv, p->attn_b, B, T, C, NH)
+                   : st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
+        (s = st_matmul_fwd(a->res2, a->atty, p->proj_w, NULL, N, C, C)) != ST_OK ||
+        (s = st_bias_residual_layernorm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                            p->proj_b, x, p->ln2_w, p->ln2_b, N, C, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(a->fch, a->ln2, p->fc_w, NULL, N, C, F)) != ST_OK ||
+        (s = st_bias_gelu_fwd(a->fch, a->fcg, p->fc_b, N, F)) != ST_OK ||
+        (s = st_matmul_fwd(a->res3, a->fcg, p->fcp_w, NULL, N, F, C)) != ST_OK ||
+        (s = st_bias_residual_fwd(a->res3, p->fcp_b, a->res2, N, C)) != ST_OK)
         return s;
     return ST_OK;
 }
@@ -705,32 +710,40 @@ st_status st_gpt_output_read(st_gpt *g, int slot, int B, int T, float *host)
     return st_tensor_read(g->acts[slot].logits, 0, (size_t)B * T * g->cfg.vocab_size, host);
 }
 
-/* dres holds the gradient of the block's output on entry and of its input on exit. */
+/* dres holds the gradient of the block's output on entry and of its input
+ * on exit. 15 launches (flash attention): the biases' gradients are column
+ * sums, taken where a pass over the same rows already runs (the fc bias
+ * with GELU's backward; the MLP output's with ln_2's weight gradients,
+ * before ln_2's input gradient changes dres; the projection's and qkv's
+ * with ln_1's). */
 static st_status block_backward_ops(st_gpt *g, const block_params *p, block_params *d,
                                     const block_acts *a, const st_tensor *x, int B, int T)
 {
     int N = B * T, C = g->cfg.n_embd, F = g->cfg.n_inner, NH = g->cfg.n_head;
     st_status s;
     /* res3 = res2 + fcg W_fcp + b: the MLP branch gets dres; dres stays d(res2) so far. */
-    if ((s = st_matmul_bwd(g->dF, 0.0f, d->fcp_w, d->fcp_b, g->dres, a->fcg, p->fcp_w, N, F,
-                           C)) != ST_OK ||
-        (s = st_gelu_bwd(g->dF, a->fch, g->dF, (size_t)N * F)) != ST_OK ||
-        (s = st_matmul_bwd(g->dC, 0.0f, d->fc_w, d->fc_b, g->dF, a->ln2, p->fc_w, N, C, F)) !=
+    if ((s = st_matmul_bwd(g->dF, 0.0f, d->fcp_w, NULL, g->dres, a->fcg, p->fcp_w, N, F, C)) !=
             ST_OK ||
-        (s = st_layernorm_bwd(g->dres, d->ln2_w, d->ln2_b, g->dC, a->res2, p->ln2_w,
-                              a->ln2_mean, a->ln2_rstd, N, C)) != ST_OK)
+        (s = st_gelu_bwd_bias(g->dF, a->fch, g->dF, d->fc_b, N, F)) != ST_OK ||
+        (s = st_matmul_bwd(g->dC, 0.0f, d->fc_w, NULL, g->dF, a->ln2, p->fc_w, N, C, F)) !=
+            ST_OK ||
+        (s = st_layernorm_bwd_biases(g->dres, d->ln2_w, d->ln2_b, g->dC, a->res2, p->ln2_w,
+                                     a->ln2_mean, a->ln2_rstd, N, C, d->fcp_b, g->dres, C, NULL,
+                                     NULL, 0)) != ST_OK)
         return s;
     /* res2 = x + atty W_proj + b: the attention branch gets dres; dres becomes d(x). */
-    if ((s = st_matmul_bwd(g->dC, 0.0f, d->proj_w, d->proj_b, g->dres, a->atty, p->proj_w, N, C,
+    if ((s = st_matmul_bwd(g->dC, 0.0f, d->proj_w, NULL, g->dres, a->atty, p->proj_w, N, C,
                            C)) != ST_OK ||
         (s = st_attention_is_flash(C, NH)
-                 ? st_attention_flash_bwd(g->d3C, g->dC, a->atty, a->att, a->qkv, B, T, C, NH)
+                 ? st_attention_flash_bwd(g->d3C, g->dC, a->atty, a->att, a->qkv, p->attn_b, B, T,
+                                          C, NH)
                  : st_attention_bwd(g->d3C, g->datt, g->dC, a->qkv, a->att, B, T, C, NH)) !=
             ST_OK ||
-        (s = st_matmul_bwd(g->dC, 0.0f, d->attn_w, d->attn_b, g->d3C, a->ln1, p->attn_w, N, C,
+        (s = st_matmul_bwd(g->dC, 0.0f, d->attn_w, NULL, g->d3C, a->ln1, p->attn_w, N, C,
                            3 * C)) != ST_OK ||
-        (s = st_layernorm_bwd(g->dres, d->ln1_w, d->ln1_b, g->dC, x, p->ln1_w, a->ln1_mean,
-                              a->ln1_rstd, N, C)) != ST_OK)
+        (s = st_layernorm_bwd_biases(g->dres, d->ln1_w, d->ln1_b, g->dC, x, p->ln1_w,
+                                     a->ln1_mean, a->ln1_rstd, N, C, d->proj_b, g->dres, C,
+                                     d->attn_b, g->d3C, 3 * C)) != ST_OK)
         return s;
     return ST_OK;
 }
@@ -792,11 +805,31 @@ st_status st_gpt_grad_sumsq(st_gpt *g, double *out)
 {
     if (!g->training || !g->scratch)
         return st_error(ST_ERR_INVALID, "grad_sumsq: the stage was created without training");
+    /* One pass (two launches) per run of untied parameters lying one after
+     * the other in the gradient buffer (zero between them, which adds
+     * nothing): one or two runs, where a pass per parameter took 2 x 148
+     * launches for GPT-2 small. The tied embedding copy is left out. */
     st_status s = st_tensor_fill(g->sumsq_acc, 0.0f);
-    for (size_t i = 0; s == ST_OK && i < g->n_params; i++)
-        if (!g->params[i].tied)
-            s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, g->flat[ST_GPT_GRADS][i],
-                                    g->params[i].desc->numel);
+    size_t start = 0, end = 0;
+    bool open = false;
+    for (size_t i = 0; s == ST_OK && i <= g->n_params; i++) {
+        bool take = i < g->n_params && !g->params[i].tied && (!open || g->params[i].offset >= end);
+        if (open && !take) {
+            st_tensor *run = NULL;
+            size_t len = end - start;
+            if ((s = st_tensor_view(g->bufs[ST_GPT_GRADS], start, 1, &len, &run)) == ST_OK)
+                s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, run, len);
+            st_tensor_destroy(run);
+            open = false;
+        }
+        if (s != ST_OK || i == g->n_params || g->params[i].tied)
+            continue;
+        if (!open) {
+            start = g->params[i].offset;
+            open = true;
+        }
+        end = g->params[i].offset + g->params[i].desc->numel;
+    }
     float acc = 0.0f;
     if (s == ST_OK && (s = st_tensor_read(g->sumsq_acc, 0, 1, &acc)) == ST_OK)
         *out = acc;
