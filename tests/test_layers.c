@@ -368,7 +368,8 @@ static void xent_reference_and_device(void **state)
     ref_xent_bwd(dlogits, probs, targets, 1.0 / c.counted, N, V);
     check_fd("xent dlogits", c.logits, NV, dlogits, xent_loss, &c);
     assert_true(losses[3] == 0.0);
-    for (size_t d = 0; d < td.n; d++) {
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++) /* both forms of the forward */
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++) {
         st_device *dev = td.dev[d];
         st_tensor *tl = up(dev, c.logits, NV, "logits"), *tt = up_int(dev, targets, N);
         st_tensor *tp = up(dev, probs, NV, "probs"), *tloss = up(dev, losses, N, "losses");
@@ -382,6 +383,7 @@ static void xent_reference_and_device(void **state)
         st_tensor_destroy(tl), st_tensor_destroy(tt), st_tensor_destroy(tp);
         st_tensor_destroy(tloss);
     }
+    st_layers_set_variant(-1);
     free(c.logits), free(probs), free(losses), free(dlogits);
 }
 

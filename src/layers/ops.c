@@ -35,7 +35,7 @@ static st_status check_rows(const char *op, int N, int C)
     return ST_OK;
 }
 
-#define LN_WG 64 /* cl/layernorm.cl: work-items per row */
+#define LN_WG 64 /* work-items per row: cl/layernorm.cl LN_WG, cl/xent.cl XE_WG */
 
 static int variant = -1;
 
@@ -291,9 +291,8 @@ st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logi
     NEED("xent_fwd", logits, (size_t)N * V);
     if ((s = st_op_need("xent_fwd", targets, (size_t)N, ST_I32)) != ST_OK)
         return s;
-    return ST_LAUNCH(st_tensor_device(probs), "xent.cl", "xent_fwd", (size_t)N, LOCAL,
-                     ST_KT(probs), ST_KT(losses), ST_KT(logits), ST_KT(targets), ST_KI(N),
-                     ST_KI(V));
+    return LAUNCH_ROWS(st_tensor_device(probs), "xent.cl", "xent_fwd", N, ST_KT(probs),
+                       ST_KT(losses), ST_KT(logits), ST_KT(targets), ST_KI(N), ST_KI(V));
 }
 
 st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tensor *targets,
