@@ -96,6 +96,10 @@ out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 
 out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
     --micro-batches 4 --steps 2 2>/dev/null) || fail "bench failed"
 grep -q "spread" <<<"$out" || fail "bench table without the spread: $out"
+out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
+    --micro-batches 4 --steps 2 --profile 2>&1) || fail "bench --profile failed: $out"
+[ "$(grep -c '^profile of device' <<<"$out")" = 3 ] || fail "bench --profile: not a table per device per run: $out"
+grep -q "^launches per block per micro-batch: [0-9]" <<<"$out" || fail "bench --profile: no launch count: $out"
 out=$("$strata" bench --pipeline --format xml 2>&1)
 [ $? = 2 ] && grep -q "table, csv or json" <<<"$out" || fail "bench --format xml: $out"
 

@@ -14,6 +14,7 @@
 #include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/pipe.h"
+#include "strata/profiler.h"
 
 static void help(void)
 {
@@ -34,6 +35,8 @@ static void help(void)
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --steps N           timed steps per device count, after one warm-up (default 3)\n"
            "  --devices CHOICE    the devices (default $STRATA_DEVICES, else all)\n"
+           "  --profile           also where each device's training step time goes (op,\n"
+           "                      launches and ms per step, share, GB/s, GFLOPS)\n"
            "  --format F          table (default), csv or json: the results on stdout\n"
            "                      (with csv and json, the plans go to stderr)\n"
            "  -h, --help          this text\n"
@@ -88,15 +91,28 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     }
     double *t = malloc((size_t)(steps + 1) * 2 * sizeof *t), wait = 0;
     st_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    double train_sum = 0;
     for (long i = 0; s == ST_OK && i <= steps; i++) {
         st_pipe_step_result r;
+        if (i == 1 && st_profiler_enabled()) /* the warm-up step is not profiled */
+            for (size_t k2 = 0; k2 < layout.n_stages; k2++)
+                st_profiler_reset(layout.dev[k2]);
         double t0 = st_now_s();
         s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
         t[i] = (st_now_s() - t0) * 1e3;
-        if (i > 0)
+        if (i > 0) {
+            train_sum += t[i];
             for (size_t k2 = 0; k2 < layout.n_stages; k2++)
                 wait += st_pipe_wait_s(p, k2) * 1e3 / (double)layout.n_stages / (double)steps;
+        }
     }
+    if (s == ST_OK && st_profiler_enabled()) {
+        fprintf(plan_out, "training steps on %zu device%s:", k, k == 1 ? "" : "s");
+        s = cli_profile_report(layout.dev, layout.n_stages, steps, train_sum / (double)steps,
+                               desc->cfg.n_layer, po.micro_batches, plan_out, NULL);
+        fprintf(plan_out, "\n");
+    }
+    st_profiler_pause(true); /* the forward passes are not in the table */
     for (long i = 0; s == ST_OK && i <= steps; i++) {
         double sum = 0, t0 = st_now_s();
         long count = 0;
@@ -116,6 +132,7 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         row->predicted_fwd_ms = fplan.step_ms;
         row->wait_ms = wait;
     }
+    st_profiler_pause(false);
     free(t);
     st_pipe_destroy(p);
     return s;
@@ -196,6 +213,7 @@ int cmd_bench(int argc, char **argv)
         {"schedule", required_argument, NULL, 's'}, {"steps", required_argument, NULL, 'n'},
         {"devices", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
         {"format", required_argument, NULL, 'f'},
+        {"profile", no_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false;
@@ -227,6 +245,7 @@ int cmd_bench(int argc, char **argv)
                 return cli_usage_error("bench", "bad value '%s' for --format: table, csv or json",
                                        optarg);
             break;
+        case 'P': st_profiler_enable(true); break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("bench", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("bench", argv[optind - 1], opts);
