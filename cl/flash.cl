@@ -201,3 +201,74 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
             o[d] = dq[d];
     }
 }
+
+/* Decoding one token with a KV cache: a work-group of FA_DEC_WG work-items
+ * per head h. It writes the new token's key and value (qkv + bias) into the
+ * caches at position pos, then the scores of q against the pos + 1 cached
+ * keys (into scores[h, :], global scratch: the context may be long), their
+ * softmax (maximum and sum by trees in local memory), and out[h*HS + d] =
+ * sum_j p_j v_j[d]. One launch where the products took five.
+ * kc, vc: [S, C] for this sequence (offsets give the sequence's cache). */
+#define FA_DEC_WG 64
+
+__kernel void attention_decode(__global float *out, const ulong out_off,
+                               __global float *scores, const ulong scores_off,
+                               __global float *kc, const ulong kc_off,
+                               __global float *vc, const ulong vc_off,
+                               __global const float *qkv, const ulong qkv_off,
+                               __global const float *qkv_b, const ulong qkv_b_off,
+                               const int pos, const int S, const int C, const int NH,
+                               const float scale)
+{
+    __local float tmp[FA_DEC_WG];
+    __local float q[FA_HS_MAX];
+    const int HS = C / NH, h = get_group_id(0), lid = get_local_id(0);
+    __global const float *x = qkv + qkv_off, *bias = qkv_b + qkv_b_off;
+    __global float *sc = scores + scores_off + (size_t)h * S;
+    __global float *K = kc + kc_off, *V = vc + vc_off;
+    for (int d = lid; d < HS; d += FA_DEC_WG) {
+        const int c = h * HS + d;
+        q[d] = x[c] + bias[c];
+        K[(size_t)pos * C + c] = x[C + c] + bias[C + c];
+        V[(size_t)pos * C + c] = x[2 * C + c] + bias[2 * C + c];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    float m = -INFINITY;
+    for (int j = lid; j <= pos; j += FA_DEC_WG) {
+        float s = 0.0f;
+        for (int d = 0; d < HS; d++)
+            s += q[d] * K[(size_t)j * C + h * HS + d];
+        s *= scale;
+        sc[j] = s;
+        m = fmax(m, s);
+    }
+    tmp[lid] = m;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int k = FA_DEC_WG / 2; k > 0; k >>= 1) {
+        if (lid < k)
+            tmp[lid] = fmax(tmp[lid], tmp[lid + k]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    m = tmp[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float sum = 0.0f;
+    for (int j = lid; j <= pos; j += FA_DEC_WG) {
+        const float e = exp(sc[j] - m);
+        sc[j] = e;
+        sum += e;
+    }
+    tmp[lid] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+    for (int k = FA_DEC_WG / 2; k > 0; k >>= 1) {
+        if (lid < k)
+            tmp[lid] += tmp[lid + k];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float inv = 1.0f / tmp[0];
+    for (int d = lid; d < HS; d += FA_DEC_WG) {
+        float acc = 0.0f;
+        for (int j = 0; j <= pos; j++)
+            acc += sc[j] * V[(size_t)j * C + h * HS + d];
+        out[out_off + h * HS + d] = acc * inv;
+    }
+}

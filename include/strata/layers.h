@@ -96,6 +96,15 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
 enum { ST_LAYERS_GPU = 0, ST_LAYERS_CPU = 1 };
 void st_layers_set_variant(int variant);
 
+/* Decoding one token with a KV cache (cl/flash.cl, heads up to
+ * ST_FLASH_MAX_HEAD): writes the token's key and value (qkv[3C] + qkv_b)
+ * into kc and vc [.., S, C] at row pos of the cache starting at element
+ * cache_off, then out[C] = attention of its query over rows 0..pos.
+ * scores [NH, S] is scratch. */
+st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
+                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
+                              int pos, int S, int C, int NH);
+
 /* Fused ops (one launch each where the plain ones take two or three; each
  * equal to its plain composition, checked against the fp64 references):
  *   res = y + bias + x, then out = LayerNorm(res)                [N, C] */

@@ -297,6 +297,13 @@ st_status st_gemm_warmup(st_device *dev)
                       .c = c, .ldc = 16, .c_stride = 256, .batch = 4};
     if ((s = st_gemm(&g)) != ST_OK)
         goto done;
+    /* One row: decoding's matrix-vector products (CLBlast's GEMV), both ways. */
+    for (int t = 0; t < 2; t++) {
+        st_gemm_args v = {.trans_b = t == 1, .m = 1, .n = 64, .k = 64, .alpha = 1, .beta = 0,
+                          .a = a, .lda = 64, .b = b, .ldb = 64, .c = c, .ldc = 64};
+        if ((s = st_gemm(&v)) != ST_OK)
+            goto done;
+    }
     s = st_device_finish(dev);
 done:
     st_tensor_destroy(c);

@@ -156,3 +156,36 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
                      ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T),
                      ST_KI(C), ST_KI(NH), ST_KF(scale));
 }
+
+st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
+                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
+                              int pos, int S, int C, int NH)
+{
+    st_status s = flash_shapes("attention_decode", 1, 1, C, NH);
+    if (s != ST_OK)
+        return s;
+    if (pos < 0 || pos >= S)
+        return st_error(ST_ERR_INVALID, "attention_decode: position %d outside the cache of %d",
+                        pos, S);
+    size_t Cs = (size_t)C, Ss = (size_t)S;
+    NEED("attention_decode", out, Cs);
+    NEED("attention_decode", scores, (size_t)NH * Ss);
+    NEED("attention_decode", kc, cache_off + Ss * Cs);
+    NEED("attention_decode", vc, cache_off + Ss * Cs);
+    NEED("attention_decode", qkv, 3 * Cs);
+    NEED("attention_decode", qkv_b, 3 * Cs);
+    /* The caches from this sequence's first row: views at cache_off. */
+    st_tensor *k = NULL, *v = NULL;
+    size_t n = Ss * Cs;
+    if ((s = st_tensor_view(kc, cache_off, 1, &n, &k)) == ST_OK &&
+        (s = st_tensor_view(vc, cache_off, 1, &n, &v)) == ST_OK) {
+        float scale = (float)(1.0 / sqrt((double)(C / NH)));
+        enum { DEC_WG = 64 }; /* cl/flash.cl FA_DEC_WG */
+        s = ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_decode", (size_t)NH * DEC_WG,
+                      DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(k), ST_KT(v), ST_KT(qkv),
+                      ST_KT(qkv_b), ST_KI(pos), ST_KI(S), ST_KI(C), ST_KI(NH), ST_KF(scale));
+    }
+    st_tensor_destroy(k);
+    st_tensor_destroy(v);
+    return s;
+}

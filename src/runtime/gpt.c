@@ -853,6 +853,10 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
 
 /* ---- decoding with the KV cache ------------------------------------------ */
 
+/* One token through block b in 9 launches: the attention (new key and value
+ * into the caches, scores, softmax, weighted values) in one kernel when the
+ * head size allows (cl/flash.cl), the biases with the ops after their
+ * products as in training. */
 static st_status decode_block(st_gpt *g, int b, int seq, int pos)
 {
     decode_bufs *d = &g->dec;
@@ -861,36 +865,45 @@ static st_status decode_block(st_gpt *g, int b, int seq, int pos)
     size_t S = (size_t)g->kv_seq, len = (size_t)pos + 1, cache = (size_t)seq * S * C;
     int F = g->cfg.n_inner, Ci = g->cfg.n_embd;
     float eps = g->cfg.layer_norm_epsilon, scale = (float)(1.0 / sqrt((double)HS));
+    bool flash = st_attention_is_flash(Ci, (int)NH);
     st_status s;
     if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->x, p->ln1_w, p->ln1_b, 1, Ci, eps)) !=
             ST_OK ||
-        (s = st_matmul_fwd(d->qkv, d->ln, p->attn_w, p->attn_b, 1, Ci, 3 * Ci)) != ST_OK ||
-        (s = st_tensor_copy(d->k[b], cache + (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
-        (s = st_tensor_copy(d->v[b], cache + (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
+        (s = st_matmul_fwd(d->qkv, d->ln, p->attn_w, flash ? NULL : p->attn_b, 1, Ci, 3 * Ci)) !=
+            ST_OK)
         return s;
-    /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
-    st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
-                       .a = d->qkv, .lda = 3 * C, .a_stride = HS,
-                       .b = d->k[b], .b_offset = cache, .ldb = C, .b_stride = HS,
-                       .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
-    if ((s = st_gemm(&qk)) != ST_OK ||
-        (s = ST_LAUNCH(g->dev, "attention.cl", "attention_softmax_rows", NH, 0,
-                       ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
-        return s;
-    /* atty_h = scores_h[1, len] . V_h[len, HS] */
-    st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
-                       .a = d->scores, .lda = S, .a_stride = S,
-                       .b = d->v[b], .b_offset = cache, .ldb = C, .b_stride = HS,
-                       .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
-    if ((s = st_gemm(&pv)) != ST_OK ||
-        (s = st_matmul_fwd(d->res2, d->atty, p->proj_w, p->proj_b, 1, Ci, Ci)) != ST_OK ||
-        (s = st_residual_fwd(d->res2, d->res2, d->x, C)) != ST_OK ||
-        (s = st_layernorm_fwd(d->ln, d->mean, d->rstd, d->res2, p->ln2_w, p->ln2_b, 1, Ci,
-                              eps)) != ST_OK ||
-        (s = st_matmul_fwd(d->fch, d->ln, p->fc_w, p->fc_b, 1, Ci, F)) != ST_OK ||
-        (s = st_gelu_fwd(d->fch, d->fch, (size_t)F)) != ST_OK ||
-        (s = st_matmul_fwd(d->tmp, d->fch, p->fcp_w, p->fcp_b, 1, F, Ci)) != ST_OK ||
-        (s = st_residual_fwd(d->x, d->res2, d->tmp, C)) != ST_OK)
+    if (flash) {
+        s = st_attention_decode(d->atty, d->scores, d->k[b], d->v[b], cache, d->qkv, p->attn_b,
+                                pos, (int)S, Ci, (int)NH);
+    } else {
+        if ((s = st_tensor_copy(d->k[b], cache + (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
+            (s = st_tensor_copy(d->v[b], cache + (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
+            return s;
+        /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+        st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
+                           .a = d->qkv, .lda = 3 * C, .a_stride = HS,
+                           .b = d->k[b], .b_offset = cache, .ldb = C, .b_stride = HS,
+                           .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
+        if ((s = st_gemm(&qk)) != ST_OK ||
+            (s = ST_LAUNCH(g->dev, "attention.cl", "attention_softmax_rows", NH, 0,
+                           ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
+            return s;
+        /* atty_h = scores_h[1, len] . V_h[len, HS] */
+        st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
+                           .a = d->scores, .lda = S, .a_stride = S,
+                           .b = d->v[b], .b_offset = cache, .ldb = C, .b_stride = HS,
+                           .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
+        s = st_gemm(&pv);
+    }
+    if (s != ST_OK ||
+        (s = st_matmul_fwd(d->res2, d->atty, p->proj_w, NULL, 1, Ci, Ci)) != ST_OK ||
+        (s = st_bias_residual_layernorm_fwd(d->res2, d->ln, d->mean, d->rstd, d->res2,
+                                            p->proj_b, d->x, p->ln2_w, p->ln2_b, 1, Ci, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(d->fch, d->ln, p->fc_w, NULL, 1, Ci, F)) != ST_OK ||
+        (s = st_bias_gelu_fwd(d->fch, d->fch, p->fc_b, 1, F)) != ST_OK ||
+        (s = st_matmul_fwd(d->x, d->fch, p->fcp_w, NULL, 1, F, Ci)) != ST_OK ||
+        (s = st_bias_residual_fwd(d->x, p->fcp_b, d->res2, 1, Ci)) != ST_OK)
         return s;
     return ST_OK;
 }
