@@ -50,6 +50,10 @@ typedef struct st_device_profile {
      * planner uses it for a plan that gives stages to two or more of them. */
     char hardware[64];
     double shared_gflops;
+    /* The attention kernels' rate on the model's shape (FLOPs as the model
+     * description counts them), 0 when not measured: the GEMM rate is used. */
+    double attn_gflops;
+    double launch_us; /* one small kernel launch, enqueue to done; 0: an estimate is used */
 } st_device_profile;
 
 typedef enum st_schedule { ST_SCHED_1F1B, ST_SCHED_GPIPE } st_schedule;

@@ -3,7 +3,9 @@
  * the device: GEMM throughput on the model's shapes, host<->device
  * bandwidth, and memory capacity (the accounting's, which --mem-limit sets).
  *
- * Each figure is the median of several timed runs, and the GEMM rate's
+ * The GEMM rate is that of the three products a linear layer does per
+ * training step (NN, NT and TN). Each figure is the median of several timed
+ * runs, and the GEMM rate's
  * spread ((slowest - fastest) / median) is kept with it. A measurement whose
  * spread stays above 20% after two more tries (the machine was busy) is
  * used for this run with a warning and measured again next time; a steady
@@ -41,6 +43,12 @@ st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, un
  * a profile. */
 st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, size_t nn,
                                    size_t k, st_device_profile *prof);
+
+/* Seconds for one forward and backward of flash attention (strata/layers.h)
+ * over B sequences of T tokens, C channels in NH heads: the median of three
+ * after a warm-up, cached like a profile. */
+st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, unsigned flags,
+                                   double *seconds);
 
 /* Removes the cached profiles of dev (every shape); returns how many. */
 int st_device_profile_forget(const st_device *dev);

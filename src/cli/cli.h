@@ -80,6 +80,9 @@ st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
 /* The GEMM a device is profiled with for this model and run shape. */
 void cli_profile_shape(const st_model_desc *desc, const cli_plan_opts *o, size_t *m, size_t *n,
                        size_t *k);
+/* The attention kernels' rate for the planner (prof[i].attn_gflops). */
+st_status cli_profile_attention(st_device *const *devs, size_t n, const st_model_desc *desc,
+                                const cli_plan_opts *o, st_device_profile *prof);
 /* Profiles the devices (cached) and plans; prof gets one entry per device. */
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
                         st_plan *plan, st_device_profile *prof);

@@ -45,6 +45,8 @@ st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_des
      * rank in the hardware's name keeps other ranks' devices out of the
      * group (they were not measured with these). */
     if (s == ST_OK)
+        s = cli_profile_attention(devs->dev, devs->n, desc, o, mine);
+    if (s == ST_OK)
         s = st_device_profile_shared(devs->dev, devs->n, pm, pn, pk, mine);
     for (size_t i = 0; s == ST_OK && i < devs->n; i++) {
         char hw[64];

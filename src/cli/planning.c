@@ -79,6 +79,37 @@ void cli_profile_shape(const st_model_desc *desc, const cli_plan_opts *o, size_t
     *k = C;
 }
 
+st_status cli_profile_attention(st_device *const *devs, size_t n, const st_model_desc *desc,
+                                const cli_plan_opts *o, st_device_profile *prof)
+{
+    int C = desc->cfg.n_embd, NH = desc->cfg.n_head;
+    const st_layer_desc *blk = NULL;
+    for (size_t l = 0; l < desc->n_layers && !blk; l++)
+        if (desc->layers[l].kind == ST_LAYER_BLOCK)
+            blk = &desc->layers[l];
+    if (!blk || !st_attention_is_flash(C, NH))
+        return ST_OK;
+    /* A context of at most 256 and at most 1024 tokens: long enough for the
+     * kernels' rate, short enough to measure in seconds on a CPU. */
+    int T = o->seq < 256 ? o->seq : 256;
+    int B = 1024 / T;
+    int Bmax = o->micro_batches ? o->micro_batch : o->batch;
+    if (B > Bmax && Bmax > 0)
+        B = Bmax;
+    if (B < 1)
+        B = 1;
+    double flops = (double)B * T * T * (blk->fwd_flops_per_token_ctx + blk->bwd_flops_per_token_ctx);
+    for (size_t i = 0; i < n; i++) {
+        double secs = 0;
+        st_status s = st_device_time_attention(devs[i], B, T, C, NH, 0, &secs);
+        if (s != ST_OK)
+            return s;
+        prof[i].attn_gflops = secs > 0 ? flops / secs / 1e9 : 0;
+        st_device_reset_peak(devs[i]);
+    }
+    return ST_OK;
+}
+
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
                         st_plan *plan, st_device_profile *prof)
 {
@@ -119,6 +150,8 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
                     st_device_label(devs->dev[i]), prof[i].gflops, 100 * prof[i].gflops_spread,
                     prof[i].h2d_gbps, prof[i].d2h_gbps);
     }
+    if ((s = cli_profile_attention(devs->dev, devs->n, desc, o, prof)) != ST_OK)
+        return s;
     /* Devices on the same hardware (PoCL's CPU devices) are planned at the
      * rate each gets while the others run too. */
     if ((s = st_device_profile_shared(devs->dev, devs->n, pm, pn, pk, prof)) != ST_OK)

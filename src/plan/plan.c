@@ -16,8 +16,10 @@
 /* Kernel launches per layer and micro-batch; each costs about the device's
  * launch overhead, which dominates small models on CPU devices. */
 #define LAUNCH_EST_US 25.0
-static const double launches_fwd[3] = {1, 14, 4}; /* embedding, block, head */
-static const double launches_bwd[3] = {1, 20, 6};
+/* Launches per layer and micro-batch (runtime/gpt.c; a block's 9 + 15 with
+ * flash attention; `strata train --profile` counts them). */
+static const double launches_fwd[3] = {1, 9, 4}; /* embedding, block, head */
+static const double launches_bwd[3] = {1, 15, 6};
 
 const char *st_schedule_name(st_schedule s)
 {
@@ -111,6 +113,7 @@ static int kind_index(st_layer_kind k)
 typedef struct sums {
     size_t n;
     double *fwd, *bwd, *act, *params, *launches_f, *launches_b;
+    double *ctx; /* the attention part of fwd + bwd (FLOPs that grow with the context) */
     size_t *blocks;
 } sums;
 
@@ -122,6 +125,7 @@ static void sums_free(sums *z)
     free(z->params);
     free(z->launches_f);
     free(z->launches_b);
+    free(z->ctx);
     free(z->blocks);
     memset(z, 0, sizeof *z);
 }
@@ -132,11 +136,12 @@ static st_status sums_init(const st_plan_input *in, sums *z)
     size_t n = m->n_layers, B = (size_t)in->micro_batch, T = (size_t)in->seq;
     memset(z, 0, sizeof *z);
     z->n = n;
-    double **arrays[6] = {&z->fwd, &z->bwd, &z->act, &z->params, &z->launches_f, &z->launches_b};
-    for (int i = 0; i < 6; i++)
+    double **arrays[7] = {&z->fwd, &z->bwd, &z->act, &z->params, &z->launches_f, &z->launches_b,
+                          &z->ctx};
+    for (int i = 0; i < 7; i++)
         *arrays[i] = calloc(n + 1, sizeof(double));
     z->blocks = calloc(n + 1, sizeof *z->blocks);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         if (!*arrays[i] || !z->blocks) {
             sums_free(z);
             return st_error(ST_ERR_HOST_MEMORY, "plan: out of host memory for %zu layers", n);
@@ -150,6 +155,9 @@ static st_status sums_init(const st_plan_input *in, sums *z)
         z->launches_f[l + 1] = z->launches_f[l] + launches_fwd[kind_index(ld->kind)];
         z->launches_b[l + 1] = z->launches_b[l] + launches_bwd[kind_index(ld->kind)];
         z->blocks[l + 1] = z->blocks[l] + (ld->kind == ST_LAYER_BLOCK);
+        z->ctx[l + 1] = z->ctx[l] + (double)B * T * T *
+                                        (ld->fwd_flops_per_token_ctx +
+                                         (in->training ? ld->bwd_flops_per_token_ctx : 0));
     }
     return ST_OK;
 }
@@ -182,11 +190,32 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
         xf += d2h; /* send the output */
         xb += h2d; /* receive its gradient */
     }
-    double launch_ms = LAUNCH_EST_US * 1e-3;
+    double launch_ms = (d->launch_us > 0 ? d->launch_us : LAUNCH_EST_US) * 1e-3;
     out->first = a;
     out->end = b;
-    out->fwd_ms = fwd / (d->gflops * 1e6) + launches_f * launch_ms + xf;
-    out->bwd_ms = in->training ? bwd / (d->gflops * 1e6) + launches_b * launch_ms + xb : 0;
+    /* Attention (the FLOPs that grow with the context) at its own measured
+     * rate when the profile has one, split between the passes as its FLOPs
+     * are; the rest at the GEMM rate. */
+    double ctx = z->ctx[b] - z->ctx[a], extra_f = 0, extra_b = 0;
+    if (d->attn_gflops > 0 && ctx > 0) {
+        double share_f = 1; /* the forward's part of the attention FLOPs */
+        for (size_t l = a; l < b; l++) {
+            const st_layer_desc *blk = &m->layers[l];
+            if (blk->kind != ST_LAYER_BLOCK)
+                continue;
+            double f = blk->fwd_flops_per_token_ctx,
+                   bb = in->training ? blk->bwd_flops_per_token_ctx : 0;
+            share_f = f + bb > 0 ? f / (f + bb) : 1;
+            break;
+        }
+        /* fwd and bwd already count ctx at the GEMM rate: the difference. */
+        double diff = ctx / (d->attn_gflops * 1e6) - ctx / (d->gflops * 1e6);
+        extra_f = diff * share_f;
+        extra_b = diff * (1 - share_f);
+    }
+    out->fwd_ms = fwd / (d->gflops * 1e6) + extra_f + launches_f * launch_ms + xf;
+    out->bwd_ms = in->training ? bwd / (d->gflops * 1e6) + extra_b + launches_b * launch_ms + xb
+                               : 0;
     out->xfer_ms = xf + (in->training ? xb : 0);
     int m_b = in->micro_batches;
     out->in_flight = !in->training               ? 1
@@ -214,7 +243,9 @@ static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *dev
         for (size_t q = 0; q < S; q++)
             if (q != j && devices[q] != devices[j] &&
                 strcmp(in->devices[devices[q]].hardware, d.hardware) == 0) {
-                d.gflops = fmin(d.gflops, d.shared_gflops);
+                double ratio = fmin(1.0, d.shared_gflops / d.gflops);
+                d.gflops *= ratio;
+                d.attn_gflops *= ratio; /* the same cores, shared alike */
                 break;
             }
     return d;

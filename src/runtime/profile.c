@@ -17,6 +17,7 @@
 
 #include "core/clock.h"
 #include "strata/gemm.h"
+#include "strata/layers.h"
 #include "strata/profile.h"
 #include "strata/program.h"
 #include "strata/progress.h"
@@ -37,8 +38,17 @@ static void profile_path(const st_device *dev, const char *what, char *out, size
     st_tuning_path(dev, tuning, sizeof tuning);
     if (tuning[0] && stat(tuning, &tb) == 0)
         stamp = (long long)tb.st_mtime * 1000003LL + (long long)tb.st_size;
-    snprintf(extra, sizeof extra, "%s|tuning %lld %d|v2", what, stamp,
-             (int)st_device_tuning_source(dev));
+    /* So is the content of the built-in table (a new release may change it). */
+    unsigned long long table = 1469598103934665603ull;
+    st_tuning builtin[4];
+    size_t nb = st_tuning_builtin(st_device_get_info(dev), builtin, 4);
+    for (size_t i = 0; i < nb; i++)
+        for (size_t k = 0; k < builtin[i].n; k++)
+            table = (table ^ (builtin[i].values[k] + 31u * (unsigned char)builtin[i].names[k][0] +
+                              977u * k + 7919u * i)) *
+                    1099511628211ull;
+    snprintf(extra, sizeof extra, "%s|tuning %lld %d %llx|v4", what, stamp,
+             (int)st_device_tuning_source(dev), table);
     st_cache_device_file(dev, "profiles", extra, out, size);
 }
 
@@ -72,17 +82,19 @@ static bool load(const char *path, const st_device *dev, st_device_profile *out)
     if (!path[0])
         return false;
     json_t *j = json_load_file(path, 0, NULL);
-    double g = 0, spread = 1, h2d = 0, d2h = 0;
+    double g = 0, spread = 1, h2d = 0, d2h = 0, launch = 0;
     int steady = 0;
     bool ok = j && same_device(j, st_device_get_info(dev)) &&
-              json_unpack(j, "{s:F, s:F, s:F, s:F, s:b}", "gflops", &g, "gflops_spread",
-                          &spread, "h2d_gbps", &h2d, "d2h_gbps", &d2h, "steady", &steady) == 0 &&
+              json_unpack(j, "{s:F, s:F, s:F, s:F, s:b, s:F}", "gflops", &g, "gflops_spread",
+                          &spread, "h2d_gbps", &h2d, "d2h_gbps", &d2h, "steady", &steady,
+                          "launch_us", &launch) == 0 &&
               g > 0 && h2d > 0 && d2h > 0 && steady && spread >= 0 && spread <= STEADY;
     if (ok) {
         out->gflops = g;
         out->gflops_spread = spread;
         out->h2d_gbps = h2d;
         out->d2h_gbps = d2h;
+        out->launch_us = launch;
     }
     json_decref(j);
     return ok;
@@ -126,21 +138,35 @@ static void save(const char *path, const st_device *dev, size_t m, size_t n, siz
     json_object_set_new(j, "gflops_spread", json_real(p->gflops_spread));
     json_object_set_new(j, "h2d_gbps", json_real(p->h2d_gbps));
     json_object_set_new(j, "d2h_gbps", json_real(p->d2h_gbps));
+    json_object_set_new(j, "launch_us", json_real(p->launch_us));
     json_object_set_new(j, "steady", json_boolean(steady));
     write_json(path, j);
     json_decref(j);
 }
 
-/* reps products, then a wait for the device; *secs per product. */
+/* reps rounds of the three products a linear layer does per training step
+ * (out = x W, dx = dout W^T, dW = x^T dout: NN, NT and TN, the transposes
+ * as views of the same buffers), then a wait for the device; *secs per
+ * product. Transposed operands cost CLBlast extra passes: a rate from NN
+ * alone overstated training. */
 static st_status gemm_timed(st_tensor *a, st_tensor *b, st_tensor *c, int reps, double *secs)
 {
+    size_t m = st_tensor_dim(a, 0), k = st_tensor_dim(a, 1), n = st_tensor_dim(b, 1);
+    size_t sat[2] = {k, m}, sbt[2] = {n, k};
+    st_tensor *at = NULL, *bt = NULL;
+    st_status s = st_tensor_view(a, 0, 2, sat, &at);
+    if (s == ST_OK)
+        s = st_tensor_view(b, 0, 2, sbt, &bt);
     double t0 = st_now_s();
-    st_status s = ST_OK;
     for (int i = 0; s == ST_OK && i < reps; i++)
-        s = st_matmul(false, false, 1.0f, a, b, 0.0f, c);
+        if ((s = st_matmul(false, false, 1.0f, a, b, 0.0f, c)) == ST_OK &&
+            (s = st_matmul(false, true, 1.0f, a, bt, 0.0f, c)) == ST_OK)
+            s = st_matmul(true, false, 1.0f, at, b, 0.0f, c);
     if (s == ST_OK)
         s = st_device_finish(st_tensor_device(c));
-    *secs = (st_now_s() - t0) / reps;
+    *secs = (st_now_s() - t0) / (3.0 * reps);
+    st_tensor_destroy(at);
+    st_tensor_destroy(bt);
     return s;
 }
 
@@ -212,6 +238,17 @@ static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device
             done += 2;
             st_progress_update(&pr, done);
         }
+        /* A launch's cost: 200 fills of one element, back to back. */
+        double l0 = st_now_s();
+        st_tensor *one = NULL;
+        size_t s1[1] = {1};
+        if (s == ST_OK && (s = st_tensor_view(x, 0, 1, s1, &one)) == ST_OK) {
+            for (int i = 0; s == ST_OK && i < 200; i++)
+                s = st_tensor_fill(one, 0.0f);
+            if (s == ST_OK && (s = st_device_finish(dev)) == ST_OK)
+                p->launch_us = (st_now_s() - l0) / 200 * 1e6;
+        }
+        st_tensor_destroy(one);
         if (s == ST_OK) {
             double bytes = (double)sx[0] * sizeof(float);
             p->h2d_gbps = bytes / fmax(median_of(w, RUNS, NULL), 1e-9) / 1e9;
@@ -425,6 +462,67 @@ st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, s
         }
         for (size_t q = 0; q < cnt; q++)
             prof[idx[q]].shared_gflops = rates[q];
+    }
+    return ST_OK;
+}
+
+st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, unsigned flags,
+                                   double *seconds)
+{
+    if (flags & ST_PROFILE_REFRESH)
+        st_device_profile_forget(dev);
+    char path[4400], what[128];
+    snprintf(what, sizeof what, "attention %dx%dx%dx%d", B, T, C, NH);
+    profile_path(dev, what, path, sizeof path);
+    json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
+    double cached = 0;
+    bool hit = j && same_device(j, st_device_get_info(dev)) &&
+               json_unpack(j, "{s:F}", "seconds", &cached) == 0 && cached > 0;
+    json_decref(j);
+    if (hit) {
+        *seconds = cached;
+        return ST_OK;
+    }
+    size_t N = (size_t)B * T, Cs = (size_t)C, q3[1] = {N * 3 * Cs}, o1[1] = {N * Cs},
+           l1[1] = {(size_t)B * NH * T}, b1[1] = {3 * Cs};
+    st_tensor *qkv = NULL, *bias = NULL, *out = NULL, *lse = NULL, *dout = NULL, *dqkv = NULL;
+    st_progress pr;
+    st_progress_begin(&pr, 4, "measuring attention for the planner (%d x %d tokens): %s", B, T,
+                      st_device_label(dev));
+    st_status s;
+    double t[4] = {0};
+    if ((s = st_tensor_create(dev, ST_F32, 1, q3, "profile qkv", &qkv)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 1, b1, "profile bias", &bias)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 1, o1, "profile out", &out)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 1, l1, "profile lse", &lse)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 1, o1, "profile dout", &dout)) == ST_OK &&
+        (s = st_tensor_create(dev, ST_F32, 1, q3, "profile dqkv", &dqkv)) == ST_OK) {
+        for (int i = 0; s == ST_OK && i < 4; i++) {
+            double t0 = st_now_s();
+            if ((s = st_attention_flash_fwd(out, lse, qkv, bias, B, T, C, NH)) == ST_OK &&
+                (s = st_attention_flash_bwd(dqkv, dout, out, lse, qkv, bias, B, T, C, NH)) ==
+                    ST_OK)
+                s = st_device_finish(dev);
+            t[i] = st_now_s() - t0;
+            st_progress_update(&pr, (uint64_t)i + 1);
+        }
+    }
+    st_progress_end(&pr);
+    st_tensor *all[] = {qkv, bias, out, lse, dout, dqkv};
+    for (size_t i = 0; i < 6; i++)
+        st_tensor_destroy(all[i]);
+    if (s != ST_OK) {
+        st_error_context("measuring attention on %s for the planner", st_device_label(dev));
+        return s;
+    }
+    *seconds = median_of(t + 1, 3, NULL); /* the first compiles */
+    if (path[0]) {
+        json_t *o = device_json(dev);
+        json_object_set_new(o, "attention_btcnh",
+                            json_pack("[i,i,i,i]", B, T, C, NH));
+        json_object_set_new(o, "seconds", json_real(*seconds));
+        write_json(path, o);
+        json_decref(o);
     }
     return ST_OK;
 }
