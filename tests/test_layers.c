@@ -589,6 +589,56 @@ static void flash_attention_matches_reference(void **state)
     free(x);
 }
 
+/* Decoding: the token at position pos attends over the cache (rows 0..pos-1
+ * filled before, row pos written by the kernel) as row pos of the full
+ * causal attention does; the cache gets the token's key and value with
+ * their bias. A second sequence's cache (an offset) is left alone. */
+static void attention_decode_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{1, 4, 1}, {7, 12, 3}, {70, 32, 4}, {20, 256, 2}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], pos = T - 1, S = T + 3;
+            size_t nq = (size_t)T * 3 * C;
+            double *qkv0 = rnd(nq, 400 + k, 2.0), *bias = rnd(3 * (size_t)C, 410 + k, 0.5);
+            double *qkv = zeros(nq), *out = zeros((size_t)T * C);
+            double *att = zeros((size_t)NH * T * T);
+            for (int r = 0; r < T; r++)
+                for (int e = 0; e < 3 * C; e++)
+                    qkv[(size_t)r * 3 * C + e] =
+                        (double)(float)qkv0[(size_t)r * 3 * C + e] + (double)(float)bias[e];
+            ref_attention_fwd(out, att, qkv, 1, T, C, NH);
+            /* Two sequences' caches: this one at offset S*C, the other first. */
+            size_t nc = 2 * (size_t)S * C;
+            double *cache = zeros(nc);
+            for (int r = 0; r < pos; r++)
+                for (int e = 0; e < C; e++)
+                    cache[(size_t)S * C + (size_t)r * C + e] = qkv[(size_t)r * 3 * C + C + e];
+            double *vcache = zeros(nc);
+            for (int r = 0; r < pos; r++)
+                for (int e = 0; e < C; e++)
+                    vcache[(size_t)S * C + (size_t)r * C + e] = qkv[(size_t)r * 3 * C + 2 * C + e];
+            st_tensor *tq = up(dev, qkv0 + (size_t)pos * 3 * C, 3 * (size_t)C, "qkv"),
+                      *tb = up(dev, bias, 3 * (size_t)C, "bias"), *tk = up(dev, cache, nc, "k"),
+                      *tv = up(dev, vcache, nc, "v"), *to = up(dev, bias, (size_t)C, "out"),
+                      *ts = up(dev, cache, (size_t)NH * S, "scores");
+            assert_ok(st_attention_decode(to, ts, tk, tv, (size_t)S * C, tq, tb, pos, S, C, NH));
+            check("attention_decode out", to, out + (size_t)pos * C, (size_t)C);
+            for (int e = 0; e < C; e++) {
+                cache[(size_t)S * C + (size_t)pos * C + e] = qkv[(size_t)pos * 3 * C + C + e];
+                vcache[(size_t)S * C + (size_t)pos * C + e] = qkv[(size_t)pos * 3 * C + 2 * C + e];
+            }
+            check("attention_decode k cache", tk, cache, nc);
+            check("attention_decode v cache", tv, vcache, nc);
+            st_tensor *all[] = {tq, tb, tk, tv, to, ts};
+            for (size_t i = 0; i < 6; i++)
+                st_tensor_destroy(all[i]);
+            free(qkv0), free(bias), free(qkv), free(out), free(att), free(cache), free(vcache);
+        }
+}
+
 /* ---- fused ops: each against the composition of the plain references */
 
 /* Both forms of the row kernels (a work-group per row for GPUs, a
@@ -750,6 +800,7 @@ int main(void)
         cmocka_unit_test(attention_reference_backward_is_the_gradient),
         cmocka_unit_test(attention_matches_reference),
         cmocka_unit_test(flash_attention_matches_reference),
+        cmocka_unit_test(attention_decode_matches_reference),
         cmocka_unit_test(fused_ops_match_their_parts),
         cmocka_unit_test(sumsq_matches_and_repeats_bitwise),
         cmocka_unit_test(wrong_sizes_are_refused),
