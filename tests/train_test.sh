@@ -161,6 +161,22 @@ assert all(o["launches"] % 3 == 0 for o in ops if not o["op"].startswith("copy")
 assert [e for e in ev if e["event"] == "profile_blocks"]
 PY
 
+# The two forms of the row kernels (a work-group per row for GPUs, a
+# work-item per row for CPUs) train to the same losses, up to the order of sums.
+for form in gpu cpu; do
+    STRATA_KERNEL_FORM=$form "$strata" train "${tiny[@]}" --steps 8 --log-json "$work/form-$form.json" \
+        --out "$work/form-$form" >/dev/null 2>&1 || fail "training with STRATA_KERNEL_FORM=$form failed"
+done
+python3 - "$work/form-gpu.json" "$work/form-cpu.json" <<'PY' || fail "the GPU and CPU kernel forms train apart"
+import json, sys
+def losses(p):
+    return [json.loads(l)["loss"] for l in open(p) if json.loads(l)["event"] == "step"]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(a) == len(b) == 8, (a, b)
+for x, y in zip(a, b):
+    assert abs(x - y) <= 1e-5 * max(abs(x), abs(y)), (a, b)
+PY
+
 # Evaluation.
 expect 0 "exact match" -- "$strata" eval --model "$work/a"
 
