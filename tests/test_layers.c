@@ -639,6 +639,64 @@ static void attention_decode_matches_reference(void **state)
         }
 }
 
+/* AdamW in one launch by decay runs equals a launch per parameter, bitwise:
+ * three parameters (decay, none, decay) with a gap of zeros before the
+ * last, which stays zeros. */
+static void adamw_runs_equal_per_parameter(void **state)
+{
+    (void)state;
+    const size_t len[3] = {1000, 37, 4100}, at[3] = {0, 1000, 1040}, n = 5140;
+    st_adamw_hparams h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *p0 = rnd(n, 500, 1.0), *g0 = rnd(n, 501, 1.0), *m0 = rnd(n, 502, 0.1);
+        double *v0 = rnd(n, 503, 0.1);
+        for (size_t i = 1037; i < 1040; i++) /* the gap */
+            p0[i] = g0[i] = m0[i] = v0[i] = 0;
+        for (size_t i = 0; i < n; i++)
+            v0[i] = fabs(v0[i]);
+        st_tensor *P[2], *G[2], *M[2], *V[2];
+        for (int k = 0; k < 2; k++) {
+            P[k] = up(dev, p0, n, "param"), G[k] = up(dev, g0, n, "grad");
+            M[k] = up(dev, m0, n, "m"), V[k] = up(dev, v0, n, "v");
+        }
+        for (int i = 0; i < 3; i++) {
+            st_tensor *pv, *gv, *mv, *vv;
+            assert_ok(st_tensor_view(P[0], at[i], 1, &len[i], &pv));
+            assert_ok(st_tensor_view(G[0], at[i], 1, &len[i], &gv));
+            assert_ok(st_tensor_view(M[0], at[i], 1, &len[i], &mv));
+            assert_ok(st_tensor_view(V[0], at[i], 1, &len[i], &vv));
+            st_adamw_hparams hp = h;
+            if (i == 1)
+                hp.weight_decay = 0;
+            assert_ok(st_adamw_step(pv, gv, mv, vv, len[i], &hp, 3, 0.5f));
+            st_tensor_destroy(pv), st_tensor_destroy(gv), st_tensor_destroy(mv);
+            st_tensor_destroy(vv);
+        }
+        int runs[9] = {0, 0, 1, 0, 1000, 0, 0, 1040, 1};
+        size_t nr = 9;
+        st_tensor *R;
+        assert_ok(st_tensor_create(dev, ST_I32, 1, &nr, "runs", &R));
+        assert_ok(st_tensor_write(R, 0, 9, runs));
+        assert_ok(st_adamw_step_runs(P[1], G[1], M[1], V[1], R, 3, n, &h, 3, 0.5f));
+        st_tensor *pairs[3][2] = {{P[0], P[1]}, {M[0], M[1]}, {V[0], V[1]}};
+        float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+        for (int k = 0; k < 3; k++) {
+            assert_ok(st_tensor_read(pairs[k][0], 0, n, a));
+            assert_ok(st_tensor_read(pairs[k][1], 0, n, b));
+            assert_memory_equal(a, b, n * sizeof *a);
+        }
+        for (size_t i = 1037; i < 1040; i++)
+            assert_true(b[i] == 0.0f);
+        free(a), free(b);
+        st_tensor_destroy(R);
+        for (int k = 0; k < 2; k++)
+            st_tensor_destroy(P[k]), st_tensor_destroy(G[k]), st_tensor_destroy(M[k]),
+                st_tensor_destroy(V[k]);
+        free(p0), free(g0), free(m0), free(v0);
+    }
+}
+
 /* ---- fused ops: each against the composition of the plain references */
 
 /* Both forms of the row kernels (a work-group per row for GPUs, a
@@ -802,6 +860,7 @@ int main(void)
         cmocka_unit_test(flash_attention_matches_reference),
         cmocka_unit_test(attention_decode_matches_reference),
         cmocka_unit_test(fused_ops_match_their_parts),
+        cmocka_unit_test(adamw_runs_equal_per_parameter),
         cmocka_unit_test(sumsq_matches_and_repeats_bitwise),
         cmocka_unit_test(wrong_sizes_are_refused),
     };

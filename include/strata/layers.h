@@ -147,6 +147,12 @@ typedef struct st_adamw_hparams {
  * multiplies the gradient first (1 without clipping). */
 st_status st_adamw_step(st_tensor *param, const st_tensor *grad, st_tensor *m, st_tensor *v,
                         size_t n, const st_adamw_hparams *h, long t, float grad_scale);
+/* The same over n elements in one launch, weight decay by runs: runs is I32
+ * [3 * n_runs], per run its first element as two 31-bit halves (high, low)
+ * and 1 (decay) or 0; the first run starts at 0, the runs in order. */
+st_status st_adamw_step_runs(st_tensor *param, const st_tensor *grad, st_tensor *m, st_tensor *v,
+                             const st_tensor *runs, int n_runs, size_t n,
+                             const st_adamw_hparams *h, long t, float grad_scale);
 
 #ifdef __cplusplus
 }

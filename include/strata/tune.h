@@ -43,8 +43,8 @@ st_status st_tuning_current(st_device *dev, const char *kernel, st_tuning *out);
 
 /* A search with a time budget (tune_search.c): from `start`, changes one or
  * two parameters at a time, keeps a candidate that makes the products
- * faster (total time over the shapes) and gives the same results, and
- * stops when budget_s has passed. The best set found is applied on return.
+ * faster (total time over the shapes, each as a training step does it: NN,
+ * NT and TN) and gives the same results, and stops when budget_s has passed. The best set found is applied on return.
  * Progress on the progress line. */
 typedef struct st_tune_shape {
     size_t m, n, k;
@@ -56,7 +56,8 @@ typedef struct st_tune_result {
 } st_tune_result;
 st_status st_tune_search(st_device *dev, const st_tuning *start, const st_tune_shape *shapes,
                          size_t n_shapes, double budget_s, uint64_t seed, st_tune_result *out);
-/* The GFLOPS of the products (one warm-up each, then the best of three). */
+/* The GFLOPS of the products (NN, NT and TN each; one warm-up, then the
+ * best of three). */
 st_status st_tune_rate(st_device *dev, const st_tune_shape *shapes, size_t n_shapes,
                        double *gflops);
 

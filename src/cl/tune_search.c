@@ -200,20 +200,43 @@ static st_status time_shapes(st_device *dev, bench *b, size_t n, double cutoff, 
     *ok = true;
     for (size_t i = 0; i < n; i++) {
         double best = 1e30;
+        /* The three products a linear layer does in a training step: NN,
+         * NT and TN (the transposes as views of the same buffers). */
+        size_t m = st_tensor_dim(b->a[i], 0), k = st_tensor_dim(b->a[i], 1);
+        size_t nn = st_tensor_dim(b->b[i], 1), sat[2] = {k, m}, sbt[2] = {nn, k};
+        st_tensor *at = NULL, *bt = NULL;
+        st_status sv = st_tensor_view(b->a[i], 0, 2, sat, &at);
+        if (sv == ST_OK)
+            sv = st_tensor_view(b->b[i], 0, 2, sbt, &bt);
+        if (sv != ST_OK) {
+            st_tensor_destroy(at);
+            return sv;
+        }
         for (int r = 0; r < 4; r++) {
             double t0 = st_now_s();
-            st_status s = st_matmul(false, false, 1.0f, b->a[i], b->b[i], 0.0f, b->c[i]);
+            st_status s = st_matmul(false, true, 1.0f, b->a[i], bt, 0.0f, b->c[i]);
+            if (s == ST_OK)
+                s = st_matmul(true, false, 1.0f, at, b->b[i], 0.0f, b->c[i]);
+            if (s == ST_OK) /* last: the result compared is the plain product's */
+                s = st_matmul(false, false, 1.0f, b->a[i], b->b[i], 0.0f, b->c[i]);
             if (s == ST_OK)
                 s = st_device_finish(dev);
             if (s == ST_ERR_BLAS || s == ST_ERR_CL || s == ST_ERR_BUILD) {
                 *ok = false; /* parameters the device cannot run */
+                st_tensor_destroy(at);
+                st_tensor_destroy(bt);
                 return ST_OK;
             }
-            if (s != ST_OK)
+            if (s != ST_OK) {
+                st_tensor_destroy(at);
+                st_tensor_destroy(bt);
                 return s;
+            }
             if (r > 0 && st_now_s() - t0 < best)
                 best = st_now_s() - t0;
         }
+        st_tensor_destroy(at);
+        st_tensor_destroy(bt);
         total += best;
         if (total > cutoff)
             break;
@@ -232,7 +255,7 @@ st_status st_tune_rate(st_device *dev, const st_tune_shape *shapes, size_t n_sha
     for (size_t i = 0; s == ST_OK && i < n_shapes && i < 8; i++) {
         size_t sa[2] = {shapes[i].m, shapes[i].k}, sb[2] = {shapes[i].k, shapes[i].n},
                sc[2] = {shapes[i].m, shapes[i].n};
-        flops += 2.0 * (double)shapes[i].m * shapes[i].n * shapes[i].k;
+        flops += 3 * 2.0 * (double)shapes[i].m * shapes[i].n * shapes[i].k;
         if ((s = st_tensor_create(dev, ST_F32, 2, sa, "tune A", &b.a[i])) == ST_OK &&
             (s = st_tensor_create(dev, ST_F32, 2, sb, "tune B", &b.b[i])) == ST_OK)
             s = st_tensor_create(dev, ST_F32, 2, sc, "tune C", &b.c[i]);
@@ -277,7 +300,7 @@ st_status st_tune_search(st_device *dev, const st_tuning *start, const st_tune_s
     for (size_t i = 0; s == ST_OK && i < n_shapes; i++) {
         size_t sa[2] = {shapes[i].m, shapes[i].k}, sb[2] = {shapes[i].k, shapes[i].n},
                sc[2] = {shapes[i].m, shapes[i].n};
-        flops += 2.0 * (double)shapes[i].m * shapes[i].n * shapes[i].k;
+        flops += 3 * 2.0 * (double)shapes[i].m * shapes[i].n * shapes[i].k;
         if ((s = st_tensor_create(dev, ST_F32, 2, sa, "tune A", &b.a[i])) == ST_OK &&
             (s = st_tensor_create(dev, ST_F32, 2, sb, "tune B", &b.b[i])) == ST_OK &&
             (s = st_tensor_create(dev, ST_F32, 2, sc, "tune C", &b.c[i])) == ST_OK &&

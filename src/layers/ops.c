@@ -328,6 +328,28 @@ st_status st_adamw_step(st_tensor *param, const st_tensor *grad, st_tensor *m, s
                      ST_KF(bc2), ST_KF(grad_scale));
 }
 
+st_status st_adamw_step_runs(st_tensor *param, const st_tensor *grad, st_tensor *m, st_tensor *v,
+                             const st_tensor *runs, int n_runs, size_t n,
+                             const st_adamw_hparams *h, long t, float grad_scale)
+{
+    NEED("adamw", param, n);
+    NEED("adamw", grad, n);
+    NEED("adamw", m, n);
+    NEED("adamw", v, n);
+    st_status s = st_op_need("adamw", runs, 3 * (size_t)(n_runs > 0 ? n_runs : 1), ST_I32);
+    if (s != ST_OK)
+        return s;
+    if (t < 1 || n_runs < 1)
+        return st_error(ST_ERR_INVALID, "adamw: step number %ld (counts from 1), %d runs", t,
+                        n_runs);
+    float bc1 = (float)(1.0 - pow((double)h->beta1, (double)t));
+    float bc2 = (float)(1.0 - pow((double)h->beta2, (double)t));
+    return ST_LAUNCH(st_tensor_device(param), "adamw.cl", "adamw_step_runs", n, LOCAL,
+                     ST_KT(param), ST_KT(grad), ST_KT(m), ST_KT(v), ST_KT(runs), ST_KI(n_runs),
+                     ST_KU(n), ST_KF(h->lr), ST_KF(h->beta1), ST_KF(h->beta2), ST_KF(h->eps),
+                     ST_KF(h->weight_decay), ST_KF(bc1), ST_KF(bc2), ST_KF(grad_scale));
+}
+
 st_status st_sumsq_accumulate(st_tensor *acc, st_tensor *scratch, const st_tensor *x, size_t n)
 {
     NEED("sumsq", acc, 1);

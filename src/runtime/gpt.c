@@ -73,6 +73,9 @@ struct st_gpt {
     slot_acts *acts;
     /* backward scratch: dres [N,C], dC [N,C], d3C [N,3C], dF [N,F], datt [B,NH,T,T] */
     st_tensor *scratch, *dres, *dC, *d3C, *dF, *datt, *sumsq_acc, *sumsq_parts;
+    st_tensor *adam_runs;   /* st_gpt_step's decay runs (made on the first step) */
+    int adam_n_runs;        /* -1: parameters not in offset order, one launch each */
+    size_t adam_span;       /* elements from the first parameter to the end of the last */
     decode_bufs dec;
     uint64_t bytes;
 };
@@ -374,6 +377,7 @@ void st_gpt_destroy(st_gpt *g)
         for (int i = 0; i < g->slots; i++)
             free_slot(g, &g->acts[i]);
     free(g->acts);
+    st_tensor_destroy(g->adam_runs);
     for (int w = 0; w < 4; w++) {
         free_param_views(g, w);
         st_tensor_destroy(g->bufs[w]);
@@ -836,11 +840,56 @@ st_status st_gpt_grad_sumsq(st_gpt *g, double *out)
     return s;
 }
 
+/* The decay runs of the stage's parameters for st_adamw_step_runs (made on
+ * the first step): parameters in offset order, a run per change of setting
+ * (weight decay on matrices only); adam_n_runs -1 when the offsets are not
+ * in order. */
+static st_status adam_runs(st_gpt *g)
+{
+    if (g->adam_runs || g->n_params == 0)
+        return ST_OK;
+    int *t = malloc(3 * g->n_params * sizeof *t);
+    if (!t)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    int n = 0;
+    size_t prev_end = 0;
+    for (size_t i = 0; i < g->n_params; i++) {
+        const st_gpt_param *p = &g->params[i];
+        int decay = p->desc->ndim == 2;
+        if (p->offset < prev_end) { /* not in order: the per-parameter path */
+            free(t);
+            g->adam_n_runs = -1;
+            return ST_OK;
+        }
+        size_t start = i == 0 ? 0 : p->offset;
+        if (n == 0 || t[3 * (n - 1) + 2] != decay) {
+            t[3 * n] = (int)(start >> 31);
+            t[3 * n + 1] = (int)(start & 0x7fffffff);
+            t[3 * n + 2] = decay;
+            n++;
+        }
+        prev_end = p->offset + p->desc->numel;
+    }
+    size_t shape[1] = {3 * (size_t)n};
+    st_status s = st_tensor_create(g->dev, ST_I32, 1, shape, "adamw runs", &g->adam_runs);
+    if (s == ST_OK)
+        s = st_tensor_write(g->adam_runs, 0, shape[0], t);
+    free(t);
+    g->adam_n_runs = n;
+    g->adam_span = prev_end;
+    return s;
+}
+
 st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_scale)
 {
     if (!g->training)
         return st_error(ST_ERR_INVALID, "step: the stage was created without training");
-    st_status s = ST_OK;
+    /* One launch over the stage's buffers (148 for GPT-2 small, one per
+     * parameter, before), decay by runs; the same arithmetic per element. */
+    st_status s = adam_runs(g);
+    if (s == ST_OK && g->adam_n_runs > 0)
+        return st_adamw_step_runs(g->bufs[0], g->bufs[1], g->bufs[2], g->bufs[3], g->adam_runs,
+                                  g->adam_n_runs, g->adam_span, h, t, grad_scale);
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
         st_adamw_hparams hp = *h;
         if (g->params[i].desc->ndim != 2)
