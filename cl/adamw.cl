@@ -31,35 +31,53 @@ __kernel void adamw_step(__global float *param, const ulong param_off,
  * [0, n) (offsets give the stretch) decays only when its run does. runs
  * holds, per run of parameters with one decay setting, its first element
  * (two 31-bit halves) and 1 or 0; runs are in order and the first starts
- * at 0. Elements between parameters hold zeros and stay zeros. */
+ * at 0. Elements between parameters hold zeros and stay zeros.
+ * Work-groups of AD_WG work-items take stretches of L * AD_WG elements,
+ * work-item l every AD_WG-th from l (neighbours side by side; the stretch
+ * stays in cache while a CPU runs the work-items one after another); each
+ * finds its run once and moves to the next as it passes a run's start. */
+#define AD_WG 64
+
+static size_t run_start(__global const int *runs, const int r)
+{
+    return ((size_t)runs[3 * r] << 31) | (size_t)runs[3 * r + 1];
+}
+
 __kernel void adamw_step_runs(__global float *param, const ulong param_off,
                               __global const float *grad, const ulong grad_off,
                               __global float *m, const ulong m_off,
                               __global float *v, const ulong v_off,
                               __global const int *runs, const ulong runs_off, const int n_runs,
-                              const ulong n, const float lr, const float b1, const float b2,
-                              const float eps, const float wd, const float bc1, const float bc2,
-                              const float grad_scale)
+                              const ulong n, const ulong L, const float lr, const float b1,
+                              const float b2, const float eps, const float wd, const float bc1,
+                              const float bc2, const float grad_scale)
 {
-    const size_t i = get_global_id(0);
-    if (i >= n)
-        return;
     runs += runs_off;
-    int lo = 0, hi = n_runs - 1; /* the last run starting at or before i */
+    const size_t begin = get_group_id(0) * L * AD_WG + get_local_id(0);
+    const size_t end = min((size_t)n, (get_group_id(0) + 1) * L * AD_WG);
+    if (begin >= end)
+        return;
+    int lo = 0, hi = n_runs - 1; /* the last run starting at or before begin */
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        const size_t start = ((size_t)runs[3 * mid] << 31) | (size_t)runs[3 * mid + 1];
-        if (start <= i)
+        if (run_start(runs, mid) <= begin)
             lo = mid;
         else
             hi = mid - 1;
     }
-    const float w = runs[3 * lo + 2] ? wd : 0.0f;
-    const float g = grad[grad_off + i] * grad_scale;
-    const float mi = b1 * m[m_off + i] + (1.0f - b1) * g;
-    const float vi = b2 * v[v_off + i] + (1.0f - b2) * g * g;
-    m[m_off + i] = mi;
-    v[v_off + i] = vi;
-    const float p = param[param_off + i];
-    param[param_off + i] = p - lr * (mi / bc1 / (sqrt(vi / bc2) + eps) + w * p);
+    size_t next = lo + 1 < n_runs ? run_start(runs, lo + 1) : (size_t)n;
+    for (size_t i = begin; i < end; i += AD_WG) {
+        while (i >= next) {
+            lo++;
+            next = lo + 1 < n_runs ? run_start(runs, lo + 1) : (size_t)n;
+        }
+        const float w = runs[3 * lo + 2] ? wd : 0.0f;
+        const float g = grad[grad_off + i] * grad_scale;
+        const float mi = b1 * m[m_off + i] + (1.0f - b1) * g;
+        const float vi = b2 * v[v_off + i] + (1.0f - b2) * g * g;
+        m[m_off + i] = mi;
+        v[v_off + i] = vi;
+        const float p = param[param_off + i];
+        param[param_off + i] = p - lr * (mi / bc1 / (sqrt(vi / bc2) + eps) + w * p);
+    }
 }

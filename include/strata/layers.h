@@ -95,6 +95,10 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
  * st_layers_set_variant (-1: as by default). */
 enum { ST_LAYERS_GPU = 0, ST_LAYERS_CPU = 1 };
 void st_layers_set_variant(int variant);
+/* Whether dev gets the CPU form (also: AdamW one launch per parameter,
+ * which PoCL runs as vectorised straight-line code, rather than one launch
+ * whose work-items loop, 5x slower there). */
+bool st_layers_cpu_form(const st_device *dev);
 
 /* Decoding one token with a KV cache (cl/flash.cl, heads up to
  * ST_FLASH_MAX_HEAD): writes the token's key and value (qkv[3C] + qkv_b)

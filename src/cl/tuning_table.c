@@ -22,10 +22,11 @@ typedef struct family {
 static const family table[] = {
     /* PoCL's CPU devices (pthread and basic), on x86-64 with AVX-512: found
      * by CLBlast's tuner on the 2-core reference machine (an AMD EPYC), then
-     * by `strata tune --budget 90` from there (KREG 8 -> 2, VWN 2 -> 1):
-     * 85 -> 134 GFLOPS over 512^3 and 256x2048x512 on one pthread device. */
+     * by `strata tune --budget 90` from there, twice (KREG 8 -> 2 -> 4, VWN
+     * 2 -> 1): 109.5 -> 133.3 GFLOPS the second time, over the NN, NT and
+     * TN products of 512^3 and 256x2048x512 on one pthread device. */
     {"Portable Computing Language", ST_DEVICE_CPU, "Xgemm",
-     "GEMMK=1 KREG=2 KWG=1 KWI=1 MDIMA=8 MDIMC=8 MWG=64 NDIMB=4 NDIMC=4 NWG=64 SA=0 SB=0 "
+     "GEMMK=1 KREG=4 KWG=1 KWI=1 MDIMA=8 MDIMC=8 MWG=64 NDIMB=4 NDIMC=4 NWG=64 SA=0 SB=0 "
      "STRM=0 STRN=0 VWM=8 VWN=1"},
     /* CLBlast's own switch from the direct kernel to that one: at 128^3
      * rather than its default (products of a 12 x 768 model at 256 tokens,

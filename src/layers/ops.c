@@ -46,7 +46,7 @@ void st_layers_set_variant(int v)
 
 /* The kernels' form for this device: a work-group per row for GPUs and
  * other devices, a work-item per row for CPUs (strata/layers.h). */
-static bool cpu_form(const st_device *dev)
+bool st_layers_cpu_form(const st_device *dev)
 {
     if (variant >= 0)
         return variant == ST_LAYERS_CPU;
@@ -63,7 +63,7 @@ static st_status launch_rows(st_device *dev, const char *file, const char *name,
                              size_t nargs, const st_karg *args)
 {
     char row_name[96];
-    if (cpu_form(dev)) {
+    if (st_layers_cpu_form(dev)) {
         snprintf(row_name, sizeof row_name, "%s_row", name);
         return st_launch(dev, file, row_name, (size_t)N, LOCAL, nargs, args);
     }
@@ -212,7 +212,7 @@ st_status st_gelu_bwd_bias(st_tensor *dinp, const st_tensor *pre, const st_tenso
     NEED("gelu_bwd_bias", dout, NF);
     NEED("gelu_bwd_bias", dbias, (size_t)F);
     st_device *dev = st_tensor_device(dinp);
-    if (cpu_form(dev)) { /* element-wise, then the column sums: a CPU's caches prefer rows */
+    if (st_layers_cpu_form(dev)) { /* element-wise, then the column sums: a CPU's caches prefer rows */
         if ((s = ST_LAUNCH(dev, "gelu.cl", "gelu_bwd", NF, LOCAL, ST_KT(dinp), ST_KT(pre),
                            ST_KT(dout), ST_KU(NF))) != ST_OK)
             return s;
@@ -344,9 +344,18 @@ st_status st_adamw_step_runs(st_tensor *param, const st_tensor *grad, st_tensor 
                         n_runs);
     float bc1 = (float)(1.0 - pow((double)h->beta1, (double)t));
     float bc2 = (float)(1.0 - pow((double)h->beta2, (double)t));
-    return ST_LAUNCH(st_tensor_device(param), "adamw.cl", "adamw_step_runs", n, LOCAL,
+    /* Stretches of 64 x L elements, at least 64 x 256, at most 4096 of them. */
+    const size_t wg = 64;
+    size_t groups = (n + wg * 256 - 1) / (wg * 256);
+    if (groups > 4096)
+        groups = 4096;
+    if (groups < 1)
+        groups = 1;
+    size_t L = (n + groups * wg - 1) / (groups * wg);
+    groups = (n + L * wg - 1) / (L * wg);
+    return ST_LAUNCH(st_tensor_device(param), "adamw.cl", "adamw_step_runs", groups * wg, wg,
                      ST_KT(param), ST_KT(grad), ST_KT(m), ST_KT(v), ST_KT(runs), ST_KI(n_runs),
-                     ST_KU(n), ST_KF(h->lr), ST_KF(h->beta1), ST_KF(h->beta2), ST_KF(h->eps),
+                     ST_KU(n), ST_KU(L), ST_KF(h->lr), ST_KF(h->beta1), ST_KF(h->beta2), ST_KF(h->eps),
                      ST_KF(h->weight_decay), ST_KF(bc1), ST_KF(bc2), ST_KF(grad_scale));
 }
 

@@ -884,10 +884,11 @@ st_status st_gpt_step(st_gpt *g, const st_adamw_hparams *h, long t, float grad_s
 {
     if (!g->training)
         return st_error(ST_ERR_INVALID, "step: the stage was created without training");
-    /* One launch over the stage's buffers (148 for GPT-2 small, one per
-     * parameter, before), decay by runs; the same arithmetic per element. */
-    st_status s = adam_runs(g);
-    if (s == ST_OK && g->adam_n_runs > 0)
+    /* GPU form: one launch over the stage's buffers (148 for GPT-2 small,
+     * one per parameter, in the CPU form), decay by runs; the same
+     * arithmetic per element either way. */
+    st_status s = st_layers_cpu_form(g->dev) ? ST_OK : adam_runs(g);
+    if (s == ST_OK && g->adam_n_runs > 0 && !st_layers_cpu_form(g->dev))
         return st_adamw_step_runs(g->bufs[0], g->bufs[1], g->bufs[2], g->bufs[3], g->adam_runs,
                                   g->adam_n_runs, g->adam_span, h, t, grad_scale);
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
