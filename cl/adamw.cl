@@ -7,6 +7,21 @@
  * bc1 = 1 - b1^t and bc2 = 1 - b2^t come from the host (t counts from 1).
  * grad_scale multiplies the gradient first (global-norm clipping).
  */
+/* Element i's update, decay w (0 or the weight decay). */
+static void adamw_one(__global float *param, __global const float *grad, __global float *m,
+                      __global float *v, const size_t i, const float lr, const float b1,
+                      const float b2, const float eps, const float w, const float bc1,
+                      const float bc2, const float grad_scale)
+{
+    const float g = grad[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.0f - b1) * g;
+    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float p = param[i];
+    param[i] = p - lr * (mi / bc1 / (sqrt(vi / bc2) + eps) + w * p);
+}
+
 __kernel void adamw_step(__global float *param, const ulong param_off,
                          __global const float *grad, const ulong grad_off,
                          __global float *m, const ulong m_off,
@@ -16,15 +31,9 @@ __kernel void adamw_step(__global float *param, const ulong param_off,
                          const float grad_scale)
 {
     const size_t i = get_global_id(0);
-    if (i >= n)
-        return;
-    const float g = grad[grad_off + i] * grad_scale;
-    const float mi = b1 * m[m_off + i] + (1.0f - b1) * g;
-    const float vi = b2 * v[v_off + i] + (1.0f - b2) * g * g;
-    m[m_off + i] = mi;
-    v[v_off + i] = vi;
-    const float p = param[param_off + i];
-    param[param_off + i] = p - lr * (mi / bc1 / (sqrt(vi / bc2) + eps) + wd * p);
+    if (i < n)
+        adamw_one(param + param_off, grad + grad_off, m + m_off, v + v_off, i, lr, b1, b2, eps,
+                  wd, bc1, bc2, grad_scale);
 }
 
 /* The same over a whole stage's buffers in one launch: element e of
@@ -71,13 +80,7 @@ __kernel void adamw_step_runs(__global float *param, const ulong param_off,
             lo++;
             next = lo + 1 < n_runs ? run_start(runs, lo + 1) : (size_t)n;
         }
-        const float w = runs[3 * lo + 2] ? wd : 0.0f;
-        const float g = grad[grad_off + i] * grad_scale;
-        const float mi = b1 * m[m_off + i] + (1.0f - b1) * g;
-        const float vi = b2 * v[v_off + i] + (1.0f - b2) * g * g;
-        m[m_off + i] = mi;
-        v[v_off + i] = vi;
-        const float p = param[param_off + i];
-        param[param_off + i] = p - lr * (mi / bc1 / (sqrt(vi / bc2) + eps) + w * p);
+        adamw_one(param + param_off, grad + grad_off, m + m_off, v + v_off, i, lr, b1, b2, eps,
+                  runs[3 * lo + 2] ? wd : 0.0f, bc1, bc2, grad_scale);
     }
 }

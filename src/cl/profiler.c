@@ -20,7 +20,6 @@ static _Thread_local bool in_block;
 typedef struct pending {
     cl_event ev, end; /* end: a marker after the command, for spans */
     short op;
-    bool block;
 } pending;
 
 struct st_prof_state {
@@ -154,7 +153,7 @@ void st_profiler_record_span(st_device *dev, const char *op, cl_event ev, cl_eve
         p->list = l;
         p->cap = cap;
     }
-    p->list[p->n++] = (pending){ev, end, (short)i, in_block};
+    p->list[p->n++] = (pending){ev, end, (short)i};
     if (p->n >= 8192) /* bounded: wait for them now */
         resolve(p);
     pthread_mutex_unlock(&p->lock);

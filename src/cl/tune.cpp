@@ -9,6 +9,18 @@
 #include "strata/cl.h"
 #include "strata/tune.h"
 
+// CLBlast's parameter map as an st_tuning (the caller checked its size).
+static void to_tuning(const char *kernel, const std::unordered_map<std::string, size_t> &params,
+                      st_tuning *out)
+{
+    std::memset(out, 0, sizeof *out);
+    std::snprintf(out->kernel, sizeof out->kernel, "%s", kernel);
+    for (const auto &kv : params) {
+        std::snprintf(out->names[out->n], sizeof out->names[0], "%s", kv.first.c_str());
+        out->values[out->n++] = kv.second;
+    }
+}
+
 extern "C" bool st_tune_available(void)
 {
     return true;
@@ -37,12 +49,7 @@ extern "C" st_status st_tune_kernel(st_device *dev, const char *kernel, size_t m
     if (params.empty() || params.size() > ST_TUNE_MAX_PARAMS)
         return st_error(ST_ERR_BLAS, "CLBlast's tuner for %s returned %zu parameters", kernel,
                         params.size());
-    std::memset(out, 0, sizeof *out);
-    std::snprintf(out->kernel, sizeof out->kernel, "%s", kernel);
-    for (const auto &kv : params) {
-        std::snprintf(out->names[out->n], sizeof out->names[0], "%s", kv.first.c_str());
-        out->values[out->n++] = kv.second;
-    }
+    to_tuning(kernel, params, out);
     return ST_OK;
 }
 
@@ -54,11 +61,6 @@ extern "C" st_status st_tuning_current(st_device *dev, const char *kernel, st_tu
     if (r != clblast::StatusCode::kSuccess || params.empty() || params.size() > ST_TUNE_MAX_PARAMS)
         return st_error(ST_ERR_BLAS, "CLBlast gave no %s parameters for %s (status %d)", kernel,
                         st_device_label(dev), static_cast<int>(r));
-    std::memset(out, 0, sizeof *out);
-    std::snprintf(out->kernel, sizeof out->kernel, "%s", kernel);
-    for (const auto &kv : params) {
-        std::snprintf(out->names[out->n], sizeof out->names[0], "%s", kv.first.c_str());
-        out->values[out->n++] = kv.second;
-    }
+    to_tuning(kernel, params, out);
     return ST_OK;
 }

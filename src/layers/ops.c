@@ -50,11 +50,15 @@ bool st_layers_cpu_form(const st_device *dev)
 {
     if (variant >= 0)
         return variant == ST_LAYERS_CPU;
-    const char *env = getenv("STRATA_KERNEL_FORM"); /* gpu or cpu: overrides the type */
-    if (env && strcmp(env, "gpu") == 0)
-        return false;
-    if (env && strcmp(env, "cpu") == 0)
-        return true;
+    static int env = -2; /* STRATA_KERNEL_FORM, read once: -1 unset, else a form */
+    if (env == -2) {
+        const char *v = getenv("STRATA_KERNEL_FORM");
+        env = v && strcmp(v, "gpu") == 0 ? ST_LAYERS_GPU
+              : v && strcmp(v, "cpu") == 0 ? ST_LAYERS_CPU
+                                           : -1;
+    }
+    if (env >= 0)
+        return env == ST_LAYERS_CPU;
     return st_device_get_info(dev)->type == ST_DEVICE_CPU;
 }
 
