@@ -51,3 +51,18 @@ __kernel void encoder_bwd_wpe(__global float *dwpe, const ulong dwpe_off,
         s += dout[dout_off + (size_t)b * T * C + i];
     dwpe[dwpe_off + i] += s;
 }
+
+/* Token embedding alone (no positions): out[n,:] = wte[tokens[n],:]. The
+ * backward is encoder_bwd_wte. */
+__kernel void embedding_fwd(__global float *out, const ulong out_off,
+                            __global const int *tokens, const ulong tokens_off,
+                            __global const float *wte, const ulong wte_off,
+                            const int N, const int C, const int V)
+{
+    const size_t i = get_global_id(0);
+    if (i >= (size_t)N * C)
+        return;
+    const int n = i / C, c = i % C;
+    const int tok = tokens[tokens_off + n];
+    out[out_off + i] = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
+}

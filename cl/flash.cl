@@ -7,10 +7,13 @@
  * and no two work-items write one place: results are bitwise the same run
  * to run.
  *
- * qkv [B, T, 3C] (q | k | v along the last axis, head h at h*HS within
- * each) without its bias, which is added as rows are read (bias [3C]: the
- * linear layer that made qkv needs no launch of its own for it); out and
- * dout [B, T, C], lse [B, NH, T], dqkv [B, T, 3C].
+ * qkv [B, T, W] (q | k | v along the last axis: NH query heads, then KV
+ * key heads and KV value heads, head h at h*HS within each; W = C + 2 KVD,
+ * KVD = KV*HS; GPT-2 has KV = NH, W = 3C), without its bias, which is added
+ * as rows are read when has_bias (bias [W]: the linear layer that made qkv
+ * needs no launch of its own for it); query head h attends with key/value
+ * head h / (NH / KV) (grouped-query attention). out and dout [B, T, C],
+ * lse [B, NH, T], dqkv [B, T, W].
  * Work-groups of FA_TILE work-items, one row (query or key) each; a group
  * covers FA_TILE rows of one (sequence, head). Head sizes up to FA_HS_MAX
  * (layers/attention.c uses the T x T path beyond).
@@ -18,42 +21,46 @@
 #define FA_TILE 16
 #define FA_HS_MAX 128
 
+/* The bias of column c, or 0. */
+#define BIAS(c) (has_bias ? bias[c] : 0.0f)
+
 /* The tile of rows [r0, r0 + FA_TILE) of qkv's columns col .. col+HS, with
  * their bias, into local memory; rows past T are zeros. */
 static void load_tile(__local float *dst, __global const float *base, __global const float *bias,
-                      const int r0, const int T, const int C3, const int col, const int HS,
-                      const int lid)
+                      const int has_bias, const int r0, const int T, const int W, const int col,
+                      const int HS, const int lid)
 {
     for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
         const int r = r0 + e / HS, d = e % HS;
-        dst[e] = r < T ? base[(size_t)r * C3 + col + d] + bias[col + d] : 0.0f;
+        dst[e] = r < T ? base[(size_t)r * W + col + d] + BIAS(col + d) : 0.0f;
     }
 }
 
 __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
                                   __global float *lse, const ulong lse_off,
                                   __global const float *qkv, const ulong qkv_off,
-                                  __global const float *qkv_b, const ulong qkv_b_off, const int T,
-                                  const int C, const int NH, const float scale)
+                                  __global const float *qkv_b, const ulong qkv_b_off,
+                                  const int has_bias, const int T, const int C, const int NH,
+                                  const int KV, const float scale)
 {
-    const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, tiles = (T + FA_TILE - 1) / FA_TILE;
     const int g = get_group_id(0), lid = get_local_id(0);
-    const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
+    const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH, hk = h / (NH / KV);
     const int i = tile * FA_TILE + lid;
-    __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], acc[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
-        q[d] = i < T ? base[(size_t)i * C3 + h * HS + d] + bias[h * HS + d] : 0.0f;
+        q[d] = i < T ? base[(size_t)i * W + h * HS + d] + BIAS(h * HS + d) : 0.0f;
         acc[d] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
     const int last = min(T, (tile + 1) * FA_TILE) - 1; /* the group's last query row */
     for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Ks, base, bias, k0, T, C3, C + h * HS, HS, lid);
-        load_tile(Vs, base, bias, k0, T, C3, 2 * C + h * HS, HS, lid);
+        load_tile(Ks, base, bias, has_bias, k0, T, W, C + hk * HS, HS, lid);
+        load_tile(Vs, base, bias, has_bias, k0, T, W, C + KVD + hk * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
         const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0; /* keys k0 .. i */
         for (int jj = 0; jj < n; jj++) {
@@ -77,7 +84,8 @@ __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
     }
 }
 
-/* dK and dV: one work-item per key row j, over the query rows i >= j.
+/* dK and dV: one work-item per key row j of key/value head hk, over the
+ * query heads h of its group and, for each, the query rows i >= j.
  * With p = exp(q_i.k_j * scale - lse_i), dp = dout_i . v_j and
  * D_i = dout_i . out_i:  dV_j = sum p dout_i,  dK_j = sum p (dp - D_i) scale q_i. */
 __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
@@ -86,62 +94,65 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
                                      __global const float *lse, const ulong lse_off,
                                      __global const float *qkv, const ulong qkv_off,
                                      __global const float *qkv_b, const ulong qkv_b_off,
-                                     const int T, const int C, const int NH, const float scale)
+                                     const int has_bias, const int T, const int C, const int NH,
+                                     const int KV, const float scale)
 {
-    const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, tiles = (T + FA_TILE - 1) / FA_TILE;
     const int g = get_group_id(0), lid = get_local_id(0);
-    const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
+    const int bk = g / tiles, tile = g % tiles, b = bk / KV, hk = bk % KV, G = NH / KV;
     const int j = tile * FA_TILE + lid;
-    __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
     __global const float *dob = dout + dout_off + (size_t)b * T * C;
     __global const float *ob = out + out_off + (size_t)b * T * C;
-    __global const float *lb = lse + lse_off + (size_t)bh * T;
     __local float Qs[FA_TILE * FA_HS_MAX], Ds_[FA_TILE * FA_HS_MAX], Ls[FA_TILE], Dd[FA_TILE];
     float k[FA_HS_MAX], v[FA_HS_MAX], dk[FA_HS_MAX], dv[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
-        k[d] = j < T ? base[(size_t)j * C3 + C + h * HS + d] + bias[C + h * HS + d] : 0.0f;
-        v[d] = j < T ? base[(size_t)j * C3 + 2 * C + h * HS + d] + bias[2 * C + h * HS + d]
+        k[d] = j < T ? base[(size_t)j * W + C + hk * HS + d] + BIAS(C + hk * HS + d) : 0.0f;
+        v[d] = j < T ? base[(size_t)j * W + C + KVD + hk * HS + d] + BIAS(C + KVD + hk * HS + d)
                      : 0.0f;
         dk[d] = dv[d] = 0.0f;
     }
-    for (int i0 = tile * FA_TILE; i0 < T; i0 += FA_TILE) {
-        barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Qs, base, bias, i0, T, C3, h * HS, HS, lid);
-        for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
-            const int r = i0 + e / HS, d = e % HS;
-            Ds_[e] = r < T ? dob[(size_t)r * C + h * HS + d] : 0.0f;
-        }
-        const int r = i0 + lid;
-        float D = 0.0f;
-        for (int d = 0; r < T && d < HS; d++)
-            D += dob[(size_t)r * C + h * HS + d] * ob[(size_t)r * C + h * HS + d];
-        Dd[lid] = D;
-        Ls[lid] = r < T ? lb[r] : 0.0f;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (int ii = 0; j < T && ii < FA_TILE; ii++) {
-            const int i = i0 + ii;
-            if (i >= T)
-                break;
-            if (i < j)
-                continue;
-            float s = 0.0f, dp = 0.0f;
-            for (int d = 0; d < HS; d++) {
-                s += Qs[ii * HS + d] * k[d];
-                dp += Ds_[ii * HS + d] * v[d];
+    for (int h = hk * G; h < (hk + 1) * G; h++) {
+        __global const float *lb = lse + lse_off + ((size_t)b * NH + h) * T;
+        for (int i0 = tile * FA_TILE; i0 < T; i0 += FA_TILE) {
+            barrier(CLK_LOCAL_MEM_FENCE);
+            load_tile(Qs, base, bias, has_bias, i0, T, W, h * HS, HS, lid);
+            for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
+                const int r = i0 + e / HS, d = e % HS;
+                Ds_[e] = r < T ? dob[(size_t)r * C + h * HS + d] : 0.0f;
             }
-            const float p = exp(s * scale - Ls[ii]), ds = p * (dp - Dd[ii]) * scale;
-            for (int d = 0; d < HS; d++) {
-                dv[d] += p * Ds_[ii * HS + d];
-                dk[d] += ds * Qs[ii * HS + d];
+            const int r = i0 + lid;
+            float D = 0.0f;
+            for (int d = 0; r < T && d < HS; d++)
+                D += dob[(size_t)r * C + h * HS + d] * ob[(size_t)r * C + h * HS + d];
+            Dd[lid] = D;
+            Ls[lid] = r < T ? lb[r] : 0.0f;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (int ii = 0; j < T && ii < FA_TILE; ii++) {
+                const int i = i0 + ii;
+                if (i >= T)
+                    break;
+                if (i < j)
+                    continue;
+                float s = 0.0f, dp = 0.0f;
+                for (int d = 0; d < HS; d++) {
+                    s += Qs[ii * HS + d] * k[d];
+                    dp += Ds_[ii * HS + d] * v[d];
+                }
+                const float p = exp(s * scale - Ls[ii]), ds = p * (dp - Dd[ii]) * scale;
+                for (int d = 0; d < HS; d++) {
+                    dv[d] += p * Ds_[ii * HS + d];
+                    dk[d] += ds * Qs[ii * HS + d];
+                }
             }
         }
     }
     if (j < T) {
-        __global float *o = dqkv + dqkv_off + ((size_t)b * T + j) * C3 + h * HS;
+        __global float *o = dqkv + dqkv_off + ((size_t)b * T + j) * W + hk * HS;
         for (int d = 0; d < HS; d++) {
             o[C + d] = dk[d];
-            o[2 * C + d] = dv[d];
+            o[C + KVD + d] = dv[d];
         }
     }
 }
@@ -154,13 +165,14 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
                                     __global const float *lse, const ulong lse_off,
                                     __global const float *qkv, const ulong qkv_off,
                                     __global const float *qkv_b, const ulong qkv_b_off,
-                                    const int T, const int C, const int NH, const float scale)
+                                    const int has_bias, const int T, const int C, const int NH,
+                                    const int KV, const float scale)
 {
-    const int HS = C / NH, C3 = 3 * C, tiles = (T + FA_TILE - 1) / FA_TILE;
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, tiles = (T + FA_TILE - 1) / FA_TILE;
     const int g = get_group_id(0), lid = get_local_id(0);
-    const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH;
+    const int bh = g / tiles, tile = g % tiles, b = bh / NH, h = bh % NH, hk = h / (NH / KV);
     const int i = tile * FA_TILE + lid;
-    __global const float *base = qkv + qkv_off + (size_t)b * T * C3;
+    __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], dO[FA_HS_MAX], dq[FA_HS_MAX];
@@ -169,7 +181,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
         __global const float *dor = dout + dout_off + ((size_t)b * T + i) * C + h * HS;
         __global const float *orow = out + out_off + ((size_t)b * T + i) * C + h * HS;
         for (int d = 0; d < HS; d++) {
-            q[d] = base[(size_t)i * C3 + h * HS + d] + bias[h * HS + d];
+            q[d] = base[(size_t)i * W + h * HS + d] + BIAS(h * HS + d);
             dO[d] = dor[d];
             D += dor[d] * orow[d];
         }
@@ -180,8 +192,8 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     const int last = min(T, (tile + 1) * FA_TILE) - 1;
     for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        load_tile(Ks, base, bias, k0, T, C3, C + h * HS, HS, lid);
-        load_tile(Vs, base, bias, k0, T, C3, 2 * C + h * HS, HS, lid);
+        load_tile(Ks, base, bias, has_bias, k0, T, W, C + hk * HS, HS, lid);
+        load_tile(Vs, base, bias, has_bias, k0, T, W, C + KVD + hk * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
         const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0;
         for (int jj = 0; jj < n; jj++) {
@@ -196,7 +208,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
         }
     }
     if (i < T) {
-        __global float *o = dqkv + dqkv_off + ((size_t)b * T + i) * C3 + h * HS;
+        __global float *o = dqkv + dqkv_off + ((size_t)b * T + i) * W + h * HS;
         for (int d = 0; d < HS; d++)
             o[d] = dq[d];
     }
@@ -207,8 +219,9 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
  * caches at position pos, then the scores of q against the pos + 1 cached
  * keys (into scores[h, :], global scratch: the context may be long), their
  * softmax (maximum and sum by trees in local memory), and out[h*HS + d] =
- * sum_j p_j v_j[d]. One launch where the products took five.
- * kc, vc: [S, C] for this sequence (offsets give the sequence's cache). */
+ * sum_j p_j v_j[d]. One launch where the products took five. With
+ * grouped heads, the groups of one key/value head write the same values.
+ * kc, vc: [S, KVD] for this sequence (offsets give the sequence's cache). */
 #define FA_DEC_WG 64
 
 __kernel void attention_decode(__global float *out, const ulong out_off,
@@ -217,27 +230,28 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
                                __global float *vc, const ulong vc_off,
                                __global const float *qkv, const ulong qkv_off,
                                __global const float *qkv_b, const ulong qkv_b_off,
-                               const int pos, const int S, const int C, const int NH,
-                               const float scale)
+                               const int has_bias, const int pos, const int S, const int C,
+                               const int NH, const int KV, const float scale)
 {
     __local float tmp[FA_DEC_WG];
     __local float q[FA_HS_MAX];
-    const int HS = C / NH, h = get_group_id(0), lid = get_local_id(0);
+    const int HS = C / NH, KVD = KV * HS, h = get_group_id(0), lid = get_local_id(0);
+    const int hk = h / (NH / KV);
     __global const float *x = qkv + qkv_off, *bias = qkv_b + qkv_b_off;
     __global float *sc = scores + scores_off + (size_t)h * S;
     __global float *K = kc + kc_off, *V = vc + vc_off;
     for (int d = lid; d < HS; d += FA_DEC_WG) {
-        const int c = h * HS + d;
-        q[d] = x[c] + bias[c];
-        K[(size_t)pos * C + c] = x[C + c] + bias[C + c];
-        V[(size_t)pos * C + c] = x[2 * C + c] + bias[2 * C + c];
+        const int c = h * HS + d, ck = hk * HS + d;
+        q[d] = x[c] + BIAS(c);
+        K[(size_t)pos * KVD + ck] = x[C + ck] + BIAS(C + ck);
+        V[(size_t)pos * KVD + ck] = x[C + KVD + ck] + BIAS(C + KVD + ck);
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     float m = -INFINITY;
     for (int j = lid; j <= pos; j += FA_DEC_WG) {
         float s = 0.0f;
         for (int d = 0; d < HS; d++)
-            s += q[d] * K[(size_t)j * C + h * HS + d];
+            s += q[d] * K[(size_t)j * KVD + hk * HS + d];
         s *= scale;
         sc[j] = s;
         m = fmax(m, s);
@@ -268,7 +282,7 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
     for (int d = lid; d < HS; d += FA_DEC_WG) {
         float acc = 0.0f;
         for (int j = 0; j <= pos; j++)
-            acc += sc[j] * V[(size_t)j * C + h * HS + d];
+            acc += sc[j] * V[(size_t)j * KVD + hk * HS + d];
         out[out_off + h * HS + d] = acc * inv;
     }
 }

@@ -1,6 +1,7 @@
 #!/bin/bash
 # mpi_test.sh - `strata train` under mpirun: 2 and 4 ranks give the losses of
-# one process with the same number of stages; a checkpoint written by 4 ranks
+# one process with the same number of stages (and 3 ranks for a Llama-family
+# model); a checkpoint written by 4 ranks
 # continues on 2 ranks and in one process; a killed rank ends the job with a
 # clear error within the timeout; ranks started with different flags are
 # refused.
@@ -71,6 +72,20 @@ same_losses "$work/r4tail.json" "$work/c2.json" "4-rank checkpoint continued on 
 same_losses "$work/r4tail.json" "$work/c1.json" "4-rank checkpoint continued in one process"
 POCL_DEVICES=basic "$strata" generate --model "$work/c4" --prompt "1" -n 3 >/dev/null 2>&1 ||
     fail "generate from a sharded checkpoint failed"
+
+# A Llama-family model (grouped-query attention, untied head) on 3 ranks: the
+# losses of one process with three stages; its sharded checkpoint generates.
+llama=(--arch llama --kv-heads 1 --layers 3 --embd 32 --heads 2 --batch 8 --eval-batches 2
+       --warmup 5 --micro-batches 4 --split uniform --steps 8)
+POCL_DEVICES="basic basic basic" "$strata" train "${llama[@]}" --devices 0-2 \
+    --log-json "$work/l3.json" >"$work/l3.log" 2>&1 || fail "llama, one process: $(tail -3 "$work/l3.log")"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 3 "$strata" train "${llama[@]}" \
+    --out "$work/lr3" --log-json "$work/lr3.json" >"$work/lr3.log" 2>&1 ||
+    fail "llama, mpirun -np 3: $(tail -5 "$work/lr3.log")"
+same_losses "$work/l3.json" "$work/lr3.json" "llama: 3 ranks vs one process"
+grep -q '"model_type": "llama"' "$work/lr3/config.json" || fail "llama: config.json is not a Llama config"
+POCL_DEVICES=basic "$strata" generate --model "$work/lr3" --prompt "1" -n 3 >/dev/null 2>&1 ||
+    fail "llama: generate from the 3-rank checkpoint failed"
 
 # A rank killed mid-run ends the job, with the rank named, well within the timeout.
 POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" --steps 100000 \

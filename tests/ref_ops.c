@@ -1,5 +1,6 @@
 /* ref_ops.c - the plain-C references, written for clarity, not speed. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tests/ref_ops.h"
@@ -248,4 +249,206 @@ void ref_matmul_bwd(double *dinp, double *dw, double *db, const double *dout, co
     for (int o = 0; db && o < OC; o++)
         for (int n = 0; n < N; n++)
             db[o] += dout[n * OC + o];
+}
+
+/* ---- Llama family ---- */
+
+void ref_linear_fwd(double *out, const double *inp, const double *w, const double *b, int N,
+                    int IC, int OC)
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double acc = b ? b[o] : 0.0;
+            for (int i = 0; i < IC; i++)
+                acc += inp[(size_t)n * IC + i] * w[(size_t)o * IC + i];
+            out[(size_t)n * OC + o] = acc;
+        }
+}
+
+void ref_linear_bwd(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                    const double *w, int N, int IC, int OC)
+{
+    for (int n = 0; n < N; n++) {
+        for (int i = 0; dinp && i < IC; i++) {
+            double acc = 0;
+            for (int o = 0; o < OC; o++)
+                acc += dout[(size_t)n * OC + o] * w[(size_t)o * IC + i];
+            dinp[(size_t)n * IC + i] = acc;
+        }
+        for (int o = 0; o < OC; o++) {
+            double d = dout[(size_t)n * OC + o];
+            for (int i = 0; i < IC; i++)
+                dw[(size_t)o * IC + i] += d * inp[(size_t)n * IC + i];
+            if (db)
+                db[o] += d;
+        }
+    }
+}
+
+void ref_rmsnorm_fwd(double *out, double *rstd, const double *inp, const double *w, int N, int C,
+                     double eps)
+{
+    for (int n = 0; n < N; n++) {
+        const double *x = inp + (size_t)n * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++)
+            ss += x[c] * x[c];
+        double s = 1.0 / sqrt(ss / C + eps);
+        for (int c = 0; c < C; c++)
+            out[(size_t)n * C + c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+void ref_rmsnorm_bwd(double *dinp, double *dw, const double *dout, const double *inp,
+                     const double *w, const double *rstd, int N, int C)
+{
+    for (int n = 0; n < N; n++) {
+        const double *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        double s = rstd[n], gx = 0;
+        for (int c = 0; c < C; c++)
+            gx += dy[c] * w[c] * x[c] * s;
+        gx /= C;
+        for (int c = 0; c < C; c++) {
+            dinp[(size_t)n * C + c] += s * (dy[c] * w[c] - x[c] * s * gx);
+            dw[c] += dy[c] * x[c] * s;
+        }
+    }
+}
+
+/* The angle as Hugging Face computes it: a float product of the position
+ * and the (float) frequency. */
+static double rope_angle(int pos, double inv_freq)
+{
+    return (double)((float)pos * (float)inv_freq);
+}
+
+void ref_rope_fwd(double *qkv, const double *bias, const double *inv_freq, int N, int T,
+                  int pos0, int NH, int KV, int HS)
+{
+    int half = HS / 2, W = (NH + 2 * KV) * HS;
+    for (int n = 0; n < N; n++) {
+        double *row = qkv + (size_t)n * W;
+        for (int c = 0; bias && c < W; c++)
+            row[c] += bias[c];
+        for (int head = 0; head < NH + KV; head++)
+            for (int i = 0; i < half; i++) {
+                double a = rope_angle(pos0 + n % T, inv_freq[i]);
+                double *x = row + head * HS;
+                double x1 = x[i], x2 = x[i + half];
+                x[i] = x1 * cos(a) - x2 * sin(a);
+                x[i + half] = x2 * cos(a) + x1 * sin(a);
+            }
+    }
+}
+
+void ref_rope_bwd(double *dqkv, const double *inv_freq, int N, int T, int pos0, int NH, int KV,
+                  int HS)
+{
+    int half = HS / 2, W = (NH + 2 * KV) * HS;
+    for (int n = 0; n < N; n++)
+        for (int head = 0; head < NH + KV; head++)
+            for (int i = 0; i < half; i++) {
+                double a = rope_angle(pos0 + n % T, inv_freq[i]);
+                double *d = dqkv + (size_t)n * W + head * HS;
+                double d1 = d[i], d2 = d[i + half];
+                d[i] = d1 * cos(a) + d2 * sin(a);
+                d[i + half] = d2 * cos(a) - d1 * sin(a);
+            }
+}
+
+void ref_swiglu_fwd(double *h, const double *gu, int N, int F)
+{
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < F; j++) {
+            double g = gu[(size_t)n * 2 * F + j], u = gu[(size_t)n * 2 * F + F + j];
+            h[(size_t)n * F + j] = g / (1.0 + exp(-g)) * u;
+        }
+}
+
+void ref_swiglu_bwd(double *dgu, const double *dh, const double *gu, int N, int F)
+{
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < F; j++) {
+            double g = gu[(size_t)n * 2 * F + j], u = gu[(size_t)n * 2 * F + F + j];
+            double s = 1.0 / (1.0 + exp(-g)), d = dh[(size_t)n * F + j];
+            dgu[(size_t)n * 2 * F + j] = d * u * s * (1.0 + g * (1.0 - s));
+            dgu[(size_t)n * 2 * F + F + j] = d * g * s;
+        }
+}
+
+/* Element e of head hd's vector in row (b, t) of qkv [B, T, W]; part 0 q
+ * (NH heads), 1 k, 2 v (KV heads each). */
+static size_t gqa_at(int part, int b, int t, int hd, int e, int T, int NH, int KV, int HS)
+{
+    size_t W = (size_t)(NH + 2 * KV) * HS;
+    size_t col = part == 0 ? 0 : part == 1 ? (size_t)NH * HS : (size_t)(NH + KV) * HS;
+    return ((size_t)b * T + t) * W + col + (size_t)hd * HS + e;
+}
+
+void ref_gqa_attention_fwd(double *out, double *att, const double *qkv, int B, int T, int C,
+                           int NH, int KV)
+{
+    int HS = C / NH, G = NH / KV;
+    double scale = 1.0 / sqrt((double)HS);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                double *a = att + (((size_t)b * NH + h) * T + t) * T, m = -INFINITY, sum = 0;
+                for (int s = 0; s < T; s++) {
+                    double dot = 0;
+                    for (int i = 0; i < HS; i++)
+                        dot += qkv[gqa_at(0, b, t, h, i, T, NH, KV, HS)] *
+                               qkv[gqa_at(1, b, s, h / G, i, T, NH, KV, HS)];
+                    a[s] = dot * scale;
+                    if (s <= t && a[s] > m)
+                        m = a[s];
+                }
+                for (int s = 0; s < T; s++) {
+                    a[s] = s <= t ? exp(a[s] - m) : 0.0;
+                    sum += a[s];
+                }
+                for (int s = 0; s < T; s++)
+                    a[s] /= sum;
+                for (int i = 0; i < HS; i++) {
+                    double o = 0;
+                    for (int s = 0; s <= t; s++)
+                        o += a[s] * qkv[gqa_at(2, b, s, h / G, i, T, NH, KV, HS)];
+                    out[((size_t)b * T + t) * C + (size_t)h * HS + i] = o;
+                }
+            }
+}
+
+void ref_gqa_attention_bwd(double *dqkv, const double *dout, const double *qkv,
+                           const double *att, int B, int T, int C, int NH, int KV)
+{
+    int HS = C / NH, G = NH / KV;
+    double scale = 1.0 / sqrt((double)HS);
+    memset(dqkv, 0, (size_t)B * T * (NH + 2 * KV) * HS * sizeof *dqkv);
+    double *dp = malloc((size_t)T * sizeof *dp);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *a = att + (((size_t)b * NH + h) * T + t) * T;
+                const double *dy = dout + ((size_t)b * T + t) * C + (size_t)h * HS;
+                double dot = 0;
+                for (int s = 0; s <= t; s++) {
+                    dp[s] = 0;
+                    for (int i = 0; i < HS; i++) {
+                        dp[s] += dy[i] * qkv[gqa_at(2, b, s, h / G, i, T, NH, KV, HS)];
+                        dqkv[gqa_at(2, b, s, h / G, i, T, NH, KV, HS)] += a[s] * dy[i];
+                    }
+                    dot += a[s] * dp[s];
+                }
+                for (int s = 0; s <= t; s++) {
+                    double ds = a[s] * (dp[s] - dot) * scale;
+                    for (int i = 0; i < HS; i++) {
+                        dqkv[gqa_at(0, b, t, h, i, T, NH, KV, HS)] +=
+                            ds * qkv[gqa_at(1, b, s, h / G, i, T, NH, KV, HS)];
+                        dqkv[gqa_at(1, b, s, h / G, i, T, NH, KV, HS)] +=
+                            ds * qkv[gqa_at(0, b, t, h, i, T, NH, KV, HS)];
+                    }
+                }
+            }
+    free(dp);
 }

@@ -42,4 +42,30 @@ void ref_matmul_fwd(double *out, const double *inp, const double *w, const doubl
 void ref_matmul_bwd(double *dinp, double *dw, double *db, const double *dout, const double *inp,
                     const double *w, int N, int IC, int OC);
 
+/* ---- Llama family (strata/layers.h) */
+
+/* nn.Linear: out[N,OC] = inp . w[OC,IC]^T + b; dinp = dout . w (overwrites,
+ * skipped when NULL); dw += dout^T . inp; db += column sums of dout */
+void ref_linear_fwd(double *out, const double *inp, const double *w, const double *b, int N,
+                    int IC, int OC);
+void ref_linear_bwd(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                    const double *w, int N, int IC, int OC);
+void ref_rmsnorm_fwd(double *out, double *rstd, const double *inp, const double *w, int N, int C,
+                     double eps);
+/* dinp +=, dw += */
+void ref_rmsnorm_bwd(double *dinp, double *dw, const double *dout, const double *inp,
+                     const double *w, const double *rstd, int N, int C);
+/* In place on qkv [N, (NH + 2 KV) HS]; bias may be NULL. */
+void ref_rope_fwd(double *qkv, const double *bias, const double *inv_freq, int N, int T,
+                  int pos0, int NH, int KV, int HS);
+void ref_rope_bwd(double *dqkv, const double *inv_freq, int N, int T, int pos0, int NH, int KV,
+                  int HS);
+void ref_swiglu_fwd(double *h, const double *gu, int N, int F);
+void ref_swiglu_bwd(double *dgu, const double *dh, const double *gu, int N, int F);
+/* qkv [B, T, (NH + 2 KV) HS]; att [B, NH, T, T]; dqkv overwritten */
+void ref_gqa_attention_fwd(double *out, double *att, const double *qkv, int B, int T, int C,
+                           int NH, int KV);
+void ref_gqa_attention_bwd(double *dqkv, const double *dout, const double *qkv,
+                           const double *att, int B, int T, int C, int NH, int KV);
+
 #endif

@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "strata/gpt.h"
+#include "strata/stage.h"
 #include "tests/common.h"
 
 static test_devices td;
@@ -76,9 +76,9 @@ static void load_reference(void)
     ref.eps = hp[0], ref.lr = hp[1], ref.beta1 = hp[2], ref.beta2 = hp[3];
     ref.adam_eps = hp[4], ref.wd = hp[5], ref.clip = hp[6];
     size_t N = (size_t)ref.B * ref.T;
-    st_gpt_config cfg = {.vocab_size = ref.V, .n_positions = ref.NPOS, .n_embd = ref.C,
+    st_model_config cfg = {.vocab_size = ref.V, .n_positions = ref.NPOS, .n_embd = ref.C,
                          .n_layer = ref.L, .n_head = ref.NH, .n_inner = ref.F,
-                         .layer_norm_epsilon = ref.eps};
+                         .norm_eps = ref.eps};
     if (st_model_describe(&cfg, &desc) != ST_OK) {
         fprintf(stderr, "describe: %s\n", st_last_error());
         exit(1);
@@ -100,23 +100,23 @@ static void load_reference(void)
     }
 }
 
-static st_gpt *make_model(st_device *dev, int kv)
+static st_stage *make_model(st_device *dev, int kv)
 {
-    st_gpt *g = NULL;
-    st_gpt_options o = {.batch = ref.B, .seq = ref.T, .slots = 1, .training = true, .kv_seq = kv};
-    assert_ok(st_gpt_create(dev, desc, &o, &g));
-    assert_int_equal(st_gpt_param_numel(g), ref.numel);
-    for (size_t i = 0; i < st_gpt_n_params(g); i++)
-        assert_ok(st_gpt_write(g, ST_GPT_PARAMS, i, ref.params + st_gpt_param_at(g, i)->offset));
+    st_stage *g = NULL;
+    st_stage_options o = {.batch = ref.B, .seq = ref.T, .slots = 1, .training = true, .kv_seq = kv};
+    assert_ok(st_stage_create(dev, desc, &o, &g));
+    assert_int_equal(st_stage_param_numel(g), ref.numel);
+    for (size_t i = 0; i < st_stage_n_params(g); i++)
+        assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, ref.params + st_stage_param_at(g, i)->offset));
     return g;
 }
 
-static float *read_all(st_gpt *g, st_gpt_buf which)
+static float *read_all(st_stage *g, st_stage_buf which)
 {
     float *x = malloc(ref.numel * sizeof *x);
     assert_non_null(x);
-    for (size_t i = 0; i < st_gpt_n_params(g); i++)
-        assert_ok(st_gpt_read(g, which, i, x + st_gpt_param_at(g, i)->offset));
+    for (size_t i = 0; i < st_stage_n_params(g); i++)
+        assert_ok(st_stage_read(g, which, i, x + st_stage_param_at(g, i)->offset));
     return x;
 }
 
@@ -125,24 +125,24 @@ static void forward_and_gradients_match(void **state)
     (void)state;
     size_t N = (size_t)ref.B * ref.T;
     for (size_t d = 0; d < td.n; d++) {
-        st_gpt *g = make_model(td.dev[d], 0);
+        st_stage *g = make_model(td.dev[d], 0);
         float *logits = malloc(N * ref.V * sizeof *logits);
-        assert_ok(st_gpt_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
-        assert_ok(st_gpt_output_read(g, 0, ref.B, ref.T, logits));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
+        assert_ok(st_stage_output_read(g, 0, ref.B, ref.T, logits));
         assert_close(logits, ref.logits, N * ref.V, 1e-4, 1e-4);
 
         double sum = 0;
         long count = 0;
-        assert_ok(st_gpt_zero_grad(g));
-        assert_ok(st_gpt_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
-        assert_ok(st_gpt_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
+        assert_ok(st_stage_zero_grad(g));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
         assert_int_equal(count, (long)N - 4);
         float loss = (float)(sum / count);
         assert_close(&loss, &ref.loss, 1, 1e-4, 1e-4);
-        assert_ok(st_gpt_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
-        float *grads = read_all(g, ST_GPT_GRADS);
-        for (size_t i = 0; i < st_gpt_n_params(g); i++) {
-            const st_gpt_param *p = st_gpt_param_at(g, i);
+        assert_ok(st_stage_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
+        float *grads = read_all(g, ST_STAGE_GRADS);
+        for (size_t i = 0; i < st_stage_n_params(g); i++) {
+            const st_stage_param *p = st_stage_param_at(g, i);
             if (!st_compare_f32(grads + p->offset, ref.grads + p->offset, p->desc->numel, 2e-5,
                                 1e-3, NULL)) {
                 char buf[2048];
@@ -154,25 +154,25 @@ static void forward_and_gradients_match(void **state)
         }
         free(grads);
         free(logits);
-        st_gpt_destroy(g);
+        st_stage_destroy(g);
     }
 }
 
 /* Five AdamW steps with clipping, as tools/gpt_reference.py does; losses out. */
-static void train_steps(st_gpt *g, float *losses, float *norms)
+static void train_steps(st_stage *g, float *losses, float *norms)
 {
     st_adamw_hparams hp = {ref.lr, ref.beta1, ref.beta2, ref.adam_eps, ref.wd};
     for (int t = 1; t <= ref.steps; t++) {
         double sum = 0, ss = 0;
         long count = 0;
-        assert_ok(st_gpt_zero_grad(g));
-        assert_ok(st_gpt_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
-        assert_ok(st_gpt_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
-        assert_ok(st_gpt_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
-        assert_ok(st_gpt_grad_sumsq(g, &ss));
+        assert_ok(st_stage_zero_grad(g));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
+        assert_ok(st_stage_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
+        assert_ok(st_stage_grad_sumsq(g, &ss));
         double norm = sqrt(ss);
         float scale = (float)fmin(1.0, ref.clip / (norm + 1e-6));
-        assert_ok(st_gpt_step(g, &hp, t, scale));
+        assert_ok(st_stage_step(g, &hp, t, scale));
         losses[t - 1] = (float)(sum / count);
         norms[t - 1] = (float)norm;
     }
@@ -182,20 +182,20 @@ static void adamw_steps_match(void **state)
 {
     (void)state;
     for (size_t d = 0; d < td.n; d++) {
-        st_gpt *g = make_model(td.dev[d], 0);
-        assert_ok(st_gpt_init(g, 0)); /* zeroes the moments; weights are rewritten below */
-        for (size_t i = 0; i < st_gpt_n_params(g); i++)
-            assert_ok(st_gpt_write(g, ST_GPT_PARAMS, i, ref.params + st_gpt_param_at(g, i)->offset));
+        st_stage *g = make_model(td.dev[d], 0);
+        assert_ok(st_stage_init(g, 0)); /* zeroes the moments; weights are rewritten below */
+        for (size_t i = 0; i < st_stage_n_params(g); i++)
+            assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, ref.params + st_stage_param_at(g, i)->offset));
         float losses[16], norms[16], again[16], norms2[16];
         train_steps(g, losses, norms);
         assert_close(losses, ref.step_losses, (size_t)ref.steps, 0, 1e-4);
         assert_close(norms, ref.step_norms, (size_t)ref.steps, 0, 1e-4);
-        float *w = read_all(g, ST_GPT_PARAMS);
+        float *w = read_all(g, ST_STAGE_PARAMS);
         /* The key bias's true gradient is zero (q.b_k is the same for every
          * position of a softmax row), so both sides' gradients are rounding
          * noise that Adam scales up to steps of +-lr: leave it out. */
-        for (size_t i = 0; i < st_gpt_n_params(g); i++) {
-            const st_gpt_param *p = st_gpt_param_at(g, i);
+        for (size_t i = 0; i < st_stage_n_params(g); i++) {
+            const st_stage_param *p = st_stage_param_at(g, i);
             if (strstr(p->desc->name, "attn.c_attn.bias")) {
                 memcpy(w + p->offset + ref.C, ref.final + p->offset + ref.C, ref.C * sizeof *w);
             }
@@ -211,17 +211,17 @@ static void adamw_steps_match(void **state)
         print_message("final weights: mean |diff| %.3g\n", mean_diff);
         assert_true(mean_diff < 2e-6);
         free(w);
-        st_gpt_destroy(g);
+        st_stage_destroy(g);
 
         /* The same again from the same start: bitwise the same losses. */
         g = make_model(td.dev[d], 0);
-        assert_ok(st_gpt_init(g, 0));
-        for (size_t i = 0; i < st_gpt_n_params(g); i++)
-            assert_ok(st_gpt_write(g, ST_GPT_PARAMS, i, ref.params + st_gpt_param_at(g, i)->offset));
+        assert_ok(st_stage_init(g, 0));
+        for (size_t i = 0; i < st_stage_n_params(g); i++)
+            assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, ref.params + st_stage_param_at(g, i)->offset));
         train_steps(g, again, norms2);
         assert_memory_equal(losses, again, (size_t)ref.steps * sizeof *losses);
         assert_memory_equal(norms, norms2, (size_t)ref.steps * sizeof *norms);
-        st_gpt_destroy(g);
+        st_stage_destroy(g);
     }
 }
 
@@ -230,74 +230,74 @@ static void kv_decoding_matches_full_forward(void **state)
     (void)state;
     size_t N = (size_t)ref.B * ref.T;
     for (size_t d = 0; d < td.n; d++) {
-        st_gpt *g = make_model(td.dev[d], ref.T);
+        st_stage *g = make_model(td.dev[d], ref.T);
         float *logits = malloc(N * ref.V * sizeof *logits), *step = malloc(ref.V * sizeof *step);
-        assert_ok(st_gpt_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
-        assert_ok(st_gpt_output_read(g, 0, ref.B, ref.T, logits));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
+        assert_ok(st_stage_output_read(g, 0, ref.B, ref.T, logits));
         for (int b = 0; b < ref.B; b++)
             for (int t = 0; t < ref.T; t++) {
-                assert_ok(st_gpt_decode(g, ref.tokens[b * ref.T + t], t, step));
+                assert_ok(st_stage_decode(g, ref.tokens[b * ref.T + t], t, step));
                 assert_close(step, logits + ((size_t)b * ref.T + t) * ref.V, (size_t)ref.V, 1e-4,
                              1e-4);
             }
-        assert_int_equal(st_gpt_decode(g, 1, ref.T, step), ST_ERR_INVALID);
+        assert_int_equal(st_stage_decode(g, 1, ref.T, step), ST_ERR_INVALID);
         assert_contains(st_last_error(), "past the KV cache");
-        assert_int_equal(st_gpt_decode(g, ref.V, 0, step), ST_ERR_INVALID);
+        assert_int_equal(st_stage_decode(g, ref.V, 0, step), ST_ERR_INVALID);
         free(logits);
         free(step);
-        st_gpt_destroy(g);
+        st_stage_destroy(g);
     }
 }
 
 static void init_is_deterministic_and_gpt2_like(void **state)
 {
     (void)state;
-    st_gpt *g = NULL, *h = NULL;
-    st_gpt_options o = {.batch = 1, .seq = 4, .training = true};
-    assert_ok(st_gpt_create(td.dev[0], desc, &o, &g));
-    assert_ok(st_gpt_create(td.dev[0], desc, &o, &h));
-    assert_ok(st_gpt_init(g, 7));
-    assert_ok(st_gpt_init(h, 7));
-    float *a = read_all(g, ST_GPT_PARAMS), *b = read_all(h, ST_GPT_PARAMS);
+    st_stage *g = NULL, *h = NULL;
+    st_stage_options o = {.batch = 1, .seq = 4, .training = true};
+    assert_ok(st_stage_create(td.dev[0], desc, &o, &g));
+    assert_ok(st_stage_create(td.dev[0], desc, &o, &h));
+    assert_ok(st_stage_init(g, 7));
+    assert_ok(st_stage_init(h, 7));
+    float *a = read_all(g, ST_STAGE_PARAMS), *b = read_all(h, ST_STAGE_PARAMS);
     assert_memory_equal(a, b, ref.numel * sizeof *a);
-    long wte = st_gpt_param_find(g, "wte.weight"), ln = st_gpt_param_find(g, "h.1.ln_2.weight");
+    long wte = st_stage_param_find(g, "wte.weight"), ln = st_stage_param_find(g, "h.1.ln_2.weight");
     assert_true(wte >= 0 && ln >= 0);
-    const st_gpt_param *p = st_gpt_param_at(g, (size_t)wte);
+    const st_stage_param *p = st_stage_param_at(g, (size_t)wte);
     double s2 = 0;
     for (size_t i = 0; i < p->desc->numel; i++)
         s2 += (double)a[p->offset + i] * a[p->offset + i];
     double std = sqrt(s2 / p->desc->numel);
     assert_true(std > 0.018 && std < 0.022);
-    assert_true(a[st_gpt_param_at(g, (size_t)ln)->offset] == 1.0f);
-    assert_ok(st_gpt_init(h, 8));
+    assert_true(a[st_stage_param_at(g, (size_t)ln)->offset] == 1.0f);
+    assert_ok(st_stage_init(h, 8));
     free(b);
-    b = read_all(h, ST_GPT_PARAMS);
+    b = read_all(h, ST_STAGE_PARAMS);
     assert_true(memcmp(a, b, ref.numel * sizeof *a) != 0);
     free(a);
     free(b);
-    st_gpt_destroy(g);
-    st_gpt_destroy(h);
+    st_stage_destroy(g);
+    st_stage_destroy(h);
 }
 
 static void bad_requests_are_refused(void **state)
 {
     (void)state;
-    st_gpt *g = NULL;
-    st_gpt_options o = {.batch = 2, .seq = ref.NPOS + 1, .training = true};
-    assert_int_equal(st_gpt_create(td.dev[0], desc, &o, &g), ST_ERR_INVALID);
+    st_stage *g = NULL;
+    st_stage_options o = {.batch = 2, .seq = ref.NPOS + 1, .training = true};
+    assert_int_equal(st_stage_create(td.dev[0], desc, &o, &g), ST_ERR_INVALID);
     assert_contains(st_last_error(), "positions");
     o.seq = 4;
     o.first_layer = 3;
     o.end_layer = 2;
-    assert_int_equal(st_gpt_create(td.dev[0], desc, &o, &g), ST_ERR_INVALID);
+    assert_int_equal(st_stage_create(td.dev[0], desc, &o, &g), ST_ERR_INVALID);
     o.first_layer = o.end_layer = 0;
-    assert_ok(st_gpt_create(td.dev[0], desc, &o, &g));
+    assert_ok(st_stage_create(td.dev[0], desc, &o, &g));
     int32_t tok[8] = {0, 1, 2, ref.V, 0, 0, 0, 0};
-    assert_int_equal(st_gpt_forward(g, 0, tok, NULL, 2, 4), ST_ERR_INVALID);
+    assert_int_equal(st_stage_forward(g, 0, tok, NULL, 2, 4), ST_ERR_INVALID);
     assert_contains(st_last_error(), "outside the vocabulary");
-    assert_int_equal(st_gpt_forward(g, 0, tok, NULL, 3, 4), ST_ERR_INVALID);
-    assert_int_equal(st_gpt_forward(g, 1, tok, NULL, 2, 4), ST_ERR_INVALID);
-    st_gpt_destroy(g);
+    assert_int_equal(st_stage_forward(g, 0, tok, NULL, 3, 4), ST_ERR_INVALID);
+    assert_int_equal(st_stage_forward(g, 1, tok, NULL, 2, 4), ST_ERR_INVALID);
+    st_stage_destroy(g);
 }
 
 static int group_teardown(void **state)

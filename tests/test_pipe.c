@@ -1,7 +1,10 @@
 /*
  * test_pipe.c - a model split over 2, 3 and 4 devices trains like the model
  * on one device (both schedules), decodes the same tokens, and a checkpoint
- * written by one split continues identically in another.
+ * written by one split continues identically in another; the planner's
+ * memory for every stage is what the stage allocates, byte for byte. Each
+ * test runs for GPT-2, a Llama model (grouped-query attention, an untied
+ * head) and a Qwen2 model (q/k/v biases, a tied head).
  *
  * Run with several devices (meson sets POCL_DEVICES to four PoCL devices);
  * with fewer, stages share devices, which exercises the same paths.
@@ -35,6 +38,7 @@
 
 static test_devices td;
 static st_model_desc *desc;
+static bool tied; /* the head is the embedding: two copies when split */
 static int32_t tokens[STEPS][BATCH * SEQ], targets[STEPS][BATCH * SEQ];
 
 static void make_data(void)
@@ -100,15 +104,15 @@ static float *weights(st_pipe *p)
             const st_param_desc *pd = &desc->layers[l].params[i];
             bool found = false;
             for (size_t k = 0; k < st_pipe_n_stages(p) && !found; k++) {
-                st_gpt *g = st_pipe_stage(p, k);
-                long j = st_gpt_param_find(g, pd->name);
-                if (j >= 0 && !st_gpt_param_at(g, (size_t)j)->tied) {
-                    assert_ok(st_gpt_read(g, ST_GPT_PARAMS, (size_t)j, w + off));
+                st_stage *g = st_pipe_stage(p, k);
+                long j = st_stage_param_find(g, pd->name);
+                if (j >= 0 && !st_stage_param_at(g, (size_t)j)->tied) {
+                    assert_ok(st_stage_read(g, ST_STAGE_PARAMS, (size_t)j, w + off));
                     found = true;
                 }
             }
             assert_true(found);
-            if (strstr(pd->name, "attn.c_attn.bias")) /* the key bias: see the file header */
+            if (strstr(pd->name, "attn.c_attn.bias")) /* GPT-2's key bias: see the file header */
                 memset(w + off + desc->cfg.n_embd, 0, desc->cfg.n_embd * sizeof *w);
             off += pd->numel;
         }
@@ -159,18 +163,23 @@ static void split_training_matches_one_device(void **state)
             compare_losses(losses, ref_losses, 0, STEPS, what);
             float *w = weights(p);
             compare_weights(w, ref_weights, what);
+            free(w);
+            if (!tied) {
+                st_pipe_destroy(p);
+                continue;
+            }
             /* The two copies of the tied embedding stay equal. */
-            st_gpt *first = st_pipe_stage(p, 0), *last = st_pipe_stage(p, S - 1);
-            long a = st_gpt_param_find(first, "wte.weight"), b = st_gpt_param_find(last, "wte.weight");
-            assert_true(a >= 0 && b >= 0 && st_gpt_param_at(last, (size_t)b)->tied);
-            size_t n = st_gpt_param_at(first, (size_t)a)->desc->numel;
+            st_stage *first = st_pipe_stage(p, 0), *last = st_pipe_stage(p, S - 1);
+            const char *emb = desc->layers[0].params[0].name;
+            long a = st_stage_param_find(first, emb), b = st_stage_param_find(last, emb);
+            assert_true(a >= 0 && b >= 0 && st_stage_param_at(last, (size_t)b)->tied);
+            size_t n = st_stage_param_at(first, (size_t)a)->desc->numel;
             float *wa = malloc(n * sizeof *wa), *wb = malloc(n * sizeof *wb);
-            assert_ok(st_gpt_read(first, ST_GPT_PARAMS, (size_t)a, wa));
-            assert_ok(st_gpt_read(last, ST_GPT_PARAMS, (size_t)b, wb));
+            assert_ok(st_stage_read(first, ST_STAGE_PARAMS, (size_t)a, wa));
+            assert_ok(st_stage_read(last, ST_STAGE_PARAMS, (size_t)b, wb));
             assert_memory_equal(wa, wb, n * sizeof *wa);
             free(wa);
             free(wb);
-            free(w);
             st_pipe_destroy(p);
         }
 }
@@ -184,15 +193,15 @@ static void split_decoding_gives_the_same_tokens(void **state)
     double losses[STEPS];
     train(one, 0, 10, losses);
     /* Copy the trained weights into the split model by name. */
-    st_gpt *src = st_pipe_stage(one, 0);
+    st_stage *src = st_pipe_stage(one, 0);
     for (size_t k = 0; k < 3; k++) {
-        st_gpt *g = st_pipe_stage(three, k);
-        for (size_t i = 0; i < st_gpt_n_params(g); i++) {
-            const st_gpt_param *pp = st_gpt_param_at(g, i);
-            long j = st_gpt_param_find(src, pp->desc->name);
+        st_stage *g = st_pipe_stage(three, k);
+        for (size_t i = 0; i < st_stage_n_params(g); i++) {
+            const st_stage_param *pp = st_stage_param_at(g, i);
+            long j = st_stage_param_find(src, pp->desc->name);
             float *buf = malloc(pp->desc->numel * sizeof *buf);
-            assert_ok(st_gpt_read(src, ST_GPT_PARAMS, (size_t)j, buf));
-            assert_ok(st_gpt_write(g, ST_GPT_PARAMS, i, buf));
+            assert_ok(st_stage_read(src, ST_STAGE_PARAMS, (size_t)j, buf));
+            assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, buf));
             free(buf);
         }
     }
@@ -249,7 +258,7 @@ static void checkpoint_moves_between_splits(void **state)
     assert_ok(st_pipe_init(two, 5));
     double straight[STEPS];
     train(two, 0, 10, straight);
-    st_gpt *stages[4] = {st_pipe_stage(two, 0), st_pipe_stage(two, 1)};
+    st_stage *stages[4] = {st_pipe_stage(two, 0), st_pipe_stage(two, 1)};
     st_train_state state10 = {.step = 10};
     snprintf(state10.settings, sizeof state10.settings, "{}");
     assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
@@ -293,29 +302,113 @@ static void bad_layouts_are_refused(void **state)
     assert_int_equal(st_pipe_create(devs, first, end, 2, desc, &o, &p), ST_ERR_INVALID);
 }
 
+/* What the planner predicts for each stage is what the stage allocates:
+ * training with both schedules and inference with a KV cache, 1 to 4
+ * stages. */
+static void planner_memory_is_what_stages_allocate(void **state)
+{
+    (void)state;
+    st_device_profile prof[4];
+    for (int i = 0; i < 4; i++)
+        prof[i] = (st_device_profile){.gflops = 10, .h2d_gbps = 1, .d2h_gbps = 1,
+                                      .mem_bytes = 1ull << 32};
+    for (size_t S = 1; S <= 4; S++)
+        for (int mode = 0; mode < 3; mode++) {
+            bool training = mode < 2;
+            st_schedule sched = mode == 1 ? ST_SCHED_GPIPE : ST_SCHED_1F1B;
+            int m = training ? MB : 1, kv = training ? 0 : SEQ, seqs = training ? 1 : 3;
+            size_t first[4], end[4], cuts[4], devices[4] = {0, 1, 2, 3};
+            ranges(S, first, end);
+            for (size_t k = 1; k < S; k++)
+                cuts[k - 1] = first[k];
+            st_plan_input in = {.desc = desc, .micro_batch = BATCH / MB, .seq = SEQ,
+                                .micro_batches = m, .schedule = sched, .training = training,
+                                .kv_seq = kv, .kv_seqs = seqs, .n_devices = 4, .devices = prof};
+            st_plan plan;
+            assert_ok(st_plan_evaluate(&in, devices, S, cuts, &plan));
+            st_device *devs[4];
+            for (size_t k = 0; k < S; k++)
+                devs[k] = td.dev[k % td.n];
+            st_pipe_options o = {.micro_batch = BATCH / MB, .seq = SEQ, .micro_batches = m,
+                                 .schedule = sched, .training = training, .kv_seq = kv,
+                                 .kv_seqs = seqs};
+            st_pipe *p = NULL;
+            assert_ok(st_pipe_create(devs, first, end, S, desc, &o, &p));
+            for (size_t k = 0; k < S; k++) {
+                uint64_t have = st_stage_bytes(st_pipe_stage(p, k));
+                if ((double)have != plan.stage[k].total_bytes)
+                    fail_msg("%s, %zu stages, mode %d: stage %zu allocates %llu bytes, the "
+                             "planner predicted %.0f",
+                             st_family_name(desc->cfg.family), S, mode, k,
+                             (unsigned long long)have, plan.stage[k].total_bytes);
+            }
+            st_pipe_destroy(p);
+        }
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
     free(ref_weights);
+    ref_weights = NULL;
     st_model_desc_destroy(desc);
-    test_devices_close(&td);
+    desc = NULL;
     return 0;
+}
+
+/* The three models: 6 layers each (embedding, 4 blocks, head). */
+static int setup_model(const st_model_config *cfg)
+{
+    if (st_model_describe(cfg, &desc) != ST_OK) {
+        fprintf(stderr, "describing the model: %s\n", st_last_error());
+        return -1;
+    }
+    tied = desc->cfg.tied;
+    return 0;
+}
+
+static int setup_gpt2(void **state)
+{
+    (void)state;
+    st_model_config cfg = {.vocab_size = 64, .n_positions = SEQ, .n_embd = 32, .n_layer = 4,
+                           .n_head = 2, .n_inner = 128, .norm_eps = 1e-5f};
+    return setup_model(&cfg);
+}
+
+static int setup_llama(void **state)
+{
+    (void)state;
+    st_model_config cfg = {.family = ST_FAMILY_LLAMA, .vocab_size = 64, .n_positions = SEQ,
+                           .n_embd = 32, .n_layer = 4, .n_head = 4, .n_kv_head = 2,
+                           .n_inner = 80, .norm_eps = 1e-5f, .rope_theta = 10000.0};
+    return setup_model(&cfg);
+}
+
+static int setup_qwen2(void **state)
+{
+    (void)state;
+    st_model_config cfg = {.family = ST_FAMILY_LLAMA, .model_type = "qwen2", .vocab_size = 64,
+                           .n_positions = SEQ, .n_embd = 32, .n_layer = 4, .n_head = 2,
+                           .n_kv_head = 1, .n_inner = 64, .norm_eps = 1e-6f, .tied = true,
+                           .attn_bias = true, .rope_theta = 1000000.0};
+    return setup_model(&cfg);
 }
 
 int main(void)
 {
     test_devices_open_or_skip(&td);
     make_data();
-    st_gpt_config cfg = {.vocab_size = 64, .n_positions = SEQ, .n_embd = 32, .n_layer = 4,
-                         .n_head = 2, .n_inner = 128, .layer_norm_epsilon = 1e-5f};
-    if (st_model_describe(&cfg, &desc) != ST_OK)
-        return 1;
     fprintf(stderr, "%zu device(s)\n", td.n);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(split_training_matches_one_device),
         cmocka_unit_test(split_decoding_gives_the_same_tokens),
         cmocka_unit_test(checkpoint_moves_between_splits),
+        cmocka_unit_test(planner_memory_is_what_stages_allocate),
         cmocka_unit_test(bad_layouts_are_refused),
     };
-    return cmocka_run_group_tests(tests, NULL, group_teardown);
+    int failed = cmocka_run_group_tests_name("gpt2", tests, setup_gpt2, group_teardown);
+    failed += cmocka_run_group_tests_name("llama", tests, setup_llama, group_teardown);
+    failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, group_teardown);
+    test_devices_close(&td);
+    return failed;
 }

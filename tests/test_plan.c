@@ -26,8 +26,8 @@ static double urand(void)
 /* A made-up model: n_blocks blocks of random cost and size around a real config. */
 static st_model_desc *synthetic(int n_blocks)
 {
-    st_gpt_config cfg = {.vocab_size = 256, .n_positions = 16, .n_embd = 64, .n_layer = n_blocks,
-                         .n_head = 4, .n_inner = 256, .layer_norm_epsilon = 1e-5f};
+    st_model_config cfg = {.vocab_size = 256, .n_positions = 16, .n_embd = 64, .n_layer = n_blocks,
+                         .n_head = 4, .n_inner = 256, .norm_eps = 1e-5f};
     st_model_desc *d = NULL;
     assert_ok(st_model_describe(&cfg, &d));
     for (size_t l = 0; l < d->n_layers; l++) {
@@ -130,8 +130,8 @@ static void partition_matches_brute_force(void **state)
 
 static st_model_desc *real_model(int L, int C)
 {
-    st_gpt_config cfg = {.vocab_size = 256, .n_positions = 64, .n_embd = C, .n_layer = L,
-                         .n_head = 4, .n_inner = 4 * C, .layer_norm_epsilon = 1e-5f};
+    st_model_config cfg = {.vocab_size = 256, .n_positions = 64, .n_embd = C, .n_layer = L,
+                         .n_head = 4, .n_inner = 4 * C, .norm_eps = 1e-5f};
     st_model_desc *d = NULL;
     assert_ok(st_model_describe(&cfg, &d));
     return d;

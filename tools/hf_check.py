@@ -1,9 +1,10 @@
 #!/usr/bin/python3
-"""hf_check.py - loads a Strata model folder with Hugging Face transformers
-(GPT2LMHeadModel.from_pretrained) and prints, as one JSON line, the mean loss
-over a file's non-overlapping windows of T tokens (what `strata eval --data
-FILE --seq T` computes) and the greedy continuation of a prompt (what
-`strata generate --temperature 0` prints). tools/hf_check.sh compares them.
+"""hf_check.py - loads a model folder with Hugging Face transformers
+(AutoModelForCausalLM.from_pretrained, in float32) and prints, as one JSON
+line, the mean loss over a file's non-overlapping windows of T tokens (what
+`strata eval --data FILE --seq T` computes) and the greedy continuation of a
+prompt (what `strata generate --temperature 0` prints). tools/hf_check.sh
+compares them.
 
 usage: hf_check.py MODEL_DIR FILE T PROMPT N
 Needs python3-torch and the transformers and safetensors packages (pip).
@@ -12,12 +13,14 @@ import json
 import sys
 
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 
 def main():
     model_dir, path, T, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    cfg = model.config
+    positions = getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
     data = torch.tensor(list(open(path, "rb").read()), dtype=torch.long)
     windows = (len(data) - 1) // T
     total, count = 0.0, 0
@@ -29,7 +32,7 @@ def main():
             count += T
         ids = torch.tensor([list(prompt.encode())])
         for _ in range(n):
-            if ids.shape[1] >= model.config.n_positions:
+            if ids.shape[1] >= positions:
                 break
             nxt = model(ids).logits[0, -1].argmax()
             ids = torch.cat([ids, nxt.view(1, 1)], dim=1)

@@ -1,30 +1,55 @@
 #!/bin/bash
-# hf_check.sh - a model trained by Strata loads into Hugging Face transformers
-# as GPT2LMHeadModel and computes the same: the loss on a text file (relative
-# difference under 1e-4) and the same greedy continuation of a prompt.
+# hf_check.sh - Strata and Hugging Face transformers read each other's models
+# and compute the same: the loss on a text file (relative difference under
+# 1e-4) and the same greedy continuation of a prompt.
+#   1. GPT-2 and a Llama model (grouped-query attention) trained by Strata,
+#      loaded by transformers (AutoModelForCausalLM.from_pretrained);
+#   2. a Llama and a Qwen2 model written by transformers (save_pretrained in
+#      bfloat16, in shards with an index), loaded by Strata.
 #
 # usage: tools/hf_check.sh [build/strata]
 # Needs python3-torch and, on PYTHONPATH, transformers and safetensors, e.g.
-#   pip install --target /tmp/hf transformers==4.36.2 safetensors && PYTHONPATH=/tmp/hf
+#   pip install --target /tmp/hf transformers==4.44.2 safetensors && rm -rf /tmp/hf/numpy*
+#   PYTHONPATH=/tmp/hf tools/hf_check.sh
 set -euo pipefail
 strata=${1:-build/strata}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/strata-hf-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 for i in $(seq 1 300); do echo "line $i: the quick brown fox jumps over the lazy dog"; done >"$work/text.txt"
-"$strata" train --data "$work/text.txt" --seq 32 --layers 2 --embd 64 --heads 4 --batch 16 \
-    --steps 60 --eval-every 0 --out "$work/m" --log-every 1000 >/dev/null
-st_loss=$("$strata" eval --model "$work/m" --data "$work/text.txt" --seq 32 | sed -n 's/.*| loss \([0-9.]*\) |.*/\1/p')
-st_text=$("$strata" generate --model "$work/m" --prompt "line 7" -n 20 --temperature 0 2>/dev/null)
-hf=$(/usr/bin/python3 "$here/hf_check.py" "$work/m" "$work/text.txt" 32 "line 7" 20)
-/usr/bin/python3 - "$st_loss" "$st_text" "$hf" <<'PY'
+status=0
+
+# compare NAME MODEL_DIR: Strata's eval and greedy text against transformers'
+compare() {
+    local st_loss st_text hf
+    st_loss=$("$strata" eval --model "$2" --data "$work/text.txt" --seq 32 | sed -n 's/.*| loss \([0-9.]*\) |.*/\1/p')
+    st_text=$("$strata" generate --model "$2" --prompt "line 7" -n 20 --temperature 0 2>/dev/null)
+    hf=$(/usr/bin/python3 "$here/hf_check.py" "$2" "$work/text.txt" 32 "line 7" 20 2>/dev/null)
+    /usr/bin/python3 - "$1" "$st_loss" "$st_text" "$hf" <<'PY' || status=1
 import json, sys
-st_loss, st_text, hf = float(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+what, st_loss, st_text, hf = sys.argv[1], float(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 rel = abs(st_loss - hf["loss"]) / hf["loss"]
-print(f"loss: Strata {st_loss:.6f}, transformers {hf['loss']:.6f} (relative difference {rel:.1e}; "
-      f"Strata prints 4 decimals)")
-print(f"greedy: Strata {st_text!r}\n        transformers {hf['text']!r}")
-ok = rel < 1e-4 + 5e-5 / hf["loss"] and st_text == hf["text"]
-print("hf_check:", "same" if ok else "DIFFERENT")
+print(f"{what}: loss: Strata {st_loss:.6f}, transformers {hf['loss']:.6f} (relative difference "
+      f"{rel:.1e}; Strata prints 4 decimals)")
+# Tokens are bytes: compare them as bytes (the shell passed Strata's raw).
+st_bytes, hf_bytes = st_text.encode("utf-8", "surrogateescape"), hf["text"].encode("latin-1")
+print(f"{what}: greedy: Strata {st_bytes!r}\n{' ' * len(what)}          transformers {hf_bytes!r}")
+ok = rel < 1e-4 + 5e-5 / hf["loss"] and st_bytes == hf_bytes
+print(f"{what}:", "same" if ok else "DIFFERENT")
 sys.exit(0 if ok else 1)
 PY
+}
+
+train=(--data "$work/text.txt" --seq 32 --layers 2 --embd 64 --heads 4 --batch 16 --steps 60
+       --eval-every 0 --log-every 1000)
+"$strata" train "${train[@]}" --out "$work/gpt2" >/dev/null
+compare "GPT-2 from Strata" "$work/gpt2"
+"$strata" train "${train[@]}" --arch llama --kv-heads 2 --out "$work/llama" >/dev/null
+compare "Llama from Strata" "$work/llama"
+for kind in llama qwen2; do
+    /usr/bin/python3 "$here/hf_make.py" "$kind" "$work/hf-$kind" 2>/dev/null
+    ls "$work/hf-$kind" | grep -q 'model.safetensors.index.json' || { echo "no shards for $kind"; status=1; }
+    compare "$kind from transformers (bf16, sharded)" "$work/hf-$kind"
+done
+echo "hf_check: $([ $status = 0 ] && echo all same || echo SOME DIFFERENT)"
+exit $status

@@ -31,7 +31,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "strata/gpt.h"
+#include "strata/stage.h"
 #include "strata/model.h"
 
 #ifdef __cplusplus
@@ -60,8 +60,8 @@ st_status st_checkpoint_prepare(const char *dir);
 /* One process: the model of the stages (which together hold every layer
  * once) and, when state is not NULL, their optimizer, committed as step
  * state->step (0 without state); keeps the newest `keep` saves (at least 1). */
-st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_stages,
-                             const st_gpt_config *cfg, const st_train_state *state, int keep);
+st_status st_checkpoint_save(const char *dir, st_stage *const *stages, size_t n_stages,
+                             const st_model_config *cfg, const st_train_state *state, int keep);
 
 /* The parts of a save over several processes (MPI ranks):
  *   every rank   st_checkpoint_write_part   its shards (same tag everywhere)
@@ -69,10 +69,10 @@ st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_st
  *   rank 0       st_checkpoint_clean        after the commit
  * A crash anywhere leaves the previous save current. */
 uint32_t st_checkpoint_new_tag(void);
-st_status st_checkpoint_write_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_write_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                    const st_train_state *state, uint32_t tag, int rank,
                                    int ranks, st_checkpoint_file *files, size_t *n_files);
-st_status st_checkpoint_commit(const char *dir, const st_gpt_config *cfg,
+st_status st_checkpoint_commit(const char *dir, const st_model_config *cfg,
                                const st_train_state *state, uint32_t tag,
                                const st_checkpoint_file *files, size_t n_files);
 st_status st_checkpoint_clean(const char *dir, int keep);
@@ -91,7 +91,7 @@ typedef struct st_checkpoint st_checkpoint;
 st_status st_checkpoint_open(const char *dir, st_checkpoint **out);
 void st_checkpoint_close(st_checkpoint *ck);
 
-const st_gpt_config *st_checkpoint_get_config(const st_checkpoint *ck);
+const st_model_config *st_checkpoint_get_config(const st_checkpoint *ck);
 /* The step of the save, or -1 for a folder without a manifest. */
 long st_checkpoint_get_step(const st_checkpoint *ck);
 /* The training state; an error naming the folder when it has none. */
@@ -103,15 +103,15 @@ const char *st_checkpoint_describe(const st_checkpoint *ck);
  * not NULL, the moments and the state. whole: the stages hold the whole
  * model, so a tensor of the files that none of them has is an error; else
  * other processes hold the rest. */
-st_status st_checkpoint_load_into(const st_checkpoint *ck, st_gpt *const *stages,
+st_status st_checkpoint_load_into(const st_checkpoint *ck, st_stage *const *stages,
                                   size_t n_stages, st_train_state *state, bool whole);
 
 /* Shorthands that open dir, do one thing and close it. */
-st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg);
+st_status st_checkpoint_config(const char *dir, st_model_config *cfg);
 st_status st_checkpoint_state(const char *dir, st_train_state *state);
-st_status st_checkpoint_load(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_load(const char *dir, st_stage *const *stages, size_t n_stages,
                              st_train_state *state);
-st_status st_checkpoint_load_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                   st_train_state *state);
 
 #ifdef __cplusplus

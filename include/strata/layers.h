@@ -10,6 +10,7 @@
 #ifndef STRATA_LAYERS_H
 #define STRATA_LAYERS_H
 
+#include "strata/model.h"
 #include "strata/tensor.h"
 
 #ifdef __cplusplus
@@ -86,6 +87,19 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
                                  const st_tensor *lse, const st_tensor *qkv,
                                  const st_tensor *qkv_b, int B, int T, int C, int NH);
 
+/* The same with grouped key/value heads (Llama family): qkv [B, T, W],
+ * W = C + 2 KV*HS (q of NH heads, then k and v of KV heads; query head h
+ * uses key/value head h / (NH / KV)); qkv_b [W] or NULL for none. dqkv
+ * [B, T, W]. Decoding caches kc, vc [.., S, KV*HS]. */
+st_status st_attention_gqa_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
+                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
+st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
+                               const st_tensor *lse, const st_tensor *qkv,
+                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
+st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
+                                  st_tensor *vc, size_t cache_off, const st_tensor *qkv,
+                                  const st_tensor *qkv_b, int pos, int S, int C, int NH, int KV);
+
 /* Row ops (LayerNorm, the fused GELU backward) come in two forms with the
  * same results up to the order of sums: for GPUs a work-group per row (or a
  * work-item per column, reads side by side), for CPUs a work-item walking a
@@ -136,8 +150,52 @@ st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
                                   const st_tensor *src2, int C2, st_tensor *dbias3,
                                   const st_tensor *src3, int C3);
 
-/* Parts of the first pass of st_sumsq_accumulate: scratch holds this many floats. */
-#define ST_SUMSQ_PARTS 4096
+/* ---- Llama family ---- */
+
+/* The linear layer of nn.Linear (weights stored [out, in]):
+ * out[N,OC] = inp[N,IC] . w[OC,IC]^T + b[OC]; b may be NULL. */
+st_status st_linear_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w,
+                        const st_tensor *b, int N, int IC, int OC);
+/* dinp[N,IC] = dout . w + dinp_beta * dinp (skipped when dinp is NULL);
+ * dw[OC,IC] += dout^T . inp; db[OC] += column sums of dout (when not NULL). */
+st_status st_linear_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tensor *db,
+                        const st_tensor *dout, const st_tensor *inp, const st_tensor *w, int N,
+                        int IC, int OC);
+
+/* out[N,C] = inp * rstd * w, rstd[N] = 1/sqrt(mean(inp^2) + eps) kept. */
+st_status st_rmsnorm_fwd(st_tensor *out, st_tensor *rstd, const st_tensor *inp,
+                         const st_tensor *w, int N, int C, float eps);
+/* res = y + x, then out = RMSNorm(res)                           [N, C] */
+st_status st_residual_rmsnorm_fwd(st_tensor *res, st_tensor *out, st_tensor *rstd,
+                                  const st_tensor *y, const st_tensor *x, const st_tensor *w,
+                                  int N, int C, float eps);
+/* dinp[N,C] +=, dw[C] += */
+st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
+                         const st_tensor *inp, const st_tensor *w, const st_tensor *rstd, int N,
+                         int C);
+
+/* Rotary position embeddings on qkv [N, W] in place (W = (NH + 2 KV) HS;
+ * row n at position pos0 + n % T), bias [W] (or NULL) added to every column
+ * first; inv_freq [HS/2] (cl/rope.cl). The backward rotates the gradient of
+ * q and k back (v's passes unchanged). */
+st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq, int N,
+                      int T, int pos0, int NH, int KV, int HS);
+st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, int pos0,
+                      int NH, int KV, int HS);
+
+/* h[N,F] = silu(g) * u for gu[N,2F] = [g | u] per row; the backward
+ * overwrites dgu[N,2F]. */
+st_status st_swiglu_fwd(st_tensor *h, const st_tensor *gu, int N, int F);
+st_status st_swiglu_bwd(st_tensor *dgu, const st_tensor *dh, const st_tensor *gu, int N, int F);
+
+/* out[N,C] = wte[tokens] (no positions); the backward adds each token's
+ * gradient into dwte[V,C] in a fixed order per channel. */
+st_status st_embedding_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte, int N,
+                           int C, int V);
+st_status st_embedding_bwd(st_tensor *dwte, const st_tensor *dout, const st_tensor *tokens, int N,
+                           int C, int V);
+
+/* The first pass of st_sumsq_accumulate has ST_SUMSQ_PARTS parts (strata/model.h). */
 
 /* acc[0] += sum of x[i]^2 over n elements, in a fixed order (global gradient
  * norm). scratch: ST_SUMSQ_PARTS floats. */

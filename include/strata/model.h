@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "strata/status.h"
 
@@ -35,80 +36,199 @@ extern "C" {
 #define ST_FLASH_MAX_HEAD 128
 #define st_attention_is_flash(n_embd, n_head) ((n_embd) / (n_head) <= ST_FLASH_MAX_HEAD)
 
-typedef struct st_gpt_config {
+typedef enum st_family {
+    ST_FAMILY_GPT2,  /* LayerNorm, learned positions, GELU MLP, tied head, biases */
+    ST_FAMILY_LLAMA, /* RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention */
+    ST_FAMILIES
+} st_family;
+
+/* "gpt2", "llama" */
+const char *st_family_name(st_family f);
+
+/* Rotary embedding frequencies: as written, or rescaled as Llama 3 does. */
+typedef enum st_rope_type { ST_ROPE_DEFAULT, ST_ROPE_LLAMA3 } st_rope_type;
+
+typedef struct st_model_config {
+    st_family family;
+    char model_type[16];      /* config.json's model_type: "gpt2", "llama", "mistral", "qwen2" */
     int vocab_size;           /* V */
-    int n_positions;          /* longest sequence, rows of wpe */
-    int n_embd;               /* C */
+    int n_positions;          /* longest sequence (max_position_embeddings) */
+    int n_embd;               /* C (hidden_size) */
     int n_layer;              /* L */
     int n_head;               /* NH */
-    int n_inner;              /* F; 0 in a file means 4C */
-    float layer_norm_epsilon; /* 1e-5 when absent */
-} st_gpt_config;
+    int n_kv_head;            /* KV heads (num_key_value_heads); GPT-2: NH */
+    int n_inner;              /* F (intermediate_size); GPT-2: 0 in a file means 4C */
+    float norm_eps;           /* layer_norm_epsilon / rms_norm_eps */
+    /* Llama family */
+    bool tied;                /* the output head is the token embedding (GPT-2: always) */
+    bool attn_bias;           /* q, k, v projections have biases (Qwen2; Llama's attention_bias) */
+    bool attn_out_bias;       /* so does the output projection (Llama's attention_bias) */
+    double rope_theta;
+    st_rope_type rope_type;
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_positions;
+} st_model_config;
 
 /* Reads and checks config.json. Fields of Hugging Face's GPT-2 config that do
  * not change the computation (dropout, ids, summary_*) are accepted and
  * ignored; fields that would change it to something Strata does not compute
  * (another activation, untied head) and fields GPT-2 does not have are errors
  * that name the field. */
-st_status st_gpt_config_load(const char *path, st_gpt_config *out);
+st_status st_model_config_load(const char *path, st_model_config *out);
 /* The same from text; `source` names it in messages. */
-st_status st_gpt_config_parse(const char *json_text, const char *source, st_gpt_config *out);
+st_status st_model_config_parse(const char *json_text, const char *source, st_model_config *out);
+/* The family's defaults for fields left 0 (key/value heads = heads, GPT-2's
+ * tied head, model_type, rope_theta 10000): for a config built in code. */
+void st_model_config_complete(st_model_config *cfg);
 /* Sizes from 1 to the limits above, n_embd divisible by n_head, sane epsilon. */
-st_status st_gpt_config_check(const st_gpt_config *cfg);
+st_status st_model_config_check(const st_model_config *cfg);
 /* Writes config.json that Hugging Face transformers loads as GPT2LMHeadModel. */
-st_status st_gpt_config_save(const st_gpt_config *cfg, const char *path);
+st_status st_model_config_save(const st_model_config *cfg, const char *path);
 /* The config.json text of cfg (the caller frees it), for embedding. */
-char *st_gpt_config_json(const st_gpt_config *cfg);
+char *st_model_config_json(const st_model_config *cfg);
 
+/* A layer's place in the model: the first layer turns tokens into the
+ * residual stream, blocks map it to itself, the last layer ends in the loss.
+ * The pipeline and the planner need only this. */
 typedef enum st_layer_kind {
-    ST_LAYER_EMBEDDING, /* wte, wpe: tokens -> x[B,T,C] */
-    ST_LAYER_BLOCK,     /* ln_1, attn, ln_2, mlp with residuals: x -> x */
-    ST_LAYER_HEAD       /* ln_f, logits through wte^T, loss: x -> loss */
+    ST_LAYER_EMBEDDING, /* tokens -> x[B,T,C] */
+    ST_LAYER_BLOCK,     /* x -> x */
+    ST_LAYER_HEAD       /* x -> logits, loss */
 } st_layer_kind;
 
-#define ST_MAX_LAYER_PARAMS 12
+/* What computes a layer: each type has an operations table in the stage
+ * (src/stage/layer.h) and is described by its family's file in src/model/. */
+typedef enum st_layer_type {
+    ST_GPT2_EMBEDDING,  /* wte[tok] + wpe[pos] */
+    ST_GPT2_BLOCK,      /* LN, attention (qkv bias), LN, GELU MLP, biases */
+    ST_GPT2_HEAD,       /* LN, logits through the tied wte, loss */
+    ST_LLAMA_EMBEDDING, /* embed_tokens[tok] */
+    ST_LLAMA_BLOCK,     /* RMSNorm, RoPE GQA attention, RMSNorm, SwiGLU MLP */
+    ST_LLAMA_HEAD,      /* RMSNorm, logits through lm_head (or the tied embedding), loss */
+    ST_LAYER_TYPES
+} st_layer_type;
+
+#define ST_MAX_LAYER_PARAMS 16
+
+/* How a parameter starts (st_stage_init): a constant, or normal with a
+ * standard deviation, drawn from a generator keyed by the seed and the
+ * parameter's name, so that any split of the model starts the same. */
+typedef enum st_init { ST_INIT_ZERO, ST_INIT_ONE, ST_INIT_NORMAL } st_init;
 
 typedef struct st_param_desc {
-    char name[64];    /* Hugging Face name: "h.3.attn.c_attn.weight" */
+    char name[64];    /* checkpoint (Hugging Face) name: "h.3.attn.c_attn.weight" */
     int ndim;         /* 1 or 2 */
-    size_t shape[2];  /* as stored: Conv1D weights are [in, out] */
+    size_t shape[2];  /* as stored: GPT-2's Conv1D [in, out], nn.Linear [out, in] */
     size_t numel;
+    st_init init;
+    double init_std;  /* ST_INIT_NORMAL */
+    bool decay;       /* AdamW's weight decay applies */
 } st_param_desc;
+
+/* A parameter a layer uses but another layer owns (a tied head). */
+typedef struct st_tied_ref {
+    size_t layer, param; /* the owner: desc->layers[layer].params[param] */
+} st_tied_ref;
 
 typedef struct st_layer_desc {
     st_layer_kind kind;
+    st_layer_type type;
     int block;              /* block index for ST_LAYER_BLOCK, else -1 */
     char name[32];          /* "embedding", "h.3", "head" */
     size_t n_params;
     st_param_desc params[ST_MAX_LAYER_PARAMS];
     size_t param_numel;     /* elements of the parameters this layer owns */
-    size_t tied_numel;      /* elements it uses but another layer owns (wte for the head) */
+    size_t n_tied;          /* parameters it uses that another layer owns */
+    st_tied_ref tied[2];
+    size_t tied_numel;
     /* Costs per token of a sequence of length T: value = per_token + per_token_ctx * T. */
     double fwd_flops_per_token, fwd_flops_per_token_ctx;
     double bwd_flops_per_token, bwd_flops_per_token_ctx;
-    /* Floats kept from forward for backward, per token (same form). */
-    double act_floats_per_token, act_floats_per_token_ctx;
+    /* Device memory, in floats, that the stage allocates for the layer
+     * (st_stage_sizes); N = B*T rows of a micro-batch:
+     *   act:   kept from forward for backward, per micro-batch in flight:
+     *          N * act_per_token + N * T * act_per_token_ctx
+     *   work:  the backward's scratch, shared by a stage's layers (the
+     *          largest counts): N * work_per_token + N * T * work_per_token_ctx
+     *   dec:   decoding one token, shared: dec + S * dec_per_position
+     *          (S: KV cache positions)
+     *   kv:    the KV cache, per sequence: S * kv_per_position
+     *   consts: tables the layer keeps (rotary frequencies) */
+    size_t act_per_token, act_per_token_ctx;
+    size_t work_per_token, work_per_token_ctx;
+    size_t dec, dec_per_position, kv_per_position;
+    size_t consts;
     size_t out_floats_per_token; /* what goes to the next layer: C (1 for the head's loss) */
+    /* Kernel launches per micro-batch (forward, backward) and per decoded
+     * token; `strata train --profile` counts them. */
+    int launches_fwd, launches_bwd, launches_dec;
 } st_layer_desc;
 
 typedef struct st_model_desc {
-    st_gpt_config cfg;
-    size_t n_layers; /* L + 2 */
+    st_model_config cfg;
+    size_t n_layers;    /* L + 2 */
     st_layer_desc *layers;
-    size_t param_numel; /* all parameters, the tied wte counted once */
+    size_t param_numel; /* all parameters, tied ones counted once */
 } st_model_desc;
 
-st_status st_model_describe(const st_gpt_config *cfg, st_model_desc **out);
+/* The description of cfg's family: its layers, parameters and sizes. */
+st_status st_model_describe(const st_model_config *cfg, st_model_desc **out);
 void st_model_desc_destroy(st_model_desc *desc);
 
 /* Cost of a layer for B sequences of length T. */
 double st_layer_fwd_flops(const st_layer_desc *l, size_t B, size_t T);
 double st_layer_bwd_flops(const st_layer_desc *l, size_t B, size_t T);
-double st_layer_act_floats(const st_layer_desc *l, size_t B, size_t T);
+/* Floats of its activations for one micro-batch of B x T. */
+size_t st_layer_act_floats(const st_layer_desc *l, size_t B, size_t T);
 
-/* Finds a parameter by Hugging Face name; NULL when absent. Sets *layer. */
+/* Finds a parameter by checkpoint name; NULL when absent. Sets *layer. */
 const st_param_desc *st_model_find_param(const st_model_desc *desc, const char *name,
                                          size_t *layer);
+
+/* ---- a stage: a contiguous range of layers on one device ------------------ */
+
+/* Parts of the gradient norm's first pass: the stage keeps this many floats. */
+#define ST_SUMSQ_PARTS 4096
+
+/* What a stage is made for. */
+typedef struct st_stage_options {
+    size_t first_layer, end_layer; /* layers [first, end) of the description; 0, 0: all */
+    int batch, seq;                /* largest micro-batch B x T; 0: no training buffers */
+    int slots;                     /* activation sets (micro-batches in flight); 0 means 1 */
+    bool training;                 /* gradients and AdamW moments */
+    int kv_seq;                    /* decoding: KV cache length; 0: no decoding */
+    int kv_seqs;                   /* decoding: sequences with their own cache; 0 means 1 */
+} st_stage_options;
+
+/* The buffers a stage allocates, from the description alone: the stage
+ * allocates exactly these, and the planner predicts a stage's memory with
+ * them (one computation, so the two cannot disagree). */
+typedef struct st_stage_sizes {
+    size_t param_numel;      /* its parameters with copies of tied ones, per buffer */
+    int param_buffers;       /* 1, or 4 when training (gradients, two AdamW moments) */
+    size_t adam_run_ints;    /* AdamW's decay runs */
+    size_t slot_floats;      /* per slot: boundary tensors and every layer's activations */
+    size_t slot_ints;        /* per slot: tokens and targets */
+    size_t work_floats;      /* backward scratch: the flowing gradient, the layers' work,
+                              * the gradient norm's partial sums */
+    size_t consts;           /* the layers' tables */
+    size_t decode_floats;    /* decoding work and KV caches */
+    size_t decode_ints;
+    uint64_t bytes;          /* everything, for the options' slots */
+} st_stage_sizes;
+
+st_status st_stage_sizes_of(const st_model_desc *desc, const st_stage_options *opt,
+                            st_stage_sizes *out);
+
+/* The same for many ranges of one model and shape (the planner's search):
+ * made once, each range answered in about constant time. The shape's
+ * layers and slots are ignored; slots come with each range. */
+typedef struct st_sizes_table st_sizes_table;
+st_status st_sizes_table_make(const st_model_desc *desc, const st_stage_options *shape,
+                              st_sizes_table **out);
+void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int slots,
+                          st_stage_sizes *out);
+void st_sizes_table_free(st_sizes_table *t);
 
 #ifdef __cplusplus
 }

@@ -21,7 +21,7 @@
 #ifndef STRATA_PIPE_H
 #define STRATA_PIPE_H
 
-#include "strata/gpt.h"
+#include "strata/stage.h"
 #include "strata/plan.h"
 
 #ifdef __cplusplus
@@ -75,7 +75,7 @@ void st_pipe_destroy(st_pipe *p);
 
 size_t st_pipe_n_stages(const st_pipe *p);
 /* Stage s, or NULL when another process holds it. */
-st_gpt *st_pipe_stage(const st_pipe *p, size_t s);
+st_stage *st_pipe_stage(const st_pipe *p, size_t s);
 
 /* GPT-2 initialisation on every stage (the same weights however split). */
 st_status st_pipe_init(st_pipe *p, uint64_t seed);
@@ -102,7 +102,7 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
 st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
                           double *sum, long *count, float *probs);
 
-/* Decoding one sequence through every stage (see st_gpt_decode). */
+/* Decoding one sequence through every stage (see st_stage_decode). */
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits);
 /* One token for each of n sequences (tok[i] at pos[i]; logits n x V): the
  * sequences flow through the stages one after the other, like micro-batches,

@@ -14,11 +14,11 @@
  * and a training step of m micro-batches over S stages takes about
  *   (m + S - 1) * max over stages of (forward + backward) + optimizer
  * for both GPipe and 1F1B (they differ in memory, not in this bubble).
- * Memory of a stage: parameters (x4 when training: gradients and two AdamW
- * moments; the head's stage also holds a copy of the tied embedding when it
- * does not hold the embedding), activations kept per micro-batch times the
- * micro-batches in flight (GPipe: m; 1F1B: at most S - stage index), and the
- * backward scratch.
+ * Memory of a stage: what the stage allocates (st_stage_sizes_of, from the
+ * model description): parameters (x4 when training: gradients and two AdamW
+ * moments; copies of tied parameters another stage owns), activations kept
+ * per micro-batch times the micro-batches in flight (GPipe: m; 1F1B: at
+ * most S - stage index), the backward's scratch and the KV cache.
  */
 #ifndef STRATA_PLAN_H
 #define STRATA_PLAN_H
@@ -58,6 +58,9 @@ typedef struct st_device_profile {
 
 typedef enum st_schedule { ST_SCHED_1F1B, ST_SCHED_GPIPE } st_schedule;
 const char *st_schedule_name(st_schedule s);
+/* Micro-batches whose activations stage s of S keeps at once (its slots). */
+int st_schedule_in_flight(st_schedule sched, bool training, int micro_batches, size_t S,
+                          size_t s);
 st_status st_schedule_parse(const char *text, st_schedule *out);
 
 typedef enum st_split_kind {
@@ -85,6 +88,7 @@ typedef struct st_plan_input {
     int micro_batch, seq, micro_batches, batch;
     st_schedule schedule;
     bool training;
+    int kv_seq, kv_seqs; /* decoding: KV cache positions and sequences (0: none) */
     size_t n_devices;
     const st_device_profile *devices;
     st_split_spec split;

@@ -107,7 +107,7 @@ typedef struct st_train_layout {
 /* Trains cfg's model over the layout's stages. With tc->resume_dir, the weights, moments and
  * step come from there and the data, batch, sequence, seed and schedule
  * must match the checkpoint's (st_train_settings_apply fills them). */
-st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_dataset *ds,
+st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user);
 
 /* Reads the settings a checkpoint was trained with into tc (its run id too),

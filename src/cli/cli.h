@@ -64,6 +64,19 @@ void cli_table_print(const cli_table *t, FILE *f);
 void cli_table_print_csv(const cli_table *t, FILE *f);
 void cli_table_free(cli_table *t);
 
+/* A model from command-line sizes (model_flags.c): --arch gpt2 (default) or
+ * llama; 0 sizes take the defaults (2 blocks, 64 channels, 4 heads; MLP 4C
+ * for GPT-2, about 8C/3 for Llama); vocab and positions must be set. */
+typedef struct cli_model_flags {
+    const char *arch;
+    long layers, embd, heads, kv_heads, inner, positions, vocab;
+    double rope_theta; /* 0: 10000 */
+    bool tied;         /* Llama: the head is the embedding */
+} cli_model_flags;
+st_status cli_model_config(const cli_model_flags *f, st_model_config *cfg);
+/* "GPT-2, 2 blocks, 64 channels, 4 heads, ..." for the run's first lines. */
+void cli_model_describe(const st_model_config *cfg, char *out, size_t size);
+
 /* Splitting a model over the chosen devices (planning.c). */
 typedef struct cli_plan_opts {
     const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */

@@ -29,6 +29,7 @@ static void help(void)
            "\n"
            "  --pipeline          the pipeline benchmark (the only one so far)\n"
            "  --layers N, --embd N, --heads N   the model (default 8 x 192, 4 heads)\n"
+           "  --arch A, --kv-heads N            gpt2 (default) or llama, its key/value heads\n"
            "  --batch N           sequences per step (default 32)\n"
            "  --seq N             tokens per sequence (default 64)\n"
            "  --micro-batches N   pipeline micro-batches (default 16)\n"
@@ -214,7 +215,9 @@ int cmd_bench(int argc, char **argv)
         {"devices", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
         {"format", required_argument, NULL, 'f'},
         {"profile", no_argument, NULL, 'P'},
+        {"arch", required_argument, NULL, 'a'},     {"kv-heads", required_argument, NULL, 'K'},
         {NULL, 0, NULL, 0}};
+    cli_model_flags mf = {0};
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false;
     const char *devices = NULL, *format = "table";
@@ -226,6 +229,8 @@ int cmd_bench(int argc, char **argv)
         bool ok = true;
         switch (c) {
         case 'p': pipeline = true; break;
+        case 'a': mf.arch = optarg; break;
+        case 'K': ok = cli_parse_long(optarg, 1, 1024, &mf.kv_heads); break;
         case 'L': ok = cli_parse_long(optarg, 1, 1000, &L); break;
         case 'C': ok = cli_parse_long(optarg, 1, 1 << 16, &C); break;
         case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
@@ -258,12 +263,18 @@ int cmd_bench(int argc, char **argv)
         return cli_usage_error("bench", "say which benchmark: --pipeline");
     if (B % m != 0)
         return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);
-    st_gpt_config cfg = {.vocab_size = 256, .n_positions = (int)T, .n_embd = (int)C,
-                         .n_layer = (int)L, .n_head = (int)NH, .n_inner = 4 * (int)C,
-                         .layer_norm_epsilon = 1e-5f};
+    st_model_config cfg;
+    mf.vocab = 256;
+    mf.positions = T;
+    mf.layers = L;
+    mf.embd = C;
+    mf.heads = NH;
     st_model_desc *desc = NULL;
     cli_devices devs = {0};
-    st_status s = st_model_describe(&cfg, &desc);
+    st_status s = cli_model_config(&mf, &cfg);
+    if (s != ST_OK)
+        return s == ST_ERR_INVALID ? cli_usage_error("bench", "%s", st_last_error()) : cli_fail(s);
+    s = st_model_describe(&cfg, &desc);
     if (s == ST_OK)
         s = cli_devices_get(devices, true, &devs);
     size_t N = (size_t)B * (size_t)T;
@@ -285,9 +296,10 @@ int cmd_bench(int argc, char **argv)
     FILE *info = table ? stdout : stderr;
     if (s == ST_OK)
         fprintf(info,
-                "model: %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens in "
-                "%ld micro-batches | %s\n\n",
-                L, C, desc->param_numel, B, T, m, st_schedule_name(po.schedule));
+                "model: %s %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens "
+                "in %ld micro-batches | %s\n\n",
+                st_family_name(cfg.family), L, C, desc->param_numel, B, T, m,
+                st_schedule_name(po.schedule));
     for (size_t k = 1; s == ST_OK && k <= devs.n && n_rows < 8; k *= 2) {
         if ((s = bench_k(&devs, k, desc, &po, steps, tokens, targets, info, &rows[n_rows])) ==
             ST_OK)

@@ -14,7 +14,7 @@
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
 #include "strata/data.h"
-#include "strata/gpt.h"
+#include "strata/stage.h"
 #include "strata/pipe.h"
 #include "strata/progress.h"
 
@@ -26,7 +26,7 @@ typedef struct run_flags {
 /* Opens dir's model over the chosen devices, split by the planner (plan
  * printed to stderr when there is more than one stage). */
 static st_status open_model(const char *dir, const run_flags *f, st_pipe_options *o,
-                            cli_devices *devs, st_gpt_config *cfg, st_model_desc **desc,
+                            cli_devices *devs, st_model_config *cfg, st_model_desc **desc,
                             st_pipe **p)
 {
     st_checkpoint *ck = NULL;
@@ -68,7 +68,7 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
     if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, *desc, o, p)) !=
         ST_OK)
         return s;
-    st_gpt *stages[ST_PLAN_MAX_STAGES];
+    st_stage *stages[ST_PLAN_MAX_STAGES];
     for (size_t k = 0; k < layout.n_stages; k++)
         stages[k] = st_pipe_stage(*p, k);
     return st_checkpoint_load(dir, stages, layout.n_stages, NULL);
@@ -137,7 +137,8 @@ static void generate_help(void)
     printf("usage: strata generate --model DIR [options]\n"
            "\n"
            "Continues a prompt with a trained model (a folder written by `strata train\n"
-           "--out`, or any GPT-2 config.json + model.safetensors). Tokens are bytes;\n"
+           "--out`, or a Hugging Face folder: config.json of a GPT-2, Llama, Mistral\n"
+           "or Qwen2 model and model.safetensors or its shards). Tokens are bytes;\n"
            "ids of 256 and up print as <id>. Each new token runs one position through\n"
            "the model, reusing the keys and values of the earlier ones (KV cache).\n"
            "The text goes to stdout, the statistics to stderr: the prompt's tokens and\n"
@@ -178,7 +179,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
 {
     double t_start = st_now_s();
     cli_devices devs = {0};
-    st_gpt_config cfg = {0};
+    st_model_config cfg = {0};
     st_model_desc *desc = NULL;
     st_pipe *g = NULL;
     st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
@@ -456,7 +457,7 @@ int cmd_eval(int argc, char **argv)
     st_status s = st_dataset_open(data, &ds);
     if (s != ST_OK)
         return cli_fail(s);
-    st_gpt_config cfg = {0};
+    st_model_config cfg = {0};
     if ((s = st_checkpoint_config(model, &cfg)) != ST_OK) {
         st_dataset_destroy(ds);
         return cli_fail(s);

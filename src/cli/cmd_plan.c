@@ -24,7 +24,9 @@ static void help(void)
            "model (default: the model `strata train` builds by default):\n"
            "  --model DIR         a model folder's config.json\n"
            "  --config FILE       a config.json\n"
-           "  --layers N, --embd N, --heads N, --positions N, --vocab N\n"
+           "  --arch A            gpt2 (default) or llama, for the sizes below\n"
+           "  --layers N, --embd N, --heads N, --positions N, --vocab N, --inner N\n"
+           "  --kv-heads N, --rope-theta X, --tie   (llama: as `strata train`)\n"
            "work:\n"
            "  --batch N           sequences per step (default 64)\n"
            "  --seq N             tokens per sequence (default: the model's positions)\n"
@@ -84,10 +86,14 @@ int cmd_plan(int argc, char **argv)
         {"schedule", required_argument, NULL, 's'},  {"inference", no_argument, NULL, 'i'},
         {"devices", required_argument, NULL, 'd'},   {"split", required_argument, NULL, 'S'},
         {"mem-limit", required_argument, NULL, 'M'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+        {"arch", required_argument, NULL, 'a'},      {"kv-heads", required_argument, NULL, 'K'},
+        {"inner", required_argument, NULL, 'F'},     {"rope-theta", required_argument, NULL, 'R'},
+        {"tie", no_argument, NULL, 't'},             {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     const char *model = NULL, *config = NULL, *devices = NULL;
     long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 0; /* 0: chosen */
-    bool json = false, given_pos = false;
+    bool json = false, given_pos = false, sizes_given = false;
+    cli_model_flags mf = {0};
     cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true};
     int c, li;
     optind = 1;
@@ -102,6 +108,11 @@ int cmd_plan(int argc, char **argv)
         case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
         case 'P': ok = cli_parse_long(optarg, 1, 1 << 20, &P); given_pos = true; break;
         case 'V': ok = cli_parse_long(optarg, 2, 1 << 24, &V); break;
+        case 'a': mf.arch = optarg; break;
+        case 'K': ok = cli_parse_long(optarg, 1, 1024, &mf.kv_heads); break;
+        case 'F': ok = cli_parse_long(optarg, 1, 1 << 20, &mf.inner); break;
+        case 'R': ok = cli_parse_double(optarg, 1.0001, 1e12, &mf.rope_theta); break;
+        case 't': mf.tied = true; break;
         case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
         case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
         case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
@@ -121,21 +132,30 @@ int cmd_plan(int argc, char **argv)
         if (!ok)
             return cli_usage_error("plan", "bad value '%s' for --%s: %s", optarg, opts[li].name,
                                    cli_expected());
+        sizes_given = sizes_given || strchr("LCHPVaKFRt", c) != NULL;
     }
+    if ((model || config) && sizes_given)
+        return cli_usage_error("plan", "model sizes cannot be combined with --%s: the model is "
+                                       "the %s's",
+                               model ? "model" : "config", model ? "folder" : "file");
     if (optind < argc)
         return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);
     if (m && B % m != 0)
         return cli_usage_error("plan", "--batch %ld does not split into %ld micro-batches", B, m);
-    st_gpt_config cfg = {.vocab_size = (int)V, .n_positions = (int)(given_pos ? P : (T ? T : P)),
-                         .n_embd = (int)C, .n_layer = (int)L, .n_head = (int)NH,
-                         .n_inner = 4 * (int)C, .layer_norm_epsilon = 1e-5f};
+    st_model_config cfg;
     st_status s = ST_OK;
     if (model)
         s = st_checkpoint_config(model, &cfg);
     else if (config)
-        s = st_gpt_config_load(config, &cfg);
-    else
-        s = st_gpt_config_check(&cfg);
+        s = st_model_config_load(config, &cfg);
+    else {
+        mf.vocab = V;
+        mf.positions = given_pos ? P : (T ? T : P);
+        mf.embd = C;
+        mf.layers = L;
+        mf.heads = NH;
+        s = cli_model_config(&mf, &cfg);
+    }
     if (s != ST_OK)
         return cli_fail(s);
     if (!T)
@@ -160,8 +180,9 @@ int cmd_plan(int argc, char **argv)
         if (json)
             print_json(&plan, &devs, prof, &po);
         else {
-            printf("model: %d layers, %d channels, %d heads, %zu parameters\n", cfg.n_layer,
-                   cfg.n_embd, cfg.n_head, desc->param_numel);
+            char line[256];
+            cli_model_describe(&cfg, line, sizeof line);
+            printf("model: %s, %zu parameters\n", line, desc->param_numel);
             cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
         }
     }

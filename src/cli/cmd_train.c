@@ -30,7 +30,8 @@ static void help(void)
     st_train_config_defaults(&d);
     printf("usage: strata train [options]\n"
            "\n"
-           "Trains a GPT-2-style model. Without --data it learns the built-in\n"
+           "Trains a model of the GPT-2 or the Llama family (Llama, Mistral, Qwen2).\n"
+           "Without --data it learns the built-in\n"
            "addition task (\"123+456=9750\": 3-digit sums, answer digits least\n"
            "significant first), which needs no file and shows learning within a\n"
            "minute or two on a CPU.\n"
@@ -40,10 +41,18 @@ static void help(void)
            "                      vocabulary 256) or a uint16 token file (*.bin, *.u16,\n"
            "                      *.tok); files: last 10%% validate\n"
            "model (refused with --resume: the model is the checkpoint's):\n"
-           "  --config FILE       a config.json with GPT-2 field names\n"
+           "  --config FILE       a Hugging Face config.json: model_type gpt2, llama,\n"
+           "                      mistral or qwen2 (the sizes below are then refused)\n"
+           "  --arch A            gpt2 (default) or llama, for the sizes below\n"
            "  --layers N          transformer blocks (default %d)\n"
            "  --embd N            channels (default %d)\n"
            "  --heads N           attention heads (default %d)\n"
+           "  --kv-heads N        llama: key/value heads, dividing --heads (default:\n"
+           "                      --heads; fewer is grouped-query attention)\n"
+           "  --inner N           MLP width (default 4 x --embd for gpt2, about\n"
+           "                      8/3 x --embd, a multiple of 32, for llama)\n"
+           "  --rope-theta X      llama: rotary embedding base (default 10000)\n"
+           "  --tie               llama: the output head is the token embedding\n"
            "  --positions N       longest sequence (default: --seq)\n"
            "  --vocab N           vocabulary (default 256, or what a token file needs)\n"
            "training:\n"
@@ -401,7 +410,8 @@ enum {
     O_DATA = 256, O_CONFIG, O_LAYERS, O_EMBD, O_HEADS, O_POSITIONS, O_VOCAB, O_BATCH, O_SEQ,
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
-    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_DEVICES
+    O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
+    O_ROPE_THETA, O_TIE, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -414,6 +424,11 @@ int cmd_train(int argc, char **argv)
         {"heads", required_argument, NULL, O_HEADS},
         {"positions", required_argument, NULL, O_POSITIONS},
         {"vocab", required_argument, NULL, O_VOCAB},
+        {"arch", required_argument, NULL, O_ARCH},
+        {"kv-heads", required_argument, NULL, O_KV_HEADS},
+        {"inner", required_argument, NULL, O_INNER},
+        {"rope-theta", required_argument, NULL, O_ROPE_THETA},
+        {"tie", no_argument, NULL, O_TIE},
         {"batch", required_argument, NULL, O_BATCH},
         {"seq", required_argument, NULL, O_SEQ},
         {"steps", required_argument, NULL, O_STEPS},
@@ -448,6 +463,7 @@ int cmd_train(int argc, char **argv)
     const char *split = NULL, *mem_limit = NULL;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
+    cli_model_flags mf = {0};
     /* Which training settings were given, so that --resume can tell them from defaults. */
     bool given[O_DEVICES + 1] = {false};
     long v = 0;
@@ -472,6 +488,11 @@ int cmd_train(int argc, char **argv)
         case O_HEADS: ok = cli_parse_long(arg, 1, 1024, &heads); break;
         case O_POSITIONS: ok = cli_parse_long(arg, 1, 1 << 20, &positions); break;
         case O_VOCAB: ok = cli_parse_long(arg, 2, 1 << 24, &vocab); break;
+        case O_ARCH: mf.arch = arg; break;
+        case O_KV_HEADS: ok = cli_parse_long(arg, 1, 1024, &mf.kv_heads); break;
+        case O_INNER: ok = cli_parse_long(arg, 1, 1 << 20, &mf.inner); break;
+        case O_ROPE_THETA: ok = cli_parse_double(arg, 1.0001, 1e12, &mf.rope_theta); break;
+        case O_TIE: mf.tied = true; break;
         case O_BATCH: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.batch = (int)v; break;
         case O_SEQ: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.seq = (int)v; break;
         case O_STEPS: ok = cli_parse_long(arg, 1, 1L << 40, &tc.steps); break;
@@ -522,17 +543,47 @@ int cmd_train(int argc, char **argv)
                                "down to --min-lr (give a --min-lr from 0 to --lr)",
                                (double)tc.min_lr, (double)tc.lr);
 
-    st_gpt_config cfg = {0};
+    if (config) {
+        /* The model is the file's: a size flag would be ignored, so it is refused. */
+        static const struct {
+            int opt;
+            const char *name;
+        } size_flags[] = {{O_LAYERS, "--layers"},     {O_EMBD, "--embd"},
+                          {O_HEADS, "--heads"},       {O_POSITIONS, "--positions"},
+                          {O_VOCAB, "--vocab"},       {O_ARCH, "--arch"},
+                          {O_KV_HEADS, "--kv-heads"}, {O_INNER, "--inner"},
+                          {O_ROPE_THETA, "--rope-theta"}, {O_TIE, "--tie"}};
+        for (size_t i = 0; i < sizeof size_flags / sizeof size_flags[0]; i++)
+            if (given[size_flags[i].opt])
+                return cli_usage_error("train",
+                                       "%s cannot be used with --config: the model is the "
+                                       "file's (edit the file, or leave --config out)",
+                                       size_flags[i].name);
+    }
+    st_model_config cfg = {0};
     st_status s = ST_OK;
+    if (!config && !tc.resume_dir) {
+        /* The sizes' own mistakes before anything is created (the vocabulary
+         * and positions come later, from the data and --seq). */
+        cli_model_flags early = mf;
+        early.vocab = 256;
+        early.positions = 1;
+        early.layers = layers, early.embd = embd, early.heads = heads;
+        if ((s = cli_model_config(&early, &cfg)) != ST_OK)
+            return cli_fail(s);
+    }
     char saved_data[1024] = "";
     if (tc.resume_dir) {
         /* The model is the checkpoint's: a model flag would be ignored, so it is refused. */
         static const struct {
             int opt;
             const char *name;
-        } model_flags[] = {{O_CONFIG, "--config"},       {O_LAYERS, "--layers"},
-                           {O_EMBD, "--embd"},           {O_HEADS, "--heads"},
-                           {O_POSITIONS, "--positions"}, {O_VOCAB, "--vocab"}};
+        } model_flags[] = {{O_CONFIG, "--config"},         {O_LAYERS, "--layers"},
+                           {O_EMBD, "--embd"},             {O_HEADS, "--heads"},
+                           {O_POSITIONS, "--positions"},   {O_VOCAB, "--vocab"},
+                           {O_ARCH, "--arch"},             {O_KV_HEADS, "--kv-heads"},
+                           {O_INNER, "--inner"},           {O_ROPE_THETA, "--rope-theta"},
+                           {O_TIE, "--tie"}};
         for (size_t i = 0; i < sizeof model_flags / sizeof model_flags[0]; i++)
             if (given[model_flags[i].opt])
                 return cli_usage_error("train",
@@ -618,19 +669,17 @@ int cmd_train(int argc, char **argv)
         tc.seq = fixed ? fixed : 64;
     if (!tc.resume_dir) {
         if (config) {
-            if ((s = st_gpt_config_load(config, &cfg)) != ST_OK) {
+            if ((s = st_model_config_load(config, &cfg)) != ST_OK) {
                 st_dataset_destroy(ds);
                 return cli_fail(s);
             }
         } else {
-            cfg.vocab_size = (int)(vocab ? vocab : st_dataset_vocab_needed(ds));
-            cfg.n_positions = (int)(positions ? positions : tc.seq);
-            cfg.n_embd = (int)embd;
-            cfg.n_layer = (int)layers;
-            cfg.n_head = (int)heads;
-            cfg.n_inner = 4 * (int)embd;
-            cfg.layer_norm_epsilon = 1e-5f;
-            if ((s = st_gpt_config_check(&cfg)) != ST_OK) {
+            mf.vocab = vocab ? vocab : (long)st_dataset_vocab_needed(ds);
+            mf.positions = positions ? positions : tc.seq;
+            mf.embd = embd;
+            mf.layers = layers;
+            mf.heads = heads;
+            if ((s = cli_model_config(&mf, &cfg)) != ST_OK) {
                 st_dataset_destroy(ds);
                 return cli_fail(s);
             }
@@ -654,8 +703,9 @@ int cmd_train(int argc, char **argv)
         return CLI_USAGE;
     }
     printf("data: %s\n", st_dataset_describe(ds));
-    printf("model: %d layers, %d channels, %d heads, %d positions, vocabulary %d\n",
-           cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions, cfg.vocab_size);
+    char model_line[256];
+    cli_model_describe(&cfg, model_line, sizeof model_line);
+    printf("model: %s\n", model_line);
     printf("training: batch %d x %d tokens, %ld steps, lr %.1e warmup %ld cosine to %.1e, "
            "seed %llu\n",
            tc.batch, tc.seq, tc.steps, (double)tc.lr, tc.warmup, (double)tc.min_lr,

@@ -184,11 +184,19 @@ static void layer_names(const st_model_desc *desc, size_t first, size_t end, cha
             b1 = ld->block;
         }
     }
-    char blocks[64] = "";
+    /* Blocks as the family names them: "h.3" (GPT-2), "layers.3" (Llama). */
+    char blocks[64] = "", prefix[32] = "";
+    for (size_t l = first; l < end && !prefix[0]; l++)
+        if (desc->layers[l].kind == ST_LAYER_BLOCK) {
+            snprintf(prefix, sizeof prefix, "%s", desc->layers[l].name);
+            char *dot = strrchr(prefix, '.');
+            if (dot)
+                dot[1] = '\0';
+        }
     if (b0 >= 0 && b0 == b1)
-        snprintf(blocks, sizeof blocks, "h.%d", b0);
+        snprintf(blocks, sizeof blocks, "%s%d", prefix, b0);
     else if (b0 >= 0)
-        snprintf(blocks, sizeof blocks, "h.%d-%d", b0, b1);
+        snprintf(blocks, sizeof blocks, "%s%d-%d", prefix, b0, b1);
     snprintf(out, size, "%s%s%s%s%s", emb ? "embedding" : "", emb && blocks[0] ? ", " : "",
              blocks, head && (emb || blocks[0]) ? ", " : "", head ? "head" : "");
 }

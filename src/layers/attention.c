@@ -104,88 +104,131 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
 
 enum { FA_TILE = 16 }; /* cl/flash.cl's tile: rows per work-group */
 
-static st_status flash_shapes(const char *op, int B, int T, int C, int NH)
+static st_status flash_shapes(const char *op, int B, int T, int C, int NH, int KV)
 {
     st_status s = check_shapes(op, B, T, C, NH);
     if (s == ST_OK && !st_attention_is_flash(C, NH))
         s = st_error(ST_ERR_INVALID, "%s: head size %d is above %d", op, C / NH,
                      ST_FLASH_MAX_HEAD);
+    if (s == ST_OK && (KV < 1 || NH % KV != 0))
+        s = st_error(ST_ERR_INVALID, "%s: %d key/value heads do not divide %d heads", op, KV, NH);
     return s;
+}
+
+/* qkv's row: q of NH heads, k and v of KV heads each. */
+static size_t row_width(int C, int NH, int KV)
+{
+    return (size_t)C + 2 * (size_t)KV * (size_t)(C / NH);
+}
+
+st_status st_attention_gqa_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
+                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV)
+{
+    st_status s = flash_shapes("attention_flash_fwd", B, T, C, NH, KV);
+    if (s != ST_OK)
+        return s;
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, W = row_width(C, NH, KV);
+    NEED("attention_flash_fwd", out, Bs * Ts * Cs);
+    NEED("attention_flash_fwd", lse, Bs * (size_t)NH * Ts);
+    NEED("attention_flash_fwd", qkv, Bs * Ts * W);
+    if (qkv_b)
+        NEED("attention_flash_fwd", qkv_b, W);
+    float scale = (float)(1.0 / sqrt((double)(C / NH)));
+    size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
+    return ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_flash_fwd", groups * FA_TILE,
+                     FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b ? qkv_b : qkv),
+                     ST_KI(qkv_b != NULL), ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV),
+                     ST_KF(scale));
 }
 
 st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
                                  const st_tensor *qkv_b, int B, int T, int C, int NH)
 {
-    st_status s = flash_shapes("attention_flash_fwd", B, T, C, NH);
+    if (!qkv_b)
+        return st_error(ST_ERR_INVALID, "attention_flash_fwd: no qkv bias");
+    return st_attention_gqa_fwd(out, lse, qkv, qkv_b, B, T, C, NH, NH);
+}
+
+st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
+                               const st_tensor *lse, const st_tensor *qkv,
+                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV)
+{
+    st_status s = flash_shapes("attention_flash_bwd", B, T, C, NH, KV);
     if (s != ST_OK)
         return s;
-    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C;
-    NEED("attention_flash_fwd", out, Bs * Ts * Cs);
-    NEED("attention_flash_fwd", lse, Bs * (size_t)NH * Ts);
-    NEED("attention_flash_fwd", qkv, Bs * Ts * 3 * Cs);
-    NEED("attention_flash_fwd", qkv_b, 3 * Cs);
+    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, W = row_width(C, NH, KV);
+    NEED("attention_flash_bwd", dqkv, Bs * Ts * W);
+    NEED("attention_flash_bwd", dout, Bs * Ts * Cs);
+    NEED("attention_flash_bwd", out, Bs * Ts * Cs);
+    NEED("attention_flash_bwd", lse, Bs * (size_t)NH * Ts);
+    NEED("attention_flash_bwd", qkv, Bs * Ts * W);
+    if (qkv_b)
+        NEED("attention_flash_bwd", qkv_b, W);
     float scale = (float)(1.0 / sqrt((double)(C / NH)));
-    size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
-    return ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_flash_fwd", groups * FA_TILE,
-                     FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T), ST_KI(C),
-                     ST_KI(NH), ST_KF(scale));
+    size_t tiles = (Ts + FA_TILE - 1) / FA_TILE;
+    st_device *dev = st_tensor_device(dqkv);
+    const st_tensor *bias = qkv_b ? qkv_b : qkv;
+    if ((s = ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_kv",
+                       Bs * (size_t)KV * tiles * FA_TILE, FA_TILE, ST_KT(dqkv), ST_KT(dout),
+                       ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(bias), ST_KI(qkv_b != NULL),
+                       ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale))) != ST_OK)
+        return s;
+    return ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_q", Bs * (size_t)NH * tiles * FA_TILE,
+                     FA_TILE, ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv),
+                     ST_KT(bias), ST_KI(qkv_b != NULL), ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV),
+                     ST_KF(scale));
 }
 
 st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
                                  const st_tensor *lse, const st_tensor *qkv,
                                  const st_tensor *qkv_b, int B, int T, int C, int NH)
 {
-    st_status s = flash_shapes("attention_flash_bwd", B, T, C, NH);
-    if (s != ST_OK)
-        return s;
-    size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C;
-    NEED("attention_flash_bwd", dqkv, Bs * Ts * 3 * Cs);
-    NEED("attention_flash_bwd", dout, Bs * Ts * Cs);
-    NEED("attention_flash_bwd", out, Bs * Ts * Cs);
-    NEED("attention_flash_bwd", lse, Bs * (size_t)NH * Ts);
-    NEED("attention_flash_bwd", qkv, Bs * Ts * 3 * Cs);
-    NEED("attention_flash_bwd", qkv_b, 3 * Cs);
-    float scale = (float)(1.0 / sqrt((double)(C / NH)));
-    size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
-    st_device *dev = st_tensor_device(dqkv);
-    if ((s = ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_kv", groups * FA_TILE, FA_TILE,
-                       ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T),
-                       ST_KI(C), ST_KI(NH), ST_KF(scale))) != ST_OK)
-        return s;
-    return ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_q", groups * FA_TILE, FA_TILE,
-                     ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b), ST_KI(T),
-                     ST_KI(C), ST_KI(NH), ST_KF(scale));
+    if (!qkv_b)
+        return st_error(ST_ERR_INVALID, "attention_flash_bwd: no qkv bias");
+    return st_attention_gqa_bwd(dqkv, dout, out, lse, qkv, qkv_b, B, T, C, NH, NH);
 }
 
-st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
-                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
-                              int pos, int S, int C, int NH)
+st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
+                                  st_tensor *vc, size_t cache_off, const st_tensor *qkv,
+                                  const st_tensor *qkv_b, int pos, int S, int C, int NH, int KV)
 {
-    st_status s = flash_shapes("attention_decode", 1, 1, C, NH);
+    st_status s = flash_shapes("attention_decode", 1, 1, C, NH, KV);
     if (s != ST_OK)
         return s;
     if (pos < 0 || pos >= S)
         return st_error(ST_ERR_INVALID, "attention_decode: position %d outside the cache of %d",
                         pos, S);
-    size_t Cs = (size_t)C, Ss = (size_t)S;
+    size_t Cs = (size_t)C, Ss = (size_t)S, W = row_width(C, NH, KV);
+    size_t KVD = (size_t)KV * (Cs / (size_t)NH);
     NEED("attention_decode", out, Cs);
     NEED("attention_decode", scores, (size_t)NH * Ss);
-    NEED("attention_decode", kc, cache_off + Ss * Cs);
-    NEED("attention_decode", vc, cache_off + Ss * Cs);
-    NEED("attention_decode", qkv, 3 * Cs);
-    NEED("attention_decode", qkv_b, 3 * Cs);
+    NEED("attention_decode", kc, cache_off + Ss * KVD);
+    NEED("attention_decode", vc, cache_off + Ss * KVD);
+    NEED("attention_decode", qkv, W);
+    if (qkv_b)
+        NEED("attention_decode", qkv_b, W);
     /* The caches from this sequence's first row: views at cache_off. */
     st_tensor *k = NULL, *v = NULL;
-    size_t n = Ss * Cs;
+    size_t n = Ss * KVD;
     if ((s = st_tensor_view(kc, cache_off, 1, &n, &k)) == ST_OK &&
         (s = st_tensor_view(vc, cache_off, 1, &n, &v)) == ST_OK) {
         float scale = (float)(1.0 / sqrt((double)(C / NH)));
         enum { DEC_WG = 64 }; /* cl/flash.cl FA_DEC_WG */
         s = ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_decode", (size_t)NH * DEC_WG,
                       DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(k), ST_KT(v), ST_KT(qkv),
-                      ST_KT(qkv_b), ST_KI(pos), ST_KI(S), ST_KI(C), ST_KI(NH), ST_KF(scale));
+                      ST_KT(qkv_b ? qkv_b : qkv), ST_KI(qkv_b != NULL), ST_KI(pos), ST_KI(S),
+                      ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale));
     }
     st_tensor_destroy(k);
     st_tensor_destroy(v);
     return s;
+}
+
+st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
+                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
+                              int pos, int S, int C, int NH)
+{
+    if (!qkv_b)
+        return st_error(ST_ERR_INVALID, "attention_decode: no qkv bias");
+    return st_attention_gqa_decode(out, scores, kc, vc, cache_off, qkv, qkv_b, pos, S, C, NH, NH);
 }

@@ -42,3 +42,31 @@ st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout
     return ST_LAUNCH(dev, "encoder.cl", "encoder_bwd_wpe", (size_t)T * C, 64, ST_KT(dwpe),
                      ST_KT(dout), ST_KI(B), ST_KI(T), ST_KI(C));
 }
+
+st_status st_embedding_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte, int N,
+                           int C, int V)
+{
+    if (N < 1 || C < 1 || V < 1)
+        return st_error(ST_ERR_INVALID, "embedding_fwd: empty shape N=%d C=%d V=%d", N, C, V);
+    NEED("embedding_fwd", out, (size_t)N * C);
+    NEED("embedding_fwd", wte, (size_t)V * C);
+    st_status s = st_op_need("embedding_fwd", tokens, (size_t)N, ST_I32);
+    if (s != ST_OK)
+        return s;
+    return ST_LAUNCH(st_tensor_device(out), "encoder.cl", "embedding_fwd", (size_t)N * C, 64,
+                     ST_KT(out), ST_KT(tokens), ST_KT(wte), ST_KI(N), ST_KI(C), ST_KI(V));
+}
+
+st_status st_embedding_bwd(st_tensor *dwte, const st_tensor *dout, const st_tensor *tokens, int N,
+                           int C, int V)
+{
+    if (N < 1 || C < 1 || V < 1)
+        return st_error(ST_ERR_INVALID, "embedding_bwd: empty shape N=%d C=%d V=%d", N, C, V);
+    NEED("embedding_bwd", dwte, (size_t)V * C);
+    NEED("embedding_bwd", dout, (size_t)N * C);
+    st_status s = st_op_need("embedding_bwd", tokens, (size_t)N, ST_I32);
+    if (s != ST_OK)
+        return s;
+    return ST_LAUNCH(st_tensor_device(dwte), "encoder.cl", "encoder_bwd_wte", (size_t)C, 64,
+                     ST_KT(dwte), ST_KT(tokens), ST_KT(dout), ST_KI(N), ST_KI(C), ST_KI(V));
+}

@@ -59,3 +59,50 @@ st_status st_matmul_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tens
         return s;
     return db ? st_bias_bwd(db, dout, N, OC) : ST_OK;
 }
+
+/* nn.Linear: weights stored [out, in]. */
+st_status st_linear_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w,
+                        const st_tensor *b, int N, int IC, int OC)
+{
+    st_status s = check_dims("linear_fwd", N, IC, OC);
+    if (s != ST_OK)
+        return s;
+    size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
+    NEED("linear_fwd", out, n * oc);
+    NEED("linear_fwd", inp, n * ic);
+    NEED("linear_fwd", w, ic * oc);
+    /* out[N,OC] = inp[N,IC] . w[OC,IC]^T */
+    st_gemm_args g = {.trans_b = true, .m = n, .n = oc, .k = ic, .alpha = 1.0f, .beta = 0.0f,
+                      .a = inp, .lda = ic, .b = w, .ldb = ic, .c = out, .ldc = oc};
+    if ((s = st_gemm(&g)) != ST_OK)
+        return s;
+    return b ? st_bias_fwd(out, b, N, OC) : ST_OK;
+}
+
+st_status st_linear_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tensor *db,
+                        const st_tensor *dout, const st_tensor *inp, const st_tensor *w, int N,
+                        int IC, int OC)
+{
+    st_status s = check_dims("linear_bwd", N, IC, OC);
+    if (s != ST_OK)
+        return s;
+    size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
+    NEED("linear_bwd", dout, n * oc);
+    NEED("linear_bwd", inp, n * ic);
+    NEED("linear_bwd", w, ic * oc);
+    NEED("linear_bwd", dw, ic * oc);
+    if (dinp) {
+        NEED("linear_bwd", dinp, n * ic);
+        /* dinp[N,IC] = dout[N,OC] . w[OC,IC] (+ beta * dinp) */
+        st_gemm_args g = {.m = n, .n = ic, .k = oc, .alpha = 1.0f, .beta = dinp_beta,
+                          .a = dout, .lda = oc, .b = w, .ldb = ic, .c = dinp, .ldc = ic};
+        if ((s = st_gemm(&g)) != ST_OK)
+            return s;
+    }
+    /* dw[OC,IC] += dout[N,OC]^T . inp[N,IC] */
+    st_gemm_args g = {.trans_a = true, .m = oc, .n = ic, .k = n, .alpha = 1.0f, .beta = 1.0f,
+                      .a = dout, .lda = oc, .b = inp, .ldb = ic, .c = dw, .ldc = ic};
+    if ((s = st_gemm(&g)) != ST_OK)
+        return s;
+    return db ? st_bias_bwd(db, dout, N, OC) : ST_OK;
+}

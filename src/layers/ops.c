@@ -388,3 +388,126 @@ st_status st_sumsq_accumulate(st_tensor *acc, st_tensor *scratch, const st_tenso
     return ST_LAUNCH(dev, "norm.cl", "sumsq_final", 1, 1, ST_KT(acc), ST_KT(scratch),
                      ST_KI((int)groups));
 }
+
+/* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU ---------------------------- */
+
+st_status st_rmsnorm_fwd(st_tensor *out, st_tensor *rstd, const st_tensor *inp,
+                         const st_tensor *w, int N, int C, float eps)
+{
+    st_status s = check_rows("rmsnorm_fwd", N, C);
+    if (s != ST_OK)
+        return s;
+    size_t NC = (size_t)N * C;
+    NEED("rmsnorm_fwd", out, NC);
+    NEED("rmsnorm_fwd", rstd, (size_t)N);
+    NEED("rmsnorm_fwd", inp, NC);
+    NEED("rmsnorm_fwd", w, (size_t)C);
+    return LAUNCH_ROWS(st_tensor_device(out), "rmsnorm.cl", "rmsnorm_fwd", N, ST_KT(out),
+                       ST_KT(rstd), ST_KT(inp), ST_KT(w), ST_KI(N), ST_KI(C), ST_KF(eps));
+}
+
+st_status st_residual_rmsnorm_fwd(st_tensor *res, st_tensor *out, st_tensor *rstd,
+                                  const st_tensor *y, const st_tensor *x, const st_tensor *w,
+                                  int N, int C, float eps)
+{
+    st_status s = check_rows("residual_rmsnorm_fwd", N, C);
+    if (s != ST_OK)
+        return s;
+    size_t NC = (size_t)N * C;
+    NEED("residual_rmsnorm_fwd", res, NC);
+    NEED("residual_rmsnorm_fwd", out, NC);
+    NEED("residual_rmsnorm_fwd", rstd, (size_t)N);
+    NEED("residual_rmsnorm_fwd", y, NC);
+    NEED("residual_rmsnorm_fwd", x, NC);
+    NEED("residual_rmsnorm_fwd", w, (size_t)C);
+    return LAUNCH_ROWS(st_tensor_device(out), "rmsnorm.cl", "residual_rmsnorm_fwd", N,
+                       ST_KT(res), ST_KT(out), ST_KT(rstd), ST_KT(y), ST_KT(x), ST_KT(w),
+                       ST_KI(N), ST_KI(C), ST_KF(eps));
+}
+
+st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
+                         const st_tensor *inp, const st_tensor *w, const st_tensor *rstd, int N,
+                         int C)
+{
+    st_status s = check_rows("rmsnorm_bwd", N, C);
+    if (s != ST_OK)
+        return s;
+    size_t NC = (size_t)N * C;
+    NEED("rmsnorm_bwd", dinp, NC);
+    NEED("rmsnorm_bwd", dw, (size_t)C);
+    NEED("rmsnorm_bwd", dout, NC);
+    NEED("rmsnorm_bwd", inp, NC);
+    NEED("rmsnorm_bwd", w, (size_t)C);
+    NEED("rmsnorm_bwd", rstd, (size_t)N);
+    st_device *dev = st_tensor_device(dinp);
+    /* The weight gradient first: dout may be read after dinp changes only there. */
+    if ((s = ST_LAUNCH(dev, "rmsnorm.cl", "rmsnorm_bwd_w", (size_t)C, LOCAL, ST_KT(dw),
+                       ST_KT(dout), ST_KT(inp), ST_KT(rstd), ST_KI(N), ST_KI(C))) != ST_OK)
+        return s;
+    return LAUNCH_ROWS(dev, "rmsnorm.cl", "rmsnorm_bwd_inp", N, ST_KT(dinp), ST_KT(dout),
+                       ST_KT(inp), ST_KT(w), ST_KT(rstd), ST_KI(N), ST_KI(C));
+}
+
+static st_status rope_shapes(const char *op, int N, int T, int pos0, int NH, int KV, int HS)
+{
+    if (N < 1 || T < 1 || N % T != 0 || pos0 < 0 || NH < 1 || KV < 1 || NH % KV != 0 ||
+        HS < 2 || HS % 2 != 0)
+        return st_error(ST_ERR_INVALID, "%s: bad shape N=%d T=%d pos0=%d NH=%d KV=%d HS=%d", op,
+                        N, T, pos0, NH, KV, HS);
+    return ST_OK;
+}
+
+st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq, int N,
+                      int T, int pos0, int NH, int KV, int HS)
+{
+    st_status s = rope_shapes("rope_fwd", N, T, pos0, NH, KV, HS);
+    if (s != ST_OK)
+        return s;
+    size_t W = (size_t)(NH + 2 * KV) * HS;
+    NEED("rope_fwd", qkv, (size_t)N * W);
+    NEED("rope_fwd", inv_freq, (size_t)HS / 2);
+    if (bias)
+        NEED("rope_fwd", bias, W);
+    size_t per_row = (size_t)(NH + KV) * (HS / 2) + (bias ? (size_t)KV * HS : 0);
+    return ST_LAUNCH(st_tensor_device(qkv), "rope.cl", "rope_fwd", (size_t)N * per_row, LOCAL,
+                     ST_KT(qkv), ST_KT(bias ? bias : inv_freq), ST_KT(inv_freq),
+                     ST_KI(bias != NULL), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
+                     ST_KI(HS));
+}
+
+st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, int pos0,
+                      int NH, int KV, int HS)
+{
+    st_status s = rope_shapes("rope_bwd", N, T, pos0, NH, KV, HS);
+    if (s != ST_OK)
+        return s;
+    NEED("rope_bwd", dqkv, (size_t)N * (size_t)(NH + 2 * KV) * HS);
+    NEED("rope_bwd", inv_freq, (size_t)HS / 2);
+    return ST_LAUNCH(st_tensor_device(dqkv), "rope.cl", "rope_bwd",
+                     (size_t)N * (size_t)(NH + KV) * (HS / 2), LOCAL, ST_KT(dqkv),
+                     ST_KT(inv_freq), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
+                     ST_KI(HS));
+}
+
+st_status st_swiglu_fwd(st_tensor *h, const st_tensor *gu, int N, int F)
+{
+    st_status s = check_rows("swiglu_fwd", N, F);
+    if (s != ST_OK)
+        return s;
+    NEED("swiglu_fwd", h, (size_t)N * F);
+    NEED("swiglu_fwd", gu, (size_t)N * 2 * F);
+    return ST_LAUNCH(st_tensor_device(h), "swiglu.cl", "swiglu_fwd", (size_t)N * F, LOCAL,
+                     ST_KT(h), ST_KT(gu), ST_KI(N), ST_KI(F));
+}
+
+st_status st_swiglu_bwd(st_tensor *dgu, const st_tensor *dh, const st_tensor *gu, int N, int F)
+{
+    st_status s = check_rows("swiglu_bwd", N, F);
+    if (s != ST_OK)
+        return s;
+    NEED("swiglu_bwd", dgu, (size_t)N * 2 * F);
+    NEED("swiglu_bwd", dh, (size_t)N * F);
+    NEED("swiglu_bwd", gu, (size_t)N * 2 * F);
+    return ST_LAUNCH(st_tensor_device(dgu), "swiglu.cl", "swiglu_bwd", (size_t)N * F, LOCAL,
+                     ST_KT(dgu), ST_KT(dh), ST_KT(gu), ST_KI(N), ST_KI(F));
+}

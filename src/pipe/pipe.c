@@ -22,13 +22,16 @@ typedef struct op {
 struct st_pipe {
     size_t S;
     const st_pipe_comm *comm;
-    st_gpt *stage[ST_PLAN_MAX_STAGES];
+    st_stage *stage[ST_PLAN_MAX_STAGES];
     st_device *dev[ST_PLAN_MAX_STAGES];
     int slots[ST_PLAN_MAX_STAGES];
+    size_t boundary[ST_PLAN_MAX_STAGES]; /* floats from stage k to k + 1 per micro-batch */
+    size_t first[ST_PLAN_MAX_STAGES], end[ST_PLAN_MAX_STAGES];
+    const st_model_desc *desc;
     /* fwd[s]: stage s -> s+1 activations; bwd[s]: stage s+1 -> s gradients */
     st_link *fwd[ST_PLAN_MAX_STAGES], *bwd[ST_PLAN_MAX_STAGES];
     st_pipe_options o;
-    st_gpt_config cfg;
+    st_model_config cfg;
     /* per step */
     const int32_t *tokens, *targets;
     bool backward;
@@ -55,7 +58,7 @@ size_t st_pipe_n_stages(const st_pipe *p)
     return p->S;
 }
 
-st_gpt *st_pipe_stage(const st_pipe *p, size_t s)
+st_stage *st_pipe_stage(const st_pipe *p, size_t s)
 {
     return s < p->S ? p->stage[s] : NULL;
 }
@@ -70,7 +73,7 @@ void st_pipe_destroy(st_pipe *p)
     if (!p)
         return;
     for (size_t s = 0; s < p->S; s++) {
-        st_gpt_destroy(p->stage[s]);
+        st_stage_destroy(p->stage[s]);
         if (p->fwd[s])
             p->fwd[s]->destroy(p->fwd[s]);
         if (p->bwd[s])
@@ -120,25 +123,30 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
         p->fail_stage = -1;
     p->o = *o;
     p->cfg = desc->cfg;
+    p->desc = desc;
+    for (size_t k = 0; k < n_stages; k++) {
+        p->first[k] = first[k];
+        p->end[k] = end[k];
+    }
     p->mb_loss = calloc((size_t)o->micro_batches, sizeof *p->mb_loss);
     p->mb_count = calloc((size_t)o->micro_batches, sizeof *p->mb_count);
     st_status s = p->mb_loss && p->mb_count ? ST_OK
                                              : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    size_t boundary = (size_t)o->micro_batch * o->seq * desc->cfg.n_embd;
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
-        int m = o->micro_batches, S = (int)n_stages;
-        /* Activations in flight: GPipe keeps every micro-batch's, 1F1B at most S - k. */
-        p->slots[k] = !o->training || o->schedule == ST_SCHED_GPIPE
-                          ? (o->training ? m : 1)
-                          : (m < S - (int)k ? m : S - (int)k);
-        st_gpt_options go = {.first_layer = first[k], .end_layer = end[k],
+        int m = o->micro_batches;
+        /* What crosses boundary k: the stream out of stage k's last layer. */
+        size_t boundary = (size_t)o->micro_batch * o->seq *
+                          desc->layers[end[k] - 1].out_floats_per_token;
+        p->boundary[k] = boundary;
+        p->slots[k] = st_schedule_in_flight(o->schedule, o->training, m, n_stages, k);
+        st_stage_options go = {.first_layer = first[k], .end_layer = end[k],
                              .batch = o->micro_batch, .seq = o->seq, .slots = p->slots[k],
                              .training = o->training, .kv_seq = o->kv_seq,
                              .kv_seqs = o->kv_seqs};
         bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
         if (here) {
             p->dev[k] = devs[k];
-            s = st_gpt_create(devs[k], desc, &go, &p->stage[k]);
+            s = st_stage_create(devs[k], desc, &go, &p->stage[k]);
         }
         /* A ring as deep as the micro-batches: a sender never waits on a
          * receiver that is itself waiting to send the other way. */
@@ -167,7 +175,7 @@ st_status st_pipe_init(st_pipe *p, uint64_t seed)
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
-            s = st_gpt_init(p->stage[k], seed);
+            s = st_stage_init(p->stage[k], seed);
     return s;
 }
 
@@ -234,54 +242,58 @@ typedef struct stage_job {
 
 static st_status run_op(st_pipe *p, size_t s, const op *o)
 {
-    st_gpt *g = p->stage[s];
+    st_stage *g = p->stage[s];
     int B = p->o.micro_batch, T = p->o.seq, slot = o->mb % p->slots[s];
     if ((long)s == p->fail_stage && ++p->ops_done[s] >= p->fail_at)
         return st_error(ST_ERR_CL, "injected failure (STRATA_TEST_FAIL_STAGE=%ld:%ld)",
                         p->fail_stage, p->fail_at);
-    size_t N = (size_t)B * T, NC = N * (size_t)p->cfg.n_embd;
+    /* Floats per token into this stage and out of it. */
+    size_t in_t = s > 0 ? p->desc->layers[p->end[s - 1] - 1].out_floats_per_token : 0;
+    size_t out_t = p->desc->layers[p->end[s] - 1].out_floats_per_token;
+    size_t N = (size_t)B * T, n_in = N * in_t, n_out = N * out_t;
     bool last = s + 1 == p->S;
     st_status st;
     if (o->kind == OP_DEC) {
         /* One token of sequence mb: its activation hops to the next stage
          * while this stage starts on the next sequence. */
-        size_t C = (size_t)p->cfg.n_embd;
-        st_tensor *x = st_gpt_decode_x(g);
-        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, C)) != ST_OK)
+        st_tensor *x = st_stage_decode_x(g);
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, in_t)) != ST_OK)
             return st;
         float *logits = last ? p->dec_logits + (size_t)o->mb * p->cfg.vocab_size : NULL;
-        if ((st = st_gpt_decode_seq(g, o->mb, p->dec_tok[o->mb], p->dec_pos[o->mb], logits)) !=
+        if ((st = st_stage_decode_seq(g, o->mb, p->dec_tok[o->mb], p->dec_pos[o->mb], logits)) !=
             ST_OK)
             return st;
-        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, C);
+        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, out_t);
     }
     if (o->kind == OP_FWD) {
-        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_gpt_io_tensor(g, slot, ST_GPT_IN),
-                                                NC)) != ST_OK)
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_stage_io_tensor(g, slot, ST_STAGE_IN),
+                                                n_in)) != ST_OK)
             return st;
         const int32_t *tok = p->tokens + (size_t)o->mb * N;
         const int32_t *tgt = p->targets ? p->targets + (size_t)o->mb * N : NULL;
-        if ((st = st_gpt_forward(g, slot, s == 0 ? tok : NULL, last ? tgt : NULL, B, T)) != ST_OK)
+        if ((st = st_stage_forward(g, slot, s == 0 ? tok : NULL, last ? tgt : NULL, B, T)) != ST_OK)
             return st;
         if (!last)
-            return p->fwd[s]->send(p->fwd[s], st_gpt_io_tensor(g, slot, ST_GPT_OUT), NC);
-        if (tgt && (st = st_gpt_loss(g, slot, tgt, B, T, &p->mb_loss[o->mb],
+            return p->fwd[s]->send(p->fwd[s], st_stage_io_tensor(g, slot, ST_STAGE_OUT), n_out);
+        if (tgt && (st = st_stage_loss(g, slot, tgt, B, T, &p->mb_loss[o->mb],
                                      &p->mb_count[o->mb])) !=
                        ST_OK)
             return st;
         if (p->probs)
-            return st_gpt_output_read(g, slot, B, T,
+            return st_stage_output_read(g, slot, B, T,
                                       p->probs + (size_t)o->mb * N * p->cfg.vocab_size);
         return ST_OK;
     }
-    if (!last && (st = p->bwd[s]->recv(p->bwd[s], st_gpt_io_tensor(g, slot, ST_GPT_DOUT), NC)) !=
+    if (!last && (st = p->bwd[s]->recv(p->bwd[s], st_stage_io_tensor(g, slot, ST_STAGE_DOUT),
+                                       n_out)) !=
                      ST_OK)
         return st;
-    if ((st = st_gpt_backward(g, slot, B, T, p->dloss)) != ST_OK)
+    if ((st = st_stage_backward(g, slot, B, T, p->dloss)) != ST_OK)
         return st;
     /* The input's gradient lives in shared scratch: it leaves before the next backward. */
     if (s > 0)
-        return p->bwd[s - 1]->send(p->bwd[s - 1], st_gpt_io_tensor(g, slot, ST_GPT_DIN), NC);
+        return p->bwd[s - 1]->send(p->bwd[s - 1], st_stage_io_tensor(g, slot, ST_STAGE_DIN),
+                                   n_in);
     return ST_OK;
 }
 
@@ -355,43 +367,68 @@ static st_status run_stages(st_pipe *p)
     return ST_OK;
 }
 
-/* The tied embedding: both copies get the sum of both gradients, added as
- * first stage's + last stage's wherever they live. */
-static st_status sum_tied(st_pipe *p)
+/* The stage holding layer l. */
+static size_t stage_of(const st_pipe *p, size_t l)
 {
-    if (p->S < 2)
-        return ST_OK; /* one stage holds the embedding and the head: one copy */
-    st_gpt *a = p->stage[0], *b = p->stage[p->S - 1];
+    size_t k = 0;
+    while (k + 1 < p->S && l >= p->end[k])
+        k++;
+    return k;
+}
+
+/* One tied parameter held by two stages: both copies get the sum of both
+ * gradients, added as the owner's + the user's wherever they live. */
+static st_status sum_tied_pair(st_pipe *p, size_t so, size_t su, const char *name)
+{
+    st_stage *a = p->stage[so], *b = p->stage[su];
     if (!a && !b)
         return ST_OK;
-    st_gpt *mine = a ? a : b;
-    long idx = st_gpt_param_find(mine, "wte.weight");
+    st_stage *mine = a ? a : b;
+    long idx = st_stage_param_find(mine, name);
     if (idx < 0)
-        return st_error(ST_ERR_INVALID, "the tied embedding is missing from a stage");
-    size_t n = st_gpt_param_at(mine, (size_t)idx)->desc->numel;
+        return st_error(ST_ERR_INVALID, "the tied parameter '%s' is missing from a stage", name);
+    size_t n = st_stage_param_at(mine, (size_t)idx)->desc->numel;
     float *ga = malloc(n * sizeof *ga), *gb = malloc(n * sizeof *gb);
     st_status s = ga && gb ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     if (s == ST_OK && a && b) {
-        long ib = st_gpt_param_find(b, "wte.weight");
-        if ((s = st_gpt_read(a, ST_GPT_GRADS, (size_t)idx, ga)) == ST_OK)
-            s = st_gpt_read(b, ST_GPT_GRADS, (size_t)ib, gb);
+        long ib = st_stage_param_find(b, name);
+        if ((s = st_stage_read(a, ST_STAGE_GRADS, (size_t)idx, ga)) == ST_OK)
+            s = st_stage_read(b, ST_STAGE_GRADS, (size_t)ib, gb);
     } else if (s == ST_OK && a) {
-        if ((s = st_gpt_read(a, ST_GPT_GRADS, (size_t)idx, ga)) == ST_OK)
-            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[p->S - 1], ga, gb, n);
+        if ((s = st_stage_read(a, ST_STAGE_GRADS, (size_t)idx, ga)) == ST_OK)
+            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[su], ga, gb, n);
     } else if (s == ST_OK) {
-        if ((s = st_gpt_read(b, ST_GPT_GRADS, (size_t)idx, gb)) == ST_OK)
-            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[0], gb, ga, n);
+        if ((s = st_stage_read(b, ST_STAGE_GRADS, (size_t)idx, gb)) == ST_OK)
+            s = p->comm->exchange(p->comm->ctx, p->comm->stage_rank[so], gb, ga, n);
     }
     if (s == ST_OK) {
         for (size_t i = 0; i < n; i++)
             ga[i] += gb[i];
         if (a)
-            s = st_gpt_write(a, ST_GPT_GRADS, (size_t)st_gpt_param_find(a, "wte.weight"), ga);
+            s = st_stage_write(a, ST_STAGE_GRADS, (size_t)st_stage_param_find(a, name), ga);
         if (s == ST_OK && b)
-            s = st_gpt_write(b, ST_GPT_GRADS, (size_t)st_gpt_param_find(b, "wte.weight"), ga);
+            s = st_stage_write(b, ST_STAGE_GRADS, (size_t)st_stage_param_find(b, name), ga);
     }
     free(ga);
     free(gb);
+    return s;
+}
+
+/* Every tied parameter whose owner and user are on different stages (the
+ * embedding and a tied head when split); one stage holding both keeps one
+ * copy, whose gradient already has both parts. */
+static st_status sum_tied(st_pipe *p)
+{
+    st_status s = ST_OK;
+    for (size_t l = 0; s == ST_OK && l < p->desc->n_layers; l++) {
+        const st_layer_desc *ld = &p->desc->layers[l];
+        for (size_t t = 0; s == ST_OK && t < ld->n_tied; t++) {
+            size_t so = stage_of(p, ld->tied[t].layer), su = stage_of(p, l);
+            if (so != su)
+                s = sum_tied_pair(p, so, su,
+                                  p->desc->layers[ld->tied[t].layer].params[ld->tied[t].param].name);
+        }
+    }
     return s;
 }
 
@@ -402,16 +439,16 @@ static st_status allsum(st_pipe *p, double *v, int n)
 
 /* Is any of the stage's buffer `which` NaN or infinite? name gets the first
  * such parameter. Only after a non-finite step: it reads everything back. */
-static st_status stage_nonfinite(st_gpt *g, st_gpt_buf which, bool *bad, const char **name)
+static st_status stage_nonfinite(st_stage *g, st_stage_buf which, bool *bad, const char **name)
 {
     *bad = false;
     st_status s = ST_OK;
-    for (size_t i = 0; s == ST_OK && !*bad && i < st_gpt_n_params(g); i++) {
-        const st_gpt_param *prm = st_gpt_param_at(g, i);
+    for (size_t i = 0; s == ST_OK && !*bad && i < st_stage_n_params(g); i++) {
+        const st_stage_param *prm = st_stage_param_at(g, i);
         float *host = malloc(prm->desc->numel * sizeof *host);
         if (!host)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        if ((s = st_gpt_read(g, which, i, host)) == ST_OK)
+        if ((s = st_stage_read(g, which, i, host)) == ST_OK)
             for (size_t e = 0; e < prm->desc->numel && !*bad; e++)
                 *bad = !isfinite(host[e]);
         if (*bad)
@@ -432,7 +469,7 @@ static st_status locate_nonfinite(st_pipe *p, char *where, size_t size)
                 continue;
             bool bad = false;
             const char *name = NULL;
-            st_status s = stage_nonfinite(p->stage[k], pass == 0 ? ST_GPT_PARAMS : ST_GPT_GRADS,
+            st_status s = stage_nonfinite(p->stage[k], pass == 0 ? ST_STAGE_PARAMS : ST_STAGE_GRADS,
                                           &bad, &name);
             if (s != ST_OK)
                 return s;
@@ -459,15 +496,15 @@ static st_status test_poison(st_pipe *p, long step)
     long stage = end && *end == ':' ? strtol(end + 1, NULL, 10) : -1;
     if (at != step || stage < 0 || (size_t)stage >= p->S || !p->stage[stage])
         return ST_OK;
-    st_gpt *g = p->stage[stage];
-    size_t n = st_gpt_param_at(g, 0)->desc->numel;
+    st_stage *g = p->stage[stage];
+    size_t n = st_stage_param_at(g, 0)->desc->numel;
     float *host = malloc(n * sizeof *host);
     if (!host)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    st_status s = st_gpt_read(g, ST_GPT_GRADS, 0, host);
+    st_status s = st_stage_read(g, ST_STAGE_GRADS, 0, host);
     host[0] = NAN;
     if (s == ST_OK)
-        s = st_gpt_write(g, ST_GPT_GRADS, 0, host);
+        s = st_stage_write(g, ST_STAGE_GRADS, 0, host);
     free(host);
     return s;
 }
@@ -487,7 +524,7 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
-            s = st_gpt_zero_grad(p->stage[k]);
+            s = st_stage_zero_grad(p->stage[k]);
     if (s != ST_OK)
         return s;
     p->tokens = tokens;
@@ -505,7 +542,7 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
             loss += p->mb_loss[j];
     for (size_t k = 0; s == ST_OK && k < p->S; k++) {
         double part = 0;
-        if (p->stage[k] && (s = st_gpt_grad_sumsq(p->stage[k], &part)) == ST_OK)
+        if (p->stage[k] && (s = st_stage_grad_sumsq(p->stage[k], &part)) == ST_OK)
             ss += part;
     }
     double sums[2] = {loss, ss};
@@ -526,7 +563,7 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
-            s = st_gpt_step(p->stage[k], hp, step, scale);
+            s = st_stage_step(p->stage[k], hp, step, scale);
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
             s = st_device_finish(p->dev[k]);

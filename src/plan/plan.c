@@ -13,13 +13,21 @@
 
 #include "strata/plan.h"
 
-/* Kernel launches per layer and micro-batch; each costs about the device's
- * launch overhead, which dominates small models on CPU devices. */
+/* Each kernel launch costs about the device's launch overhead (the
+ * description counts them per layer), which dominates small models on CPU
+ * devices; this when the profile has not measured it. */
 #define LAUNCH_EST_US 25.0
-/* Launches per layer and micro-batch (runtime/gpt.c; a block's 9 + 15 with
- * flash attention; `strata train --profile` counts them). */
-static const double launches_fwd[3] = {1, 9, 4}; /* embedding, block, head */
-static const double launches_bwd[3] = {1, 15, 6};
+
+int st_schedule_in_flight(st_schedule sched, bool training, int micro_batches, size_t S,
+                          size_t s)
+{
+    /* GPipe keeps every micro-batch's activations, 1F1B at most S - s. */
+    if (!training)
+        return 1;
+    if (sched == ST_SCHED_GPIPE)
+        return micro_batches;
+    return (size_t)micro_batches < S - s ? micro_batches : (int)(S - s);
+}
 
 const char *st_schedule_name(st_schedule s)
 {
@@ -102,31 +110,26 @@ bad_layers:
                     text, ST_PLAN_MAX_BLOCKS, ST_PLAN_MAX_STAGES);
 }
 
-static int kind_index(st_layer_kind k)
-{
-    return k == ST_LAYER_EMBEDDING ? 0 : k == ST_LAYER_BLOCK ? 1 : 2;
-}
-
 /* Running sums over the layers, so that a stage's cost is O(1) whatever its
  * length: the planner stays fast for models of thousands of layers. Entry l
  * holds the sum over layers [0, l). */
 typedef struct sums {
     size_t n;
-    double *fwd, *bwd, *act, *params, *launches_f, *launches_b;
+    double *fwd, *bwd, *launches_f, *launches_b;
     double *ctx; /* the attention part of fwd + bwd (FLOPs that grow with the context) */
     size_t *blocks;
+    st_sizes_table *sizes; /* memory: what the stage allocates (strata/model.h) */
 } sums;
 
 static void sums_free(sums *z)
 {
     free(z->fwd);
     free(z->bwd);
-    free(z->act);
-    free(z->params);
     free(z->launches_f);
     free(z->launches_b);
     free(z->ctx);
     free(z->blocks);
+    st_sizes_table_free(z->sizes);
     memset(z, 0, sizeof *z);
 }
 
@@ -136,24 +139,29 @@ static st_status sums_init(const st_plan_input *in, sums *z)
     size_t n = m->n_layers, B = (size_t)in->micro_batch, T = (size_t)in->seq;
     memset(z, 0, sizeof *z);
     z->n = n;
-    double **arrays[7] = {&z->fwd, &z->bwd, &z->act, &z->params, &z->launches_f, &z->launches_b,
-                          &z->ctx};
-    for (int i = 0; i < 7; i++)
+    double **arrays[5] = {&z->fwd, &z->bwd, &z->launches_f, &z->launches_b, &z->ctx};
+    for (int i = 0; i < 5; i++)
         *arrays[i] = calloc(n + 1, sizeof(double));
     z->blocks = calloc(n + 1, sizeof *z->blocks);
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < 5; i++)
         if (!*arrays[i] || !z->blocks) {
             sums_free(z);
             return st_error(ST_ERR_HOST_MEMORY, "plan: out of host memory for %zu layers", n);
         }
+    st_stage_options shape = {.batch = in->micro_batch, .seq = in->seq,
+                              .training = in->training, .kv_seq = in->kv_seq,
+                              .kv_seqs = in->kv_seqs};
+    st_status s = st_sizes_table_make(m, &shape, &z->sizes);
+    if (s != ST_OK) {
+        sums_free(z);
+        return s;
+    }
     for (size_t l = 0; l < n; l++) {
         const st_layer_desc *ld = &m->layers[l];
         z->fwd[l + 1] = z->fwd[l] + st_layer_fwd_flops(ld, B, T);
         z->bwd[l + 1] = z->bwd[l] + st_layer_bwd_flops(ld, B, T);
-        z->act[l + 1] = z->act[l] + st_layer_act_floats(ld, B, T);
-        z->params[l + 1] = z->params[l] + (double)ld->param_numel;
-        z->launches_f[l + 1] = z->launches_f[l] + launches_fwd[kind_index(ld->kind)];
-        z->launches_b[l + 1] = z->launches_b[l] + launches_bwd[kind_index(ld->kind)];
+        z->launches_f[l + 1] = z->launches_f[l] + ld->launches_fwd;
+        z->launches_b[l + 1] = z->launches_b[l] + ld->launches_bwd;
         z->blocks[l + 1] = z->blocks[l] + (ld->kind == ST_LAYER_BLOCK);
         z->ctx[l + 1] = z->ctx[l] + (double)B * T * T *
                                         (ld->fwd_flops_per_token_ctx +
@@ -168,27 +176,21 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
 {
     const st_model_desc *m = in->desc;
     size_t B = (size_t)in->micro_batch, T = (size_t)in->seq, N = B * T;
-    double C = m->cfg.n_embd, F = m->cfg.n_inner, NH = m->cfg.n_head;
     double fwd = z->fwd[b] - z->fwd[a], bwd = z->bwd[b] - z->bwd[a];
-    double act = z->act[b] - z->act[a], params = z->params[b] - z->params[a];
     double launches_f = z->launches_f[b] - z->launches_f[a];
     double launches_b = z->launches_b[b] - z->launches_b[a];
-    /* The embedding is the first layer and the head the last. */
-    bool has_emb = a == 0 && m->layers[0].kind == ST_LAYER_EMBEDDING;
-    bool has_head = b == m->n_layers && m->layers[b - 1].kind == ST_LAYER_HEAD;
-    bool has_block = z->blocks[b] > z->blocks[a];
-    if (has_head && !has_emb)
-        params += (double)m->layers[b - 1].tied_numel; /* its copy of wte */
-    double boundary = (double)N * C * 4.0;
-    double h2d = boundary / (d->h2d_gbps * 1e6), d2h = boundary / (d->d2h_gbps * 1e6);
+    /* What crosses the boundaries: the stream into layer a, out of layer b - 1. */
+    double in_floats = (double)(a > 0 ? m->layers[a - 1].out_floats_per_token : 0);
+    double out_floats = (double)(b < m->n_layers ? m->layers[b - 1].out_floats_per_token : 0);
+    double in_bytes = (double)N * in_floats * 4.0, out_bytes = (double)N * out_floats * 4.0;
     double xf = 0, xb = 0;
     if (s > 0) {
-        xf += h2d; /* receive the input */
-        xb += d2h; /* send its gradient back */
+        xf += in_bytes / (d->h2d_gbps * 1e6); /* receive the input */
+        xb += in_bytes / (d->d2h_gbps * 1e6); /* send its gradient back */
     }
     if (s + 1 < S) {
-        xf += d2h; /* send the output */
-        xb += h2d; /* receive its gradient */
+        xf += out_bytes / (d->d2h_gbps * 1e6); /* send the output */
+        xb += out_bytes / (d->h2d_gbps * 1e6); /* receive its gradient */
     }
     double launch_ms = (d->launch_us > 0 ? d->launch_us : LAUNCH_EST_US) * 1e-3;
     out->first = a;
@@ -217,20 +219,13 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
     out->bwd_ms = in->training ? bwd / (d->gflops * 1e6) + extra_b + launches_b * launch_ms + xb
                                : 0;
     out->xfer_ms = xf + (in->training ? xb : 0);
-    int m_b = in->micro_batches;
-    out->in_flight = !in->training               ? 1
-                     : in->schedule == ST_SCHED_GPIPE ? m_b
-                     : (int)((size_t)m_b < S - s ? (size_t)m_b : S - s);
-    double per_mb = act + (double)N * C * (has_head ? 1.0 : 2.0) + 2.0 * (double)N;
-    /* The backward's scratch (runtime/gpt.c): the T x T path also needs
-     * the probabilities' gradient; flash attention none. */
-    double datt = st_attention_is_flash(in->desc->cfg.n_embd, in->desc->cfg.n_head)
-                      ? 1.0
-                      : (double)B * NH * T * T;
-    double scratch = in->training && has_block ? (double)N * (5 * C + F) + datt : 0;
-    out->param_bytes = params * 4.0 * (in->training ? 4.0 : 1.0);
-    out->act_bytes = (per_mb * out->in_flight + scratch) * 4.0;
-    out->total_bytes = out->param_bytes + out->act_bytes;
+    out->in_flight = st_schedule_in_flight(in->schedule, in->training, in->micro_batches, S, s);
+    /* Memory: exactly what the stage will allocate. */
+    st_stage_sizes sz;
+    st_sizes_table_range(z->sizes, a, b, out->in_flight, &sz);
+    out->param_bytes = 4.0 * (double)sz.param_numel * sz.param_buffers;
+    out->total_bytes = (double)sz.bytes;
+    out->act_bytes = out->total_bytes - out->param_bytes;
 }
 
 /* The profile stage j works at in a plan over devices[0..S): its shared rate

@@ -124,13 +124,13 @@ uint32_t st_checkpoint_new_tag(void)
 /* ---- writing ----------------------------------------------------------------- */
 
 /* Adds one buffer of every stage's own (not tied) parameters, names prefixed. */
-static st_status add_buffers(st_safetensors_writer *w, st_gpt *const *stages, size_t n,
-                             st_gpt_buf which, const char *prefix)
+static st_status add_buffers(st_safetensors_writer *w, st_stage *const *stages, size_t n,
+                             st_stage_buf which, const char *prefix)
 {
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < n; k++) {
-        for (size_t i = 0; s == ST_OK && i < st_gpt_n_params(stages[k]); i++) {
-            const st_gpt_param *p = st_gpt_param_at(stages[k], i);
+        for (size_t i = 0; s == ST_OK && i < st_stage_n_params(stages[k]); i++) {
+            const st_stage_param *p = st_stage_param_at(stages[k], i);
             if (p->tied)
                 continue;
             float *host = malloc(p->desc->numel * sizeof *host);
@@ -139,7 +139,7 @@ static st_status add_buffers(st_safetensors_writer *w, st_gpt *const *stages, si
                                 p->desc->name);
             char name[128];
             snprintf(name, sizeof name, "%s%s", prefix, p->desc->name);
-            if ((s = st_gpt_read(stages[k], which, i, host)) == ST_OK)
+            if ((s = st_stage_read(stages[k], which, i, host)) == ST_OK)
                 s = st_safetensors_add_f32(w, name, p->desc->ndim, p->desc->shape, host);
             free(host);
         }
@@ -147,7 +147,7 @@ static st_status add_buffers(st_safetensors_writer *w, st_gpt *const *stages, si
     return s;
 }
 
-st_status st_checkpoint_write_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_write_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                    const st_train_state *state, uint32_t tag, int rank,
                                    int ranks, st_checkpoint_file *files, size_t *n_files)
 {
@@ -167,10 +167,10 @@ st_status st_checkpoint_write_part(const char *dir, st_gpt *const *stages, size_
         char path[4400];
         join(path, sizeof path, dir, f->name);
         if (b == 0) {
-            if ((s = add_buffers(w, stages, n_stages, ST_GPT_PARAMS, "")) == ST_OK)
+            if ((s = add_buffers(w, stages, n_stages, ST_STAGE_PARAMS, "")) == ST_OK)
                 s = st_safetensors_set_metadata(w, "format", "pt");
-        } else if ((s = add_buffers(w, stages, n_stages, ST_GPT_ADAM_M, "m.")) == ST_OK) {
-            s = add_buffers(w, stages, n_stages, ST_GPT_ADAM_V, "v.");
+        } else if ((s = add_buffers(w, stages, n_stages, ST_STAGE_ADAM_M, "m.")) == ST_OK) {
+            s = add_buffers(w, stages, n_stages, ST_STAGE_ADAM_V, "v.");
         }
         if (s == ST_OK)
             s = st_safetensors_set_metadata(w, "step", stepv);
@@ -308,12 +308,12 @@ static st_status write_hf_index(const char *dir, long step, const st_checkpoint_
     return s;
 }
 
-st_status st_checkpoint_commit(const char *dir, const st_gpt_config *cfg,
+st_status st_checkpoint_commit(const char *dir, const st_model_config *cfg,
                                const st_train_state *state, uint32_t tag,
                                const st_checkpoint_file *files, size_t n_files)
 {
     long step = state ? state->step : 0;
-    char *cfg_text = st_gpt_config_json(cfg);
+    char *cfg_text = st_model_config_json(cfg);
     json_t *config = cfg_text ? json_loads(cfg_text, 0, NULL) : NULL;
     free(cfg_text);
     json_t *settings = NULL;
@@ -357,7 +357,7 @@ st_status st_checkpoint_commit(const char *dir, const st_gpt_config *cfg,
     /* The Hugging Face view. A crash before these leaves the previous save's
      * view, whose files are still there: cleaning comes later. */
     join(path, sizeof path, dir, "config.json");
-    if ((s = st_gpt_config_save(cfg, path)) != ST_OK ||
+    if ((s = st_model_config_save(cfg, path)) != ST_OK ||
         (s = write_hf_index(dir, step, files, n_files)) != ST_OK)
         return s;
     /* Files of the single-file layout would take precedence for other tools. */
@@ -381,7 +381,7 @@ typedef struct manifest {
     char name[128];
     long step;
     long long saved_ns;
-    st_gpt_config cfg;
+    st_model_config cfg;
     bool has_state;
     st_train_state state;
     st_checkpoint_file files[ST_CHECKPOINT_MAX_FILES];
@@ -426,7 +426,7 @@ static st_status manifest_read(const char *dir, const char *name, manifest *m)
         m->step = (long)step;
         m->saved_ns = saved;
         char *text = json_dumps(config, JSON_COMPACT);
-        s = text ? st_gpt_config_parse(text, name, &m->cfg)
+        s = text ? st_model_config_parse(text, name, &m->cfg)
                  : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
         free(text);
     }
@@ -687,8 +687,8 @@ st_status st_checkpoint_clean(const char *dir, int keep)
     return removed ? st_fsync_dir(dir) : ST_OK;
 }
 
-st_status st_checkpoint_save(const char *dir, st_gpt *const *stages, size_t n_stages,
-                             const st_gpt_config *cfg, const st_train_state *state, int keep)
+st_status st_checkpoint_save(const char *dir, st_stage *const *stages, size_t n_stages,
+                             const st_model_config *cfg, const st_train_state *state, int keep)
 {
     st_checkpoint_file files[2];
     size_t n = 0;
@@ -738,7 +738,7 @@ static st_status open_legacy(const char *dir, st_checkpoint *ck)
                         "'%s' holds no checkpoint (no checkpoint-step*.json manifest and no "
                         "config.json): is it the folder `strata train --out` wrote?",
                         dir);
-    st_status s = st_gpt_config_load(path, &ck->m.cfg);
+    st_status s = st_model_config_load(path, &ck->m.cfg);
     snprintf(ck->describe, sizeof ck->describe, "config.json and its weights (no manifest)");
     ck->m.step = -1;
     return s;
@@ -809,7 +809,7 @@ void st_checkpoint_close(st_checkpoint *ck)
     free(ck);
 }
 
-const st_gpt_config *st_checkpoint_get_config(const st_checkpoint *ck)
+const st_model_config *st_checkpoint_get_config(const st_checkpoint *ck)
 {
     return &ck->m.cfg;
 }
@@ -846,8 +846,11 @@ static const char *model_name(const char *name)
     if (strncmp(name, "transformer.", 12) == 0)
         name += 12;
     size_t n = strlen(name);
+    /* Buffers some writers save (GPT-2's attention masks, older Llama
+     * checkpoints' rotary frequencies) and a tied head's copy: not parameters. */
     if ((n > 10 && strcmp(name + n - 10, ".attn.bias") == 0) ||
         (n > 17 && strcmp(name + n - 17, ".attn.masked_bias") == 0) ||
+        (n > 20 && strcmp(name + n - 20, ".rotary_emb.inv_freq") == 0) ||
         strcmp(name, "lm_head.weight") == 0)
         return NULL;
     return name;
@@ -964,8 +967,8 @@ static const st_safetensors_entry *source_find(const source *src, const char *na
     return NULL;
 }
 
-static st_status load_file(const source *src, st_gpt *const *stages, size_t n_stages,
-                           st_gpt_buf which, const char *prefix, bool check_extra)
+static st_status load_file(const source *src, st_stage *const *stages, size_t n_stages,
+                           st_stage_buf which, const char *prefix, bool check_extra)
 {
     st_status s = ST_OK;
     const char *path = src->what;
@@ -983,7 +986,7 @@ static st_status load_file(const source *src, st_gpt *const *stages, size_t n_st
             const char *mn = model_name(name + plen);
             bool known = mn == NULL;
             for (size_t k = 0; !known && k < n_stages; k++)
-                known = st_gpt_param_find(stages[k], mn) >= 0;
+                known = st_stage_param_find(stages[k], mn) >= 0;
             /* The stages together hold the whole model: anything else is foreign. */
             if (!known)
                 s = st_error(ST_ERR_FORMAT,
@@ -993,8 +996,8 @@ static st_status load_file(const source *src, st_gpt *const *stages, size_t n_st
         }
     }
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
-        for (size_t i = 0; s == ST_OK && i < st_gpt_n_params(stages[k]); i++) {
-            const st_param_desc *p = st_gpt_param_at(stages[k], i)->desc;
+        for (size_t i = 0; s == ST_OK && i < st_stage_n_params(stages[k]); i++) {
+            const st_param_desc *p = st_stage_param_at(stages[k], i)->desc;
             char tname[160];
             snprintf(tname, sizeof tname, "%s%s", prefix, p->name);
             const st_safetensors_entry *e = source_find(src, tname);
@@ -1037,7 +1040,7 @@ static st_status load_file(const source *src, st_gpt *const *stages, size_t n_st
                            "%s: tensor '%s' holds %zu NaN or infinite value(s) of %zu: what is "
                            "computed from it is not meaningful",
                            path, tname, bad, p->numel);
-                s = st_gpt_write(stages[k], which, i, host);
+                s = st_stage_write(stages[k], which, i, host);
             }
             free(host);
         }
@@ -1045,7 +1048,7 @@ static st_status load_file(const source *src, st_gpt *const *stages, size_t n_st
     return s;
 }
 
-st_status st_checkpoint_load_into(const st_checkpoint *ck, st_gpt *const *stages,
+st_status st_checkpoint_load_into(const st_checkpoint *ck, st_stage *const *stages,
                                   size_t n_stages, st_train_state *state, bool whole)
 {
     st_status s = ST_OK;
@@ -1054,19 +1057,19 @@ st_status st_checkpoint_load_into(const st_checkpoint *ck, st_gpt *const *stages
     source src;
     if ((s = source_open(ck, false, "model", &src)) != ST_OK)
         return s;
-    s = load_file(&src, stages, n_stages, ST_GPT_PARAMS, "", whole);
+    s = load_file(&src, stages, n_stages, ST_STAGE_PARAMS, "", whole);
     source_close(&src);
     if (s != ST_OK || !state)
         return s;
     if ((s = source_open(ck, true, "optimizer", &src)) != ST_OK)
         return s;
-    if ((s = load_file(&src, stages, n_stages, ST_GPT_ADAM_M, "m.", false)) == ST_OK)
-        s = load_file(&src, stages, n_stages, ST_GPT_ADAM_V, "v.", false);
+    if ((s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_M, "m.", false)) == ST_OK)
+        s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_V, "v.", false);
     source_close(&src);
     return s;
 }
 
-st_status st_checkpoint_config(const char *dir, st_gpt_config *cfg)
+st_status st_checkpoint_config(const char *dir, st_model_config *cfg)
 {
     st_checkpoint *ck = NULL;
     st_status s = st_checkpoint_open(dir, &ck);
@@ -1086,7 +1089,7 @@ st_status st_checkpoint_state(const char *dir, st_train_state *state)
     return s;
 }
 
-static st_status load_dir(const char *dir, st_gpt *const *stages, size_t n_stages,
+static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_stages,
                           st_train_state *state, bool whole)
 {
     st_checkpoint *ck = NULL;
@@ -1097,13 +1100,13 @@ static st_status load_dir(const char *dir, st_gpt *const *stages, size_t n_stage
     return s;
 }
 
-st_status st_checkpoint_load(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_load(const char *dir, st_stage *const *stages, size_t n_stages,
                              st_train_state *state)
 {
     return load_dir(dir, stages, n_stages, state, true);
 }
 
-st_status st_checkpoint_load_part(const char *dir, st_gpt *const *stages, size_t n_stages,
+st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                   st_train_state *state)
 {
     return load_dir(dir, stages, n_stages, state, false);

@@ -11,7 +11,7 @@
 
 #include "core/clock.h"
 #include "strata/checkpoint.h"
-#include "strata/gpt.h"
+#include "strata/stage.h"
 #include "strata/pipe.h"
 #include "strata/profiler.h"
 #include "strata/progress.h"
@@ -199,9 +199,9 @@ typedef struct run {
     st_pipe *p;
     const st_train_layout *layout;
     st_model_desc *desc;
-    st_gpt *local[ST_PLAN_MAX_STAGES];
+    st_stage *local[ST_PLAN_MAX_STAGES];
     size_t n_local;
-    const st_gpt_config *cfg;
+    const st_model_config *cfg;
     st_dataset *ds;
     const st_train_config *tc;
     int B, T;
@@ -410,7 +410,7 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
     return ST_OK;
 }
 
-st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_dataset *ds,
+st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user)
 {
     run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->batch, .T = tc->seq, .cb = cb,
@@ -475,8 +475,8 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
     if (s == ST_OK) {
         uint64_t bytes = 0, peak = 0;
         for (size_t k = 0; k < r.n_local; k++) {
-            bytes += st_gpt_bytes(r.local[k]);
-            peak += st_device_get_memory(st_gpt_device(r.local[k])).peak;
+            bytes += st_stage_bytes(r.local[k]);
+            peak += st_device_get_memory(st_stage_device(r.local[k])).peak;
         }
         st_train_event e = {.kind = ST_TRAIN_START, .step = start, .steps = tc->steps,
                             .params = desc->param_numel, .device_bytes = bytes,
@@ -534,8 +534,8 @@ st_status st_train(const st_train_layout *layout, const st_gpt_config *cfg, st_d
         double secs = st_now_s() - t_start;
         uint64_t bytes = 0, peak = 0;
         for (size_t k = 0; k < r.n_local; k++) {
-            uint64_t pk = st_device_get_memory(st_gpt_device(r.local[k])).peak;
-            bytes += st_gpt_bytes(r.local[k]);
+            uint64_t pk = st_device_get_memory(st_stage_device(r.local[k])).peak;
+            bytes += st_stage_bytes(r.local[k]);
             peak = peak > pk ? peak : pk;
         }
         st_train_event e = {.kind = ST_TRAIN_DONE, .step = last, .steps = tc->steps,

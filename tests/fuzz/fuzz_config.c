@@ -11,14 +11,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *text = fuzz_text(data, size);
     if (!text)
         return 0;
-    st_gpt_config cfg;
-    if (st_gpt_config_parse(text, "fuzz input", &cfg) == ST_OK) {
+    st_model_config cfg;
+    if (st_model_config_parse(text, "fuzz input", &cfg) == ST_OK) {
         st_model_desc *desc = NULL;
         if (st_model_describe(&cfg, &desc) == ST_OK) {
-            char *json = st_gpt_config_json(&cfg);
-            st_gpt_config again;
+            char *json = st_model_config_json(&cfg);
+            st_model_config again;
             /* What is written reads back as the same config. */
-            if (!json || st_gpt_config_parse(json, "written", &again) != ST_OK ||
+            if (!json || st_model_config_parse(json, "written", &again) != ST_OK ||
                 memcmp(&again, &cfg, sizeof cfg) != 0)
                 abort();
             free(json);

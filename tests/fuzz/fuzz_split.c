@@ -13,8 +13,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     st_split_spec split;
     if (st_split_parse(text, &split) == ST_OK) {
-        st_gpt_config cfg = {.vocab_size = 64, .n_positions = 16, .n_embd = 16, .n_layer = 6,
-                             .n_head = 2, .n_inner = 64, .layer_norm_epsilon = 1e-5f};
+        st_model_config cfg = {.vocab_size = 64, .n_positions = 16, .n_embd = 16, .n_layer = 6,
+                             .n_head = 2, .n_inner = 64, .norm_eps = 1e-5f};
         st_model_desc *desc = NULL;
         if (st_model_describe(&cfg, &desc) == ST_OK) {
             st_device_profile dev[2] = {

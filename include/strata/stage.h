@@ -1,0 +1,126 @@
+/*
+ * stage.h - a model, or a contiguous range of its layers (a stage), on one
+ * OpenCL device: parameters, gradients, AdamW state, activations, forward,
+ * backward, optimizer step and KV-cache decoding, for any family: each
+ * layer runs through its type's operations table (src/stage/layer.h).
+ *
+ * All parameters of the stage live in one buffer, in the order of the model
+ * description (st_model_describe); gradients and the two Adam moments share
+ * that layout, so the optimizer and the gradient norm are flat loops. A stage
+ * that uses a tied parameter another stage owns (the head's copy of the
+ * embedding) keeps its own copy (marked tied): the caller keeps the copies
+ * equal (st_pipe sums their gradients).
+ *
+ * Activations are kept per slot (one slot per micro-batch in flight); the
+ * gradient scratch is shared, since one backward runs at a time. Every
+ * buffer is sized by st_stage_sizes_of (strata/model.h), as the planner
+ * predicts it.
+ *
+ * Usage (one device, the whole model):
+ *   st_stage_options o = {.batch = B, .seq = T, .slots = 1, .training = true};
+ *   st_stage_create(dev, desc, &o, &g);  st_stage_init(g, seed);
+ *   st_stage_zero_grad(g);
+ *   st_stage_forward(g, 0, tokens, targets, B, T);
+ *   st_stage_loss(g, 0, targets, B, T, &sum, &count);
+ *   st_stage_backward(g, 0, B, T, 1.0f / count);
+ *   st_stage_grad_sumsq(g, &ss);  st_stage_step(g, &hp, step, scale);
+ *
+ * Not here: data, schedules, links between stages, files.
+ */
+#ifndef STRATA_STAGE_H
+#define STRATA_STAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "strata/layers.h"
+#include "strata/model.h"
+#include "strata/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct st_stage st_stage;
+
+/* st_stage_options: strata/model.h (the planner sizes stages with it too). */
+
+st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_stage_options *opt,
+                        st_stage **out);
+void st_stage_destroy(st_stage *g);
+
+st_device *st_stage_device(const st_stage *g);
+bool st_stage_has_embedding(const st_stage *g);
+bool st_stage_has_head(const st_stage *g);
+
+/* Parameters of the stage, in buffer order. */
+typedef struct st_stage_param {
+    const st_param_desc *desc; /* name, shape */
+    size_t offset;             /* elements into the stage's parameter buffer */
+    bool tied;                 /* a copy of a parameter another stage owns */
+} st_stage_param;
+
+size_t st_stage_n_params(const st_stage *g);
+const st_stage_param *st_stage_param_at(const st_stage *g, size_t i);
+/* Index of the parameter with this name, or -1. */
+long st_stage_param_find(const st_stage *g, const char *name);
+size_t st_stage_param_numel(const st_stage *g); /* elements of the whole buffer */
+/* Memory the stage holds on its device, in bytes. */
+uint64_t st_stage_bytes(const st_stage *g);
+
+/* Which buffer to read or write. */
+typedef enum st_stage_buf { ST_STAGE_PARAMS, ST_STAGE_GRADS, ST_STAGE_ADAM_M, ST_STAGE_ADAM_V } st_stage_buf;
+st_status st_stage_read(const st_stage *g, st_stage_buf which, size_t param, float *host);
+st_status st_stage_write(st_stage *g, st_stage_buf which, size_t param, const float *host);
+st_tensor *st_stage_tensor(const st_stage *g, st_stage_buf which);
+
+/* The description's initialisation (st_param_desc.init): each parameter
+ * draws from a generator keyed by seed and its name, so any split of the
+ * model starts from the same weights. Moments are zeroed. */
+st_status st_stage_init(st_stage *g, uint64_t seed);
+
+/* Training, on micro-batches of B sequences of T tokens (B, T at most the
+ * sizes given at creation). tokens: [B*T] for a stage with the embedding
+ * (else the input comes from st_stage_io); targets: [B*T], < 0 for no loss,
+ * needed by the stage with the head (NULL there: logits kept, no loss). */
+st_status st_stage_zero_grad(st_stage *g);
+st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const int32_t *targets,
+                         int B, int T);
+/* Sum of the per-token losses of a slot and how many tokens had a target
+ * (targets: the ones given to the forward); waits for the forward. */
+st_status st_stage_loss(st_stage *g, int slot, const int32_t *targets, int B, int T, double *sum,
+                      long *count);
+/* Accumulates the gradients of a slot; dloss scales each token's loss
+ * (1 / tokens counted over the whole step). */
+st_status st_stage_backward(st_stage *g, int slot, int B, int T, float dloss);
+/* The head's output of a slot: probabilities [B*T, V] after a forward with
+ * targets, logits without. */
+st_status st_stage_output_read(st_stage *g, int slot, int B, int T, float *host);
+
+/* Boundary tensors of a stage [B*T, C]: the input of a stage without the
+ * embedding, the output of a stage without the head, and their gradients. */
+typedef enum st_stage_io { ST_STAGE_IN, ST_STAGE_OUT, ST_STAGE_DIN, ST_STAGE_DOUT } st_stage_io;
+st_tensor *st_stage_io_tensor(const st_stage *g, int slot, st_stage_io which);
+
+/* Sum of squares of all gradients (tied copies excluded), fixed order. */
+st_status st_stage_grad_sumsq(st_stage *g, double *out);
+/* AdamW at step t (from 1); weight decay where the description says; grad_scale
+ * multiplies the gradients first (clipping). */
+st_status st_stage_step(st_stage *g, const st_adamw_hparams *h, long t, float grad_scale);
+
+/* Decoding one sequence with the KV cache (kv_seq > 0 at creation): feeds
+ * token `tok` at position pos (0, 1, 2, ... in order; pos 0 starts over) and,
+ * for the stage with the head, writes the next-token logits [V] to host. */
+st_status st_stage_decode(st_stage *g, int tok, int pos, float *logits);
+/* The same for sequence `seq` of kv_seqs, each with its own cache. */
+st_status st_stage_decode_seq(st_stage *g, int seq, int tok, int pos, float *logits);
+/* The decoding activation [C]: the input of a stage without the embedding
+ * (written by the caller before st_stage_decode), the output of one without
+ * the head. */
+st_tensor *st_stage_decode_x(const st_stage *g);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,431 @@
+/*
+ * model.c - what every family shares: config.json in and out (the family
+ * chosen by model_type), the description built by the family's file, costs,
+ * lookups, and the buffer sizes of a stage (st_stage_sizes_of), which the
+ * stage allocates and the planner predicts.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/atomic.h"
+#include "core/file.h"
+#include "model/family.h"
+
+static const st_family_ops *const families[ST_FAMILIES] = {
+    [ST_FAMILY_GPT2] = &st_gpt2_family,
+    [ST_FAMILY_LLAMA] = &st_llama_family,
+};
+
+const char *st_family_name(st_family f)
+{
+    return (unsigned)f < ST_FAMILIES ? families[f]->name : "?";
+}
+
+static const st_family_ops *family_of(const st_model_config *c)
+{
+    return (unsigned)c->family < ST_FAMILIES ? families[c->family] : NULL;
+}
+
+/* ---- config.json ------------------------------------------------------------ */
+
+st_status st_json_int(const char *src, const char *key, json_t *v, long max, int *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max)
+        return st_error(ST_ERR_FORMAT, "%s: \"%s\" must be an integer from 1 to %ld", src, key,
+                        max);
+    *out = (int)json_integer_value(v);
+    return ST_OK;
+}
+
+st_status st_json_bool(const char *src, const char *key, json_t *v, bool want, const char *why)
+{
+    if (!json_is_boolean(v))
+        return st_error(ST_ERR_FORMAT, "%s: \"%s\" must be true or false", src, key);
+    if (json_is_true(v) != want)
+        return st_error(ST_ERR_UNSUPPORTED, "%s: \"%s\": %s is not supported: %s", src, key,
+                        want ? "false" : "true", why);
+    return ST_OK;
+}
+
+st_status st_json_number(const char *src, const char *key, json_t *v, double *out)
+{
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return st_error(ST_ERR_FORMAT, "%s: \"%s\" must be a number", src, key);
+    *out = json_number_value(v);
+    return ST_OK;
+}
+
+st_status st_model_config_parse(const char *json_text, const char *src, st_model_config *out)
+{
+    json_error_t jerr;
+    json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return st_error(ST_ERR_FORMAT, "%s: not valid JSON (line %d, column %d): %s", src,
+                        jerr.line, jerr.column, jerr.text);
+    st_status s = ST_OK;
+    st_model_config c;
+    memset(&c, 0, sizeof c);
+    if (!json_is_object(root)) {
+        s = st_error(ST_ERR_FORMAT, "%s: the top level must be a JSON object", src);
+        goto done;
+    }
+    /* The family from model_type; a file without one is GPT-2 (what Strata
+     * wrote before it had families, and what GPT-2 configs often omit). */
+    json_t *mt = json_object_get(root, "model_type");
+    const char *type = mt ? json_string_value(mt) : "gpt2";
+    const st_family_ops *fam = NULL;
+    for (int f = 0; type && f < ST_FAMILIES && !fam; f++)
+        for (const char *const *t = families[f]->model_types; *t && !fam; t++)
+            if (strcmp(*t, type) == 0)
+                fam = families[f];
+    if (!fam) {
+        s = st_error(ST_ERR_UNSUPPORTED,
+                     "%s: \"model_type\" %s%s%s is not supported: Strata runs \"gpt2\", "
+                     "\"llama\", \"mistral\" and \"qwen2\" models",
+                     src, type ? "\"" : "", type ? type : "(not a string)", type ? "\"" : "");
+        goto done;
+    }
+    c.family = fam->family;
+    snprintf(c.model_type, sizeof c.model_type, "%s", type);
+    if ((s = fam->config_from_json(root, src, &c)) != ST_OK)
+        goto done;
+    st_model_config_complete(&c);
+    if ((s = st_model_config_check(&c)) != ST_OK) {
+        st_error_context("%s", src);
+        goto done;
+    }
+    *out = c;
+done:
+    json_decref(root);
+    return s;
+}
+
+void st_model_config_complete(st_model_config *c)
+{
+    if (c->n_kv_head == 0)
+        c->n_kv_head = c->n_head;
+    if (c->family == ST_FAMILY_GPT2) {
+        c->tied = true;
+        if (!c->model_type[0])
+            snprintf(c->model_type, sizeof c->model_type, "gpt2");
+    } else if (c->family == ST_FAMILY_LLAMA) {
+        if (!c->model_type[0])
+            snprintf(c->model_type, sizeof c->model_type, "llama");
+        if (c->rope_theta == 0)
+            c->rope_theta = 10000.0;
+    }
+}
+
+st_status st_model_config_check(const st_model_config *c)
+{
+    const st_family_ops *fam = family_of(c);
+    if (!fam)
+        return st_error(ST_ERR_INVALID, "unknown model family %d", (int)c->family);
+    return fam->config_check(c);
+}
+
+st_status st_model_config_load(const char *path, st_model_config *out)
+{
+    char *text;
+    st_status s = st_read_text_file(path, "model config", &text, NULL);
+    if (s != ST_OK)
+        return s;
+    s = st_model_config_parse(text, path, out);
+    free(text);
+    return s;
+}
+
+char *st_model_config_json(const st_model_config *c)
+{
+    const st_family_ops *fam = family_of(c);
+    json_t *root = fam ? fam->config_to_json(c) : NULL;
+    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(root);
+    return text;
+}
+
+st_status st_model_config_save(const st_model_config *c, const char *path)
+{
+    char *text = st_model_config_json(c);
+    if (!text)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing %s", path);
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps leaves the terminator: the newline replaces it */
+    st_status s = st_write_file_atomic(path, text, len + 1, NULL);
+    free(text);
+    return s;
+}
+
+/* ---- the description ---------------------------------------------------------- */
+
+void st_desc_add_param(st_layer_desc *l, const char *name, int ndim, size_t d0, size_t d1,
+                       st_init init, double std, bool decay)
+{
+    if (l->n_params >= ST_MAX_LAYER_PARAMS) {
+        fprintf(stderr, "strata: %s:%d: too many parameters in layer %s\n", __FILE__, __LINE__,
+                l->name);
+        abort();
+    }
+    st_param_desc *p = &l->params[l->n_params++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim == 2 ? d1 : 1;
+    p->numel = d0 * (ndim == 2 ? d1 : 1);
+    p->init = init;
+    p->init_std = std;
+    p->decay = decay;
+    l->param_numel += p->numel;
+}
+
+st_status st_model_describe(const st_model_config *cfg, st_model_desc **out)
+{
+    st_model_config c = *cfg;
+    st_model_config_complete(&c);
+    st_status s = st_model_config_check(&c);
+    if (s != ST_OK)
+        return s;
+    const st_family_ops *fam = family_of(cfg);
+    st_model_desc *d = calloc(1, sizeof *d);
+    size_t n = fam->n_layers(cfg);
+    st_layer_desc *layers = calloc(n, sizeof *layers);
+    if (!d || !layers) {
+        free(d);
+        free(layers);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory describing the model");
+    }
+    d->cfg = *cfg;
+    st_model_config_complete(&d->cfg);
+    d->n_layers = n;
+    d->layers = layers;
+    fam->describe(&d->cfg, layers);
+    for (size_t i = 0; i < n; i++)
+        d->param_numel += layers[i].param_numel;
+    *out = d;
+    return ST_OK;
+}
+
+void st_model_desc_destroy(st_model_desc *desc)
+{
+    if (!desc)
+        return;
+    free(desc->layers);
+    free(desc);
+}
+
+double st_layer_fwd_flops(const st_layer_desc *l, size_t B, size_t T)
+{
+    return (double)B * (double)T * (l->fwd_flops_per_token + l->fwd_flops_per_token_ctx * (double)T);
+}
+
+double st_layer_bwd_flops(const st_layer_desc *l, size_t B, size_t T)
+{
+    return (double)B * (double)T * (l->bwd_flops_per_token + l->bwd_flops_per_token_ctx * (double)T);
+}
+
+size_t st_layer_act_floats(const st_layer_desc *l, size_t B, size_t T)
+{
+    size_t N = B * T;
+    return N * l->act_per_token + N * T * l->act_per_token_ctx;
+}
+
+const st_param_desc *st_model_find_param(const st_model_desc *desc, const char *name,
+                                         size_t *layer)
+{
+    for (size_t i = 0; i < desc->n_layers; i++)
+        for (size_t j = 0; j < desc->layers[i].n_params; j++)
+            if (strcmp(desc->layers[i].params[j].name, name) == 0) {
+                if (layer)
+                    *layer = i;
+                return &desc->layers[i].params[j];
+            }
+    return NULL;
+}
+
+/* ---- a stage's buffers ------------------------------------------------------------ */
+
+/* Per-layer sizes for one shape, summed and maximised so that any range of
+ * layers is answered in about constant time: the planner asks for many. */
+struct st_sizes_table {
+    const st_model_desc *desc;
+    st_stage_options shape;
+    size_t n, levels;
+    size_t *params, *act, *kv, *consts; /* prefix sums: entry l covers layers [0, l) */
+    size_t *changes;                     /* decay changes within layers [0, l) and between them */
+    size_t **work, **dec;                /* sparse tables of the maxima: [k][l] over [l, l + 2^k) */
+};
+
+void st_sizes_table_free(st_sizes_table *t)
+{
+    if (!t)
+        return;
+    free(t->params);
+    free(t->act);
+    free(t->kv);
+    free(t->consts);
+    free(t->changes);
+    for (size_t k = 0; k < t->levels; k++) {
+        free(t->work ? t->work[k] : NULL);
+        free(t->dec ? t->dec[k] : NULL);
+    }
+    free(t->work);
+    free(t->dec);
+    free(t);
+}
+
+st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *shape,
+                              st_sizes_table **out)
+{
+    size_t n = d->n_layers;
+    for (size_t l = 0; l < n; l++)
+        if (d->layers[l].n_params == 0)
+            return st_error(ST_ERR_INVALID, "internal: layer %s owns no parameters",
+                            d->layers[l].name);
+    st_sizes_table *t = calloc(1, sizeof *t);
+    if (!t)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    t->desc = d;
+    t->shape = *shape;
+    t->n = n;
+    t->levels = 1;
+    while (((size_t)1 << t->levels) <= n)
+        t->levels++;
+    size_t **arrays[5] = {&t->params, &t->act, &t->kv, &t->consts, &t->changes};
+    bool ok = true;
+    for (int i = 0; i < 5; i++)
+        ok = ok && (*arrays[i] = calloc(n + 1, sizeof(size_t)));
+    ok = ok && (t->work = calloc(t->levels, sizeof *t->work)) &&
+         (t->dec = calloc(t->levels, sizeof *t->dec));
+    for (size_t k = 0; ok && k < t->levels; k++)
+        ok = (t->work[k] = calloc(n, sizeof(size_t))) && (t->dec[k] = calloc(n, sizeof(size_t)));
+    if (!ok) {
+        st_sizes_table_free(t);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory sizing %zu layers", n);
+    }
+    size_t B = shape->batch > 0 ? (size_t)shape->batch : 0;
+    size_t T = shape->seq > 0 ? (size_t)shape->seq : 0, N = B * T;
+    size_t S = shape->kv_seq > 0 ? (size_t)shape->kv_seq : 0;
+    size_t Q = shape->kv_seqs > 0 ? (size_t)shape->kv_seqs : 1;
+    for (size_t l = 0; l < n; l++) {
+        const st_layer_desc *ld = &d->layers[l];
+        size_t ch = 0;
+        for (size_t i = 1; i < ld->n_params; i++)
+            ch += ld->params[i].decay != ld->params[i - 1].decay;
+        if (l > 0)
+            ch += d->layers[l - 1].params[d->layers[l - 1].n_params - 1].decay !=
+                  ld->params[0].decay;
+        t->params[l + 1] = t->params[l] + ld->param_numel;
+        t->act[l + 1] = t->act[l] + st_layer_act_floats(ld, B, T);
+        t->kv[l + 1] = t->kv[l] + Q * S * ld->kv_per_position;
+        t->consts[l + 1] = t->consts[l] + ld->consts;
+        t->changes[l + 1] = t->changes[l] + ch;
+        t->work[0][l] = N * ld->work_per_token + N * T * ld->work_per_token_ctx;
+        t->dec[0][l] = ld->dec + S * ld->dec_per_position;
+    }
+    for (size_t k = 1; k < t->levels; k++)
+        for (size_t l = 0; l + ((size_t)1 << k) <= n; l++) {
+            size_t h = l + ((size_t)1 << (k - 1));
+            size_t a = t->work[k - 1][l], b = t->work[k - 1][h];
+            t->work[k][l] = a > b ? a : b;
+            a = t->dec[k - 1][l];
+            b = t->dec[k - 1][h];
+            t->dec[k][l] = a > b ? a : b;
+        }
+    *out = t;
+    return ST_OK;
+}
+
+static size_t range_max(size_t *const *table, size_t a, size_t b)
+{
+    size_t k = 0;
+    while (((size_t)2 << k) <= b - a)
+        k++;
+    size_t x = table[k][a], y = table[k][b - ((size_t)1 << k)];
+    return x > y ? x : y;
+}
+
+void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int slots,
+                          st_stage_sizes *out)
+{
+    const st_model_desc *desc = t->desc;
+    const st_stage_options *o = &t->shape;
+    st_stage_sizes z;
+    memset(&z, 0, sizeof z);
+    size_t B = o->batch > 0 ? (size_t)o->batch : 0, T = o->seq > 0 ? (size_t)o->seq : 0;
+    size_t N = B * T, S = o->kv_seq > 0 ? (size_t)o->kv_seq : 0;
+    size_t nslots = slots > 0 ? (size_t)slots : 1;
+    /* The stream between layers: the input boundary (or the embedding's output). */
+    size_t in_floats = first > 0 ? desc->layers[first - 1].out_floats_per_token
+                                 : desc->layers[0].out_floats_per_token;
+    bool has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
+    z.param_numel = t->params[end] - t->params[first];
+    /* Decay runs: one more than the changes along the stage's parameters;
+     * the change into the first layer is not the stage's. */
+    size_t changes = t->changes[end] - t->changes[first + 1];
+    for (size_t i = 1; i < desc->layers[first].n_params; i++)
+        changes += desc->layers[first].params[i].decay != desc->layers[first].params[i - 1].decay;
+    /* Copies of tied parameters owned before the stage sit before their
+     * user's own parameters: they change the runs there. */
+    for (size_t l = first; l < end; l++) {
+        const st_layer_desc *ld = &desc->layers[l];
+        int prev = l > first ? desc->layers[l - 1].params[desc->layers[l - 1].n_params - 1].decay
+                             : -1;
+        int flag = prev;
+        size_t extra = 0;
+        bool any = false;
+        for (size_t k = 0; k < ld->n_tied; k++) {
+            const st_tied_ref *r = &ld->tied[k];
+            if (r->layer >= first)
+                continue;
+            const st_param_desc *p = &desc->layers[r->layer].params[r->param];
+            z.param_numel += p->numel;
+            extra += flag >= 0 && flag != (int)p->decay;
+            flag = p->decay;
+            any = true;
+        }
+        if (!any)
+            continue;
+        extra += flag != (int)ld->params[0].decay;
+        if (prev >= 0)
+            changes -= prev != (int)ld->params[0].decay; /* replaced by the path through the copies */
+        changes += extra;
+    }
+    z.param_buffers = o->training ? 4 : 1;
+    z.adam_run_ints = o->training ? 3 * (changes + 1) : 0;
+    if (N > 0) {
+        /* Every layer's activations, the stage's input (or the embedding's
+         * output) and the gradient arriving at a stage without the head. */
+        z.slot_floats = t->act[end] - t->act[first] + N * in_floats + (has_head ? 0 : N * in_floats);
+        z.slot_ints = 2 * N; /* tokens, targets */
+        if (o->training)
+            z.work_floats = N * in_floats + range_max(t->work, first, end) + 1 + ST_SUMSQ_PARTS;
+    }
+    if (S > 0) {
+        z.decode_floats = in_floats + range_max(t->dec, first, end) + t->kv[end] - t->kv[first];
+        z.decode_ints = 1;
+    }
+    z.consts = t->consts[end] - t->consts[first];
+    z.bytes = 4 * ((uint64_t)z.param_numel * (uint64_t)z.param_buffers + z.adam_run_ints +
+                   (N > 0 ? (uint64_t)nslots * (z.slot_floats + z.slot_ints) : 0) +
+                   z.work_floats + z.consts + z.decode_floats + z.decode_ints);
+    *out = z;
+}
+
+st_status st_stage_sizes_of(const st_model_desc *desc, const st_stage_options *opt,
+                            st_stage_sizes *out)
+{
+    size_t first = opt->first_layer, end = opt->end_layer ? opt->end_layer : desc->n_layers;
+    if (first >= end || end > desc->n_layers)
+        return st_error(ST_ERR_INVALID, "layers [%zu, %zu) are not a range of the model's %zu",
+                        first, end, desc->n_layers);
+    st_sizes_table *t = NULL;
+    st_status s = st_sizes_table_make(desc, opt, &t);
+    if (s != ST_OK)
+        return s;
+    st_sizes_table_range(t, first, end, opt->slots, out);
+    st_sizes_table_free(t);
+    return ST_OK;
+}

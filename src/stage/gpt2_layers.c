@@ -1,0 +1,453 @@
+/*
+ * gpt2_layers.c - the GPT-2 family's layer operations (src/stage/layer.h).
+ *
+ * Shape letters: B batch, T time, C channels, V vocab, NH heads, F MLP
+ * width, N = B*T rows. Per block, forward (Conv1D weights [in, out]):
+ *   ln1 = LN(x); qkv = ln1 W_attn + b; atty = attention(qkv)
+ *   res2 = x + atty W_proj + b; ln2 = LN(res2)
+ *   fch = ln2 W_fc + b; fcg = gelu(fch); res3 = res2 + fcg W_fcp + b
+ * and the head: lnf = LN(x); logits = lnf wte^T; loss = xent(logits, targets).
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "stage/layer.h"
+#include "strata/cl.h"
+#include "strata/gemm.h"
+
+/* ---- embedding: x = wte[tok] + wpe[pos] ------------------------------------ */
+
+enum { E_WTE, E_WPE };
+
+static st_status emb_bind(st_layer *l)
+{
+    (void)l;
+    return ST_OK;
+}
+
+static void emb_unbind(st_layer *l)
+{
+    (void)l;
+}
+
+static st_status emb_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                             const st_layer_io *io, int B, int T)
+{
+    (void)slot;
+    (void)x;
+    *y = io->x0;
+    return st_encoder_fwd(io->x0, io->tokens, l->p[E_WTE], l->p[E_WPE], B, T, l->cfg->n_embd,
+                          l->cfg->vocab_size);
+}
+
+static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                              const st_layer_io *io, int B, int T, float dloss)
+{
+    (void)slot;
+    (void)x;
+    (void)dloss;
+    return st_encoder_bwd(l->g[E_WTE], l->g[E_WPE], dres, io->tokens, B, T, l->cfg->n_embd,
+                          l->cfg->vocab_size);
+}
+
+static st_status emb_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)seq;
+    int C = l->cfg->n_embd;
+    st_tensor *wpe_row = NULL;
+    size_t shape[2] = {1, (size_t)C};
+    /* x = wte[tok] + wpe[pos]: one row each, as the encoder does for a batch of one. */
+    st_status s = st_tensor_view(l->p[E_WPE], (size_t)pos * C, 2, shape, &wpe_row);
+    if (s == ST_OK)
+        s = st_encoder_fwd(x, io->token, l->p[E_WTE], wpe_row, 1, 1, C, l->cfg->vocab_size);
+    st_tensor_destroy(wpe_row);
+    return s;
+}
+
+const st_layer_ops st_gpt2_embedding_ops = {
+    .bind = emb_bind, .unbind = emb_unbind, .forward = emb_forward,
+    .backward = emb_backward, .decode = emb_decode,
+};
+
+/* ---- block --------------------------------------------------------------------- */
+
+enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FCP_W, FCP_B };
+
+/* The activations of one slot, views into the layer's buffer of that slot. */
+typedef struct block_acts {
+    st_tensor *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res2;
+    st_tensor *ln2, *ln2_mean, *ln2_rstd, *fch, *fcg, *res3;
+} block_acts;
+#define BLOCK_ACTS 13
+
+typedef struct block_state {
+    block_acts *acts;                 /* per slot */
+    st_tensor *dC, *d3C, *dF, *datt;  /* backward work: datt only on the T x T path */
+    st_tensor *ln, *mean, *rstd, *qkv, *scores, *atty, *res2, *fch; /* decoding */
+    st_tensor *k, *v;                 /* KV cache [kv_seqs, kv_seq, C] each */
+} block_state;
+
+static bool flash(const st_layer *l)
+{
+    return st_attention_is_flash(l->cfg->n_embd, l->cfg->n_head);
+}
+
+static void block_unbind(st_layer *l)
+{
+    block_state *b = l->state;
+    if (!b)
+        return;
+    for (int k = 0; b->acts && k < l->slots; k++)
+        st_views_destroy((st_tensor **)&b->acts[k], BLOCK_ACTS);
+    free(b->acts);
+    st_tensor *t[] = {b->dC, b->d3C, b->dF, b->datt, b->ln, b->mean, b->rstd,
+                      b->qkv, b->scores, b->atty, b->res2, b->fch, b->k, b->v};
+    st_views_destroy(t, sizeof t / sizeof t[0]);
+    free(b);
+    l->state = NULL;
+}
+
+static st_status block_bind(st_layer *l)
+{
+    block_state *b = calloc(1, sizeof *b);
+    if (!b)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    l->state = b;
+    size_t N = (size_t)l->B * l->T, C = (size_t)l->cfg->n_embd, F = (size_t)l->cfg->n_inner;
+    size_t NH = (size_t)l->cfg->n_head, S = (size_t)l->kv_seq, Q = (size_t)l->kv_seqs;
+    /* What attention keeps: each row's log-sum-exp [B,NH,T] (flash.cl), or
+     * the probabilities [B,NH,T,T]. */
+    size_t att = flash(l) ? N * NH : N * NH * (size_t)l->T;
+    if (l->acts) {
+        b->acts = calloc((size_t)l->slots, sizeof *b->acts);
+        if (!b->acts)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int k = 0; k < l->slots; k++) {
+            st_carver c = {l->acts[k], 0, ST_OK};
+            block_acts *a = &b->acts[k];
+            a->ln1 = st_carve(&c, N * C);
+            a->ln1_mean = st_carve(&c, N);
+            a->ln1_rstd = st_carve(&c, N);
+            a->qkv = st_carve(&c, N * 3 * C);
+            a->att = st_carve(&c, att);
+            a->atty = st_carve(&c, N * C);
+            a->res2 = st_carve(&c, N * C);
+            a->ln2 = st_carve(&c, N * C);
+            a->ln2_mean = st_carve(&c, N);
+            a->ln2_rstd = st_carve(&c, N);
+            a->fch = st_carve(&c, N * F);
+            a->fcg = st_carve(&c, N * F);
+            a->res3 = st_carve(&c, N * C);
+            if (c.status != ST_OK)
+                return c.status;
+        }
+    }
+    if (l->work) {
+        st_carver c = {l->work, 0, ST_OK};
+        b->dC = st_carve(&c, N * C);
+        b->d3C = st_carve(&c, N * 3 * C);
+        b->dF = st_carve(&c, N * F);
+        b->datt = flash(l) ? NULL : st_carve(&c, N * NH * (size_t)l->T);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    if (l->dec) {
+        st_carver c = {l->dec, 0, ST_OK};
+        b->ln = st_carve(&c, C);
+        b->mean = st_carve(&c, 1);
+        b->rstd = st_carve(&c, 1);
+        b->qkv = st_carve(&c, 3 * C);
+        b->scores = st_carve(&c, NH * S);
+        b->atty = st_carve(&c, C);
+        b->res2 = st_carve(&c, C);
+        b->fch = st_carve(&c, F);
+        st_carver kc = {l->kv, 0, ST_OK};
+        b->k = st_carve(&kc, Q * S * C);
+        b->v = st_carve(&kc, Q * S * C);
+        if (c.status != ST_OK || kc.status != ST_OK)
+            return c.status != ST_OK ? c.status : kc.status;
+    }
+    return ST_OK;
+}
+
+/* 9 launches (flash attention): each linear layer's bias is added by the
+ * op after its product (attention reads qkv's bias as it loads; the
+ * projections' biases go with the residual sum, the first also with ln_2,
+ * the MLP's first with GELU). */
+static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                               const st_layer_io *io, int B, int T)
+{
+    (void)io;
+    st_tensor *const *p = l->p;
+    block_acts *a = &((block_state *)l->state)->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner, NH = l->cfg->n_head;
+    float eps = l->cfg->norm_eps;
+    bool fl = flash(l);
+    st_status s;
+    *y = a->res3;
+    if ((s = st_layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, p[LN1_W], p[LN1_B], N, C,
+                              eps)) != ST_OK ||
+        (s = st_matmul_fwd(a->qkv, a->ln1, p[ATTN_W], fl ? NULL : p[ATTN_B], N, C, 3 * C)) !=
+            ST_OK ||
+        (s = fl ? st_attention_flash_fwd(a->atty, a->att, a->qkv, p[ATTN_B], B, T, C, NH)
+                : st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
+        (s = st_matmul_fwd(a->res2, a->atty, p[PROJ_W], NULL, N, C, C)) != ST_OK ||
+        (s = st_bias_residual_layernorm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                            p[PROJ_B], x, p[LN2_W], p[LN2_B], N, C, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(a->fch, a->ln2, p[FC_W], NULL, N, C, F)) != ST_OK ||
+        (s = st_bias_gelu_fwd(a->fch, a->fcg, p[FC_B], N, F)) != ST_OK ||
+        (s = st_matmul_fwd(a->res3, a->fcg, p[FCP_W], NULL, N, F, C)) != ST_OK ||
+        (s = st_bias_residual_fwd(a->res3, p[FCP_B], a->res2, N, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+/* dres holds the gradient of the block's output on entry and of its input
+ * on exit. 15 launches (flash attention): the biases' gradients are column
+ * sums, taken where a pass over the same rows already runs (the fc bias
+ * with GELU's backward; the MLP output's with ln_2's weight gradients,
+ * before ln_2's input gradient changes dres; the projection's and qkv's
+ * with ln_1's). */
+static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                                const st_layer_io *io, int B, int T, float dloss)
+{
+    (void)io;
+    (void)dloss;
+    block_state *b = l->state;
+    st_tensor *const *p = l->p, *const *d = l->g;
+    const block_acts *a = &b->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner, NH = l->cfg->n_head;
+    st_status s;
+    /* res3 = res2 + fcg W_fcp + b: the MLP branch gets dres; dres stays d(res2) so far. */
+    if ((s = st_matmul_bwd(b->dF, 0.0f, d[FCP_W], NULL, dres, a->fcg, p[FCP_W], N, F, C)) !=
+            ST_OK ||
+        (s = st_gelu_bwd_bias(b->dF, a->fch, b->dF, d[FC_B], N, F)) != ST_OK ||
+        (s = st_matmul_bwd(b->dC, 0.0f, d[FC_W], NULL, b->dF, a->ln2, p[FC_W], N, C, F)) !=
+            ST_OK ||
+        (s = st_layernorm_bwd_biases(dres, d[LN2_W], d[LN2_B], b->dC, a->res2, p[LN2_W],
+                                     a->ln2_mean, a->ln2_rstd, N, C, d[FCP_B], dres, C, NULL,
+                                     NULL, 0)) != ST_OK)
+        return s;
+    /* res2 = x + atty W_proj + b: the attention branch gets dres; dres becomes d(x). */
+    if ((s = st_matmul_bwd(b->dC, 0.0f, d[PROJ_W], NULL, dres, a->atty, p[PROJ_W], N, C, C)) !=
+            ST_OK ||
+        (s = flash(l) ? st_attention_flash_bwd(b->d3C, b->dC, a->atty, a->att, a->qkv,
+                                               p[ATTN_B], B, T, C, NH)
+                      : st_attention_bwd(b->d3C, b->datt, b->dC, a->qkv, a->att, B, T, C, NH)) !=
+            ST_OK ||
+        (s = st_matmul_bwd(b->dC, 0.0f, d[ATTN_W], NULL, b->d3C, a->ln1, p[ATTN_W], N, C,
+                           3 * C)) != ST_OK ||
+        (s = st_layernorm_bwd_biases(dres, d[LN1_W], d[LN1_B], b->dC, x, p[LN1_W], a->ln1_mean,
+                                     a->ln1_rstd, N, C, d[PROJ_B], dres, C, d[ATTN_B], b->d3C,
+                                     3 * C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+/* One token through the block in 9 launches: the attention (new key and
+ * value into the caches, scores, softmax, weighted values) in one kernel
+ * when the head size allows (cl/flash.cl), the biases with the ops after
+ * their products as in training. */
+static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)io;
+    block_state *d = l->state;
+    st_tensor *const *p = l->p;
+    size_t C = (size_t)l->cfg->n_embd, NH = (size_t)l->cfg->n_head, HS = C / NH;
+    size_t S = (size_t)l->kv_seq, len = (size_t)pos + 1, cache = (size_t)seq * S * C;
+    int F = l->cfg->n_inner, Ci = l->cfg->n_embd;
+    float eps = l->cfg->norm_eps, scale = (float)(1.0 / sqrt((double)HS));
+    bool fl = flash(l);
+    st_status s;
+    if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, x, p[LN1_W], p[LN1_B], 1, Ci, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(d->qkv, d->ln, p[ATTN_W], fl ? NULL : p[ATTN_B], 1, Ci, 3 * Ci)) !=
+            ST_OK)
+        return s;
+    if (fl) {
+        s = st_attention_decode(d->atty, d->scores, d->k, d->v, cache, d->qkv, p[ATTN_B], pos,
+                                (int)S, Ci, (int)NH);
+    } else {
+        if ((s = st_tensor_copy(d->k, cache + (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
+            (s = st_tensor_copy(d->v, cache + (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
+            return s;
+        /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+        st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
+                           .a = d->qkv, .lda = 3 * C, .a_stride = HS,
+                           .b = d->k, .b_offset = cache, .ldb = C, .b_stride = HS,
+                           .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
+        if ((s = st_gemm(&qk)) != ST_OK ||
+            (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NH, 0,
+                           ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
+            return s;
+        /* atty_h = scores_h[1, len] . V_h[len, HS] */
+        st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
+                           .a = d->scores, .lda = S, .a_stride = S,
+                           .b = d->v, .b_offset = cache, .ldb = C, .b_stride = HS,
+                           .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
+        s = st_gemm(&pv);
+    }
+    if (s != ST_OK ||
+        (s = st_matmul_fwd(d->res2, d->atty, p[PROJ_W], NULL, 1, Ci, Ci)) != ST_OK ||
+        (s = st_bias_residual_layernorm_fwd(d->res2, d->ln, d->mean, d->rstd, d->res2, p[PROJ_B],
+                                            x, p[LN2_W], p[LN2_B], 1, Ci, eps)) != ST_OK ||
+        (s = st_matmul_fwd(d->fch, d->ln, p[FC_W], NULL, 1, Ci, F)) != ST_OK ||
+        (s = st_bias_gelu_fwd(d->fch, d->fch, p[FC_B], 1, F)) != ST_OK ||
+        (s = st_matmul_fwd(x, d->fch, p[FCP_W], NULL, 1, F, Ci)) != ST_OK ||
+        (s = st_bias_residual_fwd(x, p[FCP_B], d->res2, 1, Ci)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+const st_layer_ops st_gpt2_block_ops = {
+    .bind = block_bind, .unbind = block_unbind, .forward = block_forward,
+    .backward = block_backward, .decode = block_decode,
+};
+
+/* ---- head: lnf = LN(x); logits = lnf wte^T; losses ------------------------------ */
+
+enum { LNF_W, LNF_B, H_WTE };
+
+typedef struct head_acts {
+    st_tensor *lnf, *mean, *rstd, *logits, *losses;
+} head_acts;
+#define HEAD_ACTS 5
+
+typedef struct head_state {
+    head_acts *acts;
+    st_tensor *dC;
+    st_tensor *ln, *mean, *rstd, *logits; /* decoding */
+} head_state;
+
+static void head_unbind(st_layer *l)
+{
+    head_state *h = l->state;
+    if (!h)
+        return;
+    for (int k = 0; h->acts && k < l->slots; k++)
+        st_views_destroy((st_tensor **)&h->acts[k], HEAD_ACTS);
+    free(h->acts);
+    st_tensor *t[] = {h->dC, h->ln, h->mean, h->rstd, h->logits};
+    st_views_destroy(t, sizeof t / sizeof t[0]);
+    free(h);
+    l->state = NULL;
+}
+
+static st_status head_bind(st_layer *l)
+{
+    head_state *h = calloc(1, sizeof *h);
+    if (!h)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    l->state = h;
+    size_t N = (size_t)l->B * l->T, C = (size_t)l->cfg->n_embd, V = (size_t)l->cfg->vocab_size;
+    if (l->acts) {
+        h->acts = calloc((size_t)l->slots, sizeof *h->acts);
+        if (!h->acts)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int k = 0; k < l->slots; k++) {
+            st_carver c = {l->acts[k], 0, ST_OK};
+            head_acts *a = &h->acts[k];
+            a->lnf = st_carve(&c, N * C);
+            a->mean = st_carve(&c, N);
+            a->rstd = st_carve(&c, N);
+            a->logits = st_carve(&c, N * V);
+            a->losses = st_carve(&c, N);
+            if (c.status != ST_OK)
+                return c.status;
+        }
+    }
+    if (l->work) {
+        st_carver c = {l->work, 0, ST_OK};
+        h->dC = st_carve(&c, N * C);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    if (l->dec) {
+        st_carver c = {l->dec, 0, ST_OK};
+        h->ln = st_carve(&c, C);
+        h->mean = st_carve(&c, 1);
+        h->rstd = st_carve(&c, 1);
+        h->logits = st_carve(&c, V);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    return ST_OK;
+}
+
+static st_status head_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                              const st_layer_io *io, int B, int T)
+{
+    head_acts *a = &((head_state *)l->state)->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    *y = NULL;
+    st_status s = st_layernorm_fwd(a->lnf, a->mean, a->rstd, x, l->p[LNF_W], l->p[LNF_B], N, C,
+                                   l->cfg->norm_eps);
+    if (s != ST_OK)
+        return s;
+    /* logits[N,V] = lnf[N,C] . wte[V,C]^T */
+    st_gemm_args mm = {.trans_b = true, .m = (size_t)N, .n = (size_t)V, .k = (size_t)C,
+                       .alpha = 1.0f, .a = a->lnf, .lda = (size_t)C, .b = l->p[H_WTE],
+                       .ldb = (size_t)C, .c = a->logits, .ldc = (size_t)V};
+    if ((s = st_gemm(&mm)) != ST_OK || !io->targets)
+        return s;
+    return st_xent_fwd(a->logits, a->losses, a->logits, io->targets, N, V);
+}
+
+static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                               const st_layer_io *io, int B, int T, float dloss)
+{
+    head_state *h = l->state;
+    head_acts *a = &h->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    st_status s;
+    /* The probabilities become dlogits in place: the forward's probs are not needed after. */
+    if ((s = st_xent_bwd(a->logits, a->logits, io->targets, dloss, N, V)) != ST_OK)
+        return s;
+    /* dlnf[N,C] = dlogits[N,V] . wte[V,C];  dwte[V,C] += dlogits^T . lnf */
+    st_gemm_args dx = {.m = (size_t)N, .n = (size_t)C, .k = (size_t)V, .alpha = 1.0f,
+                       .a = a->logits, .lda = (size_t)V, .b = l->p[H_WTE], .ldb = (size_t)C,
+                       .c = h->dC, .ldc = (size_t)C};
+    st_gemm_args dw = {.trans_a = true, .m = (size_t)V, .n = (size_t)C, .k = (size_t)N,
+                       .alpha = 1.0f, .beta = 1.0f, .a = a->logits, .lda = (size_t)V,
+                       .b = a->lnf, .ldb = (size_t)C, .c = l->g[H_WTE], .ldc = (size_t)C};
+    if ((s = st_gemm(&dx)) != ST_OK || (s = st_gemm(&dw)) != ST_OK ||
+        (s = st_tensor_fill(dres, 0.0f)) != ST_OK ||
+        (s = st_layernorm_bwd(dres, l->g[LNF_W], l->g[LNF_B], h->dC, x, l->p[LNF_W], a->mean,
+                              a->rstd, N, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+static st_status head_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)seq;
+    (void)pos;
+    head_state *h = l->state;
+    int C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    st_status s = st_layernorm_fwd(h->ln, h->mean, h->rstd, x, l->p[LNF_W], l->p[LNF_B], 1, C,
+                                   l->cfg->norm_eps);
+    if (s != ST_OK)
+        return s;
+    st_gemm_args mm = {.trans_b = true, .m = 1, .n = (size_t)V, .k = (size_t)C, .alpha = 1.0f,
+                       .a = h->ln, .lda = (size_t)C, .b = l->p[H_WTE], .ldb = (size_t)C,
+                       .c = h->logits, .ldc = (size_t)V};
+    io->logits = h->logits;
+    return st_gemm(&mm);
+}
+
+static st_tensor *head_output(st_layer *l, int slot)
+{
+    return ((head_state *)l->state)->acts[slot].logits;
+}
+
+static st_tensor *head_losses(st_layer *l, int slot)
+{
+    return ((head_state *)l->state)->acts[slot].losses;
+}
+
+const st_layer_ops st_gpt2_head_ops = {
+    .bind = head_bind, .unbind = head_unbind, .forward = head_forward,
+    .backward = head_backward, .decode = head_decode, .output = head_output,
+    .losses = head_losses,
+};

@@ -1,0 +1,467 @@
+/*
+ * llama_layers.c - the Llama family's layer operations (src/stage/layer.h).
+ *
+ * Shape letters: B batch, T time, C channels, V vocab, NH heads, KV
+ * key/value heads, HS head size, KVD = KV*HS, Q = C + 2 KVD (the q, k and
+ * v projections side by side), F MLP width, N = B*T rows. nn.Linear weights
+ * are [out, in]; q, k and v lie next to each other in the parameter buffer
+ * (model/llama.c), so W_qkv [Q, C] is one view, and so are gate and up
+ * (W_gu [2F, C]). Per block, forward:
+ *   ln1 = RMSNorm(x); qkv = rope(ln1 W_qkv^T + b_qkv); atty = attention(qkv)
+ *   res2 = x + atty W_o^T (+ b_o); ln2 = RMSNorm(res2)
+ *   gu = ln2 W_gu^T; h = silu(g) * u; res3 = res2 + h W_down^T
+ * and the head: lnf = RMSNorm(x); logits = lnf W^T (lm_head or the tied
+ * embedding); loss = xent(logits, targets).
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "stage/layer.h"
+#include "strata/gemm.h"
+
+/* ---- embedding: x = embed_tokens[tok] ---------------------------------------- */
+
+static st_status none_bind(st_layer *l)
+{
+    (void)l;
+    return ST_OK;
+}
+
+static void none_unbind(st_layer *l)
+{
+    (void)l;
+}
+
+static st_status emb_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                             const st_layer_io *io, int B, int T)
+{
+    (void)slot;
+    (void)x;
+    *y = io->x0;
+    return st_embedding_fwd(io->x0, io->tokens, l->p[0], B * T, l->cfg->n_embd,
+                            l->cfg->vocab_size);
+}
+
+static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                              const st_layer_io *io, int B, int T, float dloss)
+{
+    (void)slot;
+    (void)x;
+    (void)dloss;
+    return st_embedding_bwd(l->g[0], dres, io->tokens, B * T, l->cfg->n_embd,
+                            l->cfg->vocab_size);
+}
+
+static st_status emb_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)seq;
+    (void)pos;
+    return st_embedding_fwd(x, io->token, l->p[0], 1, l->cfg->n_embd, l->cfg->vocab_size);
+}
+
+const st_layer_ops st_llama_embedding_ops = {
+    .bind = none_bind, .unbind = none_unbind, .forward = emb_forward,
+    .backward = emb_backward, .decode = emb_decode,
+};
+
+/* ---- block ---------------------------------------------------------------------- */
+
+typedef struct block_acts {
+    st_tensor *ln1, *rstd1, *qkv, *atty, *lse, *res2, *ln2, *rstd2, *gu, *h, *res3;
+} block_acts;
+#define BLOCK_ACTS 11
+
+typedef struct block_state {
+    /* parameter indices into l->p / l->g */
+    int in_norm, q_w, q_b, o_w, o_b, post_norm, gate, down;
+    st_tensor *w_qkv, *b_qkv, *w_gu, *dw_qkv, *db_qkv, *dw_gu; /* views over neighbours */
+    block_acts *acts;
+    st_tensor *dC, *dqkv, *dF, *dgu;                            /* backward work */
+    st_tensor *ln, *rstd, *qkv, *scores, *atty, *res2, *gu, *h; /* decoding */
+    st_tensor *k, *v;                                           /* KV cache [kv_seqs, S, KVD] */
+} block_state;
+
+typedef struct dims {
+    int C, NH, KV, HS, KVD, Q, F;
+} dims;
+
+static dims dims_of(const st_layer *l)
+{
+    dims d;
+    d.C = l->cfg->n_embd;
+    d.NH = l->cfg->n_head;
+    d.KV = l->cfg->n_kv_head;
+    d.HS = d.C / d.NH;
+    d.KVD = d.KV * d.HS;
+    d.Q = d.C + 2 * d.KVD;
+    d.F = l->cfg->n_inner;
+    return d;
+}
+
+static void block_unbind(st_layer *l)
+{
+    block_state *b = l->state;
+    if (!b)
+        return;
+    for (int k = 0; b->acts && k < l->slots; k++)
+        st_views_destroy((st_tensor **)&b->acts[k], BLOCK_ACTS);
+    free(b->acts);
+    st_tensor *t[] = {b->w_qkv, b->b_qkv, b->w_gu, b->dw_qkv, b->db_qkv, b->dw_gu,
+                      b->dC,    b->dqkv,  b->dF,   b->dgu,    b->ln,     b->rstd,
+                      b->qkv,   b->scores, b->atty, b->res2,  b->gu,     b->h,
+                      b->k,     b->v};
+    st_views_destroy(t, sizeof t / sizeof t[0]);
+    free(b);
+    l->state = NULL;
+}
+
+/* The rotary frequencies [HS/2] in float as Hugging Face computes them:
+ * theta^(-2i/HS), rescaled by wavelength for Llama 3's "llama3" scaling. */
+static st_status write_inv_freq(st_layer *l, int HS)
+{
+    const st_model_config *c = l->cfg;
+    int half = HS / 2;
+    float *f = malloc((size_t)half * sizeof *f);
+    if (!f)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int i = 0; i < half; i++) {
+        float inv = 1.0f / powf((float)c->rope_theta, (float)(2 * i) / (float)HS);
+        if (c->rope_type == ST_ROPE_LLAMA3) {
+            float factor = (float)c->rope_factor, lo = (float)c->rope_low_freq_factor;
+            float hi = (float)c->rope_high_freq_factor, old = (float)c->rope_original_positions;
+            float low_wavelen = old / lo, high_wavelen = old / hi;
+            float wavelen = 2.0f * 3.14159265358979323846f / inv;
+            if (wavelen > low_wavelen) {
+                inv = inv / factor;
+            } else if (!(wavelen < high_wavelen)) {
+                float smooth = (old / wavelen - lo) / (hi - lo);
+                inv = (1.0f - smooth) * inv / factor + smooth * inv;
+            }
+        }
+        f[i] = inv;
+    }
+    st_status s = st_tensor_write(l->consts, 0, (size_t)half, f);
+    free(f);
+    return s;
+}
+
+/* A view of n elements of buf starting where parameter i starts, after
+ * checking that the parameters [i, i + count) lie one after another. */
+static st_tensor *span(st_layer *l, st_tensor *buf, int i, int count, size_t n, st_status *s)
+{
+    size_t want = l->offset[i];
+    for (int j = i; *s == ST_OK && j < i + count; j++) {
+        if (l->offset[j] != want)
+            *s = st_error(ST_ERR_INVALID, "internal: parameters of %s are not adjacent",
+                          l->desc->name);
+        want += l->desc->params[j].numel;
+    }
+    return st_view_at(buf, l->offset[i], n, s);
+}
+
+static st_status block_bind(st_layer *l)
+{
+    block_state *b = calloc(1, sizeof *b);
+    if (!b)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    l->state = b;
+    dims d = dims_of(l);
+    int i = 0;
+    b->in_norm = i++;
+    b->q_w = i;
+    i += 3;
+    b->q_b = l->cfg->attn_bias ? i : -1;
+    i += l->cfg->attn_bias ? 3 : 0;
+    b->o_w = i++;
+    b->o_b = l->cfg->attn_out_bias ? i++ : -1;
+    b->post_norm = i++;
+    b->gate = i;
+    i += 2;
+    b->down = i++;
+    if ((size_t)i != l->desc->n_params)
+        return st_error(ST_ERR_INVALID, "internal: %s has %zu parameters, expected %d",
+                        l->desc->name, l->desc->n_params, i);
+    size_t N = (size_t)l->B * l->T, C = (size_t)d.C, Q = (size_t)d.Q, F = (size_t)d.F;
+    size_t NH = (size_t)d.NH, S = (size_t)l->kv_seq, KVD = (size_t)d.KVD;
+    st_status s = ST_OK;
+    b->w_qkv = span(l, l->pbuf, b->q_w, 3, Q * C, &s);
+    b->w_gu = span(l, l->pbuf, b->gate, 2, 2 * F * C, &s);
+    if (b->q_b >= 0)
+        b->b_qkv = span(l, l->pbuf, b->q_b, 3, Q, &s);
+    if (l->gbuf) {
+        b->dw_qkv = span(l, l->gbuf, b->q_w, 3, Q * C, &s);
+        b->dw_gu = span(l, l->gbuf, b->gate, 2, 2 * F * C, &s);
+        if (b->q_b >= 0)
+            b->db_qkv = span(l, l->gbuf, b->q_b, 3, Q, &s);
+    }
+    if (s != ST_OK)
+        return s;
+    if (l->acts) {
+        b->acts = calloc((size_t)l->slots, sizeof *b->acts);
+        if (!b->acts)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int k = 0; k < l->slots; k++) {
+            st_carver c = {l->acts[k], 0, ST_OK};
+            block_acts *a = &b->acts[k];
+            a->ln1 = st_carve(&c, N * C);
+            a->rstd1 = st_carve(&c, N);
+            a->qkv = st_carve(&c, N * Q);
+            a->atty = st_carve(&c, N * C);
+            a->lse = st_carve(&c, N * NH);
+            a->res2 = st_carve(&c, N * C);
+            a->ln2 = st_carve(&c, N * C);
+            a->rstd2 = st_carve(&c, N);
+            a->gu = st_carve(&c, N * 2 * F);
+            a->h = st_carve(&c, N * F);
+            a->res3 = st_carve(&c, N * C);
+            if (c.status != ST_OK)
+                return c.status;
+        }
+    }
+    if (l->work) {
+        st_carver c = {l->work, 0, ST_OK};
+        b->dC = st_carve(&c, N * C);
+        b->dqkv = st_carve(&c, N * Q);
+        b->dF = st_carve(&c, N * F);
+        b->dgu = st_carve(&c, N * 2 * F);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    if (l->dec) {
+        st_carver c = {l->dec, 0, ST_OK};
+        b->ln = st_carve(&c, C);
+        b->rstd = st_carve(&c, 1);
+        b->qkv = st_carve(&c, Q);
+        b->atty = st_carve(&c, C);
+        b->res2 = st_carve(&c, C);
+        b->gu = st_carve(&c, 2 * F);
+        b->h = st_carve(&c, F);
+        b->scores = st_carve(&c, NH * S);
+        st_carver kc = {l->kv, 0, ST_OK};
+        b->k = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
+        b->v = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
+        if (c.status != ST_OK || kc.status != ST_OK)
+            return c.status != ST_OK ? c.status : kc.status;
+    }
+    return write_inv_freq(l, d.HS);
+}
+
+static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                               const st_layer_io *io, int B, int T)
+{
+    (void)io;
+    block_state *b = l->state;
+    st_tensor *const *p = l->p;
+    block_acts *a = &b->acts[slot];
+    dims d = dims_of(l);
+    int N = B * T;
+    float eps = l->cfg->norm_eps;
+    st_status s;
+    *y = a->res3;
+    if ((s = st_rmsnorm_fwd(a->ln1, a->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(a->qkv, a->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
+        (s = st_rope_fwd(a->qkv, b->b_qkv, l->consts, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
+        (s = st_attention_gqa_fwd(a->atty, a->lse, a->qkv, NULL, B, T, d.C, d.NH, d.KV)) !=
+            ST_OK ||
+        (s = st_linear_fwd(a->res2, a->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
+                           d.C)) != ST_OK ||
+        (s = st_residual_rmsnorm_fwd(a->res2, a->ln2, a->rstd2, a->res2, x, p[b->post_norm], N,
+                                     d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(a->gu, a->ln2, b->w_gu, NULL, N, d.C, 2 * d.F)) != ST_OK ||
+        (s = st_swiglu_fwd(a->h, a->gu, N, d.F)) != ST_OK ||
+        (s = st_linear_fwd(a->res3, a->h, p[b->down], NULL, N, d.F, d.C)) != ST_OK ||
+        (s = st_residual_fwd(a->res3, a->res3, a->res2, (size_t)N * d.C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+/* dres: the gradient of the block's output on entry, of its input on exit. */
+static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                                const st_layer_io *io, int B, int T, float dloss)
+{
+    (void)io;
+    (void)dloss;
+    block_state *b = l->state;
+    st_tensor *const *p = l->p, *const *g = l->g;
+    const block_acts *a = &b->acts[slot];
+    dims d = dims_of(l);
+    int N = B * T;
+    st_status s;
+    /* res3 = res2 + h W_down^T: the MLP gets dres; dres then gains RMSNorm's part. */
+    if ((s = st_linear_bwd(b->dF, 0.0f, g[b->down], NULL, dres, a->h, p[b->down], N, d.F,
+                           d.C)) != ST_OK ||
+        (s = st_swiglu_bwd(b->dgu, b->dF, a->gu, N, d.F)) != ST_OK ||
+        (s = st_linear_bwd(b->dC, 0.0f, b->dw_gu, NULL, b->dgu, a->ln2, b->w_gu, N, d.C,
+                           2 * d.F)) != ST_OK ||
+        (s = st_rmsnorm_bwd(dres, g[b->post_norm], b->dC, a->res2, p[b->post_norm], a->rstd2, N,
+                            d.C)) != ST_OK)
+        return s;
+    /* res2 = x + atty W_o^T: the attention gets dres; dres becomes d(x). */
+    if ((s = st_linear_bwd(b->dC, 0.0f, g[b->o_w], b->o_b >= 0 ? g[b->o_b] : NULL, dres,
+                           a->atty, p[b->o_w], N, d.C, d.C)) != ST_OK ||
+        (s = st_attention_gqa_bwd(b->dqkv, b->dC, a->atty, a->lse, a->qkv, NULL, B, T, d.C,
+                                  d.NH, d.KV)) != ST_OK ||
+        (s = st_rope_bwd(b->dqkv, l->consts, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
+        (b->db_qkv && (s = st_bias_bwd(b->db_qkv, b->dqkv, N, d.Q)) != ST_OK) ||
+        (s = st_linear_bwd(b->dC, 0.0f, b->dw_qkv, NULL, b->dqkv, a->ln1, b->w_qkv, N, d.C,
+                           d.Q)) != ST_OK ||
+        (s = st_rmsnorm_bwd(dres, g[b->in_norm], b->dC, x, p[b->in_norm], a->rstd1, N, d.C)) !=
+            ST_OK)
+        return s;
+    return ST_OK;
+}
+
+static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)io;
+    block_state *b = l->state;
+    st_tensor *const *p = l->p;
+    dims d = dims_of(l);
+    size_t S = (size_t)l->kv_seq, cache = (size_t)seq * S * (size_t)d.KVD;
+    float eps = l->cfg->norm_eps;
+    st_status s;
+    if ((s = st_rmsnorm_fwd(b->ln, b->rstd, x, p[b->in_norm], 1, d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(b->qkv, b->ln, b->w_qkv, NULL, 1, d.C, d.Q)) != ST_OK ||
+        (s = st_rope_fwd(b->qkv, b->b_qkv, l->consts, 1, 1, pos, d.NH, d.KV, d.HS)) != ST_OK ||
+        (s = st_attention_gqa_decode(b->atty, b->scores, b->k, b->v, cache, b->qkv, NULL, pos,
+                                     (int)S, d.C, d.NH, d.KV)) != ST_OK ||
+        (s = st_linear_fwd(b->res2, b->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, 1, d.C,
+                           d.C)) != ST_OK ||
+        (s = st_residual_rmsnorm_fwd(b->res2, b->ln, b->rstd, b->res2, x, p[b->post_norm], 1,
+                                     d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(b->gu, b->ln, b->w_gu, NULL, 1, d.C, 2 * d.F)) != ST_OK ||
+        (s = st_swiglu_fwd(b->h, b->gu, 1, d.F)) != ST_OK ||
+        (s = st_linear_fwd(x, b->h, p[b->down], NULL, 1, d.F, d.C)) != ST_OK ||
+        (s = st_residual_fwd(x, x, b->res2, (size_t)d.C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+const st_layer_ops st_llama_block_ops = {
+    .bind = block_bind, .unbind = block_unbind, .forward = block_forward,
+    .backward = block_backward, .decode = block_decode,
+};
+
+/* ---- head: lnf = RMSNorm(x); logits = lnf W^T; losses ---------------------------- */
+
+enum { H_NORM, H_W }; /* H_W: lm_head.weight, or the tied embedding after the own ones */
+
+typedef struct head_acts {
+    st_tensor *lnf, *rstd, *logits, *losses;
+} head_acts;
+#define HEAD_ACTS 4
+
+typedef struct head_state {
+    head_acts *acts;
+    st_tensor *dC;
+    st_tensor *ln, *rstd, *logits; /* decoding */
+} head_state;
+
+static void head_unbind(st_layer *l)
+{
+    head_state *h = l->state;
+    if (!h)
+        return;
+    for (int k = 0; h->acts && k < l->slots; k++)
+        st_views_destroy((st_tensor **)&h->acts[k], HEAD_ACTS);
+    free(h->acts);
+    st_tensor *t[] = {h->dC, h->ln, h->rstd, h->logits};
+    st_views_destroy(t, sizeof t / sizeof t[0]);
+    free(h);
+    l->state = NULL;
+}
+
+static st_status head_bind(st_layer *l)
+{
+    head_state *h = calloc(1, sizeof *h);
+    if (!h)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    l->state = h;
+    size_t N = (size_t)l->B * l->T, C = (size_t)l->cfg->n_embd, V = (size_t)l->cfg->vocab_size;
+    if (l->acts) {
+        h->acts = calloc((size_t)l->slots, sizeof *h->acts);
+        if (!h->acts)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (int k = 0; k < l->slots; k++) {
+            st_carver c = {l->acts[k], 0, ST_OK};
+            head_acts *a = &h->acts[k];
+            a->lnf = st_carve(&c, N * C);
+            a->rstd = st_carve(&c, N);
+            a->logits = st_carve(&c, N * V);
+            a->losses = st_carve(&c, N);
+            if (c.status != ST_OK)
+                return c.status;
+        }
+    }
+    if (l->work) {
+        st_carver c = {l->work, 0, ST_OK};
+        h->dC = st_carve(&c, N * C);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    if (l->dec) {
+        st_carver c = {l->dec, 0, ST_OK};
+        h->ln = st_carve(&c, C);
+        h->rstd = st_carve(&c, 1);
+        h->logits = st_carve(&c, V);
+        if (c.status != ST_OK)
+            return c.status;
+    }
+    return ST_OK;
+}
+
+static st_status head_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
+                              const st_layer_io *io, int B, int T)
+{
+    head_acts *a = &((head_state *)l->state)->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    *y = NULL;
+    st_status s = st_rmsnorm_fwd(a->lnf, a->rstd, x, l->p[H_NORM], N, C, l->cfg->norm_eps);
+    if (s != ST_OK || (s = st_linear_fwd(a->logits, a->lnf, l->p[H_W], NULL, N, C, V)) != ST_OK ||
+        !io->targets)
+        return s;
+    return st_xent_fwd(a->logits, a->losses, a->logits, io->targets, N, V);
+}
+
+static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                               const st_layer_io *io, int B, int T, float dloss)
+{
+    head_state *h = l->state;
+    head_acts *a = &h->acts[slot];
+    int N = B * T, C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    st_status s;
+    if ((s = st_xent_bwd(a->logits, a->logits, io->targets, dloss, N, V)) != ST_OK ||
+        (s = st_linear_bwd(h->dC, 0.0f, l->g[H_W], NULL, a->logits, a->lnf, l->p[H_W], N, C,
+                           V)) != ST_OK ||
+        (s = st_tensor_fill(dres, 0.0f)) != ST_OK ||
+        (s = st_rmsnorm_bwd(dres, l->g[H_NORM], h->dC, x, l->p[H_NORM], a->rstd, N, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
+static st_status head_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+{
+    (void)seq;
+    (void)pos;
+    head_state *h = l->state;
+    int C = l->cfg->n_embd, V = l->cfg->vocab_size;
+    st_status s = st_rmsnorm_fwd(h->ln, h->rstd, x, l->p[H_NORM], 1, C, l->cfg->norm_eps);
+    io->logits = h->logits;
+    return s != ST_OK ? s : st_linear_fwd(h->logits, h->ln, l->p[H_W], NULL, 1, C, V);
+}
+
+static st_tensor *head_output(st_layer *l, int slot)
+{
+    return ((head_state *)l->state)->acts[slot].logits;
+}
+
+static st_tensor *head_losses(st_layer *l, int slot)
+{
+    return ((head_state *)l->state)->acts[slot].losses;
+}
+
+const st_layer_ops st_llama_head_ops = {
+    .bind = head_bind, .unbind = head_unbind, .forward = head_forward,
+    .backward = head_backward, .decode = head_decode, .output = head_output,
+    .losses = head_losses,
+};

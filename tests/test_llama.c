@@ -1,0 +1,390 @@
+/*
+ * test_llama.c - the Llama family's whole model on each device against
+ * Hugging Face transformers (tests/data/llama_reference.bin: LlamaForCausalLM
+ * with grouped-query attention, an untied head and Llama 3's rotary scaling;
+ * tests/data/qwen2_reference.bin: Qwen2ForCausalLM with q/k/v biases and a
+ * tied head; made by tools/llama_reference.py): the config.json transformers
+ * wrote parses, then logits, loss, every parameter gradient, five AdamW steps
+ * with global-norm clipping (losses, gradient norms, final weights), and
+ * decoding with the KV cache against transformers' own cached decoding.
+ *
+ * Tolerances as test_gpt.c's (fp32 against fp32; differences come from
+ * summation order): logits and loss atol 1e-4, rtol 1e-4; gradients atol
+ * 2e-5, rtol 1e-3; losses and norms over the steps rtol 1e-4; final weights
+ * atol 1e-3, rtol 1e-3 per element with a mean |difference| under 2e-6;
+ * decoded logits atol 1e-4, rtol 1e-4.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "strata/stage.h"
+#include "tests/common.h"
+
+static test_devices td;
+
+typedef struct ref_param {
+    char name[64];
+    size_t numel;
+    float *init, *grad, *final;
+} ref_param;
+
+typedef struct reference {
+    const char *file;
+    st_model_config cfg;
+    int V, B, T, steps;
+    float lr, beta1, beta2, adam_eps, wd, clip;
+    int32_t *tokens, *targets;
+    size_t n_params, numel;
+    ref_param *params;
+    float *logits, loss, *step_losses, *step_norms, *decoded;
+    unsigned char *data;
+} reference;
+
+static reference ref;
+static st_model_desc *desc;
+
+static uint32_t u32(unsigned char **p)
+{
+    uint32_t v;
+    memcpy(&v, *p, 4);
+    *p += 4;
+    return v;
+}
+
+static int load_reference(const char *file)
+{
+    memset(&ref, 0, sizeof ref);
+    ref.file = file;
+    const char *root = getenv("STRATA_SOURCE_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/data/%s", root ? root : ".", file);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s (set STRATA_SOURCE_ROOT)\n", path);
+        return -1;
+    }
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    ref.data = malloc((size_t)size + 1);
+    if (!ref.data || fread(ref.data, 1, (size_t)size, f) != (size_t)size) {
+        fprintf(stderr, "cannot read %s\n", path);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    unsigned char *p = ref.data + 8;
+    if (memcmp(ref.data, "STRATALR", 8) != 0 || u32(&p) != 1) {
+        fprintf(stderr, "%s: not a version 1 Strata Llama reference file\n", path);
+        return -1;
+    }
+    uint32_t n = u32(&p);
+    char *text = malloc(n + 1);
+    memcpy(text, p, n);
+    text[n] = '\0';
+    p += n;
+    st_status s = st_model_config_parse(text, file, &ref.cfg);
+    free(text);
+    if (s != ST_OK || st_model_describe(&ref.cfg, &desc) != ST_OK) {
+        fprintf(stderr, "the config transformers wrote: %s\n", st_last_error());
+        return -1;
+    }
+    /* the text is not 4-byte aligned: copy the rest */
+    ref.B = (int)u32(&p), ref.T = (int)u32(&p), ref.steps = (int)u32(&p);
+    float hp[6];
+    memcpy(hp, p, sizeof hp);
+    p += sizeof hp;
+    ref.lr = hp[0], ref.beta1 = hp[1], ref.beta2 = hp[2], ref.adam_eps = hp[3], ref.wd = hp[4];
+    ref.clip = hp[5];
+    ref.V = ref.cfg.vocab_size;
+    size_t N = (size_t)ref.B * ref.T;
+#define TAKE(dst, count)                                                       \
+    do {                                                                       \
+        dst = malloc((count) * 4);                                             \
+        memcpy(dst, p, (count) * 4);                                           \
+        p += (count) * 4;                                                      \
+    } while (0)
+    TAKE(ref.tokens, N);
+    TAKE(ref.targets, N);
+    ref.n_params = u32(&p);
+    ref.params = calloc(ref.n_params, sizeof *ref.params);
+    for (size_t i = 0; i < ref.n_params; i++) {
+        ref_param *rp = &ref.params[i];
+        uint32_t len = u32(&p);
+        memcpy(rp->name, p, len < 63 ? len : 63);
+        p += len;
+        uint32_t ndim = u32(&p);
+        rp->numel = 1;
+        for (uint32_t d = 0; d < ndim; d++)
+            rp->numel *= u32(&p);
+        TAKE(rp->init, rp->numel);
+        ref.numel += rp->numel;
+    }
+    TAKE(ref.logits, N * ref.V);
+    memcpy(&ref.loss, p, 4), p += 4;
+    for (size_t i = 0; i < ref.n_params; i++)
+        TAKE(ref.params[i].grad, ref.params[i].numel);
+    TAKE(ref.step_losses, (size_t)ref.steps);
+    TAKE(ref.step_norms, (size_t)ref.steps);
+    for (size_t i = 0; i < ref.n_params; i++)
+        TAKE(ref.params[i].final, ref.params[i].numel);
+    TAKE(ref.decoded, (size_t)ref.T * ref.V);
+#undef TAKE
+    if (p != ref.data + size) {
+        fprintf(stderr, "%s: size %ld does not match its contents\n", path, size);
+        return -1;
+    }
+    if (ref.numel != desc->param_numel) {
+        fprintf(stderr, "%s: %zu parameters, the description has %zu\n", path, ref.numel,
+                desc->param_numel);
+        return -1;
+    }
+    return 0;
+}
+
+static const ref_param *ref_find(const char *name)
+{
+    for (size_t i = 0; i < ref.n_params; i++)
+        if (strcmp(ref.params[i].name, name) == 0)
+            return &ref.params[i];
+    fail_msg("%s: no parameter '%s'", ref.file, name);
+    return NULL;
+}
+
+/* Writes which of the reference's values (0 initial, 2 final) into the stage, by name. */
+static void put(st_stage *g, int which)
+{
+    for (size_t i = 0; i < st_stage_n_params(g); i++) {
+        const ref_param *rp = ref_find(st_stage_param_at(g, i)->desc->name);
+        assert_int_equal(rp->numel, st_stage_param_at(g, i)->desc->numel);
+        assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, which == 0 ? rp->init : rp->final));
+    }
+}
+
+static st_stage *make_model(st_device *dev, int kv)
+{
+    st_stage *g = NULL;
+    st_stage_options o = {.batch = ref.B, .seq = ref.T, .slots = 1, .training = true,
+                          .kv_seq = kv};
+    assert_ok(st_stage_create(dev, desc, &o, &g));
+    assert_int_equal(st_stage_param_numel(g), ref.numel);
+    assert_ok(st_stage_init(g, 0)); /* zeroes the moments; the weights are the reference's */
+    put(g, 0);
+    return g;
+}
+
+/* Compares a buffer of the stage with the reference's, parameter by parameter. */
+static void compare(st_stage *g, st_stage_buf which, const char *what, double atol, double rtol)
+{
+    for (size_t i = 0; i < st_stage_n_params(g); i++) {
+        const st_stage_param *p = st_stage_param_at(g, i);
+        const ref_param *rp = ref_find(p->desc->name);
+        float *x = malloc(p->desc->numel * sizeof *x);
+        assert_ok(st_stage_read(g, which, i, x));
+        const float *want = which == ST_STAGE_GRADS ? rp->grad : rp->final;
+        if (!st_compare_f32(x, want, p->desc->numel, atol, rtol, NULL)) {
+            char buf[2048];
+            fail_msg("%s: %s of %s on %s: %s", ref.file, what, p->desc->name,
+                     st_device_label(st_stage_device(g)),
+                     st_compare_describe(x, want, p->desc->numel, atol, rtol, 5, buf,
+                                         sizeof buf));
+        }
+        free(x);
+    }
+}
+
+static void forward_and_gradients_match(void **state)
+{
+    (void)state;
+    size_t N = (size_t)ref.B * ref.T;
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage *g = make_model(td.dev[d], 0);
+        float *logits = malloc(N * ref.V * sizeof *logits);
+        assert_ok(st_stage_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
+        assert_ok(st_stage_output_read(g, 0, ref.B, ref.T, logits));
+        assert_close(logits, ref.logits, N * ref.V, 1e-4, 1e-4);
+        double sum = 0;
+        long count = 0;
+        assert_ok(st_stage_zero_grad(g));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
+        assert_int_equal(count, (long)N - 4);
+        float loss = (float)(sum / count);
+        assert_close(&loss, &ref.loss, 1, 1e-4, 1e-4);
+        assert_ok(st_stage_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
+        compare(g, ST_STAGE_GRADS, "gradient", 2e-5, 1e-3);
+        free(logits);
+        st_stage_destroy(g);
+    }
+}
+
+/* Five AdamW steps with clipping, as tools/llama_reference.py does. */
+static void train_steps(st_stage *g, float *losses, float *norms)
+{
+    st_adamw_hparams hp = {ref.lr, ref.beta1, ref.beta2, ref.adam_eps, ref.wd};
+    for (int t = 1; t <= ref.steps; t++) {
+        double sum = 0, ss = 0;
+        long count = 0;
+        assert_ok(st_stage_zero_grad(g));
+        assert_ok(st_stage_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
+        assert_ok(st_stage_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
+        assert_ok(st_stage_grad_sumsq(g, &ss));
+        double norm = sqrt(ss);
+        float scale = (float)fmin(1.0, ref.clip / (norm + 1e-6));
+        assert_ok(st_stage_step(g, &hp, t, scale));
+        losses[t - 1] = (float)(sum / count);
+        norms[t - 1] = (float)norm;
+    }
+}
+
+static void adamw_steps_match(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage *g = make_model(td.dev[d], 0);
+        float losses[16], norms[16], again[16], norms2[16];
+        train_steps(g, losses, norms);
+        assert_close(losses, ref.step_losses, (size_t)ref.steps, 0, 1e-4);
+        assert_close(norms, ref.step_norms, (size_t)ref.steps, 0, 1e-4);
+        compare(g, ST_STAGE_PARAMS, "final weights", 1e-3, 1e-3);
+        double mean_diff = 0;
+        for (size_t i = 0; i < st_stage_n_params(g); i++) {
+            const st_stage_param *p = st_stage_param_at(g, i);
+            const ref_param *rp = ref_find(p->desc->name);
+            float *x = malloc(p->desc->numel * sizeof *x);
+            assert_ok(st_stage_read(g, ST_STAGE_PARAMS, i, x));
+            for (size_t e = 0; e < p->desc->numel; e++)
+                mean_diff += fabs((double)x[e] - rp->final[e]);
+            free(x);
+        }
+        mean_diff /= (double)ref.numel;
+        print_message("%s: final weights: mean |diff| %.3g\n", ref.file, mean_diff);
+        assert_true(mean_diff < 2e-6);
+        st_stage_destroy(g);
+        /* The same again from the same start: bitwise the same losses. */
+        g = make_model(td.dev[d], 0);
+        train_steps(g, again, norms2);
+        assert_memory_equal(losses, again, (size_t)ref.steps * sizeof *losses);
+        assert_memory_equal(norms, norms2, (size_t)ref.steps * sizeof *norms);
+        st_stage_destroy(g);
+    }
+}
+
+/* Sequence 0 token by token through the KV cache, with the final weights:
+ * transformers' cached decoding, and the stage's own full forward. */
+static void kv_decoding_matches_transformers(void **state)
+{
+    (void)state;
+    size_t N = (size_t)ref.B * ref.T;
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage *g = make_model(td.dev[d], ref.T);
+        put(g, 2);
+        float *logits = malloc(N * ref.V * sizeof *logits), *step = malloc(ref.V * sizeof *step);
+        assert_ok(st_stage_forward(g, 0, ref.tokens, NULL, ref.B, ref.T));
+        assert_ok(st_stage_output_read(g, 0, ref.B, ref.T, logits));
+        for (int t = 0; t < ref.T; t++) {
+            assert_ok(st_stage_decode(g, ref.tokens[t], t, step));
+            assert_close(step, ref.decoded + (size_t)t * ref.V, (size_t)ref.V, 1e-4, 1e-4);
+            assert_close(step, logits + (size_t)t * ref.V, (size_t)ref.V, 1e-4, 1e-4);
+        }
+        assert_int_equal(st_stage_decode(g, 1, ref.T, step), ST_ERR_INVALID);
+        assert_contains(st_last_error(), "past the KV cache");
+        free(logits);
+        free(step);
+        st_stage_destroy(g);
+    }
+}
+
+/* Hugging Face's initialisation: matrices N(0, 0.02), norms 1, biases 0;
+ * the same seed the same weights, another seed others. */
+static void init_is_deterministic_and_hf_like(void **state)
+{
+    (void)state;
+    st_stage *g = NULL, *h = NULL;
+    st_stage_options o = {.batch = 1, .seq = 4, .training = true};
+    assert_ok(st_stage_create(td.dev[0], desc, &o, &g));
+    assert_ok(st_stage_create(td.dev[0], desc, &o, &h));
+    assert_ok(st_stage_init(g, 7));
+    assert_ok(st_stage_init(h, 7));
+    size_t n = st_stage_param_numel(g);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    for (size_t i = 0; i < st_stage_n_params(g); i++) {
+        assert_ok(st_stage_read(g, ST_STAGE_PARAMS, i, a + st_stage_param_at(g, i)->offset));
+        assert_ok(st_stage_read(h, ST_STAGE_PARAMS, i, b + st_stage_param_at(h, i)->offset));
+    }
+    assert_memory_equal(a, b, n * sizeof *a);
+    long emb = st_stage_param_find(g, "model.embed_tokens.weight");
+    long norm = st_stage_param_find(g, "model.layers.1.post_attention_layernorm.weight");
+    assert_true(emb >= 0 && norm >= 0);
+    const st_stage_param *p = st_stage_param_at(g, (size_t)emb);
+    double s2 = 0;
+    for (size_t i = 0; i < p->desc->numel; i++)
+        s2 += (double)a[p->offset + i] * a[p->offset + i];
+    double std = sqrt(s2 / p->desc->numel);
+    assert_true(std > 0.017 && std < 0.023);
+    assert_true(a[st_stage_param_at(g, (size_t)norm)->offset] == 1.0f);
+    assert_ok(st_stage_init(h, 8));
+    for (size_t i = 0; i < st_stage_n_params(h); i++)
+        assert_ok(st_stage_read(h, ST_STAGE_PARAMS, i, b + st_stage_param_at(h, i)->offset));
+    assert_true(memcmp(a, b, n * sizeof *a) != 0);
+    free(a);
+    free(b);
+    st_stage_destroy(g);
+    st_stage_destroy(h);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    st_model_desc_destroy(desc);
+    desc = NULL;
+    for (size_t i = 0; i < ref.n_params; i++) {
+        free(ref.params[i].init);
+        free(ref.params[i].grad);
+        free(ref.params[i].final);
+    }
+    free(ref.params);
+    free(ref.tokens);
+    free(ref.targets);
+    free(ref.logits);
+    free(ref.step_losses);
+    free(ref.step_norms);
+    free(ref.decoded);
+    free(ref.data);
+    return 0;
+}
+
+static int setup_llama(void **state)
+{
+    (void)state;
+    return load_reference("llama_reference.bin");
+}
+
+static int setup_qwen2(void **state)
+{
+    (void)state;
+    return load_reference("qwen2_reference.bin");
+}
+
+int main(void)
+{
+    test_devices_open_or_skip(&td);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(forward_and_gradients_match),
+        cmocka_unit_test(adamw_steps_match),
+        cmocka_unit_test(kv_decoding_matches_transformers),
+        cmocka_unit_test(init_is_deterministic_and_hf_like),
+    };
+    int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);
+    failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, teardown);
+    test_devices_close(&td);
+    return failed;
+}

@@ -1,0 +1,403 @@
+/*
+ * test_llama_layers.c - the Llama family's ops (RMSNorm, rotary embeddings,
+ * SwiGLU, grouped-query attention, nn.Linear, the token embedding) on every
+ * device against the double-precision references of ref_ops.c, and those
+ * references' backward passes against central finite differences of their
+ * forwards (tolerances: tests/layer_check.h).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "strata/layers.h"
+#include "tests/common.h"
+#include "tests/ref_ops.h"
+#include "tests/layer_check.h"
+
+static test_devices td;
+
+/* Frequencies as the model uses them (floats), as doubles for the references. */
+static double *freqs(int HS, double theta)
+{
+    double *f = zeros((size_t)HS / 2);
+    for (int i = 0; i < HS / 2; i++)
+        f[i] = (double)(1.0f / powf((float)theta, (float)(2 * i) / (float)HS));
+    return f;
+}
+
+/* ---- the references' backwards are the gradients of their forwards */
+
+typedef struct op_ctx {
+    int which; /* 0 rmsnorm, 1 rope, 2 swiglu, 3 attention, 4 linear */
+    double *x, *w, *r, *f;
+    int N, C, T, NH, KV, HS, F, IC, OC;
+} op_ctx;
+
+static double op_loss(void *p)
+{
+    op_ctx *c = p;
+    size_t n_out = 0;
+    double *out = NULL;
+    if (c->which == 0) {
+        n_out = (size_t)c->N * c->C;
+        out = zeros(n_out);
+        double *rstd = zeros((size_t)c->N);
+        ref_rmsnorm_fwd(out, rstd, c->x, c->w, c->N, c->C, 1e-6);
+        free(rstd);
+    } else if (c->which == 1) {
+        n_out = (size_t)c->N * (c->NH + 2 * c->KV) * c->HS;
+        out = zeros(n_out);
+        memcpy(out, c->x, n_out * sizeof *out);
+        ref_rope_fwd(out, c->w, c->f, c->N, c->T, 3, c->NH, c->KV, c->HS);
+    } else if (c->which == 2) {
+        n_out = (size_t)c->N * c->F;
+        out = zeros(n_out);
+        ref_swiglu_fwd(out, c->x, c->N, c->F);
+    } else if (c->which == 3) {
+        int B = c->N / c->T;
+        n_out = (size_t)c->N * c->C;
+        out = zeros(n_out);
+        double *att = zeros((size_t)B * c->NH * c->T * c->T);
+        ref_gqa_attention_fwd(out, att, c->x, B, c->T, c->C, c->NH, c->KV);
+        free(att);
+    } else {
+        n_out = (size_t)c->N * c->OC;
+        out = zeros(n_out);
+        ref_linear_fwd(out, c->x, c->w, c->f, c->N, c->IC, c->OC);
+    }
+    double L = 0;
+    for (size_t i = 0; i < n_out; i++)
+        L += out[i] * c->r[i];
+    free(out);
+    return L;
+}
+
+static void references_backward_are_gradients(void **state)
+{
+    (void)state;
+    /* RMSNorm */
+    op_ctx c = {.which = 0, .N = 3, .C = 7};
+    size_t NC = 21;
+    c.x = rnd(NC, 1, 2.0), c.w = rnd(7, 2, 1.0), c.r = rnd(NC, 3, 1.0);
+    double *out = zeros(NC), *rstd = zeros(3), *dx = zeros(NC), *dw = zeros(7);
+    ref_rmsnorm_fwd(out, rstd, c.x, c.w, 3, 7, 1e-6);
+    ref_rmsnorm_bwd(dx, dw, c.r, c.x, c.w, rstd, 3, 7);
+    check_fd("rmsnorm dinp", c.x, NC, dx, op_loss, &c);
+    check_fd("rmsnorm dw", c.w, 7, dw, op_loss, &c);
+    free(c.x), free(c.w), free(c.r), free(out), free(rstd), free(dx), free(dw);
+    /* rotary embeddings (bias included): NH 4, KV 2, HS 6, two sequences of 3 */
+    op_ctx r = {.which = 1, .N = 6, .T = 3, .NH = 4, .KV = 2, .HS = 6};
+    size_t W = (size_t)(4 + 4) * 6, n = 6 * W;
+    r.x = rnd(n, 4, 1.0), r.w = rnd(W, 5, 0.5), r.r = rnd(n, 6, 1.0), r.f = freqs(6, 100.0);
+    double *d = zeros(n), *db = zeros(W);
+    memcpy(d, r.r, n * sizeof *d);
+    ref_rope_bwd(d, r.f, 6, 3, 3, 4, 2, 6);
+    for (size_t i = 0; i < n; i++) /* the bias's gradient: column sums of dqkv */
+        db[i % W] += d[i];
+    check_fd("rope dqkv", r.x, n, d, op_loss, &r);
+    check_fd("rope dbias", r.w, W, db, op_loss, &r);
+    free(r.x), free(r.w), free(r.r), free(r.f), free(d), free(db);
+    /* SwiGLU */
+    op_ctx g = {.which = 2, .N = 4, .F = 5};
+    g.x = rnd(40, 7, 3.0), g.r = rnd(20, 8, 1.0);
+    double *dgu = zeros(40);
+    ref_swiglu_bwd(dgu, g.r, g.x, 4, 5);
+    check_fd("swiglu dgu", g.x, 40, dgu, op_loss, &g);
+    free(g.x), free(g.r), free(dgu);
+    /* grouped-query attention: B 2, T 4, C 8, NH 4, KV 2 */
+    op_ctx a = {.which = 3, .N = 8, .T = 4, .C = 8, .NH = 4, .KV = 2};
+    size_t nq = 8 * (size_t)(8 + 2 * 4);
+    a.x = rnd(nq, 9, 1.5), a.r = rnd(64, 10, 1.0);
+    double *ao = zeros(64), *att = zeros(2 * 4 * 16), *dq = zeros(nq);
+    ref_gqa_attention_fwd(ao, att, a.x, 2, 4, 8, 4, 2);
+    ref_gqa_attention_bwd(dq, a.r, a.x, att, 2, 4, 8, 4, 2);
+    check_fd("gqa attention dqkv", a.x, nq, dq, op_loss, &a);
+    free(a.x), free(a.r), free(ao), free(att), free(dq);
+    /* nn.Linear with a bias */
+    op_ctx l = {.which = 4, .N = 3, .IC = 5, .OC = 4};
+    l.x = rnd(15, 11, 1.0), l.w = rnd(20, 12, 1.0), l.f = rnd(4, 13, 1.0), l.r = rnd(12, 14, 1.0);
+    double *ldx = zeros(15), *ldw = zeros(20), *ldb = zeros(4);
+    ref_linear_bwd(ldx, ldw, ldb, l.r, l.x, l.w, 3, 5, 4);
+    check_fd("linear dinp", l.x, 15, ldx, op_loss, &l);
+    check_fd("linear dw", l.w, 20, ldw, op_loss, &l);
+    check_fd("linear db", l.f, 4, ldb, op_loss, &l);
+    free(l.x), free(l.w), free(l.f), free(l.r), free(ldx), free(ldw), free(ldb);
+}
+
+/* ---- the device against the references */
+
+static void rmsnorm_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][2] = {{1, 1}, {13, 37}, {64, 256}};
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU + 1; form++) /* and by device */
+    for (size_t d = 0; (st_layers_set_variant(form > ST_LAYERS_CPU ? -1 : form), d < td.n); d++)
+        for (size_t k = 0; k < 3; k++) {
+            st_device *dev = td.dev[d];
+            int N = shapes[k][0], C = shapes[k][1];
+            size_t NC = (size_t)N * C;
+            double *x = rnd(NC, 20 + k, 3.0), *y = rnd(NC, 21 + k, 1.0), *w = rnd(C, 22, 1.0);
+            double *dout = rnd(NC, 23, 1.0), *res = zeros(NC), *out = zeros(NC);
+            double *rstd = zeros(N), *dinp = rnd(NC, 24, 1.0), *dw = rnd(C, 25, 1.0);
+            st_tensor *tx = up(dev, x, NC, "x"), *ty = up(dev, y, NC, "y"), *tw = up(dev, w, C, "w"),
+                      *tdout = up(dev, dout, NC, "dout"), *tout = up(dev, out, NC, "out"),
+                      *tres = up(dev, res, NC, "res"), *trstd = up(dev, rstd, N, "rstd"),
+                      *tdinp = up(dev, dinp, NC, "dinp"), *tdw = up(dev, dw, C, "dw");
+            /* the fused residual first: res = y + x, out = RMSNorm(res) */
+            for (size_t i = 0; i < NC; i++)
+                res[i] = (double)(float)((float)y[i] + (float)x[i]);
+            ref_rmsnorm_fwd(out, rstd, res, w, N, C, 1e-6);
+            assert_ok(st_residual_rmsnorm_fwd(tres, tout, trstd, ty, tx, tw, N, C, 1e-6f));
+            check("residual_rmsnorm res", tres, res, NC);
+            check("residual_rmsnorm out", tout, out, NC);
+            check("residual_rmsnorm rstd", trstd, rstd, N);
+            /* then the plain op and its backward, which adds to the gradients */
+            ref_rmsnorm_fwd(out, rstd, x, w, N, C, 1e-6);
+            ref_rmsnorm_bwd(dinp, dw, dout, x, w, rstd, N, C);
+            assert_ok(st_rmsnorm_fwd(tout, trstd, tx, tw, N, C, 1e-6f));
+            assert_ok(st_rmsnorm_bwd(tdinp, tdw, tdout, tx, tw, trstd, N, C));
+            check("rmsnorm out", tout, out, NC);
+            check("rmsnorm rstd", trstd, rstd, N);
+            check("rmsnorm dinp", tdinp, dinp, NC);
+            check("rmsnorm dw", tdw, dw, C);
+            st_tensor *all[] = {tx, ty, tw, tdout, tout, tres, trstd, tdinp, tdw};
+            for (size_t i = 0; i < 9; i++)
+                st_tensor_destroy(all[i]);
+            free(x), free(y), free(w), free(dout), free(res), free(out), free(rstd), free(dinp),
+                free(dw);
+        }
+    st_layers_set_variant(-1);
+}
+
+static void rope_matches_reference(void **state)
+{
+    (void)state;
+    /* N, T, pos0, NH, KV, HS, bias */
+    static const int shapes[][7] = {{1, 1, 0, 1, 1, 2, 0},   {6, 3, 0, 4, 2, 8, 1},
+                                    {10, 5, 7, 2, 2, 16, 0}, {4, 1, 1000, 8, 1, 64, 1},
+                                    {33, 11, 0, 6, 3, 128, 1}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int N = shapes[k][0], T = shapes[k][1], pos0 = shapes[k][2], NH = shapes[k][3];
+            int KV = shapes[k][4], HS = shapes[k][5], has_bias = shapes[k][6];
+            size_t W = (size_t)(NH + 2 * KV) * HS, n = (size_t)N * W;
+            double *x = rnd(n, 30 + k, 2.0), *b = rnd(W, 31 + k, 0.5), *f = freqs(HS, 10000.0);
+            double *want = zeros(n), *dwant = rnd(n, 32 + k, 1.0);
+            memcpy(want, x, n * sizeof *want);
+            st_tensor *tx = up(dev, x, n, "qkv"), *tb = up(dev, b, W, "bias"),
+                      *tf = up(dev, f, (size_t)HS / 2, "inv_freq"), *td_ = up(dev, dwant, n, "d");
+            ref_rope_fwd(want, has_bias ? b : NULL, f, N, T, pos0, NH, KV, HS);
+            ref_rope_bwd(dwant, f, N, T, pos0, NH, KV, HS);
+            assert_ok(st_rope_fwd(tx, has_bias ? tb : NULL, tf, N, T, pos0, NH, KV, HS));
+            assert_ok(st_rope_bwd(td_, tf, N, T, pos0, NH, KV, HS));
+            check("rope fwd", tx, want, n);
+            check("rope bwd", td_, dwant, n);
+            st_tensor *all[] = {tx, tb, tf, td_};
+            for (size_t i = 0; i < 4; i++)
+                st_tensor_destroy(all[i]);
+            free(x), free(b), free(f), free(want), free(dwant);
+        }
+}
+
+static void swiglu_and_linear_match(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        int N = 37, F = 53, IC = 29, OC = 41;
+        size_t ng = (size_t)N * 2 * F, nh = (size_t)N * F;
+        double *gu = rnd(ng, 40, 4.0), *dh = rnd(nh, 41, 1.0), *h = zeros(nh), *dgu = zeros(ng);
+        ref_swiglu_fwd(h, gu, N, F);
+        ref_swiglu_bwd(dgu, dh, gu, N, F);
+        st_tensor *tgu = up(dev, gu, ng, "gu"), *tdh = up(dev, dh, nh, "dh"),
+                  *th = up(dev, h, nh, "h"), *tdgu = up(dev, dgu, ng, "dgu");
+        assert_ok(st_swiglu_fwd(th, tgu, N, F));
+        assert_ok(st_swiglu_bwd(tdgu, tdh, tgu, N, F));
+        check("swiglu h", th, h, nh);
+        check("swiglu dgu", tdgu, dgu, ng);
+        /* nn.Linear: weights [out, in]; the gradients add to what is there */
+        double *x = rnd((size_t)N * IC, 42, 1.0), *w = rnd((size_t)OC * IC, 43, 0.3);
+        double *b = rnd(OC, 44, 1.0), *dout = rnd((size_t)N * OC, 45, 1.0);
+        double *y = zeros((size_t)N * OC), *dx = zeros((size_t)N * IC);
+        double *dw = rnd((size_t)OC * IC, 46, 1.0), *db = rnd(OC, 47, 1.0);
+        st_tensor *tx = up(dev, x, (size_t)N * IC, "x"), *tw = up(dev, w, (size_t)OC * IC, "w"),
+                  *tb = up(dev, b, OC, "b"), *tdout = up(dev, dout, (size_t)N * OC, "dout"),
+                  *ty = up(dev, y, (size_t)N * OC, "y"), *tdx = up(dev, dx, (size_t)N * IC, "dx"),
+                  *tdw = up(dev, dw, (size_t)OC * IC, "dw"), *tdb = up(dev, db, OC, "db");
+        ref_linear_fwd(y, x, w, b, N, IC, OC);
+        ref_linear_bwd(dx, dw, db, dout, x, w, N, IC, OC);
+        assert_ok(st_linear_fwd(ty, tx, tw, tb, N, IC, OC));
+        assert_ok(st_linear_bwd(tdx, 0.0f, tdw, tdb, tdout, tx, tw, N, IC, OC));
+        check("linear out", ty, y, (size_t)N * OC);
+        check("linear dinp", tdx, dx, (size_t)N * IC);
+        check("linear dw", tdw, dw, (size_t)OC * IC);
+        check("linear db", tdb, db, OC);
+        /* the token embedding: rows of the table, gradients summed per token */
+        int V = 11, C = 6, Nt = 9, toks[9] = {3, 0, 10, 3, 3, 7, 0, 1, 10};
+        double *wte = rnd((size_t)V * C, 48, 1.0), *e = zeros((size_t)Nt * C);
+        double *de = rnd((size_t)Nt * C, 49, 1.0), *dwte = rnd((size_t)V * C, 50, 1.0);
+        for (int i = 0; i < Nt; i++)
+            for (int c = 0; c < C; c++) {
+                e[i * C + c] = wte[toks[i] * C + c];
+                dwte[toks[i] * C + c] += de[i * C + c];
+            }
+        st_tensor *twte = up(dev, wte, (size_t)V * C, "wte"), *tt = up_int(dev, toks, 9),
+                  *te = up(dev, de, (size_t)Nt * C, "e"), *tde = up(dev, de, (size_t)Nt * C, "de");
+        double *dwte0 = rnd((size_t)V * C, 50, 1.0);
+        st_tensor *tdwte = up(dev, dwte0, (size_t)V * C, "dwte");
+        assert_ok(st_embedding_fwd(te, tt, twte, Nt, C, V));
+        assert_ok(st_embedding_bwd(tdwte, tde, tt, Nt, C, V));
+        check("embedding out", te, e, (size_t)Nt * C);
+        check("embedding dwte", tdwte, dwte, (size_t)V * C);
+        st_tensor *all[] = {tgu, tdh, th, tdgu, tx, tw, tb, tdout, ty, tdx, tdw, tdb,
+                            twte, tt, te, tde, tdwte};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            st_tensor_destroy(all[i]);
+        free(gu), free(dh), free(h), free(dgu), free(x), free(w), free(b), free(dout), free(y),
+            free(dx), free(dw), free(db), free(wte), free(e), free(de), free(dwte), free(dwte0);
+    }
+}
+
+/* log sum_s<=t exp(q.k_s * scale) of row (b, h, t) */
+static void ref_lse(double *lse, const double *qkv, int B, int T, int C, int NH, int KV)
+{
+    int HS = C / NH, W = C + 2 * KV * HS;
+    double scale = 1.0 / sqrt((double)HS);
+    double *sv = zeros((size_t)T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                double m = -INFINITY, sum = 0;
+                for (int s = 0; s <= t; s++) {
+                    double dot = 0;
+                    for (int e = 0; e < HS; e++)
+                        dot += qkv[((size_t)b * T + t) * W + h * HS + e] *
+                               qkv[((size_t)b * T + s) * W + C + (h / (NH / KV)) * HS + e];
+                    sv[s] = dot * scale;
+                    m = fmax(m, sv[s]);
+                }
+                for (int s = 0; s <= t; s++)
+                    sum += exp(sv[s] - m);
+                lse[((size_t)b * NH + h) * T + t] = m + log(sum);
+            }
+    free(sv);
+}
+
+static void gqa_attention_matches_reference(void **state)
+{
+    (void)state;
+    /* B, T, C, NH, KV */
+    static const int shapes[][5] = {{1, 1, 4, 1, 1},  {2, 5, 12, 3, 1}, {3, 17, 32, 4, 2},
+                                    {2, 40, 24, 2, 2}, {1, 33, 128, 1, 1}, {2, 20, 64, 8, 2}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], NH = shapes[k][3];
+            int KV = shapes[k][4], W = C + 2 * KV * (C / NH);
+            size_t n = (size_t)B * T * C, nq = (size_t)B * T * W;
+            size_t na = (size_t)B * NH * T * T, nl = (size_t)B * NH * T;
+            double *qkv = rnd(nq, 60 + k, 2.0), *dout = rnd(n, 61 + k, 1.0), *out = zeros(n);
+            double *att = zeros(na), *dqkv = zeros(nq), *lse = zeros(nl);
+            ref_gqa_attention_fwd(out, att, qkv, B, T, C, NH, KV);
+            ref_gqa_attention_bwd(dqkv, dout, qkv, att, B, T, C, NH, KV);
+            ref_lse(lse, qkv, B, T, C, NH, KV);
+            st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
+                      *tout = up(dev, out, n, "out"), *tlse = up(dev, lse, nl, "lse"),
+                      *tdq = up(dev, dqkv, nq, "dqkv");
+            assert_ok(st_attention_gqa_fwd(tout, tlse, tq, NULL, B, T, C, NH, KV));
+            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, B, T, C, NH, KV));
+            check("gqa attention out", tout, out, n);
+            check("gqa attention lse", tlse, lse, nl);
+            check("gqa attention dqkv", tdq, dqkv, nq);
+            /* no atomics: the same bits again */
+            float *a1 = malloc(nq * sizeof *a1), *a2 = malloc(nq * sizeof *a2);
+            assert_ok(st_tensor_read(tdq, 0, nq, a1));
+            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, B, T, C, NH, KV));
+            assert_ok(st_tensor_read(tdq, 0, nq, a2));
+            assert_memory_equal(a1, a2, nq * sizeof *a1);
+            st_tensor *all[] = {tq, tdout, tout, tlse, tdq};
+            for (size_t i = 0; i < 5; i++)
+                st_tensor_destroy(all[i]);
+            free(a1), free(a2), free(qkv), free(dout), free(out), free(att), free(dqkv),
+                free(lse);
+        }
+    /* key/value heads that do not divide the heads are refused by name */
+    double *x = rnd(64, 1, 1.0);
+    st_tensor *q = up(td.dev[0], x, 64, "qkv"), *o = up(td.dev[0], x, 12, "out"),
+              *l = up(td.dev[0], x, 3, "lse");
+    assert_int_equal(st_attention_gqa_fwd(o, l, q, NULL, 1, 1, 12, 3, 2), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "do not divide");
+    st_tensor_destroy(q), st_tensor_destroy(o), st_tensor_destroy(l);
+    free(x);
+}
+
+/* Decoding: the token at position pos attends over the cache as row pos of
+ * the full causal attention does, and writes its key and value (KV heads)
+ * into the cache; another sequence's cache (an offset) is left alone. */
+static void gqa_decode_matches_reference(void **state)
+{
+    (void)state;
+    /* T, C, NH, KV */
+    static const int shapes[][4] = {{1, 4, 1, 1}, {7, 12, 3, 1}, {70, 32, 4, 2}, {20, 256, 4, 4}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], KV = shapes[k][3];
+            int KVD = KV * (C / NH), W = C + 2 * KVD, pos = T - 1, S = T + 3;
+            size_t nq = (size_t)T * W;
+            double *qkv = rnd(nq, 70 + k, 2.0), *out = zeros((size_t)T * C);
+            double *att = zeros((size_t)NH * T * T);
+            ref_gqa_attention_fwd(out, att, qkv, 1, T, C, NH, KV);
+            size_t nc = 2 * (size_t)S * KVD, off = (size_t)S * KVD;
+            double *kc = zeros(nc), *vc = zeros(nc), *scratch = zeros((size_t)NH * S);
+            for (int r = 0; r < pos; r++)
+                for (int e = 0; e < KVD; e++) {
+                    kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
+                    vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
+                }
+            st_tensor *tq = up(dev, qkv + (size_t)pos * W, (size_t)W, "qkv"),
+                      *tk = up(dev, kc, nc, "k"), *tv = up(dev, vc, nc, "v"),
+                      *to = up(dev, out, (size_t)C, "out"),
+                      *ts = up(dev, scratch, (size_t)NH * S, "scores");
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, pos, S, C, NH, KV));
+            check("gqa decode out", to, out + (size_t)pos * C, (size_t)C);
+            for (int e = 0; e < KVD; e++) {
+                kc[off + (size_t)pos * KVD + e] = qkv[(size_t)pos * W + C + e];
+                vc[off + (size_t)pos * KVD + e] = qkv[(size_t)pos * W + C + KVD + e];
+            }
+            check("gqa decode k cache", tk, kc, nc);
+            check("gqa decode v cache", tv, vc, nc);
+            st_tensor *all[] = {tq, tk, tv, to, ts};
+            for (size_t i = 0; i < 5; i++)
+                st_tensor_destroy(all[i]);
+            free(qkv), free(out), free(att), free(kc), free(vc), free(scratch);
+        }
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    test_devices_close(&td);
+    return 0;
+}
+
+int main(void)
+{
+    test_devices_open_or_skip(&td);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(references_backward_are_gradients),
+        cmocka_unit_test(rmsnorm_matches_reference),
+        cmocka_unit_test(rope_matches_reference),
+        cmocka_unit_test(swiglu_and_linear_match),
+        cmocka_unit_test(gqa_attention_matches_reference),
+        cmocka_unit_test(gqa_decode_matches_reference),
+    };
+    return cmocka_run_group_tests(tests, NULL, group_teardown);
+}
