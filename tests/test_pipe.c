@@ -70,10 +70,12 @@ static st_pipe *make_pipe_seqs(size_t S, st_schedule sched, int kv, int seqs)
     for (size_t s = 0; s < S; s++)
         devs[s] = td.dev[s % td.n];
     ranges(S, first, end);
-    st_pipe_options o = {.micro_batch = BATCH / MB, .seq = SEQ, .micro_batches = MB,
-                         .schedule = sched, .training = true, .kv_seq = kv, .kv_seqs = seqs};
+    st_run_shape shape = {.batch = BATCH, .seq = SEQ, .micro_batches = MB, .schedule = sched,
+                          .training = true, .kv_seq = kv, .kv_seqs = seqs};
+    st_plan plan;
+    assert_ok(st_plan_layout(desc, &shape, S, first, end, &plan));
     st_pipe *p = NULL;
-    assert_ok(st_pipe_create(devs, first, end, S, desc, &o, &p));
+    assert_ok(st_pipe_create(&plan, desc, devs, NULL, &p));
     return p;
 }
 
@@ -293,13 +295,23 @@ static void bad_layouts_are_refused(void **state)
     (void)state;
     st_device *devs[2] = {td.dev[0], td.dev[0]};
     size_t first[2] = {0, 2}, end[2] = {3, 6};
-    st_pipe_options o = {.micro_batch = 2, .seq = SEQ, .micro_batches = 2, .training = true};
-    st_pipe *p = NULL;
-    assert_int_equal(st_pipe_create(devs, first, end, 2, desc, &o, &p), ST_ERR_INVALID);
+    st_run_shape shape = {.batch = 4, .seq = SEQ, .micro_batches = 2, .training = true};
+    st_plan plan;
+    assert_int_equal(st_plan_layout(desc, &shape, 2, first, end, &plan), ST_ERR_INVALID);
     assert_contains(st_last_error(), "do not continue the split");
     end[1] = 5;
     first[1] = 3;
-    assert_int_equal(st_pipe_create(devs, first, end, 2, desc, &o, &p), ST_ERR_INVALID);
+    assert_int_equal(st_plan_layout(desc, &shape, 2, first, end, &plan), ST_ERR_INVALID);
+    /* A plan edited by hand is checked again when it makes the pipeline. */
+    end[1] = 6;
+    assert_ok(st_plan_layout(desc, &shape, 2, first, end, &plan));
+    plan.stage[1].first = 2;
+    st_pipe *p = NULL;
+    assert_int_equal(st_pipe_create(&plan, desc, devs, NULL, &p), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "do not continue the split");
+    plan.stage[1].first = 3;
+    plan.shape.micro_batches = 3; /* does not divide the batch */
+    assert_int_equal(st_pipe_create(&plan, desc, devs, NULL, &p), ST_ERR_INVALID);
 }
 
 /* What the planner predicts for each stage is what the stage allocates:
@@ -321,19 +333,19 @@ static void planner_memory_is_what_stages_allocate(void **state)
             ranges(S, first, end);
             for (size_t k = 1; k < S; k++)
                 cuts[k - 1] = first[k];
-            st_plan_input in = {.desc = desc, .micro_batch = BATCH / MB, .seq = SEQ,
-                                .micro_batches = m, .schedule = sched, .training = training,
-                                .kv_seq = kv, .kv_seqs = seqs, .n_devices = 4, .devices = prof};
+            st_plan_input in = {.desc = desc,
+                                .shape = {.batch = m * (BATCH / MB), .seq = SEQ,
+                                          .micro_batches = m, .schedule = sched,
+                                          .training = training, .kv_seq = kv, .kv_seqs = seqs},
+                                .n_devices = 4, .devices = prof};
             st_plan plan;
             assert_ok(st_plan_evaluate(&in, devices, S, cuts, &plan));
             st_device *devs[4];
-            for (size_t k = 0; k < S; k++)
+            for (size_t k = 0; k < 4; k++)
                 devs[k] = td.dev[k % td.n];
-            st_pipe_options o = {.micro_batch = BATCH / MB, .seq = SEQ, .micro_batches = m,
-                                 .schedule = sched, .training = training, .kv_seq = kv,
-                                 .kv_seqs = seqs};
+            /* the plan makes the pipeline */
             st_pipe *p = NULL;
-            assert_ok(st_pipe_create(devs, first, end, S, desc, &o, &p));
+            assert_ok(st_pipe_create(&plan, desc, devs, NULL, &p));
             for (size_t k = 0; k < S; k++) {
                 uint64_t have = st_stage_bytes(st_pipe_stage(p, k));
                 if ((double)have != plan.stage[k].total_bytes)

@@ -90,9 +90,7 @@ static void partition_matches_brute_force(void **state)
             /* sometimes tight memory, to exercise the limits */
             prof[i].mem_bytes = (uint64_t)((trial % 3 ? 1e9 : 3e6 + 6e6 * urand()));
         }
-        st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 16, .micro_batches = 4,
-                            .schedule = trial % 2 ? ST_SCHED_GPIPE : ST_SCHED_1F1B,
-                            .training = true, .n_devices = S, .devices = prof,
+        st_plan_input in = {.desc = d, .shape = {.batch = (4) * (4), .seq = 16, .micro_batches = 4, .schedule = trial % 2 ? ST_SCHED_GPIPE : ST_SCHED_1F1B, .training = true}, .n_devices = S, .devices = prof,
                             .split = {.kind = ST_SPLIT_AUTO}, .keep_all_devices = true};
         size_t cuts[ST_PLAN_MAX_STAGES] = {0};
         double want = INFINITY;
@@ -153,8 +151,7 @@ static void thousands_of_layers(void **state)
     (void)state;
     st_model_desc *d = real_model(ST_MODEL_MAX_LAYERS, 16);
     st_device_profile p[4] = {dev(100, 8), dev(100, 8), dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 16, .micro_batches = 8,
-                        .training = true, .n_devices = 4, .devices = p,
+    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 16, .micro_batches = 8, .training = true}, .n_devices = 4, .devices = p,
                         .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
@@ -175,8 +172,7 @@ static void faster_devices_get_more_layers(void **state)
     (void)state;
     st_model_desc *d = real_model(12, 512);
     st_device_profile p[2] = {dev(300, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 8,
-                        .training = true, .n_devices = 2, .devices = p,
+    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p,
                         .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
@@ -195,8 +191,7 @@ static void fewer_devices_when_faster(void **state)
     st_model_desc *d = real_model(2, 32);
     st_device_profile p[2] = {dev(50, 8), dev(50, 8)};
     p[0].h2d_gbps = p[0].d2h_gbps = p[1].h2d_gbps = p[1].d2h_gbps = 0.001;
-    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 2,
-                        .training = true, .n_devices = 2, .devices = p};
+    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (2), .seq = 64, .micro_batches = 2, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     assert_int_equal(plan.n_stages, 1);
@@ -212,8 +207,7 @@ static void memory_decides_the_split(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 512);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .micro_batch = 8, .seq = 64, .micro_batches = 4,
-                        .training = true, .n_devices = 2, .devices = p, .keep_all_devices = true};
+    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (4), .seq = 64, .micro_batches = 4, .training = true}, .n_devices = 2, .devices = p, .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     double total = plan.stage[0].total_bytes + plan.stage[1].total_bytes;
@@ -242,8 +236,7 @@ static void fixed_splits(void **state)
     (void)state;
     st_model_desc *d = real_model(12, 128);
     st_device_profile p[3] = {dev(100, 8), dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 32, .micro_batches = 8,
-                        .training = true, .n_devices = 2, .devices = p};
+    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 32, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_split_parse("layers:0-3,4-11", &in.split));
     assert_ok(st_plan_make(&in, &plan));
@@ -285,13 +278,12 @@ static void one_f_one_b_keeps_fewer_activations(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[4] = {dev(100, 64), dev(100, 64), dev(100, 64), dev(100, 64)};
-    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 64, .micro_batches = 16,
-                        .training = true, .n_devices = 4, .devices = p,
+    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (16), .seq = 64, .micro_batches = 16, .training = true}, .n_devices = 4, .devices = p,
                         .split = {.kind = ST_SPLIT_UNIFORM}};
     st_plan g, f;
-    in.schedule = ST_SCHED_GPIPE;
+    in.shape.schedule = ST_SCHED_GPIPE;
     assert_ok(st_plan_make(&in, &g));
-    in.schedule = ST_SCHED_1F1B;
+    in.shape.schedule = ST_SCHED_1F1B;
     assert_ok(st_plan_make(&in, &f));
     for (size_t s = 0; s < 4; s++) {
         assert_int_equal(g.stage[s].in_flight, 16);
@@ -311,8 +303,7 @@ static void shared_hardware_is_planned_as_shared(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .micro_batch = 4, .seq = 64, .micro_batches = 8,
-                        .training = true, .n_devices = 2, .devices = p};
+    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     assert_int_equal(plan.n_stages, 2); /* separate hardware: the split pays */
@@ -352,30 +343,28 @@ static void micro_batches_chosen(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .seq = 64, .batch = 32, .training = true, .n_devices = 1,
+    st_plan_input in = {.desc = d, .shape = {.batch = 32, .seq = 64, .training = true}, .n_devices = 1,
                         .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
-    assert_int_equal(plan.micro_batches, 1);
-    assert_int_equal(plan.micro_batch, 32);
+    assert_int_equal(plan.shape.micro_batches, 1);
+    assert_int_equal(st_run_micro_batch(&plan.shape), 32);
     in.n_devices = 2;
     in.keep_all_devices = true;
     assert_ok(st_plan_make(&in, &plan));
     assert_int_equal(plan.n_stages, 2);
-    assert_true(plan.micro_batches > 1);
-    assert_int_equal(plan.micro_batch * plan.micro_batches, 32);
-    assert_true(plan.micro_batch * 64 >= 256);
+    assert_true(plan.shape.micro_batches > 1);
+    assert_int_equal(st_run_micro_batch(&plan.shape) * plan.shape.micro_batches, 32);
+    assert_true(st_run_micro_batch(&plan.shape) * 64 >= 256);
     /* The same as planning that count by hand. */
     st_plan_input fixed = in;
-    fixed.micro_batches = plan.micro_batches;
-    fixed.micro_batch = plan.micro_batch;
+    fixed.shape.micro_batches = plan.shape.micro_batches;
     st_plan same;
     assert_ok(st_plan_make(&fixed, &same));
     assert_true(fabs(same.step_ms - plan.step_ms) < 1e-9);
     /* And no other count of at least 256 tokens is predicted more than 3% faster. */
     for (int m = 1; m <= 8; m *= 2) {
-        fixed.micro_batches = m;
-        fixed.micro_batch = 32 / m;
+        fixed.shape.micro_batches = m;
         assert_ok(st_plan_make(&fixed, &same));
         assert_true(same.step_ms >= plan.step_ms * 0.97 - 1e-9);
     }
@@ -383,14 +372,13 @@ static void micro_batches_chosen(void **state)
     in.n_devices = 1;
     in.keep_all_devices = false;
     fixed = in;
-    fixed.micro_batches = 1;
-    fixed.micro_batch = 32;
+    fixed.shape.micro_batches = 1;
     assert_ok(st_plan_make(&fixed, &same));
     p[0].mem_bytes = (uint64_t)(same.stage[0].param_bytes + 0.5 * same.stage[0].act_bytes);
     assert_ok(st_plan_make(&in, &plan));
-    assert_true(plan.micro_batches > 1);
+    assert_true(plan.shape.micro_batches > 1);
     assert_true(plan.stage[0].total_bytes <= (double)p[0].mem_bytes);
-    in.batch = 0;
+    in.shape.batch = 0;
     assert_int_equal(st_plan_make(&in, &plan), ST_ERR_INVALID);
     st_model_desc_destroy(d);
 }

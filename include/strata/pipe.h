@@ -51,26 +51,14 @@ typedef struct st_pipe_comm {
     void *ctx;
 } st_pipe_comm;
 
-typedef struct st_pipe_options {
-    int micro_batch, seq;  /* B x T of one micro-batch */
-    int micro_batches;     /* m per step */
-    st_schedule schedule;
-    bool training;
-    int kv_seq;            /* decoding: KV cache length; 0: none */
-    int kv_seqs;           /* decoding: sequences at once, each its own cache; 0 means 1 */
-} st_pipe_options;
-
-/* Stage s holds layers [first[s], end[s]) of desc on devs[s]; the ranges
- * must cover the model in order. */
-st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
-                         size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
-                         st_pipe **out);
-/* The same with some stages in other processes: devs[s] and the stage exist
- * only where comm->stage_rank[s] is comm->rank. */
-st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const size_t *end,
-                              size_t n_stages, const st_model_desc *desc,
-                              const st_pipe_options *o, const st_pipe_comm *comm,
-                              st_pipe **out);
+/* The pipeline of a plan (strata/plan.h): stage s holds layers
+ * [plan->stage[s].first, .end) on devs[plan->stage[s].device] (devs indexed
+ * as the devices the plan was made over), keeping plan->stage[s].in_flight
+ * micro-batches' activations; the run's shape is plan->shape. With comm
+ * (MPI ranks), a stage exists only where comm->stage_rank[s] is comm->rank
+ * (devs of other ranks' devices may be NULL); NULL: every stage here. */
+st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_device *const *devs,
+                         const st_pipe_comm *comm, st_pipe **out);
 void st_pipe_destroy(st_pipe *p);
 
 size_t st_pipe_n_stages(const st_pipe *p);

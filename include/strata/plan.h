@@ -81,14 +81,27 @@ typedef struct st_split_spec {
  * the embedding goes with the first stage, the head with the last). */
 st_status st_split_parse(const char *text, st_split_spec *out);
 
+/* What a run asks of the pipeline: the one description of its shape that
+ * the planner, the pipeline, the training loop and the commands share. */
+typedef struct st_run_shape {
+    int batch;            /* sequences per step (or per forward pass) */
+    int seq;              /* tokens per sequence */
+    int micro_batches;    /* the batch in this many micro-batches (dividing it);
+                           * 0 in a plan's input: the planner chooses */
+    st_schedule schedule; /* GPipe or 1F1B */
+    bool training;        /* gradients, optimizer, backward passes */
+    int kv_seq, kv_seqs;  /* decoding: KV cache positions and sequences (0: none) */
+} st_run_shape;
+
+/* Sequences per micro-batch. */
+static inline int st_run_micro_batch(const st_run_shape *r)
+{
+    return r->micro_batches > 0 ? r->batch / r->micro_batches : r->batch;
+}
+
 typedef struct st_plan_input {
     const st_model_desc *desc;
-    /* micro_batches 0: the planner chooses how many (a divisor of `batch`,
-     * the sequences per step; micro_batch is then ignored). */
-    int micro_batch, seq, micro_batches, batch;
-    st_schedule schedule;
-    bool training;
-    int kv_seq, kv_seqs; /* decoding: KV cache positions and sequences (0: none) */
+    st_run_shape shape;
     size_t n_devices;
     const st_device_profile *devices;
     st_split_spec split;
@@ -106,8 +119,12 @@ typedef struct st_plan_stage {
     double xfer_ms;           /* the transfers' part of fwd_ms + bwd_ms */
 } st_plan_stage;
 
+/* A plan is what creates the pipeline (st_pipe_create): the run's shape
+ * (micro-batches as given or chosen), and per stage its device (an index
+ * into the devices planned over), its layer range and the micro-batches
+ * whose activations it keeps (its slots). */
 typedef struct st_plan {
-    int micro_batch, micro_batches; /* as given, or as chosen */
+    st_run_shape shape;
     size_t n_stages;
     st_plan_stage stage[ST_PLAN_MAX_STAGES];
     double step_ms;           /* predicted training step (or forward pass) */
@@ -134,6 +151,11 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out);
  * layer of stages 1..S-1), for tests and for checking explicit splits. */
 st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_t S,
                            const size_t *cuts, st_plan *out);
+
+/* A plan without predictions: stage s holds layers [first[s], end[s]) on
+ * device s, with the schedule's slots. For a layout chosen by hand. */
+st_status st_plan_layout(const st_model_desc *desc, const st_run_shape *shape, size_t S,
+                         const size_t *first, const size_t *end, st_plan *out);
 
 #ifdef __cplusplus
 }

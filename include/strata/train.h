@@ -25,9 +25,8 @@ extern "C" {
 #endif
 
 typedef struct st_train_config {
-    int batch, seq;        /* sequences per step, tokens per sequence */
-    int micro_batches;     /* the batch in this many pipeline micro-batches (divides it) */
-    st_schedule schedule;  /* GPipe or 1F1B */
+    st_run_shape shape;    /* sequences per step, tokens per sequence, micro-batches
+                            * (dividing the batch), schedule; training is set */
     long steps;            /* last step (a resumed run continues to it) */
     long stop_at;          /* 0, or stop after this step as if interrupted (the
                             * schedule still runs to `steps`) */
@@ -85,12 +84,12 @@ typedef struct st_train_event {
 
 typedef void (*st_train_callback)(const st_train_event *e, void *user);
 
-/* Where the model lives: stage s holds layers [first[s], end[s]) of the
- * model description on dev[s] (one stage: the whole model on one device). */
+/* Where the model lives: the plan (strata/plan.h), whose shape must be the
+ * training's, and the devices it was made over (plan->stage[s].device
+ * indexes devs; NULL for a device of another process). */
 typedef struct st_train_layout {
-    size_t n_stages;
-    st_device *dev[ST_PLAN_MAX_STAGES]; /* NULL for a stage another process holds */
-    size_t first[ST_PLAN_MAX_STAGES], end[ST_PLAN_MAX_STAGES];
+    const st_plan *plan;
+    st_device *const *devs;
     /* Stages in several processes (MPI): NULL for one process. Checkpoints
      * are then written as one shard per rank and an index by rank 0. */
     const st_pipe_comm *comm;

@@ -15,6 +15,7 @@
 #include "strata/strata.h"
 #include "strata_config.h"
 #include "strata/plan.h"
+#include "strata/run.h"
 #include "strata/train.h"
 
 enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
@@ -81,27 +82,18 @@ void cli_model_describe(const st_model_config *cfg, char *out, size_t size);
 typedef struct cli_plan_opts {
     const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */
     const char *mem_limit; /* "0:2G,1:6G" or NULL */
-    /* micro_batches 0: the planner chooses, from `batch` sequences a step */
-    int micro_batch, seq, micro_batches, batch;
-    st_schedule schedule;
-    bool training;
+    st_run_shape shape;    /* micro_batches 0: the planner chooses */
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
     bool quiet;
 } cli_plan_opts;
 
 st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
-/* The GEMM a device is profiled with for this model and run shape. */
-void cli_profile_shape(const st_model_desc *desc, const cli_plan_opts *o, size_t *m, size_t *n,
-                       size_t *k);
-/* The attention kernels' rate for the planner (prof[i].attn_gflops). */
-st_status cli_profile_attention(st_device *const *devs, size_t n, const st_model_desc *desc,
-                                const cli_plan_opts *o, st_device_profile *prof);
-/* Profiles the devices (cached) and plans; prof gets one entry per device. */
+/* --mem-limit applied, then the library's planning (st_run_plan): prof gets
+ * one entry per device. */
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,
                         st_plan *plan, st_device_profile *prof);
 void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_devices *devs,
                     const st_device_profile *prof, const cli_plan_opts *o, FILE *f);
-void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layout *layout);
 
 /* The profiler's tables for these devices (each once): per op, launches and
  * ms per step, share, GB/s and GFLOPS, over `steps` steps of step_ms each;
@@ -109,14 +101,6 @@ void cli_plan_layout(const st_plan *plan, const cli_devices *devs, st_train_layo
  * gets the same as JSON lines (report.c). */
 st_status cli_profile_report(st_device *const *devs, size_t n, long steps, double step_ms,
                              int n_blocks, int micro_batches, FILE *f, FILE *jf);
-
-#if STRATA_HAVE_MPI
-/* Under mpirun: this rank's devices, rank 0's plan over all ranks, and the
- * layout and comm for st_train (mpi_plan.c). */
-st_status cli_mpi_plan(cli_devices *devs, bool devices_given, const st_model_desc *desc,
-                       const cli_plan_opts *o, st_plan *plan, st_device_profile *prof,
-                       st_train_layout *layout, st_pipe_comm *comm);
-#endif
 
 int cmd_devices(int argc, char **argv);
 int cmd_check(int argc, char **argv);

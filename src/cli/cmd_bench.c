@@ -71,21 +71,19 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     st_device_profile prof[ST_MAX_DEVICES];
     st_status s = cli_make_plan(&sub, desc, &po, &plan, prof);
     cli_plan_opts fo = po;
-    fo.training = false;
+    fo.shape.training = false;
     if (s == ST_OK)
         s = cli_make_plan(&sub, desc, &fo, &fplan, prof);
     if (s != ST_OK)
         return s;
     cli_plan_print(&plan, desc, &sub, prof, &po, plan_out);
-    st_train_layout layout;
-    cli_plan_layout(&plan, &sub, &layout);
-    st_pipe_options o = {.micro_batch = po.micro_batch, .seq = po.seq,
-                         .micro_batches = po.micro_batches, .schedule = po.schedule,
-                         .training = true};
+    size_t n_stages = plan.n_stages;
+    st_device *stage_dev[ST_PLAN_MAX_STAGES];
+    for (size_t j = 0; j < n_stages; j++)
+        stage_dev[j] = sub.dev[plan.stage[j].device];
     st_pipe *p = NULL;
-    if ((s = st_devices_prepare(layout.dev, layout.n_stages)) != ST_OK ||
-        (s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, desc, &o,
-                            &p)) != ST_OK ||
+    if ((s = st_devices_prepare(stage_dev, n_stages)) != ST_OK ||
+        (s = st_pipe_create(&plan, desc, sub.dev, NULL, &p)) != ST_OK ||
         (s = st_pipe_init(p, 1)) != ST_OK) {
         st_pipe_destroy(p);
         return s;
@@ -96,21 +94,21 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     for (long i = 0; s == ST_OK && i <= steps; i++) {
         st_pipe_step_result r;
         if (i == 1 && st_profiler_enabled()) /* the warm-up step is not profiled */
-            for (size_t k2 = 0; k2 < layout.n_stages; k2++)
-                st_profiler_reset(layout.dev[k2]);
+            for (size_t k2 = 0; k2 < n_stages; k2++)
+                st_profiler_reset(stage_dev[k2]);
         double t0 = st_now_s();
         s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
         t[i] = (st_now_s() - t0) * 1e3;
         if (i > 0) {
             train_sum += t[i];
-            for (size_t k2 = 0; k2 < layout.n_stages; k2++)
-                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)layout.n_stages / (double)steps;
+            for (size_t k2 = 0; k2 < n_stages; k2++)
+                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)n_stages / (double)steps;
         }
     }
     if (s == ST_OK && st_profiler_enabled()) {
         fprintf(plan_out, "training steps on %zu device%s:", k, k == 1 ? "" : "s");
-        s = cli_profile_report(layout.dev, layout.n_stages, steps, train_sum / (double)steps,
-                               desc->cfg.n_layer, po.micro_batches, plan_out, NULL);
+        s = cli_profile_report(stage_dev, n_stages, steps, train_sum / (double)steps,
+                               desc->cfg.n_layer, plan.shape.micro_batches, plan_out, NULL);
         fprintf(plan_out, "\n");
     }
     st_profiler_pause(true); /* the forward passes are not in the table */
@@ -124,7 +122,7 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
         qsort(t + steps + 2, (size_t)steps, sizeof *t, by_double);
         row->devices = k;
-        row->stages = layout.n_stages;
+        row->stages = n_stages;
         row->train_ms = t[1 + steps / 2];
         row->fwd_ms = t[steps + 2 + steps / 2];
         row->train_spread = (t[steps] - t[1]) / row->train_ms;
@@ -221,7 +219,7 @@ int cmd_bench(int argc, char **argv)
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false;
     const char *devices = NULL, *format = "table";
-    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true, .quiet = true};
+    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true}, .quiet = true};
     int c, li;
     optind = 1;
     opterr = 0;
@@ -239,7 +237,7 @@ int cmd_bench(int argc, char **argv)
         case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
         case 'n': ok = cli_parse_long(optarg, 1, 1000, &steps); break;
         case 's':
-            if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
+            if (st_schedule_parse(optarg, &po.shape.schedule) != ST_OK)
                 return cli_usage_error("bench", "%s", st_last_error());
             break;
         case 'd': devices = optarg; break;
@@ -287,9 +285,9 @@ int cmd_bench(int argc, char **argv)
         tokens[i] = (int32_t)((r >> 33) % 256);
         targets[i] = (int32_t)((r >> 41) % 256);
     }
-    po.micro_batch = (int)(B / m);
-    po.seq = (int)T;
-    po.micro_batches = (int)m;
+    po.shape.batch = (int)B;
+    po.shape.seq = (int)T;
+    po.shape.micro_batches = (int)m;
     bench_row rows[8];
     size_t n_rows = 0;
     bool table = strcmp(format, "table") == 0;
@@ -299,7 +297,7 @@ int cmd_bench(int argc, char **argv)
                 "model: %s %ld layers x %ld channels, %zu parameters | batch %ld x %ld tokens "
                 "in %ld micro-batches | %s\n\n",
                 st_family_name(cfg.family), L, C, desc->param_numel, B, T, m,
-                st_schedule_name(po.schedule));
+                st_schedule_name(po.shape.schedule));
     for (size_t k = 1; s == ST_OK && k <= devs.n && n_rows < 8; k *= 2) {
         if ((s = bench_k(&devs, k, desc, &po, steps, tokens, targets, info, &rows[n_rows])) ==
             ST_OK)

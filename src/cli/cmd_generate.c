@@ -24,8 +24,9 @@ typedef struct run_flags {
 } run_flags;
 
 /* Opens dir's model over the chosen devices, split by the planner (plan
- * printed to stderr when there is more than one stage). */
-static st_status open_model(const char *dir, const run_flags *f, st_pipe_options *o,
+ * printed to stderr when there is more than one stage). shape: the run's
+ * (micro_batches 0: the planner chooses; set to the plan's). */
+static st_status open_model(const char *dir, const run_flags *f, st_run_shape *shape,
                             cli_devices *devs, st_model_config *cfg, st_model_desc **desc,
                             st_pipe **p)
 {
@@ -40,17 +41,11 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
         return s;
     if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK)
         return s;
-    if (o->kv_seq > cfg->n_positions)
-        o->kv_seq = cfg->n_positions;
-    if (o->seq > cfg->n_positions)
-        o->seq = cfg->n_positions;
-    /* o->micro_batches 0: the planner chooses (o->micro_batch is then the batch). */
-    cli_plan_opts po = {.split = f->split, .mem_limit = f->mem_limit,
-                        .micro_batch = o->micro_batch,
-                        .seq = o->kv_seq ? o->kv_seq : o->seq,
-                        .micro_batches = o->micro_batches, .batch = o->micro_batch,
-                        .schedule = ST_SCHED_1F1B,
-                        .training = false,
+    if (shape->kv_seq > cfg->n_positions)
+        shape->kv_seq = cfg->n_positions;
+    if (shape->seq > cfg->n_positions)
+        shape->seq = cfg->n_positions;
+    cli_plan_opts po = {.split = f->split, .mem_limit = f->mem_limit, .shape = *shape,
                         .devices_explicit = f->devices != NULL || getenv("STRATA_DEVICES") != NULL,
                         .quiet = true};
     st_plan plan;
@@ -59,19 +54,17 @@ static st_status open_model(const char *dir, const run_flags *f, st_pipe_options
         return s;
     if (plan.n_stages > 1)
         cli_plan_print(&plan, *desc, devs, prof, &po, stderr);
-    o->micro_batches = plan.micro_batches;
-    o->micro_batch = plan.micro_batch;
-    st_train_layout layout;
-    cli_plan_layout(&plan, devs, &layout);
-    if ((s = st_devices_prepare(layout.dev, layout.n_stages)) != ST_OK)
-        return s;
-    if ((s = st_pipe_create(layout.dev, layout.first, layout.end, layout.n_stages, *desc, o, p)) !=
-        ST_OK)
+    *shape = plan.shape;
+    st_device *stage_dev[ST_PLAN_MAX_STAGES];
+    for (size_t k = 0; k < plan.n_stages; k++)
+        stage_dev[k] = devs->dev[plan.stage[k].device];
+    if ((s = st_devices_prepare(stage_dev, plan.n_stages)) != ST_OK ||
+        (s = st_pipe_create(&plan, *desc, devs->dev, NULL, p)) != ST_OK)
         return s;
     st_stage *stages[ST_PLAN_MAX_STAGES];
-    for (size_t k = 0; k < layout.n_stages; k++)
+    for (size_t k = 0; k < plan.n_stages; k++)
         stages[k] = st_pipe_stage(*p, k);
-    return st_checkpoint_load(dir, stages, layout.n_stages, NULL);
+    return st_checkpoint_load(dir, stages, plan.n_stages, NULL);
 }
 
 static uint64_t next_u64(uint64_t *s)
@@ -182,8 +175,9 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     st_model_config cfg = {0};
     st_model_desc *desc = NULL;
     st_pipe *g = NULL;
-    st_pipe_options o = {.micro_batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
-                         .kv_seqs = n_prompts};
+    /* One token of each prompt at a time, each prompt with its own cache. */
+    st_run_shape o = {.batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
+                      .kv_seqs = n_prompts};
     st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
     if (s != ST_OK) {
         /* Nothing is sized from a config that was not read (found by ASan). */
@@ -497,8 +491,7 @@ int cmd_eval(int argc, char **argv)
     cli_devices devs = {0};
     st_model_desc *desc = NULL;
     st_pipe *g = NULL;
-    st_pipe_options o = {.micro_batch = (int)(micro ? B / micro : B), .seq = (int)T,
-                         .micro_batches = (int)micro};
+    st_run_shape o = {.batch = (int)B, .seq = (int)T, .micro_batches = (int)micro};
     s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
     size_t N = (size_t)B * T;
     int32_t *tok = malloc(N * sizeof *tok), *tgt = malloc(N * sizeof *tgt);

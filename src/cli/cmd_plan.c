@@ -62,9 +62,12 @@ static void print_json(const st_plan *plan, const cli_devices *devs,
                               prof[st->device].gflops, "h2d_gbps", prof[st->device].h2d_gbps,
                               "in_flight", st->in_flight));
     }
+    (void)o;
+    const st_run_shape *r = &plan->shape;
     json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:b, s:o, s:f, s:f, s:f, s:f, s:s}", "schedule",
-                          st_schedule_name(o->schedule), "micro_batch", plan->micro_batch, "seq",
-                          o->seq, "micro_batches", plan->micro_batches, "training", o->training,
+                          st_schedule_name(r->schedule), "micro_batch", st_run_micro_batch(r),
+                          "seq", r->seq, "micro_batches", r->micro_batches, "training",
+                          r->training,
                           "stages", stages, "step_ms", plan->step_ms, "bubble", plan->bubble,
                           "one_device_ms", plan->one_device_ms, "speedup", plan->speedup, "note",
                           plan->note);
@@ -94,7 +97,7 @@ int cmd_plan(int argc, char **argv)
     long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 0; /* 0: chosen */
     bool json = false, given_pos = false, sizes_given = false;
     cli_model_flags mf = {0};
-    cli_plan_opts po = {.schedule = ST_SCHED_1F1B, .training = true};
+    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true}};
     int c, li;
     optind = 1;
     opterr = 0;
@@ -117,10 +120,10 @@ int cmd_plan(int argc, char **argv)
         case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
         case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
         case 's':
-            if (st_schedule_parse(optarg, &po.schedule) != ST_OK)
+            if (st_schedule_parse(optarg, &po.shape.schedule) != ST_OK)
                 return cli_usage_error("plan", "%s", st_last_error());
             break;
-        case 'i': po.training = false; break;
+        case 'i': po.shape.training = false; break;
         case 'd': devices = optarg; break;
         case 'S': po.split = optarg; break;
         case 'M': po.mem_limit = optarg; break;
@@ -163,10 +166,9 @@ int cmd_plan(int argc, char **argv)
     if (T > cfg.n_positions)
         return cli_usage_error("plan", "--seq %ld is longer than the model's %d positions", T,
                                cfg.n_positions);
-    po.micro_batch = (int)(m ? B / m : B);
-    po.seq = (int)T;
-    po.micro_batches = (int)m;
-    po.batch = (int)B;
+    po.shape.batch = (int)B;
+    po.shape.seq = (int)T;
+    po.shape.micro_batches = (int)m;
     po.devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL;
     po.quiet = json;
     st_model_desc *desc = NULL;

@@ -117,7 +117,7 @@ static void help(void)
            "\n"
            "Exit status: 0 trained; 1 a device or run failure; 2 bad options or files;\n"
            "130 interrupted (after saving).\n",
-           2, 64, 4, d.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
+           2, 64, 4, d.shape.batch, d.steps, (double)d.lr, (double)d.min_lr, d.warmup,
            (double)d.weight_decay, (double)d.clip, (unsigned long long)d.seed, d.eval_every,
            d.eval_batches, d.keep);
 }
@@ -493,8 +493,8 @@ int cmd_train(int argc, char **argv)
         case O_INNER: ok = cli_parse_long(arg, 1, 1 << 20, &mf.inner); break;
         case O_ROPE_THETA: ok = cli_parse_double(arg, 1.0001, 1e12, &mf.rope_theta); break;
         case O_TIE: mf.tied = true; break;
-        case O_BATCH: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.batch = (int)v; break;
-        case O_SEQ: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.seq = (int)v; break;
+        case O_BATCH: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.shape.batch = (int)v; break;
+        case O_SEQ: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.shape.seq = (int)v; break;
         case O_STEPS: ok = cli_parse_long(arg, 1, 1L << 40, &tc.steps); break;
         case O_LR: ok = cli_parse_float(arg, 1e-12, 10, &tc.lr); break;
         case O_MINLR: ok = cli_parse_float(arg, 0, 10, &tc.min_lr); break;
@@ -520,9 +520,9 @@ int cmd_train(int argc, char **argv)
                                        arg);
             tc.skip_nonfinite = strcmp(arg, "skip") == 0;
             break;
-        case O_MICRO: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.micro_batches = (int)v; break;
+        case O_MICRO: ok = cli_parse_long(arg, 1, 1 << 20, &v); tc.shape.micro_batches = (int)v; break;
         case O_SCHEDULE:
-            if (st_schedule_parse(arg, &tc.schedule) != ST_OK)
+            if (st_schedule_parse(arg, &tc.shape.schedule) != ST_OK)
                 return cli_usage_error("train", "%s", st_last_error());
             break;
         case O_SPLIT: split = arg; break;
@@ -606,8 +606,8 @@ int cmd_train(int argc, char **argv)
                                         &saved_id)) != ST_OK)
             return cli_fail(s);
         snprintf(tc.run, sizeof tc.run, "%s", saved.run);
-        if (!given[O_BATCH]) tc.batch = saved.batch;
-        if (!given[O_SEQ]) tc.seq = saved.seq;
+        if (!given[O_BATCH]) tc.shape.batch = saved.shape.batch;
+        if (!given[O_SEQ]) tc.shape.seq = saved.shape.seq;
         if (!given[O_STEPS]) tc.steps = saved.steps;
         if (!given[O_LR]) tc.lr = saved.lr;
         if (!given[O_MINLR]) tc.min_lr = saved.min_lr;
@@ -615,8 +615,8 @@ int cmd_train(int argc, char **argv)
         if (!given[O_WD]) tc.weight_decay = saved.weight_decay;
         if (!given[O_CLIP]) tc.clip = saved.clip;
         if (!given[O_SEED]) tc.seed = saved.seed;
-        if (!given[O_MICRO]) tc.micro_batches = saved.micro_batches;
-        if (!given[O_SCHEDULE]) tc.schedule = saved.schedule;
+        if (!given[O_MICRO]) tc.shape.micro_batches = saved.shape.micro_batches;
+        if (!given[O_SCHEDULE]) tc.shape.schedule = saved.shape.schedule;
         tc.beta1 = saved.beta1, tc.beta2 = saved.beta2, tc.eps = saved.eps;
         if (!data && saved_id.path[0]) {
             /* Recorded as an absolute path: found from any folder. */
@@ -660,13 +660,13 @@ int cmd_train(int argc, char **argv)
     if ((s = st_dataset_open(data, &ds)) != ST_OK)
         return cli_fail(s);
     int fixed = st_dataset_fixed_seq(ds);
-    if (fixed && tc.seq && tc.seq != fixed) {
+    if (fixed && tc.shape.seq && tc.shape.seq != fixed) {
         st_dataset_destroy(ds);
         return cli_usage_error("train", "the addition task has sequences of %d tokens: leave --seq out",
                                fixed);
     }
-    if (!tc.seq)
-        tc.seq = fixed ? fixed : 64;
+    if (!tc.shape.seq)
+        tc.shape.seq = fixed ? fixed : 64;
     if (!tc.resume_dir) {
         if (config) {
             if ((s = st_model_config_load(config, &cfg)) != ST_OK) {
@@ -675,7 +675,7 @@ int cmd_train(int argc, char **argv)
             }
         } else {
             mf.vocab = vocab ? vocab : (long)st_dataset_vocab_needed(ds);
-            mf.positions = positions ? positions : tc.seq;
+            mf.positions = positions ? positions : tc.shape.seq;
             mf.embd = embd;
             mf.layers = layers;
             mf.heads = heads;
@@ -708,59 +708,80 @@ int cmd_train(int argc, char **argv)
     printf("model: %s\n", model_line);
     printf("training: batch %d x %d tokens, %ld steps, lr %.1e warmup %ld cosine to %.1e, "
            "seed %llu\n",
-           tc.batch, tc.seq, tc.steps, (double)tc.lr, tc.warmup, (double)tc.min_lr,
+           tc.shape.batch, tc.shape.seq, tc.steps, (double)tc.lr, tc.warmup, (double)tc.min_lr,
            (unsigned long long)tc.seed);
     fflush(stdout);
     st_model_desc *desc = NULL;
     st_plan plan;
-    st_device_profile prof[ST_MAX_DEVICES];
+    st_device_profile prof[ST_PLAN_MAX_STAGES];
     /* Without --micro-batches (and not resuming) the planner chooses. */
     bool micro_auto = !given[O_MICRO] && !tc.resume_dir;
-    cli_plan_opts po = {.split = split, .mem_limit = mem_limit,
-                        .micro_batch = tc.batch / tc.micro_batches, .seq = tc.seq,
-                        .micro_batches = micro_auto ? 0 : tc.micro_batches, .batch = tc.batch,
-                        .schedule = tc.schedule, .training = true,
+    cli_plan_opts po = {.split = split, .mem_limit = mem_limit, .shape = tc.shape,
                         .devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL};
-    if (!micro_auto && tc.batch % tc.micro_batches != 0)
+    po.shape.micro_batches = micro_auto ? 0 : tc.shape.micro_batches;
+    if (!micro_auto && tc.shape.batch % tc.shape.micro_batches != 0)
         s = st_error(ST_ERR_INVALID,
                      "a batch of %d sequences does not split into %d equal micro-batches",
-                     tc.batch, tc.micro_batches);
+                     tc.shape.batch, tc.shape.micro_batches);
     bool mpi = false;
+    /* The devices the plan was made over, by its device index (NULL: another rank's). */
+    st_device *plan_devs[ST_PLAN_MAX_STAGES] = {NULL};
+    st_train_layout layout = {.plan = &plan, .devs = plan_devs};
 #if STRATA_HAVE_MPI
     st_pipe_comm comm;
     mpi = st_mpi_active() && st_mpi_size() > 1;
 #endif
-    st_train_layout layout;
     if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK) {
 #if STRATA_HAVE_MPI
         if (mpi) {
-            s = cli_mpi_plan(&devs, devices != NULL, desc, &po, &plan, prof, &layout, &comm);
-            if (s == ST_OK)
+            /* Without --devices, one device per rank: the local rank's among those found. */
+            if (!devices && devs.n > 1) {
+                size_t pick = (size_t)st_mpi_local_rank() % devs.n;
+                devs.dev[0] = devs.dev[pick];
+                devs.index[0] = devs.index[pick];
+                devs.n = 1;
+            }
+            st_run_plan_options ro = {.split = split, .keep_all_devices = true, .quiet = true};
+            if ((s = mem_limit ? cli_apply_mem_limit(mem_limit, &devs) : ST_OK) == ST_OK)
+                s = st_run_plan_mpi(devs.dev, devs.index, devs.n, desc, &po.shape, &ro, &plan,
+                                    prof, plan_devs, &comm);
+            if (s == ST_OK) {
+                layout.comm = &comm;
+                layout.ranks = st_mpi_size();
+                layout.barrier = st_mpi_barrier;
+                layout.gather = st_mpi_gather_lines;
                 cli_plan_print(&plan, desc, NULL, prof, &po, stdout);
+            }
         }
 #endif
         if (!mpi && (s = cli_make_plan(&devs, desc, &po, &plan, prof)) == ST_OK) {
-            cli_plan_layout(&plan, &devs, &layout);
+            for (size_t i = 0; i < devs.n; i++)
+                plan_devs[i] = devs.dev[i];
             cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
         }
         if (s == ST_OK)
-            tc.micro_batches = plan.micro_batches;
+            tc.shape.micro_batches = plan.shape.micro_batches;
     }
+    /* Each stage's device here (NULL: another rank's). */
+    st_device *stage_dev[ST_PLAN_MAX_STAGES] = {NULL};
+    size_t n_stages = s == ST_OK ? plan.n_stages : 0;
+    for (size_t k = 0; k < n_stages; k++)
+        stage_dev[k] = plan_devs[plan.stage[k].device];
     if (s == ST_OK) {
         fflush(stdout);
-        s = st_devices_prepare(layout.dev, layout.n_stages);
+        s = st_devices_prepare(stage_dev, n_stages);
         /* A device on CLBlast's defaults may have much faster products. */
-        for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {
+        for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
             bool seen = false;
             for (size_t j = 0; j < k; j++)
-                seen |= layout.dev[j] == layout.dev[k];
-            if (!seen && layout.dev[k] &&
-                st_device_tuning_source(layout.dev[k]) == ST_TUNING_DEFAULT)
+                seen |= stage_dev[j] == stage_dev[k];
+            if (!seen && stage_dev[k] &&
+                st_device_tuning_source(stage_dev[k]) == ST_TUNING_DEFAULT)
                 fprintf(stderr,
                         "hint: %s has never been tuned here and runs CLBlast's default GEMM "
                         "parameters; `strata tune --devices %u --budget 300` searches for "
                         "faster ones (kept for every later run)\n",
-                        st_device_label(layout.dev[k]), st_device_get_info(layout.dev[k])->index);
+                        st_device_label(stage_dev[k]), st_device_get_info(stage_dev[k])->index);
         }
     }
     if (s == ST_OK) {
@@ -792,24 +813,24 @@ int cmd_train(int argc, char **argv)
         bool together = false;
         layout.failed_together = &together;
         if (st_profiler_enabled()) {
-            L.prof_devs = layout.dev;
-            L.n_prof = layout.n_stages;
+            L.prof_devs = stage_dev;
+            L.n_prof = n_stages;
         }
         s = st_train(&layout, &cfg, ds, &tc, on_event, &L);
         if (s == ST_OK && st_profiler_enabled() && L.ms_n > 0 && !mpi)
-            s = cli_profile_report(layout.dev, layout.n_stages, L.ms_n, L.ms_sum / L.ms_n,
-                                   cfg.n_layer, tc.micro_batches, stdout, L.json);
+            s = cli_profile_report(stage_dev, n_stages, L.ms_n, L.ms_sum / L.ms_n,
+                                   cfg.n_layer, tc.shape.micro_batches, stdout, L.json);
         if (s != ST_OK && together)
             cli_set_failed_together();
         char lines[ST_PLAN_MAX_STAGES][256];
         size_t n_lines = 0;
-        for (size_t k = 0; s == ST_OK && k < layout.n_stages; k++) {
-            if (!layout.dev[k])
+        for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
+            if (!stage_dev[k])
                 continue;
             char a[32], b[32];
-            st_device_memory m = st_device_get_memory(layout.dev[k]);
+            st_device_memory m = st_device_get_memory(stage_dev[k]);
             snprintf(lines[n_lines++], sizeof lines[0], "stage %zu: %s peak %s of %s", k,
-                     st_device_label(layout.dev[k]), st_format_bytes(m.peak, a, sizeof a),
+                     st_device_label(stage_dev[k]), st_format_bytes(m.peak, a, sizeof a),
                      st_format_bytes(m.capacity, b, sizeof b));
         }
         if (s == ST_OK && !mpi)

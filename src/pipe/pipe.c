@@ -30,7 +30,8 @@ struct st_pipe {
     const st_model_desc *desc;
     /* fwd[s]: stage s -> s+1 activations; bwd[s]: stage s+1 -> s gradients */
     st_link *fwd[ST_PLAN_MAX_STAGES], *bwd[ST_PLAN_MAX_STAGES];
-    st_pipe_options o;
+    st_run_shape o;
+    int micro_batch; /* sequences per micro-batch */
     st_model_config cfg;
     /* per step */
     const int32_t *tokens, *targets;
@@ -90,27 +91,28 @@ static bool is_local(const st_pipe_comm *comm, size_t s)
     return !comm || comm->stage_rank[s] == comm->rank;
 }
 
-st_status st_pipe_create(st_device *const *devs, const size_t *first, const size_t *end,
-                         size_t n_stages, const st_model_desc *desc, const st_pipe_options *o,
-                         st_pipe **out)
+st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_device *const *devs,
+                         const st_pipe_comm *comm, st_pipe **out)
 {
-    return st_pipe_create_comm(devs, first, end, n_stages, desc, o, NULL, out);
-}
-
-st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const size_t *end,
-                              size_t n_stages, const st_model_desc *desc,
-                              const st_pipe_options *o, const st_pipe_comm *comm, st_pipe **out)
-{
-    if (n_stages < 1 || n_stages > ST_PLAN_MAX_STAGES || o->micro_batches < 1)
-        return st_error(ST_ERR_INVALID, "pipeline: %zu stages, %d micro-batches", n_stages,
-                        o->micro_batches);
-    for (size_t s = 0; s < n_stages; s++)
-        if (first[s] != (s ? end[s - 1] : 0) || end[s] <= first[s] ||
-            (s + 1 == n_stages && end[s] != desc->n_layers))
+    const st_run_shape *o = &plan->shape;
+    size_t n_stages = plan->n_stages;
+    if (n_stages < 1 || n_stages > ST_PLAN_MAX_STAGES || o->micro_batches < 1 ||
+        o->batch % o->micro_batches != 0)
+        return st_error(ST_ERR_INVALID, "pipeline: %zu stages, a batch of %d in %d micro-batches",
+                        n_stages, o->batch, o->micro_batches);
+    for (size_t s = 0; s < n_stages; s++) {
+        const st_plan_stage *st = &plan->stage[s];
+        if (st->first != (s ? plan->stage[s - 1].end : 0) || st->end <= st->first ||
+            st->end > desc->n_layers || (s + 1 == n_stages && st->end != desc->n_layers))
             return st_error(ST_ERR_INVALID,
                             "pipeline: stage %zu's layers [%zu, %zu) do not continue the split "
                             "of the model's %zu layers",
-                            s, first[s], end[s], desc->n_layers);
+                            s, st->first, st->end, desc->n_layers);
+        if (st->in_flight < 1)
+            return st_error(ST_ERR_INVALID, "pipeline: stage %zu keeps no micro-batch", s);
+        if (is_local(comm, s) && !devs[st->device])
+            return st_error(ST_ERR_INVALID, "pipeline: stage %zu has no device", s);
+    }
     st_pipe *p = calloc(1, sizeof *p);
     if (!p)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -122,11 +124,12 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
     if (inject && sscanf(inject, "%ld:%ld", &p->fail_stage, &p->fail_at) != 2)
         p->fail_stage = -1;
     p->o = *o;
+    p->micro_batch = st_run_micro_batch(o);
     p->cfg = desc->cfg;
     p->desc = desc;
     for (size_t k = 0; k < n_stages; k++) {
-        p->first[k] = first[k];
-        p->end[k] = end[k];
+        p->first[k] = plan->stage[k].first;
+        p->end[k] = plan->stage[k].end;
     }
     p->mb_loss = calloc((size_t)o->micro_batches, sizeof *p->mb_loss);
     p->mb_count = calloc((size_t)o->micro_batches, sizeof *p->mb_count);
@@ -135,24 +138,25 @@ st_status st_pipe_create_comm(st_device *const *devs, const size_t *first, const
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
         int m = o->micro_batches;
         /* What crosses boundary k: the stream out of stage k's last layer. */
-        size_t boundary = (size_t)o->micro_batch * o->seq *
-                          desc->layers[end[k] - 1].out_floats_per_token;
+        size_t boundary = (size_t)p->micro_batch * o->seq *
+                          desc->layers[p->end[k] - 1].out_floats_per_token;
         p->boundary[k] = boundary;
-        p->slots[k] = st_schedule_in_flight(o->schedule, o->training, m, n_stages, k);
-        st_stage_options go = {.first_layer = first[k], .end_layer = end[k],
-                             .batch = o->micro_batch, .seq = o->seq, .slots = p->slots[k],
-                             .training = o->training, .kv_seq = o->kv_seq,
-                             .kv_seqs = o->kv_seqs};
+        p->slots[k] = plan->stage[k].in_flight;
+        st_stage_options go = {.first_layer = p->first[k], .end_layer = p->end[k],
+                               .batch = p->micro_batch, .seq = o->seq, .slots = p->slots[k],
+                               .training = o->training, .kv_seq = o->kv_seq,
+                               .kv_seqs = o->kv_seqs};
         bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
         if (here) {
-            p->dev[k] = devs[k];
-            s = st_stage_create(devs[k], desc, &go, &p->stage[k]);
+            p->dev[k] = devs[plan->stage[k].device];
+            s = st_stage_create(p->dev[k], desc, &go, &p->stage[k]);
         }
         /* A ring as deep as the micro-batches: a sender never waits on a
          * receiver that is itself waiting to send the other way. */
         if (s == ST_OK && k + 1 < n_stages && here && next_here) {
-            if ((s = st_link_host_create(devs[k], boundary, m, &p->fwd[k])) == ST_OK)
-                s = st_link_host_create(devs[k + 1], boundary, m, &p->bwd[k]);
+            st_device *next = devs[plan->stage[k + 1].device];
+            if ((s = st_link_host_create(p->dev[k], boundary, m, &p->fwd[k])) == ST_OK)
+                s = st_link_host_create(next, boundary, m, &p->bwd[k]);
         } else if (s == ST_OK && k + 1 < n_stages && (here || next_here)) {
             int a = comm->stage_rank[k], b = comm->stage_rank[k + 1];
             if ((s = comm->make_link(comm->ctx, k, false, a, b, boundary, m, &p->fwd[k])) ==
@@ -243,7 +247,7 @@ typedef struct stage_job {
 static st_status run_op(st_pipe *p, size_t s, const op *o)
 {
     st_stage *g = p->stage[s];
-    int B = p->o.micro_batch, T = p->o.seq, slot = o->mb % p->slots[s];
+    int B = p->micro_batch, T = p->o.seq, slot = o->mb % p->slots[s];
     if ((long)s == p->fail_stage && ++p->ops_done[s] >= p->fail_at)
         return st_error(ST_ERR_CL, "injected failure (STRATA_TEST_FAIL_STAGE=%ld:%ld)",
                         p->fail_stage, p->fail_at);
@@ -515,7 +519,7 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
 {
     if (!p->o.training)
         return st_error(ST_ERR_INVALID, "the pipeline was made without training buffers");
-    size_t all = (size_t)p->o.micro_batches * p->o.micro_batch * p->o.seq;
+    size_t all = (size_t)p->o.batch * p->o.seq;
     long count = 0;
     for (size_t i = 0; i < all; i++)
         count += targets[i] >= 0;

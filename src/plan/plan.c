@@ -136,7 +136,7 @@ static void sums_free(sums *z)
 static st_status sums_init(const st_plan_input *in, sums *z)
 {
     const st_model_desc *m = in->desc;
-    size_t n = m->n_layers, B = (size_t)in->micro_batch, T = (size_t)in->seq;
+    size_t n = m->n_layers, B = (size_t)st_run_micro_batch(&in->shape), T = (size_t)in->shape.seq;
     memset(z, 0, sizeof *z);
     z->n = n;
     double **arrays[5] = {&z->fwd, &z->bwd, &z->launches_f, &z->launches_b, &z->ctx};
@@ -148,9 +148,9 @@ static st_status sums_init(const st_plan_input *in, sums *z)
             sums_free(z);
             return st_error(ST_ERR_HOST_MEMORY, "plan: out of host memory for %zu layers", n);
         }
-    st_stage_options shape = {.batch = in->micro_batch, .seq = in->seq,
-                              .training = in->training, .kv_seq = in->kv_seq,
-                              .kv_seqs = in->kv_seqs};
+    st_stage_options shape = {.batch = (int)B, .seq = in->shape.seq,
+                              .training = in->shape.training, .kv_seq = in->shape.kv_seq,
+                              .kv_seqs = in->shape.kv_seqs};
     st_status s = st_sizes_table_make(m, &shape, &z->sizes);
     if (s != ST_OK) {
         sums_free(z);
@@ -165,7 +165,7 @@ static st_status sums_init(const st_plan_input *in, sums *z)
         z->blocks[l + 1] = z->blocks[l] + (ld->kind == ST_LAYER_BLOCK);
         z->ctx[l + 1] = z->ctx[l] + (double)B * T * T *
                                         (ld->fwd_flops_per_token_ctx +
-                                         (in->training ? ld->bwd_flops_per_token_ctx : 0));
+                                         (in->shape.training ? ld->bwd_flops_per_token_ctx : 0));
     }
     return ST_OK;
 }
@@ -175,7 +175,7 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
                        size_t a, size_t b, size_t s, size_t S, st_plan_stage *out)
 {
     const st_model_desc *m = in->desc;
-    size_t B = (size_t)in->micro_batch, T = (size_t)in->seq, N = B * T;
+    size_t B = (size_t)st_run_micro_batch(&in->shape), T = (size_t)in->shape.seq, N = B * T;
     double fwd = z->fwd[b] - z->fwd[a], bwd = z->bwd[b] - z->bwd[a];
     double launches_f = z->launches_f[b] - z->launches_f[a];
     double launches_b = z->launches_b[b] - z->launches_b[a];
@@ -206,7 +206,7 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
             if (blk->kind != ST_LAYER_BLOCK)
                 continue;
             double f = blk->fwd_flops_per_token_ctx,
-                   bb = in->training ? blk->bwd_flops_per_token_ctx : 0;
+                   bb = in->shape.training ? blk->bwd_flops_per_token_ctx : 0;
             share_f = f + bb > 0 ? f / (f + bb) : 1;
             break;
         }
@@ -216,10 +216,11 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
         extra_b = diff * (1 - share_f);
     }
     out->fwd_ms = fwd / (d->gflops * 1e6) + extra_f + launches_f * launch_ms + xf;
-    out->bwd_ms = in->training ? bwd / (d->gflops * 1e6) + extra_b + launches_b * launch_ms + xb
+    out->bwd_ms = in->shape.training ? bwd / (d->gflops * 1e6) + extra_b + launches_b * launch_ms + xb
                                : 0;
-    out->xfer_ms = xf + (in->training ? xb : 0);
-    out->in_flight = st_schedule_in_flight(in->schedule, in->training, in->micro_batches, S, s);
+    out->xfer_ms = xf + (in->shape.training ? xb : 0);
+    out->in_flight = st_schedule_in_flight(in->shape.schedule, in->shape.training,
+                                           in->shape.micro_batches, S, s);
     /* Memory: exactly what the stage will allocate. */
     st_stage_sizes sz;
     st_sizes_table_range(z->sizes, a, b, out->in_flight, &sz);
@@ -249,7 +250,7 @@ static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *dev
 static double optimizer_ms(const st_plan_input *in, const st_plan_stage *st,
                            const st_device_profile *d)
 {
-    if (!in->training)
+    if (!in->shape.training)
         return 0;
     /* AdamW streams four buffers: count it as 12 FLOPs per parameter at a
      * tenth of the GEMM rate, element-wise work being memory-bound. */
@@ -288,7 +289,7 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
         if (o > opt)
             opt = o;
     }
-    double m = in->micro_batches;
+    double m = in->shape.micro_batches;
     p.step_ms = (m + (double)S - 1) * worst + opt;
     p.bubble = ((double)S - 1) / (m + (double)S - 1);
     /* The fastest device alone, memory ignored: the reference for speedup. */
@@ -301,6 +302,36 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
     sums_free(&z);
     p.one_device_ms = m * (one.fwd_ms + one.bwd_ms) + optimizer_ms(in, &one, &in->devices[best]);
     p.speedup = p.one_device_ms / p.step_ms;
+    p.shape = in->shape;
+    *out = p;
+    return ST_OK;
+}
+
+st_status st_plan_layout(const st_model_desc *desc, const st_run_shape *shape, size_t S,
+                         const size_t *first, const size_t *end, st_plan *out)
+{
+    if (S < 1 || S > ST_PLAN_MAX_STAGES || shape->micro_batches < 1 || shape->batch < 1 ||
+        shape->batch % shape->micro_batches != 0 || shape->seq < 1)
+        return st_error(ST_ERR_INVALID, "plan: %zu stages, a batch of %d in %d micro-batches", S,
+                        shape->batch, shape->micro_batches);
+    st_plan p;
+    memset(&p, 0, sizeof p);
+    p.shape = *shape;
+    p.n_stages = S;
+    p.devices_offered = S;
+    for (size_t s = 0; s < S; s++) {
+        if (first[s] != (s ? end[s - 1] : 0) || end[s] <= first[s] ||
+            (s + 1 == S && end[s] != desc->n_layers))
+            return st_error(ST_ERR_INVALID,
+                            "plan: stage %zu's layers [%zu, %zu) do not continue the split of the "
+                            "model's %zu layers",
+                            s, first[s], end[s], desc->n_layers);
+        p.stage[s].device = s;
+        p.stage[s].first = first[s];
+        p.stage[s].end = end[s];
+        p.stage[s].in_flight = st_schedule_in_flight(shape->schedule, shape->training,
+                                                     shape->micro_batches, S, s);
+    }
     *out = p;
     return ST_OK;
 }
@@ -479,7 +510,8 @@ static bool faster(const st_device_profile *a, const st_device_profile *b)
 static st_status plan_for(const st_plan_input *in, st_plan *out)
 {
     if (!in->desc || in->n_devices < 1 || in->n_devices > ST_PLAN_MAX_STAGES ||
-        in->micro_batch < 1 || in->seq < 1 || in->micro_batches < 1)
+        in->shape.seq < 1 || in->shape.micro_batches < 1 || in->shape.batch < 1 ||
+        in->shape.batch % in->shape.micro_batches != 0)
         return st_error(ST_ERR_INVALID, "plan: needs a model, 1 to %d devices and positive sizes",
                         ST_PLAN_MAX_STAGES);
     for (size_t i = 0; i < in->n_devices; i++)
@@ -488,8 +520,7 @@ static st_status plan_for(const st_plan_input *in, st_plan *out)
             return st_error(ST_ERR_INVALID, "plan: device %zu's profile has no speeds", i);
     if (in->split.kind != ST_SPLIT_AUTO) {
         st_status fs = plan_fixed(in, out);
-        out->micro_batch = in->micro_batch;
-        out->micro_batches = in->micro_batches;
+        out->shape = in->shape;
         return fs;
     }
     /* Auto: the k fastest devices (kept in the given order), each k from 1 to
@@ -559,35 +590,33 @@ static st_status plan_for(const st_plan_input *in, st_plan *out)
                  "%zu of %zu devices: splitting over more is predicted slower (transfers and "
                  "pipeline bubble outweigh the extra compute); choose --devices to use them all",
                  best.n_stages, in->n_devices);
-    best.micro_batch = in->micro_batch;
-    best.micro_batches = in->micro_batches;
+    best.shape = in->shape;
     *out = best;
     return ST_OK;
 }
 
 st_status st_plan_make(const st_plan_input *in, st_plan *out)
 {
-    if (in->micro_batches != 0)
+    if (in->shape.micro_batches != 0)
         return plan_for(in, out);
-    if (in->batch < 1 || in->seq < 1)
+    if (in->shape.batch < 1 || in->shape.seq < 1)
         return st_error(ST_ERR_INVALID, "plan: choosing micro-batches needs a batch and a "
                                         "sequence length");
     /* Two passes: micro-batches of at least 256 tokens (or the whole batch),
      * then, only if none of those fits, any divisor. */
-    long whole = (long)in->batch * in->seq, floor_tokens = whole < 256 ? whole : 256;
+    long whole = (long)in->shape.batch * in->shape.seq, floor_tokens = whole < 256 ? whole : 256;
     st_plan best;
     bool have = false;
     char why[2048] = "";
     for (int pass = 0; pass < 2 && !have; pass++) {
-        for (int m = 1; m <= in->batch; m++) {
-            if (in->batch % m != 0)
+        for (int m = 1; m <= in->shape.batch; m++) {
+            if (in->shape.batch % m != 0)
                 continue;
-            long tokens = (long)(in->batch / m) * in->seq;
+            long tokens = (long)(in->shape.batch / m) * in->shape.seq;
             if ((pass == 0) != (tokens >= floor_tokens))
                 continue;
             st_plan_input one = *in;
-            one.micro_batches = m;
-            one.micro_batch = in->batch / m;
+            one.shape.micro_batches = m;
             st_plan p;
             st_status s = plan_for(&one, &p);
             if (s == ST_ERR_INVALID) {

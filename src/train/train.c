@@ -20,10 +20,11 @@
 void st_train_config_defaults(st_train_config *tc)
 {
     memset(tc, 0, sizeof *tc);
-    tc->batch = 64;
-    tc->micro_batches = 1;
-    tc->schedule = ST_SCHED_1F1B;
-    tc->seq = 0; /* the data's own, or the model's positions */
+    tc->shape.batch = 64;
+    tc->shape.micro_batches = 1;
+    tc->shape.schedule = ST_SCHED_1F1B;
+    tc->shape.seq = 0; /* the data's own, or the model's positions */
+    tc->shape.training = true;
     tc->steps = 1500;
     tc->lr = 5e-3f;
     tc->min_lr = 5e-4f;
@@ -63,9 +64,9 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
     snprintf(sum, sizeof sum, "%016llx", (unsigned long long)id.sum);
     json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f, "
                           "s:s}",
-                          "data", st_dataset_name(ds), "batch", tc->batch, "seq", tc->seq,
-                          "micro_batches", tc->micro_batches, "schedule",
-                          st_schedule_name(tc->schedule),
+                          "data", st_dataset_name(ds), "batch", tc->shape.batch, "seq", tc->shape.seq,
+                          "micro_batches", tc->shape.micro_batches, "schedule",
+                          st_schedule_name(tc->shape.schedule),
                           "steps", (json_int_t)tc->steps, "lr", (double)tc->lr, "min_lr",
                           (double)tc->min_lr, "warmup", (json_int_t)tc->warmup,
                           "weight_decay", (double)tc->weight_decay, "clip", (double)tc->clip,
@@ -156,7 +157,7 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
         else if (!*d || strlen(d) >= size)
             s = st_error(ST_ERR_FORMAT, "'%s': the checkpoint's data name is empty or too long",
                          dir);
-        else if (st_schedule_parse(sched, &tc->schedule) != ST_OK)
+        else if (st_schedule_parse(sched, &tc->shape.schedule) != ST_OK)
             s = st_error(ST_ERR_FORMAT, "'%s': the checkpoint's schedule '%s' is unknown", dir,
                          sched);
     }
@@ -178,9 +179,10 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
             id->sum = strtoull(dsum, NULL, 16);
         }
     }
-    tc->batch = (int)batch;
-    tc->seq = (int)seq;
-    tc->micro_batches = (int)micro;
+    tc->shape.batch = (int)batch;
+    tc->shape.seq = (int)seq;
+    tc->shape.micro_batches = (int)micro;
+    tc->shape.training = true;
     tc->steps = (long)steps;
     tc->lr = (float)lr;
     tc->min_lr = (float)min_lr;
@@ -380,15 +382,15 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
                         "resume: %s differs from the checkpoint's; a resumed run continues "  \
                         "with the checkpoint's settings (leave the flag out)",               \
                         flag);
-    SAME(batch, "--batch")
-    SAME(seq, "--seq")
+    SAME(shape.batch, "--batch")
+    SAME(shape.seq, "--seq")
     SAME(lr, "--lr")
     SAME(min_lr, "--min-lr")
     SAME(warmup, "--warmup")
     SAME(weight_decay, "--weight-decay")
     SAME(clip, "--clip")
     SAME(seed, "--seed")
-    SAME(micro_batches, "--micro-batches")
+    SAME(shape.micro_batches, "--micro-batches")
 #undef SAME
     st_dataset_identity(ds, &got);
     if (want.path[0]) {
@@ -413,25 +415,25 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
 st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st_dataset *ds,
                    const st_train_config *tc, st_train_callback cb, void *user)
 {
-    run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->batch, .T = tc->seq, .cb = cb,
+    run r = {.cfg = cfg, .ds = ds, .tc = tc, .B = tc->shape.batch, .T = tc->shape.seq, .cb = cb,
              .user = user, .layout = layout};
-    if (tc->batch < 1 || tc->seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
+    if (tc->shape.batch < 1 || tc->shape.seq < 1 || tc->steps < 1 || tc->eval_batches < 1 || tc->lr <= 0 ||
         tc->min_lr < 0 || tc->warmup < 0 || tc->clip < 0 || tc->eval_every < 0 ||
-        tc->save_every < 0 || tc->micro_batches < 1 || tc->min_lr > tc->lr)
+        tc->save_every < 0 || tc->shape.micro_batches < 1 || tc->min_lr > tc->lr)
         return st_error(ST_ERR_INVALID,
                         "train: batch, sequence, steps, micro-batches and eval batches must be "
                         "positive, the learning rate positive, the rest not negative, and "
                         "--min-lr (%g) not above --lr (%g): the cosine decay goes from --lr "
                         "down to --min-lr",
                         (double)tc->min_lr, (double)tc->lr);
-    if (tc->batch % tc->micro_batches != 0)
+    if (tc->shape.batch % tc->shape.micro_batches != 0)
         return st_error(ST_ERR_INVALID,
                         "train: a batch of %d sequences does not split into %d equal "
                         "micro-batches",
-                        tc->batch, tc->micro_batches);
-    if (tc->seq > cfg->n_positions)
+                        tc->shape.batch, tc->shape.micro_batches);
+    if (tc->shape.seq > cfg->n_positions)
         return st_error(ST_ERR_INVALID,
-                        "train: sequences of %d tokens do not fit the model's %d positions", tc->seq,
+                        "train: sequences of %d tokens do not fit the model's %d positions", tc->shape.seq,
                         cfg->n_positions);
     if (st_dataset_vocab_needed(ds) > cfg->vocab_size)
         return st_error(ST_ERR_INVALID,
@@ -450,14 +452,20 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
     r.probs = malloc(N * cfg->vocab_size * sizeof *r.probs);
     if (!r.tokens || !r.targets || !r.probs)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for a batch");
-    st_pipe_options po = {.micro_batch = tc->batch / tc->micro_batches, .seq = tc->seq,
-                          .micro_batches = tc->micro_batches, .schedule = tc->schedule,
-                          .training = true};
+    const st_run_shape *ps = &layout->plan->shape;
+    if (s == ST_OK && (ps->batch != tc->shape.batch || ps->seq != tc->shape.seq ||
+                       ps->micro_batches != tc->shape.micro_batches ||
+                       ps->schedule != tc->shape.schedule || !ps->training))
+        s = st_error(ST_ERR_INVALID,
+                     "train: the plan is for %d x %d tokens in %d micro-batches (%s%s), the "
+                     "training for %d x %d in %d (%s)",
+                     ps->batch, ps->seq, ps->micro_batches, st_schedule_name(ps->schedule),
+                     ps->training ? "" : ", inference", tc->shape.batch, tc->shape.seq,
+                     tc->shape.micro_batches, st_schedule_name(tc->shape.schedule));
     r.desc = desc;
     if (s == ST_OK)
-        s = st_pipe_create_comm(layout->dev, layout->first, layout->end, layout->n_stages, desc,
-                                &po, layout->comm, &r.p);
-    for (size_t k = 0; s == ST_OK && k < layout->n_stages; k++)
+        s = st_pipe_create(layout->plan, desc, layout->devs, layout->comm, &r.p);
+    for (size_t k = 0; s == ST_OK && k < layout->plan->n_stages; k++)
         if (st_pipe_stage(r.p, k))
             r.local[r.n_local++] = st_pipe_stage(r.p, k);
     if (s == ST_OK && tc->resume_dir)
@@ -500,7 +508,7 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
         if (s != ST_OK)
             break;
         double ms = (st_now_s() - t0) * 1e3, wait = 0;
-        for (size_t k = 0; k < layout->n_stages; k++)
+        for (size_t k = 0; k < layout->plan->n_stages; k++)
             wait = fmax(wait, st_pipe_wait_s(r.p, k) * 1e3);
         done_steps++;
         st_train_event e = {.kind = ST_TRAIN_STEP, .step = step, .steps = tc->steps,

@@ -20,8 +20,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             st_device_profile dev[2] = {
                 {.gflops = 10, .h2d_gbps = 5, .d2h_gbps = 5, .mem_bytes = 1u << 30},
                 {.gflops = 20, .h2d_gbps = 5, .d2h_gbps = 5, .mem_bytes = 1u << 30}};
-            st_plan_input in = {.desc = desc, .micro_batch = 2, .seq = 16, .micro_batches = 4,
-                                .training = true, .n_devices = split.n == 1 ? 1 : 2,
+            st_plan_input in = {.desc = desc,
+                                .shape = {.batch = 8, .seq = 16, .micro_batches = 4,
+                                          .training = true},
+                                .n_devices = split.n == 1 ? 1 : 2,
                                 .devices = dev, .split = split};
             st_plan plan;
             (void)st_plan_make(&in, &plan);
