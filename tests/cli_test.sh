@@ -115,5 +115,27 @@ grep_in "$tmp/out" "searching for 4 s" "tune says its budget"
 grep_in "$tmp/out" "Xgemm over 64x64x64 and 32x256x64: .* GFLOPS before, .* after" "tune reports before and after"
 grep_in "$tmp/out" "XgemmDirect over" "tune does both kernels"
 
+# Model families: --arch and its sizes; a Llama model trains, generates,
+# evaluates and plans; mistaken combinations are refused by name.
+printf 'the quick brown fox jumps over the lazy dog\n%.0s' $(seq 1 60) >"$tmp/text.txt"
+expect 2 "--kv-heads without --arch llama" -- "$strata" train --kv-heads 2 --steps 1
+grep_in "$tmp/err" "add --arch llama" "--kv-heads needs the Llama family"
+expect 2 "unknown --arch" -- "$strata" train --arch bert --steps 1
+grep_in "$tmp/err" "unknown --arch 'bert'" "unknown --arch named"
+expect 2 "--kv-heads not dividing --heads" -- "$strata" train --arch llama --heads 4 --kv-heads 3 --steps 1
+grep_in "$tmp/err" "not a multiple of num_key_value_heads" "grouping explained"
+expect 0 "llama train" -- "$strata" train --arch llama --kv-heads 2 --layers 2 --embd 32 --heads 4 \
+    --data "$tmp/text.txt" --seq 16 --batch 4 --steps 4 --eval-every 0 --out "$tmp/llama"
+grep_in "$tmp/out" "llama (Llama family), 2 layers, 32 channels, 4 heads (2 key/value)" "llama model line"
+grep_in "$tmp/out" "layers.0-1" "plan names Llama blocks"
+grep_in "$tmp/llama/config.json" '"model_type": "llama"' "Llama config.json written"
+expect 2 "--config with sizes" -- "$strata" train --config "$tmp/llama/config.json" --layers 3
+grep_in "$tmp/err" "\-\-layers cannot be used with --config" "--config with a size flag refused"
+expect 0 "llama generate" -- "$strata" generate --model "$tmp/llama" --prompt "the" -n 5
+expect 0 "llama eval" -- "$strata" eval --model "$tmp/llama" --data "$tmp/text.txt" --seq 16
+grep_in "$tmp/out" "perplexity" "llama eval prints perplexity"
+expect 0 "plan --arch llama" -- "$strata" plan --arch llama --kv-heads 1 --heads 2 --inference
+grep_in "$tmp/out" "MLP 192" "plan shows the Llama MLP width"
+
 [ "$fails" = 0 ] && echo "all cli checks passed" || echo "$fails cli check(s) failed"
 [ "$fails" = 0 ]

@@ -23,8 +23,7 @@ static const char *const ignored_fields[] = {
     "pretraining_tp", "attention_dropout", "id2label", "label2id", "tokenizer_class",
     "return_dict", "output_hidden_states", "output_attentions", "torchscript",
     "use_return_dict", "gradient_checkpointing", "problem_type", "max_length", "do_sample",
-    "prefix", "task_specific_params", "max_window_layers", "dtype", "quantization_config_skip",
-    "output_router_logits",
+    "prefix", "task_specific_params", "max_window_layers", "dtype",
 };
 
 static bool is_ignored(const char *key)

@@ -170,37 +170,97 @@ static st_status block_bind(st_layer *l)
     return ST_OK;
 }
 
-/* 9 launches (flash attention): each linear layer's bias is added by the
- * op after its product (attention reads qkv's bias as it loads; the
- * projections' biases go with the residual sum, the first also with ln_2,
- * the MLP's first with GELU). */
+/* Where one pass of the block reads and writes: a micro-batch's kept
+ * activations in training, the decoding work buffers for one token (the
+ * norms' outputs and statistics reused, GELU in place, the output into x). */
+typedef struct block_io {
+    st_tensor *ln1, *mean1, *rstd1, *qkv, *atty, *res2, *ln2, *mean2, *rstd2, *fch, *fcg, *out;
+} block_io;
+
+/* The attention of one pass: over the micro-batch (flash: keeping each
+ * row's log-sum-exp in att; T x T: the probabilities), or of one token over
+ * its sequence's KV cache. */
+typedef struct block_attn {
+    bool decode;
+    st_tensor *att;                        /* training */
+    int seq, pos;                          /* decoding */
+} block_attn;
+
+static st_status attention(st_layer *l, const block_attn *at, const block_io *o, int B, int T)
+{
+    st_tensor *const *p = l->p;
+    block_state *d = l->state;
+    int C = l->cfg->n_embd, NH = l->cfg->n_head;
+    if (!at->decode)
+        return flash(l) ? st_attention_flash_fwd(o->atty, at->att, o->qkv, p[ATTN_B], B, T, C, NH)
+                        : st_attention_fwd(o->atty, at->att, o->qkv, B, T, C, NH);
+    size_t Cs = (size_t)C, NHs = (size_t)NH, HS = Cs / NHs;
+    size_t S = (size_t)l->kv_seq, len = (size_t)at->pos + 1, cache = (size_t)at->seq * S * Cs;
+    if (flash(l))
+        return st_attention_decode(o->atty, d->scores, d->k, d->v, cache, o->qkv, p[ATTN_B],
+                                   at->pos, (int)S, C, NH);
+    st_status s;
+    if ((s = st_tensor_copy(d->k, cache + (size_t)at->pos * Cs, o->qkv, Cs, Cs)) != ST_OK ||
+        (s = st_tensor_copy(d->v, cache + (size_t)at->pos * Cs, o->qkv, 2 * Cs, Cs)) != ST_OK)
+        return s;
+    /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+    float scale = (float)(1.0 / sqrt((double)HS));
+    st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
+                       .a = o->qkv, .lda = 3 * Cs, .a_stride = HS,
+                       .b = d->k, .b_offset = cache, .ldb = Cs, .b_stride = HS,
+                       .c = d->scores, .ldc = S, .c_stride = S, .batch = NHs};
+    if ((s = st_gemm(&qk)) != ST_OK ||
+        (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NHs, 0,
+                       ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
+        return s;
+    /* atty_h = scores_h[1, len] . V_h[len, HS] */
+    st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
+                       .a = d->scores, .lda = S, .a_stride = S,
+                       .b = d->v, .b_offset = cache, .ldb = Cs, .b_stride = HS,
+                       .c = o->atty, .ldc = Cs, .c_stride = HS, .batch = NHs};
+    return st_gemm(&pv);
+}
+
+/* The block's forward for training and decoding alike, 9 launches with
+ * flash attention: each linear layer's bias is added by the op after its
+ * product (attention reads qkv's bias as it loads; the projections' biases
+ * go with the residual sum, the first also with ln_2, the MLP's first with
+ * GELU). */
+static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at,
+                            const st_tensor *x, int B, int T)
+{
+    st_tensor *const *p = l->p;
+    int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner;
+    float eps = l->cfg->norm_eps;
+    bool fl = flash(l);
+    st_status s;
+    if ((s = st_layernorm_fwd(o->ln1, o->mean1, o->rstd1, x, p[LN1_W], p[LN1_B], N, C, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(o->qkv, o->ln1, p[ATTN_W], fl ? NULL : p[ATTN_B], N, C, 3 * C)) !=
+            ST_OK ||
+        (s = attention(l, at, o, B, T)) != ST_OK ||
+        (s = st_matmul_fwd(o->res2, o->atty, p[PROJ_W], NULL, N, C, C)) != ST_OK ||
+        (s = st_bias_residual_layernorm_fwd(o->res2, o->ln2, o->mean2, o->rstd2, o->res2,
+                                            p[PROJ_B], x, p[LN2_W], p[LN2_B], N, C, eps)) !=
+            ST_OK ||
+        (s = st_matmul_fwd(o->fch, o->ln2, p[FC_W], NULL, N, C, F)) != ST_OK ||
+        (s = st_bias_gelu_fwd(o->fch, o->fcg, p[FC_B], N, F)) != ST_OK ||
+        (s = st_matmul_fwd(o->out, o->fcg, p[FCP_W], NULL, N, F, C)) != ST_OK ||
+        (s = st_bias_residual_fwd(o->out, p[FCP_B], o->res2, N, C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
 static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
                                const st_layer_io *io, int B, int T)
 {
     (void)io;
-    st_tensor *const *p = l->p;
     block_acts *a = &((block_state *)l->state)->acts[slot];
-    int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner, NH = l->cfg->n_head;
-    float eps = l->cfg->norm_eps;
-    bool fl = flash(l);
-    st_status s;
+    block_io o = {a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv, a->atty, a->res2,
+                  a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fcg, a->res3};
+    block_attn at = {.att = a->att};
     *y = a->res3;
-    if ((s = st_layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, p[LN1_W], p[LN1_B], N, C,
-                              eps)) != ST_OK ||
-        (s = st_matmul_fwd(a->qkv, a->ln1, p[ATTN_W], fl ? NULL : p[ATTN_B], N, C, 3 * C)) !=
-            ST_OK ||
-        (s = fl ? st_attention_flash_fwd(a->atty, a->att, a->qkv, p[ATTN_B], B, T, C, NH)
-                : st_attention_fwd(a->atty, a->att, a->qkv, B, T, C, NH)) != ST_OK ||
-        (s = st_matmul_fwd(a->res2, a->atty, p[PROJ_W], NULL, N, C, C)) != ST_OK ||
-        (s = st_bias_residual_layernorm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
-                                            p[PROJ_B], x, p[LN2_W], p[LN2_B], N, C, eps)) !=
-            ST_OK ||
-        (s = st_matmul_fwd(a->fch, a->ln2, p[FC_W], NULL, N, C, F)) != ST_OK ||
-        (s = st_bias_gelu_fwd(a->fch, a->fcg, p[FC_B], N, F)) != ST_OK ||
-        (s = st_matmul_fwd(a->res3, a->fcg, p[FCP_W], NULL, N, F, C)) != ST_OK ||
-        (s = st_bias_residual_fwd(a->res3, p[FCP_B], a->res2, N, C)) != ST_OK)
-        return s;
-    return ST_OK;
+    return block_pass(l, &o, &at, x, B, T);
 }
 
 /* dres holds the gradient of the block's output on entry and of its input
@@ -245,59 +305,17 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     return ST_OK;
 }
 
-/* One token through the block in 9 launches: the attention (new key and
- * value into the caches, scores, softmax, weighted values) in one kernel
- * when the head size allows (cl/flash.cl), the biases with the ops after
- * their products as in training. */
+/* One token through the block: the same pass, its attention (the new key
+ * and value into the caches, scores, softmax, weighted values) in one
+ * kernel when the head size allows (cl/flash.cl). */
 static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
 {
     (void)io;
     block_state *d = l->state;
-    st_tensor *const *p = l->p;
-    size_t C = (size_t)l->cfg->n_embd, NH = (size_t)l->cfg->n_head, HS = C / NH;
-    size_t S = (size_t)l->kv_seq, len = (size_t)pos + 1, cache = (size_t)seq * S * C;
-    int F = l->cfg->n_inner, Ci = l->cfg->n_embd;
-    float eps = l->cfg->norm_eps, scale = (float)(1.0 / sqrt((double)HS));
-    bool fl = flash(l);
-    st_status s;
-    if ((s = st_layernorm_fwd(d->ln, d->mean, d->rstd, x, p[LN1_W], p[LN1_B], 1, Ci, eps)) !=
-            ST_OK ||
-        (s = st_matmul_fwd(d->qkv, d->ln, p[ATTN_W], fl ? NULL : p[ATTN_B], 1, Ci, 3 * Ci)) !=
-            ST_OK)
-        return s;
-    if (fl) {
-        s = st_attention_decode(d->atty, d->scores, d->k, d->v, cache, d->qkv, p[ATTN_B], pos,
-                                (int)S, Ci, (int)NH);
-    } else {
-        if ((s = st_tensor_copy(d->k, cache + (size_t)pos * C, d->qkv, C, C)) != ST_OK ||
-            (s = st_tensor_copy(d->v, cache + (size_t)pos * C, d->qkv, 2 * C, C)) != ST_OK)
-            return s;
-        /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
-        st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
-                           .a = d->qkv, .lda = 3 * C, .a_stride = HS,
-                           .b = d->k, .b_offset = cache, .ldb = C, .b_stride = HS,
-                           .c = d->scores, .ldc = S, .c_stride = S, .batch = NH};
-        if ((s = st_gemm(&qk)) != ST_OK ||
-            (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NH, 0,
-                           ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
-            return s;
-        /* atty_h = scores_h[1, len] . V_h[len, HS] */
-        st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
-                           .a = d->scores, .lda = S, .a_stride = S,
-                           .b = d->v, .b_offset = cache, .ldb = C, .b_stride = HS,
-                           .c = d->atty, .ldc = C, .c_stride = HS, .batch = NH};
-        s = st_gemm(&pv);
-    }
-    if (s != ST_OK ||
-        (s = st_matmul_fwd(d->res2, d->atty, p[PROJ_W], NULL, 1, Ci, Ci)) != ST_OK ||
-        (s = st_bias_residual_layernorm_fwd(d->res2, d->ln, d->mean, d->rstd, d->res2, p[PROJ_B],
-                                            x, p[LN2_W], p[LN2_B], 1, Ci, eps)) != ST_OK ||
-        (s = st_matmul_fwd(d->fch, d->ln, p[FC_W], NULL, 1, Ci, F)) != ST_OK ||
-        (s = st_bias_gelu_fwd(d->fch, d->fch, p[FC_B], 1, F)) != ST_OK ||
-        (s = st_matmul_fwd(x, d->fch, p[FCP_W], NULL, 1, F, Ci)) != ST_OK ||
-        (s = st_bias_residual_fwd(x, p[FCP_B], d->res2, 1, Ci)) != ST_OK)
-        return s;
-    return ST_OK;
+    block_io o = {d->ln, d->mean, d->rstd, d->qkv, d->atty, d->res2,
+                  d->ln, d->mean, d->rstd, d->fch, d->fch, x};
+    block_attn at = {.decode = true, .seq = seq, .pos = pos};
+    return block_pass(l, &o, &at, x, 1, 1);
 }
 
 const st_layer_ops st_gpt2_block_ops = {

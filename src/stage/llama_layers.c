@@ -246,33 +246,63 @@ static st_status block_bind(st_layer *l)
     return write_inv_freq(l, d.HS);
 }
 
+/* Where one pass of the block reads and writes: a micro-batch's kept
+ * activations in training, the decoding work buffers for one token (the
+ * norm's output and statistic reused, the output into x). */
+typedef struct block_io {
+    st_tensor *ln1, *rstd1, *qkv, *atty, *res2, *ln2, *rstd2, *gu, *h, *out;
+} block_io;
+
+/* The attention of one pass: over the micro-batch (keeping each row's
+ * log-sum-exp), or of one token at position pos over its sequence's KV
+ * cache. */
+typedef struct block_attn {
+    bool decode;
+    st_tensor *lse;
+    int seq, pos;
+} block_attn;
+
+/* The block's forward for training and decoding alike: 10 launches (11 with
+ * an output bias). */
+static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at,
+                            const st_tensor *x, int B, int T)
+{
+    block_state *b = l->state;
+    st_tensor *const *p = l->p;
+    dims d = dims_of(l);
+    int N = B * T, pos0 = at->decode ? at->pos : 0;
+    float eps = l->cfg->norm_eps;
+    size_t S = (size_t)l->kv_seq, cache = (size_t)at->seq * S * (size_t)d.KVD;
+    st_status s;
+    if ((s = st_rmsnorm_fwd(o->ln1, o->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(o->qkv, o->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
+        (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, N, T, pos0, d.NH, d.KV, d.HS)) != ST_OK ||
+        (s = at->decode ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, cache, o->qkv,
+                                                  NULL, at->pos, (int)S, d.C, d.NH, d.KV)
+                        : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, B, T, d.C, d.NH,
+                                               d.KV)) != ST_OK ||
+        (s = st_linear_fwd(o->res2, o->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
+                           d.C)) != ST_OK ||
+        (s = st_residual_rmsnorm_fwd(o->res2, o->ln2, o->rstd2, o->res2, x, p[b->post_norm], N,
+                                     d.C, eps)) != ST_OK ||
+        (s = st_linear_fwd(o->gu, o->ln2, b->w_gu, NULL, N, d.C, 2 * d.F)) != ST_OK ||
+        (s = st_swiglu_fwd(o->h, o->gu, N, d.F)) != ST_OK ||
+        (s = st_linear_fwd(o->out, o->h, p[b->down], NULL, N, d.F, d.C)) != ST_OK ||
+        (s = st_residual_fwd(o->out, o->out, o->res2, (size_t)N * d.C)) != ST_OK)
+        return s;
+    return ST_OK;
+}
+
 static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
                                const st_layer_io *io, int B, int T)
 {
     (void)io;
-    block_state *b = l->state;
-    st_tensor *const *p = l->p;
-    block_acts *a = &b->acts[slot];
-    dims d = dims_of(l);
-    int N = B * T;
-    float eps = l->cfg->norm_eps;
-    st_status s;
+    block_acts *a = &((block_state *)l->state)->acts[slot];
+    block_io o = {a->ln1, a->rstd1, a->qkv, a->atty, a->res2, a->ln2, a->rstd2, a->gu, a->h,
+                  a->res3};
+    block_attn at = {.lse = a->lse};
     *y = a->res3;
-    if ((s = st_rmsnorm_fwd(a->ln1, a->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
-        (s = st_linear_fwd(a->qkv, a->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
-        (s = st_rope_fwd(a->qkv, b->b_qkv, l->consts, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
-        (s = st_attention_gqa_fwd(a->atty, a->lse, a->qkv, NULL, B, T, d.C, d.NH, d.KV)) !=
-            ST_OK ||
-        (s = st_linear_fwd(a->res2, a->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
-                           d.C)) != ST_OK ||
-        (s = st_residual_rmsnorm_fwd(a->res2, a->ln2, a->rstd2, a->res2, x, p[b->post_norm], N,
-                                     d.C, eps)) != ST_OK ||
-        (s = st_linear_fwd(a->gu, a->ln2, b->w_gu, NULL, N, d.C, 2 * d.F)) != ST_OK ||
-        (s = st_swiglu_fwd(a->h, a->gu, N, d.F)) != ST_OK ||
-        (s = st_linear_fwd(a->res3, a->h, p[b->down], NULL, N, d.F, d.C)) != ST_OK ||
-        (s = st_residual_fwd(a->res3, a->res3, a->res2, (size_t)N * d.C)) != ST_OK)
-        return s;
-    return ST_OK;
+    return block_pass(l, &o, &at, x, B, T);
 }
 
 /* dres: the gradient of the block's output on entry, of its input on exit. */
@@ -311,30 +341,14 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     return ST_OK;
 }
 
+/* One token through the block: the same pass over the KV cache. */
 static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
 {
     (void)io;
     block_state *b = l->state;
-    st_tensor *const *p = l->p;
-    dims d = dims_of(l);
-    size_t S = (size_t)l->kv_seq, cache = (size_t)seq * S * (size_t)d.KVD;
-    float eps = l->cfg->norm_eps;
-    st_status s;
-    if ((s = st_rmsnorm_fwd(b->ln, b->rstd, x, p[b->in_norm], 1, d.C, eps)) != ST_OK ||
-        (s = st_linear_fwd(b->qkv, b->ln, b->w_qkv, NULL, 1, d.C, d.Q)) != ST_OK ||
-        (s = st_rope_fwd(b->qkv, b->b_qkv, l->consts, 1, 1, pos, d.NH, d.KV, d.HS)) != ST_OK ||
-        (s = st_attention_gqa_decode(b->atty, b->scores, b->k, b->v, cache, b->qkv, NULL, pos,
-                                     (int)S, d.C, d.NH, d.KV)) != ST_OK ||
-        (s = st_linear_fwd(b->res2, b->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, 1, d.C,
-                           d.C)) != ST_OK ||
-        (s = st_residual_rmsnorm_fwd(b->res2, b->ln, b->rstd, b->res2, x, p[b->post_norm], 1,
-                                     d.C, eps)) != ST_OK ||
-        (s = st_linear_fwd(b->gu, b->ln, b->w_gu, NULL, 1, d.C, 2 * d.F)) != ST_OK ||
-        (s = st_swiglu_fwd(b->h, b->gu, 1, d.F)) != ST_OK ||
-        (s = st_linear_fwd(x, b->h, p[b->down], NULL, 1, d.F, d.C)) != ST_OK ||
-        (s = st_residual_fwd(x, x, b->res2, (size_t)d.C)) != ST_OK)
-        return s;
-    return ST_OK;
+    block_io o = {b->ln, b->rstd, b->qkv, b->atty, b->res2, b->ln, b->rstd, b->gu, b->h, x};
+    block_attn at = {.decode = true, .seq = seq, .pos = pos};
+    return block_pass(l, &o, &at, x, 1, 1);
 }
 
 const st_layer_ops st_llama_block_ops = {
