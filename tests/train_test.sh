@@ -83,6 +83,26 @@ cmp -s "$(newest "$work/a" optimizer)" "$(newest "$work/d" optimizer)" ||
 expect 2 "differs from the checkpoint" -- "$strata" train --resume "$work/c" --batch 4
 expect 2 "leave nothing" -- "$strata" train --resume "$work/a"
 
+# The same for a Llama-family model (grouped-query attention, untied head):
+# interrupted and resumed is bitwise the uninterrupted run, weights and
+# optimizer too; its folder resumes as Llama without the flags.
+llama=(--arch llama --kv-heads 1 --layers 2 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5)
+"$strata" train "${llama[@]}" --steps 12 --eval-every 6 --out "$work/la" --log-json "$work/la.json" \
+    >/dev/null 2>&1 || fail "llama run failed"
+"$strata" train "${llama[@]}" --steps 12 --eval-every 6 --stop-at 6 --out "$work/lc" >/dev/null 2>&1 ||
+    fail "llama run stopped at 6 failed"
+out=$("$strata" train --resume "$work/lc" --out "$work/ld" --log-json "$work/ld.json" 2>&1) ||
+    fail "llama resume failed: $out"
+grep -q 'Llama family' <<<"$out" || fail "the resumed run is not the Llama model: $out"
+cmp -s <(grep '"event":"step"' "$work/la.json" | sed -n '7,12p' | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/ld.json" | sed 's/"ms".*//') ||
+    fail "llama: resumed steps 7..12 differ from the uninterrupted run"
+cmp -s "$(newest "$work/la" model)" "$(newest "$work/ld" model)" ||
+    fail "llama: resumed weights differ from the uninterrupted run's"
+cmp -s "$(newest "$work/la" optimizer)" "$(newest "$work/ld" optimizer)" ||
+    fail "llama: resumed optimizer state differs from the uninterrupted run's"
+expect 2 "cannot be used with --resume" -- "$strata" train --resume "$work/lc" --kv-heads 2
+
 # Ctrl-C: the step finishes, the checkpoint is written, exit 130, and it resumes.
 "$strata" train "${tiny[@]}" --steps 100000 --out "$work/int" --log-every 1 >"$work/int.log" 2>&1 &
 job=$!
