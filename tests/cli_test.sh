@@ -137,5 +137,24 @@ grep_in "$tmp/out" "perplexity" "llama eval prints perplexity"
 expect 0 "plan --arch llama" -- "$strata" plan --arch llama --kv-heads 1 --heads 2 --inference
 grep_in "$tmp/out" "MLP 192" "plan shows the Llama MLP width"
 
+# tokenize: text to ids and back with the committed test tokenizers; bad
+# tokenizers refused by name.
+toks="$STRATA_SOURCE_ROOT/tests/data/tokenizers"
+if [ -d "$toks" ]; then
+    expect 0 "tokenize --count" -- "$strata" tokenize --tokenizer "$toks/llama3.json" --count "$toks/test.txt"
+    grep_in "$tmp/out" "tokens, 3232 bytes" "tokenize counts"
+    # byte level: the ids decode to exactly the text
+    expect 0 "tokenize ids" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$toks/test.txt"
+    cp "$tmp/out" "$tmp/ids.txt"
+    expect 0 "tokenize --decode" -- "$strata" tokenize --tokenizer "$toks/llama3.json" --decode "$tmp/ids.txt"
+    cmp -s "$tmp/out" "$toks/test.txt" || { echo "FAIL tokenize: ids do not decode to the text"; fails=$((fails + 1)); }
+    expect 0 "tokenize GPT-2 vocab.json" -- "$strata" tokenize --tokenizer "$toks/gpt2" --count "$toks/test.txt"
+    printf '{"model": {"type": "WordPiece", "vocab": {}}}' >"$tmp/wp.json"
+    expect 2 "tokenize WordPiece" -- "$strata" tokenize --tokenizer "$tmp/wp.json" "$toks/test.txt"
+    grep_in "$tmp/err" 'model type "WordPiece" is not supported' "WordPiece refused by name"
+    expect 2 "tokenize without a tokenizer" -- "$strata" tokenize "$toks/test.txt"
+    expect 2 "tokenize a missing file" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$tmp/nope.txt"
+fi
+
 [ "$fails" = 0 ] && echo "all cli checks passed" || echo "$fails cli check(s) failed"
 [ "$fails" = 0 ]

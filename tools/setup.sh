@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 packages=(
     gcc g++ pkg-config meson ninja-build python3 cmake
     ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
-    libclblast-dev libjansson-dev libcmocka-dev
+    libclblast-dev libjansson-dev libcmocka-dev libpcre2-dev libunistring-dev
     libopenmpi-dev openmpi-bin
     clang libclang-rt-14-dev
 )

@@ -23,10 +23,11 @@ static const command commands[] = {
     {"devices", cmd_devices, "list the OpenCL devices (--json for tools)"},
     {"check", cmd_check, "check kernels and GEMM on each device against a C reference"},
     {"plan", cmd_plan, "show how a model would be split over the devices"},
-    {"train", cmd_train, "train a GPT model (default: the built-in addition task)"},
+    {"train", cmd_train, "train a GPT-2 or Llama-family model (default: the addition task)"},
     {"generate", cmd_generate, "continue a prompt with a trained model (KV cache)"},
     {"eval", cmd_eval, "loss and perplexity of a trained model on data"},
     {"tune", cmd_tune, "tune CLBlast's GEMM kernels for each device (kept when faster)"},
+    {"tokenize", cmd_tokenize, "text to token ids (and back) with a Hugging Face tokenizer"},
     {"bench", cmd_bench, "measure pipeline scaling over 1, 2, 4... devices (--pipeline)"},
 };
 

@@ -1,0 +1,187 @@
+/*
+ * test_tokenizer.c - Hugging Face tokenizers in C (strata/tokenizer.h)
+ * against the `tokenizers` library: the ids it gave for a test text
+ * (Unicode letters and digits in several scripts, emoji, whitespace runs,
+ * contractions, long numbers, special tokens; tests/data/tokenizers/, made by
+ * tools/tokenizer_data.py) for three layouts and GPT-2's vocab.json +
+ * merges.txt, with and without the template; decoding; bad files refused by
+ * name.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "strata/tokenizer.h"
+#include "tests/common.h"
+
+static char root[4096];
+static json_t *expected;
+static char *text;
+static size_t text_len;
+
+static void path_of(char *out, size_t size, const char *name)
+{
+    snprintf(out, size, "%s/tests/data/tokenizers/%s", root, name);
+}
+
+/* Encodes the test text with the tokenizer at name and compares with the library's ids. */
+static void check_ids(const char *name, const char *which)
+{
+    char path[4200];
+    path_of(path, sizeof path, name);
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_load(path, &t));
+    json_t *e = json_object_get(expected, which);
+    for (int templ = 0; templ < 2; templ++) {
+        json_t *want = json_object_get(e, templ ? "ids_with_template" : "ids");
+        int32_t *ids = NULL;
+        size_t n = 0, cap = 0;
+        assert_ok(st_tokenizer_encode(t, text, text_len, templ, &ids, &n, &cap));
+        size_t first_bad = n;
+        for (size_t i = 0; i < n && i < json_array_size(want) && first_bad == n; i++)
+            if (ids[i] != json_integer_value(json_array_get(want, i)))
+                first_bad = i;
+        if (n != json_array_size(want) || first_bad != n)
+            fail_msg("%s (%s%s): %zu ids, the library %zu; first difference at %zu: %d vs %lld",
+                     name, which, templ ? ", template" : "", n, json_array_size(want), first_bad,
+                     first_bad < n ? ids[first_bad] : -1,
+                     (long long)json_integer_value(json_array_get(want, first_bad)));
+        if (!templ) {
+            char *back = NULL;
+            size_t len = 0;
+            assert_ok(st_tokenizer_decode(t, ids, n, false, &back, &len));
+            const char *want_text = json_string_value(json_object_get(e, "decoded"));
+            if (len != strlen(want_text) || memcmp(back, want_text, len) != 0)
+                fail_msg("%s: decoding differs from the library's", name);
+            free(back);
+        }
+        free(ids);
+    }
+    st_tokenizer_free(t);
+}
+
+static void bytelevel_matches_the_library(void **state)
+{
+    (void)state;
+    check_ids("bytelevel.json", "bytelevel");
+    check_ids("gpt2", "bytelevel"); /* vocab.json + merges.txt */
+}
+
+static void llama3_layout_matches_the_library(void **state)
+{
+    (void)state;
+    check_ids("llama3.json", "llama3");
+}
+
+static void sentencepiece_layout_matches_the_library(void **state)
+{
+    (void)state;
+    check_ids("sentencepiece.json", "sentencepiece");
+}
+
+/* Decoding the ids of any text gives the text back (byte level: exactly;
+ * the special tokens skipped on request). */
+static void decoding_round_trips(void **state)
+{
+    (void)state;
+    char path[4200];
+    path_of(path, sizeof path, "llama3.json");
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_load(path, &t));
+    const char *s = "x\xff\xfe y\n\n  z 🎉 <|begin_of_text|>";
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    assert_ok(st_tokenizer_encode(t, s, strlen(s), true, &ids, &n, &cap));
+    assert_int_equal(ids[0], st_tokenizer_bos(t));
+    char *back = NULL;
+    size_t len = 0;
+    assert_ok(st_tokenizer_decode(t, ids, n, true, &back, &len));
+    assert_int_equal(len, strlen(s) - strlen("<|begin_of_text|>"));
+    assert_memory_equal(back, s, len);
+    free(back);
+    int32_t bad = (int32_t)st_tokenizer_vocab_size(t);
+    assert_int_equal(st_tokenizer_decode(t, &bad, 1, false, &back, &len), ST_ERR_INVALID);
+    free(ids);
+    st_tokenizer_free(t);
+}
+
+static void bad_files_name_the_problem(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json;
+        st_status status;
+        const char *says;
+    } cases[] = {
+        {"{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", ST_ERR_UNSUPPORTED,
+         "model type \"WordPiece\""},
+        {"{\"model\": {\"type\": \"Unigram\"}}", ST_ERR_UNSUPPORTED, "\"Unigram\""},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"normalizer\": {\"type\": \"BertNormalizer\"}}",
+         ST_ERR_UNSUPPORTED, "normalizer \"BertNormalizer\""},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"pre_tokenizer\": {\"type\": \"Whitespace\"}}",
+         ST_ERR_UNSUPPORTED, "pre_tokenizer \"Whitespace\""},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}",
+         ST_ERR_FORMAT, "not in the vocabulary"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}", ST_ERR_FORMAT,
+         "must be an id"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"},"
+         " \"behavior\": \"Isolated\"}}",
+         ST_ERR_FORMAT, "does not compile"},
+        {"[1, 2", ST_ERR_FORMAT, "not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        st_tokenizer *t = NULL;
+        st_status s = st_tokenizer_parse(cases[i].json, strlen(cases[i].json), "bad.json", &t);
+        if (s != cases[i].status)
+            fail_msg("case %zu: got %s, wanted %s (%s)", i, st_status_name(s),
+                     st_status_name(cases[i].status), st_last_error());
+        assert_contains(st_last_error(), "bad.json");
+        assert_contains(st_last_error(), cases[i].says);
+    }
+    st_tokenizer *t = NULL;
+    assert_int_equal(st_tokenizer_load("/nonexistent/tokenizer.json", &t), ST_ERR_NOT_FOUND);
+}
+
+int main(void)
+{
+    const char *r = getenv("STRATA_SOURCE_ROOT");
+    snprintf(root, sizeof root, "%s", r ? r : ".");
+    char path[4200];
+    path_of(path, sizeof path, "expected.json");
+    json_error_t jerr;
+    expected = json_load_file(path, 0, &jerr);
+    path_of(path, sizeof path, "test.txt");
+    FILE *f = fopen(path, "rb");
+    if (!expected || !f) {
+        fprintf(stderr, "cannot read the tokenizer test data under %s (set STRATA_SOURCE_ROOT)\n",
+                root);
+        return 1;
+    }
+    fseek(f, 0, SEEK_END);
+    text_len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    text = malloc(text_len + 1);
+    if (!text || fread(text, 1, text_len, f) != text_len)
+        return 1;
+    fclose(f);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bytelevel_matches_the_library),
+        cmocka_unit_test(llama3_layout_matches_the_library),
+        cmocka_unit_test(sentencepiece_layout_matches_the_library),
+        cmocka_unit_test(decoding_round_trips),
+        cmocka_unit_test(bad_files_name_the_problem),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    json_decref(expected);
+    free(text);
+    return failed;
+}
