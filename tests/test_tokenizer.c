@@ -13,10 +13,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "strata/data.h"
 #include "strata/tokenizer.h"
 #include "tests/common.h"
 
@@ -151,6 +153,49 @@ static void bad_files_name_the_problem(void **state)
     assert_int_equal(st_tokenizer_load("/nonexistent/tokenizer.json", &t), ST_ERR_NOT_FOUND);
 }
 
+/* llm.c's token files: uint16 while the ids allow, uint32 beyond; read
+ * back as data; a header that does not match the file is refused. */
+static void token_files_round_trip(void **state)
+{
+    (void)state;
+    for (int wide = 0; wide < 2; wide++) {
+        size_t n = 3000;
+        int32_t *ids = malloc(n * sizeof *ids);
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (int32_t)((i * 7919) % (wide ? 128256 : 50257));
+        char dir[] = "/tmp/strata-tokens-XXXXXX", path[64];
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/tokens.bin", dir);
+        assert_ok(st_token_file_write(path, ids, n));
+        st_dataset *ds = NULL;
+        assert_ok(st_dataset_open(path, &ds));
+        assert_int_equal(st_dataset_tokens(ds, ST_ALL), n);
+        int32_t want_max = 0;
+        for (size_t i = 0; i < n; i++)
+            want_max = ids[i] > want_max ? ids[i] : want_max;
+        assert_int_equal(st_dataset_vocab_needed(ds), want_max + 1);
+        assert_contains(st_dataset_describe(ds), wide ? "uint32 tokens (llm.c" : "uint16 tokens (llm.c");
+        int32_t tok[8], tgt[8];
+        assert_ok(st_dataset_batch(ds, ST_ALL, 0, 0, 1, 8, tok, tgt));
+        for (int i = 0; i < 8; i++) {
+            assert_int_equal(tok[i], ids[i]);
+            assert_int_equal(tgt[i], ids[i + 1]);
+        }
+        st_dataset_destroy(ds);
+        /* a count in the header that the file does not hold */
+        FILE *f = fopen(path, "r+b");
+        int32_t bad = 5;
+        fseek(f, 8, SEEK_SET);
+        fwrite(&bad, 4, 1, f);
+        fclose(f);
+        assert_int_equal(st_dataset_open(path, &ds), ST_ERR_FORMAT);
+        assert_contains(st_last_error(), "llm.c header");
+        unlink(path);
+        rmdir(dir);
+        free(ids);
+    }
+}
+
 int main(void)
 {
     const char *r = getenv("STRATA_SOURCE_ROOT");
@@ -179,6 +224,7 @@ int main(void)
         cmocka_unit_test(sentencepiece_layout_matches_the_library),
         cmocka_unit_test(decoding_round_trips),
         cmocka_unit_test(bad_files_name_the_problem),
+        cmocka_unit_test(token_files_round_trip),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(expected);

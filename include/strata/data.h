@@ -9,8 +9,10 @@
  *     accuracy measure the sums alone. One problem per sequence, T = 12.
  *   - a text file: bytes are tokens (vocabulary 256); the first 90% trains,
  *     the last 10% validates.
- *   - a file of uint16 token ids (name ending in .bin, .u16 or .tok), split
- *     the same way.
+ *   - a file of token ids (name ending in .bin, .u16 or .tok), split the
+ *     same way: llm.c's format (a header of 256 int32: magic, version,
+ *     count; then uint16 ids, or uint32 for vocabularies above 65,535), or
+ *     raw little-endian uint16 ids.
  *
  * Batches are a pure function of (seed, split, index): a run that resumes at
  * step s draws exactly the batches an uninterrupted run draws.
@@ -31,6 +33,17 @@ extern "C" {
 #endif
 
 typedef struct st_dataset st_dataset;
+
+/* llm.c's token files: the header's magic numbers (versions 1 and 7). */
+#define ST_TOKEN_MAGIC_U16 20240520
+#define ST_TOKEN_MAGIC_U32 20240801
+#define ST_TOKEN_HEADER_BYTES 1024
+/* Ids a token file may hold: below this. */
+#define ST_MODEL_MAX_VOCAB_TOKENS 16777216
+
+/* Writes ids as llm.c's token file (uint16 when every id is below 65,536,
+ * else uint32), whole or not at all. */
+st_status st_token_file_write(const char *path, const int32_t *ids, size_t n);
 
 /* ST_ALL: the whole source, in order (for evaluating a file). */
 typedef enum st_split { ST_TRAIN, ST_VAL, ST_ALL } st_split;

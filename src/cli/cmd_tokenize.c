@@ -9,11 +9,14 @@
 
 #include "cli/cli.h"
 #include "core/clock.h"
+#include "strata/data.h"
+#include "strata/progress.h"
 #include "strata/tokenizer.h"
 
 static void help(void)
 {
-    printf("usage: strata tokenize --tokenizer PATH [--ids | --count | --decode] [FILE...]\n"
+    printf("usage: strata tokenize --tokenizer PATH [--ids | --count | --decode | --out FILE]\n"
+           "                       [FILE...]\n"
            "\n"
            "Tokenizes each FILE (default: standard input) with a Hugging Face tokenizer:\n"
            "a tokenizer.json, a model folder holding one, or GPT-2's vocab.json (with\n"
@@ -24,6 +27,9 @@ static void help(void)
            "  --ids               print the ids, space-separated, a line per file (default)\n"
            "  --count             print the number of tokens and bytes per file, and the rate\n"
            "  --decode            read ids (whitespace-separated) and print their text\n"
+           "  --out FILE          write the ids of all the files, one after the other, as a\n"
+           "                      token file for training: llm.c's format (a 1 KiB header,\n"
+           "                      then uint16 ids, or uint32 above 65,535)\n"
            "  --template          add the tokenizer's special tokens around the text (BOS)\n"
            "  -h, --help          this text\n"
            "\n"
@@ -58,7 +64,13 @@ static st_status read_all(FILE *f, const char *name, char **out, size_t *len)
     return ST_OK;
 }
 
-static st_status one(st_tokenizer *t, const char *name, int mode, bool templ)
+/* The ids of every file, for --out. */
+typedef struct collected {
+    int32_t *ids;
+    size_t n, cap;
+} collected;
+
+static st_status one(st_tokenizer *t, const char *name, int mode, bool templ, collected *all)
 {
     FILE *f = strcmp(name, "-") == 0 ? stdin : fopen(name, "rb");
     if (!f)
@@ -107,6 +119,11 @@ static st_status one(st_tokenizer *t, const char *name, int mode, bool templ)
         free(text);
         return s;
     }
+    if (all) {
+        s = st_tokenizer_encode(t, text, len, templ, &all->ids, &all->n, &all->cap);
+        free(text);
+        return s;
+    }
     int32_t *ids = NULL;
     size_t n = 0, cap = 0;
     double t0 = st_now_s();
@@ -131,8 +148,8 @@ int cmd_tokenize(int argc, char **argv)
         {"tokenizer", required_argument, NULL, 't'}, {"ids", no_argument, NULL, 'i'},
         {"count", no_argument, NULL, 'c'},           {"decode", no_argument, NULL, 'd'},
         {"template", no_argument, NULL, 'T'},        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    const char *path = NULL;
+        {"out", required_argument, NULL, 'o'},       {NULL, 0, NULL, 0}};
+    const char *path = NULL, *out = NULL;
     int mode = 0, c;
     bool templ = false;
     optind = 1;
@@ -144,6 +161,7 @@ int cmd_tokenize(int argc, char **argv)
         case 'c': mode = 1; break;
         case 'd': mode = 2; break;
         case 'T': templ = true; break;
+        case 'o': out = optarg; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("tokenize", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("tokenize", argv[optind - 1], opts);
@@ -157,10 +175,29 @@ int cmd_tokenize(int argc, char **argv)
         int code = cli_fail(s);
         return s == ST_ERR_UNSUPPORTED ? CLI_USAGE : code; /* a tokenizer file is input */
     }
+    if (out && mode == 2) {
+        st_tokenizer_free(t);
+        return cli_usage_error("tokenize", "--out writes ids: it does not go with --decode");
+    }
+    collected all = {0};
+    st_progress pr;
+    int n_files = argc - optind;
+    if (out)
+        st_progress_begin(&pr, (size_t)(n_files ? n_files : 1), "tokenizing into %s: files", out);
     if (optind == argc)
-        s = one(t, "-", mode, templ);
-    for (int i = optind; s == ST_OK && i < argc; i++)
-        s = one(t, argv[i], mode, templ);
+        s = one(t, "-", mode, templ, out ? &all : NULL);
+    for (int i = optind; s == ST_OK && i < argc; i++) {
+        if (out)
+            st_progress_update(&pr, (size_t)(i - optind));
+        s = one(t, argv[i], mode, templ, out ? &all : NULL);
+    }
+    if (out) {
+        st_progress_end(&pr);
+        if (s == ST_OK && (s = st_token_file_write(out, all.ids, all.n)) == ST_OK)
+            printf("%s: %zu tokens from %d file%s (vocabulary %zu)\n", out, all.n,
+                   n_files ? n_files : 1, n_files == 1 ? "" : "s", st_tokenizer_vocab_size(t));
+    }
+    free(all.ids);
     st_tokenizer_free(t);
     return s == ST_OK ? CLI_OK : cli_fail(s);
 }

@@ -1,6 +1,7 @@
 /*
- * data.c - the built-in addition task, byte-level text files and uint16
- * token files, as batches (see strata/data.h).
+ * data.c - the built-in addition task, byte-level text files and token
+ * files (raw uint16, or llm.c's with a header: uint16 or uint32), as
+ * batches (see strata/data.h).
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/atomic.h"
 #include "core/file.h"
 #include "core/hash.h"
 #include "strata/data.h"
@@ -23,7 +25,7 @@ struct st_dataset {
     kind kind;
     char name[1024];
     char describe[1200];
-    uint16_t *tokens; /* files: every token */
+    uint32_t *tokens; /* files: every token */
     size_t n, n_train; /* files: all tokens, the first n_train train */
     int vocab_needed;
     st_data_identity id;
@@ -75,12 +77,6 @@ static st_status load_file(st_dataset *ds, const char *path)
         return st_error(ST_ERR_IO, "cannot read data file '%s': %s", path, strerror(errno));
     }
     size_t bytes = (size_t)size;
-    if (tokens && bytes % 2 != 0) {
-        fclose(f);
-        return st_error(ST_ERR_FORMAT,
-                        "token file '%s' has %zu bytes, not a whole number of uint16 tokens",
-                        path, bytes);
-    }
     unsigned char *raw = malloc(bytes ? bytes : 1);
     if (!raw) {
         fclose(f);
@@ -94,29 +90,64 @@ static st_status load_file(st_dataset *ds, const char *path)
     ds->id.sum = st_sum64_of(raw, bytes);
     if (!realpath(path, ds->id.path))
         snprintf(ds->id.path, sizeof ds->id.path, "%s", path);
+    /* llm.c's token files: a header of 256 int32 (magic, version, count),
+     * then uint16 tokens (magic 20240520, version 1) or uint32 (20240801,
+     * version 7). Without that header a token file is raw uint16. */
+    size_t width = 2, skip = 0;
+    const char *format = "uint16 tokens";
+    if (tokens && s == ST_OK && bytes >= ST_TOKEN_HEADER_BYTES) {
+        int32_t h[3];
+        memcpy(h, raw, sizeof h);
+        if (h[0] == ST_TOKEN_MAGIC_U16 || h[0] == ST_TOKEN_MAGIC_U32) {
+            bool wide = h[0] == ST_TOKEN_MAGIC_U32;
+            width = wide ? 4 : 2;
+            skip = ST_TOKEN_HEADER_BYTES;
+            format = wide ? "uint32 tokens (llm.c format)" : "uint16 tokens (llm.c format)";
+            if (h[1] != (wide ? 7 : 1) || h[2] < 0 ||
+                (size_t)h[2] * width != bytes - ST_TOKEN_HEADER_BYTES)
+                s = st_error(ST_ERR_FORMAT,
+                             "token file '%s': its llm.c header says version %d and %d tokens, "
+                             "but it has %zu bytes after the header (version %d expected)",
+                             path, h[1], h[2], bytes - ST_TOKEN_HEADER_BYTES, wide ? 7 : 1);
+        }
+    }
+    if (s == ST_OK && tokens && (bytes - skip) % width != 0)
+        s = st_error(ST_ERR_FORMAT,
+                     "token file '%s' has %zu bytes, not a whole number of uint16 tokens", path,
+                     bytes);
     if (s != ST_OK) {
         free(raw);
         return s;
     }
-    ds->n = tokens ? bytes / 2 : bytes;
+    ds->n = tokens ? (bytes - skip) / width : bytes;
     ds->tokens = malloc((ds->n ? ds->n : 1) * sizeof *ds->tokens);
     if (!ds->tokens) {
         free(raw);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu tokens", ds->n);
     }
-    int maxtok = 0;
+    uint32_t maxtok = 0;
+    const unsigned char *q = raw + skip;
     for (size_t i = 0; i < ds->n; i++) {
-        ds->tokens[i] = tokens ? (uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8) : raw[i];
+        ds->tokens[i] = !tokens      ? q[i]
+                        : width == 2 ? (uint32_t)(q[2 * i] | q[2 * i + 1] << 8)
+                                     : (uint32_t)q[4 * i] | (uint32_t)q[4 * i + 1] << 8 |
+                                           (uint32_t)q[4 * i + 2] << 16 |
+                                           (uint32_t)q[4 * i + 3] << 24;
         if (ds->tokens[i] > maxtok)
             maxtok = ds->tokens[i];
     }
+    if (maxtok >= (uint32_t)ST_MODEL_MAX_VOCAB_TOKENS) {
+        free(raw);
+        return st_error(ST_ERR_FORMAT, "token file '%s' holds token %u: ids go up to %d", path,
+                        maxtok, ST_MODEL_MAX_VOCAB_TOKENS - 1);
+    }
     free(raw);
     ds->kind = tokens ? KIND_TOKENS : KIND_TEXT;
-    ds->vocab_needed = tokens ? maxtok + 1 : 256;
+    ds->vocab_needed = tokens ? (int)maxtok + 1 : 256;
     ds->n_train = ds->n - ds->n * VAL_PERCENT / 100;
     snprintf(ds->describe, sizeof ds->describe,
              "%s: %zu %s (%zu train, %zu validation)", path, ds->n,
-             tokens ? "uint16 tokens" : "bytes", ds->n_train, ds->n - ds->n_train);
+             tokens ? format : "bytes", ds->n_train, ds->n - ds->n_train);
     return ST_OK;
 }
 
@@ -255,11 +286,37 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
             start = (size_t)rng_below(&r, n - (size_t)T);
         else
             start = ((index * (size_t)B + (size_t)b) % windows) * (size_t)T;
-        const uint16_t *src = ds->tokens + first + start;
+        const uint32_t *src = ds->tokens + first + start;
         for (int t = 0; t < T; t++) {
             tokens[b * T + t] = src[t];
             targets[b * T + t] = src[t + 1];
         }
     }
     return ST_OK;
+}
+
+st_status st_token_file_write(const char *path, const int32_t *ids, size_t n)
+{
+    bool wide = false;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= ST_MODEL_MAX_VOCAB_TOKENS)
+            return st_error(ST_ERR_INVALID, "token id %d cannot be written to a token file", ids[i]);
+        wide = wide || ids[i] > 65535;
+    }
+    if (n > INT32_MAX)
+        return st_error(ST_ERR_INVALID, "%zu tokens: an llm.c token file holds at most %d", n,
+                        INT32_MAX);
+    size_t width = wide ? 4 : 2, bytes = ST_TOKEN_HEADER_BYTES + n * width;
+    unsigned char *out = calloc(bytes, 1);
+    if (!out)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing '%s'", path);
+    int32_t h[3] = {wide ? ST_TOKEN_MAGIC_U32 : ST_TOKEN_MAGIC_U16, wide ? 7 : 1, (int32_t)n};
+    memcpy(out, h, sizeof h);
+    unsigned char *q = out + ST_TOKEN_HEADER_BYTES;
+    for (size_t i = 0; i < n; i++)
+        for (size_t b = 0; b < width; b++)
+            q[width * i + b] = (unsigned char)((uint32_t)ids[i] >> (8 * b));
+    st_status s = st_write_file_atomic(path, out, bytes, NULL);
+    free(out);
+    return s;
 }
