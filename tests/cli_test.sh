@@ -152,6 +152,23 @@ if [ -d "$toks" ]; then
     printf '{"model": {"type": "WordPiece", "vocab": {}}}' >"$tmp/wp.json"
     expect 2 "tokenize WordPiece" -- "$strata" tokenize --tokenizer "$tmp/wp.json" "$toks/test.txt"
     grep_in "$tmp/err" 'model type "WordPiece" is not supported' "WordPiece refused by name"
+    # text -> token file -> a model -> generation with the tokenizer
+    expect 0 "tokenize --out" -- "$strata" tokenize --tokenizer "$toks/llama3.json" --out "$tmp/tok.bin" \
+        "$toks/test.txt" "$tmp/text.txt"
+    grep_in "$tmp/out" "tokens from 2 files (vocabulary 1500)" "tokenize --out says what it wrote"
+    expect 0 "train on a token file" -- "$strata" train --arch llama --kv-heads 2 --layers 1 --embd 32 \
+        --heads 4 --data "$tmp/tok.bin" --vocab 1500 --seq 16 --batch 4 --steps 3 --eval-every 0 \
+        --out "$tmp/tokm"
+    grep_in "$tmp/out" "llm.c format" "the token file is read as llm.c's"
+    cp "$toks/llama3.json" "$tmp/tokm/tokenizer.json"
+    expect 0 "generate with the folder's tokenizer" -- "$strata" generate --model "$tmp/tokm" \
+        --prompt "Hello wörld" -n 5
+    grep_in "$tmp/out" "Hello wörld" "the prompt printed as text"
+    want=$(printf 'Hello wörld' | "$strata" tokenize --tokenizer "$toks/llama3.json" --template | wc -w)
+    grep_in "$tmp/err" "prompt: $want tokens" "the prompt tokenized as the tokenizer does, BOS first"
+    expect 2 "tokenizer larger than the model" -- "$strata" generate --model "$tmp/llama" \
+        --tokenizer "$toks/llama3.json" --prompt "Hello" -n 2
+    grep_in "$tmp/err" "outside the model's vocabulary" "tokenizer/model mismatch named"
     expect 2 "tokenize without a tokenizer" -- "$strata" tokenize "$toks/test.txt"
     expect 2 "tokenize a missing file" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$tmp/nope.txt"
 fi

@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -13,6 +14,7 @@
 #include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
+#include "strata/tokenizer.h"
 #include "strata/data.h"
 #include "strata/stage.h"
 #include "strata/pipe.h"
@@ -21,7 +23,24 @@
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
     const char *devices, *split, *mem_limit;
+    const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
 } run_flags;
+
+/* The tokenizer for a model folder: --tokenizer's, else the folder's own
+ * (tokenizer.json, or vocab.json with merges.txt), else NULL: bytes. */
+static st_status open_tokenizer(const char *dir, const run_flags *f, st_tokenizer **out)
+{
+    *out = NULL;
+    if (f->tokenizer)
+        return st_tokenizer_load(f->tokenizer, out);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct stat sb;
+    bool has = stat(path, &sb) == 0;
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    has = has || stat(path, &sb) == 0;
+    return has ? st_tokenizer_load(dir, out) : ST_OK;
+}
 
 /* Opens dir's model over the chosen devices, split by the planner (plan
  * printed to stderr when there is more than one stage). shape: the run's
@@ -125,14 +144,67 @@ static void put_token(int tok)
         printf("<%d>", tok);
 }
 
+/* Prints what the text of ids[0..n) adds beyond the *printed bytes shown
+ * so far: decoded by the tokenizer (its special tokens left out), or ids
+ * as bytes. Decoding the whole text each time keeps what a tokenizer does
+ * across tokens (a character split over byte tokens, a stripped space). */
+static st_status show(st_tokenizer *tk, const int *ids, long n, size_t *printed)
+{
+    if (!tk) {
+        for (long j = (long)*printed; j < n; j++)
+            put_token(ids[j]);
+        *printed = (size_t)n;
+        fflush(stdout);
+        return ST_OK;
+    }
+    int32_t *v = malloc(((size_t)n + 1) * sizeof *v);
+    if (!v)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (long j = 0; j < n; j++)
+        v[j] = ids[j];
+    char *text = NULL;
+    size_t len = 0;
+    st_status s = st_tokenizer_decode(tk, v, (size_t)n, true, &text, &len);
+    free(v);
+    if (s != ST_OK)
+        return s;
+    if (len > *printed) {
+        fwrite(text + *printed, 1, len - *printed, stdout);
+        *printed = len;
+        fflush(stdout);
+    }
+    free(text);
+    return ST_OK;
+}
+
+/* The rest of a text; *newline: it ended with one. */
+static st_status show_end(st_tokenizer *tk, const int *ids, long n, size_t *printed,
+                          bool *newline)
+{
+    st_status s = show(tk, ids, n, printed);
+    *newline = n > 0 && !tk && ids[n - 1] == '\n';
+    if (tk && s == ST_OK) {
+        int32_t last = n > 0 ? ids[n - 1] : -1;
+        char *t = NULL;
+        size_t len = 0;
+        if (last >= 0 && st_tokenizer_decode(tk, &last, 1, true, &t, &len) == ST_OK)
+            *newline = len > 0 && t[len - 1] == '\n';
+        free(t);
+    }
+    return s;
+}
+
 static void generate_help(void)
 {
     printf("usage: strata generate --model DIR [options]\n"
            "\n"
            "Continues a prompt with a trained model (a folder written by `strata train\n"
            "--out`, or a Hugging Face folder: config.json of a GPT-2, Llama, Mistral\n"
-           "or Qwen2 model and model.safetensors or its shards). Tokens are bytes;\n"
-           "ids of 256 and up print as <id>. Each new token runs one position through\n"
+           "or Qwen2 model and model.safetensors or its shards). With the folder's\n"
+           "tokenizer.json (or --tokenizer) the prompt is tokenized as the model was\n"
+           "(with its BOS), the text printed as it comes, and generation stops at the\n"
+           "tokenizer's EOS; without one tokens are bytes and ids of 256 and up print\n"
+           "as <id>. Each new token runs one position through\n"
            "the model, reusing the keys and values of the earlier ones (KV cache).\n"
            "The text goes to stdout, the statistics to stderr: the prompt's tokens and\n"
            "time, the generated tokens, their rate, and the time spent loading.\n"
@@ -153,6 +225,8 @@ static void generate_help(void)
            "                      (each stage keeps the KV cache of its own layers)\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
+           "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
+           "                      instead of the model folder's\n"
            "  -h, --help          this text\n"
            "\n"
            "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
@@ -188,11 +262,40 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         return cli_fail(s);
     }
     int V = cfg.vocab_size, P = cfg.n_positions;
+    /* The prompts' tokens: the model's tokenizer's (with its BOS), else bytes. */
+    st_tokenizer *tk = NULL;
+    s = open_tokenizer(model, rf, &tk);
+    int32_t **pids = calloc((size_t)n_prompts, sizeof *pids);
+    size_t *plen = calloc((size_t)n_prompts, sizeof *plen);
+    if (s == ST_OK && (!pids || !plen))
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+        size_t cap_i = 0, pl = strlen(prompts[i]);
+        if (tk) {
+            s = st_tokenizer_encode(tk, prompts[i], pl, true, &pids[i], &plen[i], &cap_i);
+        } else if ((pids[i] = malloc((pl + 1) * sizeof *pids[i])) != NULL) {
+            for (size_t j = 0; j < pl; j++)
+                pids[i][j] = (unsigned char)prompts[i][j];
+            plen[i] = pl;
+        } else {
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        }
+        for (size_t j = 0; s == ST_OK && j < plen[i]; j++)
+            if (pids[i][j] >= V)
+                s = st_error(ST_ERR_INVALID,
+                             "prompt %d has token %d, outside the model's vocabulary of %d (is "
+                             "the tokenizer the model's?)",
+                             i + 1, pids[i][j], V);
+        if (s == ST_OK && plen[i] == 0)
+            s = st_error(ST_ERR_INVALID, "prompt %d has no tokens", i + 1);
+    }
+    int eos = tk ? st_tokenizer_eos(tk) : -1;
     size_t longest = 0;
-    for (int i = 0; i < n_prompts; i++)
-        if (strlen(prompts[i]) > longest)
-            longest = strlen(prompts[i]);
+    for (int i = 0; s == ST_OK && i < n_prompts; i++)
+        if (plen[i] > longest)
+            longest = plen[i];
     size_t cap = longest + (size_t)n + 1;
+    size_t *printed = calloc((size_t)n_prompts, sizeof *printed); /* bytes of text shown */
     bool stream = n_prompts == 1;
     int *tok = calloc((size_t)n_prompts, sizeof *tok), *pos = calloc((size_t)n_prompts, sizeof *pos);
     int *text = calloc((size_t)n_prompts * cap, sizeof *text);
@@ -205,22 +308,22 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory (-n %ld for %d prompts)", n,
                      n_prompts);
     long prompt_tokens = 0;
+    if (s == ST_OK && !printed)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-        size_t pl = strlen(prompts[i]);
+        size_t pl = plen[i];
         if (pl > (size_t)P)
             s = st_error(ST_ERR_INVALID, "prompt %d has %zu tokens; the model takes at most %d",
                          i + 1, pl, P);
         for (size_t j = 0; s == ST_OK && j < pl; j++)
-            text[(size_t)i * cap + j] = (unsigned char)prompts[i][j];
+            text[(size_t)i * cap + j] = pids[i][j];
         len[i] = (long)pl;
         prompt_tokens += (long)pl;
         rng[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
         tok[i] = text[(size_t)i * cap];
     }
-    if (s == ST_OK && stream) {
-        fputs(prompts[0], stdout);
-        fflush(stdout);
-    }
+    if (s == ST_OK && stream)
+        s = show(tk, text, len[0], &printed[0]);
     /* Progress: the prompts' tokens while they are read (one position per
      * round each), then the generated tokens when the text is not streamed. */
     st_progress pr;
@@ -244,13 +347,15 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                 reading |= made[i] == 0;
             } else if (!done) {
                 int next = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
-                t[len[i]++] = next;
                 made[i]++;
                 total++;
-                if (stream) {
-                    put_token(next);
-                    fflush(stdout);
+                if (next == eos) { /* the end of the text: nothing more for this prompt */
+                    made[i] = n;
+                    continue;
                 }
+                t[len[i]++] = next;
+                if (stream && (s = show(tk, t, len[i], &printed[i])) != ST_OK)
+                    break;
                 if (made[i] < n) {
                     if (len[i] - 1 - base[i] >= P) { /* no position left: slide */
                         base[i] = len[i] - (P / 2 > 0 ? P / 2 : 1);
@@ -283,9 +388,9 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
         if (!stream)
             printf("%s--- %d of %d ---\n", i ? "\n" : "", i + 1, n_prompts);
-        for (long j = stream ? len[i] : 0; j < len[i]; j++)
-            put_token(text[(size_t)i * cap + j]);
-        if (text[(size_t)i * cap + len[i] - 1] != '\n')
+        bool newline = false;
+        s = show_end(tk, text + (size_t)i * cap, len[i], &printed[i], &newline);
+        if (!newline)
             putchar('\n');
     }
     if (s == ST_OK) {
@@ -306,6 +411,12 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                     "its last %d tokens (read again from position 0)\n",
                     P, slides, slides == 1 ? "" : "s", P / 2 > 0 ? P / 2 : 1);
     }
+    for (int i = 0; pids && i < n_prompts; i++)
+        free(pids[i]);
+    free(pids);
+    free(plen);
+    free(printed);
+    st_tokenizer_free(tk);
     free(tok);
     free(pos);
     free(text);
@@ -333,6 +444,7 @@ int cmd_generate(int argc, char **argv)
                                          {"devices", required_argument, NULL, 'd'},
                                          {"split", required_argument, NULL, 'S'},
                                          {"mem-limit", required_argument, NULL, 'M'},
+                                         {"tokenizer", required_argument, NULL, 'z'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
@@ -360,6 +472,7 @@ int cmd_generate(int argc, char **argv)
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
+        case 'z': rf.tokenizer = optarg; break;
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("generate", argv[optind - 1], opts);
