@@ -3,7 +3,7 @@
  * against the `tokenizers` library: the ids it gave for a test text
  * (Unicode letters and digits in several scripts, emoji, whitespace runs,
  * contractions, long numbers, special tokens; tests/data/tokenizers/, made by
- * tools/tokenizer_data.py) for three layouts and GPT-2's vocab.json +
+ * tools/tokenizer_data.py) for five layouts and GPT-2's vocab.json +
  * merges.txt, with and without the template; decoding; bad files refused by
  * name.
  */
@@ -85,6 +85,18 @@ static void sentencepiece_layout_matches_the_library(void **state)
 {
     (void)state;
     check_ids("sentencepiece.json", "sentencepiece");
+}
+
+static void metaspace_layout_matches_the_library(void **state)
+{
+    (void)state;
+    check_ids("metaspace.json", "metaspace");
+}
+
+static void digits_layout_matches_the_library(void **state)
+{
+    (void)state;
+    check_ids("digits.json", "digits");
 }
 
 /* Decoding the ids of any text gives the text back (byte level: exactly;
@@ -222,6 +234,8 @@ int main(void)
         cmocka_unit_test(bytelevel_matches_the_library),
         cmocka_unit_test(llama3_layout_matches_the_library),
         cmocka_unit_test(sentencepiece_layout_matches_the_library),
+        cmocka_unit_test(metaspace_layout_matches_the_library),
+        cmocka_unit_test(digits_layout_matches_the_library),
         cmocka_unit_test(decoding_round_trips),
         cmocka_unit_test(bad_files_name_the_problem),
         cmocka_unit_test(token_files_round_trip),

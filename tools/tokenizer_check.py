@@ -40,7 +40,8 @@ def main():
     print("| tokenizer | tokens | ids that differ | Strata MB/s | tokenizers MB/s (one string; "
           "line by line) | ratio (against the faster) |")
     print("|---|---|---|---|---|---|")
-    for name in ["bytelevel.json", "llama3.json", "sentencepiece.json"]:
+    for name in ["bytelevel.json", "llama3.json", "sentencepiece.json", "metaspace.json",
+                 "digits.json"]:
         tok = Tokenizer.from_file(os.path.join(data, name))
         t0 = time.perf_counter()
         want = tok.encode(text, add_special_tokens=False).ids

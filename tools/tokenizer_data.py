@@ -11,6 +11,9 @@ gives for a test text, which tests/test_tokenizer.c must reproduce.
                    ignore_merges, special tokens, a BOS template
   sentencepiece.json  Llama 2's layout: Prepend + Replace normalizer, byte
                    fallback (<0xNN>), <s> </s> <unk>, a BOS template
+  metaspace.json   newer Mistral's layout: Metaspace pre-tokenizer ("first",
+                   no split) and decoder, byte fallback
+  digits.json      SmolLM's layout: Digits (each alone) then ByteLevel
   expected.json    per tokenizer: the test text's ids (with and without the
                    template), and the decoded text
 
@@ -133,6 +136,37 @@ def train_sentencepiece(texts):
     return tok
 
 
+def train_metaspace(texts):
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first",
+                                                 split=False)
+    tok.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="first",
+                                                        split=False),
+                                     decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=1400, special_tokens=specials, show_progress=False,
+                                  limit_alphabet=200)
+    tok.train_from_iterator(texts, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return tok
+
+
+def train_digits(texts):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                   "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -142,7 +176,8 @@ def main():
         f.write(text)
     expected = {}
     for name, make in [("bytelevel", train_bytelevel), ("llama3", train_llama3),
-                       ("sentencepiece", train_sentencepiece)]:
+                       ("sentencepiece", train_sentencepiece), ("metaspace", train_metaspace),
+                       ("digits", train_digits)]:
         tok = make(texts)
         tok.save(os.path.join(out, name + ".json"))
         plain = tok.encode(text, add_special_tokens=False).ids
