@@ -26,6 +26,7 @@
 
 #include "strata/stage.h"
 #include "tests/common.h"
+#include "tests/stage_steps.h"
 
 static test_devices td;
 
@@ -225,24 +226,12 @@ static void forward_and_gradients_match(void **state)
     }
 }
 
-/* Five AdamW steps with clipping, as tools/llama_reference.py does. */
+/* Five AdamW steps with clipping, as the reference script does. */
 static void train_steps(st_stage *g, float *losses, float *norms)
 {
     st_adamw_hparams hp = {ref.lr, ref.beta1, ref.beta2, ref.adam_eps, ref.wd};
-    for (int t = 1; t <= ref.steps; t++) {
-        double sum = 0, ss = 0;
-        long count = 0;
-        assert_ok(st_stage_zero_grad(g));
-        assert_ok(st_stage_forward(g, 0, ref.tokens, ref.targets, ref.B, ref.T));
-        assert_ok(st_stage_loss(g, 0, ref.targets, ref.B, ref.T, &sum, &count));
-        assert_ok(st_stage_backward(g, 0, ref.B, ref.T, 1.0f / (float)count));
-        assert_ok(st_stage_grad_sumsq(g, &ss));
-        double norm = sqrt(ss);
-        float scale = (float)fmin(1.0, ref.clip / (norm + 1e-6));
-        assert_ok(st_stage_step(g, &hp, t, scale));
-        losses[t - 1] = (float)(sum / count);
-        norms[t - 1] = (float)norm;
-    }
+    stage_train_steps(g, &hp, ref.clip, ref.tokens, ref.targets, ref.B, ref.T, ref.steps, losses,
+                      norms);
 }
 
 static void adamw_steps_match(void **state)
