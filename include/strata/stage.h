@@ -23,7 +23,7 @@
  *   st_stage_forward(g, 0, tokens, targets, B, T);
  *   st_stage_loss(g, 0, targets, B, T, &sum, &count);
  *   st_stage_backward(g, 0, B, T, 1.0f / count);
- *   st_stage_grad_sumsq(g, &ss);  st_stage_step(g, &hp, step, scale);
+ *   st_stage_grad_sumsq(g, per_layer);  st_stage_step(g, &hp, step, scale);
  *
  * Not here: data, schedules, links between stages, files.
  */
@@ -60,6 +60,7 @@ typedef struct st_stage_param {
     bool tied;                 /* a copy of a parameter another stage owns */
 } st_stage_param;
 
+size_t st_stage_n_layers(const st_stage *g); /* end - first */
 size_t st_stage_n_params(const st_stage *g);
 const st_stage_param *st_stage_param_at(const st_stage *g, size_t i);
 /* Index of the parameter with this name, or -1. */
@@ -102,8 +103,10 @@ st_status st_stage_output_read(st_stage *g, int slot, int B, int T, float *host)
 typedef enum st_stage_io { ST_STAGE_IN, ST_STAGE_OUT, ST_STAGE_DIN, ST_STAGE_DOUT } st_stage_io;
 st_tensor *st_stage_io_tensor(const st_stage *g, int slot, st_stage_io which);
 
-/* Sum of squares of all gradients (tied copies excluded), fixed order. */
-st_status st_stage_grad_sumsq(st_stage *g, double *out);
+/* Per layer of the stage (first to end), the sum of squares of its own
+ * gradients (tied copies excluded), in a fixed order that does not depend on
+ * the stage's other layers: per_layer holds end - first floats. */
+st_status st_stage_grad_sumsq(st_stage *g, float *per_layer);
 /* AdamW at step t (from 1); weight decay where the description says; grad_scale
  * multiplies the gradients first (clipping). */
 st_status st_stage_step(st_stage *g, const st_adamw_hparams *h, long t, float grad_scale);

@@ -401,7 +401,8 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         z.slot_floats = t->act[end] - t->act[first] + N * in_floats + (has_head ? 0 : N * in_floats);
         z.slot_ints = 2 * N; /* tokens, targets */
         if (o->training)
-            z.work_floats = N * in_floats + range_max(t->work, first, end) + 1 + ST_SUMSQ_PARTS;
+            z.work_floats = N * in_floats + range_max(t->work, first, end) + (end - first) +
+                            ST_SUMSQ_PARTS; /* a squared gradient sum per layer */
     }
     if (S > 0) {
         z.decode_floats = in_floats + range_max(t->dec, first, end) + t->kv[end] - t->kv[first];

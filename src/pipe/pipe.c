@@ -540,20 +540,34 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
     if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK ||
         (s = test_poison(p, step)) != ST_OK)
         return s;
-    double loss = 0, ss = 0;
+    /* sums[0]: the loss; sums[1 + l]: layer l's squared gradients, from the
+     * one stage that holds it (0 elsewhere, so the sum over ranks is exact).
+     * They are added in layer order: the norm, the clipping and so the
+     * weights do not depend on the split. */
+    size_t L = p->desc->n_layers;
+    double *sums = calloc(L + 1, sizeof *sums);
+    float *part = calloc(L, sizeof *part);
+    if (!sums || !part) {
+        free(sums);
+        free(part);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    }
     if (p->stage[p->S - 1])
         for (int j = 0; j < p->o.micro_batches; j++)
-            loss += p->mb_loss[j];
-    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
-        double part = 0;
-        if (p->stage[k] && (s = st_stage_grad_sumsq(p->stage[k], &part)) == ST_OK)
-            ss += part;
-    }
-    double sums[2] = {loss, ss};
-    if (s != ST_OK || (s = allsum(p, sums, 2)) != ST_OK)
+            sums[0] += p->mb_loss[j];
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        if (p->stage[k] && (s = st_stage_grad_sumsq(p->stage[k], part)) == ST_OK)
+            for (size_t l = p->first[k]; l < p->end[k]; l++)
+                sums[1 + l] = part[l - p->first[k]];
+    if (s == ST_OK)
+        s = allsum(p, sums, (int)(L + 1));
+    double loss = sums[0], ss = 0;
+    for (size_t l = 0; l < L; l++)
+        ss += sums[1 + l];
+    free(sums);
+    free(part);
+    if (s != ST_OK)
         return s;
-    loss = sums[0];
-    ss = sums[1];
     double norm = sqrt(ss);
     memset(res, 0, sizeof *res);
     if (!isfinite(norm) || !isfinite(loss)) {

@@ -119,6 +119,11 @@ bool st_stage_has_head(const st_stage *g)
     return g->has_head;
 }
 
+size_t st_stage_n_layers(const st_stage *g)
+{
+    return g->end - g->first;
+}
+
 size_t st_stage_n_params(const st_stage *g)
 {
     return g->n_params;
@@ -310,7 +315,7 @@ static st_status make_scratch(st_stage *g)
     st_carver c = {g->scratch, 0, ST_OK};
     g->dres = st_carve(&c, N * g->in_floats);
     g->work = st_carve(&c, work);
-    g->sumsq_acc = st_carve(&c, 1);
+    g->sumsq_acc = st_carve(&c, g->end - g->first);
     g->sumsq_parts = st_carve(&c, ST_SUMSQ_PARTS);
     for (size_t l = 0; l < g->n_layers; l++)
         g->layers[l].work = g->work;
@@ -758,38 +763,32 @@ st_status st_stage_backward(st_stage *g, int slot, int B, int T, float dloss)
     return ST_OK;
 }
 
-st_status st_stage_grad_sumsq(st_stage *g, double *out)
+st_status st_stage_grad_sumsq(st_stage *g, float *per_layer)
 {
     if (!g->training || !g->scratch)
         return st_error(ST_ERR_INVALID, "grad_sumsq: the stage was created without training");
-    /* One pass (two launches) per run of untied parameters lying one after
-     * the other in the gradient buffer (zero between them, which adds
-     * nothing): one or two runs, where a pass per parameter took 2 x 148
-     * launches for GPT-2 small. Tied copies are left out. */
+    /* One pass (two launches) per layer over its own parameters, which lie
+     * one after the other in the gradient buffer; tied copies are left out.
+     * A layer's sum does not depend on which stage holds it, so the norm the
+     * pipeline adds up from them does not depend on the split. */
+    size_t n = g->end - g->first;
     st_status s = st_tensor_fill(g->sumsq_acc, 0.0f);
-    size_t start = 0, end = 0;
-    bool open = false;
-    for (size_t i = 0; s == ST_OK && i <= g->n_params; i++) {
-        bool take = i < g->n_params && !g->params[i].tied && (!open || g->params[i].offset >= end);
-        if (open && !take) {
-            st_tensor *run = NULL;
-            size_t len = end - start;
-            if ((s = st_tensor_view(g->bufs[ST_STAGE_GRADS], start, 1, &len, &run)) == ST_OK)
-                s = st_sumsq_accumulate(g->sumsq_acc, g->sumsq_parts, run, len);
-            st_tensor_destroy(run);
-            open = false;
-        }
-        if (s != ST_OK || i == g->n_params || g->params[i].tied)
+    for (size_t l = 0; s == ST_OK && l < n; l++) {
+        const st_layer *L = &g->layers[l];
+        size_t len = 0;
+        for (size_t i = 0; i < L->desc->n_params; i++)
+            len += L->desc->params[i].numel;
+        if (len == 0)
             continue;
-        if (!open) {
-            start = g->params[i].offset;
-            open = true;
-        }
-        end = g->params[i].offset + g->params[i].desc->numel;
+        st_tensor *run = st_view_at(g->bufs[ST_STAGE_GRADS], L->offset[0], len, &s);
+        st_tensor *acc = st_view_at(g->sumsq_acc, l, 1, &s);
+        if (s == ST_OK)
+            s = st_sumsq_accumulate(acc, g->sumsq_parts, run, len);
+        st_tensor_destroy(run);
+        st_tensor_destroy(acc);
     }
-    float acc = 0.0f;
-    if (s == ST_OK && (s = st_tensor_read(g->sumsq_acc, 0, 1, &acc)) == ST_OK)
-        *out = acc;
+    if (s == ST_OK)
+        s = st_tensor_read(g->sumsq_acc, 0, n, per_layer);
     return s;
 }
 
