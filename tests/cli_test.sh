@@ -169,6 +169,30 @@ if [ -d "$toks" ]; then
     expect 2 "tokenizer larger than the model" -- "$strata" generate --model "$tmp/llama" \
         --tokenizer "$toks/llama3.json" --prompt "Hello" -n 2
     grep_in "$tmp/err" "outside the model's vocabulary" "tokenizer/model mismatch named"
+    # a text file through a tokenizer: trained on, kept with the model, evaluated, resumed
+    cat "$toks/test.txt" "$toks/test.txt" "$toks/test.txt" >"$tmp/text3.txt"
+    expect 0 "train on text with --tokenizer" -- "$strata" train --arch llama --layers 1 --embd 32 \
+        --heads 4 --data "$tmp/text3.txt" --tokenizer "$toks/llama3.json" --seq 16 --batch 4 \
+        --steps 2 --eval-every 0 --eval-batches 1 --out "$tmp/textm"
+    grep_in "$tmp/out" "by the tokenizer (vocabulary 1500)" "the text is tokenized"
+    grep_in "$tmp/out" "vocabulary 1500" "the model takes the tokenizer's vocabulary"
+    cmp -s "$toks/llama3.json" "$tmp/textm/tokenizer.json" ||
+        { echo "FAIL the tokenizer is not kept in --out"; fails=$((fails + 1)); }
+    ntok=$("$strata" tokenize --tokenizer "$toks/llama3.json" --template "$tmp/text3.txt" | wc -w)
+    expect 0 "eval a text with the folder's tokenizer" -- "$strata" eval --model "$tmp/textm" \
+        --data "$tmp/text3.txt" --seq 16
+    grep_in "$tmp/err" "$ntok tokens of" "eval reads the text as the tokenizer's tokens"
+    expect 0 "resume a text run (the folder's tokenizer)" -- "$strata" train --resume "$tmp/textm" \
+        --steps 3
+    grep_in "$tmp/out" "step 3/3" "the resumed text run goes on"
+    expect 2 "resume with another tokenizer" -- "$strata" train --resume "$tmp/textm" --steps 4 \
+        --tokenizer "$toks/gpt2"
+    grep_in "$tmp/err" "tokenized by a tokenizer, this run's by another" "a changed tokenizer named"
+    cmp -s "$toks/llama3.json" "$tmp/textm/tokenizer.json" ||
+        { echo "FAIL a refused resume replaced the folder's tokenizer"; fails=$((fails + 1)); }
+    expect 2 "--tokenizer with the addition task" -- "$strata" train --tokenizer "$toks/llama3.json" \
+        --steps 1 --out "$tmp/addtok"
+    grep_in "$tmp/err" "addition task's tokens are bytes" "--tokenizer without a text named"
     expect 2 "tokenize without a tokenizer" -- "$strata" tokenize "$toks/test.txt"
     expect 2 "tokenize a missing file" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$tmp/nope.txt"
 fi

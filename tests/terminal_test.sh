@@ -70,6 +70,11 @@ grep -qa "reading the prompt: tokens" "$work/g" || fail "no progress reading the
 "$strata" generate -m "$work/m" -p "123+456=" -n 3 2>"$work/gerr" >/dev/null
 grep -qaE $'\r|\033' "$work/gerr" && fail "generate drew progress into a file: $(cat -v "$work/gerr")"
 
+# tokenize --out: bytes done of all the files.
+in_tty "$work/k" "$strata" tokenize --tokenizer "$STRATA_SOURCE_ROOT/tests/data/tokenizers/llama3.json" \
+    --out "$work/k.bin" "$STRATA_SOURCE_ROOT/tests/data/tokenizers/test.txt"
+grep -qa "tokenizing into $work/k.bin: bytes" "$work/k" || fail "no progress while tokenizing: $(cat -v "$work/k")"
+
 # Profiles: measured once (5 runs, their median and spread kept), then from
 # the cache when steady (a busy machine, as under a parallel test suite, may
 # make it unsteady: then it is measured again, with a warning); --refresh

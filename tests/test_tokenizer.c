@@ -5,7 +5,7 @@
  * contractions, long numbers, special tokens; tests/data/tokenizers/, made by
  * tools/tokenizer_data.py) for five layouts and GPT-2's vocab.json +
  * merges.txt, with and without the template; decoding; bad files refused by
- * name.
+ * name; tokenizer_config.json's BOS and EOS; text files as tokens.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -208,6 +208,118 @@ static void token_files_round_trip(void **state)
     }
 }
 
+static int32_t id_of(st_tokenizer *t, const char *special)
+{
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    assert_ok(st_tokenizer_encode(t, special, strlen(special), false, &ids, &n, &cap));
+    assert_int_equal(n, 1);
+    int32_t id = ids[0];
+    free(ids);
+    return id;
+}
+
+static void write_text(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(s, 1, strlen(s), f), strlen(s));
+    fclose(f);
+}
+
+/* tokenizer_config.json beside tokenizer.json names BOS and EOS (a string or
+ * an object with "content"); an unknown token leaves the tokenizer's own. */
+static void tokenizer_config_names_bos_and_eos(void **state)
+{
+    (void)state;
+    char src[4200], dir[] = "/tmp/strata-tokcfg-XXXXXX", path[4200], conf[4200];
+    assert_non_null(mkdtemp(dir));
+    path_of(src, sizeof src, "llama3.json");
+    char *json = NULL;
+    size_t len = 0;
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    json = malloc(len + 1);
+    assert_int_equal(fread(json, 1, len, f), len);
+    json[len] = '\0';
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    write_text(path, json);
+    free(json);
+
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_load(dir, &t));
+    int32_t begin = id_of(t, "<|begin_of_text|>"), end = id_of(t, "<|end_of_text|>"),
+            eot = id_of(t, "<|eot_id|>");
+    assert_int_equal(st_tokenizer_bos(t), begin); /* the template's */
+    uint64_t plain = st_tokenizer_sum(t);
+    assert_non_null(st_tokenizer_file(t, 0));
+    assert_null(st_tokenizer_file(t, 1));
+    st_tokenizer_free(t);
+
+    snprintf(conf, sizeof conf, "%s/tokenizer_config.json", dir);
+    write_text(conf, "{\"bos_token\": \"<|end_of_text|>\", \"eos_token\": {\"content\": "
+                     "\"<|eot_id|>\", \"lstrip\": false}, \"model_max_length\": 8192}");
+    assert_ok(st_tokenizer_load(path, &t)); /* the file itself: the config beside it counts */
+    assert_int_equal(st_tokenizer_bos(t), end);
+    assert_int_equal(st_tokenizer_eos(t), eot);
+    assert_non_null(st_tokenizer_file(t, 1));
+    assert_contains(st_tokenizer_file(t, 1), "tokenizer_config.json");
+    assert_true(st_tokenizer_sum(t) != plain); /* what the tokenizer does changed */
+    st_tokenizer_free(t);
+
+    write_text(conf, "{\"bos_token\": \"<nope>\", \"eos_token\": null}");
+    assert_ok(st_tokenizer_load(dir, &t));
+    assert_int_equal(st_tokenizer_bos(t), begin);
+    st_tokenizer_free(t);
+    unlink(conf);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* A text file through a tokenizer: its ids are the text's, with the
+ * template's BOS; the vocabulary is the tokenizer's; the identity names it. */
+static void text_files_become_tokens(void **state)
+{
+    (void)state;
+    char path[4200], txt[4200];
+    path_of(path, sizeof path, "llama3.json");
+    path_of(txt, sizeof txt, "test.txt");
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_load(path, &t));
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    assert_ok(st_tokenizer_encode(t, text, text_len, true, &ids, &n, &cap));
+    st_dataset *ds = NULL;
+    assert_ok(st_dataset_open_text(txt, t, &ds));
+    assert_int_equal(st_dataset_tokens(ds, ST_ALL), n);
+    assert_int_equal(st_dataset_vocab_needed(ds), (int)st_tokenizer_vocab_size(t));
+    assert_contains(st_dataset_describe(ds), "by the tokenizer");
+    st_data_identity id;
+    st_dataset_identity(ds, &id);
+    assert_true(id.tokenizer == st_tokenizer_sum(t) && id.tokenizer != 0);
+    int T = 16;
+    int32_t tok[16], tgt[16];
+    assert_ok(st_dataset_batch(ds, ST_ALL, 0, 0, 1, T, tok, tgt));
+    assert_int_equal(tok[0], st_tokenizer_bos(t));
+    for (int i = 0; i < T; i++) {
+        assert_int_equal(tok[i], ids[i]);
+        assert_int_equal(tgt[i], ids[i + 1]);
+    }
+    st_dataset_destroy(ds);
+    /* Without a tokenizer the same file is bytes. */
+    assert_ok(st_dataset_open_text(txt, NULL, &ds));
+    assert_int_equal(st_dataset_tokens(ds, ST_ALL), text_len);
+    st_dataset_identity(ds, &id);
+    assert_true(id.tokenizer == 0);
+    st_dataset_destroy(ds);
+    free(ids);
+    st_tokenizer_free(t);
+}
+
 int main(void)
 {
     const char *r = getenv("STRATA_SOURCE_ROOT");
@@ -239,6 +351,8 @@ int main(void)
         cmocka_unit_test(decoding_round_trips),
         cmocka_unit_test(bad_files_name_the_problem),
         cmocka_unit_test(token_files_round_trip),
+        cmocka_unit_test(tokenizer_config_names_bos_and_eos),
+        cmocka_unit_test(text_files_become_tokens),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(expected);

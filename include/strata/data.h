@@ -7,8 +7,10 @@
  *     digit first, the order in which a left-to-right model can carry. Only
  *     the answer and the newline have targets, so the loss and the exact-match
  *     accuracy measure the sums alone. One problem per sequence, T = 12.
- *   - a text file: bytes are tokens (vocabulary 256); the first 90% trains,
- *     the last 10% validates.
+ *   - a text file: bytes are tokens (vocabulary 256), or with a tokenizer
+ *     its ids (the text encoded whole, as the `tokenizers` library's
+ *     encode(text) does: added tokens matched, the template's BOS); the
+ *     first 90% trains, the last 10% validates.
  *   - a file of token ids (name ending in .bin, .u16 or .tok), split the
  *     same way: llm.c's format (a header of 256 int32: magic, version,
  *     count; then uint16 ids, or uint32 for vocabularies above 65,535), or
@@ -27,6 +29,7 @@
 #include <stdint.h>
 
 #include "strata/status.h"
+#include "strata/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,6 +53,10 @@ typedef enum st_split { ST_TRAIN, ST_VAL, ST_ALL } st_split;
 
 /* source: NULL or "addition" for the built-in task, else a file path. */
 st_status st_dataset_open(const char *source, st_dataset **out);
+/* The same, a text file's tokens given by tok (NULL: bytes; a token file
+ * and the built-in task do not use it). Progress on stderr for a large
+ * text (strata/progress.h). */
+st_status st_dataset_open_text(const char *source, st_tokenizer *tok, st_dataset **out);
 void st_dataset_destroy(st_dataset *ds);
 
 /* "addition", or the path. */
@@ -82,6 +89,7 @@ typedef struct st_data_identity {
     char path[4096]; /* absolute; "" for the built-in task */
     uint64_t bytes;  /* size of the file */
     uint64_t sum;    /* st_sum64 of its bytes */
+    uint64_t tokenizer; /* a text file's tokenizer (st_tokenizer_sum), 0: bytes */
 } st_data_identity;
 
 void st_dataset_identity(const st_dataset *ds, st_data_identity *id);

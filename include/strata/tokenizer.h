@@ -46,6 +46,18 @@ size_t st_tokenizer_vocab_size(const st_tokenizer *t);
 int st_tokenizer_bos(const st_tokenizer *t);
 int st_tokenizer_eos(const st_tokenizer *t);
 
+/* A checksum of the files it was loaded from (and the BOS and EOS they set):
+ * the same files give the same value; 0 for st_tokenizer_parse's. */
+uint64_t st_tokenizer_sum(const st_tokenizer *t);
+/* The files st_tokenizer_load read (tokenizer.json, or vocab.json and
+ * merges.txt; tokenizer_config.json when there): i from 0, NULL past the last. */
+const char *st_tokenizer_file(const st_tokenizer *t, size_t i);
+
+/* Called now and then during a long st_tokenizer_encode with the bytes of
+ * the text done so far and its length. fn NULL: none. */
+typedef void (*st_tokenizer_progress_fn)(void *ctx, size_t done, size_t total);
+void st_tokenizer_on_progress(st_tokenizer *t, st_tokenizer_progress_fn fn, void *ctx);
+
 /* Appends the ids of text[0..len) to *ids (grown with realloc; *n its
  * count, *cap its capacity: start from NULL, 0, 0). with_template: the
  * post-processor's special tokens around the text (BOS). */

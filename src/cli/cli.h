@@ -15,6 +15,7 @@
 #include "strata/strata.h"
 #include "strata_config.h"
 #include "strata/plan.h"
+#include "strata/tokenizer.h"
 #include "strata/run.h"
 #include "strata/train.h"
 
@@ -77,6 +78,15 @@ typedef struct cli_model_flags {
 st_status cli_model_config(const cli_model_flags *f, st_model_config *cfg);
 /* "GPT-2, 2 blocks, 64 channels, 4 heads, ..." for the run's first lines. */
 void cli_model_describe(const st_model_config *cfg, char *out, size_t size);
+
+/* The tokenizer of a command (tokenizer_files.c): flag's (--tokenizer) when
+ * given, else the model folder dir's (tokenizer.json, or vocab.json with
+ * merges.txt; dir may be NULL), else *out NULL: bytes. */
+st_status cli_open_tokenizer(const char *dir, const char *flag, st_tokenizer **out);
+/* Copies the files t was loaded from into dir (tokenizer.json, vocab.json
+ * and merges.txt, tokenizer_config.json), each whole or not at all, so that
+ * the folder's model comes with its tokenizer. */
+st_status cli_copy_tokenizer(const st_tokenizer *t, const char *dir);
 
 /* Splitting a model over the chosen devices (planning.c). */
 typedef struct cli_plan_opts {

@@ -26,22 +26,6 @@ typedef struct run_flags {
     const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
 } run_flags;
 
-/* The tokenizer for a model folder: --tokenizer's, else the folder's own
- * (tokenizer.json, or vocab.json with merges.txt), else NULL: bytes. */
-static st_status open_tokenizer(const char *dir, const run_flags *f, st_tokenizer **out)
-{
-    *out = NULL;
-    if (f->tokenizer)
-        return st_tokenizer_load(f->tokenizer, out);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    struct stat sb;
-    bool has = stat(path, &sb) == 0;
-    snprintf(path, sizeof path, "%s/vocab.json", dir);
-    has = has || stat(path, &sb) == 0;
-    return has ? st_tokenizer_load(dir, out) : ST_OK;
-}
-
 /* Opens dir's model over the chosen devices, split by the planner (plan
  * printed to stderr when there is more than one stage). shape: the run's
  * (micro_batches 0: the planner chooses; set to the plan's). */
@@ -264,7 +248,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     int V = cfg.vocab_size, P = cfg.n_positions;
     /* The prompts' tokens: the model's tokenizer's (with its BOS), else bytes. */
     st_tokenizer *tk = NULL;
-    s = open_tokenizer(model, rf, &tk);
+    s = cli_open_tokenizer(model, rf->tokenizer, &tk);
     int32_t **pids = calloc((size_t)n_prompts, sizeof *pids);
     size_t *plen = calloc((size_t)n_prompts, sizeof *plen);
     if (s == ST_OK && (!pids || !plen))
@@ -502,10 +486,13 @@ static void eval_help(void)
            "Prints a model's mean loss per token and its perplexity on data: every\n"
            "token of a text or token file (windows of --seq tokens, each token\n"
            "predicted once), or --batches batches of the built-in addition task's\n"
-           "validation problems (with exact-match accuracy).\n"
+           "validation problems (with exact-match accuracy). A text file is tokenized\n"
+           "by the model folder's tokenizer.json (or --tokenizer), as bytes without one.\n"
            "\n"
            "  -m, --model DIR     the model folder (required)\n"
            "  --data SRC          'addition' (default), a text file or a token file\n"
+           "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
+           "                      for a text file, instead of the model folder's\n"
            "  --seq N             tokens per window (default: the model's positions)\n"
            "  --batch N           windows per forward pass (default 8)\n"
            "  --batches N         addition: validation batches (default 16)\n"
@@ -528,6 +515,7 @@ int cmd_eval(int argc, char **argv)
                                          {"devices", required_argument, NULL, 'd'},
                                          {"split", required_argument, NULL, 'S'},
                                          {"mem-limit", required_argument, NULL, 'M'},
+                                         {"tokenizer", required_argument, NULL, 'z'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *data = NULL;
@@ -548,6 +536,7 @@ int cmd_eval(int argc, char **argv)
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
+        case 'z': rf.tokenizer = optarg; break;
         case 'h': eval_help(); return CLI_OK;
         case ':': return cli_usage_error("eval", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("eval", argv[optind - 1], opts);
@@ -561,9 +550,14 @@ int cmd_eval(int argc, char **argv)
     if (!model)
         return cli_usage_error("eval", "--model DIR is required");
     st_dataset *ds = NULL;
-    st_status s = st_dataset_open(data, &ds);
+    st_tokenizer *tk = NULL;
+    st_status s = cli_open_tokenizer(model, rf.tokenizer, &tk);
+    if (s == ST_OK)
+        s = st_dataset_open_text(data, tk, &ds);
+    st_tokenizer_free(tk);
     if (s != ST_OK)
         return cli_fail(s);
+    fprintf(stderr, "data: %s\n", st_dataset_describe(ds));
     st_model_config cfg = {0};
     if ((s = st_checkpoint_config(model, &cfg)) != ST_OK) {
         st_dataset_destroy(ds);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "core/clock.h"
@@ -64,11 +65,20 @@ static st_status read_all(FILE *f, const char *name, char **out, size_t *len)
     return ST_OK;
 }
 
-/* The ids of every file, for --out. */
+/* The ids of every file, for --out, and the progress over all their bytes. */
 typedef struct collected {
     int32_t *ids;
     size_t n, cap;
+    st_progress pr;
+    uint64_t base; /* bytes of the files before this one */
 } collected;
+
+static void on_progress(void *ctx, size_t done, size_t total)
+{
+    (void)total;
+    collected *all = ctx;
+    st_progress_update(&all->pr, all->base + done);
+}
 
 static st_status one(st_tokenizer *t, const char *name, int mode, bool templ, collected *all)
 {
@@ -120,7 +130,11 @@ static st_status one(st_tokenizer *t, const char *name, int mode, bool templ, co
         return s;
     }
     if (all) {
+        st_tokenizer_on_progress(t, on_progress, all);
         s = st_tokenizer_encode(t, text, len, templ, &all->ids, &all->n, &all->cap);
+        st_tokenizer_on_progress(t, NULL, NULL);
+        all->base += len;
+        st_progress_update(&all->pr, all->base);
         free(text);
         return s;
     }
@@ -180,19 +194,22 @@ int cmd_tokenize(int argc, char **argv)
         return cli_usage_error("tokenize", "--out writes ids: it does not go with --decode");
     }
     collected all = {0};
-    st_progress pr;
     int n_files = argc - optind;
-    if (out)
-        st_progress_begin(&pr, (size_t)(n_files ? n_files : 1), "tokenizing into %s: files", out);
+    if (out) {
+        /* Progress in bytes over every file (standard input: its size unknown). */
+        uint64_t total = 0;
+        struct stat sb;
+        for (int i = optind; i < argc; i++)
+            if (stat(argv[i], &sb) == 0)
+                total += (uint64_t)sb.st_size;
+        st_progress_begin(&all.pr, total, "tokenizing into %s: bytes", out);
+    }
     if (optind == argc)
         s = one(t, "-", mode, templ, out ? &all : NULL);
-    for (int i = optind; s == ST_OK && i < argc; i++) {
-        if (out)
-            st_progress_update(&pr, (size_t)(i - optind));
+    for (int i = optind; s == ST_OK && i < argc; i++)
         s = one(t, argv[i], mode, templ, out ? &all : NULL);
-    }
     if (out) {
-        st_progress_end(&pr);
+        st_progress_end(&all.pr);
         if (s == ST_OK && (s = st_token_file_write(out, all.ids, all.n)) == ST_OK)
             printf("%s: %zu tokens from %d file%s (vocabulary %zu)\n", out, all.n,
                    n_files ? n_files : 1, n_files == 1 ? "" : "s", st_tokenizer_vocab_size(t));

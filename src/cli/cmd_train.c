@@ -37,9 +37,13 @@ static void help(void)
            "minute or two on a CPU.\n"
            "\n"
            "data:\n"
-           "  --data SRC          'addition' (default), a text file (bytes are tokens,\n"
-           "                      vocabulary 256) or a uint16 token file (*.bin, *.u16,\n"
-           "                      *.tok); files: last 10%% validate\n"
+           "  --data SRC          'addition' (default), a text file or a token file\n"
+           "                      (*.bin, *.u16, *.tok: llm.c's format, uint16 or\n"
+           "                      uint32, or raw uint16); files: last 10%% validate\n"
+           "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
+           "                      that turns a text file into tokens (default: the one\n"
+           "                      beside --config's file, or the --resume folder's;\n"
+           "                      else bytes, vocabulary 256); kept in --out\n"
            "model (refused with --resume: the model is the checkpoint's):\n"
            "  --config FILE       a Hugging Face config.json: model_type gpt2, llama,\n"
            "                      mistral or qwen2 (the sizes below are then refused)\n"
@@ -411,7 +415,7 @@ enum {
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
-    O_ROPE_THETA, O_TIE, O_DEVICES
+    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -419,6 +423,7 @@ int cmd_train(int argc, char **argv)
     static const struct option opts[] = {
         {"data", required_argument, NULL, O_DATA},
         {"config", required_argument, NULL, O_CONFIG},
+        {"tokenizer", required_argument, NULL, O_TOKENIZER},
         {"layers", required_argument, NULL, O_LAYERS},
         {"embd", required_argument, NULL, O_EMBD},
         {"heads", required_argument, NULL, O_HEADS},
@@ -460,7 +465,7 @@ int cmd_train(int argc, char **argv)
     st_train_config tc;
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
-    const char *split = NULL, *mem_limit = NULL;
+    const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     cli_model_flags mf = {0};
@@ -483,6 +488,7 @@ int cmd_train(int argc, char **argv)
         switch (c) {
         case O_DATA: data = arg; break;
         case O_CONFIG: config = arg; break;
+        case O_TOKENIZER: tokenizer = arg; break;
         case O_LAYERS: ok = cli_parse_long(arg, 1, 1000, &layers); break;
         case O_EMBD: ok = cli_parse_long(arg, 1, 1 << 16, &embd); break;
         case O_HEADS: ok = cli_parse_long(arg, 1, 1024, &heads); break;
@@ -656,9 +662,51 @@ int cmd_train(int argc, char **argv)
         return cli_fail(s);
     if ((s = st_checkpoint_prepare(tc.out_dir)) != ST_OK)
         return cli_fail(s);
-    st_dataset *ds = NULL;
-    if ((s = st_dataset_open(data, &ds)) != ST_OK)
+    /* A text file's tokenizer: --tokenizer's, else the checkpoint folder's
+     * (resuming), else the one beside --config's config.json; it goes into
+     * --out with the model. */
+    st_tokenizer *tk = NULL;
+    char config_dir[4096] = "";
+    if (config && !tokenizer && !tc.resume_dir) {
+        snprintf(config_dir, sizeof config_dir, "%s", config);
+        char *slash = strrchr(config_dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(config_dir, sizeof config_dir, ".");
+    }
+    if ((s = cli_open_tokenizer(tc.resume_dir  ? tc.resume_dir
+                                : config_dir[0] ? config_dir
+                                                : NULL,
+                                tokenizer, &tk)) != ST_OK)
         return cli_fail(s);
+    if (tk && (!data || strcmp(data, "addition") == 0)) {
+        st_tokenizer_free(tk);
+        if (tokenizer)
+            return cli_usage_error("train", "--tokenizer needs --data with a text or token file: "
+                                            "the addition task's tokens are bytes");
+        tk = NULL; /* a config folder's tokenizer, not needed for the built-in task */
+    }
+    st_dataset *ds = NULL;
+    s = st_dataset_open_text(data, tk, &ds);
+    bool rank0 = true;
+#if STRATA_HAVE_MPI
+    rank0 = !st_mpi_active() || st_mpi_rank() == 0;
+#endif
+    st_data_identity got = {0};
+    if (s == ST_OK)
+        st_dataset_identity(ds, &got);
+    /* Not over a resumed folder's own with another (st_train refuses the run). */
+    if (s == ST_OK && tk && rank0 && (!tc.resume_dir || got.tokenizer == saved_id.tokenizer))
+        s = cli_copy_tokenizer(tk, tc.out_dir);
+    if (s == ST_OK && tk)
+        printf("tokenizer: %s (vocabulary %zu), kept in %s\n", st_tokenizer_file(tk, 0),
+               st_tokenizer_vocab_size(tk), tc.out_dir);
+    st_tokenizer_free(tk);
+    if (s != ST_OK) {
+        st_dataset_destroy(ds);
+        return cli_fail(s);
+    }
     int fixed = st_dataset_fixed_seq(ds);
     if (fixed && tc.shape.seq && tc.shape.seq != fixed) {
         st_dataset_destroy(ds);

@@ -14,6 +14,7 @@
 #include "core/file.h"
 #include "core/hash.h"
 #include "strata/data.h"
+#include "strata/progress.h"
 
 #define ADD_DIGITS 3
 #define ADD_SEQ 12 /* "123+456=9750\n" is 13 tokens: 12 in, 12 targets */
@@ -60,7 +61,45 @@ static bool ends_with(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-static st_status load_file(st_dataset *ds, const char *path)
+static void encode_progress(void *ctx, size_t done, size_t total)
+{
+    (void)total;
+    st_progress_update(ctx, done);
+}
+
+/* A text's ids by tok, replacing its bytes in ds. */
+static st_status tokenize(st_dataset *ds, st_tokenizer *tok, const unsigned char *raw,
+                          size_t bytes, const char *path)
+{
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    st_progress pr;
+    st_progress_begin(&pr, bytes, "tokenizing %s: bytes", path);
+    st_tokenizer_on_progress(tok, encode_progress, &pr);
+    st_status s = st_tokenizer_encode(tok, (const char *)raw, bytes, true, &ids, &n, &cap);
+    st_tokenizer_on_progress(tok, NULL, NULL);
+    st_progress_end(&pr);
+    if (s != ST_OK) {
+        free(ids);
+        return s;
+    }
+    uint32_t *t = malloc((n ? n : 1) * sizeof *t);
+    if (!t) {
+        free(ids);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu tokens", n);
+    }
+    for (size_t i = 0; i < n; i++)
+        t[i] = (uint32_t)ids[i];
+    free(ids);
+    free(ds->tokens);
+    ds->tokens = t;
+    ds->n = n;
+    ds->vocab_needed = (int)st_tokenizer_vocab_size(tok);
+    ds->id.tokenizer = st_tokenizer_sum(tok);
+    return ST_OK;
+}
+
+static st_status load_file(st_dataset *ds, const char *path, st_tokenizer *tok)
 {
     bool tokens = ends_with(path, ".bin") || ends_with(path, ".u16") || ends_with(path, ".tok");
     struct stat sb;
@@ -141,17 +180,32 @@ static st_status load_file(st_dataset *ds, const char *path)
         return st_error(ST_ERR_FORMAT, "token file '%s' holds token %u: ids go up to %d", path,
                         maxtok, ST_MODEL_MAX_VOCAB_TOKENS - 1);
     }
-    free(raw);
     ds->kind = tokens ? KIND_TOKENS : KIND_TEXT;
     ds->vocab_needed = tokens ? (int)maxtok + 1 : 256;
+    if (!tokens && tok) {
+        format = "tokens";
+        if ((s = tokenize(ds, tok, raw, bytes, path)) != ST_OK) {
+            free(raw);
+            return s;
+        }
+    }
+    free(raw);
     ds->n_train = ds->n - ds->n * VAL_PERCENT / 100;
-    snprintf(ds->describe, sizeof ds->describe,
-             "%s: %zu %s (%zu train, %zu validation)", path, ds->n,
-             tokens ? format : "bytes", ds->n_train, ds->n - ds->n_train);
+    char by[128] = "";
+    if (!tokens && tok)
+        snprintf(by, sizeof by, " of %zu bytes, by the tokenizer (vocabulary %zu)", bytes,
+                 st_tokenizer_vocab_size(tok));
+    snprintf(ds->describe, sizeof ds->describe, "%s: %zu %s%s (%zu train, %zu validation)", path,
+             ds->n, tokens || tok ? format : "bytes", by, ds->n_train, ds->n - ds->n_train);
     return ST_OK;
 }
 
 st_status st_dataset_open(const char *source, st_dataset **out)
+{
+    return st_dataset_open_text(source, NULL, out);
+}
+
+st_status st_dataset_open_text(const char *source, st_tokenizer *tok, st_dataset **out)
 {
     st_dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
@@ -168,7 +222,7 @@ st_status st_dataset_open(const char *source, st_dataset **out)
         return ST_OK;
     }
     snprintf(ds->name, sizeof ds->name, "%s", source);
-    st_status s = load_file(ds, source);
+    st_status s = load_file(ds, source, tok);
     if (s == ST_OK && ds->n - ds->n_train < 2)
         s = st_error(ST_ERR_FORMAT,
                      "data file '%s' has %zu tokens: too few to split into training and "

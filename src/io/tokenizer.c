@@ -21,6 +21,7 @@
 #include <unistr.h>
 
 #include "core/file.h"
+#include "core/hash.h"
 #include "strata/tokenizer.h"
 
 /* ---- byte buffers ------------------------------------------------------------- */
@@ -239,6 +240,13 @@ struct st_tokenizer {
     int32_t *templ;   /* the single template: ids, -1 where the text goes */
     size_t n_templ;
     int bos, eos;
+    /* where it came from (st_tokenizer_load): files and their checksum */
+    char *files[3];
+    uint64_t sum;
+    /* a long encode's progress */
+    st_tokenizer_progress_fn progress;
+    void *progress_ctx;
+    size_t progress_base, progress_total;
     /* encoding scratch */
     pcre2_match_data *md;
 };
@@ -258,10 +266,28 @@ int st_tokenizer_eos(const st_tokenizer *t)
     return t->eos;
 }
 
+uint64_t st_tokenizer_sum(const st_tokenizer *t)
+{
+    return t->sum;
+}
+
+const char *st_tokenizer_file(const st_tokenizer *t, size_t i)
+{
+    return i < 3 ? t->files[i] : NULL;
+}
+
+void st_tokenizer_on_progress(st_tokenizer *t, st_tokenizer_progress_fn fn, void *ctx)
+{
+    t->progress = fn;
+    t->progress_ctx = ctx;
+}
+
 void st_tokenizer_free(st_tokenizer *t)
 {
     if (!t)
         return;
+    for (size_t i = 0; i < 3; i++)
+        free(t->files[i]);
     for (size_t i = 0; i < t->n_norm; i++) {
         free(t->norm[i].a);
         free(t->norm[i].b);
@@ -1237,8 +1263,13 @@ static st_status encode_piece(st_tokenizer *t, const char *s, size_t n, bool fir
     pieces words = {0};
     if (st == ST_OK)
         st = pre_tokenize(t, &text, first, &words);
-    for (size_t i = 0; st == ST_OK && i < words.n; i++)
+    for (size_t i = 0; st == ST_OK && i < words.n; i++) {
         st = bpe_word(t, text.p + words.p[i].off, words.p[i].len, ids, count, cap);
+        if (t->progress && (i & 4095) == 4095) /* bytes of the piece, as normalized */
+            t->progress(t->progress_ctx,
+                        t->progress_base + (size_t)((double)words.p[i].off / text.n * n),
+                        t->progress_total);
+    }
     free(words.p);
     free(text.p);
     return st;
@@ -1267,8 +1298,11 @@ st_status st_tokenizer_encode(st_tokenizer *t, const char *text, size_t len, boo
                     hit = (long)k;
         if (hit < 0 && i < len)
             continue;
-        if (i > from)
+        if (i > from) {
+            t->progress_base = from;
+            t->progress_total = len;
             s = encode_piece(t, text + from, i - from, from == 0, ids, n, cap);
+        }
         if (hit >= 0 && s == ST_OK) {
             ok = out_add(ids, n, cap, t->added[hit].id);
             i += t->added[hit].len - 1;
@@ -1555,8 +1589,41 @@ static void read_config(st_tokenizer *t, const char *dir)
     json_decref(c);
 }
 
+/* The files t was made from and their checksum, with the BOS and EOS that
+ * tokenizer_config.json may have changed. */
+static st_status note_files(st_tokenizer *t, const char *file, const char *merges, const char *dir)
+{
+    char conf[4200];
+    snprintf(conf, sizeof conf, "%s/tokenizer_config.json", dir);
+    size_t fl = strlen(file), n = 0;
+    const char *names[3] = {file, NULL, NULL};
+    n = 1;
+    if (fl >= 10 && strcmp(file + fl - 10, "vocab.json") == 0)
+        names[n++] = merges;
+    if (exists(conf))
+        names[n++] = conf;
+    st_sum64 sum;
+    st_sum64_init(&sum);
+    for (size_t i = 0; i < n; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        st_status s = st_read_text_file(names[i], "tokenizer", &text, &len);
+        if (s != ST_OK)
+            return s;
+        st_sum64_add(&sum, text, len);
+        free(text);
+        if (!(t->files[i] = strdup(names[i])))
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    }
+    int32_t be[2] = {t->bos, t->eos};
+    st_sum64_add(&sum, be, sizeof be);
+    t->sum = st_sum64_final(&sum);
+    return ST_OK;
+}
+
 st_status st_tokenizer_load(const char *path, st_tokenizer **out)
 {
+    *out = NULL;
     char dir[4096], file[4200], merges[4200];
     if (is_dir(path)) {
         snprintf(dir, sizeof dir, "%s", path);
@@ -1592,5 +1659,11 @@ st_status st_tokenizer_load(const char *path, st_tokenizer **out)
     }
     if (s == ST_OK)
         read_config(*out, dir);
+    if (s == ST_OK)
+        s = note_files(*out, file, merges, dir);
+    if (s != ST_OK && *out) {
+        st_tokenizer_free(*out);
+        *out = NULL;
+    }
     return s;
 }

@@ -80,6 +80,10 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
         json_object_set_new(j, "data_bytes", json_integer((json_int_t)id.bytes));
         json_object_set_new(j, "data_sum64", json_string(sum));
     }
+    if (id.tokenizer) {
+        snprintf(sum, sizeof sum, "%016llx", (unsigned long long)id.tokenizer);
+        json_object_set_new(j, "tokenizer_sum64", json_string(sum));
+    }
     char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(j);
     return text;
@@ -178,6 +182,9 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
             id->bytes = (uint64_t)json_integer_value(dbytes);
             id->sum = strtoull(dsum, NULL, 16);
         }
+        const char *tsum = json_string_value(json_object_get(j, "tokenizer_sum64"));
+        if (tsum)
+            id->tokenizer = strtoull(tsum, NULL, 16);
     }
     tc->shape.batch = (int)batch;
     tc->shape.seq = (int)seq;
@@ -404,6 +411,15 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
                             (unsigned long long)got.bytes, (unsigned long long)got.sum,
                             want.path, (unsigned long long)want.bytes,
                             (unsigned long long)want.sum);
+        if (got.tokenizer != want.tokenizer)
+            return st_error(ST_ERR_INVALID,
+                            "resume: the checkpoint's text was tokenized %s, this run's %s: "
+                            "the ids would differ (leave --tokenizer out: the checkpoint "
+                            "folder's tokenizer is used)",
+                            want.tokenizer ? "by a tokenizer" : "as bytes",
+                            !got.tokenizer         ? "as bytes"
+                            : want.tokenizer       ? "by another tokenizer"
+                                                   : "by a tokenizer");
     } else if (strcmp(data, st_dataset_name(ds)) != 0) {
         return st_error(ST_ERR_INVALID,
                         "resume: the checkpoint was trained on '%s', not '%s' (leave --data out)",

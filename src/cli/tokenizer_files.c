@@ -1,0 +1,71 @@
+/*
+ * tokenizer_files.c - which tokenizer a command uses, and the copy a
+ * training run keeps beside its checkpoints.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "core/atomic.h"
+#include "core/file.h"
+
+/* A tokenizer the reader does not support is bad input (exit 2), like a bad file. */
+static st_status load(const char *path, st_tokenizer **out)
+{
+    st_status s = st_tokenizer_load(path, out);
+    if (s == ST_ERR_UNSUPPORTED) {
+        char why[4096];
+        snprintf(why, sizeof why, "%s", st_last_error());
+        s = st_error(ST_ERR_INVALID, "%s", why);
+    }
+    return s;
+}
+
+st_status cli_open_tokenizer(const char *dir, const char *flag, st_tokenizer **out)
+{
+    *out = NULL;
+    if (flag)
+        return load(flag, out);
+    if (!dir)
+        return ST_OK;
+    char path[4200];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    bool has = stat(path, &sb) == 0;
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    has = has || stat(path, &sb) == 0;
+    return has ? load(dir, out) : ST_OK;
+}
+
+st_status cli_copy_tokenizer(const st_tokenizer *t, const char *dir)
+{
+    st_status s = ST_OK;
+    for (size_t i = 0; s == ST_OK && st_tokenizer_file(t, i); i++) {
+        const char *from = st_tokenizer_file(t, i), *base = strrchr(from, '/');
+        base = base ? base + 1 : from;
+        /* A tokenizer.json named otherwise is still the folder's tokenizer.json. */
+        const char *name = strstr(base, "merges") || strstr(base, "vocab") ||
+                                   strcmp(base, "tokenizer_config.json") == 0
+                               ? base
+                               : "tokenizer.json";
+        char to[4200];
+        snprintf(to, sizeof to, "%s/%s", dir, name);
+        char *text = NULL;
+        size_t len = 0;
+        if ((s = st_read_text_file(from, "tokenizer", &text, &len)) != ST_OK)
+            break;
+        char *have = NULL;
+        size_t have_len = 0;
+        struct stat sb;
+        bool same = stat(to, &sb) == 0 &&
+                    st_read_text_file(to, "tokenizer", &have, &have_len) == ST_OK &&
+                    have_len == len && memcmp(have, text, len) == 0;
+        free(have);
+        if (!same)
+            s = st_write_file_atomic(to, text, len, NULL);
+        free(text);
+    }
+    return s;
+}
