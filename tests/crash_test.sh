@@ -41,6 +41,8 @@ if [ "$mode" = mpi ]; then
     ranks=(0 1)
 fi
 tiny=(--layers 2 --embd 16 --heads 2 --batch 4 --eval-batches 1 --steps 4 --save-every 2 --warmup 1)
+# Under MPI: one pipeline of 2 stages, each rank writing its shard.
+[ "$mode" = mpi ] && tiny+=(--parallel pipeline)
 
 steps_of() { grep '"event":"step"' "$1" | sed 's/"ms".*//'; }
 # The eval line of a model folder (its timing cut off); eval's stderr and exit

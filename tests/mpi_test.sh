@@ -1,7 +1,8 @@
 #!/bin/bash
 # mpi_test.sh - `strata train` under mpirun: 2 and 4 ranks give the losses of
 # one process with the same number of stages (and 3 ranks for a Llama-family
-# model); a checkpoint written by 4 ranks
+# model); replicas (dp:2,pp:2, dp:4, dp:2) give the one-device losses and
+# hold the same weights; a checkpoint written by 4 ranks
 # continues on 2 ranks and in one process; a killed rank ends the job with a
 # clear error within the timeout; ranks started with different flags are
 # refused.
@@ -86,6 +87,38 @@ same_losses "$work/l3.json" "$work/lr3.json" "llama: 3 ranks vs one process"
 grep -q '"model_type": "llama"' "$work/lr3/config.json" || fail "llama: config.json is not a Llama config"
 POCL_DEVICES=basic "$strata" generate --model "$work/lr3" --prompt "1" -n 3 >/dev/null 2>&1 ||
     fail "llama: generate from the 3-rank checkpoint failed"
+
+# Replicas: dp:2,pp:2 and dp:4 on 4 ranks and dp:2 on 2 give the one-device
+# losses (1e-5 relative per step over 20 steps, clipping on); every save
+# checks that the replicas hold the same weights bit for bit (and a replica
+# made to drift is caught); the first replica's checkpoint continues in one
+# process.
+rep=(--layers 4 --embd 32 --heads 2 --batch 8 --eval-batches 2 --warmup 5 --micro-batches 1
+     --steps 20 --clip 0.5 --save-every 5)
+POCL_DEVICES=basic "$strata" train "${rep[@]}" --out "$work/d1" --log-json "$work/d1.json" \
+    >"$work/d1.log" 2>&1 || fail "replicas' reference, one device: $(tail -3 "$work/d1.log")"
+for layout in "4 dp:2,pp:2" "4 dp:4,pp:1" "2 dp:2,pp:1"; do
+    set -- $layout
+    name=${2//[:,]/_}
+    POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np "$1" "$strata" train "${rep[@]}" --parallel "$2" \
+        --out "$work/$name" --log-json "$work/$name.json" >"$work/$name.log" 2>&1 ||
+        fail "mpirun -np $1 --parallel $2: $(tail -5 "$work/$name.log")"
+    d=${2#dp:}
+    grep -q "plan: ${d%%,*} replicas" "$work/$name.log" || fail "--parallel $2 made no replicas: $(head -8 "$work/$name.log")"
+    same_losses "$work/d1.json" "$work/$name.json" "mpirun -np $1 --parallel $2 vs one device"
+done
+[ "$(ls "$work/dp_2_pp_2" | grep -c '^model-step00000020-[0-9a-f]\{8\}-0000[12]-of-00002.safetensors$')" = 2 ] ||
+    fail "dp:2,pp:2 should write the first replica's 2 shards: $(ls "$work/dp_2_pp_2")"
+POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 4 "$strata" train "${rep[@]}" --parallel dp:2,pp:2 \
+    --stop-at 10 --out "$work/dpc" >"$work/dpc.log" 2>&1 || fail "dp:2,pp:2 --stop-at 10: $(tail -5 "$work/dpc.log")"
+POCL_DEVICES=basic "$strata" train --resume "$work/dpc" --log-json "$work/dpc1.json" >"$work/dpc1.log" 2>&1 ||
+    fail "dp:2,pp:2's checkpoint in one process: $(tail -3 "$work/dpc1.log")"
+grep '"event":"step"' "$work/dp_2_pp_2.json" | sed -n '11,20p' >"$work/dptail.json"
+same_losses "$work/dptail.json" "$work/dpc1.json" "dp:2,pp:2's checkpoint continued in one process"
+out=$(POCL_DEVICES=basic STRATA_TEST_DRIFT_AT=3:1 timeout 300 "${mpirun[@]}" -np 2 "$strata" train \
+    "${rep[@]}" --parallel dp:2,pp:1 --out "$work/drift" 2>&1)
+[ $? != 0 ] && grep -q "the replicas' weights differ" <<<"$out" ||
+    fail "a replica that drifted was not caught at the save: $(tail -5 <<<"$out")"
 
 # A rank killed mid-run ends the job, with the rank named, well within the timeout.
 POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 2 "$strata" train "${tiny[@]}" --steps 100000 \

@@ -51,12 +51,42 @@ awk 'NR == FNR { a[FNR] = $1; next }
 [ "$(losses "$work/two.json" | wc -l)" = 6 ] && [ "$(losses "$work/resumed.json" | wc -l)" = 6 ] ||
     fail "expected 6 + 6 steps"
 
-# A model that fits only when split: auto uses both devices.
-# One micro-batch: only a split fits (more micro-batches would fit one device).
-out=$("$strata" plan --mem-limit 0:8M,1:8M --batch 64 --micro-batches 1 2>&1) || fail "plan under a memory limit: $out"
+# A model that fits only when split (its weights, gradients and moments need
+# 16 MiB; 10 MiB per device): auto uses both devices as one pipeline, since a
+# replica would hold the whole model. (Measured first without the limit: the
+# measurement's own buffers would not fit it.)
+big=(--layers 4 --embd 128 --heads 4 --batch 8)
+"$strata" plan "${big[@]}" >/dev/null 2>&1
+out=$("$strata" plan "${big[@]}" --mem-limit 0:10M,1:10M 2>&1) || fail "plan under a memory limit: $out"
 grep -q "plan: 2 stages" <<<"$out" || fail "a model too big for one device was not split: $out"
-out=$("$strata" train --mem-limit 0:8M,1:8M --micro-batches 1 --steps 3 --eval-batches 1 2>&1) || fail "train under a memory limit: $out"
+grep -q "dp:2,pp:1 .*does not fit" <<<"$out" || fail "replicas that do not fit are not said so: $out"
+out=$("$strata" train "${big[@]}" --mem-limit 0:10M,1:10M --steps 3 --eval-batches 1 2>&1) ||
+    fail "train under a memory limit: $out"
 grep -q "plan: 2 stages" <<<"$out" || fail "training under a memory limit did not split: $out"
+
+# Replicas: dp:2 trains like one device (1e-5 relative per step), its
+# checkpoint resumes on one device; the plan shows the layouts it weighed.
+out=$("$strata" plan --devices 0,1 --parallel dp:2,pp:1 2>&1) || fail "plan dp:2: $out"
+grep -q "plan: 2 replicas (32 sequences each) of 1 stage" <<<"$out" || fail "plan dp:2 has no replicas: $out"
+out=$("$strata" plan --devices 0,1 2>&1) || fail "plan auto: $out"
+grep -q "^dp:1,pp:2 " <<<"$out" && grep -q "^dp:2,pp:1 " <<<"$out" && grep -q "<- chosen" <<<"$out" ||
+    fail "plan does not list the layouts it weighed: $out"
+out=$("$strata" train "${tiny[@]}" --steps 12 --devices 0,1 --parallel dp:2,pp:1 --micro-batches 2 \
+    --out "$work/dp" --stop-at 6 --log-json "$work/dp.json" 2>&1) || fail "dp:2 training failed: $out"
+grep -q "plan: 2 replicas (4 sequences each) of 1 stage" <<<"$out" || fail "training did not replicate: $out"
+"$strata" train --resume "$work/dp" --devices 0 --log-json "$work/dpr.json" >/dev/null 2>&1 ||
+    fail "resuming a dp:2 checkpoint on one device failed"
+awk 'NR == FNR { a[FNR] = $1; next }
+     { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
+     END { exit bad }' <(losses "$work/one.json") <(losses "$work/dp.json"; losses "$work/dpr.json") ||
+    fail "dp:2 or its resumed losses differ from one device's"
+out=$("$strata" train --parallel dp:2,pp:2 --devices 0,1 --steps 1 2>&1)
+[ $? = 2 ] && grep -q "needs 4 devices" <<<"$out" || fail "dp:2,pp:2 on two devices was not refused: $out"
+out=$("$strata" train --parallel dp:0 --steps 1 2>&1)
+[ $? = 2 ] && grep -q "bad --parallel 'dp:0'" <<<"$out" || fail "a bad --parallel was not refused: $out"
+out=$("$strata" train --parallel data --devices 0,1 --batch 7 --steps 1 2>&1)
+[ $? = 2 ] && grep -q "does not split into 2 replicas" <<<"$out" ||
+    fail "a batch that does not split over replicas was not refused: $out"
 
 # Generation: the same text split or not.
 "$strata" train "${tiny[@]}" --steps 10 --devices 0 --out "$work/m" >/dev/null 2>&1
@@ -73,10 +103,24 @@ out=$("$strata" eval --model "$work/m" --devices 0,1 --split uniform --micro-bat
     fail "split eval failed: $out"
 
 # A stage that fails mid-step stops the other stage's thread: an error, not a hang.
-out=$(STRATA_TEST_FAIL_STAGE=1:9 timeout 120 "$strata" train "${tiny[@]}" --steps 100 --devices 0,1 2>&1)
+out=$(STRATA_TEST_FAIL_STAGE=1:9 timeout 120 "$strata" train "${tiny[@]}" --steps 100 --devices 0,1 \
+    --parallel pipeline 2>&1)
 rc=$?
 [ "$rc" = 1 ] || fail "an injected stage failure: exit $rc, expected 1 (124: hung)"
 grep -q "stage 1 on .*injected failure" <<<"$out" || fail "no message naming the failed stage: $out"
+# The same in a replica: the other replica finishes its pass, the step fails.
+out=$(STRATA_TEST_FAIL_STAGE=0:9 timeout 120 "$strata" train "${tiny[@]}" --steps 100 --devices 0,1 \
+    --parallel dp:2,pp:1 --micro-batches 1 2>&1)
+rc=$?
+[ "$rc" = 1 ] || fail "an injected failure in a replica: exit $rc, expected 1 (124: hung)"
+grep -q "replica 0: stage 0 on .*injected failure" <<<"$out" || fail "no message naming the replica: $out"
+# Generation spreads its prompts over replicas: the same texts.
+a=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0 2>/dev/null)
+b=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0,1 --parallel dp:2,pp:1 2>/dev/null)
+[ "$a" = "$b" ] || fail "generation over replicas differs: '$a' vs '$b'"
+out=$("$strata" eval --model "$work/m" --devices 0,1 --parallel dp:2,pp:1 2>&1) || fail "eval over replicas failed: $out"
 
 # bench: spread, and the results as CSV and JSON for scripts.
 out=$("$strata" bench --pipeline --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 \
@@ -103,22 +147,45 @@ grep -q "^launches per block per micro-batch: [0-9]" <<<"$out" || fail "bench --
 out=$("$strata" bench --pipeline --format xml 2>&1)
 [ $? = 2 ] && grep -q "table, csv or json" <<<"$out" || fail "bench --format xml: $out"
 
+# bench --scaling: both workloads on 1 and 2 devices, the layout the planner
+# chose, a table, and with --out the same table, JSON and an SVG chart.
+mkdir -p "$work/scaling"
+out=$("$strata" bench --scaling --layers 2 --embd 32 --heads 2 --batch 8 --seq 16 --steps 1 \
+    --out "$work/scaling" 2>"$work/scaling.err") || fail "bench --scaling: $(tail -3 "$work/scaling.err")"
+grep -q "^| fits one device | 2 | dp:" <<<"$out" || fail "bench --scaling: no 2-device row: $out"
+grep -q "^| needs splitting | 1 | does not fit" <<<"$out" || fail "bench --scaling: one device should not hold the split workload: $out"
+grep -q "^| needs splitting | 2 | dp:1,pp:2" <<<"$out" || fail "bench --scaling: the split workload is not a pipeline: $out"
+cmp -s <(echo "$out") "$work/scaling/scaling.md" || fail "bench --scaling: scaling.md is not the table printed"
+python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = d["rows"]
+assert len(rows) == 4, rows
+assert rows[0]["efficiency"] == 1.0 and rows[0]["devices"] == 1, rows[0]
+assert [r["fits"] for r in rows] == [True, True, False, True], rows
+assert all(r["train_tok_per_s"] > 0 for r in rows if r["fits"]), rows
+' "$work/scaling/scaling.json" || fail "bench --scaling: scaling.json"
+[ "$(grep -c "<polyline" "$work/scaling/scaling.svg")" = 6 ] || fail "bench --scaling: the chart lacks its lines"
+out=$("$strata" bench --scaling --out "$work/nowhere" 2>&1)
+[ $? = 2 ] && grep -q "is not a folder" <<<"$out" || fail "bench --scaling --out to a missing folder: $out"
+
 # Without --micro-batches the planner chooses: one on one device, more on a split
 # (and on one device more when the whole batch does not fit: see above, which
 # gives --micro-batches 1 to force the split).
 out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0 2>&1)
 grep -q "plan: 1 stage, 1f1b, 1 micro-batch of 16 x 64 tokens (micro-batches chosen by the planner)" \
     <<<"$out" || fail "one device, chosen micro-batches: $out"
-out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0,1 2>&1)
+out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0,1 \
+    --parallel pipeline 2>&1)
 m=$(sed -n 's/^plan: 2 stages, 1f1b, \([0-9]*\) micro-batches of .*chosen by the planner.*/\1/p' <<<"$out")
 [ -n "$m" ] && [ "$m" -gt 1 ] || fail "a split should get several chosen micro-batches: $out"
 out=$("$strata" plan --layers 4 --embd 64 --heads 2 --batch 16 --seq 64 --devices 0,1 \
-    --micro-batches 2 2>&1)
+    --micro-batches 2 --parallel pipeline 2>&1)
 grep -q "plan: 2 stages, 1f1b, 2 micro-batches of 8 x 64 tokens$" <<<"$out" ||
     fail "--micro-batches given is not obeyed: $out"
 head -c 30000 /dev/urandom | base64 >"$work/text.txt"
 out=$("$strata" train --layers 2 --embd 32 --heads 2 --batch 32 --seq 16 --data "$work/text.txt" \
-    --eval-batches 1 --steps 2 --devices 0,1 --out "$work/auto" 2>&1) || fail "train with chosen micro-batches: $out"
+    --eval-batches 1 --steps 2 --devices 0,1 --parallel pipeline --out "$work/auto" 2>&1) || fail "train with chosen micro-batches: $out"
 grep -q "micro-batches chosen by the planner" <<<"$out" || fail "train does not say it chose: $out"
 m=$(sed -n 's/^plan: 2 stages, 1f1b, \([0-9]*\) micro-batch.*/\1/p' <<<"$out")
 grep -q "\"micro_batches\": $m," "$work/auto/"checkpoint-*.json ||

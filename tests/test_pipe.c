@@ -205,6 +205,165 @@ static void split_training_matches_one_device(void **state)
     free(split_weights);
 }
 
+/* R replicas of an S-stage pipeline (replica r on devices r*S .. r*S+S-1,
+ * shared round-robin when there are fewer), m micro-batches per replica. */
+static st_pipe *make_replicas(size_t R, size_t S, int m, int kv, int seqs)
+{
+    st_device *devs[16];
+    size_t first[4], end[4];
+    for (size_t i = 0; i < R * S; i++)
+        devs[i] = td.dev[i % td.n];
+    ranges(S, first, end);
+    st_run_shape shape = {.batch = BATCH, .seq = SEQ, .micro_batches = m,
+                          .schedule = ST_SCHED_1F1B, .training = true, .kv_seq = kv,
+                          .kv_seqs = seqs};
+    st_plan plan;
+    assert_ok(st_plan_layout(desc, &shape, S, first, end, &plan));
+    assert_ok(st_plan_replicate(&plan, R, NULL));
+    st_pipe *p = NULL;
+    assert_ok(st_pipe_create(&plan, desc, devs, NULL, &p));
+    assert_int_equal(st_pipe_n_replicas(p), R);
+    return p;
+}
+
+/* Every buffer of every stage of replica r equals replica 0's, bit for bit. */
+static void replicas_hold_the_same_bits(st_pipe *p, const char *what)
+{
+    for (size_t r = 1; r < st_pipe_n_replicas(p); r++)
+        for (size_t k = 0; k < st_pipe_n_stages(p); k++) {
+            st_stage *a = st_pipe_replica_stage(p, 0, k), *b = st_pipe_replica_stage(p, r, k);
+            size_t n = st_stage_param_numel(a);
+            float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+            for (int w = 0; w < 3; w++) {
+                st_stage_buf which = w == 0 ? ST_STAGE_PARAMS : w == 1 ? ST_STAGE_ADAM_M
+                                                                        : ST_STAGE_ADAM_V;
+                assert_ok(st_tensor_read(st_stage_tensor(a, which), 0, n, x));
+                assert_ok(st_tensor_read(st_stage_tensor(b, which), 0, n, y));
+                if (memcmp(x, y, n * sizeof *x) != 0)
+                    fail_msg("%s: replica %zu's stage %zu differs from replica 0's (buffer %d)",
+                             what, r, k, w);
+            }
+            free(x);
+            free(y);
+        }
+}
+
+/* dp:2,pp:2, dp:4 and dp:2 train like one device (the reference of the first
+ * test, within its tolerances), the replicas hold the same bits after every
+ * step, and two runs of a layout give the same bits. */
+static void replicas_train_like_one_device(void **state)
+{
+    (void)state;
+    static const struct {
+        size_t R, S;
+        int m;
+    } layouts[] = {{2, 2, 2}, {4, 1, 1}, {2, 1, 2}};
+    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "dp:%zu,pp:%zu", layouts[i].R, layouts[i].S);
+        double runs[2][STEPS];
+        for (int run = 0; run < 2; run++) {
+            st_pipe *p = make_replicas(layouts[i].R, layouts[i].S, layouts[i].m, 0, 1);
+            assert_ok(st_pipe_init(p, 5));
+            replicas_hold_the_same_bits(p, what);
+            for (int k = 0; k < STEPS; k++) {
+                train(p, k, k + 1, runs[run]);
+                if (run == 0 && (k == 0 || k == STEPS - 1))
+                    replicas_hold_the_same_bits(p, what);
+            }
+            compare_losses(runs[run], ref_losses, 0, STEPS, what);
+            if (run == 0) {
+                float *w = weights(p);
+                compare_weights(w, ref_weights, what);
+                free(w);
+            }
+            st_pipe_destroy(p);
+        }
+        assert_memory_equal(runs[0], runs[1], sizeof runs[0]);
+    }
+}
+
+/* A checkpoint of dp:2,pp:2 (written from the first replica) loads into one
+ * device with the replicas' very bits and continues like them. */
+static void replica_checkpoint_continues_on_one_device(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/strata-dp-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    st_pipe *dp = make_replicas(2, 2, 2, 0, 1);
+    assert_ok(st_pipe_init(dp, 5));
+    double straight[STEPS];
+    train(dp, 0, 10, straight);
+    st_stage *stages[4] = {st_pipe_stage(dp, 0), st_pipe_stage(dp, 1)};
+    st_train_state state10 = {.step = 10};
+    snprintf(state10.settings, sizeof state10.settings, "{}");
+    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
+    float *w_dp = weights(dp);
+    train(dp, 10, STEPS, straight);
+    st_pipe_destroy(dp);
+
+    st_pipe *one = make_pipe(1, ST_SCHED_1F1B, 0);
+    st_stage *g = st_pipe_stage(one, 0);
+    st_train_state st;
+    assert_ok(st_checkpoint_load(dir, &g, 1, &st));
+    assert_int_equal(st.step, 10);
+    float *w_one = weights(one);
+    assert_memory_equal(w_one, w_dp, desc->param_numel * sizeof *w_one);
+    double again[STEPS];
+    train(one, 10, STEPS, again);
+    compare_losses(again, straight, 10, STEPS, "dp:2,pp:2's checkpoint continued on one device");
+    /* and back into replicas: every replica gets the checkpoint (st_pipe_replicate) */
+    st_pipe *back = make_replicas(2, 1, 1, 0, 1);
+    g = st_pipe_stage(back, 0);
+    assert_ok(st_checkpoint_load(dir, &g, 1, &st));
+    assert_ok(st_pipe_replicate(back));
+    replicas_hold_the_same_bits(back, "a checkpoint loaded into dp:2");
+    st_pipe_destroy(back);
+    free(w_one);
+    free(w_dp);
+    st_pipe_destroy(one);
+    char path[256];
+    const char *files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* Replicas decode their share of the sequences: the same tokens as one device. */
+static void replicas_decode_their_share(void **state)
+{
+    (void)state;
+    int V = desc->cfg.vocab_size, n = 3;
+    st_pipe *one = make_pipe_seqs(1, ST_SCHED_1F1B, SEQ, n);
+    st_pipe *dp = make_replicas(2, 2, 1, SEQ, n);
+    assert_ok(st_pipe_init(one, 9));
+    assert_ok(st_pipe_init(dp, 9));
+    float *a = malloc((size_t)n * V * sizeof *a), *b = malloc((size_t)n * V * sizeof *b);
+    int tok[3] = {1, 2, 3}, pos[3] = {0, 0, 0};
+    for (int t = 0; t < 4; t++) {
+        assert_ok(st_pipe_decode_batch(one, n, tok, pos, a));
+        assert_ok(st_pipe_decode_batch(dp, n, tok, pos, b));
+        assert_close(b, a, (size_t)n * V, 1e-5, 1e-5);
+        for (int q = 0; q < n; q++) {
+            tok[q] = (tok[q] * 7 + t) % V;
+            pos[q]++;
+        }
+    }
+    /* a forward pass of the whole batch: the same loss */
+    double s1, s2;
+    long c1, c2;
+    assert_ok(st_pipe_forward(one, tokens[0], targets[0], &s1, &c1, NULL));
+    assert_ok(st_pipe_forward(dp, tokens[0], targets[0], &s2, &c2, NULL));
+    assert_int_equal(c1, c2);
+    assert_true(fabs(s1 - s2) <= 1e-5 * fabs(s1));
+    free(a);
+    free(b);
+    st_pipe_destroy(one);
+    st_pipe_destroy(dp);
+}
+
 static void split_decoding_gives_the_same_tokens(void **state)
 {
     (void)state;
@@ -352,7 +511,7 @@ static void planner_memory_is_what_stages_allocate(void **state)
             ranges(S, first, end);
             for (size_t k = 1; k < S; k++)
                 cuts[k - 1] = first[k];
-            st_plan_input in = {.desc = desc,
+            st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = desc,
                                 .shape = {.batch = m * (BATCH / MB), .seq = SEQ,
                                           .micro_batches = m, .schedule = sched,
                                           .training = training, .kv_seq = kv, .kv_seqs = seqs},
@@ -434,6 +593,9 @@ int main(void)
         cmocka_unit_test(split_training_matches_one_device),
         cmocka_unit_test(split_decoding_gives_the_same_tokens),
         cmocka_unit_test(checkpoint_moves_between_splits),
+        cmocka_unit_test(replicas_train_like_one_device),
+        cmocka_unit_test(replica_checkpoint_continues_on_one_device),
+        cmocka_unit_test(replicas_decode_their_share),
         cmocka_unit_test(planner_memory_is_what_stages_allocate),
         cmocka_unit_test(bad_layouts_are_refused),
     };

@@ -90,7 +90,7 @@ static void partition_matches_brute_force(void **state)
             /* sometimes tight memory, to exercise the limits */
             prof[i].mem_bytes = (uint64_t)((trial % 3 ? 1e9 : 3e6 + 6e6 * urand()));
         }
-        st_plan_input in = {.desc = d, .shape = {.batch = (4) * (4), .seq = 16, .micro_batches = 4, .schedule = trial % 2 ? ST_SCHED_GPIPE : ST_SCHED_1F1B, .training = true}, .n_devices = S, .devices = prof,
+        st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (4) * (4), .seq = 16, .micro_batches = 4, .schedule = trial % 2 ? ST_SCHED_GPIPE : ST_SCHED_1F1B, .training = true}, .n_devices = S, .devices = prof,
                             .split = {.kind = ST_SPLIT_AUTO}, .keep_all_devices = true};
         size_t cuts[ST_PLAN_MAX_STAGES] = {0};
         double want = INFINITY;
@@ -151,7 +151,7 @@ static void thousands_of_layers(void **state)
     (void)state;
     st_model_desc *d = real_model(ST_MODEL_MAX_LAYERS, 16);
     st_device_profile p[4] = {dev(100, 8), dev(100, 8), dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 16, .micro_batches = 8, .training = true}, .n_devices = 4, .devices = p,
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (4) * (8), .seq = 16, .micro_batches = 8, .training = true}, .n_devices = 4, .devices = p,
                         .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
@@ -172,7 +172,7 @@ static void faster_devices_get_more_layers(void **state)
     (void)state;
     st_model_desc *d = real_model(12, 512);
     st_device_profile p[2] = {dev(300, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p,
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (8) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p,
                         .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
@@ -191,7 +191,7 @@ static void fewer_devices_when_faster(void **state)
     st_model_desc *d = real_model(2, 32);
     st_device_profile p[2] = {dev(50, 8), dev(50, 8)};
     p[0].h2d_gbps = p[0].d2h_gbps = p[1].h2d_gbps = p[1].d2h_gbps = 0.001;
-    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (2), .seq = 64, .micro_batches = 2, .training = true}, .n_devices = 2, .devices = p};
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (8) * (2), .seq = 64, .micro_batches = 2, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     assert_int_equal(plan.n_stages, 1);
@@ -207,7 +207,7 @@ static void memory_decides_the_split(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 512);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (8) * (4), .seq = 64, .micro_batches = 4, .training = true}, .n_devices = 2, .devices = p, .keep_all_devices = true};
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (8) * (4), .seq = 64, .micro_batches = 4, .training = true}, .n_devices = 2, .devices = p, .keep_all_devices = true};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     double total = plan.stage[0].total_bytes + plan.stage[1].total_bytes;
@@ -236,7 +236,7 @@ static void fixed_splits(void **state)
     (void)state;
     st_model_desc *d = real_model(12, 128);
     st_device_profile p[3] = {dev(100, 8), dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 32, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (4) * (8), .seq = 32, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_split_parse("layers:0-3,4-11", &in.split));
     assert_ok(st_plan_make(&in, &plan));
@@ -278,7 +278,7 @@ static void one_f_one_b_keeps_fewer_activations(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[4] = {dev(100, 64), dev(100, 64), dev(100, 64), dev(100, 64)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (16), .seq = 64, .micro_batches = 16, .training = true}, .n_devices = 4, .devices = p,
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (4) * (16), .seq = 64, .micro_batches = 16, .training = true}, .n_devices = 4, .devices = p,
                         .split = {.kind = ST_SPLIT_UNIFORM}};
     st_plan g, f;
     in.shape.schedule = ST_SCHED_GPIPE;
@@ -303,7 +303,7 @@ static void shared_hardware_is_planned_as_shared(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = (4) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = (4) * (8), .seq = 64, .micro_batches = 8, .training = true}, .n_devices = 2, .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));
     assert_int_equal(plan.n_stages, 2); /* separate hardware: the split pays */
@@ -343,7 +343,7 @@ static void micro_batches_chosen(void **state)
     (void)state;
     st_model_desc *d = real_model(8, 256);
     st_device_profile p[2] = {dev(100, 8), dev(100, 8)};
-    st_plan_input in = {.desc = d, .shape = {.batch = 32, .seq = 64, .training = true}, .n_devices = 1,
+    st_plan_input in = {.parallel = {ST_PARALLEL_PIPELINE}, .desc = d, .shape = {.batch = 32, .seq = 64, .training = true}, .n_devices = 1,
                         .devices = p};
     st_plan plan;
     assert_ok(st_plan_make(&in, &plan));

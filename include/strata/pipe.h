@@ -8,6 +8,15 @@
  * one forward and one backward in turn). Tensors between consecutive stages
  * travel through links; the schedule does not know how a link moves data.
  *
+ * Replicas (data parallelism, st_plan_replicate): R pipelines of the same
+ * stages on other devices, each on its share of the batch (sequences
+ * r * B/R to (r+1) * B/R) at the same time. When replica r's stage s has done
+ * its last backward, and the others' stage s too, the last to get there sums
+ * stage s's gradients over the replicas (through host memory, in buckets,
+ * added in replica order, written back to every replica) while the earlier
+ * stages still work; every replica then takes the same AdamW step, so they
+ * hold the same bits. Decoding many sequences gives each replica its share.
+ *
  * Backwards run in micro-batch order on every stage, so gradients accumulate
  * in the same order however the model is split. After the last backward the
  * tied embedding's two copies (first and last stage) get the sum of their
@@ -34,8 +43,18 @@ typedef struct st_link st_link; /* src/pipe/link.h */
 /* Stages in other processes (MPI ranks): who holds which stage, links to
  * them, and the sums the step needs across processes. NULL: all stages here. */
 typedef struct st_pipe_comm {
-    int rank;
+    int rank, ranks; /* this process in the pipeline's processes, and how many */
     int stage_rank[ST_PLAN_MAX_STAGES];
+    /* Replicas: this process's pipeline is replica `replica` of `replicas`
+     * (each on its share of the batch); 1 and 0 without. */
+    int replicas, replica;
+    /* v[i] = the sum of v[i] over the replicas of this process's stage, added
+     * in replica order (the same bits on each): the gradient sum. */
+    st_status (*replica_sum)(void *ctx, float *v, size_t n);
+    /* The same for doubles (the loss over the replicas). */
+    st_status (*replica_allsum)(void *ctx, double *v, int n);
+    /* Each pipeline process's line of text to its first (out: ranks x size). */
+    st_status (*gather)(void *ctx, const char *line, char *out, size_t size);
     /* A link for boundary b (stage b to b+1 when !backward, b+1 to b when
      * backward) between this process and another. */
     st_status (*make_link)(void *ctx, size_t boundary, bool backward, int from, int to,
@@ -62,11 +81,28 @@ st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_devi
 void st_pipe_destroy(st_pipe *p);
 
 size_t st_pipe_n_stages(const st_pipe *p);
-/* Stage s, or NULL when another process holds it. */
+/* Stage s (of the first replica), or NULL when another process holds it. */
 st_stage *st_pipe_stage(const st_pipe *p, size_t s);
+/* Copies of the pipeline (the plan's replicas), and stage s of copy r (in
+ * this process). */
+size_t st_pipe_n_replicas(const st_pipe *p);
+st_stage *st_pipe_replica_stage(const st_pipe *p, size_t r, size_t s);
+/* The sequences of a batch whose outputs (probabilities) this process's
+ * last stage gives: all of them, or under mpirun a replica's share. */
+void st_pipe_batch_share(const st_pipe *p, int *first, int *count);
+/* Whether every replica holds the same weights, bit for bit (checksums
+ * compared; under mpirun every process of the job takes part and gets the
+ * same answer). True without replicas. */
+st_status st_pipe_replicas_agree(st_pipe *p, bool *agree);
+/* v[i] summed over the pipeline's processes and (under mpirun) its replicas,
+ * in a fixed order: for counts a process made over its share. */
+st_status st_pipe_allsum(st_pipe *p, double *v, int n);
 
-/* GPT-2 initialisation on every stage (the same weights however split). */
+/* The model's initialisation on every stage (the same weights however split). */
 st_status st_pipe_init(st_pipe *p, uint64_t seed);
+/* The first replica's weights (and AdamW moments when training) copied to
+ * the others: after loading a checkpoint into st_pipe_stage's stages. */
+st_status st_pipe_replicate(st_pipe *p);
 
 typedef struct st_pipe_step_result {
     double loss;      /* mean over the tokens with a target */

@@ -35,6 +35,8 @@ extern "C" {
 #endif
 
 #define ST_PLAN_MAX_STAGES 64
+/* Copies of the pipeline that split the batch (data parallelism). */
+#define ST_PLAN_MAX_REPLICAS 16
 /* Transformer blocks a split may name (the model limit, strata/model.h). */
 #define ST_PLAN_MAX_BLOCKS ST_MODEL_MAX_LAYERS
 
@@ -99,6 +101,21 @@ static inline int st_run_micro_batch(const st_run_shape *r)
     return r->micro_batches > 0 ? r->batch / r->micro_batches : r->batch;
 }
 
+/* How the devices are used: --parallel auto (the planner chooses), pipeline
+ * (one pipeline over the devices), data (a replica of the whole model per
+ * device), dp:D,pp:S (D replicas of an S-stage pipeline). */
+typedef enum st_parallel_kind {
+    ST_PARALLEL_AUTO,
+    ST_PARALLEL_PIPELINE,
+    ST_PARALLEL_DATA,
+    ST_PARALLEL_FIXED
+} st_parallel_kind;
+typedef struct st_parallel_spec {
+    st_parallel_kind kind;
+    size_t dp, pp; /* FIXED */
+} st_parallel_spec;
+st_status st_parallel_parse(const char *text, st_parallel_spec *out);
+
 typedef struct st_plan_input {
     const st_model_desc *desc;
     st_run_shape shape;
@@ -106,10 +123,16 @@ typedef struct st_plan_input {
     const st_device_profile *devices;
     st_split_spec split;
     bool keep_all_devices; /* devices chosen explicitly: use every one */
+    st_parallel_spec parallel; /* zero: auto */
+    /* Devices that run at the same time as these (other replicas): a device
+     * sharing its hardware with one of them works at its shared rate. */
+    const st_device_profile *also;
+    size_t n_also;
 } st_plan_input;
 
 typedef struct st_plan_stage {
-    size_t device;            /* index into the input's devices */
+    size_t device;            /* index into the input's devices (replica 0's) */
+    size_t replica_device[ST_PLAN_MAX_REPLICAS]; /* replica r > 0: its device for this stage */
     size_t first, end;        /* layers [first, end) of the description */
     int in_flight;            /* micro-batches whose activations it keeps */
     double param_bytes;       /* parameters (+ gradients and moments when training) */
@@ -119,13 +142,27 @@ typedef struct st_plan_stage {
     double xfer_ms;           /* the transfers' part of fwd_ms + bwd_ms */
 } st_plan_stage;
 
+/* One layout the planner weighed: replicas x stages, its predicted step
+ * (the gradient sum's part not hidden behind the backward included), the
+ * most memory it needs on a device, and its speedup over one device. */
+typedef struct st_plan_alt {
+    size_t replicas, stages;
+    int micro_batches;       /* per replica */
+    double step_ms, reduce_ms, mem_bytes, speedup;
+    bool fits;
+    char why[160];           /* when it does not fit or cannot be made */
+} st_plan_alt;
+#define ST_PLAN_MAX_ALTS 24
+
 /* A plan is what creates the pipeline (st_pipe_create): the run's shape
  * (micro-batches as given or chosen), and per stage its device (an index
  * into the devices planned over), its layer range and the micro-batches
  * whose activations it keeps (its slots). */
 typedef struct st_plan {
-    st_run_shape shape;
+    st_run_shape shape;       /* batch: the whole step's, split over the replicas */
     size_t n_stages;
+    size_t replicas;          /* copies of the pipeline, each on batch / replicas
+                               * sequences (0 or 1: one); micro_batches is per replica */
     st_plan_stage stage[ST_PLAN_MAX_STAGES];
     double step_ms;           /* predicted training step (or forward pass) */
     double bubble;            /* idle fraction of the pipeline: (S-1)/(m+S-1) */
@@ -133,6 +170,10 @@ typedef struct st_plan {
     double speedup;           /* one_device_ms / step_ms */
     size_t devices_offered;   /* how many devices the input had */
     char note[256];           /* e.g. why fewer devices are used */
+    double reduce_ms;         /* replicas: the gradient sum's time past the backward */
+    size_t n_alts;            /* the layouts weighed (st_plan_make), alts[chosen] taken */
+    size_t chosen;
+    st_plan_alt alts[ST_PLAN_MAX_ALTS];
 } st_plan;
 
 /* Plans; an impossible request (does not fit, bad ranges) is ST_ERR_INVALID
@@ -147,6 +188,15 @@ typedef struct st_plan {
  * more. */
 st_status st_plan_make(const st_plan_input *in, st_plan *out);
 
+/* Replicas (in->parallel): for each layout of D replicas x S stages that the
+ * devices allow (replica r on devices r*K .. r*K+S-1, K = devices / D), the
+ * pipeline of one replica is planned on its share of the batch as above;
+ * the gradient sum costs, per stage, every replica's gradients read and
+ * written back at the measured bandwidths plus the adds, of which only what
+ * outlasts the backward of the earlier stages counts. The fastest layout
+ * that fits wins (more replicas must win by 3%); plan->alts lists them all.
+ * Replicas run on devices of the same hardware at its shared rate. */
+
 /* The predicted times and memory of a given partition (cuts: the first
  * layer of stages 1..S-1), for tests and for checking explicit splits. */
 st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_t S,
@@ -156,6 +206,36 @@ st_status st_plan_evaluate(const st_plan_input *in, const size_t *devices, size_
  * device s, with the schedule's slots. For a layout chosen by hand. */
 st_status st_plan_layout(const st_model_desc *desc, const st_run_shape *shape, size_t S,
                          const size_t *first, const size_t *end, st_plan *out);
+/* Makes the plan R replicas of its pipeline: replica r's stage s on
+ * devices[r * S + s] (replica 0's as the plan had them when devices is
+ * NULL: then replica r takes devices r * S + s). The batch must split into R
+ * equal shares of whole micro-batches; each stage's slots are the share's. */
+st_status st_plan_replicate(st_plan *plan, size_t R, const size_t *devices);
+
+/* The device of stage s in replica r. */
+static inline size_t st_plan_device(const st_plan *p, size_t r, size_t s)
+{
+    return r == 0 ? p->stage[s].device : p->stage[s].replica_device[r];
+}
+static inline size_t st_plan_replicas(const st_plan *p)
+{
+    return p->replicas > 1 ? p->replicas : 1;
+}
+/* Every device the plan uses once (all replicas' stages, in order); out has
+ * room for ST_PLAN_MAX_STAGES entries. */
+static inline size_t st_plan_devices(const st_plan *p, size_t *out)
+{
+    size_t n = 0;
+    for (size_t r = 0; r < st_plan_replicas(p); r++)
+        for (size_t s = 0; s < p->n_stages; s++) {
+            size_t d = st_plan_device(p, r, s), j = 0;
+            while (j < n && out[j] != d)
+                j++;
+            if (j == n && n < ST_PLAN_MAX_STAGES)
+                out[n++] = d;
+        }
+    return n;
+}
 
 #ifdef __cplusplus
 }

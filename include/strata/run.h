@@ -22,6 +22,7 @@ extern "C" {
 
 typedef struct st_run_plan_options {
     const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */
+    const char *parallel;  /* auto (NULL), pipeline, data, dp:D,pp:S */
     bool keep_all_devices; /* the devices were chosen: each gets a stage */
     bool quiet;            /* no line on stderr for a device measured for the first time */
 } st_run_plan_options;

@@ -274,6 +274,11 @@ st_status st_gemm_warmup(st_device *dev)
      * kernel with the helper copy kernels) and one batched. */
     static const size_t sizes[] = {16, 512};
     const size_t max = 512;
+    /* Under a small memory limit (--mem-limit) the warm-up is left out: the
+     * kernels then build at their first use. */
+    st_device_memory mem = st_device_get_memory(dev);
+    if (mem.capacity < mem.current || mem.capacity - mem.current < 4 * 3 * max * max * sizeof(float))
+        return ST_OK;
     st_tensor *a = NULL, *b = NULL, *c = NULL;
     size_t shape[2] = {max, max};
     st_status s;

@@ -91,6 +91,7 @@ st_status cli_copy_tokenizer(const st_tokenizer *t, const char *dir);
 /* Splitting a model over the chosen devices (planning.c). */
 typedef struct cli_plan_opts {
     const char *split;     /* auto (NULL), uniform, ratio:..., layers:... */
+    const char *parallel;  /* auto (NULL), pipeline, data, dp:D,pp:S */
     const char *mem_limit; /* "0:2G,1:6G" or NULL */
     st_run_shape shape;    /* micro_batches 0: the planner chooses */
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */

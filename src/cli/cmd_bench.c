@@ -9,17 +9,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "core/clock.h"
 #include "cli/cli.h"
 #include "strata/pipe.h"
 #include "strata/profiler.h"
+#include "cli/bench.h"
 
 static void help(void)
 {
     printf("usage: strata bench --pipeline [options]\n"
+           "       strata bench --scaling [--out DIR] [options]\n"
            "\n"
+           "--scaling: the 1 -> 2 -> 4 device story. Two workloads of the model, each on\n"
+           "the first 1, 2, 4, ... devices as the planner lays them out (replicas of the\n"
+           "whole model, a pipeline of stages, or both): one that fits a device, and\n"
+           "one whose devices hold less than the whole model needs (a quarter of its\n"
+           "weights, gradients and moments less; or --mem-limit), so that it must be\n"
+           "split. A Markdown table on\n"
+           "stdout (the plans on stderr): the layout chosen, its predicted step and the\n"
+           "measured one, training and inference tokens/s, speedup and efficiency\n"
+           "against the first workload on one device. --out DIR also writes\n"
+           "scaling.md, scaling.json and scaling.svg (a chart of both).\n"
+           "\n"
+           "--pipeline:\n"
            "Trains one model with one global batch on the first 1, 2, 4, ... of the\n"
            "chosen devices (every one given a stage, split by the planner) and runs\n"
            "forward passes the same way; prints step times, tokens/s, speedup and\n"
@@ -27,7 +42,10 @@ static void help(void)
            "time next to the measured one, with the spread of the timed steps\n"
            "((slowest - fastest) / median). Data: random tokens.\n"
            "\n"
-           "  --pipeline          the pipeline benchmark (the only one so far)\n"
+           "  --pipeline          the pipeline benchmark\n"
+           "  --scaling           the scaling benchmark (its micro-batches: the planner's)\n"
+           "  --out DIR           --scaling: write scaling.md, .json and .svg into DIR\n"
+           "  --mem-limit LIST    --scaling: the splitting workload's memory, e.g. 0:40M,1:40M\n"
            "  --layers N, --embd N, --heads N   the model (default 8 x 192, 4 heads)\n"
            "  --arch A, --kv-heads N            gpt2 (default) or llama, its key/value heads\n"
            "  --batch N           sequences per step (default 32)\n"
@@ -52,16 +70,10 @@ static int by_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-typedef struct bench_row {
-    size_t devices, stages;
-    double train_ms, predicted_ms, fwd_ms, predicted_fwd_ms, wait_ms;
-    double train_spread, fwd_spread; /* (slowest - fastest) / median of the timed steps */
-} bench_row;
-
 /* Times training and forward passes on the first k devices. */
-static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
-                         const cli_plan_opts *po_in, long steps, const int32_t *tokens,
-                         const int32_t *targets, FILE *plan_out, bench_row *row)
+st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
+                  const cli_plan_opts *po_in, long steps, const int32_t *tokens,
+                  const int32_t *targets, FILE *plan_out, bench_row *row)
 {
     cli_devices sub = *all;
     sub.n = k;
@@ -77,10 +89,11 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     if (s != ST_OK)
         return s;
     cli_plan_print(&plan, desc, &sub, prof, &po, plan_out);
-    size_t n_stages = plan.n_stages;
+    /* every device of every replica */
+    size_t used[ST_PLAN_MAX_STAGES], n_stages = st_plan_devices(&plan, used);
     st_device *stage_dev[ST_PLAN_MAX_STAGES];
     for (size_t j = 0; j < n_stages; j++)
-        stage_dev[j] = sub.dev[plan.stage[j].device];
+        stage_dev[j] = sub.dev[used[j]];
     st_pipe *p = NULL;
     if ((s = st_devices_prepare(stage_dev, n_stages)) != ST_OK ||
         (s = st_pipe_create(&plan, desc, sub.dev, NULL, &p)) != ST_OK ||
@@ -101,8 +114,8 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         t[i] = (st_now_s() - t0) * 1e3;
         if (i > 0) {
             train_sum += t[i];
-            for (size_t k2 = 0; k2 < n_stages; k2++)
-                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)n_stages / (double)steps;
+            for (size_t k2 = 0; k2 < plan.n_stages; k2++)
+                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)plan.n_stages / (double)steps;
         }
     }
     if (s == ST_OK && st_profiler_enabled()) {
@@ -122,7 +135,10 @@ static st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
         qsort(t + steps + 2, (size_t)steps, sizeof *t, by_double);
         row->devices = k;
-        row->stages = n_stages;
+        row->stages = plan.n_stages;
+        row->replicas = st_plan_replicas(&plan);
+        row->micro_batches = plan.shape.micro_batches;
+        row->fits = true;
         row->train_ms = t[1 + steps / 2];
         row->fwd_ms = t[steps + 2 + steps / 2];
         row->train_spread = (t[steps] - t[1]) / row->train_ms;
@@ -214,12 +230,16 @@ int cmd_bench(int argc, char **argv)
         {"format", required_argument, NULL, 'f'},
         {"profile", no_argument, NULL, 'P'},
         {"arch", required_argument, NULL, 'a'},     {"kv-heads", required_argument, NULL, 'K'},
+        {"scaling", no_argument, NULL, 'S'},        {"out", required_argument, NULL, 'o'},
+        {"mem-limit", required_argument, NULL, 'M'},
         {NULL, 0, NULL, 0}};
     cli_model_flags mf = {0};
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
-    bool pipeline = false;
-    const char *devices = NULL, *format = "table";
-    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true}, .quiet = true};
+    bool pipeline = false, scaling = false, micro_given = false;
+    const char *devices = NULL, *format = "table", *out_dir = NULL, *mem_limit = NULL;
+    /* --pipeline measures one pipeline over 1, 2, 4... devices. */
+    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true},
+                        .parallel = "pipeline", .quiet = true};
     int c, li;
     optind = 1;
     opterr = 0;
@@ -227,6 +247,9 @@ int cmd_bench(int argc, char **argv)
         bool ok = true;
         switch (c) {
         case 'p': pipeline = true; break;
+        case 'S': scaling = true; break;
+        case 'o': out_dir = optarg; break;
+        case 'M': mem_limit = optarg; break;
         case 'a': mf.arch = optarg; break;
         case 'K': ok = cli_parse_long(optarg, 1, 1024, &mf.kv_heads); break;
         case 'L': ok = cli_parse_long(optarg, 1, 1000, &L); break;
@@ -234,7 +257,7 @@ int cmd_bench(int argc, char **argv)
         case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
         case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
         case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
-        case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); break;
+        case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); micro_given = true; break;
         case 'n': ok = cli_parse_long(optarg, 1, 1000, &steps); break;
         case 's':
             if (st_schedule_parse(optarg, &po.shape.schedule) != ST_OK)
@@ -257,8 +280,20 @@ int cmd_bench(int argc, char **argv)
             return cli_usage_error("bench", "bad value '%s' for --%s: %s", optarg, opts[li].name,
                                    cli_expected());
     }
-    if (!pipeline)
-        return cli_usage_error("bench", "say which benchmark: --pipeline");
+    if (pipeline == scaling)
+        return cli_usage_error("bench", "say which benchmark: --pipeline or --scaling");
+    if (pipeline && (out_dir || mem_limit))
+        return cli_usage_error("bench", "--out and --mem-limit go with --scaling");
+    if (scaling && strcmp(format, "table") != 0)
+        return cli_usage_error("bench", "--scaling prints Markdown; --out DIR also writes JSON");
+    if (scaling && !micro_given)
+        m = 1; /* the planner chooses (checked below against the batch as 1) */
+    if (out_dir) {
+        struct stat sb;
+        if (stat(out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return cli_usage_error("bench", "--out '%s' is not a folder (make it first)",
+                                   out_dir);
+    }
     if (B % m != 0)
         return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);
     st_model_config cfg;
@@ -288,6 +323,24 @@ int cmd_bench(int argc, char **argv)
     po.shape.batch = (int)B;
     po.shape.seq = (int)T;
     po.shape.micro_batches = (int)m;
+    if (scaling && s == ST_OK) {
+        char line[256];
+        snprintf(line, sizeof line,
+                 "%s %ld layers x %ld channels, %zu parameters, batch %ld x %ld tokens, %zu "
+                 "device%s",
+                 st_family_name(cfg.family), L, C, desc->param_numel, B, T, devs.n,
+                 devs.n == 1 ? "" : "s");
+        bench_scaling_opts so = {.desc = desc, .po = po, .steps = steps, .mem_limit = mem_limit,
+                                 .out_dir = out_dir, .model_line = line};
+        so.po.parallel = NULL; /* the planner's choice */
+        so.po.shape.micro_batches = micro_given ? (int)m : 0;
+        s = bench_scaling(&devs, &so, tokens, targets);
+        free(tokens);
+        free(targets);
+        st_model_desc_destroy(desc);
+        cli_devices_put(&devs);
+        return s == ST_OK ? CLI_OK : cli_fail(s);
+    }
     bench_row rows[8];
     size_t n_rows = 0;
     bool table = strcmp(format, "table") == 0;

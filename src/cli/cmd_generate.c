@@ -22,7 +22,7 @@
 
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
-    const char *devices, *split, *mem_limit;
+    const char *devices, *split, *mem_limit, *parallel;
     const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
 } run_flags;
 
@@ -48,7 +48,8 @@ static st_status open_model(const char *dir, const run_flags *f, st_run_shape *s
         shape->kv_seq = cfg->n_positions;
     if (shape->seq > cfg->n_positions)
         shape->seq = cfg->n_positions;
-    cli_plan_opts po = {.split = f->split, .mem_limit = f->mem_limit, .shape = *shape,
+    cli_plan_opts po = {.split = f->split, .parallel = f->parallel, .mem_limit = f->mem_limit,
+                        .shape = *shape,
                         .devices_explicit = f->devices != NULL || getenv("STRATA_DEVICES") != NULL,
                         .quiet = true};
     st_plan plan;
@@ -59,15 +60,18 @@ static st_status open_model(const char *dir, const run_flags *f, st_run_shape *s
         cli_plan_print(&plan, *desc, devs, prof, &po, stderr);
     *shape = plan.shape;
     st_device *stage_dev[ST_PLAN_MAX_STAGES];
-    for (size_t k = 0; k < plan.n_stages; k++)
-        stage_dev[k] = devs->dev[plan.stage[k].device];
-    if ((s = st_devices_prepare(stage_dev, plan.n_stages)) != ST_OK ||
+    size_t used[ST_PLAN_MAX_STAGES], n_used = st_plan_devices(&plan, used);
+    for (size_t k = 0; k < n_used; k++)
+        stage_dev[k] = devs->dev[used[k]];
+    if ((s = st_devices_prepare(stage_dev, n_used)) != ST_OK ||
         (s = st_pipe_create(&plan, *desc, devs->dev, NULL, p)) != ST_OK)
         return s;
     st_stage *stages[ST_PLAN_MAX_STAGES];
     for (size_t k = 0; k < plan.n_stages; k++)
         stages[k] = st_pipe_stage(*p, k);
-    return st_checkpoint_load(dir, stages, plan.n_stages, NULL);
+    if ((s = st_checkpoint_load(dir, stages, plan.n_stages, NULL)) != ST_OK)
+        return s;
+    return st_pipe_replicate(*p); /* the first replica's weights to the others */
 }
 
 static uint64_t next_u64(uint64_t *s)
@@ -208,6 +212,8 @@ static void generate_help(void)
            "  --devices CHOICE    which devices; the planner splits the model over them\n"
            "                      (each stage keeps the KV cache of its own layers)\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"
+           "                      pipeline, data (a whole model per device), dp:D,pp:S\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      instead of the model folder's\n"
@@ -380,15 +386,17 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     if (s == ST_OK) {
         fflush(stdout);
         double gen = secs - t_prompt;
-        char many[48] = "";
+        char many[48] = "", reps[48] = "";
+        if (st_pipe_n_replicas(g) > 1)
+            snprintf(reps, sizeof reps, "%zu replicas of ", st_pipe_n_replicas(g));
         if (n_prompts > 1)
             snprintf(many, sizeof many, " (%d prompts at once)", n_prompts);
         fprintf(stderr,
                 "prompt: %ld token%s in %.2f s | generated %ld token%s in %.2f s | %.1f tok/s%s | "
-                "loading the model and kernels took %.2f s | %zu stage%s\n",
+                "loading the model and kernels took %.2f s | %s%zu stage%s\n",
                 prompt_tokens, prompt_tokens == 1 ? "" : "s", t_prompt, total,
                 total == 1 ? "" : "s", gen, gen > 0 ? total / gen : 0.0, many,
-                t0 - t_start, st_pipe_n_stages(g), st_pipe_n_stages(g) == 1 ? "" : "s");
+                t0 - t_start, reps, st_pipe_n_stages(g), st_pipe_n_stages(g) == 1 ? "" : "s");
         if (slides)
             fprintf(stderr,
                     "the text outgrew the model's %d positions: %ld time%s the context slid to "
@@ -427,6 +435,7 @@ int cmd_generate(int argc, char **argv)
                                          {"seed", required_argument, NULL, 's'},
                                          {"devices", required_argument, NULL, 'd'},
                                          {"split", required_argument, NULL, 'S'},
+                                         {"parallel", required_argument, NULL, 'P'},
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"help", no_argument, NULL, 'h'},
@@ -455,6 +464,7 @@ int cmd_generate(int argc, char **argv)
         case 's': ok = cli_parse_long(optarg, 0, 1L << 62, &seed); break;
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
+        case 'P': rf.parallel = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
         case 'z': rf.tokenizer = optarg; break;
         case 'h': generate_help(); return CLI_OK;
@@ -500,6 +510,8 @@ static void eval_help(void)
            "                      (default: the planner's choice; 1 on one device)\n"
            "  --devices CHOICE    which devices; the planner splits the model over them\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"
+           "                      pipeline, data (a whole model per device), dp:D,pp:S\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n");
 }
@@ -514,6 +526,7 @@ int cmd_eval(int argc, char **argv)
                                          {"micro-batches", required_argument, NULL, 'u'},
                                          {"devices", required_argument, NULL, 'd'},
                                          {"split", required_argument, NULL, 'S'},
+                                         {"parallel", required_argument, NULL, 'P'},
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"help", no_argument, NULL, 'h'},
@@ -535,6 +548,7 @@ int cmd_eval(int argc, char **argv)
         case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &micro); break;
         case 'd': rf.devices = optarg; break;
         case 'S': rf.split = optarg; break;
+        case 'P': rf.parallel = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
         case 'z': rf.tokenizer = optarg; break;
         case 'h': eval_help(); return CLI_OK;

@@ -37,6 +37,8 @@ static void help(void)
            "devices:\n"
            "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
+           "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"
+           "                      pipeline, data (a whole model per device), dp:D,pp:S\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  --json              the plan as JSON\n"
            "  -h, --help          this text\n"
@@ -88,6 +90,7 @@ int cmd_plan(int argc, char **argv)
         {"seq", required_argument, NULL, 'T'},       {"micro-batches", required_argument, NULL, 'u'},
         {"schedule", required_argument, NULL, 's'},  {"inference", no_argument, NULL, 'i'},
         {"devices", required_argument, NULL, 'd'},   {"split", required_argument, NULL, 'S'},
+        {"parallel", required_argument, NULL, 'A'},
         {"mem-limit", required_argument, NULL, 'M'}, {"json", no_argument, NULL, 'j'},
         {"arch", required_argument, NULL, 'a'},      {"kv-heads", required_argument, NULL, 'K'},
         {"inner", required_argument, NULL, 'F'},     {"rope-theta", required_argument, NULL, 'R'},
@@ -126,6 +129,7 @@ int cmd_plan(int argc, char **argv)
         case 'i': po.shape.training = false; break;
         case 'd': devices = optarg; break;
         case 'S': po.split = optarg; break;
+        case 'A': po.parallel = optarg; break;
         case 'M': po.mem_limit = optarg; break;
         case 'j': json = true; break;
         case 'h': help(); return CLI_OK;

@@ -103,8 +103,12 @@ static void help(void)
            "                      stage\n"
            "  --split HOW         auto (default: balance predicted times, fewer devices\n"
            "                      when faster), uniform, ratio:3,1, layers:0-5,6-11\n"
-           "  --micro-batches N   split each batch into N pipeline micro-batches (default:\n"
-           "                      the planner's choice; 1 on one device)\n"
+           "  --parallel HOW      auto (default: the planner weighs D replicas of an\n"
+           "                      S-stage pipeline, each replica on batch/D sequences,\n"
+           "                      gradients summed), pipeline, data (a whole model per\n"
+           "                      device), dp:D,pp:S\n"
+           "  --micro-batches N   split each replica's batch into N pipeline micro-batches\n"
+           "                      (default: the planner's choice; 1 on one device)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"
@@ -415,7 +419,7 @@ enum {
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
-    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_DEVICES
+    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_DEVICES
 };
 
 int cmd_train(int argc, char **argv)
@@ -454,6 +458,7 @@ int cmd_train(int argc, char **argv)
         {"micro-batches", required_argument, NULL, O_MICRO},
         {"schedule", required_argument, NULL, O_SCHEDULE},
         {"split", required_argument, NULL, O_SPLIT},
+        {"parallel", required_argument, NULL, O_PARALLEL},
         {"mem-limit", required_argument, NULL, O_MEM_LIMIT},
         {"keep", required_argument, NULL, O_KEEP},
         {"on-nan", required_argument, NULL, O_ON_NAN},
@@ -465,7 +470,7 @@ int cmd_train(int argc, char **argv)
     st_train_config tc;
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
-    const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL;
+    const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL, *parallel = NULL;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     cli_model_flags mf = {0};
@@ -532,6 +537,7 @@ int cmd_train(int argc, char **argv)
                 return cli_usage_error("train", "%s", st_last_error());
             break;
         case O_SPLIT: split = arg; break;
+        case O_PARALLEL: parallel = arg; break;
         case O_MEM_LIMIT: mem_limit = arg; break;
         case 'h': help(); return CLI_OK;
         case ':': return cli_usage_error("train", "option %s needs a value", name);
@@ -764,7 +770,8 @@ int cmd_train(int argc, char **argv)
     st_device_profile prof[ST_PLAN_MAX_STAGES];
     /* Without --micro-batches (and not resuming) the planner chooses. */
     bool micro_auto = !given[O_MICRO] && !tc.resume_dir;
-    cli_plan_opts po = {.split = split, .mem_limit = mem_limit, .shape = tc.shape,
+    cli_plan_opts po = {.split = split, .parallel = parallel, .mem_limit = mem_limit,
+                        .shape = tc.shape,
                         .devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL};
     po.shape.micro_batches = micro_auto ? 0 : tc.shape.micro_batches;
     if (!micro_auto && tc.shape.batch % tc.shape.micro_batches != 0)
@@ -776,7 +783,7 @@ int cmd_train(int argc, char **argv)
     st_device *plan_devs[ST_PLAN_MAX_STAGES] = {NULL};
     st_train_layout layout = {.plan = &plan, .devs = plan_devs};
 #if STRATA_HAVE_MPI
-    st_pipe_comm comm;
+    st_pipe_comm comm = {0};
     mpi = st_mpi_active() && st_mpi_size() > 1;
 #endif
     if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK) {
@@ -790,12 +797,13 @@ int cmd_train(int argc, char **argv)
                 devs.n = 1;
             }
             st_run_plan_options ro = {.split = split, .keep_all_devices = true, .quiet = true};
-            if ((s = mem_limit ? cli_apply_mem_limit(mem_limit, &devs) : ST_OK) == ST_OK)
+            ro.parallel = parallel;
+            if (s == ST_OK && (s = mem_limit ? cli_apply_mem_limit(mem_limit, &devs) : ST_OK) == ST_OK)
                 s = st_run_plan_mpi(devs.dev, devs.index, devs.n, desc, &po.shape, &ro, &plan,
                                     prof, plan_devs, &comm);
             if (s == ST_OK) {
                 layout.comm = &comm;
-                layout.ranks = st_mpi_size();
+                layout.ranks = comm.ranks; /* the pipeline's (of one replica) */
                 layout.barrier = st_mpi_barrier;
                 layout.gather = st_mpi_gather_lines;
                 cli_plan_print(&plan, desc, NULL, prof, &po, stdout);
@@ -812,9 +820,10 @@ int cmd_train(int argc, char **argv)
     }
     /* Each stage's device here (NULL: another rank's). */
     st_device *stage_dev[ST_PLAN_MAX_STAGES] = {NULL};
-    size_t n_stages = s == ST_OK ? plan.n_stages : 0;
+    size_t plan_used[ST_PLAN_MAX_STAGES];
+    size_t n_stages = s == ST_OK ? st_plan_devices(&plan, plan_used) : 0; /* every replica's too */
     for (size_t k = 0; k < n_stages; k++)
-        stage_dev[k] = plan_devs[plan.stage[k].device];
+        stage_dev[k] = plan_devs[plan_used[k]];
     if (s == ST_OK) {
         fflush(stdout);
         s = st_devices_prepare(stage_dev, n_stages);
@@ -877,7 +886,13 @@ int cmd_train(int argc, char **argv)
                 continue;
             char a[32], b[32];
             st_device_memory m = st_device_get_memory(stage_dev[k]);
-            snprintf(lines[n_lines++], sizeof lines[0], "stage %zu: %s peak %s of %s", k,
+            char what[64];
+            if (st_plan_replicas(&plan) > 1) /* devices in replica order */
+                snprintf(what, sizeof what, "replica %zu, stage %zu", k / plan.n_stages,
+                         k % plan.n_stages);
+            else
+                snprintf(what, sizeof what, "stage %zu", k);
+            snprintf(lines[n_lines++], sizeof lines[0], "%s: %s peak %s of %s", what,
                      st_device_label(stage_dev[k]), st_format_bytes(m.peak, a, sizeof a),
                      st_format_bytes(m.capacity, b, sizeof b));
         }
@@ -903,6 +918,9 @@ int cmd_train(int argc, char **argv)
         }
 #endif
     }
+#if STRATA_HAVE_MPI
+    st_mpi_comm_free(&comm);
+#endif
     st_model_desc_destroy(desc);
 
     if (L.json && fclose(L.json) != 0 && !L.json_failed) {

@@ -71,8 +71,8 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
     st_status s = o->mem_limit ? cli_apply_mem_limit(o->mem_limit, devs) : ST_OK;
     if (s != ST_OK)
         return s;
-    st_run_plan_options ro = {.split = o->split, .keep_all_devices = o->devices_explicit,
-                              .quiet = o->quiet};
+    st_run_plan_options ro = {.split = o->split, .parallel = o->parallel,
+                              .keep_all_devices = o->devices_explicit, .quiet = o->quiet};
     return st_run_plan(devs->dev, devs->n, desc, &o->shape, &ro, plan, prof);
 }
 
@@ -115,11 +115,45 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
                     const st_device_profile *prof, const cli_plan_opts *o, FILE *f)
 {
     const st_run_shape *r = &plan->shape;
-    fprintf(f, "plan: %zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n",
+    size_t R = st_plan_replicas(plan);
+    int per = r->batch / (int)R; /* sequences per replica */
+    char reps[64] = "";
+    if (R > 1)
+        snprintf(reps, sizeof reps, "%zu replicas (%d sequences each) of ", R, per);
+    fprintf(f, "plan: %s%zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n", reps,
             plan->n_stages, plan->n_stages == 1 ? "" : "s", st_schedule_name(r->schedule),
-            r->micro_batches, r->micro_batches == 1 ? "" : "es", st_run_micro_batch(r), r->seq,
+            r->micro_batches, r->micro_batches == 1 ? "" : "es", per / r->micro_batches, r->seq,
             o->shape.micro_batches ? "" : " (micro-batches chosen by the planner)",
             r->training ? "" : " (inference)");
+    /* The layouts weighed, when there was a choice. */
+    if (plan->n_alts > 1) {
+        cli_table *a = cli_table_new(6);
+        const char *ah[] = {"layout", "predicted ms", "gradient sum ms", "memory/device MB",
+                            "speedup", ""};
+        cli_table_add(a, ah);
+        for (size_t i = 0; i < plan->n_alts; i++) {
+            const st_plan_alt *x = &plan->alts[i];
+            char c[6][200];
+            snprintf(c[0], sizeof c[0], "dp:%zu,pp:%zu", x->replicas, x->stages);
+            if (x->fits) {
+                snprintf(c[1], sizeof c[1], "%.1f", x->step_ms);
+                snprintf(c[2], sizeof c[2], "%.1f", x->reduce_ms);
+                snprintf(c[3], sizeof c[3], "%.1f", x->mem_bytes / 1048576.0);
+                snprintf(c[4], sizeof c[4], "%.2fx", x->speedup);
+                snprintf(c[5], sizeof c[5], "%s", i == plan->chosen ? "<- chosen" : "");
+            } else {
+                snprintf(c[1], sizeof c[1], "-");
+                snprintf(c[2], sizeof c[2], "-");
+                snprintf(c[3], sizeof c[3], "-");
+                snprintf(c[4], sizeof c[4], "-");
+                snprintf(c[5], sizeof c[5], "%.150s", x->why);
+            }
+            const char *row[6] = {c[0], c[1], c[2], c[3], c[4], c[5]};
+            cli_table_add(a, row);
+        }
+        cli_table_print(a, f);
+        cli_table_free(a);
+    }
     cli_table *t = cli_table_new(9);
     const char *head[] = {"stage", "device", "layers", "params MB", "activations MB",
                           "total MB / capacity", "fwd ms", "bwd ms", "GFLOPS"};
@@ -133,6 +167,13 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
                      st_device_get_info(devs->dev[st->device])->name);
         else /* devices of several ranks: the profiles carry their labels */
             snprintf(c[1], sizeof c[1], "%s", prof[st->device].name);
+        for (size_t q = 1; q < R && devs; q++) {
+            size_t len = strlen(c[1]);
+            snprintf(c[1] + len, sizeof c[1] - len, q == 1 ? " (replicas: %zu" : ", %zu",
+                     devs->index[st->replica_device[q]]);
+            if (q + 1 == R)
+                snprintf(c[1] + strlen(c[1]), sizeof c[1] - strlen(c[1]), ")");
+        }
         layer_names(desc, st->first, st->end, c[2], sizeof c[2]);
         snprintf(c[3], sizeof c[3], "%.1f", st->param_bytes / 1048576.0);
         snprintf(c[4], sizeof c[4], "%.1f", st->act_bytes / 1048576.0);
@@ -148,8 +189,11 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
     }
     cli_table_print(t, f);
     cli_table_free(t);
-    fprintf(f, "predicted %s %.1f ms | bubble %.1f%% | speedup over one device %.2fx\n",
-            r->training ? "step" : "forward pass", plan->step_ms, 100.0 * plan->bubble,
+    char sum[64] = "";
+    if (R > 1 && r->training)
+        snprintf(sum, sizeof sum, " | gradient sum %.1f ms past the backward", plan->reduce_ms);
+    fprintf(f, "predicted %s %.1f ms | bubble %.1f%%%s | speedup over one device %.2fx\n",
+            r->training ? "step" : "forward pass", plan->step_ms, 100.0 * plan->bubble, sum,
             plan->speedup);
     if (plan->note[0])
         fprintf(f, "note: %s\n", plan->note);

@@ -199,8 +199,17 @@ st_status st_mpi_gather_lines(const char *line, char *out, size_t line_size)
 
 /* ---- the MPI link ------------------------------------------------------------ */
 
+/* A pipeline's communicators (st_pipe_comm.ctx): its own ranks, and the
+ * replicas of this rank's stage. */
+typedef struct mpi_ctx {
+    MPI_Comm pipe, group;
+    bool own_pipe, own_group;
+    int pipe_rank, pipe_size, group_size;
+} mpi_ctx;
+
 typedef struct mpi_link {
     st_link base;
+    MPI_Comm comm;
     bool sender;
     int peer, tag, depth;
     size_t floats;
@@ -223,7 +232,7 @@ static st_status mpi_send(st_link *l, const st_tensor *t, size_t count)
     st_status s = st_tensor_read(t, 0, count, m->buf[slot]);
     if (s != ST_OK)
         return s;
-    int err = MPI_Isend(m->buf[slot], (int)count, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+    int err = MPI_Isend(m->buf[slot], (int)count, MPI_FLOAT, m->peer, m->tag, m->comm,
                         &m->req[slot]);
     if (err != MPI_SUCCESS)
         return mpi_fail(err, "MPI_Isend");
@@ -250,7 +259,7 @@ static st_status mpi_recv(st_link *l, st_tensor *t, size_t count)
     if (s != ST_OK)
         return s;
     /* Post this buffer again for the message `depth` ahead. */
-    err = MPI_Irecv(m->buf[slot], (int)m->floats, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+    err = MPI_Irecv(m->buf[slot], (int)m->floats, MPI_FLOAT, m->peer, m->tag, m->comm,
                     &m->req[slot]);
     if (err != MPI_SUCCESS)
         return mpi_fail(err, "MPI_Irecv");
@@ -286,12 +295,13 @@ static void mpi_link_destroy(st_link *l)
 static st_status make_link(void *ctx, size_t boundary, bool backward, int from, int to,
                            size_t floats, int depth, st_link **out)
 {
-    (void)ctx;
+    mpi_ctx *c = ctx;
     mpi_link *m = calloc(1, sizeof *m);
     if (!m)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     m->base = (st_link){mpi_send, mpi_recv, mpi_link_abort, mpi_link_destroy, 0.0};
-    m->sender = from == g.rank;
+    m->comm = c->pipe;
+    m->sender = from == c->pipe_rank;
     m->peer = m->sender ? to : from;
     m->tag = (int)(boundary * 2 + (backward ? 1 : 0));
     m->depth = depth < 2 ? 2 : depth;
@@ -308,7 +318,7 @@ static st_status make_link(void *ctx, size_t boundary, bool backward, int from, 
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory for MPI link buffers");
     }
     for (int i = 0; !m->sender && i < m->depth; i++) {
-        int err = MPI_Irecv(m->buf[i], (int)floats, MPI_FLOAT, m->peer, m->tag, MPI_COMM_WORLD,
+        int err = MPI_Irecv(m->buf[i], (int)floats, MPI_FLOAT, m->peer, m->tag, m->comm,
                             &m->req[i]);
         if (err != MPI_SUCCESS) {
             mpi_link_destroy(&m->base);
@@ -319,21 +329,83 @@ static st_status make_link(void *ctx, size_t boundary, bool backward, int from, 
     return ST_OK;
 }
 
+/* v[i] = the sum over comm's ranks of v[i], added in rank order. */
+static st_status allsum_on(MPI_Comm comm, int size, double *v, int n)
+{
+    double *all = malloc((size_t)n * (size_t)size * sizeof *all);
+    if (!all)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    int err = MPI_Allgather(v, n, MPI_DOUBLE, all, n, MPI_DOUBLE, comm);
+    if (err == MPI_SUCCESS)
+        for (int i = 0; i < n; i++) {
+            double acc = 0;
+            for (int r = 0; r < size; r++)
+                acc += all[(size_t)r * (size_t)n + (size_t)i];
+            v[i] = acc;
+        }
+    free(all);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Allgather");
+}
+
 static st_status comm_allsum(void *ctx, double *v, int n)
 {
-    (void)ctx;
-    return st_mpi_allsum(v, n);
+    mpi_ctx *c = ctx;
+    return allsum_on(c->pipe, c->pipe_size, v, n);
+}
+
+static st_status comm_replica_allsum(void *ctx, double *v, int n)
+{
+    mpi_ctx *c = ctx;
+    return allsum_on(c->group, c->group_size, v, n);
+}
+
+/* Floats summed over the replicas of this stage, a bucket at a time (all
+ * of every replica's bucket gathered, added in replica order: the same bits
+ * on each). */
+static st_status comm_replica_sum(void *ctx, float *v, size_t n)
+{
+    mpi_ctx *c = ctx;
+    const size_t bucket = (size_t)1 << 20;
+    size_t b = n < bucket ? n : bucket;
+    float *all = malloc((b ? b : 1) * (size_t)c->group_size * sizeof *all);
+    if (!all)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    int err = MPI_SUCCESS;
+    for (size_t off = 0; err == MPI_SUCCESS && off < n; off += b) {
+        int len = (int)(n - off < b ? n - off : b);
+        err = MPI_Allgather(v + off, len, MPI_FLOAT, all, len, MPI_FLOAT, c->group);
+        for (int i = 0; err == MPI_SUCCESS && i < len; i++) {
+            float acc = all[i];
+            for (int r = 1; r < c->group_size; r++)
+                acc += all[(size_t)r * (size_t)len + (size_t)i];
+            v[off + (size_t)i] = acc;
+        }
+    }
+    free(all);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Allgather (gradient sum)");
+}
+
+static st_status comm_gather(void *ctx, const char *line, char *out, size_t line_size)
+{
+    mpi_ctx *c = ctx;
+    char *buf = calloc(1, line_size);
+    if (!buf)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    snprintf(buf, line_size, "%s", line);
+    int err = MPI_Gather(buf, (int)line_size, MPI_CHAR, out, (int)line_size, MPI_CHAR, 0, c->pipe);
+    free(buf);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Gather");
 }
 
 static st_status comm_exchange(void *ctx, int peer, const float *send, float *recv, size_t n)
 {
-    (void)ctx;
+    mpi_ctx *c = ctx;
     /* Large tensors go in pieces: MPI counts are int. */
     const size_t piece = (size_t)1 << 28;
     for (size_t off = 0; off < n; off += piece) {
-        int c = (int)(n - off < piece ? n - off : piece);
-        int err = MPI_Sendrecv(send + off, c, MPI_FLOAT, peer, 1000, recv + off, c, MPI_FLOAT,
-                               peer, 1000, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        int cnt = (int)(n - off < piece ? n - off : piece);
+        int err = MPI_Sendrecv(send + off, cnt, MPI_FLOAT, peer, 1000, recv + off, cnt, MPI_FLOAT,
+                               peer, 1000, c->pipe, MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS)
             return mpi_fail(err, "MPI_Sendrecv");
     }
@@ -347,12 +419,85 @@ static void comm_abort(void *ctx, const char *message)
     st_mpi_abort(1);
 }
 
-void st_mpi_comm_init(st_pipe_comm *comm)
+st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_comm *comm)
 {
     memset(comm, 0, sizeof *comm);
-    comm->rank = g.rank;
-    comm->make_link = make_link;
-    comm->allsum = comm_allsum;
-    comm->exchange = comm_exchange;
-    comm->abort_job = comm_abort;
+    size_t R = st_plan_replicas(plan), S = plan->n_stages;
+    mpi_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    /* This rank's replica and stage (with replicas: exactly one stage). */
+    int mine_r = -1, mine_k = -1, n_mine = 0;
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < S; k++)
+            if (device_rank[st_plan_device(plan, r, k)] == g.rank) {
+                n_mine++;
+                if (mine_r < 0) {
+                    mine_r = (int)r;
+                    mine_k = (int)k;
+                }
+            }
+    st_status s = ST_OK;
+    if (R > 1 && n_mine != 1)
+        s = st_error(ST_ERR_INVALID,
+                     "rank %d holds %d stages of %zu replicas: with replicas under mpirun each "
+                     "rank holds one stage (one device per rank)",
+                     g.rank, n_mine, R);
+    int err = MPI_SUCCESS;
+    if (s == ST_OK && R > 1) {
+        /* A communicator per replica (its pipeline, ranks in stage order) and
+         * one per stage (its replicas, in replica order). */
+        err = MPI_Comm_split(MPI_COMM_WORLD, mine_r, mine_k, &c->pipe);
+        if (err == MPI_SUCCESS) {
+            c->own_pipe = true;
+            err = MPI_Comm_split(MPI_COMM_WORLD, mine_k, mine_r, &c->group);
+        }
+        if (err == MPI_SUCCESS)
+            c->own_group = true;
+    } else if (s == ST_OK) {
+        c->pipe = MPI_COMM_WORLD;
+        c->group = MPI_COMM_SELF;
+    }
+    if (s == ST_OK && err != MPI_SUCCESS)
+        s = mpi_fail(err, "MPI_Comm_split");
+    if (s == ST_OK) {
+        MPI_Comm_rank(c->pipe, &c->pipe_rank);
+        MPI_Comm_size(c->pipe, &c->pipe_size);
+        MPI_Comm_size(c->group, &c->group_size);
+        comm->rank = c->pipe_rank;
+        comm->ranks = c->pipe_size;
+        /* Stage k's rank in this rank's pipeline: with replicas, k itself
+         * (the split orders by stage); else the world rank of its device. */
+        for (size_t k = 0; k < S; k++)
+            comm->stage_rank[k] = R > 1 ? (int)k : device_rank[plan->stage[k].device];
+        comm->replicas = (int)R;
+        comm->replica = R > 1 ? mine_r : 0;
+        comm->make_link = make_link;
+        comm->allsum = comm_allsum;
+        comm->exchange = comm_exchange;
+        comm->replica_sum = comm_replica_sum;
+        comm->replica_allsum = comm_replica_allsum;
+        comm->gather = comm_gather;
+        comm->abort_job = comm_abort;
+        comm->ctx = c;
+        return ST_OK;
+    }
+    st_mpi_comm_free(comm);
+    if (c->own_pipe)
+        MPI_Comm_free(&c->pipe);
+    free(c);
+    return s;
+}
+
+void st_mpi_comm_free(st_pipe_comm *comm)
+{
+    mpi_ctx *c = comm->ctx;
+    if (!c)
+        return;
+    if (c->own_pipe)
+        MPI_Comm_free(&c->pipe);
+    if (c->own_group)
+        MPI_Comm_free(&c->group);
+    free(c);
+    comm->ctx = NULL;
 }

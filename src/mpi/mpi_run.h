@@ -36,8 +36,13 @@ st_status st_mpi_gather_profiles(const st_device_profile *mine, int n_mine,
 /* Rank 0's plan (or its error) to every rank. */
 st_status st_mpi_bcast_plan(st_plan *plan, st_status status, char *message, size_t size);
 
-/* The comm of strata/pipe.h over MPI_COMM_WORLD. */
-void st_mpi_comm_init(st_pipe_comm *comm);
+/* The comm of strata/pipe.h for this rank's part of the plan (device_rank[d]:
+ * the rank holding the plan's device d). Without replicas the pipeline is
+ * every rank; with replicas each replica's ranks get a communicator of their
+ * own, and each stage's replicas another (for the gradient sum): handles in
+ * comm->ctx, freed by st_mpi_comm_free. */
+st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_comm *comm);
+void st_mpi_comm_free(st_pipe_comm *comm);
 
 st_status st_mpi_barrier(void);
 /* Sums doubles over ranks in rank order (same bits everywhere). */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hash.h"
 #include "pipe/link.h"
 #include "strata/pipe.h"
 
@@ -52,7 +53,21 @@ struct st_pipe {
     /* Fault injection for tests: STRATA_TEST_FAIL_STAGE=s:n fails stage s at
      * its n-th operation (counted over the run). */
     long fail_stage, fail_at, ops_done[ST_PLAN_MAX_STAGES];
+    /* Data parallelism. A group (R > 1) holds R pipelines of the same stages
+     * on other devices (rep[r], each on its share of the batch) and sums
+     * their gradients; a replica points to its group. */
+    size_t R;
+    st_pipe *rep[ST_PLAN_MAX_REPLICAS];
+    st_pipe *group;
+    pthread_mutex_t arrive_mu;
+    int arrived[ST_PLAN_MAX_STAGES];      /* replicas done with the stage's backwards */
+    atomic_int reduce_failed;
+    st_status reduce_err;
+    char reduce_msg[1024];
 };
+
+static size_t mpi_replicas(const st_pipe *p);
+static st_status allsum(st_pipe *p, double *v, int n);
 
 size_t st_pipe_n_stages(const st_pipe *p)
 {
@@ -61,18 +76,59 @@ size_t st_pipe_n_stages(const st_pipe *p)
 
 st_stage *st_pipe_stage(const st_pipe *p, size_t s)
 {
+    if (p->R > 1)
+        return st_pipe_stage(p->rep[0], s);
     return s < p->S ? p->stage[s] : NULL;
+}
+
+size_t st_pipe_n_replicas(const st_pipe *p)
+{
+    return p->R > 1 ? p->R : mpi_replicas(p);
+}
+
+void st_pipe_batch_share(const st_pipe *p, int *first, int *count)
+{
+    *first = 0;
+    *count = p->o.batch;
+    if (mpi_replicas(p) > 1)
+        *first = p->comm->replica * p->o.batch;
+}
+
+st_status st_pipe_allsum(st_pipe *p, double *v, int n)
+{
+    st_status s = ST_OK;
+    if (mpi_replicas(p) > 1)
+        s = p->comm->replica_allsum(p->comm->ctx, v, n);
+    return s == ST_OK ? allsum(p, v, n) : s;
+}
+
+st_stage *st_pipe_replica_stage(const st_pipe *p, size_t r, size_t s)
+{
+    if (p->R > 1)
+        return r < p->R ? st_pipe_stage(p->rep[r], s) : NULL;
+    return r == 0 ? st_pipe_stage(p, s) : NULL;
 }
 
 double st_pipe_wait_s(const st_pipe *p, size_t s)
 {
-    return s < p->S ? p->wait_s[s] : 0;
+    double w = 0;
+    for (size_t r = 0; r < p->R; r++)
+        w = fmax(w, st_pipe_wait_s(p->rep[r], s));
+    return p->R > 1 ? w : s < p->S ? p->wait_s[s] : 0;
 }
 
 void st_pipe_destroy(st_pipe *p)
 {
     if (!p)
         return;
+    for (size_t r = 0; r < p->R; r++)
+        st_pipe_destroy(p->rep[r]);
+    if (p->R > 1) {
+        pthread_mutex_destroy(&p->arrive_mu);
+        pthread_mutex_destroy(&p->err_mu);
+        free(p);
+        return;
+    }
     for (size_t s = 0; s < p->S; s++) {
         st_stage_destroy(p->stage[s]);
         if (p->fwd[s])
@@ -91,9 +147,109 @@ static bool is_local(const st_pipe_comm *comm, size_t s)
     return !comm || comm->stage_rank[s] == comm->rank;
 }
 
+/* R replicas of the plan's pipeline, each a pipeline of its own on its
+ * share of the batch (and of the decoded sequences). */
+static st_status create_replicas(const st_plan *plan, const st_model_desc *desc,
+                                 st_device *const *devs, const st_pipe_comm *comm, st_pipe **out)
+{
+    size_t R = plan->replicas, S = plan->n_stages;
+    const st_run_shape *o = &plan->shape;
+    (void)comm;
+    /* Decoding shares out the sequences; a training or forward pass the batch. */
+    bool whole = o->micro_batches >= 1 && o->batch % ((int)R * o->micro_batches) == 0;
+    bool decoding = !o->training && o->kv_seqs > 0;
+    if (R > ST_PLAN_MAX_REPLICAS || S < 1 || S > ST_PLAN_MAX_STAGES || o->micro_batches < 1 ||
+        (!whole && !decoding))
+        return st_error(ST_ERR_INVALID,
+                        "pipeline: %zu replicas of %zu stages, a batch of %d in %d micro-batches "
+                        "per replica",
+                        R, S, o->batch, o->micro_batches);
+    st_pipe *p = calloc(1, sizeof *p);
+    if (!p)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    pthread_mutex_init(&p->err_mu, NULL);
+    pthread_mutex_init(&p->arrive_mu, NULL);
+    p->S = S;
+    p->R = R;
+    p->o = *o;
+    p->cfg = desc->cfg;
+    p->desc = desc;
+    p->fail_stage = -1;
+    for (size_t k = 0; k < S; k++) {
+        p->first[k] = plan->stage[k].first;
+        p->end[k] = plan->stage[k].end;
+    }
+    st_status s = ST_OK;
+    st_plan *one = malloc(sizeof *one);
+    if (!one)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t r = 0; s == ST_OK && r < R; r++) {
+        *one = *plan;
+        one->replicas = 1;
+        for (size_t k = 0; k < S; k++)
+            one->stage[k].device = st_plan_device(plan, r, k);
+        if (whole) /* else each replica's forward pass takes a whole batch */
+            one->shape.batch = o->batch / (int)R;
+        if (o->kv_seqs > 0)
+            one->shape.kv_seqs = (o->kv_seqs + (int)R - 1) / (int)R;
+        if ((s = st_pipe_create(one, desc, devs, NULL, &p->rep[r])) == ST_OK)
+            p->rep[r]->group = p;
+        else
+            st_error_context("replica %zu", r);
+    }
+    free(one);
+    if (s != ST_OK) {
+        st_pipe_destroy(p);
+        return s;
+    }
+    *out = p;
+    return ST_OK;
+}
+
+/* Replicas under mpirun: this process's replica (comm->replica) is a
+ * pipeline of its own on its share of the batch; the gradient sum goes
+ * through comm->replica_sum. */
+static st_status create_mpi_replica(const st_plan *plan, const st_model_desc *desc,
+                                    st_device *const *devs, const st_pipe_comm *comm,
+                                    st_pipe **out)
+{
+    size_t R = plan->replicas;
+    const st_run_shape *o = &plan->shape;
+    if (comm->replicas != (int)R || comm->replica < 0 || comm->replica >= (int)R ||
+        !comm->replica_sum || !comm->replica_allsum)
+        return st_error(ST_ERR_INVALID, "pipeline: the processes' communicator is not for %zu "
+                                        "replicas",
+                        R);
+    if (o->micro_batches < 1 || o->batch % ((int)R * o->micro_batches) != 0)
+        return st_error(ST_ERR_INVALID,
+                        "pipeline: a batch of %d does not split into %zu replicas of %d "
+                        "micro-batches",
+                        o->batch, R, o->micro_batches);
+    st_plan *one = malloc(sizeof *one);
+    if (!one)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    *one = *plan;
+    one->replicas = 1;
+    for (size_t k = 0; k < plan->n_stages; k++)
+        one->stage[k].device = st_plan_device(plan, (size_t)comm->replica, k);
+    one->shape.batch = o->batch / (int)R;
+    st_status s = st_pipe_create(one, desc, devs, comm, out);
+    free(one);
+    return s;
+}
+
+/* Replicas of this pipe's process (under mpirun), 1 without. */
+static size_t mpi_replicas(const st_pipe *p)
+{
+    return p->comm && p->comm->replicas > 1 ? (size_t)p->comm->replicas : 1;
+}
+
 st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_device *const *devs,
                          const st_pipe_comm *comm, st_pipe **out)
 {
+    if (st_plan_replicas(plan) > 1)
+        return comm ? create_mpi_replica(plan, desc, devs, comm, out)
+                    : create_replicas(plan, desc, devs, comm, out);
     const st_run_shape *o = &plan->shape;
     size_t n_stages = plan->n_stages;
     if (n_stages < 1 || n_stages > ST_PLAN_MAX_STAGES || o->micro_batches < 1 ||
@@ -174,8 +330,36 @@ st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_devi
     return ST_OK;
 }
 
+st_status st_pipe_replicate(st_pipe *p)
+{
+    if (p->R <= 1)
+        return ST_OK;
+    /* Whole buffers, replica 0's to the others: weights, and the moments
+     * when training. */
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+        st_stage *g0 = p->rep[0]->stage[k];
+        size_t n = st_stage_param_numel(g0);
+        float *host = malloc((n ? n : 1) * sizeof *host);
+        if (!host)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        st_stage_buf bufs[] = {ST_STAGE_PARAMS, ST_STAGE_ADAM_M, ST_STAGE_ADAM_V};
+        for (int b = 0; s == ST_OK && b < (p->o.training ? 3 : 1); b++) {
+            s = st_tensor_read(st_stage_tensor(g0, bufs[b]), 0, n, host);
+            for (size_t r = 1; s == ST_OK && r < p->R; r++)
+                s = st_tensor_write(st_stage_tensor(p->rep[r]->stage[k], bufs[b]), 0, n, host);
+        }
+        free(host);
+    }
+    return s;
+}
+
 st_status st_pipe_init(st_pipe *p, uint64_t seed)
 {
+    if (p->R > 1) {
+        st_status s = st_pipe_init(p->rep[0], seed);
+        return s == ST_OK ? st_pipe_replicate(p) : s;
+    }
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
@@ -301,6 +485,9 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
     return ST_OK;
 }
 
+static void replica_stage_done(st_pipe *g, size_t s);
+static st_status reduce_mpi(st_pipe *p, size_t s);
+
 static void *stage_main(void *arg)
 {
     stage_job *job = arg;
@@ -323,6 +510,14 @@ static void *stage_main(void *arg)
     /* Wait for this stage's device so that the step's time is the work's. */
     if (!atomic_load(&p->failed)) {
         st_status st = st_device_finish(p->dev[s]);
+        if (st != ST_OK)
+            fail(p, st, s);
+    }
+    /* A replica's stage is done with its gradients: they can be summed. */
+    if (!atomic_load(&p->failed) && p->group && p->backward && p->dec_n == 0)
+        replica_stage_done(p->group, s);
+    if (!atomic_load(&p->failed) && mpi_replicas(p) > 1 && p->backward && p->dec_n == 0) {
+        st_status st = reduce_mpi(p, s);
         if (st != ST_OK)
             fail(p, st, s);
     }
@@ -513,37 +708,13 @@ static st_status test_poison(st_pipe *p, long step)
     return s;
 }
 
-st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                             const st_adamw_hparams *hp, long step, float clip,
-                             st_pipe_step_result *res)
+/* The squared gradient norm of the pipe's stages: sums[1 + l] is layer l's,
+ * from the one stage that holds it (0 elsewhere, so the sum over ranks is
+ * exact); sums[0] is left for the caller (the loss). They are added in layer
+ * order: the norm, the clipping and so the weights do not depend on the
+ * split. */
+static st_status grad_sumsq(st_pipe *p, double *loss, double *ss)
 {
-    if (!p->o.training)
-        return st_error(ST_ERR_INVALID, "the pipeline was made without training buffers");
-    size_t all = (size_t)p->o.batch * p->o.seq;
-    long count = 0;
-    for (size_t i = 0; i < all; i++)
-        count += targets[i] >= 0;
-    if (count == 0)
-        return st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
-    st_status s = ST_OK;
-    for (size_t k = 0; s == ST_OK && k < p->S; k++)
-        if (p->stage[k])
-            s = st_stage_zero_grad(p->stage[k]);
-    if (s != ST_OK)
-        return s;
-    p->tokens = tokens;
-    p->targets = targets;
-    p->backward = true;
-    p->probs = NULL;
-    /* Every token's loss weighs 1/count: the mean over the whole step. */
-    p->dloss = 1.0f / (float)count;
-    if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK ||
-        (s = test_poison(p, step)) != ST_OK)
-        return s;
-    /* sums[0]: the loss; sums[1 + l]: layer l's squared gradients, from the
-     * one stage that holds it (0 elsewhere, so the sum over ranks is exact).
-     * They are added in layer order: the norm, the clipping and so the
-     * weights do not depend on the split. */
     size_t L = p->desc->n_layers;
     double *sums = calloc(L + 1, sizeof *sums);
     float *part = calloc(L, sizeof *part);
@@ -552,49 +723,303 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
         free(part);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     }
-    if (p->stage[p->S - 1])
-        for (int j = 0; j < p->o.micro_batches; j++)
-            sums[0] += p->mb_loss[j];
+    sums[0] = *loss;
+    st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k] && (s = st_stage_grad_sumsq(p->stage[k], part)) == ST_OK)
             for (size_t l = p->first[k]; l < p->end[k]; l++)
                 sums[1 + l] = part[l - p->first[k]];
     if (s == ST_OK)
         s = allsum(p, sums, (int)(L + 1));
-    double loss = sums[0], ss = 0;
+    *loss = sums[0];
+    *ss = 0;
     for (size_t l = 0; l < L; l++)
-        ss += sums[1 + l];
+        *ss += sums[1 + l];
     free(sums);
     free(part);
-    if (s != ST_OK)
-        return s;
-    double norm = sqrt(ss);
-    memset(res, 0, sizeof *res);
-    if (!isfinite(norm) || !isfinite(loss)) {
-        /* No update: the weights stay as they were before this step. */
-        res->loss = loss / (double)count;
-        res->tokens = count;
-        res->grad_norm = norm;
-        res->nonfinite = true;
-        return locate_nonfinite(p, res->where, sizeof res->where);
-    }
-    float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
+    return s;
+}
+
+/* This pipe's share of the step's loss (its last stage's micro-batches). */
+static double pipe_loss(const st_pipe *p)
+{
+    double loss = 0;
+    if (p->stage[p->S - 1])
+        for (int j = 0; j < p->o.micro_batches; j++)
+            loss += p->mb_loss[j];
+    return loss;
+}
+
+/* AdamW on every stage with the clipping scale of the norm; the pipe's
+ * devices finished. */
+static st_status apply_step(st_pipe *p, const st_adamw_hparams *hp, long step, float scale)
+{
+    st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
             s = st_stage_step(p->stage[k], hp, step, scale);
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
         if (p->stage[k])
             s = st_device_finish(p->dev[k]);
-    if (s == ST_OK) {
-        res->loss = loss / (double)count;
-        res->tokens = count;
-        res->grad_norm = norm;
-    }
     return s;
 }
 
-st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                          double *sum, long *count, float *probs)
+/* The step's targets; none is an error. */
+static st_status count_targets(const st_pipe *p, const int32_t *targets, long step, long *count)
+{
+    /* Under mpirun with replicas the targets are the whole batch's. */
+    size_t all = mpi_replicas(p) * (size_t)p->o.batch * p->o.seq;
+    *count = 0;
+    for (size_t i = 0; i < all; i++)
+        *count += targets[i] >= 0;
+    if (*count == 0)
+        return st_error(ST_ERR_INVALID, "step %ld: the batch has no targets", step);
+    return ST_OK;
+}
+
+/* Points the pipe at its micro-batches for a training pass. */
+static st_status begin_backward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                                float dloss)
+{
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++)
+        if (p->stage[k])
+            s = st_stage_zero_grad(p->stage[k]);
+    p->tokens = tokens;
+    p->targets = targets;
+    p->backward = true;
+    p->probs = NULL;
+    p->dloss = dloss;
+    return s;
+}
+
+/* STRATA_TEST_DRIFT_AT=STEP:REPLICA moves one weight of that replica after
+ * that step's update: how the tests show that replicas which drifted apart
+ * are caught before a save. */
+static st_status test_drift(st_pipe *p, size_t replica, long step)
+{
+    const char *spec = getenv("STRATA_TEST_DRIFT_AT");
+    long at = -1, rep = -1;
+    if (!spec || sscanf(spec, "%ld:%ld", &at, &rep) != 2 || at != step || rep != (long)replica)
+        return ST_OK;
+    for (size_t k = 0; k < p->S; k++) {
+        if (!p->stage[k])
+            continue;
+        float w = 0;
+        st_tensor *t = st_stage_tensor(p->stage[k], ST_STAGE_PARAMS);
+        st_status s = st_tensor_read(t, 0, 1, &w);
+        w += 1e-3f;
+        return s == ST_OK ? st_tensor_write(t, 0, 1, &w) : s;
+    }
+    return ST_OK;
+}
+
+/* The end of a step once the gradients are whole: the norm, and the update
+ * of every pipeline in pipes (a group's replicas, or the pipe itself), or
+ * none when the loss or the norm is not finite. */
+static st_status finish_step(st_pipe *p, st_pipe *const *pipes, size_t n, double loss, long count,
+                             const st_adamw_hparams *hp, long step, float clip,
+                             st_pipe_step_result *res)
+{
+    double ss = 0;
+    st_status s = grad_sumsq(pipes[0], &loss, &ss);
+    if (s != ST_OK)
+        return s;
+    double norm = sqrt(ss);
+    memset(res, 0, sizeof *res);
+    res->loss = loss / (double)count;
+    res->tokens = count;
+    res->grad_norm = norm;
+    if (!isfinite(norm) || !isfinite(loss)) {
+        /* No update: the weights stay as they were before this step. */
+        res->nonfinite = true;
+        return locate_nonfinite(pipes[0], res->where, sizeof res->where);
+    }
+    (void)p;
+    float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
+    for (size_t r = 0; s == ST_OK && r < n; r++)
+        if ((s = apply_step(pipes[r], hp, step, scale)) == ST_OK)
+            s = test_drift(pipes[r], n > 1 ? r : pipes[r]->comm ? (size_t)pipes[r]->comm->replica
+                                                                 : 0,
+                           step);
+    return s;
+}
+
+/* ---- replicas ------------------------------------------------------------------------ */
+
+/* Gradients are summed over the replicas a bucket at a time through host
+ * memory: 4 MiB per read. */
+#define REDUCE_BUCKET ((size_t)1 << 20)
+
+/* Stage s's gradients of every replica become their sum, added in replica
+ * order (0 + 1 + ...), so every replica holds the same bits. */
+static st_status reduce_stage(st_pipe *g, size_t s)
+{
+    size_t n = st_stage_param_numel(g->rep[0]->stage[s]);
+    size_t b = n < REDUCE_BUCKET ? n : REDUCE_BUCKET;
+    float *acc = malloc((b ? b : 1) * sizeof *acc), *in = malloc((b ? b : 1) * sizeof *in);
+    st_status st = acc && in ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t off = 0; st == ST_OK && off < n; off += b) {
+        size_t len = n - off < b ? n - off : b;
+        st = st_tensor_read(st_stage_tensor(g->rep[0]->stage[s], ST_STAGE_GRADS), off, len, acc);
+        for (size_t r = 1; st == ST_OK && r < g->R; r++) {
+            st = st_tensor_read(st_stage_tensor(g->rep[r]->stage[s], ST_STAGE_GRADS), off, len,
+                                in);
+            for (size_t i = 0; st == ST_OK && i < len; i++)
+                acc[i] += in[i];
+        }
+        for (size_t r = 0; st == ST_OK && r < g->R; r++)
+            st = st_tensor_write(st_stage_tensor(g->rep[r]->stage[s], ST_STAGE_GRADS), off, len,
+                                 acc);
+    }
+    free(acc);
+    free(in);
+    return st;
+}
+
+/* A replica's stage s finished its last backward: the last of the replicas
+ * to get there sums stage s's gradients while the earlier stages still work. */
+static void replica_stage_done(st_pipe *g, size_t s)
+{
+    pthread_mutex_lock(&g->arrive_mu);
+    bool last = ++g->arrived[s] == (int)g->R;
+    pthread_mutex_unlock(&g->arrive_mu);
+    if (!last)
+        return;
+    st_status st = reduce_stage(g, s);
+    if (st != ST_OK) {
+        pthread_mutex_lock(&g->err_mu);
+        if (!atomic_load(&g->reduce_failed)) {
+            g->reduce_err = st;
+            snprintf(g->reduce_msg, sizeof g->reduce_msg,
+                     "summing stage %zu's gradients over the replicas: %s", s, st_last_error());
+            atomic_store(&g->reduce_failed, 1);
+        }
+        pthread_mutex_unlock(&g->err_mu);
+    }
+}
+
+typedef struct replica_job {
+    st_pipe *p;
+    st_status status;
+    char msg[4096];
+} replica_job;
+
+static void *replica_main(void *arg)
+{
+    replica_job *job = arg;
+    job->status = run_stages(job->p);
+    if (job->status != ST_OK)
+        snprintf(job->msg, sizeof job->msg, "%s", st_last_error());
+    return NULL;
+}
+
+/* Every replica's pass at once, one thread each; the first failure (in
+ * replica order) is the result. */
+static st_status run_replicas(st_pipe *g, size_t n_active)
+{
+    replica_job jobs[ST_PLAN_MAX_REPLICAS];
+    pthread_t threads[ST_PLAN_MAX_REPLICAS];
+    bool started[ST_PLAN_MAX_REPLICAS] = {false};
+    memset(g->arrived, 0, sizeof g->arrived);
+    atomic_store(&g->reduce_failed, 0);
+    for (size_t r = 0; r < n_active; r++) {
+        jobs[r] = (replica_job){.p = g->rep[r], .status = ST_OK};
+        if (pthread_create(&threads[r], NULL, replica_main, &jobs[r]) == 0) {
+            started[r] = true;
+        } else {
+            jobs[r].status = ST_ERR_HOST_MEMORY;
+            snprintf(jobs[r].msg, sizeof jobs[r].msg, "cannot start a thread for replica %zu", r);
+        }
+    }
+    for (size_t r = 0; r < n_active; r++)
+        if (started[r])
+            pthread_join(threads[r], NULL);
+    for (size_t r = 0; r < n_active; r++)
+        if (jobs[r].status != ST_OK)
+            return st_error(jobs[r].status, "replica %zu: %s", r, jobs[r].msg);
+    if (atomic_load(&g->reduce_failed))
+        return st_error(g->reduce_err, "%s", g->reduce_msg);
+    return ST_OK;
+}
+
+/* The batch's sequences [r * share, (r + 1) * share) go to replica r. */
+static size_t share_of(const st_pipe *g)
+{
+    return (size_t)(g->o.batch / (int)g->R) * (size_t)g->o.seq;
+}
+
+/* This process's stage s of an MPI replica: its gradients summed over the
+ * replicas of the stage, a bucket at a time through host memory. */
+static st_status reduce_mpi(st_pipe *p, size_t s)
+{
+    st_tensor *grads = st_stage_tensor(p->stage[s], ST_STAGE_GRADS);
+    size_t n = st_stage_param_numel(p->stage[s]);
+    size_t b = n < REDUCE_BUCKET ? n : REDUCE_BUCKET;
+    float *buf = malloc((b ? b : 1) * sizeof *buf);
+    st_status st = buf ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t off = 0; st == ST_OK && off < n; off += b) {
+        size_t len = n - off < b ? n - off : b;
+        if ((st = st_tensor_read(grads, off, len, buf)) == ST_OK &&
+            (st = p->comm->replica_sum(p->comm->ctx, buf, len)) == ST_OK)
+            st = st_tensor_write(grads, off, len, buf);
+    }
+    free(buf);
+    return st;
+}
+
+static st_status group_train_step(st_pipe *g, const int32_t *tokens, const int32_t *targets,
+                                  const st_adamw_hparams *hp, long step, float clip,
+                                  st_pipe_step_result *res)
+{
+    long count = 0;
+    st_status s = count_targets(g, targets, step, &count);
+    size_t share = share_of(g);
+    /* Every token's loss weighs 1/count of the whole batch: the replicas'
+     * gradients add up to the step's. */
+    for (size_t r = 0; s == ST_OK && r < g->R; r++)
+        s = begin_backward(g->rep[r], tokens + r * share, targets + r * share,
+                           1.0f / (float)count);
+    if (s != ST_OK || (s = run_replicas(g, g->R)) != ST_OK)
+        return s;
+    double loss = 0;
+    for (size_t r = 0; s == ST_OK && r < g->R; r++) {
+        loss += pipe_loss(g->rep[r]);
+        if ((s = sum_tied(g->rep[r])) == ST_OK)
+            s = test_poison(g->rep[r], step);
+    }
+    if (s != ST_OK)
+        return s;
+    return finish_step(g, g->rep, g->R, loss, count, hp, step, clip, res);
+}
+
+st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                             const st_adamw_hparams *hp, long step, float clip,
+                             st_pipe_step_result *res)
+{
+    if (!p->o.training)
+        return st_error(ST_ERR_INVALID, "the pipeline was made without training buffers");
+    if (p->R > 1)
+        return group_train_step(p, tokens, targets, hp, step, clip, res);
+    long count = 0;
+    st_status s = count_targets(p, targets, step, &count);
+    /* Under mpirun a replica takes its share of the batch. */
+    size_t off = p->comm ? (size_t)p->comm->replica * (size_t)p->o.batch * p->o.seq : 0;
+    /* Every token's loss weighs 1/count: the mean over the whole step. */
+    if (s != ST_OK ||
+        (s = begin_backward(p, tokens + off, targets + off, 1.0f / (float)count)) != ST_OK)
+        return s;
+    if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK ||
+        (s = test_poison(p, step)) != ST_OK)
+        return s;
+    double loss = pipe_loss(p);
+    if (mpi_replicas(p) > 1 && (s = p->comm->replica_allsum(p->comm->ctx, &loss, 1)) != ST_OK)
+        return s;
+    return finish_step(p, &p, 1, loss, count, hp, step, clip, res);
+}
+
+/* Points the pipe at its micro-batches for a forward pass. */
+static void begin_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets, float *probs)
 {
     p->tokens = tokens;
     p->targets = targets;
@@ -604,17 +1029,49 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
         p->mb_loss[j] = 0;
         p->mb_count[j] = 0;
     }
-    st_status s = run_stages(p);
-    p->probs = NULL;
-    if (s != ST_OK)
-        return s;
-    double v[2] = {0, 0};
+}
+
+/* v[0] += the pass's loss sum, v[1] += its tokens with a target (this process's). */
+static void forward_sums(const st_pipe *p, double *v)
+{
     if (p->stage[p->S - 1])
         for (int j = 0; j < p->o.micro_batches; j++) {
             v[0] += p->mb_loss[j];
             v[1] += (double)p->mb_count[j];
         }
-    if ((s = allsum(p, v, 2)) != ST_OK)
+}
+
+st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                          double *sum, long *count, float *probs)
+{
+    double v[2] = {0, 0};
+    st_status s = ST_OK;
+    if (p->R > 1 && p->o.batch % ((int)p->R * p->o.micro_batches) != 0)
+        return st_error(ST_ERR_INVALID,
+                        "forward: a batch of %d sequences does not split over %zu replicas", p->o.batch,
+                        p->R);
+    if (p->R > 1) {
+        size_t share = share_of(p), V = (size_t)p->cfg.vocab_size;
+        for (size_t r = 0; r < p->R; r++)
+            begin_forward(p->rep[r], tokens + r * share, targets ? targets + r * share : NULL,
+                          probs ? probs + r * share * V : NULL);
+        s = run_replicas(p, p->R);
+        for (size_t r = 0; r < p->R; r++) {
+            p->rep[r]->probs = NULL;
+            forward_sums(p->rep[r], v);
+        }
+    } else {
+        /* Under mpirun a replica takes its share of the batch. */
+        size_t off = p->comm ? (size_t)p->comm->replica * (size_t)p->o.batch * p->o.seq : 0;
+        begin_forward(p, tokens + off, targets ? targets + off : NULL,
+                      probs ? probs + off * (size_t)p->cfg.vocab_size : NULL);
+        s = run_stages(p);
+        p->probs = NULL;
+        forward_sums(p, v);
+    }
+    if (s == ST_OK && mpi_replicas(p) > 1)
+        s = p->comm->replica_allsum(p->comm->ctx, v, 2);
+    if (s != ST_OK || (s = allsum(p, v, 2)) != ST_OK)
         return s;
     *sum = v[0];
     *count = (long)v[1];
@@ -623,6 +1080,27 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
 
 st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)
 {
+    if (p->R > 1) {
+        /* Sequence i is replica i / per's sequence i % per: each replica
+         * decodes its own at the same time as the others. */
+        int per = p->rep[0]->o.kv_seqs > 0 ? p->rep[0]->o.kv_seqs : 1;
+        if (n < 1 || n > per * (int)p->R)
+            return st_error(ST_ERR_INVALID, "decode: %d sequences, the replicas cache %d", n,
+                            per * (int)p->R);
+        size_t active = (size_t)((n + per - 1) / per), V = (size_t)p->cfg.vocab_size;
+        for (size_t r = 0; r < active; r++) {
+            st_pipe *c = p->rep[r];
+            int first = (int)r * per, k = n - first < per ? n - first : per;
+            c->dec_n = k;
+            c->dec_tok = tok + first;
+            c->dec_pos = pos + first;
+            c->dec_logits = logits + (size_t)first * V;
+        }
+        st_status s = run_replicas(p, active);
+        for (size_t r = 0; r < active; r++)
+            p->rep[r]->dec_n = 0;
+        return s;
+    }
     if (p->comm)
         return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
     if (n < 1 || n > (p->o.kv_seqs > 0 ? p->o.kv_seqs : 1))
@@ -640,4 +1118,63 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
 {
     return st_pipe_decode_batch(p, 1, &tok, &pos, logits);
+}
+
+/* st_sum64 of a stage's weights. */
+static st_status weights_sum(st_stage *g, uint64_t *sum)
+{
+    size_t n = st_stage_param_numel(g);
+    float *host = malloc((n ? n : 1) * sizeof *host);
+    if (!host)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_status s = st_tensor_read(st_stage_tensor(g, ST_STAGE_PARAMS), 0, n, host);
+    if (s == ST_OK)
+        *sum = st_sum64_of(host, n * sizeof *host);
+    free(host);
+    return s;
+}
+
+st_status st_pipe_replicas_agree(st_pipe *p, bool *agree)
+{
+    *agree = true;
+    st_status s = ST_OK;
+    if (p->R > 1) {
+        for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+            uint64_t first = 0, other = 0;
+            s = weights_sum(p->rep[0]->stage[k], &first);
+            for (size_t r = 1; s == ST_OK && r < p->R; r++)
+                if ((s = weights_sum(p->rep[r]->stage[k], &other)) == ST_OK && other != first)
+                    *agree = false;
+        }
+        return s;
+    }
+    size_t R = mpi_replicas(p);
+    if (R < 2)
+        return ST_OK;
+    /* Each stage's checksum in four 16-bit parts x, summed over the replicas
+     * with their squares: every replica has the same x exactly when the sums
+     * are R x and R x^2 (all exact in doubles). */
+    bool same = true;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+        if (!p->stage[k])
+            continue;
+        uint64_t h = 0;
+        if ((s = weights_sum(p->stage[k], &h)) != ST_OK)
+            break;
+        double v[8], x[4];
+        for (int i = 0; i < 4; i++) {
+            x[i] = (double)((h >> (16 * i)) & 0xffff);
+            v[i] = x[i];
+            v[4 + i] = x[i] * x[i];
+        }
+        if ((s = p->comm->replica_allsum(p->comm->ctx, v, 8)) != ST_OK)
+            break;
+        for (int i = 0; i < 4; i++)
+            same = same && v[i] == (double)R * x[i] && v[4 + i] == (double)R * x[i] * x[i];
+    }
+    double differ = same ? 0 : 1;
+    if (s == ST_OK)
+        s = allsum(p, &differ, 1);
+    *agree = differ == 0;
+    return s;
 }

@@ -235,15 +235,19 @@ static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *dev
                                       size_t j)
 {
     st_device_profile d = in->devices[devices[j]];
-    if (d.shared_gflops > 0 && d.hardware[0])
-        for (size_t q = 0; q < S; q++)
-            if (q != j && devices[q] != devices[j] &&
-                strcmp(in->devices[devices[q]].hardware, d.hardware) == 0) {
-                double ratio = fmin(1.0, d.shared_gflops / d.gflops);
-                d.gflops *= ratio;
-                d.attn_gflops *= ratio; /* the same cores, shared alike */
-                break;
-            }
+    bool shared = false;
+    if (d.shared_gflops > 0 && d.hardware[0]) {
+        for (size_t q = 0; q < S && !shared; q++)
+            shared = q != j && devices[q] != devices[j] &&
+                     strcmp(in->devices[devices[q]].hardware, d.hardware) == 0;
+        for (size_t q = 0; q < in->n_also && !shared; q++)
+            shared = strcmp(in->also[q].hardware, d.hardware) == 0;
+    }
+    if (shared) {
+        double ratio = fmin(1.0, d.shared_gflops / d.gflops);
+        d.gflops *= ratio;
+        d.attn_gflops *= ratio; /* the same cores, shared alike */
+    }
     return d;
 }
 
@@ -333,6 +337,30 @@ st_status st_plan_layout(const st_model_desc *desc, const st_run_shape *shape, s
                                                      shape->micro_batches, S, s);
     }
     *out = p;
+    return ST_OK;
+}
+
+st_status st_plan_replicate(st_plan *plan, size_t R, const size_t *devices)
+{
+    size_t S = plan->n_stages;
+    int m = plan->shape.micro_batches > 0 ? plan->shape.micro_batches : 1;
+    if (R < 1 || R > ST_PLAN_MAX_REPLICAS)
+        return st_error(ST_ERR_INVALID, "plan: %zu replicas (1 to %d)", R, ST_PLAN_MAX_REPLICAS);
+    bool decoding = !plan->shape.training && plan->shape.kv_seqs > 0;
+    if (!decoding && plan->shape.batch % ((int)R * m) != 0)
+        return st_error(ST_ERR_INVALID,
+                        "%zu replicas of %d micro-batch%s each need a batch that splits into "
+                        "%zu x %d equal parts; %d does not (choose --batch as a multiple of %zu)",
+                        R, m, m == 1 ? "" : "es", R, m, plan->shape.batch, R * (size_t)m);
+    for (size_t r = 0; r < R; r++)
+        for (size_t s = 0; s < S; s++) {
+            size_t d = devices ? devices[r * S + s] : r * S + plan->stage[s].device;
+            if (r == 0)
+                plan->stage[s].device = d;
+            else
+                plan->stage[s].replica_device[r] = d;
+        }
+    plan->replicas = R;
     return ST_OK;
 }
 
@@ -595,7 +623,8 @@ static st_status plan_for(const st_plan_input *in, st_plan *out)
     return ST_OK;
 }
 
-st_status st_plan_make(const st_plan_input *in, st_plan *out)
+/* One pipeline over the input's devices, the micro-batches chosen when 0. */
+static st_status plan_pipeline(const st_plan_input *in, st_plan *out)
 {
     if (in->shape.micro_batches != 0)
         return plan_for(in, out);
@@ -634,6 +663,247 @@ st_status st_plan_make(const st_plan_input *in, st_plan *out)
     }
     if (!have)
         return st_error(ST_ERR_INVALID, "%s", why[0] ? why : "plan: no micro-batch count fits");
+    *out = best;
+    return ST_OK;
+}
+
+st_status st_parallel_parse(const char *text, st_parallel_spec *out)
+{
+    memset(out, 0, sizeof *out);
+    unsigned long d = 0, p = 0;
+    int used = 0;
+    if (!text || strcmp(text, "auto") == 0)
+        out->kind = ST_PARALLEL_AUTO;
+    else if (strcmp(text, "pipeline") == 0)
+        out->kind = ST_PARALLEL_PIPELINE;
+    else if (strcmp(text, "data") == 0)
+        out->kind = ST_PARALLEL_DATA;
+    else if (sscanf(text, "dp:%lu,pp:%lu%n", &d, &p, &used) == 2 && text[used] == '\0' &&
+             d >= 1 && d <= ST_PLAN_MAX_REPLICAS && p >= 1 && p <= ST_PLAN_MAX_STAGES) {
+        out->kind = ST_PARALLEL_FIXED;
+        out->dp = d;
+        out->pp = p;
+    } else {
+        return st_error(ST_ERR_INVALID,
+                        "bad --parallel '%s': auto, pipeline, data or dp:D,pp:S (D replicas "
+                        "of an S-stage pipeline, D from 1 to %d)",
+                        text, ST_PLAN_MAX_REPLICAS);
+    }
+    return ST_OK;
+}
+
+/* The gradient sum's time past the backward (see st_plan_make): stage k's
+ * sum starts when its last backward ends, the earlier stages' backwards of
+ * the last micro-batch still to come. */
+static double reduce_tail_ms(const st_plan_input *in, const st_plan *p, size_t R,
+                             const size_t *devs)
+{
+    if (R < 2 || !in->shape.training)
+        return 0;
+    size_t S = p->n_stages;
+    double tail = 0, slack = 0;
+    for (size_t k = 0; k < S; k++) {
+        /* param_bytes counts weights, gradients and two moments */
+        double bytes = p->stage[k].param_bytes / 4.0, t = 0;
+        for (size_t r = 0; r < R; r++) {
+            const st_device_profile *d = &in->devices[devs[r * S + k]];
+            t += bytes / (d->d2h_gbps * 1e6) + bytes / (d->h2d_gbps * 1e6);
+        }
+        /* the adds, at about a copy's rate */
+        t += (double)(R - 1) * bytes / (in->devices[devs[k]].d2h_gbps * 1e6);
+        if (t - slack > tail)
+            tail = t - slack;
+        slack += p->stage[k].bwd_ms;
+    }
+    return tail;
+}
+
+/* A device's model from its profile's name: under mpirun the name starts
+ * with "rank R: I " (strata/run.h), which is left out. */
+static const char *device_model(const char *name)
+{
+    int used = 0;
+    unsigned rank = 0, index = 0;
+    if (sscanf(name, "rank %u: %u %n", &rank, &index, &used) == 2 && used > 0)
+        return name + used;
+    return name;
+}
+
+/* R replicas of a pipeline of at most K stages (exactly K when `exact`):
+ * replica r on devices r*K .. r*K+K-1. */
+static st_status plan_replicas(const st_plan_input *in, size_t R, size_t K, bool exact,
+                               st_plan *out, st_plan_alt *alt)
+{
+    memset(alt, 0, sizeof *alt);
+    alt->replicas = R;
+    alt->stages = K;
+    /* Decoding shares out the sequences; a forward or training pass the batch. */
+    bool decoding = !in->shape.training && in->shape.kv_seqs > 0;
+    bool whole = in->shape.batch % (int)R == 0 &&
+                 (in->shape.micro_batches == 0 ||
+                  in->shape.batch % ((int)R * in->shape.micro_batches) == 0);
+    if (decoding && in->shape.kv_seqs < (int)R)
+        return st_error(ST_ERR_INVALID, "%d sequence%s cannot go to %zu replicas",
+                        in->shape.kv_seqs, in->shape.kv_seqs == 1 ? "" : "s", R);
+    if (!decoding && !whole)
+        return st_error(ST_ERR_INVALID, "the batch of %d does not split into %zu replicas%s",
+                        in->shape.batch, R, in->shape.micro_batches > 0 ? " of whole micro-batches" : "");
+    st_device_profile sub[ST_PLAN_MAX_STAGES], also[ST_PLAN_MAX_STAGES];
+    for (size_t i = 0; i < K; i++)
+        sub[i] = in->devices[i];
+    size_t n_also = 0;
+    for (size_t i = K; i < R * K && n_also < ST_PLAN_MAX_STAGES; i++)
+        also[n_also++] = in->devices[i];
+    st_plan_input one = *in;
+    one.devices = sub;
+    one.n_devices = K;
+    one.keep_all_devices = exact || in->keep_all_devices;
+    one.also = n_also ? also : NULL;
+    one.n_also = n_also;
+    if (whole)
+        one.shape.batch = in->shape.batch / (int)R;
+    if (decoding)
+        one.shape.kv_seqs = (in->shape.kv_seqs + (int)R - 1) / (int)R;
+    st_plan p;
+    st_status s = plan_pipeline(&one, &p);
+    if (s != ST_OK)
+        return s;
+    size_t S = p.n_stages, devs[ST_PLAN_MAX_STAGES * ST_PLAN_MAX_REPLICAS];
+    double mem = 0, step = p.step_ms;
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < S; k++) {
+            devs[r * S + k] = r * K + p.stage[k].device;
+            /* Replicas must take bitwise the same steps: the same device model. */
+            if (strcmp(device_model(in->devices[devs[r * S + k]].name),
+                       device_model(in->devices[devs[k]].name)) != 0)
+                return st_error(ST_ERR_INVALID,
+                                "replica %zu's stage %zu would be on a %s, replica 0's on a %s: "
+                                "replicas need devices of one model (they must round alike)",
+                                r, k, device_model(in->devices[devs[r * S + k]].name),
+                                device_model(in->devices[devs[k]].name));
+        }
+    /* The other replicas: the same split on their own devices. */
+    one.shape.micro_batches = p.shape.micro_batches;
+    for (size_t r = 0; r < R && s == ST_OK; r++) {
+        st_device_profile rsub[ST_PLAN_MAX_STAGES];
+        size_t idx[ST_PLAN_MAX_STAGES], cuts[ST_PLAN_MAX_STAGES];
+        for (size_t k = 0; k < S; k++) {
+            rsub[k] = in->devices[devs[r * S + k]];
+            idx[k] = k;
+            if (k > 0)
+                cuts[k - 1] = p.stage[k].first;
+        }
+        st_plan_input ri = one;
+        ri.devices = rsub;
+        ri.n_devices = S;
+        st_plan q;
+        if ((s = st_plan_evaluate(&ri, idx, S, cuts, &q)) != ST_OK)
+            break;
+        step = fmax(step, q.step_ms);
+        for (size_t k = 0; k < S; k++) {
+            mem = fmax(mem, q.stage[k].total_bytes);
+            if (q.stage[k].total_bytes > (double)rsub[k].mem_bytes)
+                s = st_error(ST_ERR_INVALID, "replica %zu's stage %zu does not fit its device", r,
+                             k);
+        }
+    }
+    if (s != ST_OK)
+        return s;
+    p.reduce_ms = reduce_tail_ms(in, &p, R, devs);
+    p.step_ms = step + p.reduce_ms;
+    /* The reference: the fastest device alone on the whole batch. */
+    st_plan_input full = *in;
+    full.shape.micro_batches = p.shape.micro_batches * (int)R;
+    full.also = NULL;
+    full.n_also = 0;
+    size_t best = 0;
+    for (size_t i = 1; i < in->n_devices; i++)
+        if (in->devices[i].gflops > in->devices[best].gflops)
+            best = i;
+    st_plan ref;
+    if ((s = st_plan_evaluate(&full, &best, 1, NULL, &ref)) != ST_OK)
+        return s;
+    p.one_device_ms = ref.step_ms;
+    p.speedup = p.one_device_ms / p.step_ms;
+    p.devices_offered = in->n_devices;
+    p.shape = one.shape;
+    p.shape.batch = in->shape.batch;
+    p.shape.kv_seqs = in->shape.kv_seqs;
+    if (R > 1) {
+        st_plan_replicate(&p, R, devs);
+        p.note[0] = '\0';
+    }
+    alt->stages = S;
+    alt->micro_batches = p.shape.micro_batches;
+    alt->step_ms = p.step_ms;
+    alt->reduce_ms = p.reduce_ms;
+    alt->mem_bytes = mem;
+    alt->speedup = p.speedup;
+    alt->fits = true;
+    *out = p;
+    return ST_OK;
+}
+
+st_status st_plan_make(const st_plan_input *in, st_plan *out)
+{
+    size_t n = in->n_devices;
+    st_parallel_kind kind = in->parallel.kind;
+    /* A split given by hand (uniform, ratio, layers) asks for one pipeline. */
+    if (kind == ST_PARALLEL_AUTO && in->split.kind != ST_SPLIT_AUTO)
+        kind = ST_PARALLEL_PIPELINE;
+    if (kind == ST_PARALLEL_PIPELINE || (kind == ST_PARALLEL_AUTO && n == 1)) {
+        st_plan_alt alt;
+        st_status s = plan_replicas(in, 1, n, false, out, &alt);
+        if (s == ST_OK) {
+            out->alts[0] = alt;
+            out->n_alts = 1;
+            out->chosen = 0;
+        }
+        return s;
+    }
+    if (kind == ST_PARALLEL_FIXED && in->parallel.dp * in->parallel.pp > n)
+        return st_error(ST_ERR_INVALID,
+                        "--parallel dp:%zu,pp:%zu needs %zu devices; %zu are chosen", in->parallel.dp,
+                        in->parallel.pp, in->parallel.dp * in->parallel.pp, n);
+    st_plan best, p;
+    bool have = false;
+    st_plan_alt alts[ST_PLAN_MAX_ALTS];
+    size_t n_alts = 0, chosen = 0;
+    char why[1024] = "";
+    for (size_t R = 1; R <= n && R <= ST_PLAN_MAX_REPLICAS && n_alts < ST_PLAN_MAX_ALTS; R++) {
+        size_t K = n / R;
+        bool exact = false;
+        if (kind == ST_PARALLEL_DATA && R != n)
+            continue;
+        if (kind == ST_PARALLEL_FIXED) {
+            if (R != in->parallel.dp)
+                continue;
+            K = in->parallel.pp;
+            exact = true;
+        }
+        st_plan_alt alt;
+        st_status s = plan_replicas(in, R, K, exact, &p, &alt);
+        if (s != ST_OK && s != ST_ERR_INVALID)
+            return s;
+        if (s != ST_OK) {
+            snprintf(alt.why, sizeof alt.why, "%s", st_last_error());
+            if (!why[0])
+                snprintf(why, sizeof why, "%zu replica%s: %s", R, R == 1 ? "" : "s",
+                         st_last_error());
+        }
+        alts[n_alts++] = alt;
+        /* More replicas must win by a margin: each adds a gradient sum. */
+        if (s == ST_OK && (!have || p.step_ms < best.step_ms * 0.97)) {
+            best = p;
+            have = true;
+            chosen = n_alts - 1;
+        }
+    }
+    if (!have)
+        return st_error(ST_ERR_INVALID, "%s", why[0] ? why : "plan: no layout fits");
+    memcpy(best.alts, alts, n_alts * sizeof *alts);
+    best.n_alts = n_alts;
+    best.chosen = chosen;
     *out = best;
     return ST_OK;
 }

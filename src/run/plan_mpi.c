@@ -50,9 +50,22 @@ st_status st_run_plan_mpi(st_device *const *devs, const size_t *index, size_t n,
                 ps = st_error(ST_ERR_NO_DEVICE, "rank %d has no usable device", r);
         if (ps == ST_OK) {
             st_split_spec split;
+            st_parallel_spec par;
             ps = st_split_parse(o->split ? o->split : "auto", &split);
+            if (ps == ST_OK)
+                ps = st_parallel_parse(o->parallel, &par);
+            /* Replicas need one device per rank (a rank holds one stage of one). */
+            if (ps == ST_OK && total != size && par.kind != ST_PARALLEL_PIPELINE) {
+                if (par.kind != ST_PARALLEL_AUTO)
+                    ps = st_error(ST_ERR_INVALID,
+                                  "--parallel %s under mpirun needs one device per rank (%d "
+                                  "devices on %d ranks)",
+                                  o->parallel, total, size);
+                par.kind = ST_PARALLEL_PIPELINE;
+            }
             st_plan_input in = {.desc = desc, .shape = *shape, .n_devices = (size_t)total,
-                                .devices = prof, .split = split, .keep_all_devices = true};
+                                .devices = prof, .split = split, .keep_all_devices = true,
+                                .parallel = par};
             if (ps == ST_OK)
                 ps = st_plan_make(&in, plan);
         }
@@ -63,19 +76,17 @@ st_status st_run_plan_mpi(st_device *const *devs, const size_t *index, size_t n,
         return s != ST_OK ? s : g; /* this rank's own failure says more */
     if (s != ST_OK)
         return s;
-    memset(comm, 0, sizeof *comm);
-    st_mpi_comm_init(comm);
-    int offset[ST_PLAN_MAX_STAGES + 1] = {0};
+    int offset[ST_PLAN_MAX_STAGES + 1] = {0}, device_rank[ST_PLAN_MAX_STAGES] = {0};
     for (int r = 0; r < size; r++)
         offset[r + 1] = offset[r] + (int)cnt[r];
     /* (gather_profiles gives the total on rank 0 only: the counts give it everywhere) */
-    for (int d = 0; d < offset[size]; d++)
+    for (int d = 0; d < offset[size]; d++) {
         all_devs[d] = d >= offset[rank] && d < offset[rank + 1] ? devs[d - offset[rank]] : NULL;
-    for (size_t k = 0; k < plan->n_stages; k++) {
-        int d = (int)plan->stage[k].device, owner = 0;
+        int owner = 0;
         while (owner + 1 < size && d >= offset[owner + 1])
             owner++;
-        comm->stage_rank[k] = owner;
+        device_rank[d] = owner;
     }
-    return ST_OK;
+    /* The pipeline's communicator (and the replicas' of each stage). */
+    return st_mpi_comm_make(plan, device_rank, comm);
 }

@@ -111,11 +111,15 @@ st_status st_run_plan(st_device *const *devs, size_t n, const st_model_desc *des
                       st_device_profile *prof)
 {
     st_split_spec split;
+    st_parallel_spec par;
     st_status s = st_split_parse(o->split ? o->split : "auto", &split);
+    if (s == ST_OK)
+        s = st_parallel_parse(o->parallel, &par);
     if (s != ST_OK || (s = params_fit(devs, n, desc, shape->training)) != ST_OK ||
         (s = st_run_measure(devs, n, desc, shape, o->quiet, prof)) != ST_OK)
         return s;
     st_plan_input in = {.desc = desc, .shape = *shape, .n_devices = n, .devices = prof,
-                        .split = split, .keep_all_devices = o->keep_all_devices};
+                        .split = split, .keep_all_devices = o->keep_all_devices,
+                        .parallel = par};
     return st_plan_make(&in, plan);
 }

@@ -249,7 +249,10 @@ static st_status evaluate(run *r, long step)
         count += bc;
         if (!has_exact)
             continue;
-        for (int b = 0; b < B; b++) {
+        /* The sequences whose predictions this process has (a replica's share). */
+        int first = 0, mine = B;
+        st_pipe_batch_share(r->p, &first, &mine);
+        for (int b = first; b < first + mine; b++) {
             bool all = true;
             for (int t = 0; t < T && all; t++) {
                 int tgt = r->targets[b * T + t];
@@ -270,9 +273,9 @@ static st_status evaluate(run *r, long step)
     if (s != ST_OK)
         return s;
     if (r->layout->comm) {
-        /* Only the last stage's process saw the predictions. */
+        /* Only the last stage's process saw the predictions (of its replica's share). */
         double v[2] = {(double)exact, (double)seqs};
-        if ((s = r->layout->comm->allsum(r->layout->comm->ctx, v, 2)) != ST_OK)
+        if ((s = st_pipe_allsum(r->p, v, 2)) != ST_OK)
             return s;
         exact = (long)v[0];
         seqs = (long)v[1];
@@ -290,8 +293,25 @@ static st_status evaluate(run *r, long step)
 static st_status save_ranks(run *r, const st_train_state *state)
 {
     const st_train_layout *L = r->layout;
+    const st_pipe_comm *C = L->comm;
     const char *dir = r->tc->out_dir;
-    int rank = L->comm->rank;
+    int rank = C->rank, ranks = C->ranks;
+    if (C->replicas > 1 && C->replica > 0) {
+        /* The first replica writes the checkpoint (every replica holds the
+         * same bits); the others learn whether it was saved. */
+        double verdict = 0;
+        st_status v = C->replica_allsum(C->ctx, &verdict, 1);
+        if (v != ST_OK)
+            return v;
+        if (verdict > 0) {
+            if (L->failed_together)
+                *L->failed_together = true;
+            return st_error(ST_ERR_IO, "the checkpoint of step %ld was not saved: another rank "
+                                       "failed (its message says why)",
+                            state->step);
+        }
+        return ST_OK;
+    }
     double tagv = rank == 0 ? (double)st_checkpoint_new_tag() : 0.0;
     st_status s = L->comm->allsum(L->comm->ctx, &tagv, 1); /* rank 0's tag everywhere */
     if (s != ST_OK)
@@ -301,22 +321,22 @@ static st_status save_ranks(run *r, const st_train_state *state)
     size_t n_mine = 0;
     enum { LINE = 2048 };
     char line[LINE];
-    s = st_checkpoint_write_part(dir, r->local, r->n_local, state, tag, rank, L->ranks, mine,
+    s = st_checkpoint_write_part(dir, r->local, r->n_local, state, tag, rank, ranks, mine,
                                  &n_mine);
     if (s == ST_OK)
         st_checkpoint_files_format(mine, n_mine, line, sizeof line);
     else
         snprintf(line, sizeof line, "!%s", st_last_error());
-    char *all = rank == 0 ? calloc((size_t)L->ranks, LINE) : NULL;
+    char *all = rank == 0 ? calloc((size_t)ranks, LINE) : NULL;
     if (rank == 0 && !all)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    st_status g = L->gather(line, all, LINE);
+    st_status g = C->gather(C->ctx, line, all, LINE);
     double failed = s != ST_OK || g != ST_OK;
     if (rank == 0 && !failed) {
         st_checkpoint_file *files = calloc(ST_CHECKPOINT_MAX_FILES, sizeof *files);
         size_t n = 0;
         s = files ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        for (int k = 0; s == ST_OK && k < L->ranks; k++) {
+        for (int k = 0; s == ST_OK && k < ranks; k++) {
             const char *theirs = all + (size_t)k * LINE;
             size_t got = 0;
             if (theirs[0] == '!')
@@ -334,7 +354,12 @@ static st_status save_ranks(run *r, const st_train_state *state)
     free(all);
     /* Rank 0's verdict to everyone (a sum: any failure anywhere counts). */
     double verdict = rank == 0 ? failed : (s != ST_OK || g != ST_OK);
-    st_status v = L->comm->allsum(L->comm->ctx, &verdict, 1);
+    st_status v = C->allsum(C->ctx, &verdict, 1);
+    if (v == ST_OK && C->replicas > 1) {
+        /* ... and to the other replicas of this rank's stage */
+        double told = verdict;
+        v = C->replica_allsum(C->ctx, &told, 1);
+    }
     if (s == ST_OK && g != ST_OK)
         s = g;
     if (s == ST_OK && v != ST_OK)
@@ -353,6 +378,22 @@ static st_status save_ranks(run *r, const st_train_state *state)
 static st_status save(run *r, long step, const st_dataset *ds)
 {
     st_train_state state = {.step = step};
+    /* The first replica's weights are saved: they must be every replica's. */
+    if (st_pipe_n_replicas(r->p) > 1) {
+        bool agree = true;
+        st_status a = st_pipe_replicas_agree(r->p, &agree);
+        if (a != ST_OK)
+            return a;
+        if (!agree && r->layout->failed_together)
+            *r->layout->failed_together = true; /* every process got the same answer */
+        if (!agree)
+            return st_error(ST_ERR_NUMERIC,
+                            "step %ld: the replicas' weights differ (each should take the same "
+                            "update from the same summed gradients; devices that round "
+                            "differently cannot be replicas of each other): nothing saved; "
+                            "use --parallel pipeline",
+                            step);
+    }
     char *text = settings_json(r->tc, ds);
     if (!text)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -487,6 +528,9 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
     if (s == ST_OK && tc->resume_dir)
         s = layout->comm ? st_checkpoint_load_part(tc->resume_dir, r.local, r.n_local, &state)
                          : st_checkpoint_load(tc->resume_dir, r.local, r.n_local, &state);
+    /* Loaded into the first replica; the others get its bits. */
+    if (s == ST_OK && tc->resume_dir)
+        s = st_pipe_replicate(r.p);
     else if (s == ST_OK)
         s = st_pipe_init(r.p, tc->seed);
     long start = state.step;

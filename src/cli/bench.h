@@ -1,0 +1,38 @@
+/*
+ * bench.h - what `strata bench` measures for one device count (cmd_bench.c),
+ * shared by --pipeline and --scaling (bench_scaling.c).
+ */
+#ifndef STRATA_CLI_BENCH_H
+#define STRATA_CLI_BENCH_H
+
+#include "cli/cli.h"
+
+typedef struct bench_row {
+    size_t devices, stages, replicas;
+    int micro_batches; /* per replica */
+    bool fits;         /* false: no layout fits these devices (why says so) */
+    char why[256];
+    double train_ms, predicted_ms, fwd_ms, predicted_fwd_ms, wait_ms;
+    double train_spread, fwd_spread; /* (slowest - fastest) / median of the timed steps */
+} bench_row;
+
+/* Plans with po on the first k of all's devices, then times `steps` training
+ * steps and forward passes (each after one warm-up) on tokens/targets (the
+ * plan's batch); the plans go to plan_out. */
+st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc, const cli_plan_opts *po,
+                  long steps, const int32_t *tokens, const int32_t *targets, FILE *plan_out,
+                  bench_row *row);
+
+/* `strata bench --scaling` (its own options after the shared ones). */
+typedef struct bench_scaling_opts {
+    const st_model_desc *desc;
+    cli_plan_opts po;      /* the shape; micro_batches 0: the planner chooses */
+    long steps;
+    const char *mem_limit; /* the splitting workload's, NULL: its own */
+    const char *out_dir;   /* table, JSON and SVG chart; NULL: stdout only */
+    const char *model_line;
+} bench_scaling_opts;
+st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
+                        const int32_t *targets);
+
+#endif
