@@ -179,7 +179,7 @@ static void axes(text *t, const panel *p, const char *title, const char *fmt, in
 /* One line through the rows that fit; value(row) per point, labelled. */
 static void series(text *t, const panel *p, const workload *w, const char *color, bool dashed,
                    double (*value)(const bench_row *, const void *), const void *ctx,
-                   const char *label_fmt)
+                   const char *label_fmt, const workload *other)
 {
     add(t, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", color,
         dashed ? " stroke-dasharray=\"6 4\"" : "");
@@ -193,8 +193,14 @@ static void series(text *t, const panel *p, const workload *w, const char *color
         double v = value(&w->rows[j], ctx), x = px(p, w->rows[j].devices), y = py(p, v);
         add(t, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", x, y, color);
         if (label_fmt) {
-            add(t, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"%s\">", x + 6, y - 6,
-                color);
+            /* above the point, or below when the other workload's point at
+             * these devices is higher (the labels do not cover each other) */
+            bool below = false;
+            for (size_t q = 0; other && q < other->n; q++)
+                if (other->rows[q].fits && other->rows[q].devices == w->rows[j].devices)
+                    below = value(&other->rows[q], ctx) > v;
+            add(t, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"%s\">", x + 6,
+                below ? y + 15 : y - 6, color);
             add(t, label_fmt, v);
             add(t, "</text>\n");
         }
@@ -235,33 +241,50 @@ static void svg(text *t, const workload *wl, size_t n_wl, double N, double base_
             top = fmax(top, fmax(train_tok(w, &c), fwd_tok(w, &c)));
             etop = fmax(etop, efficiency(w, &c));
         }
-    /* A round top for the tokens/s axis. */
-    double mag = pow(10, floor(log10(top > 0 ? top * 1.15 : 1))), nice = mag;
-    while (nice < top * 1.15)
-        nice += mag / 2;
-    panel a = {70, 60, 380, 260, nice, max_dev}, b = {540, 60, 300, 260, ceil(etop * 5.5) / 5,
-                                                      max_dev};
+    /* Round axes: tokens/s in five steps of 1, 2 or 5 x 10^k; efficiency in
+     * steps of 0.2 up past the highest point. */
+    double want = (top > 0 ? top : 1) * 1.1 / 5, mag = pow(10, floor(log10(want))), step = mag;
+    if (step < want)
+        step = 2 * mag;
+    if (step < want)
+        step = 5 * mag;
+    if (step < want)
+        step = 10 * mag;
+    int eticks = (int)ceil(etop * 1.1 / 0.2);
+    panel a = {70, 60, 380, 260, 5 * step, max_dev},
+          b = {540, 60, 300, 260, 0.2 * eticks, max_dev};
     add(t,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"880\" height=\"430\" "
         "font-family=\"sans-serif\">\n<rect width=\"880\" height=\"430\" fill=\"white\"/>\n"
         "<text x=\"440\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">%s</text>\n",
         model);
     axes(t, &a, "tokens/s (solid: training, dashed: inference)", "%.0f", 5);
-    axes(t, &b, "training efficiency (speedup / devices)", "%.1f", 5);
+    axes(t, &b, "training efficiency (speedup / devices)", "%.1f", eticks);
     add(t,
         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#888\" "
         "stroke-dasharray=\"2 3\"/>\n",
         b.x0, py(&b, 1.0), b.x0 + b.w, py(&b, 1.0));
     for (size_t i = 0; i < n_wl; i++) {
         const char *col = colors[i % 4];
-        series(t, &a, &wl[i], col, false, train_tok, &c, "%.0f");
-        series(t, &a, &wl[i], col, true, fwd_tok, &c, NULL);
-        series(t, &b, &wl[i], col, false, efficiency, &c, "%.2f");
+        const workload *other = n_wl == 2 ? &wl[1 - i] : NULL;
+        series(t, &a, &wl[i], col, false, train_tok, &c, "%.0f", other);
+        series(t, &a, &wl[i], col, true, fwd_tok, &c, NULL, NULL);
+        series(t, &b, &wl[i], col, false, efficiency, &c, "%.2f", other);
+        char note[96] = "";
+        for (size_t j = 0; j < wl[i].n; j++)
+            if (!wl[i].rows[j].fits) {
+                size_t len = strlen(note);
+                snprintf(note + len, sizeof note - len, "%s%zu", len ? ", " : " (does not fit ",
+                         wl[i].rows[j].devices);
+            }
+        if (note[0])
+            snprintf(note + strlen(note), sizeof note - strlen(note), " device%s)",
+                     strchr(note, ',') ? "s" : "");
         double ly = 380 + 20 * (double)i;
         add(t,
             "<line x1=\"70\" y1=\"%.1f\" x2=\"100\" y2=\"%.1f\" stroke=\"%s\" "
-            "stroke-width=\"2\"/>\n<text x=\"108\" y=\"%.1f\" font-size=\"12\">%s</text>\n",
-            ly, ly, col, ly + 4, wl[i].name);
+            "stroke-width=\"2\"/>\n<text x=\"108\" y=\"%.1f\" font-size=\"12\">%s%s</text>\n",
+            ly, ly, col, ly + 4, wl[i].name, note);
     }
     add(t, "</svg>\n");
 }
