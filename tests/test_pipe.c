@@ -146,6 +146,18 @@ static void compare_losses(const double *a, const double *b, int from, int to, c
             fail_msg("%s: step %d loss %.9g, one device %.9g", what, k + 1, a[k], b[k]);
 }
 
+/* A one-process checkpoint's files and its folder. */
+static void remove_checkpoint(const char *dir)
+{
+    char path[256];
+    const char *files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 static double ref_losses[STEPS];
 static float *ref_weights;
 
@@ -322,13 +334,7 @@ static void replica_checkpoint_continues_on_one_device(void **state)
     free(w_one);
     free(w_dp);
     st_pipe_destroy(one);
-    char path[256];
-    const char *files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_checkpoint(dir);
 }
 
 /* Replicas decode their share of the sequences: the same tokens as one device. */
@@ -459,13 +465,7 @@ static void checkpoint_moves_between_splits(void **state)
         compare_losses(again, straight, 10, STEPS, what);
         st_pipe_destroy(p);
     }
-    char path[256];
-    const char *files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    remove_checkpoint(dir);
 }
 
 static void bad_layouts_are_refused(void **state)

@@ -167,22 +167,11 @@ st_status st_mpi_bcast_plan(st_plan *plan, st_status status, char *message, size
     return ST_OK;
 }
 
+static st_status allsum_on(MPI_Comm comm, int size, double *v, int n);
+
 st_status st_mpi_allsum(double *v, int n)
 {
-    double *all = malloc((size_t)n * (size_t)g.size * sizeof *all);
-    if (!all)
-        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    /* Gather everything and add in rank order: the same bits on every rank. */
-    int err = MPI_Allgather(v, n, MPI_DOUBLE, all, n, MPI_DOUBLE, MPI_COMM_WORLD);
-    if (err == MPI_SUCCESS)
-        for (int i = 0; i < n; i++) {
-            double acc = 0;
-            for (int r = 0; r < g.size; r++)
-                acc += all[(size_t)r * (size_t)n + (size_t)i];
-            v[i] = acc;
-        }
-    free(all);
-    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Allgather");
+    return allsum_on(MPI_COMM_WORLD, g.size, v, n);
 }
 
 st_status st_mpi_gather_lines(const char *line, char *out, size_t line_size)
