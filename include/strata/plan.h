@@ -37,6 +37,8 @@ extern "C" {
 #define ST_PLAN_MAX_STAGES 64
 /* Copies of the pipeline that split the batch (data parallelism). */
 #define ST_PLAN_MAX_REPLICAS 16
+/* Micro-batch sizes a profile times a whole block at. */
+#define ST_PROFILE_BLOCK_SIZES 8
 /* Transformer blocks a split may name (the model limit, strata/model.h). */
 #define ST_PLAN_MAX_BLOCKS ST_MODEL_MAX_LAYERS
 
@@ -56,6 +58,15 @@ typedef struct st_device_profile {
      * description counts them), 0 when not measured: the GEMM rate is used. */
     double attn_gflops;
     double launch_us; /* one small kernel launch, enqueue to done; 0: an estimate is used */
+    /* One transformer block of the model timed whole (forward, backward) at
+     * micro-batches of block_tokens[i] tokens: the planner scales its
+     * estimate of every block by measured / estimated at the nearest size. */
+    int n_block_sizes;
+    int block_tokens[ST_PROFILE_BLOCK_SIZES];
+    double block_fwd_ms[ST_PROFILE_BLOCK_SIZES], block_bwd_ms[ST_PROFILE_BLOCK_SIZES];
+    /* How much longer a block takes while every device of its hardware runs
+     * one (>= 1; 0: not measured, the GEMM rates' ratio is used). */
+    double block_shared;
 } st_device_profile;
 
 typedef enum st_schedule { ST_SCHED_1F1B, ST_SCHED_GPIPE } st_schedule;
@@ -181,11 +192,11 @@ typedef struct st_plan {
  *
  * With micro_batches 0 the planner also chooses the micro-batch count: each
  * divisor m of the batch that leaves at least 256 tokens per micro-batch
- * (smaller products run far below a device's rate, which the cost model
- * does not know) is planned, and the fastest predicted step wins; more
- * micro-batches must win by 3%. Smaller micro-batches are tried only when
- * none of those fits. One stage gets one micro-batch unless memory needs
- * more. */
+ * (smaller products run far below a device's rate) is planned, and the
+ * fastest predicted step wins; more micro-batches must win by 3%. Smaller
+ * micro-batches are tried only when none of those fits. With a profile's
+ * measured blocks (st_device_profile.block_*) one device may get several
+ * micro-batches too: a CPU runs a block faster per token in smaller ones. */
 st_status st_plan_make(const st_plan_input *in, st_plan *out);
 
 /* Replicas (in->parallel): for each layout of D replicas x S stages that the

@@ -50,6 +50,11 @@ st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, s
 st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, unsigned flags,
                                    double *seconds);
 
+/* n measured times cached with dev's profiles under the name what (a new
+ * tuning or driver makes them stale like a profile): true when found. */
+bool st_device_cached_seconds(st_device *dev, const char *what, int n, double *seconds);
+void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds);
+
 /* Removes the cached profiles of dev (every shape); returns how many. */
 int st_device_profile_forget(const st_device *dev);
 

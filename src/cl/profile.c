@@ -466,6 +466,37 @@ st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, s
     return ST_OK;
 }
 
+bool st_device_cached_seconds(st_device *dev, const char *what, int n, double *seconds)
+{
+    char path[4400];
+    profile_path(dev, what, path, sizeof path);
+    json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
+    json_t *v = j && same_device(j, st_device_get_info(dev)) ? json_object_get(j, "seconds")
+                                                              : NULL;
+    bool hit = json_is_array(v) && (int)json_array_size(v) == n;
+    for (int i = 0; hit && i < n; i++) {
+        seconds[i] = json_number_value(json_array_get(v, (size_t)i));
+        hit = seconds[i] > 0;
+    }
+    json_decref(j);
+    return hit;
+}
+
+void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds)
+{
+    char path[4400];
+    profile_path(dev, what, path, sizeof path);
+    if (!path[0])
+        return;
+    json_t *o = device_json(dev), *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(seconds[i]));
+    json_object_set_new(o, "what", json_string(what));
+    json_object_set_new(o, "seconds", a);
+    write_json(path, o);
+    json_decref(o);
+}
+
 st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, unsigned flags,
                                    double *seconds)
 {

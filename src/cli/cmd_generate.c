@@ -507,7 +507,7 @@ static void eval_help(void)
            "  --batch N           windows per forward pass (default 8)\n"
            "  --batches N         addition: validation batches (default 16)\n"
            "  --micro-batches N   split each batch into N pipeline micro-batches\n"
-           "                      (default: the planner's choice; 1 on one device)\n"
+           "                      (default: the planner's choice, timed)\n"
            "  --devices CHOICE    which devices; the planner splits the model over them\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"

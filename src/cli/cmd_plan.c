@@ -31,7 +31,7 @@ static void help(void)
            "  --batch N           sequences per step (default 64)\n"
            "  --seq N             tokens per sequence (default: the model's positions)\n"
            "  --micro-batches N   pipeline micro-batches per step (default: the\n"
-           "                      planner's choice; 1 on one device)\n"
+           "                      planner's choice, timed)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --inference         plan a forward pass only (no gradients or optimizer)\n"
            "devices:\n"

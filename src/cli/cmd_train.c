@@ -108,7 +108,7 @@ static void help(void)
            "                      gradients summed), pipeline, data (a whole model per\n"
            "                      device), dp:D,pp:S\n"
            "  --micro-batches N   split each replica's batch into N pipeline micro-batches\n"
-           "                      (default: the planner's choice; 1 on one device)\n"
+           "                      (default: the planner's choice, timed)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
            "  -h, --help          this text\n"

@@ -170,9 +170,10 @@ static st_status sums_init(const st_plan_input *in, sums *z)
     return ST_OK;
 }
 
-/* Cost and memory of layers [a, b) as stage s of S on device d. */
-static void stage_cost(const st_plan_input *in, const sums *z, const st_device_profile *d,
-                       size_t a, size_t b, size_t s, size_t S, st_plan_stage *out)
+/* Cost and memory of layers [a, b) as stage s of S on device d, from FLOPs,
+ * rates, launches and transfers alone. */
+static void stage_cost_model(const st_plan_input *in, const sums *z, const st_device_profile *d,
+                             size_t a, size_t b, size_t s, size_t S, st_plan_stage *out)
 {
     const st_model_desc *m = in->desc;
     size_t B = (size_t)st_run_micro_batch(&in->shape), T = (size_t)in->shape.seq, N = B * T;
@@ -229,6 +230,33 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
     out->act_bytes = out->total_bytes - out->param_bytes;
 }
 
+/* The same with the blocks at their measured time when the profile has
+ * them: one block timed whole at the nearest micro-batch size (per token
+ * alike at another size) replaces the estimate of each block of the stage;
+ * the embedding, the head and the transfers stay estimated. */
+static void stage_cost(const st_plan_input *in, const sums *z, const st_device_profile *d,
+                       size_t a, size_t b, size_t s, size_t S, st_plan_stage *out)
+{
+    stage_cost_model(in, z, d, a, b, s, S, out);
+    size_t nb = (size_t)(z->blocks[b] - z->blocks[a]);
+    if (nb == 0 || d->n_block_sizes < 1)
+        return;
+    size_t l0 = a;
+    while (l0 < b && in->desc->layers[l0].kind != ST_LAYER_BLOCK)
+        l0++;
+    double N = (double)st_run_micro_batch(&in->shape) * in->shape.seq;
+    int j = 0;
+    for (int i = 1; i < d->n_block_sizes; i++)
+        if (fabs(log(d->block_tokens[i] / N)) < fabs(log(d->block_tokens[j] / N)))
+            j = i;
+    double per = N / d->block_tokens[j];
+    st_plan_stage one;
+    stage_cost_model(in, z, d, l0, l0 + 1, 0, 1, &one);
+    out->fwd_ms += (double)nb * (d->block_fwd_ms[j] * per - one.fwd_ms);
+    if (in->shape.training)
+        out->bwd_ms += (double)nb * (d->block_bwd_ms[j] * per - one.bwd_ms);
+}
+
 /* The profile stage j works at in a plan over devices[0..S): its shared rate
  * when another stage's device shares its hardware. */
 static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *devices, size_t S,
@@ -247,6 +275,12 @@ static st_device_profile rate_in_plan(const st_plan_input *in, const size_t *dev
         double ratio = fmin(1.0, d.shared_gflops / d.gflops);
         d.gflops *= ratio;
         d.attn_gflops *= ratio; /* the same cores, shared alike */
+        /* blocks: as measured running together, else as the GEMM rates say */
+        double slower = d.block_shared >= 1 ? d.block_shared : 1 / ratio;
+        for (int i = 0; i < d.n_block_sizes; i++) {
+            d.block_fwd_ms[i] *= slower;
+            d.block_bwd_ms[i] *= slower;
+        }
     }
     return d;
 }
@@ -773,6 +807,15 @@ static st_status plan_replicas(const st_plan_input *in, size_t R, size_t K, bool
     for (size_t r = 0; r < R; r++)
         for (size_t k = 0; k < S; k++) {
             devs[r * S + k] = r * K + p.stage[k].device;
+            /* PoCL 3.1's "basic" CPU devices fail an assertion in its table of
+             * loaded kernels (pocl_release_dlhandle_cache) when two of them in
+             * one process run the same kernels at once, as replicas do; under
+             * mpirun (names "rank N: ...") each has a process of its own. */
+            if (R > 1 && strncmp(in->devices[devs[r * S + k]].name, "basic-", 6) == 0)
+                return st_error(ST_ERR_INVALID,
+                                "PoCL's basic devices cannot hold replicas in one process "
+                                "(PoCL 3.1 fails an assertion when two run the same kernels at "
+                                "once): run one per rank under mpirun, or use a pipeline");
             /* Replicas must take bitwise the same steps: the same device model. */
             if (strcmp(device_model(in->devices[devs[r * S + k]].name),
                        device_model(in->devices[devs[k]].name)) != 0)

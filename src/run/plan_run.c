@@ -2,11 +2,16 @@
  * plan_run.c - measuring devices for a model and planning over them (see
  * strata/run.h): the library call every command makes.
  */
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "run/measure.h"
 #include "strata/profile.h"
+#include "strata/progress.h"
+#include "strata/stage.h"
 
 void st_run_profile_shape(const st_model_desc *desc, const st_run_shape *shape, size_t *m,
                           size_t *n, size_t *k)
@@ -56,6 +61,207 @@ static st_status profile_attention(st_device *const *devs, size_t n, const st_mo
     return ST_OK;
 }
 
+/* One block forward (and backward when training) at b sequences of T: the
+ * medians of three after a warm-up, in ms. A size whose stage does not fit
+ * the device is left out (false, no error). */
+static st_status time_block(st_device *dev, const st_model_desc *desc, size_t layer, int b, int T,
+                            bool training, double *fwd_ms, double *bwd_ms, bool *done)
+{
+    *done = false;
+    st_stage_options o = {.first_layer = layer, .end_layer = layer + 1, .batch = b, .seq = T,
+                          .slots = 1, .training = training};
+    st_stage *g = NULL;
+    st_status s = st_stage_create(dev, desc, &o, &g);
+    if (s == ST_ERR_DEVICE_MEMORY || s == ST_ERR_INVALID) {
+        st_stage_destroy(g);
+        return ST_OK;
+    }
+    double f[4] = {0}, w[4] = {0};
+    if (s == ST_OK && (s = st_stage_init(g, 1)) == ST_OK &&
+        (s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_IN), 0.01f)) == ST_OK &&
+        training)
+        s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_DOUT), 0.001f);
+    for (int i = 0; s == ST_OK && i < 4; i++) {
+        double t0 = st_now_s();
+        if ((s = st_stage_forward(g, 0, NULL, NULL, b, T)) == ST_OK &&
+            (s = st_device_finish(dev)) == ST_OK) {
+            double t1 = st_now_s();
+            f[i] = t1 - t0;
+            if (training && (s = st_stage_backward(g, 0, b, T, 1e-3f)) == ST_OK)
+                s = st_device_finish(dev);
+            w[i] = st_now_s() - t1;
+        }
+    }
+    st_stage_destroy(g);
+    if (s != ST_OK)
+        return s;
+    /* the first builds kernels: the median of the other three */
+    for (int i = 1; i < 3; i++)
+        for (int j = i + 1; j < 4; j++) {
+            if (f[j] < f[i]) {
+                double x = f[i];
+                f[i] = f[j];
+                f[j] = x;
+            }
+            if (w[j] < w[i]) {
+                double x = w[i];
+                w[i] = w[j];
+                w[j] = x;
+            }
+        }
+    *fwd_ms = f[2] * 1e3;
+    *bwd_ms = w[2] * 1e3;
+    *done = true;
+    return ST_OK;
+}
+
+static st_status profile_blocks_shared(st_device *const *devs, size_t n,
+                                       const st_model_desc *desc, size_t layer, int T,
+                                       bool training, st_device_profile *prof);
+
+/* A whole block timed at the micro-batch sizes the planner may choose
+ * (prof[i].block_*): divisors of the batch with at least 256 tokens, and the
+ * next two below, largest first, at most ST_PROFILE_BLOCK_SIZES; cached. */
+static st_status profile_blocks(st_device *const *devs, size_t n, const st_model_desc *desc,
+                                const st_run_shape *shape, st_device_profile *prof)
+{
+    size_t layer = desc->n_layers;
+    for (size_t l = 0; l < desc->n_layers && layer == desc->n_layers; l++)
+        if (desc->layers[l].kind == ST_LAYER_BLOCK)
+            layer = l;
+    int T = shape->seq, sizes[ST_PROFILE_BLOCK_SIZES], n_sizes = 0, below = 0;
+    if (layer == desc->n_layers || T < 1 || shape->batch < 1)
+        return ST_OK;
+    for (int b = shape->batch; b >= 1 && n_sizes < ST_PROFILE_BLOCK_SIZES; b--) {
+        if (shape->batch % b != 0)
+            continue;
+        if (b * T < 256 && ++below > 2)
+            break;
+        sizes[n_sizes++] = b;
+    }
+    const st_model_config *c = &desc->cfg;
+    for (size_t i = 0; i < n; i++) {
+        prof[i].n_block_sizes = 0;
+        st_progress pr;
+        st_progress_begin(&pr, (uint64_t)n_sizes, "timing a block for the planner: %s",
+                          st_device_label(devs[i]));
+        for (int k = 0; k < n_sizes; k++) {
+            char what[256];
+            snprintf(what, sizeof what, "block %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
+                     c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner,
+                     c->attn_bias, c->attn_out_bias, sizes[k], T,
+                     shape->training ? "train" : "forward");
+            double t[2] = {0, 0};
+            bool done = st_device_cached_seconds(devs[i], what, 2, t);
+            if (!done) {
+                st_status s = time_block(devs[i], desc, layer, sizes[k], T, shape->training,
+                                         &t[0], &t[1], &done);
+                if (s != ST_OK) {
+                    st_progress_end(&pr);
+                    return s;
+                }
+                if (done) {
+                    t[1] = shape->training ? t[1] : 1e-9; /* cached times are positive */
+                    st_device_cache_seconds(devs[i], what, 2, t);
+                }
+            }
+            st_progress_update(&pr, (uint64_t)k + 1);
+            if (!done)
+                continue;
+            int j = prof[i].n_block_sizes++;
+            prof[i].block_tokens[j] = sizes[k] * T;
+            prof[i].block_fwd_ms[j] = t[0];
+            prof[i].block_bwd_ms[j] = shape->training ? t[1] : 0;
+        }
+        st_progress_end(&pr);
+        st_device_reset_peak(devs[i]);
+    }
+    return profile_blocks_shared(devs, n, desc, layer, T, shape->training, prof);
+}
+
+typedef struct shared_job {
+    st_device *dev;
+    const st_model_desc *desc;
+    size_t layer;
+    int b, T;
+    bool training, done;
+    double fwd, bwd;
+    st_status s;
+} shared_job;
+
+static void *shared_block(void *arg)
+{
+    shared_job *j = arg;
+    j->s = time_block(j->dev, j->desc, j->layer, j->b, j->T, j->training, &j->fwd, &j->bwd,
+                      &j->done);
+    return NULL;
+}
+
+/* For devices that share hardware (prof[i].hardware): the block at its
+ * largest measured size on all of them at once, a host thread each, against
+ * alone: prof[i].block_shared. Cached. */
+static st_status profile_blocks_shared(st_device *const *devs, size_t n,
+                                       const st_model_desc *desc, size_t layer, int T,
+                                       bool training, st_device_profile *prof)
+{
+    bool done[ST_PLAN_MAX_STAGES] = {false};
+    for (size_t i = 0; i < n; i++) {
+        prof[i].block_shared = 0;
+        if (done[i] || !prof[i].hardware[0] || prof[i].n_block_sizes < 1)
+            continue;
+        size_t idx[ST_PLAN_MAX_STAGES], cnt = 0;
+        for (size_t j = i; j < n; j++)
+            if (!done[j] && prof[j].n_block_sizes > 0 &&
+                strcmp(prof[j].hardware, prof[i].hardware) == 0 &&
+                prof[j].block_tokens[0] == prof[i].block_tokens[0]) {
+                idx[cnt++] = j;
+                done[j] = true;
+            }
+        if (cnt < 2)
+            continue;
+        int b = prof[i].block_tokens[0] / T;
+        const st_model_config *c = &desc->cfg;
+        char what[300];
+        snprintf(what, sizeof what, "block together x%zu %s C%d H%d KV%d F%d B%d T%d %s", cnt,
+                 c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner, b, T,
+                 training ? "train" : "forward");
+        double together[ST_PLAN_MAX_STAGES];
+        if (!st_device_cached_seconds(devs[i], what, (int)cnt, together)) {
+            shared_job jobs[ST_PLAN_MAX_STAGES];
+            pthread_t th[ST_PLAN_MAX_STAGES];
+            bool started[ST_PLAN_MAX_STAGES] = {false};
+            for (size_t q = 0; q < cnt; q++) {
+                jobs[q] = (shared_job){devs[idx[q]], desc, layer, b, T, training, false, 0, 0,
+                                       ST_OK};
+                started[q] = pthread_create(&th[q], NULL, shared_block, &jobs[q]) == 0;
+                if (!started[q])
+                    shared_block(&jobs[q]);
+            }
+            st_status s = ST_OK;
+            bool all = true;
+            for (size_t q = 0; q < cnt; q++) {
+                if (started[q])
+                    pthread_join(th[q], NULL);
+                if (jobs[q].s != ST_OK && s == ST_OK)
+                    s = jobs[q].s;
+                all = all && jobs[q].done;
+                together[q] = jobs[q].fwd + jobs[q].bwd;
+            }
+            if (s != ST_OK)
+                return s;
+            if (!all)
+                continue;
+            st_device_cache_seconds(devs[i], what, (int)cnt, together);
+        }
+        for (size_t q = 0; q < cnt; q++) {
+            st_device_profile *p = &prof[idx[q]];
+            double alone = p->block_fwd_ms[0] + p->block_bwd_ms[0];
+            p->block_shared = alone > 0 ? fmax(1.0, together[q] / alone) : 0;
+        }
+    }
+    return ST_OK;
+}
+
 /* Profiles of devs for this model and shape (cached); devices on the same
  * hardware (PoCL's CPU devices) are measured running at once too. */
 st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *desc,
@@ -77,6 +283,7 @@ st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *
                     prof[i].h2d_gbps, prof[i].d2h_gbps);
     }
     if ((s = profile_attention(devs, n, desc, shape, prof)) != ST_OK ||
+        (s = profile_blocks(devs, n, desc, shape, prof)) != ST_OK ||
         (s = st_device_profile_shared(devs, n, pm, pn, pk, prof)) != ST_OK)
         return s;
     for (size_t i = 0; i < n; i++)
