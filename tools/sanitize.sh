@@ -6,6 +6,13 @@
 # PoCL, CLBlast and Open MPI are suppressed (tests/sanitizers/lsan.supp says
 # why, entry by entry). Called by tools/test.sh; arguments go to `meson test`.
 #
+# Left out: test_tune (suite 'compile'). Its search builds random CLBlast
+# variants through PoCL 3.1's LLVM 15, which under ASan corrupts freed memory
+# while compiling some of them: ASan's own allocator check fails inside
+# LLVM's DominatorTree pass ("CHECK failed: asan_allocator.cpp:188"), no
+# Strata frame on the stack, in 2 of 4 runs at commit b6ebcbe as now. The
+# normal suite runs it.
+#
 # Environment: SANITIZE_BUILD_DIR (default build-asan), STRATA_FAULT_STRIDE
 # (default 5: every 5th OpenCL call of the fault walk, to bound the time).
 set -euo pipefail
@@ -19,5 +26,5 @@ if [ ! -f "$build/build.ninja" ]; then
 fi
 meson compile -C "$build"
 export STRATA_FAULT_STRIDE=${STRATA_FAULT_STRIDE:-5}
-meson test -C "$build" --print-errorlogs --suite unit --suite cli "$@"
+meson test -C "$build" --print-errorlogs --suite unit --suite cli --no-suite compile "$@"
 meson test -C "$build" --print-errorlogs test_pipe-4dev "$@"
