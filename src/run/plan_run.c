@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/clock.h"
@@ -64,6 +65,12 @@ static st_status profile_attention(st_device *const *devs, size_t n, const st_mo
 /* One block forward (and backward when training) at b sequences of T: the
  * medians of three after a warm-up, in ms. A size whose stage does not fit
  * the device is left out (false, no error). */
+static int by_seconds(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static st_status time_block(st_device *dev, const st_model_desc *desc, size_t layer, int b, int T,
                             bool training, double *fwd_ms, double *bwd_ms, bool *done)
 {
@@ -76,41 +83,36 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
         st_stage_destroy(g);
         return ST_OK;
     }
-    double f[4] = {0}, w[4] = {0};
+    /* A warm-up (it builds kernels), then at least three runs, and more of a
+     * short block (up to 15, or 0.2 s): small times are noisy. */
+    enum { MAX_RUNS = 16 };
+    double f[MAX_RUNS] = {0}, w[MAX_RUNS] = {0}, spent = 0;
     if (s == ST_OK && (s = st_stage_init(g, 1)) == ST_OK &&
         (s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_IN), 0.01f)) == ST_OK &&
         training)
         s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_DOUT), 0.001f);
-    for (int i = 0; s == ST_OK && i < 4; i++) {
+    int n = 0;
+    for (; s == ST_OK && n < MAX_RUNS && (n < 4 || spent < 0.2); n++) {
         double t0 = st_now_s();
         if ((s = st_stage_forward(g, 0, NULL, NULL, b, T)) == ST_OK &&
             (s = st_device_finish(dev)) == ST_OK) {
             double t1 = st_now_s();
-            f[i] = t1 - t0;
+            f[n] = t1 - t0;
             if (training && (s = st_stage_backward(g, 0, b, T, 1e-3f)) == ST_OK)
                 s = st_device_finish(dev);
-            w[i] = st_now_s() - t1;
+            w[n] = st_now_s() - t1;
         }
+        if (n > 0)
+            spent += f[n] + w[n];
     }
     st_stage_destroy(g);
     if (s != ST_OK)
         return s;
-    /* the first builds kernels: the median of the other three */
-    for (int i = 1; i < 3; i++)
-        for (int j = i + 1; j < 4; j++) {
-            if (f[j] < f[i]) {
-                double x = f[i];
-                f[i] = f[j];
-                f[j] = x;
-            }
-            if (w[j] < w[i]) {
-                double x = w[i];
-                w[i] = w[j];
-                w[j] = x;
-            }
-        }
-    *fwd_ms = f[2] * 1e3;
-    *bwd_ms = w[2] * 1e3;
+    /* the medians of the runs after the warm-up */
+    qsort(f + 1, (size_t)(n - 1), sizeof *f, by_seconds);
+    qsort(w + 1, (size_t)(n - 1), sizeof *w, by_seconds);
+    *fwd_ms = f[1 + (n - 1) / 2] * 1e3;
+    *bwd_ms = w[1 + (n - 1) / 2] * 1e3;
     *done = true;
     return ST_OK;
 }
@@ -147,7 +149,7 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
                           st_device_label(devs[i]));
         for (int k = 0; k < n_sizes; k++) {
             char what[256];
-            snprintf(what, sizeof what, "block %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
+            snprintf(what, sizeof what, "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
                      c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner,
                      c->attn_bias, c->attn_out_bias, sizes[k], T,
                      shape->training ? "train" : "forward");
