@@ -24,7 +24,12 @@ compare() {
     local st_loss st_text hf
     st_loss=$("$strata" eval --model "$2" --data "$work/text.txt" --seq 32 | sed -n 's/.*| loss \([0-9.]*\) |.*/\1/p')
     st_text=$("$strata" generate --model "$2" --prompt "line 7" -n 20 --temperature 0 2>/dev/null)
-    hf=$(/usr/bin/python3 "$here/hf_check.py" "$2" "$work/text.txt" 32 "line 7" 20 2>/dev/null)
+    if ! hf=$(/usr/bin/python3 "$here/hf_check.py" "$2" "$work/text.txt" 32 "line 7" 20 2>"$work/py.err"); then
+        echo "$1: transformers could not load the model:" >&2
+        tail -3 "$work/py.err" >&2
+        status=1
+        return
+    fi
     /usr/bin/python3 - "$1" "$st_loss" "$st_text" "$hf" <<'PY' || status=1
 import json, sys
 what, st_loss, st_text, hf = sys.argv[1], float(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
@@ -47,7 +52,8 @@ compare "GPT-2 from Strata" "$work/gpt2"
 "$strata" train "${train[@]}" --arch llama --kv-heads 2 --out "$work/llama" >/dev/null
 compare "Llama from Strata" "$work/llama"
 for kind in llama qwen2; do
-    /usr/bin/python3 "$here/hf_make.py" "$kind" "$work/hf-$kind" 2>/dev/null
+    /usr/bin/python3 "$here/hf_make.py" "$kind" "$work/hf-$kind" 2>"$work/py.err" ||
+        { echo "$kind: transformers could not write the model:" >&2; tail -3 "$work/py.err" >&2; status=1; continue; }
     ls "$work/hf-$kind" | grep -q 'model.safetensors.index.json' || { echo "no shards for $kind"; status=1; }
     compare "$kind from transformers (bf16, sharded)" "$work/hf-$kind"
 done
