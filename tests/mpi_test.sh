@@ -5,7 +5,7 @@
 # hold the same weights; a checkpoint written by 4 ranks
 # continues on 2 ranks and in one process; a killed rank ends the job with a
 # clear error within the timeout; ranks started with different flags are
-# refused.
+# refused; `bench --scaling` measures over 1, 2... ranks.
 #
 # usage: mpi_test.sh path/to/strata    (skips, exit 77, without mpirun or MPI support)
 set -u
@@ -164,6 +164,25 @@ rc=$?
 [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "a failing rank: job exit $rc (124: it hung)"
 grep -q "rank 1: error: stage 1 .*injected failure" <<<"$out" || fail "no message from the failing rank: $out"
 [ $((SECONDS - start)) -lt 60 ] || fail "the failing job took $((SECONDS - start)) s"
+
+# bench --scaling over ranks: rows for 1, 2 (and the 3rd rank waits), the
+# splitting workload refused on one rank and split on two; files from rank 0.
+mkdir -p "$work/scal"
+out=$(POCL_DEVICES=basic timeout 300 "${mpirun[@]}" -np 3 "$strata" bench --scaling --layers 2 \
+    --embd 32 --heads 2 --batch 8 --seq 32 --steps 2 --out "$work/scal" 2>"$work/scal.log") ||
+    fail "bench --scaling on 3 ranks: $(tail -5 "$work/scal.log")"
+grep -q "3 MPI ranks" <<<"$out" && grep -q "^| fits one device | 1 | dp:1,pp:1" <<<"$out" &&
+    grep -q "^| fits one device | 2 | dp:" <<<"$out" && ! grep -q "| 4 |" <<<"$out" &&
+    grep -q "^| needs splitting | 1 | does not fit" <<<"$out" &&
+    grep -q "^| needs splitting | 2 | dp:1,pp:2" <<<"$out" ||
+    fail "bench --scaling over ranks: unexpected table: $out"
+[ "$(grep -c "^== fits one device" "$work/scal.log")" = 1 ] ||
+    fail "bench --scaling: progress from more than rank 0: $(head -5 "$work/scal.log")"
+grep -q '"workload": "needs splitting"' "$work/scal/scaling.json" 2>/dev/null ||
+    fail "bench --scaling over ranks wrote no JSON"
+out=$(POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 2 "$strata" bench --pipeline 2>&1)
+[ $? != 0 ] && grep -q "under mpirun only --scaling" <<<"$out" ||
+    fail "bench --pipeline under mpirun was not refused: $out"
 
 # Ranks started with different flags.
 out=$(POCL_DEVICES=basic timeout 120 "${mpirun[@]}" -np 1 "$strata" train "${tiny[@]}" : \

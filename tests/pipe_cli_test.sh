@@ -82,9 +82,20 @@ awk 'NR == FNR { a[FNR] = $1; next }
     fail "dp:2 or its resumed losses differ from one device's"
 out=$("$strata" train --parallel dp:2,pp:2 --devices 0,1 --steps 1 2>&1)
 [ $? = 2 ] && grep -q "needs 4 devices" <<<"$out" || fail "dp:2,pp:2 on two devices was not refused: $out"
-out=$(POCL_DEVICES="basic basic" "$strata" plan --parallel dp:2,pp:1 2>&1)
-[ $? = 2 ] && grep -q "basic devices cannot hold replicas in one process" <<<"$out" ||
-    fail "replicas on PoCL's basic devices in one process were not refused: $out"
+# PoCL's basic devices hold replicas in one process with programs of their
+# own (PoCL 3.1 loses count of loaded kernels when two run one binary at
+# once); the steps are the same.
+out=$(POCL_DEVICES="basic basic" "$strata" train "${tiny[@]}" --steps 12 --parallel dp:2,pp:1 \
+    --micro-batches 2 --out "$work/dpb" --log-json "$work/dpb.json" 2>&1) ||
+    fail "dp:2 on PoCL's basic devices failed: $out"
+awk 'NR == FNR { a[FNR] = $1; next }
+     { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
+     END { exit bad }' <(losses "$work/one.json") <(losses "$work/dpb.json") ||
+    fail "dp:2 on basic devices differs from one device"
+a=$("$strata" generate --model "$work/dpb" --prompt "12" --prompt "345" -n 6 --seed 4 --devices 0 2>/dev/null)
+b=$(POCL_DEVICES="basic basic" "$strata" generate --model "$work/dpb" --prompt "12" --prompt "345" \
+    -n 6 --seed 4 --parallel data 2>/dev/null)
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "generation over replicas on basic devices differs: '$a' vs '$b'"
 out=$("$strata" train --parallel dp:0 --steps 1 2>&1)
 [ $? = 2 ] && grep -q "bad --parallel 'dp:0'" <<<"$out" || fail "a bad --parallel was not refused: $out"
 out=$("$strata" train --parallel data --devices 0,1 --batch 7 --steps 1 2>&1)

@@ -42,6 +42,15 @@ void st_program_destroy(st_program *prog);
 
 /* The program cl/<file> with `options` for dev, built on first use and kept
  * (owned by the device) until st_device_close(). */
+/* Builds this device's programs from now on as variant `variant` (0: the
+ * plain ones): the same code compiled with -D STRATA_VARIANT=variant, and
+ * CLBlast's programs with parameter values of their own that do not change
+ * the results, so that the driver holds binaries for this device apart from
+ * another's (see st_pipe_set_variants). Programs already built stay. */
+st_status st_device_set_variant(st_device *dev, unsigned variant);
+unsigned st_device_variant(const st_device *dev);
+/* Whether st_device_program would find the binary in the cache. */
+bool st_device_program_cached(st_device *dev, const char *file, const char *options);
 st_status st_device_program(st_device *dev, const char *file, const char *options,
                             st_program **out);
 

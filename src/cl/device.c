@@ -52,10 +52,12 @@ struct st_device {
     struct {
         char file[64];
         char name[64];
+        unsigned variant;
         cl_kernel kernel;
     } kernels[ST_DEVICE_MAX_KERNELS];
     st_prof_state *prof; /* NULL unless profiling */
     int tuning_source;   /* st_tuning_source */
+    unsigned variant;    /* st_device_set_variant */
 };
 
 void st_device_set_tuning_source(st_device *dev, int source)
@@ -510,15 +512,69 @@ const char *st_format_bytes(uint64_t bytes, char *buf, size_t size)
     return buf;
 }
 
-st_status st_device_program(st_device *dev, const char *file, const char *options,
+st_status st_device_set_variant(st_device *dev, unsigned variant)
+{
+    if (variant == dev->variant)
+        return ST_OK;
+    /* CLBlast keys its programs by its parameters' values: a value of its
+     * own in a kernel the products never run gives this device programs of
+     * its own. The copy kernel only moves numbers, and the triangular solve
+     * block is not used by the matrix-vector product, so the results are
+     * the same bits. */
+    st_tuning t[2] = {{.kernel = "Copy", .n = 4}, {.kernel = "TrsvRoutine", .n = 1}};
+    static const char *const copy[] = {"COPY_DIMX", "COPY_DIMY", "COPY_VW", "COPY_WPT"};
+    const size_t copy_values[] = {16, 16, 4, 2 + variant};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(t[0].names[i], sizeof t[0].names[i], "%s", copy[i]);
+        t[0].values[i] = copy_values[i];
+    }
+    snprintf(t[1].names[0], sizeof t[1].names[0], "TRSV_BLOCK_SIZE");
+    t[1].values[0] = 32 + variant;
+    for (size_t i = 0; i < 2; i++) {
+        st_status s = st_tuning_apply(dev, &t[i]);
+        if (s != ST_OK)
+            return s;
+    }
+    pthread_mutex_lock(&dev->prog_lock);
+    pthread_mutex_lock(&dev->launch_lock);
+    dev->variant = variant;
+    pthread_mutex_unlock(&dev->launch_lock);
+    pthread_mutex_unlock(&dev->prog_lock);
+    return ST_OK;
+}
+
+unsigned st_device_variant(const st_device *dev)
+{
+    return dev->variant;
+}
+
+/* The options a program is built with on this device: the caller's, and the
+ * variant's define. False if they do not fit. */
+static bool variant_options(const st_device *dev, const char *options, char *out, size_t size)
+{
+    int n = dev->variant ? snprintf(out, size, "%s%sSTRATA_VARIANT=%u", options,
+                                    options[0] ? " -D " : "-D ", dev->variant)
+                         : snprintf(out, size, "%s", options);
+    return n >= 0 && (size_t)n < size;
+}
+
+bool st_device_program_cached(st_device *dev, const char *file, const char *options_in)
+{
+    char options[sizeof dev->programs[0].options];
+    return variant_options(dev, options_in ? options_in : "", options, sizeof options) &&
+           st_program_cached(dev, file, options);
+}
+
+st_status st_device_program(st_device *dev, const char *file, const char *options_in,
                             st_program **out)
 {
-    if (!options)
-        options = "";
+    char options[sizeof dev->programs[0].options];
+    if (!options_in)
+        options_in = "";
     if (strlen(file) >= sizeof dev->programs[0].file ||
-        strlen(options) >= sizeof dev->programs[0].options)
+        !variant_options(dev, options_in, options, sizeof options))
         return st_error(ST_ERR_INVALID, "program name or options too long: %s %s", file,
-                        options);
+                        options_in);
     st_status s = ST_OK;
     pthread_mutex_lock(&dev->prog_lock);
     for (size_t i = 0; i < dev->n_programs; i++) {
@@ -553,7 +609,8 @@ st_status st_device_kernel(st_device *dev, const char *file, const char *name, c
         return st_error(ST_ERR_INVALID, "kernel name too long: %s %s", file, name);
     pthread_mutex_lock(&dev->launch_lock);
     for (size_t i = 0; i < dev->n_kernels; i++) {
-        if (strcmp(dev->kernels[i].name, name) == 0 && strcmp(dev->kernels[i].file, file) == 0) {
+        if (strcmp(dev->kernels[i].name, name) == 0 && strcmp(dev->kernels[i].file, file) == 0 &&
+            dev->kernels[i].variant == dev->variant) {
             *out = dev->kernels[i].kernel;
             pthread_mutex_unlock(&dev->launch_lock);
             return ST_OK;
@@ -578,6 +635,7 @@ st_status st_device_kernel(st_device *dev, const char *file, const char *name, c
     size_t i = dev->n_kernels++;
     snprintf(dev->kernels[i].file, sizeof dev->kernels[i].file, "%s", file);
     snprintf(dev->kernels[i].name, sizeof dev->kernels[i].name, "%s", name);
+    dev->kernels[i].variant = dev->variant;
     dev->kernels[i].kernel = k;
     pthread_mutex_unlock(&dev->launch_lock);
     *out = k;

@@ -14,7 +14,7 @@ static st_status prepare_one(st_device *dev)
 {
     size_t files = st_cl_embedded_count, missing = 0;
     for (size_t i = 0; i < files; i++)
-        missing += !st_program_cached(dev, st_cl_embedded_files[i].name, "");
+        missing += !st_device_program_cached(dev, st_cl_embedded_files[i].name, "");
     st_progress p;
     if (missing)
         st_progress_begin(&p, files + 1,

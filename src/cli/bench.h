@@ -23,6 +23,15 @@ st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc, const c
                   long steps, const int32_t *tokens, const int32_t *targets, FILE *plan_out,
                   bench_row *row);
 
+#if STRATA_HAVE_MPI
+/* Under mpirun, within the ranks of st_mpi_scope: plans over every rank's
+ * devices (mine: this rank's; total_devices over all) and times as bench_k
+ * does; rank 0's times. */
+st_status bench_ranks(cli_devices *mine, size_t total_devices, const st_model_desc *desc,
+                      const cli_plan_opts *po, long steps, const int32_t *tokens,
+                      const int32_t *targets, FILE *plan_out, bench_row *row);
+#endif
+
 /* `strata bench --scaling` (its own options after the shared ones). */
 typedef struct bench_scaling_opts {
     const st_model_desc *desc;
@@ -31,6 +40,8 @@ typedef struct bench_scaling_opts {
     const char *mem_limit; /* the splitting workload's, NULL: its own */
     const char *out_dir;   /* table, JSON and SVG chart; NULL: stdout only */
     const char *model_line;
+    int ranks;       /* under mpirun: the rows are over 1, 2, 4... of these ranks */
+    bool quiet_rank; /* a rank other than 0: writes no files */
 } bench_scaling_opts;
 st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
                         const int32_t *targets);

@@ -20,6 +20,9 @@
 #include <string.h>
 
 #include "cli/bench.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 #include "core/atomic.h"
 
 #define MAX_ROWS 16
@@ -298,10 +301,40 @@ static st_status write_out(const char *dir, const char *name, const text *t)
     return st_write_file_atomic(path, t->p, t->n, NULL);
 }
 
-st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
-                        const int32_t *targets)
+/* Under mpirun: the row of the first k ranks (the others wait). A failure
+ * returns at once: the job ends, nobody waits on this rank. */
+static st_status row_of_ranks(cli_devices *devs, size_t k, const bench_scaling_opts *o,
+                              const cli_plan_opts *po, const int32_t *tokens,
+                              const int32_t *targets, FILE *info, bench_row *row)
+{
+#if STRATA_HAVE_MPI
+    bool inside = false;
+    st_status s = st_mpi_scope((int)k, &inside);
+    if (s == ST_OK && inside) {
+        double n = (double)devs->n;
+        if ((s = st_mpi_allsum(&n, 1)) == ST_OK)
+            s = bench_ranks(devs, (size_t)n, o->desc, po, o->steps, tokens, targets, info, row);
+        if (s == ST_ERR_INVALID) /* the plan's verdict, the same on every rank: no layout fits */
+            row->devices = (size_t)n;
+    }
+    if (s != ST_OK && s != ST_ERR_INVALID)
+        return s;
+    st_status e = st_mpi_scope_end();
+    if (!inside) /* a row of its own for the count; rank 0's are the table */
+        row->devices = k;
+    return e != ST_OK ? e : s;
+#else
+    (void)devs, (void)k, (void)o, (void)po, (void)tokens, (void)targets, (void)info, (void)row;
+    return st_error(ST_ERR_UNSUPPORTED, "this strata was built without MPI");
+#endif
+}
+
+static st_status scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
+                         const int32_t *targets, FILE *info)
 {
     double N = (double)o->po.shape.batch * o->po.shape.seq;
+    bool ranks = o->ranks > 1;
+    size_t count = ranks ? (size_t)o->ranks : devs->n;
     workload wl[2] = {{.name = "fits one device"}, {.name = "needs splitting"}};
     /* The second workload's memory: 3/4 of the model's weights, gradients and
      * two moments on each device, unless --mem-limit says. */
@@ -332,25 +365,28 @@ st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const in
         /* The devices keep the limit: the splitting workload comes last. */
         if (w == 1 && (s = cli_apply_mem_limit(limit, devs)) != ST_OK)
             break;
-        fprintf(stderr, "== %s%s%s\n", wl[w].name, w == 1 ? ": --mem-limit " : "",
+        fprintf(info, "== %s%s%s\n", wl[w].name, w == 1 ? ": --mem-limit " : "",
                 w == 1 ? limit : "");
-        for (size_t k = 1; s == ST_OK && k <= devs->n && wl[w].n < MAX_ROWS / 2; k *= 2) {
+        for (size_t k = 1; s == ST_OK && k <= count && wl[w].n < MAX_ROWS / 2; k *= 2) {
             bench_row *row = &wl[w].rows[wl[w].n];
             memset(row, 0, sizeof *row);
-            s = bench_k(devs, k, o->desc, &po, o->steps, tokens, targets, stderr, row);
+            s = ranks ? row_of_ranks(devs, k, o, &po, tokens, targets, info, row)
+                      : bench_k(devs, k, o->desc, &po, o->steps, tokens, targets, info, row);
             if (s == ST_ERR_INVALID && w == 1) { /* no layout fits k devices: a row says so */
-                row->devices = k;
+                if (!ranks)
+                    row->devices = k;
                 row->fits = false;
                 snprintf(row->why, sizeof row->why, "%s", st_last_error());
-                fprintf(stderr, "%zu device%s: %s\n", k, k == 1 ? "" : "s", row->why);
+                fprintf(info, "%zu device%s: %s\n", row->devices, row->devices == 1 ? "" : "s",
+                        row->why);
                 s = ST_OK;
             }
             if (s == ST_OK)
                 wl[w].n++;
-            fprintf(stderr, "\n");
+            fprintf(info, "\n");
         }
     }
-    if (s != ST_OK)
+    if (s != ST_OK || o->quiet_rank) /* rank 0 has the rows */
         return s;
     if (wl[0].n == 0 || !wl[0].rows[0].fits)
         return st_error(ST_ERR_INVALID, "the model does not fit one device: no reference");
@@ -360,7 +396,7 @@ st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const in
     markdown(&md, wl, 2, N, base_train, base_fwd, o->steps);
     if (!md.failed)
         fwrite(md.p, 1, md.n, stdout);
-    if (o->out_dir) {
+    if (o->out_dir && !o->quiet_rank) {
         json(&js, wl, 2, N, base_train, base_fwd, o->steps, o->model_line);
         svg(&sv, wl, 2, N, base_train, o->model_line);
         if ((s = write_out(o->out_dir, "scaling.md", &md)) == ST_OK &&
@@ -373,5 +409,16 @@ st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const in
     free(md.p);
     free(js.p);
     free(sv.p);
+    return s;
+}
+
+st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
+                        const int32_t *targets)
+{
+    /* Under mpirun rank 0 tells the progress; the others only errors. */
+    FILE *quiet = o->quiet_rank ? fopen("/dev/null", "w") : NULL;
+    st_status s = scaling(devs, o, tokens, targets, quiet ? quiet : stderr);
+    if (quiet)
+        fclose(quiet);
     return s;
 }

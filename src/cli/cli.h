@@ -25,6 +25,8 @@ enum { CLI_OK = 0, CLI_FAILED = 1, CLI_USAGE = 2 };
  * the exit code for s. */
 int cli_fail(st_status s);
 void cli_set_rank(int rank);
+/* This process's MPI rank (0 without MPI). */
+int cli_rank(void);
 /* Under MPI: the command failed on every rank together (each knows), so the
  * job ends with MPI_Finalize rather than MPI_Abort. */
 void cli_set_failed_together(void);

@@ -17,6 +17,9 @@
 #include "strata/pipe.h"
 #include "strata/profiler.h"
 #include "cli/bench.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 
 static void help(void)
 {
@@ -32,7 +35,9 @@ static void help(void)
            "stdout (the plans on stderr): the layout chosen, its predicted step and the\n"
            "measured one, training and inference tokens/s, speedup and efficiency\n"
            "against the first workload on one device. --out DIR also writes\n"
-           "scaling.md, scaling.json and scaling.svg (a chart of both).\n"
+           "scaling.md, scaling.json and scaling.svg (a chart of both). Under mpirun\n"
+           "it runs over the first 1, 2, 4, ... ranks instead (one device per rank\n"
+           "without --devices); rank 0 prints and writes.\n"
            "\n"
            "--pipeline:\n"
            "Trains one model with one global batch on the first 1, 2, 4, ... of the\n"
@@ -70,6 +75,68 @@ static int by_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Times `steps` training steps and forward passes (each after a warm-up)
+ * on a pipeline made from plan; the row gets the medians. */
+static st_status time_pipe(st_pipe *p, const st_plan *plan, st_device *const *stage_dev,
+                           size_t n_stages, const st_model_desc *desc, long steps,
+                           const int32_t *tokens, const int32_t *targets, FILE *plan_out,
+                           bench_row *row)
+{
+    double *t = malloc((size_t)(steps + 1) * 2 * sizeof *t), wait = 0;
+    if (!t)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    double train_sum = 0;
+    st_status s = ST_OK;
+    for (long i = 0; s == ST_OK && i <= steps; i++) {
+        st_pipe_step_result r;
+        if (i == 1 && st_profiler_enabled()) /* the warm-up step is not profiled */
+            for (size_t k2 = 0; k2 < n_stages; k2++)
+                if (stage_dev[k2])
+                    st_profiler_reset(stage_dev[k2]);
+        double t0 = st_now_s();
+        s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
+        t[i] = (st_now_s() - t0) * 1e3;
+        if (i > 0) {
+            train_sum += t[i];
+            for (size_t k2 = 0; k2 < plan->n_stages; k2++)
+                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)plan->n_stages / (double)steps;
+        }
+    }
+    if (s == ST_OK && st_profiler_enabled()) {
+        fprintf(plan_out, "training steps on %zu device%s:", row->devices,
+                row->devices == 1 ? "" : "s");
+        s = cli_profile_report((st_device **)stage_dev, n_stages, steps,
+                               train_sum / (double)steps, desc->cfg.n_layer,
+                               plan->shape.micro_batches, plan_out, NULL);
+        fprintf(plan_out, "\n");
+    }
+    st_profiler_pause(true); /* the forward passes are not in the table */
+    for (long i = 0; s == ST_OK && i <= steps; i++) {
+        double sum = 0, t0 = st_now_s();
+        long count = 0;
+        s = st_pipe_forward(p, tokens, targets, &sum, &count, NULL);
+        t[steps + 1 + i] = (st_now_s() - t0) * 1e3;
+    }
+    if (s == ST_OK) {
+        qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
+        qsort(t + steps + 2, (size_t)steps, sizeof *t, by_double);
+        row->stages = plan->n_stages;
+        row->replicas = st_plan_replicas(plan);
+        row->micro_batches = plan->shape.micro_batches;
+        row->fits = true;
+        row->train_ms = t[1 + steps / 2];
+        row->fwd_ms = t[steps + 2 + steps / 2];
+        row->train_spread = (t[steps] - t[1]) / row->train_ms;
+        row->fwd_spread = (t[2 * steps + 1] - t[steps + 2]) / row->fwd_ms;
+        row->predicted_ms = plan->step_ms;
+        row->wait_ms = wait;
+    }
+    st_profiler_pause(false);
+    free(t);
+    return s;
+}
+
 /* Times training and forward passes on the first k devices. */
 st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
                   const cli_plan_opts *po_in, long steps, const int32_t *tokens,
@@ -95,63 +162,58 @@ st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
     for (size_t j = 0; j < n_stages; j++)
         stage_dev[j] = sub.dev[used[j]];
     st_pipe *p = NULL;
-    if ((s = st_devices_prepare(stage_dev, n_stages)) != ST_OK ||
-        (s = st_pipe_create(&plan, desc, sub.dev, NULL, &p)) != ST_OK ||
-        (s = st_pipe_init(p, 1)) != ST_OK) {
-        st_pipe_destroy(p);
-        return s;
-    }
-    double *t = malloc((size_t)(steps + 1) * 2 * sizeof *t), wait = 0;
-    st_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
-    double train_sum = 0;
-    for (long i = 0; s == ST_OK && i <= steps; i++) {
-        st_pipe_step_result r;
-        if (i == 1 && st_profiler_enabled()) /* the warm-up step is not profiled */
-            for (size_t k2 = 0; k2 < n_stages; k2++)
-                st_profiler_reset(stage_dev[k2]);
-        double t0 = st_now_s();
-        s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
-        t[i] = (st_now_s() - t0) * 1e3;
-        if (i > 0) {
-            train_sum += t[i];
-            for (size_t k2 = 0; k2 < plan.n_stages; k2++)
-                wait += st_pipe_wait_s(p, k2) * 1e3 / (double)plan.n_stages / (double)steps;
-        }
-    }
-    if (s == ST_OK && st_profiler_enabled()) {
-        fprintf(plan_out, "training steps on %zu device%s:", k, k == 1 ? "" : "s");
-        s = cli_profile_report(stage_dev, n_stages, steps, train_sum / (double)steps,
-                               desc->cfg.n_layer, plan.shape.micro_batches, plan_out, NULL);
-        fprintf(plan_out, "\n");
-    }
-    st_profiler_pause(true); /* the forward passes are not in the table */
-    for (long i = 0; s == ST_OK && i <= steps; i++) {
-        double sum = 0, t0 = st_now_s();
-        long count = 0;
-        s = st_pipe_forward(p, tokens, targets, &sum, &count, NULL);
-        t[steps + 1 + i] = (st_now_s() - t0) * 1e3;
-    }
-    if (s == ST_OK) {
-        qsort(t + 1, (size_t)steps, sizeof *t, by_double); /* median after the warm-up */
-        qsort(t + steps + 2, (size_t)steps, sizeof *t, by_double);
-        row->devices = k;
-        row->stages = plan.n_stages;
-        row->replicas = st_plan_replicas(&plan);
-        row->micro_batches = plan.shape.micro_batches;
-        row->fits = true;
-        row->train_ms = t[1 + steps / 2];
-        row->fwd_ms = t[steps + 2 + steps / 2];
-        row->train_spread = (t[steps] - t[1]) / row->train_ms;
-        row->fwd_spread = (t[2 * steps + 1] - t[steps + 2]) / row->fwd_ms;
-        row->predicted_ms = plan.step_ms;
+    row->devices = k;
+    if ((s = st_pipe_set_variants(&plan, sub.dev)) == ST_OK &&
+        (s = st_devices_prepare(stage_dev, n_stages)) == ST_OK &&
+        (s = st_pipe_create(&plan, desc, sub.dev, NULL, &p)) == ST_OK &&
+        (s = st_pipe_init(p, 1)) == ST_OK &&
+        (s = time_pipe(p, &plan, stage_dev, n_stages, desc, steps, tokens, targets, plan_out,
+                       row)) == ST_OK)
         row->predicted_fwd_ms = fplan.step_ms;
-        row->wait_ms = wait;
-    }
-    st_profiler_pause(false);
-    free(t);
     st_pipe_destroy(p);
     return s;
 }
+
+#if STRATA_HAVE_MPI
+st_status bench_ranks(cli_devices *mine, size_t total_devices, const st_model_desc *desc,
+                      const cli_plan_opts *po, long steps, const int32_t *tokens,
+                      const int32_t *targets, FILE *plan_out, bench_row *row)
+{
+    st_run_plan_options ro = {.parallel = po->parallel, .keep_all_devices = true, .quiet = true};
+    st_plan plan, fplan;
+    st_device_profile prof[ST_PLAN_MAX_STAGES];
+    st_device *plan_devs[ST_PLAN_MAX_STAGES] = {NULL}, *fdevs[ST_PLAN_MAX_STAGES] = {NULL};
+    st_pipe_comm comm = {0}, fcomm = {0};
+    st_run_shape fshape = po->shape;
+    fshape.training = false;
+    /* The inference plan only for its prediction; the passes run on the
+     * training pipeline, as in one process. */
+    st_status s = st_run_plan_mpi(mine->dev, mine->index, mine->n, desc, &fshape, &ro, &fplan,
+                                  prof, fdevs, &fcomm);
+    st_mpi_comm_free(&fcomm);
+    if (s == ST_OK)
+        s = st_run_plan_mpi(mine->dev, mine->index, mine->n, desc, &po->shape, &ro, &plan, prof,
+                            plan_devs, &comm);
+    if (s != ST_OK)
+        return s;
+    cli_plan_print(&plan, desc, NULL, prof, po, plan_out);
+    size_t used[ST_PLAN_MAX_STAGES], n_stages = st_plan_devices(&plan, used);
+    st_device *stage_dev[ST_PLAN_MAX_STAGES];
+    for (size_t j = 0; j < n_stages; j++)
+        stage_dev[j] = plan_devs[used[j]]; /* NULL: another rank's */
+    st_pipe *p = NULL;
+    row->devices = total_devices;
+    if ((s = st_devices_prepare(stage_dev, n_stages)) == ST_OK &&
+        (s = st_pipe_create(&plan, desc, plan_devs, &comm, &p)) == ST_OK &&
+        (s = st_pipe_init(p, 1)) == ST_OK &&
+        (s = time_pipe(p, &plan, stage_dev, n_stages, desc, steps, tokens, targets, plan_out,
+                       row)) == ST_OK)
+        row->predicted_fwd_ms = fplan.step_ms;
+    st_pipe_destroy(p);
+    st_mpi_comm_free(&comm);
+    return s;
+}
+#endif
 
 static void print_rows(const bench_row *rows, size_t n_rows, double N, long steps,
                        const char *format)
@@ -282,6 +344,12 @@ int cmd_bench(int argc, char **argv)
     }
     if (pipeline == scaling)
         return cli_usage_error("bench", "say which benchmark: --pipeline or --scaling");
+    int ranks = 1;
+#if STRATA_HAVE_MPI
+    ranks = st_mpi_active() ? st_mpi_size() : 1;
+#endif
+    if (ranks > 1 && (pipeline || st_profiler_enabled()))
+        return cli_usage_error("bench", "under mpirun only --scaling runs (without --profile)");
     if (pipeline && (out_dir || mem_limit))
         return cli_usage_error("bench", "--out and --mem-limit go with --scaling");
     if (scaling && strcmp(format, "table") != 0)
@@ -310,6 +378,15 @@ int cmd_bench(int argc, char **argv)
     s = st_model_describe(&cfg, &desc);
     if (s == ST_OK)
         s = cli_devices_get(devices, true, &devs);
+#if STRATA_HAVE_MPI
+    /* Under mpirun without --devices, one device per rank: the local rank's. */
+    if (s == ST_OK && ranks > 1 && !devices && devs.n > 1) {
+        size_t pick = (size_t)st_mpi_local_rank() % devs.n;
+        devs.dev[0] = devs.dev[pick];
+        devs.index[0] = devs.index[pick];
+        devs.n = 1;
+    }
+#endif
     size_t N = (size_t)B * (size_t)T;
     int32_t *tokens = malloc(N * sizeof *tokens), *targets = malloc(N * sizeof *targets);
     if (s == ST_OK && (!tokens || !targets))
@@ -325,13 +402,17 @@ int cmd_bench(int argc, char **argv)
     po.shape.micro_batches = (int)m;
     if (scaling && s == ST_OK) {
         char line[256];
+        char where[64];
+        if (ranks > 1)
+            snprintf(where, sizeof where, "%d MPI ranks", ranks);
+        else
+            snprintf(where, sizeof where, "%zu device%s", devs.n, devs.n == 1 ? "" : "s");
         snprintf(line, sizeof line,
-                 "%s %ld layers x %ld channels, %zu parameters, batch %ld x %ld tokens, %zu "
-                 "device%s",
-                 st_family_name(cfg.family), L, C, desc->param_numel, B, T, devs.n,
-                 devs.n == 1 ? "" : "s");
+                 "%s %ld layers x %ld channels, %zu parameters, batch %ld x %ld tokens, %s",
+                 st_family_name(cfg.family), L, C, desc->param_numel, B, T, where);
         bench_scaling_opts so = {.desc = desc, .po = po, .steps = steps, .mem_limit = mem_limit,
-                                 .out_dir = out_dir, .model_line = line};
+                                 .out_dir = out_dir, .model_line = line, .ranks = ranks,
+                                 .quiet_rank = cli_rank() != 0};
         so.po.parallel = NULL; /* the planner's choice */
         so.po.shape.micro_batches = micro_given ? (int)m : 0;
         s = bench_scaling(&devs, &so, tokens, targets);

@@ -14,6 +14,11 @@ void cli_set_rank(int rank)
     rank_of_process = rank;
 }
 
+int cli_rank(void)
+{
+    return rank_of_process < 0 ? 0 : rank_of_process;
+}
+
 static bool failed_together;
 
 void cli_set_failed_together(void)

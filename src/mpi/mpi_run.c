@@ -20,9 +20,14 @@
 #include "pipe/link.h"
 #include "strata/tensor.h"
 
+/* The job: the ranks taking part now (all of them, or the first few while
+ * st_mpi_scope holds: `bench --scaling` over 1, 2, 4... ranks) and this
+ * rank's place among them. */
 static struct {
     bool active;
+    MPI_Comm comm; /* MPI_COMM_WORLD, or the scope's */
     int rank, size, local_rank;
+    int world_rank, world_size;
 } g;
 
 int st_mpi_launched_size(void)
@@ -53,6 +58,9 @@ st_status st_mpi_start(int *argc, char ***argv)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &g.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g.size);
+    g.world_rank = g.rank;
+    g.world_size = g.size;
+    g.comm = MPI_COMM_WORLD;
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g.rank, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &g.local_rank);
@@ -93,6 +101,33 @@ int st_mpi_local_rank(void)
     return g.local_rank;
 }
 
+st_status st_mpi_scope(int n, bool *inside)
+{
+    *inside = g.world_rank < n;
+    MPI_Comm sub = MPI_COMM_NULL;
+    int err = MPI_Comm_split(MPI_COMM_WORLD, *inside ? 0 : MPI_UNDEFINED, g.world_rank, &sub);
+    if (err != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Comm_split");
+    if (*inside) {
+        MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+        g.comm = sub;
+        MPI_Comm_rank(sub, &g.rank);
+        MPI_Comm_size(sub, &g.size);
+    }
+    return ST_OK;
+}
+
+st_status st_mpi_scope_end(void)
+{
+    if (g.comm != MPI_COMM_WORLD)
+        MPI_Comm_free(&g.comm);
+    g.comm = MPI_COMM_WORLD;
+    g.rank = g.world_rank;
+    g.size = g.world_size;
+    int err = MPI_Barrier(MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Barrier");
+}
+
 void st_mpi_abort(int code)
 {
     fflush(stdout);
@@ -102,7 +137,7 @@ void st_mpi_abort(int code)
 
 st_status st_mpi_barrier(void)
 {
-    int err = MPI_Barrier(MPI_COMM_WORLD);
+    int err = MPI_Barrier(g.comm);
     return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Barrier");
 }
 
@@ -132,7 +167,7 @@ st_status st_mpi_check_same_args(int argc, char **argv)
 st_status st_mpi_gather_profiles(const st_device_profile *mine, int n_mine,
                                  st_device_profile *out, int *counts, int *total)
 {
-    int err = MPI_Gather(&n_mine, 1, MPI_INT, counts, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    int err = MPI_Gather(&n_mine, 1, MPI_INT, counts, 1, MPI_INT, 0, g.comm);
     if (err != MPI_SUCCESS)
         return mpi_fail(err, "MPI_Gather");
     int displs[ST_PLAN_MAX_STAGES] = {0}, bytes[ST_PLAN_MAX_STAGES] = {0}, n = 0;
@@ -148,18 +183,18 @@ st_status st_mpi_gather_profiles(const st_device_profile *mine, int n_mine,
         *total = n;
     }
     err = MPI_Gatherv(mine, n_mine * (int)sizeof *mine, MPI_BYTE, out, bytes, displs, MPI_BYTE, 0,
-                      MPI_COMM_WORLD);
+                      g.comm);
     return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Gatherv");
 }
 
 st_status st_mpi_bcast_plan(st_plan *plan, st_status status, char *message, size_t size)
 {
     int st = (int)status;
-    int err = MPI_Bcast(&st, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    int err = MPI_Bcast(&st, 1, MPI_INT, 0, g.comm);
     if (err == MPI_SUCCESS)
-        err = MPI_Bcast(message, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
+        err = MPI_Bcast(message, (int)size, MPI_CHAR, 0, g.comm);
     if (err == MPI_SUCCESS && st == ST_OK)
-        err = MPI_Bcast(plan, (int)sizeof *plan, MPI_BYTE, 0, MPI_COMM_WORLD);
+        err = MPI_Bcast(plan, (int)sizeof *plan, MPI_BYTE, 0, g.comm);
     if (err != MPI_SUCCESS)
         return mpi_fail(err, "MPI_Bcast");
     if (st != ST_OK)
@@ -171,7 +206,7 @@ static st_status allsum_on(MPI_Comm comm, int size, double *v, int n);
 
 st_status st_mpi_allsum(double *v, int n)
 {
-    return allsum_on(MPI_COMM_WORLD, g.size, v, n);
+    return allsum_on(g.comm, g.size, v, n);
 }
 
 st_status st_mpi_gather_lines(const char *line, char *out, size_t line_size)
@@ -181,7 +216,7 @@ st_status st_mpi_gather_lines(const char *line, char *out, size_t line_size)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     snprintf(buf, line_size, "%s", line);
     int err = MPI_Gather(buf, (int)line_size, MPI_CHAR, out, (int)line_size, MPI_CHAR, 0,
-                         MPI_COMM_WORLD);
+                         g.comm);
     free(buf);
     return err == MPI_SUCCESS ? ST_OK : mpi_fail(err, "MPI_Gather");
 }
@@ -436,15 +471,15 @@ st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_
     if (s == ST_OK && R > 1) {
         /* A communicator per replica (its pipeline, ranks in stage order) and
          * one per stage (its replicas, in replica order). */
-        err = MPI_Comm_split(MPI_COMM_WORLD, mine_r, mine_k, &c->pipe);
+        err = MPI_Comm_split(g.comm, mine_r, mine_k, &c->pipe);
         if (err == MPI_SUCCESS) {
             c->own_pipe = true;
-            err = MPI_Comm_split(MPI_COMM_WORLD, mine_k, mine_r, &c->group);
+            err = MPI_Comm_split(g.comm, mine_k, mine_r, &c->group);
         }
         if (err == MPI_SUCCESS)
             c->own_group = true;
     } else if (s == ST_OK) {
-        c->pipe = MPI_COMM_WORLD;
+        c->pipe = g.comm;
         c->group = MPI_COMM_SELF;
     }
     if (s == ST_OK && err != MPI_SUCCESS)

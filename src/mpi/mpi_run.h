@@ -44,6 +44,13 @@ st_status st_mpi_bcast_plan(st_plan *plan, st_status status, char *message, size
 st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_comm *comm);
 void st_mpi_comm_free(st_pipe_comm *comm);
 
+/* From now on the job is its first n ranks (collective over all of them):
+ * rank, size and every call below count those only; *inside says whether
+ * this rank is one. st_mpi_scope_end (every rank, after the scope's work)
+ * waits for all and gives the job back its ranks. */
+st_status st_mpi_scope(int n, bool *inside);
+st_status st_mpi_scope_end(void);
+
 st_status st_mpi_barrier(void);
 /* Sums doubles over ranks in rank order (same bits everywhere). */
 st_status st_mpi_allsum(double *v, int n);

@@ -807,15 +807,6 @@ static st_status plan_replicas(const st_plan_input *in, size_t R, size_t K, bool
     for (size_t r = 0; r < R; r++)
         for (size_t k = 0; k < S; k++) {
             devs[r * S + k] = r * K + p.stage[k].device;
-            /* PoCL 3.1's "basic" CPU devices fail an assertion in its table of
-             * loaded kernels (pocl_release_dlhandle_cache) when two of them in
-             * one process run the same kernels at once, as replicas do; under
-             * mpirun (names "rank N: ...") each has a process of its own. */
-            if (R > 1 && strncmp(in->devices[devs[r * S + k]].name, "basic-", 6) == 0)
-                return st_error(ST_ERR_INVALID,
-                                "PoCL's basic devices cannot hold replicas in one process "
-                                "(PoCL 3.1 fails an assertion when two run the same kernels at "
-                                "once): run one per rank under mpirun, or use a pipeline");
             /* Replicas must take bitwise the same steps: the same device model. */
             if (strcmp(device_model(in->devices[devs[r * S + k]].name),
                        device_model(in->devices[devs[k]].name)) != 0)
