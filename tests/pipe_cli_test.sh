@@ -82,8 +82,8 @@ awk 'NR == FNR { a[FNR] = $1; next }
     fail "dp:2 or its resumed losses differ from one device's"
 out=$("$strata" train --parallel dp:2,pp:2 --devices 0,1 --steps 1 2>&1)
 [ $? = 2 ] && grep -q "needs 4 devices" <<<"$out" || fail "dp:2,pp:2 on two devices was not refused: $out"
-# PoCL's basic devices hold replicas in one process with programs of their
-# own (PoCL 3.1 loses count of loaded kernels when two run one binary at
+# PoCL's basic devices hold replicas in one process, each with programs of
+# its own (PoCL 3.1 loses count of loaded kernels when two run one binary at
 # once); the steps are the same.
 out=$(POCL_DEVICES="basic basic" "$strata" train "${tiny[@]}" --steps 12 --parallel dp:2,pp:1 \
     --micro-batches 2 --out "$work/dpb" --log-json "$work/dpb.json" 2>&1) ||

@@ -79,14 +79,6 @@ typedef struct st_pipe_comm {
 st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_device *const *devs,
                          const st_pipe_comm *comm, st_pipe **out);
 void st_pipe_destroy(st_pipe *p);
-/* Gives the devices of a plan's replicas in this process the program
- * variants they need before their kernels are built (st_devices_prepare):
- * PoCL 3.1's basic CPU devices share one table of loaded kernels that loses
- * count (an assertion in pocl_release_dlhandle_cache) when two devices run
- * the same kernel binary at once, as replicas do in lockstep; replica r >= 1
- * on such devices builds every program as variant r (the same code, other
- * binaries). Nothing to do elsewhere; st_pipe_create calls it too. */
-st_status st_pipe_set_variants(const st_plan *plan, st_device *const *devs);
 
 size_t st_pipe_n_stages(const st_pipe *p);
 /* Stage s (of the first replica), or NULL when another process holds it. */

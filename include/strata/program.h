@@ -46,7 +46,8 @@ void st_program_destroy(st_program *prog);
  * plain ones): the same code compiled with -D STRATA_VARIANT=variant, and
  * CLBlast's programs with parameter values of their own that do not change
  * the results, so that the driver holds binaries for this device apart from
- * another's (see st_pipe_set_variants). Programs already built stay. */
+ * another's (st_device_open does this for PoCL's basic devices: see there).
+ * Programs already built stay. */
 st_status st_device_set_variant(st_device *dev, unsigned variant);
 unsigned st_device_variant(const st_device *dev);
 /* Whether st_device_program would find the binary in the cache. */

@@ -358,6 +358,16 @@ st_status st_device_open(const st_device_list *list, size_t index, st_device **o
     else if (tuned)
         st_log(ST_LOG_INFO, "%s: GEMM parameters from %s", dev->label,
                st_tuning_source_name(st_device_tuning_source(dev)));
+    /* PoCL 3.1 keeps one table of loaded kernel binaries for all its CPU
+     * devices, and loses count in it (an assertion in
+     * pocl_release_dlhandle_cache) when two devices of its basic driver, each
+     * on a thread of its own, run one binary's kernel at once with different
+     * grid sizes, as replicas in lockstep and pipeline stages do. Each such
+     * device past the first builds binaries of its own. */
+    if (strstr(dev->info.platform, "Portable Computing Language") &&
+        strncmp(dev->info.name, "basic", 5) == 0 && dev->info.index > 0 &&
+        (s = st_device_set_variant(dev, dev->info.index)) != ST_OK)
+        goto fail;
     *out = dev;
     return ST_OK;
 fail:

@@ -163,8 +163,7 @@ st_status bench_k(cli_devices *all, size_t k, const st_model_desc *desc,
         stage_dev[j] = sub.dev[used[j]];
     st_pipe *p = NULL;
     row->devices = k;
-    if ((s = st_pipe_set_variants(&plan, sub.dev)) == ST_OK &&
-        (s = st_devices_prepare(stage_dev, n_stages)) == ST_OK &&
+    if ((s = st_devices_prepare(stage_dev, n_stages)) == ST_OK &&
         (s = st_pipe_create(&plan, desc, sub.dev, NULL, &p)) == ST_OK &&
         (s = st_pipe_init(p, 1)) == ST_OK &&
         (s = time_pipe(p, &plan, stage_dev, n_stages, desc, steps, tokens, targets, plan_out,

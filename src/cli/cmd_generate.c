@@ -63,8 +63,7 @@ static st_status open_model(const char *dir, const run_flags *f, st_run_shape *s
     size_t used[ST_PLAN_MAX_STAGES], n_used = st_plan_devices(&plan, used);
     for (size_t k = 0; k < n_used; k++)
         stage_dev[k] = devs->dev[used[k]];
-    if ((s = st_pipe_set_variants(&plan, devs->dev)) != ST_OK ||
-        (s = st_devices_prepare(stage_dev, n_used)) != ST_OK ||
+    if ((s = st_devices_prepare(stage_dev, n_used)) != ST_OK ||
         (s = st_pipe_create(&plan, *desc, devs->dev, NULL, p)) != ST_OK)
         return s;
     st_stage *stages[ST_PLAN_MAX_STAGES];

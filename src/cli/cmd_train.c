@@ -826,10 +826,7 @@ int cmd_train(int argc, char **argv)
         stage_dev[k] = plan_devs[plan_used[k]];
     if (s == ST_OK) {
         fflush(stdout);
-        if (!mpi)
-            s = st_pipe_set_variants(&plan, plan_devs);
-        if (s == ST_OK)
-            s = st_devices_prepare(stage_dev, n_stages);
+        s = st_devices_prepare(stage_dev, n_stages);
         /* A device on CLBlast's defaults may have much faster products. */
         for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
             bool seen = false;

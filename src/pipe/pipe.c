@@ -12,7 +12,6 @@
 #include "core/hash.h"
 #include "pipe/link.h"
 #include "strata/pipe.h"
-#include "strata/program.h"
 
 typedef enum op_kind { OP_FWD, OP_BWD, OP_DEC } op_kind;
 
@@ -150,24 +149,6 @@ static bool is_local(const st_pipe_comm *comm, size_t s)
 
 /* R replicas of the plan's pipeline, each a pipeline of its own on its
  * share of the batch (and of the decoded sequences). */
-st_status st_pipe_set_variants(const st_plan *plan, st_device *const *devs)
-{
-    for (size_t r = 1; r < plan->replicas; r++)
-        for (size_t k = 0; k < plan->n_stages; k++) {
-            st_device *dev = devs[st_plan_device(plan, r, k)];
-            if (!dev)
-                continue;
-            const st_device_info *info = st_device_get_info(dev);
-            if (!strstr(info->platform, "Portable Computing Language") ||
-                strncmp(info->name, "basic", 5) != 0)
-                continue;
-            st_status s = st_device_set_variant(dev, (unsigned)r);
-            if (s != ST_OK)
-                return s;
-        }
-    return ST_OK;
-}
-
 static st_status create_replicas(const st_plan *plan, const st_model_desc *desc,
                                  st_device *const *devs, const st_pipe_comm *comm, st_pipe **out)
 {
@@ -198,9 +179,9 @@ static st_status create_replicas(const st_plan *plan, const st_model_desc *desc,
         p->first[k] = plan->stage[k].first;
         p->end[k] = plan->stage[k].end;
     }
-    st_status s = st_pipe_set_variants(plan, devs);
-    st_plan *one = s == ST_OK ? malloc(sizeof *one) : NULL;
-    if (s == ST_OK && !one)
+    st_status s = ST_OK;
+    st_plan *one = malloc(sizeof *one);
+    if (!one)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (size_t r = 0; s == ST_OK && r < R; r++) {
         *one = *plan;
