@@ -297,19 +297,26 @@ static void replicas_train_like_one_device(void **state)
 
 /* A checkpoint of dp:2,pp:2 (written from the first replica) loads into one
  * device with the replicas' very bits and continues like them. */
+/* From seed 5, 10 steps of a two-stage pipeline (losses into straight[0..9]),
+ * then its checkpoint at step 10 into dir. */
+static void train_and_save(st_pipe *p, const char *dir, double *straight)
+{
+    assert_ok(st_pipe_init(p, 5));
+    train(p, 0, 10, straight);
+    st_stage *stages[2] = {st_pipe_stage(p, 0), st_pipe_stage(p, 1)};
+    st_train_state state10 = {.step = 10};
+    snprintf(state10.settings, sizeof state10.settings, "{}");
+    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
+}
+
 static void replica_checkpoint_continues_on_one_device(void **state)
 {
     (void)state;
     char dir[] = "/tmp/strata-dp-XXXXXX";
     assert_non_null(mkdtemp(dir));
     st_pipe *dp = make_replicas(2, 2, 2, 0, 1);
-    assert_ok(st_pipe_init(dp, 5));
     double straight[STEPS];
-    train(dp, 0, 10, straight);
-    st_stage *stages[4] = {st_pipe_stage(dp, 0), st_pipe_stage(dp, 1)};
-    st_train_state state10 = {.step = 10};
-    snprintf(state10.settings, sizeof state10.settings, "{}");
-    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
+    train_and_save(dp, dir, straight);
     float *w_dp = weights(dp);
     train(dp, 10, STEPS, straight);
     st_pipe_destroy(dp);
@@ -441,18 +448,14 @@ static void checkpoint_moves_between_splits(void **state)
     assert_non_null(mkdtemp(dir));
     /* Two stages: 10 steps, save, 10 more (the uninterrupted run). */
     st_pipe *two = make_pipe(2, ST_SCHED_1F1B, 0);
-    assert_ok(st_pipe_init(two, 5));
     double straight[STEPS];
-    train(two, 0, 10, straight);
-    st_stage *stages[4] = {st_pipe_stage(two, 0), st_pipe_stage(two, 1)};
-    st_train_state state10 = {.step = 10};
-    snprintf(state10.settings, sizeof state10.settings, "{}");
-    assert_ok(st_checkpoint_save(dir, stages, 2, &desc->cfg, &state10, 1));
+    train_and_save(two, dir, straight);
     train(two, 10, STEPS, straight);
     st_pipe_destroy(two);
     /* Loaded into one and into four stages, the next 10 steps are the same. */
     for (size_t S = 1; S <= 4; S += 3) {
         st_pipe *p = make_pipe(S, ST_SCHED_GPIPE, 0);
+        st_stage *stages[4];
         for (size_t k = 0; k < S; k++)
             stages[k] = st_pipe_stage(p, k);
         st_train_state st;

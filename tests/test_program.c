@@ -1,7 +1,8 @@
 /*
  * test_program.c - building programs and the on-disk binary cache: a second
  * build loads the binary, damaged entries are rebuilt, failed builds carry
- * their log, an unwritable cache warns once and does not fail.
+ * their log, an unwritable cache warns once and does not fail; a device's
+ * program variant builds binaries of its own with the same results.
  *
  * Cache behaviour is observed through st_program_from_cache() and the cache
  * statistics, never through timing.
@@ -20,6 +21,8 @@
 #include <stdlib.h>
 
 #include "strata/cl.h"
+#include "strata/gemm.h"
+#include "strata/program.h"
 #include "tests/common.h"
 
 static test_devices td;
@@ -290,6 +293,76 @@ static void every_device_builds_and_same_devices_share_entries(void **state)
     }
 }
 
+/* Products of three sizes (CLBlast's direct kernel, its indirect one with
+ * padding and copies, and a matrix-vector product) on dev: the results. */
+static void three_products(st_device *dev, float *out[3])
+{
+    const size_t shapes[3][3] = {{8, 24, 16}, {150, 140, 130}, {1, 96, 200}};
+    for (int i = 0; i < 3; i++) {
+        size_t m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
+        size_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+        st_tensor *a, *b, *c;
+        assert_ok(st_tensor_create(dev, ST_F32, 2, sa, "a", &a));
+        assert_ok(st_tensor_create(dev, ST_F32, 2, sb, "b", &b));
+        assert_ok(st_tensor_create(dev, ST_F32, 2, sc, "c", &c));
+        float *ha = malloc(m * k * sizeof *ha), *hb = malloc(k * n * sizeof *hb);
+        out[i] = malloc(m * n * sizeof *out[i]);
+        assert_non_null(ha);
+        assert_non_null(hb);
+        assert_non_null(out[i]);
+        for (size_t j = 0; j < m * k; j++)
+            ha[j] = (float)((j * 7919) % 101) / 50.0f - 1.0f;
+        for (size_t j = 0; j < k * n; j++)
+            hb[j] = (float)((j * 104729) % 97) / 48.0f - 1.0f;
+        assert_ok(st_tensor_write(a, 0, m * k, ha));
+        assert_ok(st_tensor_write(b, 0, k * n, hb));
+        assert_ok(st_matmul(false, false, 1.0f, a, b, 0.0f, c));
+        assert_ok(st_tensor_read(c, 0, m * n, out[i]));
+        free(ha);
+        free(hb);
+        st_tensor_destroy(a);
+        st_tensor_destroy(b);
+        st_tensor_destroy(c);
+    }
+}
+
+/* A device's program variant (what PoCL's basic devices get, one each) builds
+ * binaries of its own, cached apart, and computes the same bits. */
+static void a_variant_builds_its_own_binaries_with_the_same_results(void **state)
+{
+    (void)state;
+    st_device *dev = td.dev[0];
+    unsigned v0 = st_device_variant(dev);
+    float *before[3], *after[3];
+    three_products(dev, before);
+    st_program *p0, *p1, *again;
+    cl_kernel k0, k1;
+    assert_ok(st_device_program(dev, "fill.cl", "", &p0));
+    assert_ok(st_device_kernel(dev, "fill.cl", "fill_f32", &k0));
+
+    assert_ok(st_device_set_variant(dev, v0 + 7));
+    assert_int_equal(st_device_variant(dev), v0 + 7);
+    assert_false(st_device_program_cached(dev, "fill.cl", ""));
+    assert_ok(st_device_program(dev, "fill.cl", "", &p1));
+    assert_ptr_not_equal(p0, p1);
+    assert_false(st_program_from_cache(p1));
+    assert_true(st_device_program_cached(dev, "fill.cl", ""));
+    assert_ok(st_device_kernel(dev, "fill.cl", "fill_f32", &k1));
+    assert_ptr_not_equal(k0, k1);
+    three_products(dev, after);
+    const size_t sizes[3] = {8 * 24, 150 * 140, 96};
+    for (int i = 0; i < 3; i++) {
+        assert_memory_equal(before[i], after[i], sizes[i] * sizeof(float));
+        free(before[i]);
+        free(after[i]);
+    }
+
+    /* Back to the first: its programs were kept. */
+    assert_ok(st_device_set_variant(dev, v0));
+    assert_ok(st_device_program(dev, "fill.cl", "", &again));
+    assert_ptr_equal(again, p0);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -308,6 +381,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(cache_can_be_turned_off, fresh_cache, drop_cache),
         cmocka_unit_test_setup_teardown(kernel_sources_embedded_or_from_dir, fresh_cache, drop_cache),
         cmocka_unit_test_setup_teardown(every_device_builds_and_same_devices_share_entries, fresh_cache, drop_cache),
+        cmocka_unit_test_setup_teardown(a_variant_builds_its_own_binaries_with_the_same_results,
+                                        fresh_cache, drop_cache),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

@@ -47,7 +47,8 @@ void st_program_destroy(st_program *prog);
  * CLBlast's programs with parameter values of their own that do not change
  * the results, so that the driver holds binaries for this device apart from
  * another's (st_device_open does this for PoCL's basic devices: see there).
- * Programs already built stay. */
+ * Programs already built stay, and a return to a variant finds them again;
+ * CLBlast keeps the last variant's parameters (they give the same bits). */
 st_status st_device_set_variant(st_device *dev, unsigned variant);
 unsigned st_device_variant(const st_device *dev);
 /* Whether st_device_program would find the binary in the cache. */
