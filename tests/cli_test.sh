@@ -166,6 +166,20 @@ if [ -d "$toks" ]; then
     grep_in "$tmp/out" "Hello wörld" "the prompt printed as text"
     want=$(printf 'Hello wörld' | "$strata" tokenize --tokenizer "$toks/llama3.json" --template | wc -w)
     grep_in "$tmp/err" "prompt: $want tokens" "the prompt tokenized as the tokenizer does, BOS first"
+    # A padded vocabulary (the model's 1500 ids, the tokenizer's 1400), whose
+    # byte tokens are marked special: ids past the tokenizer are never
+    # sampled, and byte tokens print their characters, as valid UTF-8.
+    mkdir "$tmp/padm"
+    cp "$tmp/tokm"/* "$tmp/padm/"
+    cp "$toks/sentencepiece.json" "$tmp/padm/tokenizer.json"
+    for seed in 1 2 3; do
+        expect 0 "generate with a padded vocabulary (seed $seed)" -- "$strata" generate \
+            --model "$tmp/padm" --prompt "naïve ёж 字" -n 40 --temperature 1.5 --top-k 0 --seed $seed
+        grep_in "$tmp/err" "padded past the tokenizer's 1400 ids" "a padded vocabulary said"
+        grep_in "$tmp/out" "naïve ёж 字" "characters of byte tokens printed"
+        iconv -f UTF-8 -t UTF-8 "$tmp/out" >/dev/null 2>&1 ||
+            { echo "FAIL generate printed invalid UTF-8"; fails=$((fails + 1)); }
+    done
     expect 2 "tokenizer larger than the model" -- "$strata" generate --model "$tmp/llama" \
         --tokenizer "$toks/llama3.json" --prompt "Hello" -n 2
     grep_in "$tmp/err" "outside the model's vocabulary" "tokenizer/model mismatch named"
@@ -182,6 +196,9 @@ if [ -d "$toks" ]; then
     expect 0 "eval a text with the folder's tokenizer" -- "$strata" eval --model "$tmp/textm" \
         --data "$tmp/text3.txt" --seq 16
     grep_in "$tmp/err" "$ntok tokens of" "eval reads the text as the tokenizer's tokens"
+    grep_in "$tmp/err" "eval scores all of it" "eval says it scores the whole file"
+    expect 2 "eval of a text model without --data" -- "$strata" eval --model "$tmp/textm"
+    grep_in "$tmp/err" "give --data with a text or token file" "no silent addition task for a text model"
     expect 0 "resume a text run (the folder's tokenizer)" -- "$strata" train --resume "$tmp/textm" \
         --steps 3
     grep_in "$tmp/out" "step 3/3" "the resumed text run goes on"
@@ -196,6 +213,11 @@ if [ -d "$toks" ]; then
     expect 2 "tokenize without a tokenizer" -- "$strata" tokenize "$toks/test.txt"
     expect 2 "tokenize a missing file" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$tmp/nope.txt"
 fi
+
+# --lr alone: the decay ends at a tenth of it (the default --min-lr would be above it).
+expect 0 "--lr alone" -- "$strata" train --layers 1 --embd 16 --heads 2 --batch 4 --eval-batches 1 \
+    --steps 1 --lr 1e-4 --out "$tmp/lr"
+grep_in "$tmp/out" "lr 1.0e-04 warmup 50 cosine to 1.0e-05" "--min-lr a tenth of --lr"
 
 [ "$fails" = 0 ] && echo "all cli checks passed" || echo "$fails cli check(s) failed"
 [ "$fails" = 0 ]

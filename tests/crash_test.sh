@@ -15,8 +15,13 @@
 #     left (temporary files, unfinished shards, a second manifest).
 # Then the same with a full disk at the N-th file write (STRATA_TEST_FULL_DISK_AT):
 # exit 1 with the cause, the previous save intact, no temporary file left.
-# With "mpi" as the second argument, the run is 2 MPI ranks and every point
-# of each rank is covered.
+# With "mpi" as the second argument, the run is 2 MPI ranks, and each rank is
+# killed at the boundaries of each of its files (before the temporary file is
+# created, after it is renamed into place) and at every removal: where one
+# rank's state can be out of step with the other's. The states inside one
+# file's write (part written, before fsync, before rename) are the same code
+# in one process and under MPI, and the single run covers every one of them;
+# walking them under mpirun too took 9 of a cold CI machine's minutes.
 #
 # usage: crash_test.sh path/to/strata [mpi]
 set -u
@@ -36,7 +41,7 @@ if [ "$mode" = mpi ]; then
     mpirun=$(command -v mpirun) || { echo "no mpirun: skipped"; exit 77; }
     "$strata" --version | grep -q "MPI support compiled in" || { echo "strata built without MPI: skipped"; exit 77; }
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-    export POCL_DEVICES=basic POCL_MAX_PTHREAD_COUNT=1
+    export POCL_DEVICES=pthread POCL_MAX_PTHREAD_COUNT=1
     run=("$mpirun" -np 2 --oversubscribe "$strata")
     ranks=(0 1)
 fi
@@ -77,6 +82,8 @@ for r in "${ranks[@]}"; do
         { echo "FAIL: rank $r: $total crash points, $first in the first save"; exit 1; }
     for n in $(seq 1 "$total"); do
         point=$(grep "^r$r $n " "$work/points" | cut -d' ' -f3-)
+        [ "$mode" = mpi ] && ! grep -qE ': (create temporary file|renamed, before folder sync|remove .*)$' <<<"$point" &&
+            continue
         d="$work/run"
         rm -rf "$d"
         at=$n

@@ -53,11 +53,16 @@ awk 'NR == FNR { a[FNR] = $1; next }
 
 # A model that fits only when split (its weights, gradients and moments need
 # 16 MiB; 10 MiB per device): auto uses both devices as one pipeline, since a
-# replica would hold the whole model. (Measured first without the limit: the
-# measurement's own buffers would not fit it.)
+# replica would hold the whole model. Planned with nothing measured before
+# (an empty cache folder): the device measurement, whose copy probe alone is
+# 16 MiB, is not charged against the limit.
 big=(--layers 4 --embd 128 --heads 4 --batch 8)
-"$strata" plan "${big[@]}" >/dev/null 2>&1
-out=$("$strata" plan "${big[@]}" --mem-limit 0:10M,1:10M 2>&1) || fail "plan under a memory limit: $out"
+mkdir "$work/cold"
+out=$(STRATA_CACHE_DIR="$work/cold" "$strata" plan "${big[@]}" --mem-limit 0:10M,1:10M 2>&1) ||
+    fail "plan under a memory limit: $out"
+grep -q "profiled device 0" <<<"$out" || fail "the cold plan did not measure the devices: $out"
+out=$(STRATA_CACHE_DIR="$work/cold" "$strata" plan "${big[@]}" --mem-limit 0:10M,1:10M 2>&1) ||
+    fail "plan under a memory limit (measured): $out"
 grep -q "plan: 2 stages" <<<"$out" || fail "a model too big for one device was not split: $out"
 grep -q "dp:2,pp:1 .*does not fit" <<<"$out" || fail "replicas that do not fit are not said so: $out"
 out=$("$strata" train "${big[@]}" --mem-limit 0:10M,1:10M --steps 3 --eval-batches 1 2>&1) ||
@@ -180,8 +185,12 @@ assert [r["fits"] for r in rows] == [True, True, False, True], rows
 assert all(r["train_tok_per_s"] > 0 for r in rows if r["fits"]), rows
 ' "$work/scaling/scaling.json" || fail "bench --scaling: scaling.json"
 [ "$(grep -c "<polyline" "$work/scaling/scaling.svg")" = 6 ] || fail "bench --scaling: the chart lacks its lines"
-out=$("$strata" bench --scaling --out "$work/nowhere" 2>&1)
-[ $? = 2 ] && grep -q "is not a folder" <<<"$out" || fail "bench --scaling --out to a missing folder: $out"
+out=$("$strata" bench --scaling --out "$work/scaling/scaling.md" 2>&1)
+[ $? = 2 ] && grep -q "is not a folder" <<<"$out" || fail "bench --scaling --out to a file: $out"
+# A missing --out folder is made, as train's is.
+"$strata" bench --scaling --layers 1 --embd 16 --heads 2 --batch 4 --seq 8 --steps 1 \
+    --out "$work/new/scal" >/dev/null 2>&1 && [ -s "$work/new/scal/scaling.svg" ] ||
+    fail "bench --scaling --out to a missing folder did not make it"
 
 # Without --micro-batches the planner chooses (on one device as its timed
 # blocks say), more on a split.

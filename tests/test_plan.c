@@ -383,6 +383,36 @@ static void micro_batches_chosen(void **state)
     st_model_desc_destroy(d);
 }
 
+/* --parallel: the named kinds, both degrees, and one degree alone (the other 1). */
+static void parallel_specs(void **state)
+{
+    (void)state;
+    struct {
+        const char *text;
+        st_parallel_kind kind;
+        size_t dp, pp;
+    } good[] = {{"auto", ST_PARALLEL_AUTO, 0, 0},     {"pipeline", ST_PARALLEL_PIPELINE, 0, 0},
+                {"data", ST_PARALLEL_DATA, 0, 0},     {"dp:2,pp:3", ST_PARALLEL_FIXED, 2, 3},
+                {"dp:4", ST_PARALLEL_FIXED, 4, 1},    {"pp:2", ST_PARALLEL_FIXED, 1, 2},
+                {"dp:1", ST_PARALLEL_FIXED, 1, 1}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        st_parallel_spec sp;
+        assert_int_equal(st_parallel_parse(good[i].text, &sp), ST_OK);
+        assert_int_equal(sp.kind, good[i].kind);
+        if (good[i].kind == ST_PARALLEL_FIXED) {
+            assert_int_equal(sp.dp, good[i].dp);
+            assert_int_equal(sp.pp, good[i].pp);
+        }
+    }
+    const char *bad[] = {"dp:0", "dp:-1", "dp:4x", "pp:", "dp:2,pp:", "dp:2,pp:0", "pp:2,dp:2",
+                         "dp:", "dp:18446744073709551617", "pp:99999", "dp: 2", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        st_parallel_spec sp;
+        if (st_parallel_parse(bad[i], &sp) != ST_ERR_INVALID)
+            fail_msg("--parallel '%s' was accepted", bad[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -395,6 +425,7 @@ int main(void)
         cmocka_unit_test(one_f_one_b_keeps_fewer_activations),
         cmocka_unit_test(shared_hardware_is_planned_as_shared),
         cmocka_unit_test(micro_batches_chosen),
+        cmocka_unit_test(parallel_specs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

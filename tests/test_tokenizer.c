@@ -151,6 +151,23 @@ static void bad_files_name_the_problem(void **state)
          " \"behavior\": \"Isolated\"}}",
          ST_ERR_FORMAT, "does not compile"},
         {"[1, 2", ST_ERR_FORMAT, "not valid JSON"},
+        /* The library refuses these too (tokenizers 0.23): an id as a
+         * string or a float was read as 0; "a  b" is not two tokens. */
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"added_tokens\": [{\"id\": \"5\", \"content\": \"<s>\"}]}",
+         ST_ERR_FORMAT, "added_tokens[0] needs a content and an id"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"added_tokens\": [{\"id\": 5.0, \"content\": \"<s>\"}]}",
+         ST_ERR_FORMAT, "added_tokens[0] needs a content and an id"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \" \": 1, \"a \": 2},"
+         " \"merges\": [\"a  \"]}}",
+         ST_ERR_FORMAT, "is not two tokens with one space between"},
+        /* A second sequence in the single template (the library panics). */
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+         " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": ["
+         "{\"Sequence\": {\"id\": \"A\"}}, {\"Sequence\": {\"id\": \"B\"}}],"
+         " \"special_tokens\": {}}}",
+         ST_ERR_FORMAT, "item 2 of the post-processor's single template"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         st_tokenizer *t = NULL;
@@ -163,6 +180,57 @@ static void bad_files_name_the_problem(void **state)
     }
     st_tokenizer *t = NULL;
     assert_int_equal(st_tokenizer_load("/nonexistent/tokenizer.json", &t), ST_ERR_NOT_FOUND);
+}
+
+/* Forms the library reads that were wrong here, with the ids the library
+ * (tokenizers 0.23) gives: a template naming the text twice (it was id -1),
+ * merges of tokens holding spaces (as lists) and of tokens over 1 KiB. */
+static void edge_forms_match_the_library(void **state)
+{
+    (void)state;
+    const char *two =
+        "{\"added_tokens\": [{\"id\": 5, \"content\": \"<s>\", \"special\": true}],"
+        " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": ["
+        "{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\","
+        " \"type_id\": 0}}, {\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}},"
+        " {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": [], \"special_tokens\":"
+        " {\"<s>\": {\"id\": \"<s>\", \"ids\": [5], \"tokens\": [\"<s>\"]}}},"
+        " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \" \": 1, \"b\": 2, \"a \": 3,"
+        " \"a b\": 4, \"<s>\": 5}, \"merges\": [[\"a\", \" \"], [\"a \", \"b\"]]}}";
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_parse(two, strlen(two), "two.json", &t));
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    assert_ok(st_tokenizer_encode(t, "a ba", 4, true, &ids, &n, &cap));
+    const int32_t want[] = {5, 4, 0, 5, 4, 0};
+    assert_int_equal(n, 6);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ids[i], want[i]);
+    free(ids);
+    st_tokenizer_free(t);
+
+    /* A merge of two 600-byte tokens. */
+    size_t L = 600;
+    char *json = malloc(8 * L + 400), *x = malloc(2 * L + 1);
+    assert_non_null(json);
+    assert_non_null(x);
+    memset(x, 'x', 2 * L);
+    x[2 * L] = '\0';
+    snprintf(json, 8 * L + 400,
+             "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"x\": 0, \"%.*s\": 1, \"%s\": 2},"
+             " \"merges\": [\"%.*s %.*s\"]}}",
+             (int)L, x, x, (int)L, x, (int)L, x);
+    t = NULL;
+    if (st_tokenizer_parse(json, strlen(json), "long.json", &t) != ST_OK)
+        fail_msg("a merge of 600-byte tokens was refused: %s", st_last_error());
+    ids = NULL, n = 0, cap = 0;
+    assert_ok(st_tokenizer_encode(t, "x", 1, false, &ids, &n, &cap));
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 0);
+    free(ids);
+    st_tokenizer_free(t);
+    free(json);
+    free(x);
 }
 
 /* llm.c's token files: uint16 while the ids allow, uint32 beyond; read
@@ -350,6 +418,7 @@ int main(void)
         cmocka_unit_test(digits_layout_matches_the_library),
         cmocka_unit_test(decoding_round_trips),
         cmocka_unit_test(bad_files_name_the_problem),
+        cmocka_unit_test(edge_forms_match_the_library),
         cmocka_unit_test(token_files_round_trip),
         cmocka_unit_test(tokenizer_config_names_bos_and_eos),
         cmocka_unit_test(text_files_become_tokens),

@@ -123,6 +123,72 @@ out=$("$strata" train --resume "$work/int" --stop-at $((stopped + 1)) 2>&1) ||
     fail "resuming the Ctrl-C checkpoint failed: $out"
 grep -q "resuming at step $stopped of 100000" <<<"$out" || fail "Ctrl-C checkpoint does not resume: $out"
 
+# SIGHUP (a closed terminal) is a Ctrl-C: the step finishes, it saves, exit 130.
+"$strata" train "${tiny[@]}" --steps 100000 --out "$work/hup" --log-every 1 >"$work/hup.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do
+    grep -q "^step 3/" "$work/hup.log" 2>/dev/null && break
+    sleep 0.1
+done
+kill -HUP "$job"
+wait "$job"
+rc=$?
+[ "$rc" = 130 ] || fail "SIGHUP: exit $rc, expected 130: $(tail -3 "$work/hup.log")"
+[ -s "$(newest "$work/hup" checkpoint)" ] || fail "SIGHUP: no checkpoint saved"
+
+# A reader that goes away: training goes on to its end and saves; exit 1 names the cut output.
+"$strata" train "${tiny[@]}" --steps 30 --log-every 1 --out "$work/pipe" 2>"$work/pipe.err" | head -c 100 >/dev/null
+rc=${PIPESTATUS[0]}
+[ "$rc" = 1 ] || fail "a closed pipe: exit $rc, expected 1: $(tail -3 "$work/pipe.err")"
+grep -q "cannot write to standard output: Broken pipe" "$work/pipe.err" ||
+    fail "a closed pipe was not reported: $(tail -3 "$work/pipe.err")"
+"$strata" eval --model "$work/pipe" 2>&1 | grep -q "step 30 " || fail "a closed pipe: the run did not reach step 30 and save"
+
+# One writer per run folder: a second `train --out D` is refused at once,
+# naming the holder; readers (eval) during saves never fail; the lock goes
+# with the run; a lock file left by a process that died does not stop the next.
+"$strata" train "${tiny[@]}" --steps 100000 --out "$work/lock" --save-every 1 --log-every 1 \
+    >"$work/lock.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do
+    grep -q "^saved step 3 " "$work/lock.log" 2>/dev/null && break
+    sleep 0.1
+done
+expect 2 "run folder '$work/lock' is in use by another \`strata train\` (pid $job on" -- \
+    "$strata" train --layers 2 --embd 16 --heads 2 --batch 4 --steps 5 --out "$work/lock"
+expect 2 "is in use by another" -- "$strata" train --resume "$work/lock" --force
+readers=0
+for _ in $(seq 1 20); do
+    "$strata" eval --model "$work/lock" >/dev/null 2>"$work/reader.err" ||
+        { readers=$((readers + 1)); cat "$work/reader.err" >&2; }
+done
+[ "$readers" = 0 ] || fail "$readers of 20 readers failed during saves"
+kill -TERM "$job"
+wait "$job"
+[ $? = 130 ] || fail "the locked run did not stop cleanly: $(tail -3 "$work/lock.log")"
+[ ! -e "$work/lock/.strata-lock" ] || fail "the run left its lock file"
+grep -q "^saved step 4 " "$work/lock.log" || fail "the locked run's saves went missing: $(tail -5 "$work/lock.log")"
+printf 'pid 999999 on nowhere, since long ago\n' >"$work/lock/.strata-lock"
+stopped=$(sed -n 's/^interrupted: stopped after step \([0-9]*\).*/\1/p' "$work/lock.log")
+expect 0 "resuming from $work/lock" -- "$strata" train --resume "$work/lock" --stop-at $((stopped + 1))
+
+# A run that fails before its first save leaves no folder behind (a new run
+# folder per mistake piled up under runs/).
+expect 2 "cannot open data file" -- env STRATA_RUNS_DIR="$work/runs" "$strata" train --data "$work/missing.txt"
+expect 2 "no gpu device found" -- env STRATA_RUNS_DIR="$work/runs" "$strata" train --devices gpu --steps 1
+expect 2 "cannot open data file" -- "$strata" train --data "$work/missing.txt" --out "$work/new/out"
+[ ! -e "$work/runs" ] && [ ! -e "$work/new/out" ] || fail "a failed run left folders: $(ls -R "$work/runs" "$work/new" 2>&1)"
+
+# A disk without room for one save is said at the start, not at the first
+# save: refused with --save-every, a warning without (800 G parameters need
+# about 8.8 TiB per save; the model is described, nothing allocated).
+huge=(--layers 1000 --embd 8192 --heads 64 --steps 1)
+expect 2 "each save of this model needs about" -- "$strata" train "${huge[@]}" --save-every 1 --out "$work/huge"
+out=$("$strata" train "${huge[@]}" --out "$work/huge" 2>&1)
+grep -q "warning: --out '$work/huge' has .* free, and the save at the end needs about" <<<"$out" ||
+    fail "no free-space warning at the start: $out"
+[ ! -e "$work/huge" ] || fail "a refused run left its --out"
+
 # Generation: the prompt comes back, one seed gives one text, tokens/s reported.
 out1=$("$strata" generate --model "$work/a" --prompt "123+456=" -n 4 --seed 3 2>"$work/gen.err") ||
     fail "generate failed: $(cat "$work/gen.err")"

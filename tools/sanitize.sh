@@ -13,8 +13,11 @@
 # Strata frame on the stack, in 2 of 4 runs at commit b6ebcbe as now. The
 # normal suite runs it.
 #
+# Left out too: the crash-point walk (suite 'kill'): it ends runs with SIGKILL,
+# from which a sanitizer reports nothing; the normal suite runs it.
+#
 # Environment: SANITIZE_BUILD_DIR (default build-asan), STRATA_FAULT_STRIDE
-# (default 5: every 5th OpenCL call of the fault walk, to bound the time).
+# (default 1: every call path of the fault walk; K: every K-th).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${SANITIZE_BUILD_DIR:-build-asan}
@@ -25,6 +28,6 @@ if [ ! -f "$build/build.ninja" ]; then
         -Dbuildtype=debugoptimized -Dwerror=false
 fi
 meson compile -C "$build"
-export STRATA_FAULT_STRIDE=${STRATA_FAULT_STRIDE:-5}
-meson test -C "$build" --print-errorlogs --suite unit --suite cli --no-suite compile "$@"
+export STRATA_FAULT_STRIDE=${STRATA_FAULT_STRIDE:-1}
+meson test -C "$build" --print-errorlogs --suite unit --suite cli --no-suite compile --no-suite kill "$@"
 meson test -C "$build" --print-errorlogs test_pipe-4dev "$@"

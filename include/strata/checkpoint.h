@@ -54,8 +54,18 @@ typedef struct st_checkpoint_file {
 #define ST_CHECKPOINT_MAX_FILES 128 /* two per rank, up to 64 ranks */
 
 /* Creates dir and checks that files can be written there: before a run,
- * so that a bad --out fails at the start and not after the training. */
-st_status st_checkpoint_prepare(const char *dir);
+ * so that a bad --out fails at the start and not after the training.
+ * *created (may be NULL): dir did not exist before. */
+st_status st_checkpoint_prepare(const char *dir, bool *created);
+
+/* The run folder's lock, held until st_checkpoint_unlock or the process
+ * ends: an advisory lock (flock) on dir/.strata-lock, which names its holder.
+ * ST_ERR_BUSY, naming the holder, when another process holds it; a lock left
+ * by a process that died is free (the kernel releases it). One writer per
+ * folder: two runs saving into one folder deleted each other's saves. */
+st_status st_checkpoint_lock(const char *dir);
+/* Releases the lock and removes its file. */
+void st_checkpoint_unlock(void);
 
 /* One process: the model of the stages (which together hold every layer
  * once) and, when state is not NULL, their optimizer, committed as step

@@ -32,7 +32,8 @@ extern "C" {
     X(ST_ERR_IO, "file error")                                                 \
     X(ST_ERR_FORMAT, "bad file format")                                        \
     X(ST_ERR_UNSUPPORTED, "not supported")                                     \
-    X(ST_ERR_NUMERIC, "not a finite number")
+    X(ST_ERR_NUMERIC, "not a finite number")                                   \
+    X(ST_ERR_BUSY, "in use by another process")
 
 typedef enum st_status {
 #define ST_STATUS_ENUM_(name, text) name,

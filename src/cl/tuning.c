@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "core/file.h"
 #include "strata/cl.h"
 #include "strata/program.h"
 #include "strata/tune.h"
@@ -81,13 +82,7 @@ st_status st_tuning_save(const st_device *dev, const st_tuning *t, size_t count)
     json_t *j = json_pack("{s:s, s:s, s:s, s:o}", "device", info->name, "driver",
                           info->driver_version, "platform", info->platform_version, "kernels",
                           kernels);
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    st_status s = ST_OK;
-    if (!j || json_dump_file(j, tmp, JSON_INDENT(2)) != 0 || rename(tmp, path) != 0) {
-        s = st_error(ST_ERR_IO, "cannot write '%s'", path);
-        unlink(tmp);
-    }
+    st_status s = st_write_json_atomic(path, j);
     json_decref(j);
     return s;
 }

@@ -14,6 +14,7 @@
 
 #include "core/clock.h"
 #include "cli/cli.h"
+#include "strata/checkpoint.h"
 #include "strata/pipe.h"
 #include "strata/profiler.h"
 #include "cli/bench.h"
@@ -50,6 +51,7 @@ static void help(void)
            "  --pipeline          the pipeline benchmark\n"
            "  --scaling           the scaling benchmark (its micro-batches: the planner's)\n"
            "  --out DIR           --scaling: write scaling.md, .json and .svg into DIR\n"
+           "                      (made when missing)\n"
            "  --mem-limit LIST    --scaling: the splitting workload's memory, e.g. 0:40M,1:40M\n"
            "  --layers N, --embd N, --heads N   the model (default 8 x 192, 4 heads)\n"
            "  --arch A, --kv-heads N            gpt2 (default) or llama, its key/value heads\n"
@@ -355,11 +357,10 @@ int cmd_bench(int argc, char **argv)
         return cli_usage_error("bench", "--scaling prints Markdown; --out DIR also writes JSON");
     if (scaling && !micro_given)
         m = 1; /* the planner chooses (checked below against the batch as 1) */
-    if (out_dir) {
-        struct stat sb;
-        if (stat(out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-            return cli_usage_error("bench", "--out '%s' is not a folder (make it first)",
-                                   out_dir);
+    if (out_dir) { /* made when missing, as train's --out is; checked writable now */
+        st_status ps = st_checkpoint_prepare(out_dir, NULL);
+        if (ps != ST_OK)
+            return cli_fail(ps);
     }
     if (B % m != 0)
         return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);

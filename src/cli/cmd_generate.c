@@ -132,11 +132,58 @@ static void put_token(int tok)
         printf("<%d>", tok);
 }
 
+/* The length of the UTF-8 sequence at s[0..n): > 0 a valid character of
+ * that many bytes; 0 the start of a valid one cut off at n; -k k bytes that
+ * are no character (the maximal invalid part, as decoders replace it). */
+static int utf8_at(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    int need = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+                             : c >= 0xF0 && c <= 0xF4 ? 4 : -1;
+    if (need < 0)
+        return -1;
+    for (int i = 1; i < need; i++) {
+        if ((size_t)i >= n)
+            return 0;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (i == 1) { /* no overlong forms, no surrogates, nothing past U+10FFFF */
+            lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        }
+        if (s[i] < lo || s[i] > hi)
+            return -i;
+    }
+    return need;
+}
+
+/* Writes s[0..n) as valid UTF-8 (each invalid part as U+FFFD, as the
+ * tokenizers library decodes); returns how many bytes it took: all, or up
+ * to a character cut off at the end unless `final`. */
+static size_t put_utf8(const char *s, size_t n, bool final)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        int k = utf8_at(u + i, n - i);
+        if (k == 0 && !final)
+            break;
+        if (k <= 0) {
+            fputs("\xEF\xBF\xBD", stdout);
+            i += k < 0 ? (size_t)-k : n - i;
+        } else {
+            fwrite(s + i, 1, (size_t)k, stdout);
+            i += (size_t)k;
+        }
+    }
+    return i;
+}
+
 /* Prints what the text of ids[0..n) adds beyond the *printed bytes shown
  * so far: decoded by the tokenizer (its special tokens left out), or ids
  * as bytes. Decoding the whole text each time keeps what a tokenizer does
- * across tokens (a character split over byte tokens, a stripped space). */
-static st_status show(st_tokenizer *tk, const int *ids, long n, size_t *printed)
+ * across tokens (a character split over byte tokens, a stripped space); a
+ * character still cut off waits for its next byte, unless `final`. */
+static st_status show_text(st_tokenizer *tk, const int *ids, long n, size_t *printed, bool final)
 {
     if (!tk) {
         for (long j = (long)*printed; j < n; j++)
@@ -157,19 +204,23 @@ static st_status show(st_tokenizer *tk, const int *ids, long n, size_t *printed)
     if (s != ST_OK)
         return s;
     if (len > *printed) {
-        fwrite(text + *printed, 1, len - *printed, stdout);
-        *printed = len;
+        *printed += put_utf8(text + *printed, len - *printed, final);
         fflush(stdout);
     }
     free(text);
     return ST_OK;
 }
 
+static st_status show(st_tokenizer *tk, const int *ids, long n, size_t *printed)
+{
+    return show_text(tk, ids, n, printed, false);
+}
+
 /* The rest of a text; *newline: it ended with one. */
 static st_status show_end(st_tokenizer *tk, const int *ids, long n, size_t *printed,
                           bool *newline)
 {
-    st_status s = show(tk, ids, n, printed);
+    st_status s = show_text(tk, ids, n, printed, true);
     *newline = n > 0 && !tk && ids[n - 1] == '\n';
     if (tk && s == ST_OK) {
         int32_t last = n > 0 ? ids[n - 1] : -1;
@@ -214,7 +265,11 @@ static void generate_help(void)
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"
            "                      pipeline, data (a whole model per device), dp:D,pp:S\n"
-           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
+           "                      (dp:D alone: S = 1; pp:S alone: D = 1)\n"
+           "  --mem-limit LIST    the most the run may hold on each device, e.g. 0:2G,1:6G\n"
+           "                      (weights, gradients, optimizer state, activations,\n"
+           "                      buffers; the planner's one-time device measurement is\n"
+           "                      not counted against it)\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      instead of the model folder's\n"
            "  -h, --help          this text\n"
@@ -280,6 +335,16 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
             s = st_error(ST_ERR_INVALID, "prompt %d has no tokens", i + 1);
     }
     int eos = tk ? st_tokenizer_eos(tk) : -1;
+    /* Published models pad their vocabulary past the tokenizer's ids (to a
+     * multiple of 64 or 128): those ids have no text and are never sampled. */
+    int sample_V = V;
+    if (s == ST_OK && tk && st_tokenizer_vocab_size(tk) < (size_t)V) {
+        sample_V = (int)st_tokenizer_vocab_size(tk);
+        fprintf(stderr,
+                "model: its vocabulary of %d is padded past the tokenizer's %d ids; ids %d to "
+                "%d are never sampled\n",
+                V, sample_V, sample_V, V - 1);
+    }
     size_t longest = 0;
     for (int i = 0; s == ST_OK && i < n_prompts; i++)
         if (plen[i] > longest)
@@ -336,7 +401,8 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                 tok[i] = t[base[i] + ++pos[i]];
                 reading |= made[i] == 0;
             } else if (!done) {
-                int next = sample(logits + (size_t)i * V, V, temperature, top_k, cands, &rng[i]);
+                int next = sample(logits + (size_t)i * V, sample_V, temperature, top_k, cands,
+                                  &rng[i]);
                 made[i]++;
                 total++;
                 if (next == eos) { /* the end of the text: nothing more for this prompt */
@@ -500,7 +566,8 @@ static void eval_help(void)
            "by the model folder's tokenizer.json (or --tokenizer), as bytes without one.\n"
            "\n"
            "  -m, --model DIR     the model folder (required)\n"
-           "  --data SRC          'addition' (default), a text file or a token file\n"
+           "  --data SRC          'addition' (the default for a model without a\n"
+           "                      tokenizer), a text file or a token file\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      for a text file, instead of the model folder's\n"
            "  --seq N             tokens per window (default: the model's positions)\n"
@@ -512,7 +579,11 @@ static void eval_help(void)
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --parallel HOW      auto (default: the planner weighs replicas x stages),\n"
            "                      pipeline, data (a whole model per device), dp:D,pp:S\n"
-           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
+           "                      (dp:D alone: S = 1; pp:S alone: D = 1)\n"
+           "  --mem-limit LIST    the most the run may hold on each device, e.g. 0:2G,1:6G\n"
+           "                      (weights, gradients, optimizer state, activations,\n"
+           "                      buffers; the planner's one-time device measurement is\n"
+           "                      not counted against it)\n"
            "  -h, --help          this text\n");
 }
 
@@ -566,12 +637,24 @@ int cmd_eval(int argc, char **argv)
     st_dataset *ds = NULL;
     st_tokenizer *tk = NULL;
     st_status s = cli_open_tokenizer(model, rf.tokenizer, &tk);
+    if (s == ST_OK && tk && !data) {
+        /* A text model (it has a tokenizer) scored on byte sums means nothing. */
+        st_tokenizer_free(tk);
+        return cli_usage_error("eval",
+                               "the model has a tokenizer (%s): give --data with a text or token "
+                               "file to score it on (the built-in addition task is for byte "
+                               "models; --data addition runs it anyway)",
+                               rf.tokenizer ? rf.tokenizer : "in its folder");
+    }
     if (s == ST_OK)
         s = st_dataset_open_text(data, tk, &ds);
     st_tokenizer_free(tk);
     if (s != ST_OK)
         return cli_fail(s);
-    fprintf(stderr, "data: %s\n", st_dataset_describe(ds));
+    if (st_dataset_fixed_seq(ds))
+        fprintf(stderr, "data: %s\n", st_dataset_describe(ds));
+    else /* every window of the file is scored, not its validation part alone */
+        fprintf(stderr, "data: %s; eval scores all of it\n", st_dataset_describe(ds));
     st_model_config cfg = {0};
     if ((s = st_checkpoint_config(model, &cfg)) != ST_OK) {
         st_dataset_destroy(ds);

@@ -2,6 +2,7 @@
  * cmd_tokenize.c - `strata tokenize`: text to token ids with a Hugging Face
  * tokenizer (strata/tokenizer.h), or their count, or ids back to text.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,15 +105,33 @@ static st_status one(st_tokenizer *t, const char *name, int mode, bool templ, co
         memcpy(buf, text, len);
         buf[len] = '\0';
         p = buf;
+        /* Ids separated by white space or commas; anything else, or an id
+         * outside the vocabulary, is refused by position (it was read as 0,
+         * or ended the list, silently). */
+        size_t vocab = st_tokenizer_vocab_size(t);
         for (;;) {
-            long v = strtol(p, &end, 10);
-            if (end == p)
+            p += strspn(p, " \t\r\n\v\f,");
+            if (!*p)
                 break;
+            errno = 0;
+            unsigned long long v = (*p >= '0' && *p <= '9') ? strtoull(p, &end, 10) : 0;
+            size_t word = strcspn(p, " \t\r\n\v\f,");
+            if (!(*p >= '0' && *p <= '9') || errno != 0 || (size_t)(end - p) != word ||
+                v >= vocab) {
+                s = st_error(ST_ERR_INVALID,
+                             "%s: '%.*s' (item %zu) is not a token id: give decimal ids from 0 "
+                             "to %zu (the tokenizer's vocabulary), separated by spaces or "
+                             "commas",
+                             name, (int)(word < 40 ? word : 40), p, n + 1, vocab - 1);
+                break;
+            }
             if (n == cap) {
                 cap = cap ? 2 * cap : 1024;
                 int32_t *q = realloc(ids, cap * sizeof *q);
-                if (!q)
+                if (!q) {
+                    s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
                     break;
+                }
                 ids = q;
             }
             ids[n++] = (int32_t)v;
@@ -120,7 +139,8 @@ static st_status one(st_tokenizer *t, const char *name, int mode, bool templ, co
         }
         char *out = NULL;
         size_t olen = 0;
-        s = st_tokenizer_decode(t, ids, n, false, &out, &olen);
+        if (s == ST_OK)
+            s = st_tokenizer_decode(t, ids, n, false, &out, &olen);
         if (s == ST_OK)
             fwrite(out, 1, olen, stdout);
         free(out);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <getopt.h>
@@ -64,7 +65,8 @@ static void help(void)
            "  --seq N             tokens per sequence (default: 12 for addition, else 64)\n"
            "  --steps N           last step (default %ld)\n"
            "  --lr X              peak learning rate (default %g)\n"
-           "  --min-lr X          learning rate at the end of the cosine decay (default %g)\n"
+           "  --min-lr X          learning rate at the end of the cosine decay (default a\n"
+           "                      tenth of --lr: %g)\n"
            "  --warmup N          linear warmup steps (default %ld)\n"
            "  --weight-decay X    AdamW decay on 2-D weights (default %g)\n"
            "  --clip X            global gradient-norm limit, 0 for none (default %g)\n"
@@ -106,19 +108,26 @@ static void help(void)
            "  --parallel HOW      auto (default: the planner weighs D replicas of an\n"
            "                      S-stage pipeline, each replica on batch/D sequences,\n"
            "                      gradients summed), pipeline, data (a whole model per\n"
-           "                      device), dp:D,pp:S\n"
+           "                      device), dp:D,pp:S (dp:D alone: S = 1; pp:S alone:\n"
+           "                      D = 1)\n"
            "  --micro-batches N   split each replica's batch into N pipeline micro-batches\n"
            "                      (default: the planner's choice, timed)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
-           "  --mem-limit LIST    device memory to plan with, e.g. 0:2G,1:6G\n"
+           "  --mem-limit LIST    the most the run may hold on each device, e.g. 0:2G,1:6G\n"
+           "                      (weights, gradients, optimizer state, activations,\n"
+           "                      buffers; the planner's one-time device measurement is\n"
+           "                      not counted against it)\n"
            "  -h, --help          this text\n"
            "\n"
            "Under mpirun (`mpirun -np N strata train ...`, the same flags on every rank)\n"
            "each rank takes its local device and the model is split over all ranks;\n"
            "rank 0 prints the log and writes the checkpoint's index.\n"
            "\n"
-           "Ctrl-C (SIGINT, SIGTERM or SIGUSR1) finishes the current step, validates,\n"
-           "saves to --out and exits 130; a second Ctrl-C quits at once. Under mpirun,\n"
+           "Ctrl-C (SIGINT, SIGTERM, SIGHUP or SIGUSR1) finishes the current step,\n"
+           "validates, saves to --out and exits 130; a second Ctrl-C quits at once.\n"
+           "Output to a closed pipe (`strata train | head`) stops the printing, not the\n"
+           "training: the run goes on, saves, and exits 1 saying the output was cut.\n"
+           "Under mpirun,\n"
            "a signal to any rank (pkill -TERM -f 'strata train') stops every rank after\n"
            "the same step, and they save. Ctrl-C to mpirun itself reaches the ranks too,\n"
            "but Open MPI kills them 1 s later: enough to save only a small model.\n"
@@ -422,7 +431,110 @@ enum {
     O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_DEVICES
 };
 
+/* --log-json: a regular file (created or emptied) or a character device
+ * (/dev/null), never through a link, never a FIFO or socket, which would
+ * block the training loop on a reader (opened without blocking, then
+ * checked). NULL after saying why. */
+static FILE *open_log(const char *path)
+{
+    struct stat sb;
+    const char *why = NULL;
+    int fd = -1;
+    if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        why = "it is a symbolic link (give the file itself)";
+    } else if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISCHR(sb.st_mode)) {
+        why = "it is not a regular file (a FIFO or socket could block training)";
+    } else {
+        /* O_NOFOLLOW and O_NONBLOCK again: the name may change after lstat. */
+        fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0)
+            why = strerror(errno);
+        else if (fstat(fd, &sb) != 0 || (!S_ISREG(sb.st_mode) && !S_ISCHR(sb.st_mode)))
+            why = "it is not a regular file (a FIFO or socket could block training)";
+        else if ((S_ISREG(sb.st_mode) && ftruncate(fd, 0) != 0) || fcntl(fd, F_SETFL, 0) != 0)
+            why = strerror(errno);
+    }
+    FILE *f = why ? NULL : fdopen(fd, "w");
+    if (!f) {
+        fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s\n", path,
+                why ? why : strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    return f;
+}
+
+/* A save needs the weights and the two AdamW moments (4 bytes each); a disk
+ * without room for one was found only at the first save, after the whole
+ * run. Refused when saves are periodic (--save-every), else a warning: the
+ * user may free space before the end. Rank 0 checks, for all ranks' shards. */
+static st_status check_free_space(const char *dir, size_t params, long save_every, bool rank0)
+{
+    struct statvfs fs;
+    if (!rank0 || statvfs(dir, &fs) != 0)
+        return ST_OK; /* nothing known: the save reports what happens */
+    uint64_t need = (uint64_t)params * 12u + (1u << 20), have = (uint64_t)fs.f_bavail * fs.f_frsize;
+    if (have >= need)
+        return ST_OK;
+    char a[32], b[32];
+    st_format_bytes(need, a, sizeof a);
+    st_format_bytes(have, b, sizeof b);
+    if (save_every > 0)
+        return st_error(ST_ERR_INVALID,
+                        "--out '%s' has %s free, and each save of this model needs about %s "
+                        "(weights and optimizer state): free some space or choose another --out",
+                        dir, b, a);
+    fprintf(stderr,
+            "strata: warning: --out '%s' has %s free, and the save at the end needs about %s: "
+            "free some space before the run ends\n",
+            dir, b, a);
+    return ST_OK;
+}
+
+/* The --out folder of this run, when this process made it (for the clean-up
+ * of a run that fails before its first save). */
+static struct {
+    bool created;
+    char dir[4096];
+    char root[4096]; /* the runs folder, for a run without --out */
+} out_made;
+
+static int train_command(int argc, char **argv);
+
+/* A run that failed before it saved anything leaves no folder behind when it
+ * made the folder itself (a mistyped --data left an empty runs/<time> per
+ * try): what it wrote there (the lock, a tokenizer copy) goes, then the
+ * folder, unless something else came into it. */
+static void remove_unsaved_out(void)
+{
+    struct stat sb;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", out_made.dir);
+    if (stat(path, &sb) == 0)
+        return;
+    static const char *const ours[] = {"tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                       "merges.txt"};
+    for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", out_made.dir, ours[i]);
+        unlink(path);
+    }
+    if (rmdir(out_made.dir) != 0 && errno != ENOENT)
+        fprintf(stderr, "strata: note: '%s' was left: %s\n", out_made.dir, strerror(errno));
+    else if (out_made.root[0])
+        rmdir(out_made.root); /* the runs folder too, when this made it empty */
+}
+
 int cmd_train(int argc, char **argv)
+{
+    int rc = train_command(argc, argv);
+    st_checkpoint_unlock();
+    bool saved = rc == CLI_OK || rc == 130;
+    if (out_made.created && !saved)
+        remove_unsaved_out();
+    return rc;
+}
+
+static int train_command(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"data", required_argument, NULL, O_DATA},
@@ -549,7 +661,11 @@ int cmd_train(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
-    if (given[O_MINLR] && given[O_LR] && tc.min_lr > tc.lr)
+    /* The decay ends at a tenth of the peak unless told (a resumed run keeps
+     * its own, below). */
+    if (!given[O_MINLR] && !tc.resume_dir && given[O_LR])
+        tc.min_lr = tc.lr / 10; /* without --lr, the default's: 5e-4 exactly */
+    if (!tc.resume_dir && tc.min_lr > tc.lr)
         return cli_usage_error("train",
                                "--min-lr %g is above --lr %g: the cosine decay goes from --lr "
                                "down to --min-lr (give a --min-lr from 0 to --lr)",
@@ -662,11 +778,29 @@ int cmd_train(int argc, char **argv)
         if ((s = new_run_dir(run_dir, sizeof run_dir)) != ST_OK)
             return cli_fail(s);
         tc.out_dir = run_dir;
+        snprintf(out_made.root, sizeof out_made.root, "%s", run_dir);
+        char *slash = strrchr(out_made.root, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            out_made.root[0] = '\0';
         printf("saving to %s (a new run folder; --out DIR chooses another)\n", run_dir);
     }
-    if ((s = check_out(tc.out_dir, tc.run, force)) != ST_OK)
+    bool rank0_out = true;
+#if STRATA_HAVE_MPI
+    rank0_out = !st_mpi_active() || st_mpi_rank() == 0;
+#endif
+    bool created = false;
+    if ((s = st_checkpoint_prepare(tc.out_dir, &created)) != ST_OK)
         return cli_fail(s);
-    if ((s = st_checkpoint_prepare(tc.out_dir)) != ST_OK)
+    if (rank0_out) {
+        out_made.created = created;
+        snprintf(out_made.dir, sizeof out_made.dir, "%s", tc.out_dir);
+    }
+    /* One writer per folder, before anything in it is read or written. */
+    if (rank0_out && (s = st_checkpoint_lock(tc.out_dir)) != ST_OK)
+        return cli_fail(s);
+    if ((s = check_out(tc.out_dir, tc.run, force)) != ST_OK)
         return cli_fail(s);
     /* A text file's tokenizer: --tokenizer's, else the checkpoint folder's
      * (resuming), else the one beside --config's config.json; it goes into
@@ -749,9 +883,7 @@ int cmd_train(int argc, char **argv)
     if (st_mpi_active() && st_mpi_rank() != 0)
         log_json = NULL; /* rank 0 writes the log */
 #endif
-    if (log_json && !(L.json = fopen(log_json, "w"))) {
-        fprintf(stderr, "strata: error: cannot write the JSON log '%s': %s\n", log_json,
-                strerror(errno));
+    if (log_json && !(L.json = open_log(log_json))) {
         cli_devices_put(&devs);
         st_dataset_destroy(ds);
         return CLI_USAGE;
@@ -786,7 +918,9 @@ int cmd_train(int argc, char **argv)
     st_pipe_comm comm = {0};
     mpi = st_mpi_active() && st_mpi_size() > 1;
 #endif
-    if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK) {
+    if (s == ST_OK && (s = st_model_describe(&cfg, &desc)) == ST_OK &&
+        (s = check_free_space(tc.out_dir, desc->param_numel, tc.save_every, rank0_out)) ==
+            ST_OK) {
 #if STRATA_HAVE_MPI
         if (mpi) {
             /* Without --devices, one device per rank: the local rank's among those found. */
@@ -867,6 +1001,7 @@ int cmd_train(int argc, char **argv)
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL); /* a closed terminal or ssh session */
         bool together = false;
         layout.failed_together = &together;
         if (st_profiler_enabled()) {

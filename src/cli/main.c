@@ -1,10 +1,14 @@
 /*
  * main.c - the `strata` command: dispatches to one function per command.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
-#include <string.h>
-
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "strata/progress.h"
@@ -111,7 +115,7 @@ static void usage(FILE *f)
             "  STRATA_LOG         info or debug for more messages\n");
 }
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);
@@ -161,4 +165,64 @@ int main(int argc, char **argv)
         fprintf(stderr, "strata: unknown command '%s'\n\n", name);
     usage(stderr);
     return CLI_USAGE;
+}
+
+/* Descriptors 0, 1 and 2 closed when strata starts (a daemon, `>&-`) are
+ * filled with /dev/null before anything is opened: else the next file opened
+ * (a --log-json, a checkpoint) would take the number, and text meant for the
+ * terminal would land inside it. True when stdout was closed. */
+static bool guard_std_descriptors(void)
+{
+    bool out_closed = false;
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        if (fd == STDOUT_FILENO)
+            out_closed = true;
+        int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (n >= 0 && n != fd) { /* a lower one was closed too and is filled first */
+            dup2(n, fd);
+            close(n);
+        }
+    }
+    return out_closed;
+}
+
+/* What was printed must have arrived: a full disk, a closed pipe or a closed
+ * stdout is an error (exit 1), not a silent loss. */
+static int check_stdout(int rc, bool closed_at_start)
+{
+    const char *why = NULL;
+    int err = 0;
+    if (closed_at_start) {
+        why = "it was closed when strata started";
+    } else {
+        errno = 0;
+        bool bad = fflush(stdout) != 0 || ferror(stdout);
+        err = errno;
+        if (fclose(stdout) != 0 && !bad) {
+            bad = true;
+            err = errno;
+        }
+        if (bad)
+            why = err ? strerror(err) : "a write failed";
+    }
+    if (!why)
+        return rc;
+    fprintf(stderr,
+            "strata: error: cannot write to standard output: %s; what this command printed "
+            "there is incomplete\n",
+            why);
+    return rc == CLI_OK ? CLI_FAILED : rc;
+}
+
+int main(int argc, char **argv)
+{
+    bool out_closed = guard_std_descriptors();
+    /* A reader that goes away (`strata train | head`) makes writes fail with
+     * EPIPE instead of killing the process: training goes on and saves, and
+     * the lost output is reported at the end. */
+    signal(SIGPIPE, SIG_IGN);
+    int rc = dispatch(argc, argv);
+    return check_stdout(rc, out_closed);
 }

@@ -44,6 +44,7 @@ int cli_fail(st_status s)
     case ST_ERR_NOT_FOUND:
     case ST_ERR_NO_DEVICE:
     case ST_ERR_FORMAT:
+    case ST_ERR_BUSY: /* another run's folder: choose another */
         return CLI_USAGE;
     default:
         return CLI_FAILED;

@@ -12,6 +12,7 @@
 #include <pthread.h>
 
 #include "core/atomic.h"
+#include "core/file.h"
 #include "core/hash.h"
 
 struct st_afile {
@@ -148,12 +149,12 @@ st_status st_afile_create(const char *path, st_afile **out)
         return st_error(ST_ERR_INVALID, "path too long: '%.64s...'", path);
     }
     snprintf(f->path, sizeof f->path, "%s", path);
-    snprintf(f->tmp, sizeof f->tmp, "%s.tmp.%ld", path, (long)getpid());
     st_sum64_init(&f->sum);
     st_crash_point("create temporary file", f->path);
-    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    f->fd = st_create_temp(path, f->tmp, sizeof f->tmp);
     if (f->fd < 0) {
-        st_status s = st_error(ST_ERR_IO, "cannot create '%s': %s", f->tmp, strerror(errno));
+        st_status s = st_error(ST_ERR_IO, "cannot create a temporary file beside '%s': %s",
+                               f->path, strerror(errno));
         free(f);
         return s;
     }

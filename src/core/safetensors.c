@@ -13,8 +13,9 @@
 
 #include <jansson.h>
 
-#include "strata/safetensors.h"
 #include "core/atomic.h"
+#include "core/file.h"
+#include "strata/safetensors.h"
 
 struct st_safetensors {
     char source[1024];
@@ -218,10 +219,10 @@ st_status st_safetensors_parse(const void *bytes, size_t size, const char *sourc
 
 st_status st_safetensors_open(const char *path, st_safetensors **out)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_INVALID, "cannot open '%s': %s",
-                        path, strerror(errno));
+    FILE *fp = NULL;
+    st_status os = st_open_regular(path, "safetensors file", &fp);
+    if (os != ST_OK)
+        return os;
     long size = -1;
     if (fseek(fp, 0, SEEK_END) != 0 || (size = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {
         fclose(fp);

@@ -106,10 +106,10 @@ static st_status load_file(st_dataset *ds, const char *path, st_tokenizer *tok)
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
         return st_error(ST_ERR_INVALID, "data '%s' is not a file (a folder?): give a text or token file",
                         path);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return st_error(errno == ENOENT ? ST_ERR_NOT_FOUND : ST_ERR_INVALID, "cannot open data file '%s': %s", path, strerror(errno));
-    st_status s = ST_OK;
+    FILE *f = NULL;
+    st_status s = st_open_regular(path, "data file", &f);
+    if (s != ST_OK)
+        return s;
     long size = -1;
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
         fclose(f);

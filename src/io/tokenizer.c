@@ -26,6 +26,8 @@
 
 /* ---- byte buffers ------------------------------------------------------------- */
 
+enum { MATCH_LIMIT = 1000000 }; /* PCRE2 steps per match (see finish) */
+
 typedef struct buf {
     char *p;
     size_t n, cap;
@@ -249,6 +251,10 @@ struct st_tokenizer {
     size_t progress_base, progress_total;
     /* encoding scratch */
     pcre2_match_data *md;
+    bool unk_missing;        /* model.unk_token named a token the vocabulary lacks */
+    pcre2_match_context *mc; /* bounds each match's work (see MATCH_LIMIT) */
+    int regex_rc;            /* a failed match's PCRE2 code, 0 when none */
+    size_t regex_at;         /* and the byte where it was tried */
 };
 
 size_t st_tokenizer_vocab_size(const st_tokenizer *t)
@@ -301,6 +307,7 @@ void st_tokenizer_free(st_tokenizer *t)
         free(t->dec[i].b);
     }
     pcre2_match_data_free(t->md);
+    pcre2_match_context_free(t->mc);
     strmap_free(&t->vocab);
     pairmap_free(&t->merges);
     free(t->tok_off);
@@ -433,7 +440,8 @@ static st_status add_normalizer(st_tokenizer *t, json_t *n, const char *src)
         return ST_OK;
     }
     if (t->n_norm == MAX_STEPS)
-        return st_error(ST_ERR_FORMAT, "%s: too many normalizers", src);
+        return st_error(ST_ERR_FORMAT, "%s: too many normalizers (at most %d, nested "
+                                       "Sequences counted)", src, MAX_STEPS);
     norm_step *st = &t->norm[t->n_norm];
     memset(st, 0, sizeof *st);
     if (!type)
@@ -666,6 +674,15 @@ static st_status read_post(st_tokenizer *t, json_t *p, const char *src)
     {
         json_t *sp = json_object_get(item, "SpecialToken");
         if (!sp) {
+            /* One text: every Sequence item is it (twice when named twice,
+             * as the library does); a second sequence does not exist. */
+            json_t *seq = json_object_get(item, "Sequence");
+            const char *id = seq ? str_field(seq, "id") : NULL;
+            if (!id || strcmp(id, "A") != 0)
+                return st_error(ST_ERR_FORMAT,
+                                "%s: item %zu of the post-processor's single template is not "
+                                "a special token or sequence A (%s)",
+                                src, i + 1, id ? id : "no Sequence id");
             t->templ[t->n_templ++] = -1;
             continue;
         }
@@ -724,7 +741,10 @@ static st_status read_model(st_tokenizer *t, json_t *root, const char *src)
     size_t i;
     json_array_foreach(added, i, v)
     {
-        json_int_t id = json_integer_value(json_object_get(v, "id"));
+        /* An id given as a string or a float was read as 0; the library
+         * refuses such a file, and so does this. */
+        json_t *idv = json_object_get(v, "id");
+        json_int_t id = json_is_integer(idv) ? json_integer_value(idv) : -1;
         if (!str_field(v, "content") || id < 0 || id > 16777215)
             return st_error(ST_ERR_FORMAT, "%s: added_tokens[%zu] needs a content and an id from "
                             "0 to 16777215", src, i);
@@ -750,38 +770,62 @@ static st_status read_model(st_tokenizer *t, json_t *root, const char *src)
         if (!strmap_put(&t->vocab, t->tok_off[id], t->tok_len[id], id))
             return st_error(ST_ERR_FORMAT, "%s: model.vocab has \"%s\" twice", src, key);
     }
+    /* Merges of any length (tokens of over 1 KiB were refused): "a b" with
+     * exactly one space, as the library reads that form, or ["a", "b"],
+     * whose tokens may hold spaces. */
+    char *both = NULL;
+    size_t both_cap = 0;
     json_array_foreach(merges, i, v)
     {
         const char *a = NULL, *b = NULL;
-        char tmp[1024];
+        size_t la = 0, lb = 0;
         if (json_is_string(v)) {
             const char *m = json_string_value(v), *sp = strchr(m, ' ');
-            if (!sp || strlen(m) >= sizeof tmp)
-                return st_error(ST_ERR_FORMAT, "%s: merge %zu (\"%s\") is not two tokens", src, i,
-                                m);
-            memcpy(tmp, m, strlen(m) + 1);
-            tmp[sp - m] = '\0';
-            a = tmp;
-            b = tmp + (sp - m) + 1;
+            if (!sp || strchr(sp + 1, ' ')) {
+                free(both);
+                return st_error(ST_ERR_FORMAT,
+                                "%s: merge %zu (\"%.200s\") is not two tokens with one space "
+                                "between (a merge of tokens that hold spaces is written as "
+                                "[\"a\", \"b\"])",
+                                src, i, m);
+            }
+            a = m;
+            la = (size_t)(sp - m);
+            b = sp + 1;
+            lb = strlen(b);
         } else if (json_array_size(v) == 2) {
             a = json_string_value(json_array_get(v, 0));
             b = json_string_value(json_array_get(v, 1));
+            la = a ? strlen(a) : 0;
+            lb = b ? strlen(b) : 0;
         }
-        if (!a || !b)
+        if (!a || !b) {
+            free(both);
             return st_error(ST_ERR_FORMAT, "%s: merge %zu is not two tokens", src, i);
-        size_t la = strlen(a), lb = strlen(b);
-        char both[2048];
-        if (la + lb >= sizeof both)
-            return st_error(ST_ERR_FORMAT, "%s: merge %zu is too long", src, i);
+        }
+        if (la + lb + 1 > both_cap) {
+            char *q = realloc(both, la + lb + 1);
+            if (!q) {
+                free(both);
+                return st_error(ST_ERR_HOST_MEMORY, "out of host memory reading %s", src);
+            }
+            both = q;
+            both_cap = la + lb + 1;
+        }
         memcpy(both, a, la);
         memcpy(both + la, b, lb);
         int32_t ia = strmap_get(&t->vocab, a, la), ib = strmap_get(&t->vocab, b, lb);
         int32_t im = strmap_get(&t->vocab, both, la + lb);
-        if (ia < 0 || ib < 0 || im < 0)
-            return st_error(ST_ERR_FORMAT, "%s: merge %zu (\"%s\" + \"%s\") names a token that "
-                            "is not in the vocabulary", src, i, a, b);
+        if (ia < 0 || ib < 0 || im < 0) {
+            free(both);
+            return st_error(ST_ERR_FORMAT,
+                            "%s: merge %zu (\"%.*s\" + \"%.*s\") names a token that is not in "
+                            "the vocabulary",
+                            src, i, (int)(la < 200 ? la : 200), a, (int)(lb < 200 ? lb : 200), b);
+        }
         pairmap_put(&t->merges, ia, ib, (int32_t)i, im);
     }
+    free(both);
     t->added = calloc(json_array_size(added) + 1, sizeof *t->added);
     if (!t->added)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -808,6 +852,9 @@ static st_status read_model(st_tokenizer *t, json_t *root, const char *src)
         }
     const char *unk = str_field(model, "unk_token");
     t->unk = unk ? strmap_get(&t->vocab, unk, strlen(unk)) : -1;
+    /* As the library: such a file loads, and a text that needs the unknown
+     * token is refused when it is met (it was dropped silently). */
+    t->unk_missing = unk && t->unk < 0;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
@@ -833,8 +880,14 @@ static st_status finish(st_tokenizer *t, const char *src)
     for (int b = 0; b < 256; b++)
         t->byte_char_id[b] = strmap_get(&t->vocab, t->byte_char[b], t->byte_char_len[b]);
     t->md = pcre2_match_data_create(4, NULL);
-    if (!t->md)
+    t->mc = pcre2_match_context_create(NULL);
+    if (!t->md || !t->mc)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    /* A pathological pattern ((a+)+$) backtracks without end: PCRE2's own
+     * limit (10 million steps per match) let a 1,000-word text take 42 s.
+     * The patterns of published tokenizers need a few hundred steps. */
+    pcre2_set_match_limit(t->mc, MATCH_LIMIT);
+    pcre2_set_depth_limit(t->mc, MATCH_LIMIT);
     for (size_t i = 0; i < t->n_templ && t->bos < 0; i++)
         if (t->templ[i] >= 0 && i == 0)
             t->bos = t->templ[i];
@@ -964,9 +1017,14 @@ static bool split_regex(st_tokenizer *t, const pcre2_code *re, split_behavior be
         size_t at = in->p[i].off, end = in->p[i].off + in->p[i].len, prev = at;
         size_t pending = SIZE_MAX; /* MergedWithNext: the start of a match awaiting its gap */
         while (at <= end) {
-            int rc = pcre2_match(re, (PCRE2_SPTR)s, end, at, 0, t->md, NULL);
-            if (rc < 0)
+            int rc = pcre2_match(re, (PCRE2_SPTR)s, end, at, 0, t->md, t->mc);
+            if (rc == PCRE2_ERROR_NOMATCH)
                 break;
+            if (rc < 0) { /* the match limit, or worse: an error, not "no more matches" */
+                t->regex_rc = rc;
+                t->regex_at = at;
+                return false;
+            }
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
             size_t ms = ov[0], me = ov[1];
             if (me == ms) { /* an empty match: step over one character */
@@ -1087,8 +1145,19 @@ static st_status pre_tokenize(st_tokenizer *t, buf *text, bool first, pieces *wo
             for (size_t k = 0; ok && k < cur.n; k++)
                 ok = pieces_add(&next, cur.p[k].off, cur.p[k].len);
         }
-        if (!ok)
+        if (!ok && t->regex_rc) {
+            PCRE2_UCHAR msg[256];
+            if (pcre2_get_error_message(t->regex_rc, msg, sizeof msg) < 0)
+                snprintf((char *)msg, sizeof msg, "PCRE2 error %d", t->regex_rc);
+            s = st_error(ST_ERR_INVALID,
+                         "%s: the pre-tokenizer's regular expression failed at byte %zu of a "
+                         "text piece: %s (a pattern that backtracks this much is not one a "
+                         "published tokenizer uses)",
+                         t->files[0] ? t->files[0] : "tokenizer", t->regex_at, (char *)msg);
+            t->regex_rc = 0;
+        } else if (!ok) {
             s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        }
         pieces tmp = cur;
         cur = next;
         next = tmp;
@@ -1214,6 +1283,13 @@ static st_status bpe_word(st_tokenizer *t, const char *w, size_t n, int32_t **id
             if (!(t->fuse_unk && last_unk))
                 sy[ns++] = (sym){t->unk, 0, 0};
             last_unk = true;
+        } else if (t->unk_missing) {
+            free(sy), free(heap), free(mapped.p);
+            return st_error(ST_ERR_INVALID,
+                            "%s: the text has '%.*s', which the vocabulary lacks, and the "
+                            "unk_token that stands for such characters is not in the vocabulary "
+                            "either",
+                            t->files[0] ? t->files[0] : "tokenizer", (int)cl, w + i);
         }
         i += cl;
     }
@@ -1288,7 +1364,7 @@ st_status st_tokenizer_encode(st_tokenizer *t, const char *text, size_t len, boo
     bool starts[256] = {false};
     for (size_t k = 0; k < t->n_added; k++)
         starts[(unsigned char)t->arena.p[t->added[k].off]] = true;
-    size_t from = 0;
+    size_t from = 0, text_start = *n;
     for (size_t i = 0; ok && s == ST_OK && i <= len; i++) {
         long hit = -1;
         if (i < len && starts[(unsigned char)text[i]])
@@ -1309,9 +1385,16 @@ st_status st_tokenizer_encode(st_tokenizer *t, const char *text, size_t len, boo
             from = i + 1;
         }
     }
+    size_t text_end = *n;
     if (with_template && templ_at < t->n_templ)
-        for (size_t k = templ_at + 1; ok && k < t->n_templ; k++)
-            ok = out_add(ids, n, cap, t->templ[k]);
+        for (size_t k = templ_at + 1; ok && k < t->n_templ; k++) {
+            if (t->templ[k] >= 0) {
+                ok = out_add(ids, n, cap, t->templ[k]);
+                continue;
+            }
+            for (size_t j = text_start; ok && j < text_end; j++) /* the text again */
+                ok = out_add(ids, n, cap, (*ids)[j]);
+        }
     if (!ok && s == ST_OK)
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     return s;
@@ -1464,6 +1547,20 @@ static bool run_decoder(const st_tokenizer *t, const dec_step *st, strs *l)
     return ok;
 }
 
+/* A byte-fallback token: its text is "<0xNN>" and it is the byte's id. */
+static bool is_byte_token(const st_tokenizer *t, int32_t id)
+{
+    if (t->tok_len[id] != 6)
+        return false;
+    const char *p = t->arena.p + t->tok_off[id];
+    if (memcmp(p, "<0x", 3) != 0 || p[5] != '>')
+        return false;
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] == id)
+            return true;
+    return false;
+}
+
 st_status st_tokenizer_decode(const st_tokenizer *t, const int32_t *ids, size_t n,
                               bool skip_special, char **text, size_t *len)
 {
@@ -1475,7 +1572,9 @@ st_status st_tokenizer_decode(const st_tokenizer *t, const int32_t *ids, size_t 
             return st_error(ST_ERR_INVALID, "token id %d is not in the tokenizer's vocabulary of %zu",
                             ids[i], t->n_ids);
         }
-        if (skip_special && t->is_special[ids[i]])
+        /* Byte tokens (<0x41>) are text even when marked special: skipping
+         * them dropped every character they spell. */
+        if (skip_special && t->is_special[ids[i]] && !is_byte_token(t, ids[i]))
             continue;
         buf b = {0};
         ok = buf_add(&b, t->arena.p + t->tok_off[ids[i]], t->tok_len[ids[i]]);

@@ -83,6 +83,12 @@ static st_status from_json(json_t *root, const char *src, st_model_config *c)
             s = st_json_bool(src, key, v, false, "attention is not scaled per layer");
         else if (strcmp(key, "add_cross_attention") == 0)
             s = st_json_bool(src, key, v, false, "GPT-2 here is a decoder without cross-attention");
+        else if (!is_ignored(key) && !json_object_get(root, "model_type"))
+            s = st_error(ST_ERR_FORMAT,
+                         "%s: unknown field \"%s\": the file has no \"model_type\", so it was "
+                         "read as a GPT-2 config; add \"model_type\": \"llama\" (or \"mistral\", "
+                         "\"qwen2\") if it is one of those, or remove the field",
+                         src, key);
         else if (!is_ignored(key))
             s = st_error(ST_ERR_FORMAT,
                          "%s: unknown field \"%s\" (not a field of a GPT-2 config; remove it)",

@@ -156,8 +156,15 @@ static st_status from_json(json_t *root, const char *src, st_model_config *c)
             double e = 0;
             if ((s = st_json_number(src, key, v, &e)) == ST_OK)
                 c->norm_eps = (float)e;
-        } else if (strcmp(key, "rope_theta") == 0)
+        } else if (strcmp(key, "rope_theta") == 0) {
             s = st_json_number(src, key, v, &c->rope_theta);
+            /* 0 stood for "absent" and silently became 10000 */
+            if (s == ST_OK && !(c->rope_theta > 1.0))
+                s = st_error(ST_ERR_FORMAT,
+                             "%s: \"rope_theta\" is %g; it must be above 1 (10000 and 500000 "
+                             "are usual; leave the field out for 10000)",
+                             src, c->rope_theta);
+        }
         else if (strcmp(key, "rope_scaling") == 0)
             s = rope_scaling(src, v, c);
         else if (strcmp(key, "tie_word_embeddings") == 0) {

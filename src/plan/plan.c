@@ -5,6 +5,7 @@
  * the choice of how many devices to use.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -701,29 +702,59 @@ static st_status plan_pipeline(const st_plan_input *in, st_plan *out)
     return ST_OK;
 }
 
+/* "dp:" or "pp:" and a decimal degree at *p, advancing past it. */
+static bool parse_degree(const char **p, const char *prefix, unsigned long *out)
+{
+    const char *q = *p;
+    if (strncmp(q, prefix, 3) != 0 || q[3] < '0' || q[3] > '9')
+        return false;
+    char *end = NULL;
+    errno = 0;
+    unsigned long v = strtoul(q + 3, &end, 10);
+    if (errno != 0)
+        return false;
+    *out = v;
+    *p = end;
+    return true;
+}
+
 st_status st_parallel_parse(const char *text, st_parallel_spec *out)
 {
     memset(out, 0, sizeof *out);
-    unsigned long d = 0, p = 0;
-    int used = 0;
-    if (!text || strcmp(text, "auto") == 0)
+    if (!text || strcmp(text, "auto") == 0) {
         out->kind = ST_PARALLEL_AUTO;
-    else if (strcmp(text, "pipeline") == 0)
+        return ST_OK;
+    }
+    if (strcmp(text, "pipeline") == 0) {
         out->kind = ST_PARALLEL_PIPELINE;
-    else if (strcmp(text, "data") == 0)
+        return ST_OK;
+    }
+    if (strcmp(text, "data") == 0) {
         out->kind = ST_PARALLEL_DATA;
-    else if (sscanf(text, "dp:%lu,pp:%lu%n", &d, &p, &used) == 2 && text[used] == '\0' &&
-             d >= 1 && d <= ST_PLAN_MAX_REPLICAS && p >= 1 && p <= ST_PLAN_MAX_STAGES) {
+        return ST_OK;
+    }
+    /* dp:D,pp:S, or one of them alone (the other degree is 1) */
+    unsigned long d = 1, p = 1;
+    const char *t = text;
+    bool have_d = parse_degree(&t, "dp:", &d), have_p = false, ok = have_d;
+    if (have_d && *t == ',') {
+        t++;
+        ok = have_p = parse_degree(&t, "pp:", &p);
+    } else if (!have_d) {
+        ok = have_p = parse_degree(&t, "pp:", &p);
+    }
+    if (ok && *t == '\0' && d >= 1 && d <= ST_PLAN_MAX_REPLICAS && p >= 1 &&
+        p <= ST_PLAN_MAX_STAGES) {
         out->kind = ST_PARALLEL_FIXED;
         out->dp = d;
         out->pp = p;
-    } else {
-        return st_error(ST_ERR_INVALID,
-                        "bad --parallel '%s': auto, pipeline, data or dp:D,pp:S (D replicas "
-                        "of an S-stage pipeline, D from 1 to %d)",
-                        text, ST_PLAN_MAX_REPLICAS);
+        return ST_OK;
     }
-    return ST_OK;
+    return st_error(ST_ERR_INVALID,
+                    "bad --parallel '%s': auto, pipeline, data, dp:D,pp:S (D replicas of an "
+                    "S-stage pipeline, D from 1 to %d, S from 1 to %d), dp:D (S = 1) or pp:S "
+                    "(D = 1)",
+                    text, ST_PLAN_MAX_REPLICAS, ST_PLAN_MAX_STAGES);
 }
 
 /* The gradient sum's time past the backward (see st_plan_make): stage k's

@@ -264,10 +264,44 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
     return ST_OK;
 }
 
+static st_status measure_all(st_device *const *devs, size_t n, const st_model_desc *desc,
+                             const st_run_shape *shape, bool quiet, st_device_profile *prof);
+
 /* Profiles of devs for this model and shape (cached); devices on the same
- * hardware (PoCL's CPU devices) are measured running at once too. */
+ * hardware (PoCL's CPU devices) are measured running at once too.
+ *
+ * The measurements run against each device's own memory, not a lower
+ * capacity set for the run (--mem-limit): they are a property of the device,
+ * taken once and cached, and must come out the same whether or not a limit
+ * was in force when they were first taken (a 10 MiB limit refused the 16 MiB
+ * copy probe on a machine with no cached profile, while a machine that had
+ * measured before planned the same model). Everything they allocate is freed
+ * before the limit is set back. */
 st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *desc,
                          const st_run_shape *shape, bool quiet, st_device_profile *prof)
+{
+    uint64_t limit[ST_PLAN_MAX_STAGES];
+    if (n > ST_PLAN_MAX_STAGES)
+        return st_error(ST_ERR_INVALID, "%zu devices: at most %d can be planned over", n,
+                        ST_PLAN_MAX_STAGES);
+    for (size_t i = 0; i < n; i++) {
+        limit[i] = st_device_get_memory(devs[i]).capacity;
+        st_status s = st_device_set_capacity(devs[i], 0);
+        if (s != ST_OK)
+            return s; /* cannot happen: the device's own memory holds what is in use */
+    }
+    st_status s = measure_all(devs, n, desc, shape, quiet, prof);
+    for (size_t i = 0; i < n; i++) {
+        st_status r = st_device_set_capacity(devs[i], limit[i]);
+        if (s == ST_OK)
+            s = r;
+        prof[i].mem_bytes = limit[i]; /* what the planner may use: the limit */
+    }
+    return s;
+}
+
+static st_status measure_all(st_device *const *devs, size_t n, const st_model_desc *desc,
+                             const st_run_shape *shape, bool quiet, st_device_profile *prof)
 {
     size_t pm, pn, pk;
     st_run_profile_shape(desc, shape, &pm, &pn, &pk);

@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,8 +27,10 @@
 #define MANIFEST_FORMAT "strata-checkpoint"
 #define MANIFEST_VERSION 1
 
-static st_status make_dir(const char *dir)
+/* Creates dir and its parents; *created: dir itself did not exist. */
+static st_status make_dir(const char *dir, bool *created)
 {
+    *created = false;
     char path[4096];
     if (strlen(dir) >= sizeof path)
         return st_error(ST_ERR_INVALID, "folder name too long: '%.64s...'", dir);
@@ -39,7 +43,9 @@ static st_status make_dir(const char *dir)
             return st_error(ST_ERR_IO, "cannot create folder '%s': %s", path, strerror(errno));
         *p = '/';
     }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+    if (mkdir(path, 0755) == 0)
+        *created = true;
+    else if (errno != EEXIST)
         return st_error(ST_ERR_IO, "cannot create folder '%s': %s", path, strerror(errno));
     return ST_OK;
 }
@@ -49,25 +55,118 @@ static void join(char *out, size_t size, const char *dir, const char *name)
     snprintf(out, size, "%s/%s", dir, name);
 }
 
-st_status st_checkpoint_prepare(const char *dir)
+st_status st_checkpoint_prepare(const char *dir, bool *created)
 {
     /* Before a run, a folder that cannot be written is a bad --out (exit 2);
      * a write that fails during a save is a failure of the run (exit 1). */
-    st_status s = make_dir(dir);
+    bool made = false;
+    st_status s = make_dir(dir, &made);
+    if (created)
+        *created = made;
     if (s != ST_OK) {
         char why[1024];
         snprintf(why, sizeof why, "%s", st_last_error());
         return st_error(ST_ERR_INVALID, "%s (choose another --out)", why);
     }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return st_error(ST_ERR_INVALID, "--out '%s' is not a folder (choose another --out)", dir);
+    /* A probe under a name nobody can have placed (mkstemp: O_CREAT|O_EXCL,
+     * which follows no link): a fixed name let a symbolic link planted there
+     * truncate its target. */
     char probe[4200];
-    snprintf(probe, sizeof probe, "%s/.strata-write-test.%ld", dir, (long)getpid());
-    FILE *f = fopen(probe, "w");
-    if (!f)
+    snprintf(probe, sizeof probe, "%s/.strata-write-test.XXXXXX", dir);
+    int fd = mkstemp(probe);
+    if (fd < 0)
         return st_error(ST_ERR_INVALID, "cannot write into '%s': %s (choose another --out)", dir,
                         strerror(errno));
-    fclose(f);
+    close(fd);
     unlink(probe);
     return ST_OK;
+}
+
+/* ---- the run folder's lock ----------------------------------------------------- */
+
+#define LOCK_NAME ".strata-lock"
+
+static struct {
+    pthread_mutex_t mu;
+    int fd;
+    char path[4200];
+} run_lock = {PTHREAD_MUTEX_INITIALIZER, -1, ""};
+
+st_status st_checkpoint_lock(const char *dir)
+{
+    char path[4200];
+    join(path, sizeof path, dir, LOCK_NAME);
+    for (int attempt = 0; attempt < 10; attempt++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0644);
+        if (fd < 0)
+            return st_error(ST_ERR_INVALID,
+                            "cannot create the lock file '%s': %s (choose another --out)", path,
+                            strerror(errno));
+        struct stat fs, ps;
+        if (fstat(fd, &fs) != 0 || !S_ISREG(fs.st_mode)) {
+            close(fd);
+            return st_error(ST_ERR_INVALID,
+                            "'%s' is not a regular file: remove it, or choose another --out",
+                            path);
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int err = errno;
+            char holder[256] = "";
+            ssize_t got = pread(fd, holder, sizeof holder - 1, 0);
+            close(fd);
+            holder[got > 0 ? got : 0] = '\0';
+            holder[strcspn(holder, "\n")] = '\0';
+            if (err != EWOULDBLOCK)
+                return st_error(ST_ERR_IO, "cannot lock '%s': %s", path, strerror(err));
+            return st_error(ST_ERR_BUSY,
+                            "run folder '%s' is in use by another `strata train` (%s): two "
+                            "runs writing one folder would delete each other's saves; wait "
+                            "for it to end, or choose another --out",
+                            dir, holder[0] ? holder : "its process is still running");
+        }
+        /* The name may have been removed (and made again) by the holder
+         * ending between our open and our lock: then this lock guards a
+         * file nobody else will open; take the one there now. */
+        if (stat(path, &ps) != 0 || ps.st_ino != fs.st_ino || ps.st_dev != fs.st_dev) {
+            close(fd);
+            continue;
+        }
+        char host[128] = "?", line[512];
+        gethostname(host, sizeof host - 1);
+        host[sizeof host - 1] = '\0';
+        time_t now = time(NULL);
+        struct tm tm;
+        char when[64];
+        strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&now, &tm));
+        int len = snprintf(line, sizeof line, "pid %ld on %s, since %s\n", (long)getpid(), host,
+                           when);
+        /* Informational: a failure to write it leaves the lock held. */
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, line, (size_t)len, 0) != len)
+            st_log(ST_LOG_DEBUG, "cannot write the holder into '%s'", path);
+        pthread_mutex_lock(&run_lock.mu);
+        if (run_lock.fd >= 0)
+            close(run_lock.fd);
+        run_lock.fd = fd;
+        snprintf(run_lock.path, sizeof run_lock.path, "%s", path);
+        pthread_mutex_unlock(&run_lock.mu);
+        return ST_OK;
+    }
+    return st_error(ST_ERR_BUSY, "cannot take the lock '%s': it keeps being replaced", path);
+}
+
+void st_checkpoint_unlock(void)
+{
+    pthread_mutex_lock(&run_lock.mu);
+    if (run_lock.fd >= 0) {
+        /* Removed while still held, so that nobody locks the old file. */
+        unlink(run_lock.path);
+        close(run_lock.fd);
+        run_lock.fd = -1;
+    }
+    pthread_mutex_unlock(&run_lock.mu);
 }
 
 /* ---- names ------------------------------------------------------------------- */
@@ -152,7 +251,8 @@ st_status st_checkpoint_write_part(const char *dir, st_stage *const *stages, siz
                                    int ranks, st_checkpoint_file *files, size_t *n_files)
 {
     *n_files = 0;
-    st_status s = make_dir(dir);
+    bool created;
+    st_status s = make_dir(dir, &created);
     long step = state ? state->step : 0;
     char stepv[32];
     snprintf(stepv, sizeof stepv, "%ld", step);
@@ -744,10 +844,58 @@ static st_status open_legacy(const char *dir, st_checkpoint *ck)
     return s;
 }
 
+/* A hash of the manifests' names in dir: it changes when a save commits or
+ * cleans. 0 when the folder cannot be read. */
+static uint64_t manifests_signature(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    uint64_t h = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (starts_with(e->d_name, "checkpoint-step") && ends_with(e->d_name, ".json"))
+            h ^= st_fnv64_str(14695981039346656037ull, e->d_name); /* in any order */
+    closedir(d);
+    return h;
+}
+
+static st_status open_once(const char *dir, st_checkpoint **out);
+
+/* A reader may meet a save in progress: the manifest it chose cleaned away,
+ * or a file it checked replaced, by the writer's next save (1 of 30 readers
+ * during saves failed "cannot open"). When the folder's manifests changed
+ * under a failure, it looks again. */
+enum { READER_TRIES = 8 };
+
 st_status st_checkpoint_open(const char *dir, st_checkpoint **out)
 {
+    st_status s = ST_OK;
+    for (int i = 0; i < READER_TRIES; i++) {
+        uint64_t before = manifests_signature(dir);
+        if ((s = open_once(dir, out)) == ST_OK || s == ST_ERR_NOT_FOUND ||
+            manifests_signature(dir) == before)
+            return s;
+        st_error_clear();
+    }
+    return s;
+}
+
+static st_status open_once(const char *dir, st_checkpoint **out)
+{
     struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", dir);
+        char *slash = strrchr(parent, '/');
+        if (slash)
+            *slash = '\0';
+        return st_error(ST_ERR_INVALID,
+                        "'%s' is a file: a model is a folder (config.json and its weights, "
+                        "as `strata train --out` writes); give '%s'",
+                        dir, slash ? parent : ".");
+    }
+    if (stat(dir, &sb) != 0)
         return st_error(ST_ERR_NOT_FOUND,
                         "model folder '%s' does not exist (it is what `strata train --out` "
                         "writes)",
@@ -1092,11 +1240,19 @@ st_status st_checkpoint_state(const char *dir, st_train_state *state)
 static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_stages,
                           st_train_state *state, bool whole)
 {
-    st_checkpoint *ck = NULL;
-    st_status s = st_checkpoint_open(dir, &ck);
-    if (s == ST_OK)
+    st_status s = ST_OK;
+    for (int i = 0; i < READER_TRIES; i++) {
+        st_checkpoint *ck = NULL;
+        uint64_t before = manifests_signature(dir);
+        if ((s = st_checkpoint_open(dir, &ck)) != ST_OK)
+            return s;
         s = st_checkpoint_load_into(ck, stages, n_stages, state, whole);
-    st_checkpoint_close(ck);
+        st_checkpoint_close(ck);
+        /* Its files cleaned or replaced by a newer save: load that one. */
+        if (s == ST_OK || manifests_signature(dir) == before)
+            return s;
+        st_error_clear();
+    }
     return s;
 }
 

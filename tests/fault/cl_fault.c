@@ -12,6 +12,12 @@
  *                               CL_BUILD_PROGRAM_FAILURE
  *   STRATA_CL_FAULT_COUNT=FILE  at exit, append "alloc A enqueue E build B":
  *                               how many calls of each kind the run made
+ *   STRATA_CL_FAULT_SITES=FILE  append "KIND N SITE" for every call: SITE
+ *                               hashes the call's stack (each frame as its
+ *                               object's file name and the offset in it, so
+ *                               the same in every run), so that a test can
+ *                               fail each distinct call path once instead
+ *                               of every call of a loop
  *
  * Calls from CLBlast count too (it allocates and launches through the same
  * library), which is the point: Strata must survive its failures as well.
@@ -19,7 +25,9 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <execinfo.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +41,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long count[KINDS], fail_at = -1;
 static int fail_kind = -1;
 static int ready;
+static FILE *sites;
 
 static void report(void)
 {
@@ -57,7 +66,33 @@ static void setup(void)
             }
         }
     }
+    const char *path = getenv("STRATA_CL_FAULT_SITES");
+    if (path)
+        sites = fopen(path, "a");
     atexit(report);
+}
+
+/* The calling stack as a 64-bit FNV-1a hash of (object file name, offset)
+ * per frame: addresses differ between runs (ASLR), offsets do not. */
+static uint64_t site_of_stack(void)
+{
+    void *frames[32];
+    int n = backtrace(frames, 32);
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 1; i < n; i++) { /* frame 0 is this function */
+        Dl_info info;
+        const char *name = "?";
+        uintptr_t off = (uintptr_t)frames[i];
+        if (dladdr(frames[i], &info) && info.dli_fname) {
+            name = strrchr(info.dli_fname, '/') ? strrchr(info.dli_fname, '/') + 1 : info.dli_fname;
+            off -= (uintptr_t)info.dli_fbase;
+        }
+        for (const char *c = name; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        for (int b = 0; b < 8; b++)
+            h = (h ^ ((off >> (8 * b)) & 0xff)) * 1099511628211ull;
+    }
+    return h;
 }
 
 /* Counts a call of kind k; true when it is the one to fail. */
@@ -67,6 +102,9 @@ static int should_fail(int k)
     if (!ready)
         setup();
     int fail = ++count[k] == fail_at && k == fail_kind;
+    if (sites)
+        fprintf(sites, "%s %ld %016llx\n", kind_name[k], count[k],
+                (unsigned long long)site_of_stack());
     pthread_mutex_unlock(&lock);
     if (fail)
         fprintf(stderr, "cl_fault: failing %s call %ld\n", kind_name[k], fail_at);
