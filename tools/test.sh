@@ -3,7 +3,7 @@
 # one PoCL device and again with several (meson test), then the sanitizer
 # build (tools/sanitize.sh: AddressSanitizer + UndefinedBehaviorSanitizer on
 # the unit and CLI suites and the four-device pipeline test), then each fuzz
-# harness for FUZZ_SECONDS (tools/fuzz.sh, default 20: the kept corpus is
+# harness for FUZZ_SECONDS (tools/fuzz.sh, default 15: the kept corpus is
 # replayed by the suite; longer fuzzing is `FUZZ_SECONDS=600 tools/fuzz.sh`).
 # The whole of it stays under 25 minutes on a fresh 2-core machine. Arguments are passed
 # to the first `meson test`; STRATA_QUICK=1 runs only that one.
@@ -15,7 +15,7 @@ status=0
 meson test -C "$build" --print-errorlogs "$@" || status=1
 if [ "${STRATA_QUICK:-0}" != 1 ]; then
     tools/sanitize.sh || status=1
-    FUZZ_SECONDS=${FUZZ_SECONDS:-20} tools/fuzz.sh || status=1
+    FUZZ_SECONDS=${FUZZ_SECONDS:-15} tools/fuzz.sh || status=1
 fi
 if [ "$status" != 0 ]; then
     echo "test.sh: some tests failed (see above)" >&2
