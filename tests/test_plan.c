@@ -383,6 +383,33 @@ static void micro_batches_chosen(void **state)
     st_model_desc_destroy(d);
 }
 
+/* The layouts' table: one one-device reference for every row, so that a
+ * faster row never shows a smaller speedup (each layout had its own). */
+static void layout_speedups_agree_with_times(void **state)
+{
+    (void)state;
+    st_model_desc *d = real_model(8, 256);
+    st_device_profile p[4] = {dev(100, 8), dev(100, 8), dev(100, 8), dev(100, 8)};
+    st_plan_input in = {.parallel = {ST_PARALLEL_AUTO}, .desc = d, .shape = {.batch = 32, .seq = 64, .training = true}, .n_devices = 4, .devices = p};
+    st_plan plan;
+    assert_ok(st_plan_make(&in, &plan));
+    assert_true(plan.n_alts > 1);
+    size_t fits = 0;
+    for (size_t i = 0; i < plan.n_alts; i++) {
+        const st_plan_alt *a = &plan.alts[i];
+        if (!a->fits)
+            continue;
+        fits++;
+        assert_true(fabs(a->speedup * a->step_ms - plan.one_device_ms) <= 1e-9 * plan.one_device_ms);
+        for (size_t j = 0; j < plan.n_alts; j++)
+            if (plan.alts[j].fits && plan.alts[j].step_ms < a->step_ms)
+                assert_true(plan.alts[j].speedup > a->speedup);
+    }
+    assert_true(fits > 1);
+    assert_true(fabs(plan.alts[plan.chosen].speedup - plan.speedup) <= 1e-9 * plan.speedup);
+    st_model_desc_destroy(d);
+}
+
 /* --parallel: the named kinds, both degrees, and one degree alone (the other 1). */
 static void parallel_specs(void **state)
 {
@@ -426,6 +453,7 @@ int main(void)
         cmocka_unit_test(shared_hardware_is_planned_as_shared),
         cmocka_unit_test(micro_batches_chosen),
         cmocka_unit_test(parallel_specs),
+        cmocka_unit_test(layout_speedups_agree_with_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
