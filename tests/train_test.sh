@@ -103,16 +103,23 @@ cmp -s "$(newest "$work/la" optimizer)" "$(newest "$work/ld" optimizer)" ||
     fail "llama: resumed optimizer state differs from the uninterrupted run's"
 expect 2 "cannot be used with --resume" -- "$strata" train --resume "$work/lc" --kv-heads 2
 
+# signal_run SIGNAL DIR: a long run into DIR (log DIR.log), sent SIGNAL once
+# its log shows step 3; rc holds its exit code.
+signal_run() {
+    local sig=$1 dir=$2
+    "$strata" train "${tiny[@]}" --steps 100000 --out "$dir" --log-every 1 >"$dir.log" 2>&1 &
+    local job=$!
+    for _ in $(seq 1 100); do
+        grep -q "^step 3/" "$dir.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    kill "-$sig" "$job"
+    wait "$job"
+    rc=$?
+}
+
 # Ctrl-C: the step finishes, the checkpoint is written, exit 130, and it resumes.
-"$strata" train "${tiny[@]}" --steps 100000 --out "$work/int" --log-every 1 >"$work/int.log" 2>&1 &
-job=$!
-for _ in $(seq 1 100); do
-    grep -q "^step 3/" "$work/int.log" 2>/dev/null && break
-    sleep 0.1
-done
-kill -INT "$job"
-wait "$job"
-rc=$?
+signal_run INT "$work/int"
 [ "$rc" = 130 ] || fail "Ctrl-C: exit $rc, expected 130: $(tail -3 "$work/int.log")"
 grep -q "^interrupted: stopped after step" "$work/int.log" || fail "Ctrl-C: no interrupted line"
 grep -q "^strata: stopping: finishing this step, then validating and saving to $work/int; Ctrl-C again quits" \
@@ -124,15 +131,7 @@ out=$("$strata" train --resume "$work/int" --stop-at $((stopped + 1)) 2>&1) ||
 grep -q "resuming at step $stopped of 100000" <<<"$out" || fail "Ctrl-C checkpoint does not resume: $out"
 
 # SIGHUP (a closed terminal) is a Ctrl-C: the step finishes, it saves, exit 130.
-"$strata" train "${tiny[@]}" --steps 100000 --out "$work/hup" --log-every 1 >"$work/hup.log" 2>&1 &
-job=$!
-for _ in $(seq 1 100); do
-    grep -q "^step 3/" "$work/hup.log" 2>/dev/null && break
-    sleep 0.1
-done
-kill -HUP "$job"
-wait "$job"
-rc=$?
+signal_run HUP "$work/hup"
 [ "$rc" = 130 ] || fail "SIGHUP: exit $rc, expected 130: $(tail -3 "$work/hup.log")"
 [ -s "$(newest "$work/hup" checkpoint)" ] || fail "SIGHUP: no checkpoint saved"
 
