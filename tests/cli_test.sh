@@ -214,6 +214,14 @@ if [ -d "$toks" ]; then
     expect 2 "tokenize a missing file" -- "$strata" tokenize --tokenizer "$toks/llama3.json" "$tmp/nope.txt"
 fi
 
+# A host address space too small for the driver (ulimit -v): a message that
+# names the limit, not a SIGSEGV inside PoCL or "no device". (Not under
+# AddressSanitizer, whose shadow memory needs terabytes of address space.)
+if ! ldd "$strata" | grep -q libasan; then
+    expect 1 "ulimit -v 600000" -- bash -c "ulimit -v 600000 && exec \"\$0\" devices" "$strata"
+    grep_in "$tmp/err" "address space is limited to 585 MiB (ulimit -v)" "a small ulimit -v named"
+fi
+
 # --lr alone: the decay ends at a tenth of it (the default --min-lr would be above it).
 expect 0 "--lr alone" -- "$strata" train --layers 1 --embd 16 --heads 2 --batch 4 --eval-batches 1 \
     --steps 1 --lr 1e-4 --out "$tmp/lr"

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "strata/cl.h"
 #include "strata/tune.h"
@@ -206,8 +207,31 @@ static const char no_driver_hint[] =
     "GPU vendor's OpenCL driver) and check that /etc/OpenCL/vendors (or $OCL_ICD_VENDORS) "
     "names it";
 
+/* PoCL and CLBlast (LLVM inside) need address space to start: under
+ * `ulimit -v` of 500-700 MB a tiny run died by SIGSEGV inside PoCL, and
+ * below that the driver reported no device at all (800 MB was the least that
+ * worked, one tiny run on the reference machine). Said before any call. */
+#define MIN_ADDRESS_SPACE (1ull << 30)
+
+static st_status check_address_space(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        (unsigned long long)rl.rlim_cur >= MIN_ADDRESS_SPACE)
+        return ST_OK;
+    return st_error(ST_ERR_HOST_MEMORY,
+                    "the host address space is limited to %llu MiB (ulimit -v), and the OpenCL "
+                    "driver and CLBlast need at least %llu MiB to start (PoCL crashed below "
+                    "800 MiB): raise the limit (`ulimit -v unlimited`, or %llu KiB or more)",
+                    (unsigned long long)rl.rlim_cur >> 20, MIN_ADDRESS_SPACE >> 20,
+                    MIN_ADDRESS_SPACE >> 10);
+}
+
 st_status st_device_list_create(st_device_list **out)
 {
+    st_status as = check_address_space();
+    if (as != ST_OK)
+        return as;
     cl_uint np = 0;
     cl_int err = clGetPlatformIDs(0, NULL, &np);
     if (err == CL_PLATFORM_NOT_FOUND_KHR || (err == CL_SUCCESS && np == 0))
