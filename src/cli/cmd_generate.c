@@ -211,10 +211,6 @@ static st_status show_text(st_tokenizer *tk, const int *ids, long n, size_t *pri
     return ST_OK;
 }
 
-static st_status show(st_tokenizer *tk, const int *ids, long n, size_t *printed)
-{
-    return show_text(tk, ids, n, printed, false);
-}
 
 /* The rest of a text; *newline: it ended with one. */
 static st_status show_end(st_tokenizer *tk, const int *ids, long n, size_t *printed,
@@ -378,7 +374,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         tok[i] = text[(size_t)i * cap];
     }
     if (s == ST_OK && stream)
-        s = show(tk, text, len[0], &printed[0]);
+        s = show_text(tk, text, len[0], &printed[0], false);
     /* Progress: the prompts' tokens while they are read (one position per
      * round each), then the generated tokens when the text is not streamed. */
     st_progress pr;
@@ -410,7 +406,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                     continue;
                 }
                 t[len[i]++] = next;
-                if (stream && (s = show(tk, t, len[i], &printed[i])) != ST_OK)
+                if (stream && (s = show_text(tk, t, len[i], &printed[i], false)) != ST_OK)
                     break;
                 if (made[i] < n) {
                     if (len[i] - 1 - base[i] >= P) { /* no position left: slide */

@@ -1547,18 +1547,21 @@ static bool run_decoder(const st_tokenizer *t, const dec_step *st, strs *l)
     return ok;
 }
 
-/* A byte-fallback token: its text is "<0xNN>" and it is the byte's id. */
+/* A byte-fallback token: its text is "<0xNN>" and it is that byte's id. */
 static bool is_byte_token(const st_tokenizer *t, int32_t id)
 {
     if (t->tok_len[id] != 6)
         return false;
     const char *p = t->arena.p + t->tok_off[id];
-    if (memcmp(p, "<0x", 3) != 0 || p[5] != '>')
-        return false;
-    for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] == id)
-            return true;
-    return false;
+    unsigned b = 0;
+    for (int i = 3; i < 5; i++) {
+        char c = p[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (v < 0)
+            return false;
+        b = b * 16 + (unsigned)v;
+    }
+    return memcmp(p, "<0x", 3) == 0 && p[5] == '>' && t->byte_id[b] == id;
 }
 
 st_status st_tokenizer_decode(const st_tokenizer *t, const int32_t *ids, size_t n,
