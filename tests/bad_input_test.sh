@@ -19,7 +19,7 @@ row() {
     local text=$1
     shift
     rows=$((rows + 1))
-    local out rc
+    local rc
     out=$(timeout 120 "$strata" "$@" 2>&1)
     rc=$?
     if [ "$rc" != 2 ]; then
@@ -134,6 +134,30 @@ json.dump(t, open(sys.argv[2], "w"))
 PY
 printf 'a\xe2\x98\x83b' >"$work/snow.txt"
 row "the unk_token that stands for such characters is not in the vocabulary" tokenize --tokenizer "$work/nounk.json" "$work/snow.txt"
+# Every flag is checked before any work: a run refused for a flag made no
+# --out folder, tokenized no text and measured no device (the order of the
+# lines it would have printed first). --lr 1e-4 with a --min-lr above it was
+# refused after both, leaving the tokenizer's files in --out.
+tok="$STRATA_SOURCE_ROOT/tests/data/tokenizers/llama3.json" txt="$STRATA_SOURCE_ROOT/tests/data/tokenizers/test.txt"
+early() { # TEXT FLAGS...
+    local text=$1
+    shift
+    rm -rf "$work/early"
+    row "$text" train "${tiny[@]}" --data "$txt" --tokenizer "$tok" --out "$work/early" --steps 1 "$@"
+    [ ! -e "$work/early" ] || fail "train $* refused late: it made --out ($(ls "$work/early"))"
+    grep -qE "^(tokenizer|data|profiled):" <<<"$out" && fail "train $* worked before refusing: $out"
+}
+early "--min-lr 0.001 is above --lr 0.0001" --lr 1e-4 --min-lr 1e-3
+early "bad split 'ratio:0,1'" --split ratio:0,1
+early "bad --parallel 'dp:0'" --parallel dp:0
+early "bad --mem-limit '0:x'" --mem-limit 0:x
+early "--mem-limit names device 7, which is not among the chosen devices" --mem-limit 7:1G
+early "does not split into 3 equal micro-batches" --micro-batches 3
+early "it is not a regular file (a FIFO" --log-json "$work/fifo"
+early "choose with --devices" --devices 9
+row "bad split 'ratio:0,1'" generate --model "$work/ck" --split ratio:0,1
+row "bad --mem-limit '0:x'" eval --model "$work/ck" --mem-limit 0:x
+row "bad --mem-limit '0:x'" bench --scaling --mem-limit 0:x
 # Nothing written by a refused command.
 [ "$(ls "$work/ck" | grep -c '^checkpoint-step')" = 1 ] || fail "a refused command changed the checkpoint: $(ls "$work/ck")"
 

@@ -348,6 +348,47 @@ static void tokenizer_config_names_bos_and_eos(void **state)
     rmdir(dir);
 }
 
+/* The file's content decides what it is, not the end of its name: a
+ * tokenizer.json saved as my-vocab.json is one (it was read as GPT-2's
+ * vocab.json and refused for a missing merges.txt), and in a model folder
+ * each file takes the name of its role. */
+static void vocab_json_by_content(void **state)
+{
+    (void)state;
+    char src[4200], dir[] = "/tmp/strata-tokname-XXXXXX", path[4200];
+    assert_non_null(mkdtemp(dir));
+    path_of(src, sizeof src, "llama3.json");
+    char *json = NULL;
+    size_t len = 0;
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    json = malloc(len + 1);
+    assert_int_equal(fread(json, 1, len, f), len);
+    json[len] = '\0';
+    fclose(f);
+    snprintf(path, sizeof path, "%s/my-vocab.json", dir);
+    write_text(path, json);
+    free(json);
+    st_tokenizer *t = NULL;
+    assert_ok(st_tokenizer_load(path, &t));
+    assert_int_equal(st_tokenizer_bos(t), id_of(t, "<|begin_of_text|>"));
+    assert_string_equal(st_tokenizer_file_role(t, 0), "tokenizer.json");
+    assert_null(st_tokenizer_file_role(t, 1));
+    st_tokenizer_free(t);
+    unlink(path);
+    rmdir(dir);
+
+    /* GPT-2's pair: vocab.json and merges.txt by role */
+    path_of(src, sizeof src, "gpt2/vocab.json");
+    assert_ok(st_tokenizer_load(src, &t));
+    assert_string_equal(st_tokenizer_file_role(t, 0), "vocab.json");
+    assert_string_equal(st_tokenizer_file_role(t, 1), "merges.txt");
+    st_tokenizer_free(t);
+}
+
 /* A text file through a tokenizer: its ids are the text's, with the
  * template's BOS; the vocabulary is the tokenizer's; the identity names it. */
 static void text_files_become_tokens(void **state)
@@ -421,6 +462,7 @@ int main(void)
         cmocka_unit_test(edge_forms_match_the_library),
         cmocka_unit_test(token_files_round_trip),
         cmocka_unit_test(tokenizer_config_names_bos_and_eos),
+        cmocka_unit_test(vocab_json_by_content),
         cmocka_unit_test(text_files_become_tokens),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

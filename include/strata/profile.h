@@ -39,8 +39,10 @@ st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, un
 
 /* For the devices of prof[0..n) (profiled already) that share hardware with
  * another of them: times the same GEMM on each group's devices at once (a
- * host thread each) and sets their shared_gflops; others get 0. Cached like
- * a profile. */
+ * host thread each) and on one of them alone in the same sitting, and sets
+ * their shared_gflops to their gflops times that ratio (a busy machine slows
+ * both measurements alike); others get 0. The ratios are cached like a
+ * profile. */
 st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, size_t nn,
                                    size_t k, st_device_profile *prof);
 
@@ -51,9 +53,21 @@ st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, 
                                    double *seconds);
 
 /* n measured times cached with dev's profiles under the name what (a new
- * tuning or driver makes them stale like a profile): true when found. */
+ * tuning or driver makes them stale like a profile): true when found and
+ * usable. Times measured while the host was busy (busy: see
+ * st_device_measured_busy) are used by the run that measured them and
+ * measured again by the next; the second busy measurement is kept. */
 bool st_device_cached_seconds(st_device *dev, const char *what, int n, double *seconds);
-void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds);
+void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds,
+                             bool busy);
+
+/* Whether a measurement on dev that started at h (core/load.h) ran while
+ * other processes kept the host's cores busy enough to slow it: only a
+ * device on the host's CPU can tell. *others: their cores' worth, -1 when
+ * unknown. */
+struct st_host_load;
+bool st_device_measured_busy(const st_device *dev, const struct st_host_load *h,
+                             double *others);
 
 /* Removes the cached profiles of dev (every shape); returns how many. */
 int st_device_profile_forget(const st_device *dev);

@@ -52,6 +52,10 @@ uint64_t st_tokenizer_sum(const st_tokenizer *t);
 /* The files st_tokenizer_load read (tokenizer.json, or vocab.json and
  * merges.txt; tokenizer_config.json when there): i from 0, NULL past the last. */
 const char *st_tokenizer_file(const st_tokenizer *t, size_t i);
+/* The name file i has in a model folder: tokenizer.json, or GPT-2's
+ * vocab.json and merges.txt, then tokenizer_config.json (whatever the names
+ * it was loaded from: my-vocab.json). */
+const char *st_tokenizer_file_role(const st_tokenizer *t, size_t i);
 
 /* Called now and then during a long st_tokenizer_encode with the bytes of
  * the text done so far and its length. fn NULL: none. */

@@ -17,6 +17,7 @@
 
 #include "core/clock.h"
 #include "core/file.h"
+#include "core/load.h"
 #include "strata/gemm.h"
 #include "strata/layers.h"
 #include "strata/profile.h"
@@ -71,6 +72,16 @@ static double median_of(double *v, int n, double *spread)
     if (spread)
         *spread = med > 0 ? (v[n - 1] - v[0]) / med : 0;
     return med;
+}
+
+bool st_device_measured_busy(const st_device *dev, const st_host_load *h, double *others)
+{
+    double o = -1;
+    bool busy = strcmp(st_device_get_info(dev)->hardware, "host CPU") == 0 &&
+                st_host_load_busy(h, &o);
+    if (others)
+        *others = o;
+    return busy;
 }
 
 static bool same_device(json_t *j, const st_device_info *info)
@@ -135,8 +146,61 @@ static json_t *device_json(const st_device *dev)
                      (json_int_t)time(NULL), "load_average", load1);
 }
 
+/* n values cached under what in field: true when usable, that is measured
+ * on an idle host, or busy UNSTEADY_KEEP times (a machine that is always
+ * busy keeps its second measurement). *busy counts the busy measurements
+ * behind what the file holds (0 when none or no file). */
+static bool cached_values(st_device *dev, const char *what, const char *field, int n,
+                          double *v, int *busy)
+{
+    char path[4400];
+    *busy = 0;
+    profile_path(dev, what, path, sizeof path);
+    json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
+    bool same = j && same_device(j, st_device_get_info(dev));
+    json_t *a = same ? json_object_get(j, field) : NULL;
+    json_t *b = same ? json_object_get(j, "busy_measurements") : NULL;
+    json_int_t count = json_is_integer(b) ? json_integer_value(b) : 0;
+    *busy = count > 0 && count < 1000 ? (int)count : 0;
+    bool hit = json_is_array(a) && (int)json_array_size(a) == n &&
+               (*busy == 0 || *busy >= UNSTEADY_KEEP);
+    for (int i = 0; hit && i < n; i++) {
+        v[i] = json_number_value(json_array_get(a, (size_t)i));
+        hit = v[i] > 0;
+    }
+    json_decref(j);
+    return hit;
+}
+
+static void cache_values(st_device *dev, const char *what, const char *field, int n,
+                         const double *v, bool busy, json_t *extra)
+{
+    char path[4400];
+    double old[1];
+    int before = 0;
+    if (busy)
+        cached_values(dev, what, field, 0, old, &before);
+    profile_path(dev, what, path, sizeof path);
+    if (!path[0]) {
+        json_decref(extra);
+        return;
+    }
+    json_t *o = device_json(dev), *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    json_object_set_new(o, "what", json_string(what));
+    json_object_set_new(o, field, a);
+    json_object_set_new(o, "busy_measurements", json_integer(busy ? before + 1 : 0));
+    if (extra)
+        json_object_update(o, extra);
+    json_decref(extra);
+    write_json(path, o);
+    json_decref(o);
+}
+
 static void save(const char *path, const st_device *dev, size_t m, size_t n, size_t k,
-                 const st_device_profile *p, const double *runs, bool steady, int unsteady)
+                 size_t rows, const st_device_profile *p, const double *runs, bool steady, int unsteady,
+                 double busy_cores)
 {
     if (!path[0])
         return;
@@ -145,6 +209,8 @@ static void save(const char *path, const st_device *dev, size_t m, size_t n, siz
         json_array_append_new(r, json_real(runs[i]));
     json_object_set_new(j, "gemm_mnk", json_pack("[I,I,I]", (json_int_t)m, (json_int_t)n,
                                                  (json_int_t)k));
+    if (rows != m) /* timed on its first rows only (measure) */
+        json_object_set_new(j, "gemm_rows_timed", json_integer((json_int_t)rows));
     json_object_set_new(j, "gflops", json_real(p->gflops));
     json_object_set_new(j, "gflops_runs", r);
     json_object_set_new(j, "gflops_spread", json_real(p->gflops_spread));
@@ -153,6 +219,8 @@ static void save(const char *path, const st_device *dev, size_t m, size_t n, siz
     json_object_set_new(j, "launch_us", json_real(p->launch_us));
     json_object_set_new(j, "steady", json_boolean(steady));
     json_object_set_new(j, "unsteady_measurements", json_integer(steady ? 0 : unsteady));
+    if (busy_cores >= 0) /* other processes' use of the host's cores while measuring */
+        json_object_set_new(j, "busy_cores", json_real(busy_cores));
     write_json(path, j);
     json_decref(j);
 }
@@ -195,8 +263,10 @@ static st_status reps_for(st_tensor *a, st_tensor *b, st_tensor *c, int *reps)
 }
 
 static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device_profile *p,
-                         double *gflops_runs, bool *steady)
+                         double *gflops_runs, bool *steady, double *busy_cores, size_t *rows)
 {
+    st_host_load load;
+    *busy_cores = -1;
     st_tensor *a = NULL, *b = NULL, *c = NULL, *x = NULL;
     size_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n}, sx[1] = {COPY_FLOATS};
     float *host = malloc(sx[0] * sizeof *host);
@@ -210,13 +280,50 @@ static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device
         (s = st_tensor_create(dev, ST_F32, 2, sc, "profile C", &c)) == ST_OK &&
         (s = st_tensor_create(dev, ST_F32, 1, sx, "profile copy", &x)) == ST_OK) {
         memset(host, 0, sx[0] * sizeof *host);
-        double t, flops = 2.0 * (double)m * n * k;
+        double t = 0;
         int reps = 1;
-        s = gemm_timed(a, b, c, 1, &t); /* the first product compiles */
+        /* A large product (over 8 GFLOP: a 1B-parameter model's, 17 s for
+         * the three on a CPU device, where the 16 to 21 timed runs took four
+         * minutes) is timed on its first rows only: as many as take about a
+         * quarter of a second, at least 256, by the rate of 256 rows; the
+         * rate no longer grows with the rows at that size. */
+        size_t mt = m;
+        if ((double)m * n * k > 4e9 && m > 256) {
+            size_t probe = 256;
+            st_tensor *a2 = NULL, *c2 = NULL;
+            size_t sa2[2] = {probe, k}, sc2[2] = {probe, n};
+            if ((s = st_tensor_view(a, 0, 2, sa2, &a2)) == ST_OK &&
+                (s = st_tensor_view(c, 0, 2, sc2, &c2)) == ST_OK &&
+                (s = gemm_timed(a2, b, c2, 1, &t)) == ST_OK) /* compiles */
+                s = gemm_timed(a2, b, c2, 1, &t);
+            st_tensor_destroy(a2);
+            st_tensor_destroy(c2);
+            double fit = t > 0 ? 0.25 / t * (double)probe : (double)m;
+            mt = fit >= (double)m ? m : fit < 256 ? 256 : (size_t)fit / 64 * 64;
+        }
+        if (s == ST_OK && mt < m) {
+            size_t sa2[2] = {mt, k}, sc2[2] = {mt, n};
+            st_tensor *a2 = NULL, *c2 = NULL;
+            if ((s = st_tensor_view(a, 0, 2, sa2, &a2)) == ST_OK &&
+                (s = st_tensor_view(c, 0, 2, sc2, &c2)) == ST_OK) {
+                st_tensor_destroy(a);
+                st_tensor_destroy(c);
+                a = a2;
+                c = c2;
+                a2 = c2 = NULL;
+            }
+            st_tensor_destroy(a2);
+            st_tensor_destroy(c2);
+        } else if (s == ST_OK) {
+            s = gemm_timed(a, b, c, 1, &t); /* the first product compiles */
+        }
+        *rows = mt;
+        double flops = 2.0 * (double)mt * n * k;
         if (s == ST_OK)
             s = reps_for(a, b, c, &reps);
         uint64_t done = 1;
         st_progress_update(&pr, done);
+        st_host_load_begin(&load);
         /* RUNS timed products; again while the spread is large (the
          * machine busy), keeping the steadiest round. */
         double best_spread = 1e30;
@@ -237,7 +344,13 @@ static st_status measure(st_device *dev, size_t m, size_t n, size_t k, st_device
                 memcpy(gflops_runs, rate, sizeof rate);
             }
         }
-        *steady = best_spread <= STEADY;
+        /* A steady rate measured while other processes kept the host's
+         * cores busy is steady at the wrong value: not kept either. */
+        double others = -1;
+        bool busy = s == ST_OK && st_device_measured_busy(dev, &load, &others);
+        *steady = best_spread <= STEADY && !busy;
+        if (busy)
+            *busy_cores = others;
         double w[RUNS], r[RUNS];
         for (int i = 0; s == ST_OK && i < RUNS; i++) {
             double t0 = st_now_s();
@@ -294,15 +407,24 @@ st_status st_device_profile_get(st_device *dev, size_t m, size_t n, size_t k, un
     int unsteady = 0;
     bool hit = load(path, dev, &p, &unsteady);
     if (!hit) {
-        double runs[RUNS];
+        double runs[RUNS], busy = -1;
         bool steady = false;
-        st_status s = measure(dev, m, n, k, &p, runs, &steady);
+        size_t rows = m;
+        st_status s = measure(dev, m, n, k, &p, runs, &steady, &busy, &rows);
         if (s != ST_OK) {
             st_error_context("measuring %s for the planner", st_device_label(dev));
             return s;
         }
-        save(path, dev, m, n, k, &p, runs, steady, unsteady + 1);
-        if (!steady)
+        save(path, dev, m, n, k, rows, &p, runs, steady, unsteady + 1, busy);
+        if (!steady && busy >= 0)
+            st_log(ST_LOG_WARN,
+                   "other processes used %.1f of the host's cores while %s was measured: the "
+                   "planner uses its %.1f GFLOPS for this run %s (`strata devices --profile "
+                   "--refresh` re-measures now)",
+                   busy, st_device_label(dev), p.gflops,
+                   unsteady + 1 < UNSTEADY_KEEP ? "and measures it again next time"
+                                                : "and keeps it (the machine was busy twice)");
+        else if (!steady)
             st_log(ST_LOG_WARN,
                    "%s's GEMM rate varied by %.0f%% over %d runs, three times (is the machine "
                    "busy?): the planner uses the median, %.1f GFLOPS, %s (`strata devices "
@@ -364,9 +486,26 @@ static void *shared_run(void *arg)
     return NULL;
 }
 
-/* Times the product on the devices g[0..n) at once; rates in GFLOPS. */
+/* RUNS timed runs of job j's product on its device alone: the median, in
+ * seconds per product. */
+static st_status alone_median(shared_job *j, double *secs)
+{
+    double t[RUNS];
+    st_status s = ST_OK;
+    for (int i = 0; s == ST_OK && i < RUNS; i++)
+        s = gemm_timed(j->a, j->b, j->c, j->reps, &t[i]);
+    *secs = s == ST_OK ? median_of(t, RUNS, NULL) : 0;
+    return s;
+}
+
+/* Times the product on the devices g[0..n) at once, and on g[0] alone just
+ * before and after: ratios[i] is device i's rate together over the rate
+ * alone. Both come from one sitting, so a machine loaded by something else
+ * slows both alike and the ratio stays what sharing costs (a rate alone
+ * measured idle at another time beside one together measured busy made the
+ * planner predict two devices at half the speed of one). */
 static st_status measure_shared(st_device *const *g, size_t n, size_t m, size_t nn, size_t k,
-                                double *rates)
+                                double *ratios)
 {
     shared_job job[ST_MAX_DEVICES];
     pthread_t th[ST_MAX_DEVICES];
@@ -383,8 +522,20 @@ static st_status measure_shared(st_device *const *g, size_t n, size_t m, size_t 
         if (s == ST_OK)
             s = reps_for(job[i].a, job[i].b, job[i].c, &job[i].reps);
     }
-    size_t started = 0;
-    if (s == ST_OK && pthread_barrier_init(&start, NULL, (unsigned)n) == 0) {
+    /* ROUNDS of alone, together, alone (each alone shared by the rounds
+     * beside it); each round's ratio, then their median: on a machine
+     * whose speed drifts from second to second, one ratio was 0.52 in one
+     * command and 1.0 in the next. */
+    enum { ROUNDS = 3 };
+    double alone[ROUNDS + 1], ratio[ST_MAX_DEVICES][ROUNDS];
+    if (s == ST_OK)
+        s = alone_median(&job[0], &alone[0]);
+    for (int r = 0; s == ST_OK && r < ROUNDS; r++) {
+        size_t started = 0;
+        if (pthread_barrier_init(&start, NULL, (unsigned)n) != 0) {
+            s = st_error(ST_ERR_HOST_MEMORY, "cannot start the measuring threads");
+            break;
+        }
         for (; started < n; started++) {
             job[started].start = &start;
             if (pthread_create(&th[started], NULL, shared_run, &job[started]) != 0)
@@ -401,15 +552,18 @@ static st_status measure_shared(st_device *const *g, size_t n, size_t m, size_t 
         for (size_t i = 0; i < started; i++)
             pthread_join(th[i], NULL);
         pthread_barrier_destroy(&start);
-    } else if (s == ST_OK) {
-        s = st_error(ST_ERR_HOST_MEMORY, "cannot start the measuring threads");
+        for (size_t i = 0; i < n; i++)
+            if (s == ST_OK && job[i].s != ST_OK)
+                s = job[i].s;
+        if (s == ST_OK)
+            s = alone_median(&job[0], &alone[r + 1]);
+        for (size_t i = 0; s == ST_OK && i < n; i++)
+            ratio[i][r] = 0.5 * (alone[r] + alone[r + 1]) /
+                          fmax(median_of(job[i].secs, RUNS, NULL), 1e-12);
     }
     for (size_t i = 0; i < n; i++) {
-        if (s == ST_OK && job[i].s != ST_OK)
-            s = job[i].s;
         if (s == ST_OK)
-            rates[i] = 2.0 * (double)m * nn * k / fmax(median_of(job[i].secs, RUNS, NULL), 1e-9) /
-                       1e9;
+            ratios[i] = median_of(ratio[i], ROUNDS, NULL);
         st_tensor_destroy(job[i].a);
         st_tensor_destroy(job[i].b);
         st_tensor_destroy(job[i].c);
@@ -437,80 +591,47 @@ st_status st_device_profile_shared(st_device *const *devs, size_t n, size_t m, s
         if (cnt < 2)
             continue;
         /* Cached under the first device, keyed by the group's devices. */
-        char what[1400], path[4400];
-        int len = snprintf(what, sizeof what, "shared %zux%zux%zu", m, nn, k);
+        char what[1400];
+        int len = snprintf(what, sizeof what, "shared v2 %zux%zux%zu", m, nn, k);
         for (size_t j = 0; j < cnt && len < (int)sizeof what; j++)
             len += snprintf(what + len, sizeof what - (size_t)len, "|%s|%s",
                             st_device_get_info(g[j])->platform,
                             st_device_get_info(g[j])->name);
-        profile_path(g[0], what, path, sizeof path);
-        double rates[ST_MAX_DEVICES];
-        bool hit = false;
-        json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
-        json_t *arr = j ? json_object_get(j, "shared_gflops") : NULL;
-        if (j && same_device(j, st_device_get_info(g[0])) && json_is_array(arr) &&
-            json_array_size(arr) == cnt) {
-            hit = true;
-            for (size_t q = 0; q < cnt; q++)
-                hit &= (rates[q] = json_number_value(json_array_get(arr, q))) > 0;
-        }
-        json_decref(j);
-        if (!hit) {
+        double ratios[ST_MAX_DEVICES];
+        int busy_before;
+        if (!cached_values(g[0], what, "shared_over_alone", (int)cnt, ratios, &busy_before)) {
             st_progress pr;
+            st_host_load load;
+            st_host_load_begin(&load);
             st_progress_begin(&pr, 0, "measuring %zu devices that share the %s, running at once",
                               cnt, prof[i].hardware);
-            st_status s = measure_shared(g, cnt, m, nn, k, rates);
+            st_status s = measure_shared(g, cnt, m, nn, k, ratios);
             st_progress_end(&pr);
             if (s != ST_OK) {
                 st_error_context("measuring the devices that share the %s", prof[i].hardware);
                 return s;
             }
-            if (path[0]) {
-                json_t *out = device_json(g[0]), *r = json_array();
-                for (size_t q = 0; q < cnt; q++)
-                    json_array_append_new(r, json_real(rates[q]));
-                json_object_set_new(out, "gemm_mnk", json_pack("[I,I,I]", (json_int_t)m,
-                                                               (json_int_t)nn, (json_int_t)k));
-                json_object_set_new(out, "shared_gflops", r);
-                write_json(path, out);
-                json_decref(out);
-            }
+            cache_values(g[0], what, "shared_over_alone", (int)cnt, ratios,
+                         st_device_measured_busy(g[0], &load, NULL),
+                         json_pack("{s:[I,I,I]}", "gemm_mnk", (json_int_t)m, (json_int_t)nn,
+                                   (json_int_t)k));
         }
         for (size_t q = 0; q < cnt; q++)
-            prof[idx[q]].shared_gflops = rates[q];
+            prof[idx[q]].shared_gflops = prof[idx[q]].gflops * ratios[q];
     }
     return ST_OK;
 }
 
 bool st_device_cached_seconds(st_device *dev, const char *what, int n, double *seconds)
 {
-    char path[4400];
-    profile_path(dev, what, path, sizeof path);
-    json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
-    json_t *v = j && same_device(j, st_device_get_info(dev)) ? json_object_get(j, "seconds")
-                                                              : NULL;
-    bool hit = json_is_array(v) && (int)json_array_size(v) == n;
-    for (int i = 0; hit && i < n; i++) {
-        seconds[i] = json_number_value(json_array_get(v, (size_t)i));
-        hit = seconds[i] > 0;
-    }
-    json_decref(j);
-    return hit;
+    int busy;
+    return cached_values(dev, what, "seconds", n, seconds, &busy);
 }
 
-void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds)
+void st_device_cache_seconds(st_device *dev, const char *what, int n, const double *seconds,
+                             bool busy)
 {
-    char path[4400];
-    profile_path(dev, what, path, sizeof path);
-    if (!path[0])
-        return;
-    json_t *o = device_json(dev), *a = json_array();
-    for (int i = 0; i < n; i++)
-        json_array_append_new(a, json_real(seconds[i]));
-    json_object_set_new(o, "what", json_string(what));
-    json_object_set_new(o, "seconds", a);
-    write_json(path, o);
-    json_decref(o);
+    cache_values(dev, what, "seconds", n, seconds, busy, NULL);
 }
 
 st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, unsigned flags,
@@ -518,18 +639,13 @@ st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, 
 {
     if (flags & ST_PROFILE_REFRESH)
         st_device_profile_forget(dev);
-    char path[4400], what[128];
+    char what[128];
     snprintf(what, sizeof what, "attention %dx%dx%dx%d", B, T, C, NH);
-    profile_path(dev, what, path, sizeof path);
-    json_t *j = path[0] ? json_load_file(path, 0, NULL) : NULL;
-    double cached = 0;
-    bool hit = j && same_device(j, st_device_get_info(dev)) &&
-               json_unpack(j, "{s:F}", "seconds", &cached) == 0 && cached > 0;
-    json_decref(j);
-    if (hit) {
-        *seconds = cached;
+    int busy_before;
+    if (cached_values(dev, what, "seconds", 1, seconds, &busy_before))
         return ST_OK;
-    }
+    st_host_load load;
+    st_host_load_begin(&load);
     size_t N = (size_t)B * T, Cs = (size_t)C, q3[1] = {N * 3 * Cs}, o1[1] = {N * Cs},
            l1[1] = {(size_t)B * NH * T}, b1[1] = {3 * Cs};
     st_tensor *qkv = NULL, *bias = NULL, *out = NULL, *lse = NULL, *dout = NULL, *dqkv = NULL;
@@ -563,13 +679,7 @@ st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, 
         return s;
     }
     *seconds = median_of(t + 1, 3, NULL); /* the first compiles */
-    if (path[0]) {
-        json_t *o = device_json(dev);
-        json_object_set_new(o, "attention_btcnh",
-                            json_pack("[i,i,i,i]", B, T, C, NH));
-        json_object_set_new(o, "seconds", json_real(*seconds));
-        write_json(path, o);
-        json_decref(o);
-    }
+    cache_values(dev, what, "seconds", 1, seconds, st_device_measured_busy(dev, &load, NULL),
+                 json_pack("{s:[i,i,i,i]}", "attention_btcnh", B, T, C, NH));
     return ST_OK;
 }

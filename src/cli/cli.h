@@ -100,7 +100,12 @@ typedef struct cli_plan_opts {
     bool quiet;
 } cli_plan_opts;
 
+/* --mem-limit's INDEX:SIZE list onto the chosen devices (devs NULL: its
+ * syntax alone). */
 st_status cli_apply_mem_limit(const char *text, cli_devices *devs);
+/* --split, --parallel and --mem-limit (any NULL) well formed: checked with
+ * the other flags, before a command does any work. */
+st_status cli_check_plan_flags(const char *split, const char *parallel, const char *mem_limit);
 /* --mem-limit applied, then the library's planning (st_run_plan): prof gets
  * one entry per device. */
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,

@@ -355,6 +355,8 @@ int cmd_bench(int argc, char **argv)
         return cli_usage_error("bench", "--out and --mem-limit go with --scaling");
     if (scaling && strcmp(format, "table") != 0)
         return cli_usage_error("bench", "--scaling prints Markdown; --out DIR also writes JSON");
+    if (cli_check_plan_flags(NULL, NULL, mem_limit) != ST_OK)
+        return cli_usage_error("bench", "%s", st_last_error());
     if (scaling && !micro_given)
         m = 1; /* the planner chooses (checked below against the batch as 1) */
     if (out_dir) { /* made when missing, as train's --out is; checked writable now */

@@ -542,6 +542,8 @@ int cmd_generate(int argc, char **argv)
         return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
     if (!model)
         return cli_usage_error("generate", "--model DIR is required");
+    if (cli_check_plan_flags(rf.split, rf.parallel, rf.mem_limit) != ST_OK)
+        return cli_usage_error("generate", "%s", st_last_error());
     for (int i = 0; i < n_prompts; i++)
         if (!*prompts[i])
             return cli_usage_error("generate",
@@ -630,6 +632,8 @@ int cmd_eval(int argc, char **argv)
         return cli_usage_error("eval", "unexpected argument '%s'", argv[optind]);
     if (!model)
         return cli_usage_error("eval", "--model DIR is required");
+    if (cli_check_plan_flags(rf.split, rf.parallel, rf.mem_limit) != ST_OK)
+        return cli_usage_error("eval", "%s", st_last_error());
     st_dataset *ds = NULL;
     st_tokenizer *tk = NULL;
     st_status s = cli_open_tokenizer(model, rf.tokenizer, &tk);

@@ -153,6 +153,8 @@ int cmd_plan(int argc, char **argv)
         return cli_usage_error("plan", "unexpected argument '%s'", argv[optind]);
     if (m && B % m != 0)
         return cli_usage_error("plan", "--batch %ld does not split into %ld micro-batches", B, m);
+    if (cli_check_plan_flags(po.split, po.parallel, po.mem_limit) != ST_OK)
+        return cli_usage_error("plan", "%s", st_last_error());
     st_model_config cfg;
     st_status s = ST_OK;
     if (model)

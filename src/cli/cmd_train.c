@@ -505,6 +505,10 @@ static int train_command(int argc, char **argv);
  * made the folder itself (a mistyped --data left an empty runs/<time> per
  * try): what it wrote there (the lock, a tokenizer copy) goes, then the
  * folder, unless something else came into it. */
+/* --log-json, opened with the other flags' checks before any work and
+ * handed to the run's log (NULL then). */
+static FILE *early_log;
+
 static void remove_unsaved_out(void)
 {
     struct stat sb;
@@ -527,6 +531,9 @@ static void remove_unsaved_out(void)
 int cmd_train(int argc, char **argv)
 {
     int rc = train_command(argc, argv);
+    if (early_log) /* opened, then a later check refused the run */
+        fclose(early_log);
+    early_log = NULL;
     st_checkpoint_unlock();
     bool saved = rc == CLI_OK || rc == 130;
     if (out_made.created && !saved)
@@ -670,6 +677,31 @@ static int train_command(int argc, char **argv)
                                "--min-lr %g is above --lr %g: the cosine decay goes from --lr "
                                "down to --min-lr (give a --min-lr from 0 to --lr)",
                                (double)tc.min_lr, (double)tc.lr);
+    /* Every flag's own mistakes before any work: no run folder made, no text
+     * tokenized, no device measured for a run that cannot start. */
+    if (cli_check_plan_flags(split, parallel, mem_limit) != ST_OK)
+        return cli_usage_error("train", "%s", st_last_error());
+    if (!tc.resume_dir && given[O_MICRO] && tc.shape.batch % tc.shape.micro_batches != 0)
+        return cli_usage_error("train",
+                               "a batch of %d sequences does not split into %d equal "
+                               "micro-batches (give a --micro-batches that divides --batch)",
+                               tc.shape.batch, tc.shape.micro_batches);
+    {
+        cli_devices chosen;
+        st_status ds = cli_devices_get(devices, false, &chosen);
+        if (ds == ST_OK && mem_limit)
+            ds = cli_apply_mem_limit(mem_limit, &chosen);
+        if (ds == ST_OK)
+            cli_devices_put(&chosen);
+        if (ds != ST_OK)
+            return cli_fail(ds);
+    }
+#if STRATA_HAVE_MPI
+    if (st_mpi_active() && st_mpi_rank() != 0)
+        log_json = NULL; /* rank 0 writes the log */
+#endif
+    if (log_json && !(early_log = open_log(log_json)))
+        return CLI_USAGE;
 
     if (config) {
         /* The model is the file's: a size flag would be ignored, so it is refused. */
@@ -879,15 +911,8 @@ static int train_command(int argc, char **argv)
         return cli_fail(s);
     }
     log_ctx L = {.log_every = log_every, .out = tc.out_dir, .json_path = log_json};
-#if STRATA_HAVE_MPI
-    if (st_mpi_active() && st_mpi_rank() != 0)
-        log_json = NULL; /* rank 0 writes the log */
-#endif
-    if (log_json && !(L.json = open_log(log_json))) {
-        cli_devices_put(&devs);
-        st_dataset_destroy(ds);
-        return CLI_USAGE;
-    }
+    L.json = early_log;
+    early_log = NULL;
     printf("data: %s\n", st_dataset_describe(ds));
     char model_line[256];
     cli_model_describe(&cfg, model_line, sizeof model_line);

@@ -40,8 +40,8 @@ st_status cli_apply_mem_limit(const char *text, cli_devices *devs)
         /* Less than a KiB or more than an exbibyte is a typo, not a device. */
         if (v * mult < 1024.0 || v * mult > 1152921504606846976.0)
             goto bad;
-        bool found = false;
-        for (size_t i = 0; i < devs->n; i++) {
+        bool found = !devs; /* the syntax alone */
+        for (size_t i = 0; devs && i < devs->n; i++) {
             if (devs->index[i] != (size_t)idx)
                 continue;
             found = true;
@@ -63,6 +63,18 @@ bad:
                     "bad --mem-limit '%s': use INDEX:SIZE pairs such as 0:2G,1:512M (sizes from "
                     "1K to 1E bytes, suffix K, M, G or T)",
                     text);
+}
+
+st_status cli_check_plan_flags(const char *split, const char *parallel, const char *mem_limit)
+{
+    st_split_spec sp;
+    st_parallel_spec par;
+    st_status s = split ? st_split_parse(split, &sp) : ST_OK;
+    if (s == ST_OK && parallel)
+        s = st_parallel_parse(parallel, &par);
+    if (s == ST_OK && mem_limit)
+        s = cli_apply_mem_limit(mem_limit, NULL);
+    return s;
 }
 
 st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_plan_opts *o,

@@ -43,13 +43,9 @@ st_status cli_copy_tokenizer(const st_tokenizer *t, const char *dir)
 {
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && st_tokenizer_file(t, i); i++) {
-        const char *from = st_tokenizer_file(t, i), *base = strrchr(from, '/');
-        base = base ? base + 1 : from;
-        /* A tokenizer.json named otherwise is still the folder's tokenizer.json. */
-        const char *name = strstr(base, "merges") || strstr(base, "vocab") ||
-                                   strcmp(base, "tokenizer_config.json") == 0
-                               ? base
-                               : "tokenizer.json";
+        /* Under the names a model folder's files have, whatever they were
+         * called where they came from (gpt2-vocab.json). */
+        const char *from = st_tokenizer_file(t, i), *name = st_tokenizer_file_role(t, i);
         char to[4200];
         snprintf(to, sizeof to, "%s/%s", dir, name);
         char *text = NULL;

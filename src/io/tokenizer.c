@@ -244,6 +244,7 @@ struct st_tokenizer {
     int bos, eos;
     /* where it came from (st_tokenizer_load): files and their checksum */
     char *files[3];
+    bool pair; /* files[0] is GPT-2's vocab.json, files[1] its merges */
     uint64_t sum;
     /* a long encode's progress */
     st_tokenizer_progress_fn progress;
@@ -280,6 +281,15 @@ uint64_t st_tokenizer_sum(const st_tokenizer *t)
 const char *st_tokenizer_file(const st_tokenizer *t, size_t i)
 {
     return i < 3 ? t->files[i] : NULL;
+}
+
+const char *st_tokenizer_file_role(const st_tokenizer *t, size_t i)
+{
+    if (i >= 3 || !t->files[i])
+        return NULL;
+    if (i == 0)
+        return t->pair ? "vocab.json" : "tokenizer.json";
+    return i == 1 && t->pair ? "merges.txt" : "tokenizer_config.json";
 }
 
 void st_tokenizer_on_progress(st_tokenizer *t, st_tokenizer_progress_fn fn, void *ctx)
@@ -1693,14 +1703,16 @@ static void read_config(st_tokenizer *t, const char *dir)
 
 /* The files t was made from and their checksum, with the BOS and EOS that
  * tokenizer_config.json may have changed. */
-static st_status note_files(st_tokenizer *t, const char *file, const char *merges, const char *dir)
+static st_status note_files(st_tokenizer *t, const char *file, const char *merges, bool pair,
+                            const char *dir)
 {
     char conf[4200];
     snprintf(conf, sizeof conf, "%s/tokenizer_config.json", dir);
-    size_t fl = strlen(file), n = 0;
+    size_t n = 0;
     const char *names[3] = {file, NULL, NULL};
     n = 1;
-    if (fl >= 10 && strcmp(file + fl - 10, "vocab.json") == 0)
+    t->pair = pair;
+    if (pair)
         names[n++] = merges;
     if (exists(conf))
         names[n++] = conf;
@@ -1747,22 +1759,30 @@ st_status st_tokenizer_load(const char *path, st_tokenizer **out)
             snprintf(dir, sizeof dir, ".");
         snprintf(merges, sizeof merges, "%s/merges.txt", dir);
     }
+    /* GPT-2's pair is a vocab.json of token -> id beside merges.txt; a
+     * tokenizer.json by any name (my-vocab.json) has a "model" and is read
+     * as one: the file's content decides, not the end of its name. */
     size_t fl = strlen(file);
-    st_status s;
+    char *text = NULL;
+    size_t len = 0;
+    st_status s = st_read_text_file(file, "tokenizer", &text, &len);
+    if (s != ST_OK)
+        return s;
+    bool pair = false;
     if (fl >= 10 && strcmp(file + fl - 10, "vocab.json") == 0) {
-        s = load_vocab_merges(file, merges, out);
-    } else {
-        char *text = NULL;
-        size_t len = 0;
-        if ((s = st_read_text_file(file, "tokenizer", &text, &len)) != ST_OK)
-            return s;
-        s = st_tokenizer_parse(text, len, file, out);
-        free(text);
+        json_t *j = json_loadb(text, len, 0, NULL);
+        pair = json_is_object(j) && !json_object_get(j, "model");
+        json_decref(j);
     }
+    if (pair)
+        s = load_vocab_merges(file, merges, out);
+    else
+        s = st_tokenizer_parse(text, len, file, out);
+    free(text);
     if (s == ST_OK)
         read_config(*out, dir);
     if (s == ST_OK)
-        s = note_files(*out, file, merges, dir);
+        s = note_files(*out, file, merges, pair, dir);
     if (s != ST_OK && *out) {
         st_tokenizer_free(*out);
         *out = NULL;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/load.h"
 #include "run/measure.h"
 #include "strata/profile.h"
 #include "strata/progress.h"
@@ -84,7 +85,9 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
         return ST_OK;
     }
     /* A warm-up (it builds kernels), then at least three runs, and more of a
-     * short block (up to 15, or 0.2 s): small times are noisy. */
+     * short block (up to 15, or 0.2 s): small times are noisy. A run over a
+     * second (a large model on a slow device) is timed once: it is steady,
+     * and three would take minutes. */
     enum { MAX_RUNS = 16 };
     double f[MAX_RUNS] = {0}, w[MAX_RUNS] = {0}, spent = 0;
     if (s == ST_OK && (s = st_stage_init(g, 1)) == ST_OK &&
@@ -92,7 +95,8 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
         training)
         s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_DOUT), 0.001f);
     int n = 0;
-    for (; s == ST_OK && n < MAX_RUNS && (n < 4 || spent < 0.2); n++) {
+    for (; s == ST_OK && n < MAX_RUNS && ((n < 4 && !(n == 2 && spent > 1.0)) || spent < 0.2);
+         n++) {
         double t0 = st_now_s();
         if ((s = st_stage_forward(g, 0, NULL, NULL, b, T)) == ST_OK &&
             (s = st_device_finish(dev)) == ST_OK) {
@@ -121,11 +125,31 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                                        const st_model_desc *desc, size_t layer, int T,
                                        bool training, st_device_profile *prof);
 
+/* Seconds one forward and backward of block layer at b sequences of T
+ * should take on a device of prof's GEMM rate: to announce and bound the
+ * timing of a large model. */
+static double block_estimate_s(const st_model_desc *desc, size_t layer, int b, int T,
+                               bool training, const st_device_profile *prof)
+{
+    const st_layer_desc *l = &desc->layers[layer];
+    double per = l->fwd_flops_per_token + l->fwd_flops_per_token_ctx * T;
+    if (training)
+        per += l->bwd_flops_per_token + l->bwd_flops_per_token_ctx * T;
+    return per * b * T / (fmax(prof->gflops, 1e-3) * 1e9);
+}
+
+enum { BLOCK_LONG_S = 2 }; /* a run longer than this: no larger size is timed */
+
 /* A whole block timed at the micro-batch sizes the planner may choose
  * (prof[i].block_*): divisors of the batch with at least 256 tokens, and the
- * next two below, largest first, at most ST_PROFILE_BLOCK_SIZES; cached. */
+ * next two below, at most ST_PROFILE_BLOCK_SIZES; cached. The smallest is
+ * timed first, and once a run lasts over BLOCK_LONG_S seconds the larger
+ * sizes are left to the planner's per-token scaling (a 1B-parameter block
+ * runs a minute on a CPU device: timing four sizes three times each took
+ * half an hour). A timing expected to take over ten seconds is announced,
+ * with its estimate, on a terminal or not. */
 static st_status profile_blocks(st_device *const *devs, size_t n, const st_model_desc *desc,
-                                const st_run_shape *shape, st_device_profile *prof)
+                                const st_run_shape *shape, bool quiet, st_device_profile *prof)
 {
     size_t layer = desc->n_layers;
     for (size_t l = 0; l < desc->n_layers && layer == desc->n_layers; l++)
@@ -139,43 +163,75 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
             continue;
         if (b * T < 256 && ++below > 2)
             break;
-        sizes[n_sizes++] = b;
+        sizes[n_sizes++] = b; /* largest first */
     }
     const st_model_config *c = &desc->cfg;
     for (size_t i = 0; i < n; i++) {
-        prof[i].n_block_sizes = 0;
-        st_progress pr;
-        st_progress_begin(&pr, (uint64_t)n_sizes, "timing a block for the planner: %s",
-                          st_device_label(devs[i]));
-        for (int k = 0; k < n_sizes; k++) {
-            char what[256];
-            snprintf(what, sizeof what, "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
+        char what[ST_PROFILE_BLOCK_SIZES][256];
+        double t[ST_PROFILE_BLOCK_SIZES][2];
+        bool done[ST_PROFILE_BLOCK_SIZES] = {false};
+        int todo = 0;
+        double expect = 0;
+        bool stop = false;
+        for (int k = n_sizes - 1; k >= 0; k--) {
+            snprintf(what[k], sizeof what[k], "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
                      c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner,
                      c->attn_bias, c->attn_out_bias, sizes[k], T,
                      shape->training ? "train" : "forward");
-            double t[2] = {0, 0};
-            bool done = st_device_cached_seconds(devs[i], what, 2, t);
-            if (!done) {
-                st_status s = time_block(devs[i], desc, layer, sizes[k], T, shape->training,
-                                         &t[0], &t[1], &done);
-                if (s != ST_OK) {
-                    st_progress_end(&pr);
-                    return s;
-                }
-                if (done) {
-                    t[1] = shape->training ? t[1] : 1e-9; /* cached times are positive */
-                    st_device_cache_seconds(devs[i], what, 2, t);
-                }
+            t[k][0] = t[k][1] = 0;
+            done[k] = st_device_cached_seconds(devs[i], what[k], 2, t[k]);
+            if (done[k])
+                stop = stop || (t[k][0] + t[k][1]) * 1e-3 > BLOCK_LONG_S;
+            if (done[k] || stop)
+                continue;
+            double one = block_estimate_s(desc, layer, sizes[k], T, shape->training, &prof[i]);
+            todo++;
+            expect += one * (one > 1 ? 2 : 4); /* the warm-up, then one run or three */
+            stop = one > BLOCK_LONG_S;
+        }
+        if (expect > 10 && !quiet)
+            fprintf(stderr,
+                    "note: timing one block of the model on %s for the planner, about %.0f s "
+                    "(once: the times are cached)\n",
+                    st_device_label(devs[i]), expect);
+        st_progress pr;
+        st_progress_begin(&pr, (uint64_t)todo, "timing a block for the planner: %s",
+                          st_device_label(devs[i]));
+        int timed = 0;
+        bool long_run = false;
+        for (int k = n_sizes - 1; k >= 0; k--) {
+            if (done[k]) {
+                long_run = long_run || (t[k][0] + t[k][1]) * 1e-3 > BLOCK_LONG_S;
+                continue;
             }
-            st_progress_update(&pr, (uint64_t)k + 1);
-            if (!done)
+            if (long_run)
+                break; /* larger sizes: scaled per token from this one */
+            st_host_load load;
+            st_host_load_begin(&load);
+            st_status s = time_block(devs[i], desc, layer, sizes[k], T, shape->training,
+                                     &t[k][0], &t[k][1], &done[k]);
+            if (s != ST_OK) {
+                st_progress_end(&pr);
+                return s;
+            }
+            if (done[k]) {
+                t[k][1] = shape->training ? t[k][1] : 1e-9; /* cached times are positive */
+                st_device_cache_seconds(devs[i], what[k], 2, t[k],
+                                        st_device_measured_busy(devs[i], &load, NULL));
+                long_run = (t[k][0] + t[k][1]) * 1e-3 > BLOCK_LONG_S;
+            }
+            st_progress_update(&pr, (uint64_t)++timed);
+        }
+        st_progress_end(&pr);
+        prof[i].n_block_sizes = 0;
+        for (int k = 0; k < n_sizes; k++) { /* largest first */
+            if (!done[k])
                 continue;
             int j = prof[i].n_block_sizes++;
             prof[i].block_tokens[j] = sizes[k] * T;
-            prof[i].block_fwd_ms[j] = t[0];
-            prof[i].block_bwd_ms[j] = shape->training ? t[1] : 0;
+            prof[i].block_fwd_ms[j] = t[k][0];
+            prof[i].block_bwd_ms[j] = shape->training ? t[k][1] : 0;
         }
-        st_progress_end(&pr);
         st_device_reset_peak(devs[i]);
     }
     return profile_blocks_shared(devs, n, desc, layer, T, shape->training, prof);
@@ -201,7 +257,9 @@ static void *shared_block(void *arg)
 
 /* For devices that share hardware (prof[i].hardware): the block at its
  * largest measured size on all of them at once, a host thread each, against
- * alone: prof[i].block_shared. Cached. */
+ * the first of them alone just before and after: prof[i].block_shared. Both in one
+ * sitting, so that a machine busy with other work slows both alike (the
+ * times alone may be cached from an idle hour). Cached as the ratios. */
 static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                                        const st_model_desc *desc, size_t layer, int T,
                                        bool training, st_device_profile *prof)
@@ -219,16 +277,28 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                 idx[cnt++] = j;
                 done[j] = true;
             }
-        if (cnt < 2)
+        /* A block over BLOCK_LONG_S is not run three more times for this:
+         * the GEMM rates' ratio stands in (block_shared 0). */
+        if (cnt < 2 || (prof[i].block_fwd_ms[0] + prof[i].block_bwd_ms[0]) * 1e-3 > BLOCK_LONG_S)
             continue;
         int b = prof[i].block_tokens[0] / T;
         const st_model_config *c = &desc->cfg;
         char what[300];
-        snprintf(what, sizeof what, "block together x%zu %s C%d H%d KV%d F%d B%d T%d %s", cnt,
+        snprintf(what, sizeof what, "block together v2 x%zu %s C%d H%d KV%d F%d B%d T%d %s", cnt,
                  c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner, b, T,
                  training ? "train" : "forward");
-        double together[ST_PLAN_MAX_STAGES];
-        if (!st_device_cached_seconds(devs[i], what, (int)cnt, together)) {
+        double slower[ST_PLAN_MAX_STAGES]; /* together / alone, each device */
+        if (!st_device_cached_seconds(devs[i], what, (int)cnt, slower)) {
+            double af = 0, ab = 0;
+            bool alone_done = false;
+            st_host_load load;
+            st_host_load_begin(&load);
+            st_status as = time_block(devs[idx[0]], desc, layer, b, T, training, &af, &ab,
+                                      &alone_done);
+            if (as != ST_OK)
+                return as;
+            if (!alone_done)
+                continue;
             shared_job jobs[ST_PLAN_MAX_STAGES];
             pthread_t th[ST_PLAN_MAX_STAGES];
             bool started[ST_PLAN_MAX_STAGES] = {false};
@@ -247,19 +317,26 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                 if (jobs[q].s != ST_OK && s == ST_OK)
                     s = jobs[q].s;
                 all = all && jobs[q].done;
-                together[q] = jobs[q].fwd + jobs[q].bwd;
             }
+            /* alone again after: the mean of before and after against the
+             * time together (the machine's speed drifts) */
+            double af2 = 0, ab2 = 0;
+            if (s == ST_OK)
+                s = time_block(devs[idx[0]], desc, layer, b, T, training, &af2, &ab2,
+                               &alone_done);
             if (s != ST_OK)
                 return s;
+            double alone = 0.5 * (af + ab + af2 + ab2);
+            for (size_t q = 0; q < cnt; q++)
+                slower[q] = (jobs[q].fwd + jobs[q].bwd) / fmax(alone, 1e-9);
+            all = all && alone_done;
             if (!all)
                 continue;
-            st_device_cache_seconds(devs[i], what, (int)cnt, together);
+            st_device_cache_seconds(devs[i], what, (int)cnt, slower,
+                                    st_device_measured_busy(devs[i], &load, NULL));
         }
-        for (size_t q = 0; q < cnt; q++) {
-            st_device_profile *p = &prof[idx[q]];
-            double alone = p->block_fwd_ms[0] + p->block_bwd_ms[0];
-            p->block_shared = alone > 0 ? fmax(1.0, together[q] / alone) : 0;
-        }
+        for (size_t q = 0; q < cnt; q++)
+            prof[idx[q]].block_shared = fmax(1.0, slower[q]);
     }
     return ST_OK;
 }
@@ -319,7 +396,7 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
                     prof[i].h2d_gbps, prof[i].d2h_gbps);
     }
     if ((s = profile_attention(devs, n, desc, shape, prof)) != ST_OK ||
-        (s = profile_blocks(devs, n, desc, shape, prof)) != ST_OK ||
+        (s = profile_blocks(devs, n, desc, shape, quiet, prof)) != ST_OK ||
         (s = st_device_profile_shared(devs, n, pm, pn, pk, prof)) != ST_OK)
         return s;
     for (size_t i = 0; i < n; i++)
