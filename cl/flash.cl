@@ -214,15 +214,38 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     }
 }
 
-/* Decoding one token with a KV cache: a work-group of FA_DEC_WG work-items
- * per head h. It writes the new token's key and value (qkv + bias) into the
- * caches at position pos, then the scores of q against the pos + 1 cached
- * keys (into scores[h, :], global scratch: the context may be long), their
- * softmax (maximum and sum by trees in local memory), and out[h*HS + d] =
- * sum_j p_j v_j[d]. One launch where the products took five. With
- * grouped heads, the groups of one key/value head write the same values.
- * kc, vc: [S, KVD] for this sequence (offsets give the sequence's cache). */
+/* Decoding with a KV cache: a work-group of FA_DEC_WG work-items per row r
+ * of n and head h (group r * NH + h). Row r is the token at position pos + r
+ * (qkv's row r, W wide); it attends the cached rows 0 .. pos + r. With one
+ * row (a token decoded) the kernel also writes its key and value (qkv +
+ * bias) into the caches at pos, and the groups of one key/value head write
+ * the same values; with more (a prompt read in one pass, prefill) the rows
+ * were written before by attention_kv_write, since a row reads the keys of
+ * the rows before it. Then the scores of q against the cached keys (into
+ * scores[r, h, :], global scratch: the context may be long), their softmax
+ * (maximum and sum by trees in local memory), and out[r, h*HS + d] =
+ * sum_j p_j v_j[d]. kc, vc: [S, KVD] for this sequence (offsets give the
+ * sequence's cache). */
 #define FA_DEC_WG 64
+
+/* The keys and values of qkv's n rows (+ bias) into the caches at rows
+ * pos .. pos + n - 1: one work-item per element. */
+__kernel void attention_kv_write(__global float *kc, const ulong kc_off,
+                                 __global float *vc, const ulong vc_off,
+                                 __global const float *qkv, const ulong qkv_off,
+                                 __global const float *qkv_b, const ulong qkv_b_off,
+                                 const int has_bias, const int pos, const int n, const int C,
+                                 const int NH, const int KV)
+{
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD;
+    const size_t e = get_global_id(0);
+    if (e >= (size_t)n * KVD)
+        return;
+    const int r = (int)(e / KVD), c = (int)(e % KVD);
+    __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
+    kc[kc_off + (size_t)(pos + r) * KVD + c] = x[C + c] + BIAS(C + c);
+    vc[vc_off + (size_t)(pos + r) * KVD + c] = x[C + KVD + c] + BIAS(C + KVD + c);
+}
 
 __kernel void attention_decode(__global float *out, const ulong out_off,
                                __global float *scores, const ulong scores_off,
@@ -230,21 +253,24 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
                                __global float *vc, const ulong vc_off,
                                __global const float *qkv, const ulong qkv_off,
                                __global const float *qkv_b, const ulong qkv_b_off,
-                               const int has_bias, const int pos, const int S, const int C,
-                               const int NH, const int KV, const float scale)
+                               const int has_bias, const int pos0, const int n, const int S,
+                               const int C, const int NH, const int KV, const float scale)
 {
     __local float tmp[FA_DEC_WG];
     __local float q[FA_HS_MAX];
-    const int HS = C / NH, KVD = KV * HS, h = get_group_id(0), lid = get_local_id(0);
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, lid = get_local_id(0);
+    const int r = get_group_id(0) / NH, h = get_group_id(0) % NH, pos = pos0 + r;
     const int hk = h / (NH / KV);
-    __global const float *x = qkv + qkv_off, *bias = qkv_b + qkv_b_off;
-    __global float *sc = scores + scores_off + (size_t)h * S;
+    __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
+    __global float *sc = scores + scores_off + ((size_t)r * NH + h) * S;
     __global float *K = kc + kc_off, *V = vc + vc_off;
     for (int d = lid; d < HS; d += FA_DEC_WG) {
         const int c = h * HS + d, ck = hk * HS + d;
         q[d] = x[c] + BIAS(c);
-        K[(size_t)pos * KVD + ck] = x[C + ck] + BIAS(C + ck);
-        V[(size_t)pos * KVD + ck] = x[C + KVD + ck] + BIAS(C + KVD + ck);
+        if (n == 1) {
+            K[(size_t)pos * KVD + ck] = x[C + ck] + BIAS(C + ck);
+            V[(size_t)pos * KVD + ck] = x[C + KVD + ck] + BIAS(C + KVD + ck);
+        }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     float m = -INFINITY;
@@ -283,6 +309,6 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
         float acc = 0.0f;
         for (int j = 0; j <= pos; j++)
             acc += sc[j] * V[(size_t)j * KVD + hk * HS + d];
-        out[out_off + h * HS + d] = acc * inv;
+        out[out_off + (size_t)r * C + h * HS + d] = acc * inv;
     }
 }

@@ -132,6 +132,16 @@ grep_in "$tmp/llama/config.json" '"model_type": "llama"' "Llama config.json writ
 expect 2 "--config with sizes" -- "$strata" train --config "$tmp/llama/config.json" --layers 3
 grep_in "$tmp/err" "\-\-layers cannot be used with --config" "--config with a size flag refused"
 expect 0 "llama generate" -- "$strata" generate --model "$tmp/llama" --prompt "the" -n 5
+# A prompt read in passes (of 5, 5 and 3 tokens, then the last) or token by
+# token: the same greedy text (the model has 16 positions: it slides too).
+long="the quick brow"
+expect 0 "prefill" -- "$strata" generate --model "$tmp/llama" --prompt "$long" -n 8 --temperature 0 --prefill 5
+cp "$tmp/out" "$tmp/prefill.out"
+expect 0 "token by token" -- "$strata" generate --model "$tmp/llama" --prompt "$long" -n 8 --temperature 0 --prefill 1
+cmp -s "$tmp/out" "$tmp/prefill.out" ||
+    { echo "FAIL prefill changed the text: $(cat "$tmp/prefill.out") vs $(cat "$tmp/out")"; fails=$((fails + 1)); }
+expect 2 "--prefill 0" -- "$strata" generate --model "$tmp/llama" --prefill 0
+grep_in "$tmp/err" "bad value '0' for --prefill" "--prefill 0 refused"
 expect 0 "llama eval" -- "$strata" eval --model "$tmp/llama" --data "$tmp/text.txt" --seq 16
 grep_in "$tmp/out" "perplexity" "llama eval prints perplexity"
 expect 0 "plan --arch llama" -- "$strata" plan --arch llama --kv-heads 1 --heads 2 --inference

@@ -118,6 +118,14 @@ b=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "
     --devices 0,1 --split uniform 2>/dev/null)
 [ "$a" = "$b" ] || fail "split generation of three prompts differs: '$a' vs '$b'"
 [ "$(wc -l <<<"$a")" -ge 3 ] || fail "three prompts should give three texts: '$a'"
+# Prompts read in passes of several tokens (prefill, the default) or token by
+# token: the same text, over two stages (a pass's rows cross the link) and
+# with prompts of different lengths (one has nothing left in the later passes).
+c=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0,1 --split uniform --prefill 2 2>/dev/null)
+d=$("$strata" generate --model "$work/m" --prompt "12" --prompt "345" --prompt "6" -n 6 --seed 4 \
+    --devices 0,1 --split uniform --prefill 1 2>/dev/null)
+[ "$c" = "$b" ] && [ "$d" = "$b" ] || fail "prefill changed split generation: '$c', '$d' vs '$b'"
 out=$("$strata" eval --model "$work/m" --devices 0,1 --split uniform --micro-batches 2 2>&1) ||
     fail "split eval failed: $out"
 

@@ -538,7 +538,7 @@ static void attention_decode_matches_reference(void **state)
                       *tb = up(dev, bias, 3 * (size_t)C, "bias"), *tk = up(dev, cache, nc, "k"),
                       *tv = up(dev, vcache, nc, "v"), *to = up(dev, bias, (size_t)C, "out"),
                       *ts = up(dev, cache, (size_t)NH * S, "scores");
-            assert_ok(st_attention_decode(to, ts, tk, tv, (size_t)S * C, tq, tb, pos, S, C, NH));
+            assert_ok(st_attention_decode(to, ts, tk, tv, (size_t)S * C, tq, tb, pos, 1, S, C, NH));
             check("attention_decode out", to, out + (size_t)pos * C, (size_t)C);
             for (int e = 0; e < C; e++) {
                 cache[(size_t)S * C + (size_t)pos * C + e] = qkv[(size_t)pos * 3 * C + C + e];

@@ -292,6 +292,48 @@ static void kv_decoding_matches_transformers(void **state)
     }
 }
 
+/* A prompt read in passes of several tokens (prefill) gives the logits that
+ * feeding it token by token gives (within 1e-5: one product over the rows
+ * against one per row), and the cache it leaves decodes the next token
+ * alike: chunks 1+4+rest and the whole prompt at once. */
+static void prefill_matches_token_by_token(void **state)
+{
+    (void)state;
+    int T = ref.T;
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage *g = NULL;
+        st_stage_options o = {.kv_seq = T, .prefill = T};
+        assert_ok(st_stage_create(td.dev[d], desc, &o, &g));
+        assert_int_equal(st_stage_prefill_max(g), T);
+        put(g, 2);
+        float *want = malloc((size_t)T * ref.V * sizeof *want), *got = malloc(ref.V * sizeof *got);
+        for (int t = 0; t < T; t++)
+            assert_ok(st_stage_decode(g, ref.tokens[t], t, want + (size_t)t * ref.V));
+        static const int cuts[][3] = {{1, 4, 0}, {0, 0, 0}};
+        for (size_t c = 0; c < 2; c++) {
+            int pos = 0;
+            for (int k = 0; k < 3 && pos < T; k++) {
+                int n = cuts[c][k] ? cuts[c][k] : T - pos;
+                n = n < T - pos ? n : T - pos;
+                assert_ok(st_stage_prefill_seq(g, 0, ref.tokens + pos, n, pos, got));
+                pos += n;
+                assert_close(got, want + (size_t)(pos - 1) * ref.V, (size_t)ref.V, 1e-5, 1e-5);
+            }
+            assert_int_equal(pos, T);
+        }
+        /* the cache the whole-prompt pass left: the last token again, alone */
+        assert_ok(st_stage_decode(g, ref.tokens[T - 1], T - 1, got));
+        assert_close(got, want + (size_t)(T - 1) * ref.V, (size_t)ref.V, 1e-5, 1e-5);
+        assert_int_equal(st_stage_prefill_seq(g, 0, ref.tokens, T, 1, got), ST_ERR_INVALID);
+        assert_contains(st_last_error(), "past the KV cache");
+        assert_int_equal(st_stage_prefill_seq(g, 0, ref.tokens, T + 1, 0, got), ST_ERR_INVALID);
+        st_error_clear();
+        free(want);
+        free(got);
+        st_stage_destroy(g);
+    }
+}
+
 /* Hugging Face's initialisation: matrices N(0, 0.02), norms 1, biases 0;
  * the same seed the same weights, another seed others. */
 static void init_is_deterministic_and_hf_like(void **state)
@@ -370,6 +412,7 @@ int main(void)
         cmocka_unit_test(forward_and_gradients_match),
         cmocka_unit_test(adamw_steps_match),
         cmocka_unit_test(kv_decoding_matches_transformers),
+        cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_hf_like),
     };
     int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);

@@ -366,7 +366,7 @@ static void gqa_decode_matches_reference(void **state)
                       *tk = up(dev, kc, nc, "k"), *tv = up(dev, vc, nc, "v"),
                       *to = up(dev, out, (size_t)C, "out"),
                       *ts = up(dev, scratch, (size_t)NH * S, "scores");
-            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, pos, S, C, NH, KV));
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, pos, 1, S, C, NH, KV));
             check("gqa decode out", to, out + (size_t)pos * C, (size_t)C);
             for (int e = 0; e < KVD; e++) {
                 kc[off + (size_t)pos * KVD + e] = qkv[(size_t)pos * W + C + e];
@@ -374,6 +374,59 @@ static void gqa_decode_matches_reference(void **state)
             }
             check("gqa decode k cache", tk, kc, nc);
             check("gqa decode v cache", tv, vc, nc);
+            st_tensor *all[] = {tq, tk, tv, to, ts};
+            for (size_t i = 0; i < 5; i++)
+                st_tensor_destroy(all[i]);
+            free(qkv), free(out), free(att), free(kc), free(vc), free(scratch);
+        }
+}
+
+/* A prompt's chunk in one pass (prefill): rows p0 .. T-1 at once after
+ * rows 0 .. p0-1 in the cache, each attending up to its own position, equal
+ * to rows p0 .. T-1 of the full causal attention; the cache gets every
+ * row's key and value. p0 = 0 is a whole prompt. */
+static void gqa_prefill_matches_reference(void **state)
+{
+    (void)state;
+    /* T, C, NH, KV, p0 */
+    static const int shapes[][5] = {{2, 4, 1, 1, 0}, {7, 12, 3, 1, 3}, {70, 32, 4, 2, 0},
+                                    {70, 32, 4, 2, 33}, {20, 256, 4, 4, 19}};
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_device *dev = td.dev[d];
+            int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], KV = shapes[k][3];
+            int p0 = shapes[k][4], n = T - p0;
+            int KVD = KV * (C / NH), W = C + 2 * KVD, S = T + 3;
+            size_t nq = (size_t)T * W;
+            double *qkv = rnd(nq, 90 + k, 2.0), *out = zeros((size_t)T * C);
+            double *att = zeros((size_t)NH * T * T);
+            ref_gqa_attention_fwd(out, att, qkv, 1, T, C, NH, KV);
+            size_t nc = 2 * (size_t)S * KVD, off = (size_t)S * KVD;
+            double *kc = zeros(nc), *vc = zeros(nc);
+            double *scratch = zeros((size_t)n * NH * S);
+            for (int r = 0; r < p0; r++)
+                for (int e = 0; e < KVD; e++) {
+                    kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
+                    vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
+                }
+            st_tensor *tq = up(dev, qkv + (size_t)p0 * W, (size_t)n * W, "qkv"),
+                      *tk = up(dev, kc, nc, "k"), *tv = up(dev, vc, nc, "v"),
+                      *to = up(dev, out, (size_t)n * C, "out"),
+                      *ts = up(dev, scratch, (size_t)n * NH * S, "scores");
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, p0, n, S, C, NH, KV));
+            check("gqa prefill out", to, out + (size_t)p0 * C, (size_t)n * C);
+            for (int r = p0; r < T; r++)
+                for (int e = 0; e < KVD; e++) {
+                    kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
+                    vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
+                }
+            check("gqa prefill k cache", tk, kc, nc);
+            check("gqa prefill v cache", tv, vc, nc);
+            /* past the cache: refused */
+            assert_int_equal(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, S - n + 1, n,
+                                                     S, C, NH, KV),
+                             ST_ERR_INVALID);
+            st_error_clear();
             st_tensor *all[] = {tq, tk, tv, to, ts};
             for (size_t i = 0; i < 5; i++)
                 st_tensor_destroy(all[i]);
@@ -398,6 +451,7 @@ int main(void)
         cmocka_unit_test(swiglu_and_linear_match),
         cmocka_unit_test(gqa_attention_matches_reference),
         cmocka_unit_test(gqa_decode_matches_reference),
+        cmocka_unit_test(gqa_prefill_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

@@ -98,7 +98,8 @@ st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_
                                const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
 st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
                                   st_tensor *vc, size_t cache_off, const st_tensor *qkv,
-                                  const st_tensor *qkv_b, int pos, int S, int C, int NH, int KV);
+                                  const st_tensor *qkv_b, int pos, int n, int S, int C, int NH,
+                                  int KV);
 
 /* Row ops (LayerNorm, the fused GELU backward) come in two forms with the
  * same results up to the order of sums: for GPUs a work-group per row (or a
@@ -114,14 +115,17 @@ void st_layers_set_variant(int variant);
  * whose work-items loop, 5x slower there). */
 bool st_layers_cpu_form(const st_device *dev);
 
-/* Decoding one token with a KV cache (cl/flash.cl, heads up to
- * ST_FLASH_MAX_HEAD): writes the token's key and value (qkv[3C] + qkv_b)
- * into kc and vc [.., S, C] at row pos of the cache starting at element
- * cache_off, then out[C] = attention of its query over rows 0..pos.
- * scores [NH, S] is scratch. */
+/* Decoding with a KV cache (cl/flash.cl, heads up to ST_FLASH_MAX_HEAD):
+ * the n tokens of qkv [n, 3C] (+ qkv_b) at positions pos .. pos + n - 1
+ * (one token decoded, or a prompt's chunk read in one pass): writes their
+ * keys and values into kc and vc [.., S, C] at those rows of the cache
+ * starting at element cache_off, then out [n, C] = the attention of each
+ * row's query over the cached rows up to its own position. scores
+ * [n, NH, S] is scratch. One token gives the same bits whether decoded
+ * alone or as a row of a chunk. */
 st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
                               size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
-                              int pos, int S, int C, int NH);
+                              int pos, int n, int S, int C, int NH);
 
 /* Fused ops (one launch each where the plain ones take two or three; each
  * equal to its plain composition, checked against the fp64 references):

@@ -198,6 +198,8 @@ typedef struct st_stage_options {
     bool training;                 /* gradients and AdamW moments */
     int kv_seq;                    /* decoding: KV cache length; 0: no decoding */
     int kv_seqs;                   /* decoding: sequences with their own cache; 0 means 1 */
+    int prefill;                   /* decoding: tokens one pass may take (a prompt's chunk);
+                                      0 means 1 */
 } st_stage_options;
 
 /* The buffers a stage allocates, from the description alone: the stage

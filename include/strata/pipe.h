@@ -132,6 +132,15 @@ st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits);
  * sequences flow through the stages one after the other, like micro-batches,
  * so that every stage works on a different sequence at once. */
 st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits);
+/* Several tokens of each of n sequences in one pass (a prompt read at once,
+ * prefill): count[i] tokens (0 to the shape's prefill; 0 leaves sequence i
+ * and its logits alone) of tok[i] from position pos[i]; logits n x V, each
+ * sequence's last token's. Chunks of a long prompt are passes one after
+ * another at increasing positions. */
+st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const int *count,
+                                const int *pos, float *logits);
+/* The most tokens of a sequence one pass takes (the shape's prefill). */
+int st_pipe_prefill_max(const st_pipe *p);
 
 /* Seconds each stage spent waiting on its links in the last step. */
 double st_pipe_wait_s(const st_pipe *p, size_t s);

@@ -104,6 +104,7 @@ typedef struct st_run_shape {
     st_schedule schedule; /* GPipe or 1F1B */
     bool training;        /* gradients, optimizer, backward passes */
     int kv_seq, kv_seqs;  /* decoding: KV cache positions and sequences (0: none) */
+    int prefill;          /* decoding: tokens one pass may take (a prompt's chunk); 0: 1 */
 } st_run_shape;
 
 /* Sequences per micro-batch. */

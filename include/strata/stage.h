@@ -117,6 +117,16 @@ st_status st_stage_step(st_stage *g, const st_adamw_hparams *h, long t, float gr
 st_status st_stage_decode(st_stage *g, int tok, int pos, float *logits);
 /* The same for sequence `seq` of kv_seqs, each with its own cache. */
 st_status st_stage_decode_seq(st_stage *g, int seq, int tok, int pos, float *logits);
+/* n tokens of sequence seq at positions pos .. pos + n - 1 in one pass (a
+ * prompt read at once, prefill; n from 1 to the options' prefill): one
+ * product per linear layer for all of them, their keys and values into the
+ * cache, each attending the positions up to its own. The logits are the
+ * last token's; each token's computation is the one decoding it alone does
+ * (the tests compare them). The decoding activation holds n rows. */
+st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int pos,
+                               float *logits);
+/* The most tokens st_stage_prefill_seq takes at once (the options' prefill). */
+int st_stage_prefill_max(const st_stage *g);
 /* The decoding activation [C]: the input of a stage without the embedding
  * (written by the caller before st_stage_decode), the output of one without
  * the head. */

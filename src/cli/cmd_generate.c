@@ -24,6 +24,7 @@
 typedef struct run_flags {
     const char *devices, *split, *mem_limit, *parallel;
     const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
+    long prefill;          /* generate: a prompt's tokens per pass (0: the default) */
 } run_flags;
 
 /* Opens dir's model over the chosen devices, split by the planner (plan
@@ -46,6 +47,12 @@ static st_status open_model(const char *dir, const run_flags *f, st_run_shape *s
         return s;
     if (shape->kv_seq > cfg->n_positions)
         shape->kv_seq = cfg->n_positions;
+    /* A pass of several tokens needs flash attention's decode kernel (heads
+     * up to ST_FLASH_MAX_HEAD); a pass is never longer than the cache. */
+    if (!st_attention_is_flash(cfg->n_embd, cfg->n_head))
+        shape->prefill = 1;
+    if (shape->prefill > shape->kv_seq)
+        shape->prefill = shape->kv_seq;
     if (shape->seq > cfg->n_positions)
         shape->seq = cfg->n_positions;
     cli_plan_opts po = {.split = f->split, .parallel = f->parallel, .mem_limit = f->mem_limit,
@@ -256,6 +263,9 @@ static void generate_help(void)
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
            "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
            "  --seed N            sampling seed (default 1)\n"
+           "  --prefill N         a prompt's tokens read in one pass through the model\n"
+           "                      (one matrix product per layer for all of them; default\n"
+           "                      128; 1 reads token by token, as generation does)\n"
            "  --devices CHOICE    which devices; the planner splits the model over them\n"
            "                      (each stage keeps the KV cache of its own layers)\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
@@ -292,7 +302,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     st_pipe *g = NULL;
     /* One token of each prompt at a time, each prompt with its own cache. */
     st_run_shape o = {.batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
-                      .kv_seqs = n_prompts};
+                      .kv_seqs = n_prompts, .prefill = (int)rf->prefill};
     st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
     if (s != ST_OK) {
         /* Nothing is sized from a config that was not read (found by ASan). */
@@ -375,14 +385,41 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     }
     if (s == ST_OK && stream)
         s = show_text(tk, text, len[0], &printed[0], false);
-    /* Progress: the prompts' tokens while they are read (one position per
-     * round each), then the generated tokens when the text is not streamed. */
+    /* Progress: the prompts' tokens while they are read, then the generated
+     * tokens when the text is not streamed. */
     st_progress pr;
     st_progress_begin(&pr, (uint64_t)longest, "reading the prompt%s: tokens",
                       n_prompts > 1 ? "s" : "");
     bool reading_phase = true;
     long total = 0, slides = 0, rounds = 0;
     double t0 = st_now_s(), t_prompt = 0;
+    /* Prefill: every prompt's tokens but its last in passes of up to
+     * `chunk` tokens (one product per linear layer over a pass's tokens,
+     * all prompts in each pass); the last goes through the loop below,
+     * whose logits give the first new token. */
+    int chunk = s == ST_OK ? st_pipe_prefill_max(g) : 1;
+    if (chunk > 1) {
+        const int **from = calloc((size_t)n_prompts, sizeof *from);
+        int *count = calloc((size_t)n_prompts, sizeof *count);
+        if (!from || !count)
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        for (long at = 0; s == ST_OK && at + 1 < (long)longest; at += chunk) {
+            for (int i = 0; i < n_prompts; i++) {
+                long left = (long)plen[i] - 1 - at;
+                count[i] = left <= 0 ? 0 : left < chunk ? (int)left : chunk;
+                from[i] = text + (size_t)i * cap + (left > 0 ? at : 0);
+                pos[i] = left > 0 ? (int)at : 0;
+            }
+            s = st_pipe_prefill_batch(g, n_prompts, from, count, pos, logits);
+            st_progress_update(&pr, (uint64_t)(at + chunk));
+        }
+        for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+            pos[i] = (int)plen[i] - 1;
+            tok[i] = text[(size_t)i * cap + plen[i] - 1];
+        }
+        free(from);
+        free(count);
+    }
     bool busy = true;
     while (s == ST_OK && busy) {
         if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
@@ -427,6 +464,9 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
             t_prompt = st_now_s() - t0;
             st_progress_update(&pr, (uint64_t)rounds);
         } else if (reading_phase) {
+            /* the prompt's time includes its last token's pass, whose
+             * logits gave the first new token */
+            t_prompt = st_now_s() - t0;
             reading_phase = false;
             st_progress_end(&pr);
             if (!stream)
@@ -500,12 +540,13 @@ int cmd_generate(int argc, char **argv)
                                          {"parallel", required_argument, NULL, 'P'},
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
+                                         {"prefill", required_argument, NULL, 'F'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
     const char *prompts[64];
     int n_prompts = 0;
-    run_flags rf = {0};
+    run_flags rf = {.prefill = 128};
     long n = 200, top_k = 40, seed = 1;
     double temperature = 0.8;
     int c, li;
@@ -529,6 +570,7 @@ int cmd_generate(int argc, char **argv)
         case 'P': rf.parallel = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
         case 'z': rf.tokenizer = optarg; break;
+        case 'F': ok = cli_parse_long(optarg, 1, 1 << 16, &rf.prefill); break;
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("generate", argv[optind - 1], opts);

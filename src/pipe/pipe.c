@@ -37,9 +37,12 @@ struct st_pipe {
     /* per step */
     const int32_t *tokens, *targets;
     bool backward;
-    /* decoding several sequences: token and position of each, logits out */
+    /* decoding several sequences: the tokens of each (dec_count[i] of them
+     * from dec_tok[i], 1 when dec_count is NULL), their first position,
+     * the last one's logits out */
     int dec_n;
-    const int *dec_tok, *dec_pos;
+    const int *const *dec_tok;
+    const int *dec_count, *dec_pos;
     float *dec_logits;
     float dloss;
     double *mb_loss;
@@ -294,14 +297,16 @@ st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_devi
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
         int m = o->micro_batches;
         /* What crosses boundary k: the stream out of stage k's last layer. */
-        size_t boundary = (size_t)p->micro_batch * o->seq *
-                          desc->layers[p->end[k] - 1].out_floats_per_token;
+        size_t rows = (size_t)p->micro_batch * o->seq;
+        if (o->kv_seq > 0 && (size_t)o->prefill > rows) /* a prompt's chunk crosses too */
+            rows = (size_t)o->prefill;
+        size_t boundary = rows * desc->layers[p->end[k] - 1].out_floats_per_token;
         p->boundary[k] = boundary;
         p->slots[k] = plan->stage[k].in_flight;
         st_stage_options go = {.first_layer = p->first[k], .end_layer = p->end[k],
                                .batch = p->micro_batch, .seq = o->seq, .slots = p->slots[k],
                                .training = o->training, .kv_seq = o->kv_seq,
-                               .kv_seqs = o->kv_seqs};
+                               .kv_seqs = o->kv_seqs, .prefill = o->prefill};
         bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
         if (here) {
             p->dev[k] = devs[plan->stage[k].device];
@@ -445,13 +450,16 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
         /* One token of sequence mb: its activation hops to the next stage
          * while this stage starts on the next sequence. */
         st_tensor *x = st_stage_decode_x(g);
-        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, in_t)) != ST_OK)
+        size_t k = p->dec_count ? (size_t)p->dec_count[o->mb] : 1;
+        if (k == 0) /* nothing of this sequence in this pass, on every stage */
+            return ST_OK;
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, k * in_t)) != ST_OK)
             return st;
         float *logits = last ? p->dec_logits + (size_t)o->mb * p->cfg.vocab_size : NULL;
-        if ((st = st_stage_decode_seq(g, o->mb, p->dec_tok[o->mb], p->dec_pos[o->mb], logits)) !=
-            ST_OK)
+        if ((st = st_stage_prefill_seq(g, o->mb, p->dec_tok[o->mb], (int)k, p->dec_pos[o->mb],
+                                       logits)) != ST_OK)
             return st;
-        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, out_t);
+        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, k * out_t);
     }
     if (o->kind == OP_FWD) {
         if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_stage_io_tensor(g, slot, ST_STAGE_IN),
@@ -1078,8 +1086,14 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     return ST_OK;
 }
 
-st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)
+st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const int *count,
+                                const int *pos, float *logits)
 {
+    int most = p->o.prefill > 1 ? p->o.prefill : 1;
+    for (int i = 0; count && i < n; i++)
+        if (count[i] < 0 || count[i] > most)
+            return st_error(ST_ERR_INVALID, "decode: %d tokens of sequence %d in one pass, the "
+                                            "pipeline takes 0 to %d", count[i], i, most);
     if (p->R > 1) {
         /* Sequence i is replica i / per's sequence i % per: each replica
          * decodes its own at the same time as the others. */
@@ -1093,6 +1107,7 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
             int first = (int)r * per, k = n - first < per ? n - first : per;
             c->dec_n = k;
             c->dec_tok = tok + first;
+            c->dec_count = count ? count + first : NULL;
             c->dec_pos = pos + first;
             c->dec_logits = logits + (size_t)first * V;
         }
@@ -1108,11 +1123,28 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
                         p->o.kv_seqs > 0 ? p->o.kv_seqs : 1);
     p->dec_n = n;
     p->dec_tok = tok;
+    p->dec_count = count;
     p->dec_pos = pos;
     p->dec_logits = logits;
     st_status s = run_stages(p);
     p->dec_n = 0;
     return s;
+}
+
+st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)
+{
+    enum { MAX_SEQS = 4096 };
+    const int *one[MAX_SEQS];
+    if (n < 1 || n > MAX_SEQS)
+        return st_error(ST_ERR_INVALID, "decode: %d sequences, at most %d at once", n, MAX_SEQS);
+    for (int i = 0; i < n; i++)
+        one[i] = tok + i;
+    return st_pipe_prefill_batch(p, n, one, NULL, pos, logits);
+}
+
+int st_pipe_prefill_max(const st_pipe *p)
+{
+    return p->o.prefill > 1 ? p->o.prefill : 1;
 }
 
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)

@@ -151,7 +151,7 @@ static st_status sums_init(const st_plan_input *in, sums *z)
         }
     st_stage_options shape = {.batch = (int)B, .seq = in->shape.seq,
                               .training = in->shape.training, .kv_seq = in->shape.kv_seq,
-                              .kv_seqs = in->shape.kv_seqs};
+                              .kv_seqs = in->shape.kv_seqs, .prefill = in->shape.prefill};
     st_status s = st_sizes_table_make(m, &shape, &z->sizes);
     if (s != ST_OK) {
         sums_free(z);

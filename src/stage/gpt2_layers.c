@@ -50,16 +50,17 @@ static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tens
                           l->cfg->vocab_size);
 }
 
-static st_status emb_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+static st_status emb_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                            st_layer_io *io)
 {
     (void)seq;
     int C = l->cfg->n_embd;
     st_tensor *wpe_row = NULL;
-    size_t shape[2] = {1, (size_t)C};
-    /* x = wte[tok] + wpe[pos]: one row each, as the encoder does for a batch of one. */
+    size_t shape[2] = {(size_t)n, (size_t)C};
+    /* x = wte[tok] + wpe[pos ..]: n rows, as the encoder does for a sequence of n. */
     st_status s = st_tensor_view(l->p[E_WPE], (size_t)pos * C, 2, shape, &wpe_row);
     if (s == ST_OK)
-        s = st_encoder_fwd(x, io->token, l->p[E_WTE], wpe_row, 1, 1, C, l->cfg->vocab_size);
+        s = st_encoder_fwd(x, io->token, l->p[E_WTE], wpe_row, 1, n, C, l->cfg->vocab_size);
     st_tensor_destroy(wpe_row);
     return s;
 }
@@ -115,6 +116,7 @@ static st_status block_bind(st_layer *l)
     l->state = b;
     size_t N = (size_t)l->B * l->T, C = (size_t)l->cfg->n_embd, F = (size_t)l->cfg->n_inner;
     size_t NH = (size_t)l->cfg->n_head, S = (size_t)l->kv_seq, Q = (size_t)l->kv_seqs;
+    size_t P = l->prefill > 1 ? (size_t)l->prefill : 1;
     /* What attention keeps: each row's log-sum-exp [B,NH,T] (flash.cl), or
      * the probabilities [B,NH,T,T]. */
     size_t att = flash(l) ? N * NH : N * NH * (size_t)l->T;
@@ -153,14 +155,14 @@ static st_status block_bind(st_layer *l)
     }
     if (l->dec) {
         st_carver c = {l->dec, 0, ST_OK};
-        b->ln = st_carve(&c, C);
-        b->mean = st_carve(&c, 1);
-        b->rstd = st_carve(&c, 1);
-        b->qkv = st_carve(&c, 3 * C);
-        b->scores = st_carve(&c, NH * S);
-        b->atty = st_carve(&c, C);
-        b->res2 = st_carve(&c, C);
-        b->fch = st_carve(&c, F);
+        b->ln = st_carve(&c, P * C);
+        b->mean = st_carve(&c, P);
+        b->rstd = st_carve(&c, P);
+        b->qkv = st_carve(&c, P * 3 * C);
+        b->scores = st_carve(&c, P * NH * S);
+        b->atty = st_carve(&c, P * C);
+        b->res2 = st_carve(&c, P * C);
+        b->fch = st_carve(&c, P * F);
         st_carver kc = {l->kv, 0, ST_OK};
         b->k = st_carve(&kc, Q * S * C);
         b->v = st_carve(&kc, Q * S * C);
@@ -183,7 +185,7 @@ typedef struct block_io {
 typedef struct block_attn {
     bool decode;
     st_tensor *att;                        /* training */
-    int seq, pos;                          /* decoding */
+    int seq, pos, n;                       /* decoding: n tokens from pos */
 } block_attn;
 
 static st_status attention(st_layer *l, const block_attn *at, const block_io *o, int B, int T)
@@ -198,7 +200,10 @@ static st_status attention(st_layer *l, const block_attn *at, const block_io *o,
     size_t S = (size_t)l->kv_seq, len = (size_t)at->pos + 1, cache = (size_t)at->seq * S * Cs;
     if (flash(l))
         return st_attention_decode(o->atty, d->scores, d->k, d->v, cache, o->qkv, p[ATTN_B],
-                                   at->pos, (int)S, C, NH);
+                                   at->pos, at->n, (int)S, C, NH);
+    if (at->n != 1)
+        return st_error(ST_ERR_INVALID, "decode: %d tokens at once need flash attention (head "
+                                        "size up to %d)", at->n, ST_FLASH_MAX_HEAD);
     st_status s;
     if ((s = st_tensor_copy(d->k, cache + (size_t)at->pos * Cs, o->qkv, Cs, Cs)) != ST_OK ||
         (s = st_tensor_copy(d->v, cache + (size_t)at->pos * Cs, o->qkv, 2 * Cs, Cs)) != ST_OK)
@@ -305,17 +310,19 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     return ST_OK;
 }
 
-/* One token through the block: the same pass, its attention (the new key
- * and value into the caches, scores, softmax, weighted values) in one
- * kernel when the head size allows (cl/flash.cl). */
-static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+/* n tokens through the block: the same pass over n rows (one product per
+ * linear layer for all of them), its attention (the new keys and values
+ * into the caches, scores, softmax, weighted values) by cl/flash.cl when
+ * the head size allows. */
+static st_status block_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                              st_layer_io *io)
 {
     (void)io;
     block_state *d = l->state;
     block_io o = {d->ln, d->mean, d->rstd, d->qkv, d->atty, d->res2,
                   d->ln, d->mean, d->rstd, d->fch, d->fch, x};
-    block_attn at = {.decode = true, .seq = seq, .pos = pos};
-    return block_pass(l, &o, &at, x, 1, 1);
+    block_attn at = {.decode = true, .seq = seq, .pos = pos, .n = n};
+    return block_pass(l, &o, &at, x, 1, n);
 }
 
 const st_layer_ops st_gpt2_block_ops = {
@@ -437,14 +444,21 @@ static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_ten
     return ST_OK;
 }
 
-static st_status head_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+static st_status head_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                             st_layer_io *io)
 {
     (void)seq;
     (void)pos;
     head_state *h = l->state;
     int C = l->cfg->n_embd, V = l->cfg->vocab_size;
-    st_status s = st_layernorm_fwd(h->ln, h->mean, h->rstd, x, l->p[LNF_W], l->p[LNF_B], 1, C,
-                                   l->cfg->norm_eps);
+    /* the logits of the last token only: the next one's */
+    st_tensor *last = NULL;
+    size_t shape[2] = {1, (size_t)C};
+    st_status s = st_tensor_view(x, (size_t)(n - 1) * C, 2, shape, &last);
+    if (s == ST_OK)
+        s = st_layernorm_fwd(h->ln, h->mean, h->rstd, last, l->p[LNF_W], l->p[LNF_B], 1, C,
+                             l->cfg->norm_eps);
+    st_tensor_destroy(last);
     if (s != ST_OK)
         return s;
     st_gemm_args mm = {.trans_b = true, .m = 1, .n = (size_t)V, .k = (size_t)C, .alpha = 1.0f,

@@ -28,8 +28,8 @@ typedef struct st_layer_io {
     const st_tensor *tokens;  /* I32 [N] (the embedding) */
     const st_tensor *targets; /* I32 [N] (the head); NULL: logits only, no loss */
     st_tensor *x0;            /* the stage's input tensor (the embedding writes it) */
-    const st_tensor *token;   /* decoding: I32 [1] */
-    st_tensor *logits;        /* decoding: the head's output [V] (NULL elsewhere) */
+    const st_tensor *token;   /* decoding: I32 [n], the pass's tokens */
+    st_tensor *logits;        /* decoding: the head's output [V] of the last (NULL elsewhere) */
 } st_layer_io;
 
 typedef struct st_layer_ops {
@@ -44,9 +44,10 @@ typedef struct st_layer_ops {
      * token's loss (the head). */
     st_status (*backward)(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
                           const st_layer_io *io, int B, int T, float dloss);
-    /* One token of sequence seq at position pos: x [C] in and out (the
-     * embedding writes it from io->token, the head reads it into io->logits). */
-    st_status (*decode)(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io);
+    /* n tokens (1 to the layer's prefill) of sequence seq at positions pos
+     * .. pos + n - 1: x [n, C] in and out (the embedding writes it from
+     * io->token, the head reads its last row into io->logits). */
+    st_status (*decode)(st_layer *l, int seq, int pos, int n, st_tensor *x, st_layer_io *io);
     /* The head's probabilities (after a forward with targets) or logits
      * [N, V], and per-token losses [N], of a slot. */
     st_tensor *(*output)(st_layer *l, int slot);
@@ -65,6 +66,7 @@ struct st_layer {
     st_tensor *pbuf, *gbuf;
     const size_t *offset;
     int B, T, slots, kv_seq, kv_seqs;
+    int prefill; /* tokens one decoding pass may take (1 or more) */
     bool training;
     st_tensor **acts;  /* per slot; NULL when the layer keeps nothing */
     st_tensor *work;   /* the backward's work, shared; NULL without training */

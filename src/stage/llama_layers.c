@@ -52,11 +52,12 @@ static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tens
                             l->cfg->vocab_size);
 }
 
-static st_status emb_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+static st_status emb_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                            st_layer_io *io)
 {
     (void)seq;
     (void)pos;
-    return st_embedding_fwd(x, io->token, l->p[0], 1, l->cfg->n_embd, l->cfg->vocab_size);
+    return st_embedding_fwd(x, io->token, l->p[0], n, l->cfg->n_embd, l->cfg->vocab_size);
 }
 
 const st_layer_ops st_llama_embedding_ops = {
@@ -183,6 +184,7 @@ static st_status block_bind(st_layer *l)
                         l->desc->name, l->desc->n_params, i);
     size_t N = (size_t)l->B * l->T, C = (size_t)d.C, Q = (size_t)d.Q, F = (size_t)d.F;
     size_t NH = (size_t)d.NH, S = (size_t)l->kv_seq, KVD = (size_t)d.KVD;
+    size_t P = l->prefill > 1 ? (size_t)l->prefill : 1;
     st_status s = ST_OK;
     b->w_qkv = span(l, l->pbuf, b->q_w, 3, Q * C, &s);
     b->w_gu = span(l, l->pbuf, b->gate, 2, 2 * F * C, &s);
@@ -229,14 +231,14 @@ static st_status block_bind(st_layer *l)
     }
     if (l->dec) {
         st_carver c = {l->dec, 0, ST_OK};
-        b->ln = st_carve(&c, C);
-        b->rstd = st_carve(&c, 1);
-        b->qkv = st_carve(&c, Q);
-        b->atty = st_carve(&c, C);
-        b->res2 = st_carve(&c, C);
-        b->gu = st_carve(&c, 2 * F);
-        b->h = st_carve(&c, F);
-        b->scores = st_carve(&c, NH * S);
+        b->ln = st_carve(&c, P * C);
+        b->rstd = st_carve(&c, P);
+        b->qkv = st_carve(&c, P * Q);
+        b->atty = st_carve(&c, P * C);
+        b->res2 = st_carve(&c, P * C);
+        b->gu = st_carve(&c, P * 2 * F);
+        b->h = st_carve(&c, P * F);
+        b->scores = st_carve(&c, P * NH * S);
         st_carver kc = {l->kv, 0, ST_OK};
         b->k = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
         b->v = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
@@ -259,7 +261,7 @@ typedef struct block_io {
 typedef struct block_attn {
     bool decode;
     st_tensor *lse;
-    int seq, pos;
+    int seq, pos, n; /* decoding: n tokens from pos */
 } block_attn;
 
 /* The block's forward for training and decoding alike: 10 launches (11 with
@@ -278,7 +280,7 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
         (s = st_linear_fwd(o->qkv, o->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
         (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, N, T, pos0, d.NH, d.KV, d.HS)) != ST_OK ||
         (s = at->decode ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, cache, o->qkv,
-                                                  NULL, at->pos, (int)S, d.C, d.NH, d.KV)
+                                                  NULL, at->pos, at->n, (int)S, d.C, d.NH, d.KV)
                         : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, B, T, d.C, d.NH,
                                                d.KV)) != ST_OK ||
         (s = st_linear_fwd(o->res2, o->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
@@ -341,14 +343,16 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     return ST_OK;
 }
 
-/* One token through the block: the same pass over the KV cache. */
-static st_status block_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+/* n tokens through the block: the same pass over the KV cache, one
+ * product per linear layer for all of them. */
+static st_status block_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                              st_layer_io *io)
 {
     (void)io;
     block_state *b = l->state;
     block_io o = {b->ln, b->rstd, b->qkv, b->atty, b->res2, b->ln, b->rstd, b->gu, b->h, x};
-    block_attn at = {.decode = true, .seq = seq, .pos = pos};
-    return block_pass(l, &o, &at, x, 1, 1);
+    block_attn at = {.decode = true, .seq = seq, .pos = pos, .n = n};
+    return block_pass(l, &o, &at, x, 1, n);
 }
 
 const st_layer_ops st_llama_block_ops = {
@@ -453,13 +457,20 @@ static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_ten
     return ST_OK;
 }
 
-static st_status head_decode(st_layer *l, int seq, int pos, st_tensor *x, st_layer_io *io)
+static st_status head_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
+                             st_layer_io *io)
 {
     (void)seq;
     (void)pos;
     head_state *h = l->state;
     int C = l->cfg->n_embd, V = l->cfg->vocab_size;
-    st_status s = st_rmsnorm_fwd(h->ln, h->rstd, x, l->p[H_NORM], 1, C, l->cfg->norm_eps);
+    /* the logits of the last token only: the next one's */
+    st_tensor *last = NULL;
+    size_t shape[2] = {1, (size_t)C};
+    st_status s = st_tensor_view(x, (size_t)(n - 1) * C, 2, shape, &last);
+    if (s == ST_OK)
+        s = st_rmsnorm_fwd(h->ln, h->rstd, last, l->p[H_NORM], 1, C, l->cfg->norm_eps);
+    st_tensor_destroy(last);
     io->logits = h->logits;
     return s != ST_OK ? s : st_linear_fwd(h->logits, h->ln, l->p[H_W], NULL, 1, C, V);
 }

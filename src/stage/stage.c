@@ -21,7 +21,7 @@ struct st_stage {
     st_model_config cfg;
     size_t first, end;
     bool has_emb, has_head;
-    int B, T, slots, kv_seq, kv_seqs;
+    int B, T, slots, kv_seq, kv_seqs, prefill;
     bool training;
     size_t in_floats; /* per token of the stream into the stage */
     st_stage_sizes sizes;
@@ -324,20 +324,20 @@ static st_status make_scratch(st_stage *g)
 
 static st_status make_decode(st_stage *g)
 {
-    size_t S = (size_t)g->kv_seq, Q = (size_t)g->kv_seqs, dec = 0;
+    size_t S = (size_t)g->kv_seq, Q = (size_t)g->kv_seqs, P = (size_t)g->prefill, dec = 0;
     for (size_t l = 0; l < g->n_layers; l++) {
         const st_layer_desc *ld = g->layers[l].desc;
-        size_t d = ld->dec + S * ld->dec_per_position;
+        size_t d = (ld->kind == ST_LAYER_HEAD ? 1 : P) * (ld->dec + S * ld->dec_per_position);
         dec = d > dec ? d : dec;
     }
     st_status s = make_buffer(g, ST_F32, g->sizes.decode_floats, "KV cache", &g->dec_buf);
-    if (s != ST_OK || (s = make_buffer(g, ST_I32, 1, "token", &g->token)) != ST_OK)
+    if (s != ST_OK || (s = make_buffer(g, ST_I32, P, "token", &g->token)) != ST_OK)
         return s;
     g->kv = calloc(g->n_layers, sizeof *g->kv);
     if (!g->kv)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_carver c = {g->dec_buf, 0, ST_OK};
-    g->dec_x = st_carve(&c, g->in_floats);
+    g->dec_x = st_carve(&c, P * g->in_floats);
     g->dec_work = st_carve(&c, dec);
     for (size_t l = 0; l < g->n_layers; l++) {
         g->kv[l] = st_carve(&c, Q * S * g->layers[l].desc->kv_per_position);
@@ -483,6 +483,7 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
     g->slots = opt->slots > 0 ? opt->slots : 1;
     g->kv_seq = opt->kv_seq;
     g->kv_seqs = opt->kv_seqs > 0 ? opt->kv_seqs : 1;
+    g->prefill = opt->prefill > 1 ? opt->prefill : 1;
     g->training = opt->training;
     g->has_emb = desc->layers[first].kind == ST_LAYER_EMBEDDING;
     g->has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
@@ -504,6 +505,7 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         L->slots = g->slots;
         L->kv_seq = g->kv_seq;
         L->kv_seqs = g->kv_seqs;
+        L->prefill = g->prefill;
         L->training = g->training;
     }
     s = lay_out_params(g);
@@ -822,33 +824,54 @@ st_status st_stage_decode(st_stage *g, int tok, int pos, float *logits)
 
 st_status st_stage_decode_seq(st_stage *g, int seq, int tok, int pos, float *logits)
 {
+    return st_stage_prefill_seq(g, seq, &tok, 1, pos, logits);
+}
+
+st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int pos,
+                               float *logits)
+{
     if (g->kv_seq <= 0)
         return st_error(ST_ERR_INVALID, "decode: the stage was created without a KV cache");
     if (seq < 0 || seq >= g->kv_seqs)
         return st_error(ST_ERR_INVALID, "decode: sequence %d, the stage caches %d", seq,
                         g->kv_seqs);
-    if (pos < 0 || pos >= g->kv_seq)
+    if (n < 1 || n > g->prefill)
+        return st_error(ST_ERR_INVALID, "decode: %d tokens in one pass, the stage takes 1 to %d",
+                        n, g->prefill);
+    if (pos < 0 || pos >= g->kv_seq || n > g->kv_seq - pos)
         return st_error(ST_ERR_INVALID,
-                        "decode: position %d is past the KV cache of %d positions", pos,
-                        g->kv_seq);
+                        "decode: position %d is past the KV cache of %d positions",
+                        pos + n - 1 >= g->kv_seq ? pos + n - 1 : pos, g->kv_seq);
     int V = g->cfg.vocab_size;
     st_status s;
     if (g->has_emb) {
-        if (tok < 0 || tok >= V)
-            return st_error(ST_ERR_INVALID, "token %d is outside the vocabulary of %d", tok, V);
-        int32_t t = tok;
-        if ((s = st_tensor_write(g->token, 0, 1, &t)) != ST_OK)
-            return s;
+        int32_t t[256];
+        for (int i = 0; i < n; i += 256) {
+            int k = n - i < 256 ? n - i : 256;
+            for (int j = 0; j < k; j++) {
+                if (tok[i + j] < 0 || tok[i + j] >= V)
+                    return st_error(ST_ERR_INVALID, "token %d is outside the vocabulary of %d",
+                                    tok[i + j], V);
+                t[j] = tok[i + j];
+            }
+            if ((s = st_tensor_write(g->token, (size_t)i, (size_t)k, t)) != ST_OK)
+                return s;
+        }
     }
     st_layer_io io = {.token = g->token};
     for (size_t l = 0; l < g->n_layers; l++) {
         st_layer *L = &g->layers[l];
-        if ((s = L->ops->decode(L, seq, pos, g->dec_x, &io)) != ST_OK)
+        if ((s = L->ops->decode(L, seq, pos, n, g->dec_x, &io)) != ST_OK)
             return s;
     }
     if (!g->has_head || !logits)
         return ST_OK;
     return st_tensor_read(io.logits, 0, (size_t)V, logits);
+}
+
+int st_stage_prefill_max(const st_stage *g)
+{
+    return g->prefill;
 }
 
 st_tensor *st_stage_decode_x(const st_stage *g)
