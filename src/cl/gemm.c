@@ -125,6 +125,19 @@ static st_status check_clblast_room(const st_gemm_args *g, st_device *dev, cl_co
     return ST_OK;
 }
 
+/* Whether dev takes cl/gemv.cl for one row against a matrix (CPU devices:
+ * CLBlast's GEMV read an 82M-parameter Llama's weights at 3.4 GB/s there);
+ * STRATA_GEMV=clblast or own overrides. */
+static bool own_gemv(st_device *dev)
+{
+    const char *v = getenv("STRATA_GEMV");
+    if (v && strcmp(v, "clblast") == 0)
+        return false;
+    if (v && strcmp(v, "own") == 0)
+        return true;
+    return st_device_get_info(dev)->type == ST_DEVICE_CPU;
+}
+
 st_status st_gemm(const st_gemm_args *g)
 {
     if (!g->c)
@@ -155,6 +168,15 @@ st_status st_gemm(const st_gemm_args *g)
     const char *call;
     if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
         return s;
+    if (outer == 1 && batch == 1 && g->m == 1 && !g->trans_a && own_gemv(dev))
+        /* One row against a matrix on a CPU device: our own kernels
+         * (cl/gemv.cl), which read each weight once, at four to five times
+         * CLBlast's GEMV rate there (the profiler names them). */
+        return ST_LAUNCH(dev, "gemv.cl", g->trans_b ? "gemv_rows" : "gemv_cols",
+                         g->trans_b ? g->n : (g->n + 7) / 8, 0,
+                         ST_KT(g->c), ST_KT(g->b), ST_KT(g->a), ST_KU(g->c_offset),
+                         ST_KU(g->b_offset), ST_KU(g->a_offset), ST_KI(g->n), ST_KI(g->k),
+                         ST_KI(g->ldb), ST_KF(g->alpha), ST_KF(g->beta));
     /* Profiling: markers around the call (CLBlast may enqueue several kernels). */
     cl_event before = NULL, after = NULL;
     if (st_profiler_event(dev, &before))

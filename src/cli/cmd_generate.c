@@ -18,6 +18,7 @@
 #include "strata/data.h"
 #include "strata/stage.h"
 #include "strata/pipe.h"
+#include "strata/profiler.h"
 #include "strata/progress.h"
 
 /* Where to run a saved model: the device choice and how to split. */
@@ -263,6 +264,8 @@ static void generate_help(void)
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
            "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
            "  --seed N            sampling seed (default 1)\n"
+           "  --profile           time every kernel on the devices: a table for the\n"
+           "                      prompt, and one per generated token (on stderr)\n"
            "  --prefill N         a prompt's tokens read in one pass through the model\n"
            "                      (one matrix product per layer for all of them; default\n"
            "                      128; 1 reads token by token, as generation does)\n"
@@ -392,6 +395,14 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                       n_prompts > 1 ? "s" : "");
     bool reading_phase = true;
     long total = 0, slides = 0, rounds = 0;
+    /* --profile: the prompt's passes, then the generated rounds (loading
+     * the model and building kernels left out) */
+    size_t n_st = s == ST_OK ? st_pipe_n_stages(g) : 0;
+    st_device *pdev[ST_PLAN_MAX_STAGES] = {NULL};
+    for (size_t k = 0; st_profiler_enabled() && k < n_st && k < ST_PLAN_MAX_STAGES; k++)
+        if (st_pipe_stage(g, k) && (pdev[k] = st_stage_device(st_pipe_stage(g, k))))
+            st_profiler_reset(pdev[k]);
+    long profiled_from = -1;
     double t0 = st_now_s(), t_prompt = 0;
     /* Prefill: every prompt's tokens but its last in passes of up to
      * `chunk` tokens (one product per linear layer over a pass's tokens,
@@ -422,6 +433,21 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     }
     bool busy = true;
     while (s == ST_OK && busy) {
+        if (st_profiler_enabled() && rounds == 1 && profiled_from < 0) {
+            /* the prompt is read (its passes and its last token's round) */
+            st_progress_end(&pr);
+            fflush(stdout);
+            s = cli_profile_report(pdev, n_st, 1, (st_now_s() - t0) * 1e3, 0, 0, stderr, NULL);
+            fprintf(stderr, "(the prompt: %ld token%s read, its last one's round included; a "
+                            "step above is the whole prompt)\n",
+                    prompt_tokens, prompt_tokens == 1 ? "" : "s");
+            for (size_t k = 0; k < n_st; k++)
+                if (pdev[k])
+                    st_profiler_reset(pdev[k]);
+            profiled_from = rounds;
+            if (s != ST_OK)
+                break;
+        }
         if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
             break;
         rounds++;
@@ -477,6 +503,14 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     }
     st_progress_end(&pr);
     double secs = st_now_s() - t0;
+    if (s == ST_OK && profiled_from > 0 && rounds > profiled_from) {
+        fflush(stdout);
+        long steps = rounds - profiled_from;
+        s = cli_profile_report(pdev, n_st, steps, (secs - t_prompt) * 1e3 / (double)steps, 0, 0,
+                               stderr, NULL);
+        fprintf(stderr, "(a step above is one generated token of each of the %d prompt%s)\n",
+                n_prompts, n_prompts == 1 ? "" : "s");
+    }
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
         if (!stream)
             printf("%s--- %d of %d ---\n", i ? "\n" : "", i + 1, n_prompts);
@@ -541,6 +575,7 @@ int cmd_generate(int argc, char **argv)
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"prefill", required_argument, NULL, 'F'},
+                                         {"profile", no_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
@@ -571,6 +606,7 @@ int cmd_generate(int argc, char **argv)
         case 'M': rf.mem_limit = optarg; break;
         case 'z': rf.tokenizer = optarg; break;
         case 'F': ok = cli_parse_long(optarg, 1, 1 << 16, &rf.prefill); break;
+        case 'R': st_profiler_enable(true); break;
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("generate", argv[optind - 1], opts);
