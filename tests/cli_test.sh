@@ -142,6 +142,31 @@ cmp -s "$tmp/out" "$tmp/prefill.out" ||
     { echo "FAIL prefill changed the text: $(cat "$tmp/prefill.out") vs $(cat "$tmp/out")"; fails=$((fails + 1)); }
 expect 2 "--prefill 0" -- "$strata" generate --model "$tmp/llama" --prefill 0
 grep_in "$tmp/err" "bad value '0' for --prefill" "--prefill 0 refused"
+# Sampling: a top-p or min-p that keeps only the likeliest token is greedy
+# whatever the seed; the defaults of the new settings draw as before
+# (test_sample checks each setting's distribution and the penalty); --stop
+# ends a text once its generated part holds the string (shown);
+# --prompt-file (a file, or - for standard input) is a --prompt.
+gen() { "$strata" generate --model "$tmp/llama" --prompt "the" -n 12 "$@" 2>/dev/null; }
+greedy=$(gen --temperature 0)
+[ "$(gen --seed 5 --top-p 1e-9)" = "$greedy" ] || { echo "FAIL --top-p 1e-9 is not greedy"; fails=$((fails + 1)); }
+[ "$(gen --seed 6 --min-p 1)" = "$greedy" ] || { echo "FAIL --min-p 1 is not greedy"; fails=$((fails + 1)); }
+[ "$(gen --seed 7)" = "$(gen --seed 7 --top-p 1 --min-p 0 --repeat-penalty 1)" ] ||
+    { echo "FAIL the new settings' defaults changed the draws"; fails=$((fails + 1)); }
+stop=${greedy:5:2} # two characters the greedy text generates (after "the" and a token)
+stopped=$(gen --temperature 0 --stop "$stop")
+want="${greedy:0:3}$(cut="${greedy:3}"; echo "${cut%%"$stop"*}")$stop"
+[ "$stopped" = "$want" ] || { echo "FAIL --stop '$stop': '$stopped', expected '$want'"; fails=$((fails + 1)); }
+printf 'the' >"$tmp/prompt.txt"
+[ "$("$strata" generate --model "$tmp/llama" --prompt-file "$tmp/prompt.txt" -n 12 --temperature 0 2>/dev/null)" = "$greedy" ] &&
+    [ "$(printf 'the' | "$strata" generate --model "$tmp/llama" --prompt-file - -n 12 --temperature 0 2>/dev/null)" = "$greedy" ] ||
+    { echo "FAIL --prompt-file differs from --prompt"; fails=$((fails + 1)); }
+expect 2 "--top-p 0" -- "$strata" generate --model "$tmp/llama" --top-p 0
+grep_in "$tmp/err" "bad value '0' for --top-p" "--top-p 0 refused"
+expect 2 "empty --stop" -- "$strata" generate --model "$tmp/llama" --stop ""
+grep_in "$tmp/err" "--stop needs a non-empty text" "an empty --stop refused"
+expect 2 "missing --prompt-file" -- "$strata" generate --model "$tmp/llama" --prompt-file "$tmp/none.txt"
+grep_in "$tmp/err" "cannot open prompt" "a missing --prompt-file named"
 expect 0 "llama eval" -- "$strata" eval --model "$tmp/llama" --data "$tmp/text.txt" --seq 16
 grep_in "$tmp/out" "perplexity" "llama eval prints perplexity"
 expect 0 "plan --arch llama" -- "$strata" plan --arch llama --kv-heads 1 --heads 2 --inference

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "core/clock.h"
+#include "core/file.h"
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
 #include "strata/tokenizer.h"
@@ -20,6 +21,7 @@
 #include "strata/pipe.h"
 #include "strata/profiler.h"
 #include "strata/progress.h"
+#include "strata/sample.h"
 
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
@@ -80,56 +82,6 @@ static st_status open_model(const char *dir, const run_flags *f, st_run_shape *s
     if ((s = st_checkpoint_load(dir, stages, plan.n_stages, NULL)) != ST_OK)
         return s;
     return st_pipe_replicate(*p); /* the first replica's weights to the others */
-}
-
-static uint64_t next_u64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-typedef struct cand {
-    float logit;
-    int id;
-} cand;
-
-static int by_logit(const void *a, const void *b)
-{
-    const cand *x = a, *y = b;
-    if (x->logit != y->logit)
-        return x->logit > y->logit ? -1 : 1;
-    return x->id - y->id;
-}
-
-/* Temperature 0: the most likely token. Else softmax(logits / temperature)
- * over the top_k most likely (all when top_k is 0), sampled. */
-static int sample(const float *logits, int V, double temperature, int top_k, cand *c,
-                  uint64_t *rng)
-{
-    for (int v = 0; v < V; v++)
-        c[v] = (cand){logits[v], v};
-    qsort(c, (size_t)V, sizeof *c, by_logit);
-    if (temperature <= 0)
-        return c[0].id;
-    int k = top_k > 0 && top_k < V ? top_k : V;
-    double sum = 0, *p = malloc((size_t)k * sizeof *p);
-    if (!p)
-        return c[0].id;
-    for (int i = 0; i < k; i++)
-        sum += p[i] = exp((c[i].logit - c[0].logit) / temperature);
-    double u = (double)(next_u64(rng) >> 11) * 0x1.0p-53 * sum;
-    int pick = k - 1;
-    for (int i = 0; i < k; i++) {
-        if (u < p[i]) {
-            pick = i;
-            break;
-        }
-        u -= p[i];
-    }
-    free(p);
-    return c[pick].id;
 }
 
 static void put_token(int tok)
@@ -263,6 +215,17 @@ static void generate_help(void)
            "                      again from position 0 and generation goes on\n"
            "  --temperature X     0 picks the most likely token (default 0.8)\n"
            "  --top-k K           sample among the K most likely, 0 for all (default 40)\n"
+           "  --top-p P           then among the fewest whose probabilities sum to P\n"
+           "                      (default 1: all)\n"
+           "  --min-p P           then among those at least P times as likely as the\n"
+           "                      likeliest (default 0: all)\n"
+           "  --repeat-penalty X  divide the logit (multiply when negative) of each token\n"
+           "                      among the last --repeat-last-n (default 64) by X\n"
+           "                      (default 1: none)\n"
+           "  --stop TEXT         end a text once its generated part holds TEXT (shown);\n"
+           "                      give it up to 16 times\n"
+           "  --prompt-file PATH  the prompt from a file, '-' for standard input (counts\n"
+           "                      as a --prompt)\n"
            "  --seed N            sampling seed (default 1)\n"
            "  --profile           time every kernel on the devices: a table for the\n"
            "                      prompt, and one per generated token (on stderr)\n"
@@ -286,6 +249,33 @@ static void generate_help(void)
            "Exit status: 0 done; 1 a device failure; 2 bad options or model files.\n");
 }
 
+/* Whether the generated text (ids gen[0..n), decoded) holds one of the stop
+ * strings. Decoded whole each time: a stop string may span tokens. */
+static st_status stopped(const st_tokenizer *tk, const int *gen, long n, const char *const *stops,
+                         int n_stops, bool *stop)
+{
+    *stop = false;
+    char *text = NULL;
+    size_t len = 0;
+    st_status s = ST_OK;
+    if (tk) {
+        s = st_tokenizer_decode(tk, gen, (size_t)n, true, &text, &len);
+    } else if ((text = malloc((size_t)n + 1)) != NULL) {
+        for (long i = 0; i < n; i++) /* bytes; ids past 255 stand for no text */
+            text[len] = gen[i] < 256 ? (char)gen[i] : '\x01', len++;
+        text[len] = '\0';
+    } else {
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    }
+    for (int k = 0; s == ST_OK && k < n_stops && !*stop; k++) {
+        size_t sl = strlen(stops[k]);
+        for (size_t at = 0; !*stop && at + sl <= len; at++)
+            *stop = memcmp(text + at, stops[k], sl) == 0;
+    }
+    free(text);
+    return s;
+}
+
 /* Generates for one or more prompts. Each sequence has its own KV cache, and
  * every round sends one token of each through the stages one after the
  * other, so that split stages work on different sequences at the same time.
@@ -296,7 +286,8 @@ static void generate_help(void)
  * P/2 tokens, reads them again from position 0 (rebuilding its cache), and
  * goes on, so -n may exceed the positions. */
 static int generate(const char *model, const run_flags *rf, const char *const *prompts,
-                    int n_prompts, long n, double temperature, int top_k, uint64_t seed)
+                    int n_prompts, long n, const st_sampling *sp, uint64_t seed,
+                    const char *const *stops, int n_stops)
 {
     double t_start = st_now_s();
     cli_devices devs = {0};
@@ -367,7 +358,7 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     long *made = calloc((size_t)n_prompts, sizeof *made);
     uint64_t *rng = calloc((size_t)n_prompts, sizeof *rng);
     float *logits = malloc((size_t)n_prompts * (size_t)V * sizeof *logits);
-    cand *cands = malloc((size_t)V * sizeof *cands);
+    st_candidate *cands = malloc((size_t)V * sizeof *cands);
     if (s == ST_OK && (!tok || !pos || !text || !len || !base || !made || !rng || !logits || !cands))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory (-n %ld for %d prompts)", n,
                      n_prompts);
@@ -460,8 +451,8 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                 tok[i] = t[base[i] + ++pos[i]];
                 reading |= made[i] == 0;
             } else if (!done) {
-                int next = sample(logits + (size_t)i * V, sample_V, temperature, top_k, cands,
-                                  &rng[i]);
+                int next = st_sample(logits + (size_t)i * V, sample_V, sp, t, len[i], cands,
+                                     &rng[i]);
                 made[i]++;
                 total++;
                 if (next == eos) { /* the end of the text: nothing more for this prompt */
@@ -471,6 +462,14 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                 t[len[i]++] = next;
                 if (stream && (s = show_text(tk, t, len[i], &printed[i], false)) != ST_OK)
                     break;
+                bool stop = false;
+                if (n_stops > 0 && (s = stopped(tk, t + plen[i], len[i] - (long)plen[i], stops,
+                                                n_stops, &stop)) != ST_OK)
+                    break;
+                if (stop) { /* the text reached a stop string: it ends there */
+                    made[i] = n;
+                    continue;
+                }
                 if (made[i] < n) {
                     if (len[i] - 1 - base[i] >= P) { /* no position left: slide */
                         base[i] = len[i] - (P / 2 > 0 ? P / 2 : 1);
@@ -561,6 +560,42 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     return s == ST_OK ? CLI_OK : cli_fail(s);
 }
 
+/* --prompt-file: a regular file's text, or standard input's for "-" (read
+ * to its end: the user sends it). */
+static st_status read_prompt(const char *path, char **text, size_t *len)
+{
+    if (strcmp(path, "-") != 0)
+        return st_read_text_file(path, "prompt", text, len);
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
+        n += got;
+        if (got == 0)
+            break;
+        if (n + 1 == cap) {
+            char *more = cap < ((size_t)1 << 30) ? realloc(buf, cap * 2) : NULL;
+            if (!more) {
+                free(buf);
+                return st_error(ST_ERR_HOST_MEMORY, "the prompt on standard input is over %zu "
+                                                    "bytes", cap);
+            }
+            buf = more;
+            cap *= 2;
+        }
+    }
+    if (!buf)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    if (ferror(stdin)) {
+        free(buf);
+        return st_error(ST_ERR_IO, "cannot read the prompt from standard input");
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return ST_OK;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
@@ -576,14 +611,24 @@ int cmd_generate(int argc, char **argv)
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"prefill", required_argument, NULL, 'F'},
                                          {"profile", no_argument, NULL, 'R'},
+                                         {"top-p", required_argument, NULL, 'T'},
+                                         {"min-p", required_argument, NULL, 'N'},
+                                         {"repeat-penalty", required_argument, NULL, 'r'},
+                                         {"repeat-last-n", required_argument, NULL, 'L'},
+                                         {"stop", required_argument, NULL, 'x'},
+                                         {"prompt-file", required_argument, NULL, 'f'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
     const char *prompts[64];
     int n_prompts = 0;
     run_flags rf = {.prefill = 128};
-    long n = 200, top_k = 40, seed = 1;
-    double temperature = 0.8;
+    long n = 200, top_k = 40, seed = 1, last_n = 64;
+    double temperature = 0.8, top_p = 1, min_p = 0, penalty = 1;
+    const char *stops[16];
+    int n_stops = 0;
+    static char *from_files[64]; /* --prompt-file texts, freed at the end */
+    int n_files = 0;
     int c, li;
     optind = 1;
     opterr = 0;
@@ -607,6 +652,31 @@ int cmd_generate(int argc, char **argv)
         case 'z': rf.tokenizer = optarg; break;
         case 'F': ok = cli_parse_long(optarg, 1, 1 << 16, &rf.prefill); break;
         case 'R': st_profiler_enable(true); break;
+        case 'T': ok = cli_parse_double(optarg, 1e-9, 1, &top_p); break;
+        case 'N': ok = cli_parse_double(optarg, 0, 1, &min_p); break;
+        case 'r': ok = cli_parse_double(optarg, 1e-3, 1e3, &penalty); break;
+        case 'L': ok = cli_parse_long(optarg, 0, 4096, &last_n); break;
+        case 'x':
+            if (n_stops == 16)
+                return cli_usage_error("generate", "at most 16 --stop strings");
+            if (!*optarg)
+                return cli_usage_error("generate", "--stop needs a non-empty text");
+            stops[n_stops++] = optarg;
+            break;
+        case 'f': {
+            if (n_prompts == 64)
+                return cli_usage_error("generate", "at most 64 prompts at once");
+            char *text = NULL;
+            size_t tl = 0;
+            st_status fs = read_prompt(optarg, &text, &tl);
+            if (fs != ST_OK) {
+                for (int i = 0; i < n_files; i++)
+                    free(from_files[i]);
+                return cli_fail(fs);
+            }
+            prompt = prompts[n_prompts++] = from_files[n_files++] = text;
+            break;
+        }
         case 'h': generate_help(); return CLI_OK;
         case ':': return cli_usage_error("generate", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("generate", argv[optind - 1], opts);
@@ -628,7 +698,12 @@ int cmd_generate(int argc, char **argv)
                                    "prompt %d is empty: give at least one character", i + 1);
     if (n_prompts == 0)
         prompts[n_prompts++] = prompt;
-    return generate(model, &rf, prompts, n_prompts, n, temperature, (int)top_k, (uint64_t)seed);
+    st_sampling sp = {.temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
+                   .min_p = min_p, .repeat_penalty = penalty, .repeat_last_n = (int)last_n};
+    int rc = generate(model, &rf, prompts, n_prompts, n, &sp, (uint64_t)seed, stops, n_stops);
+    for (int i = 0; i < n_files; i++)
+        free(from_files[i]);
+    return rc;
 }
 
 static void eval_help(void)
