@@ -596,7 +596,22 @@ static st_status read_prompt(const char *path, char **text, size_t *len)
     return ST_OK;
 }
 
+/* --prompt-file texts: freed by cmd_generate whatever generate_command returns. */
+static char *from_files[64];
+static int n_files;
+
+static int generate_command(int argc, char **argv);
+
 int cmd_generate(int argc, char **argv)
+{
+    int rc = generate_command(argc, argv);
+    for (int i = 0; i < n_files; i++)
+        free(from_files[i]);
+    n_files = 0;
+    return rc;
+}
+
+static int generate_command(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
                                          {"prompt", required_argument, NULL, 'p'},
@@ -627,8 +642,6 @@ int cmd_generate(int argc, char **argv)
     double temperature = 0.8, top_p = 1, min_p = 0, penalty = 1;
     const char *stops[16];
     int n_stops = 0;
-    static char *from_files[64]; /* --prompt-file texts, freed at the end */
-    int n_files = 0;
     int c, li;
     optind = 1;
     opterr = 0;
@@ -669,11 +682,8 @@ int cmd_generate(int argc, char **argv)
             char *text = NULL;
             size_t tl = 0;
             st_status fs = read_prompt(optarg, &text, &tl);
-            if (fs != ST_OK) {
-                for (int i = 0; i < n_files; i++)
-                    free(from_files[i]);
+            if (fs != ST_OK)
                 return cli_fail(fs);
-            }
             prompt = prompts[n_prompts++] = from_files[n_files++] = text;
             break;
         }
@@ -700,10 +710,7 @@ int cmd_generate(int argc, char **argv)
         prompts[n_prompts++] = prompt;
     st_sampling sp = {.temperature = temperature, .top_k = (int)top_k, .top_p = top_p,
                    .min_p = min_p, .repeat_penalty = penalty, .repeat_last_n = (int)last_n};
-    int rc = generate(model, &rf, prompts, n_prompts, n, &sp, (uint64_t)seed, stops, n_stops);
-    for (int i = 0; i < n_files; i++)
-        free(from_files[i]);
-    return rc;
+    return generate(model, &rf, prompts, n_prompts, n, &sp, (uint64_t)seed, stops, n_stops);
 }
 
 static void eval_help(void)
