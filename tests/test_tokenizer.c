@@ -287,6 +287,22 @@ static int32_t id_of(st_tokenizer *t, const char *special)
     return id;
 }
 
+/* A whole file's text (the caller frees it). */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    size_t len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc(len + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, len, f), len);
+    buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
 static void write_text(const char *path, const char *s)
 {
     FILE *f = fopen(path, "wb");
@@ -303,17 +319,7 @@ static void tokenizer_config_names_bos_and_eos(void **state)
     char src[4200], dir[] = "/tmp/strata-tokcfg-XXXXXX", path[4200], conf[4200];
     assert_non_null(mkdtemp(dir));
     path_of(src, sizeof src, "llama3.json");
-    char *json = NULL;
-    size_t len = 0;
-    FILE *f = fopen(src, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    json = malloc(len + 1);
-    assert_int_equal(fread(json, 1, len, f), len);
-    json[len] = '\0';
-    fclose(f);
+    char *json = read_text(src);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     write_text(path, json);
     free(json);
@@ -358,17 +364,7 @@ static void vocab_json_by_content(void **state)
     char src[4200], dir[] = "/tmp/strata-tokname-XXXXXX", path[4200];
     assert_non_null(mkdtemp(dir));
     path_of(src, sizeof src, "llama3.json");
-    char *json = NULL;
-    size_t len = 0;
-    FILE *f = fopen(src, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    json = malloc(len + 1);
-    assert_int_equal(fread(json, 1, len, f), len);
-    json[len] = '\0';
-    fclose(f);
+    char *json = read_text(src);
     snprintf(path, sizeof path, "%s/my-vocab.json", dir);
     write_text(path, json);
     free(json);
