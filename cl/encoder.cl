@@ -3,7 +3,8 @@
  *
  * tokens: [B*T] int    wte, dwte: [V, C]    wpe, dwpe: [maxT, C]    out, dout: [B, T, C]
  *
- * forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+ * forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (decoding: wpe[rows[2n + 1],:],
+ *           each row's own position)
  * backward: dwte[v,:] += sum of dout[b,t,:] over tokens[b,t] == v;  dwpe[t,:] += sum_b dout[b,t,:]
  * The token gradient gives each work-item one channel and walks the tokens in
  * order, so repeated tokens are summed in a fixed order without atomics.
@@ -13,12 +14,13 @@ __kernel void encoder_fwd(__global float *out, const ulong out_off,
                           __global const int *tokens, const ulong tokens_off,
                           __global const float *wte, const ulong wte_off,
                           __global const float *wpe, const ulong wpe_off,
+                          __global const int *rows, const ulong rows_off, const int has_rows,
                           const int BT, const int T, const int C, const int V)
 {
     const size_t i = get_global_id(0);
     if (i >= (size_t)BT * C)
         return;
-    const int n = i / C, c = i % C, t = n % T;
+    const int n = i / C, c = i % C, t = has_rows ? rows[rows_off + 2 * n + 1] : n % T;
     const int tok = tokens[tokens_off + n];
     const float e = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
     out[out_off + i] = e + wpe[wpe_off + (size_t)t * C + c];

@@ -215,26 +215,28 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
 }
 
 /* Decoding with a KV cache: a work-group of FA_DEC_WG work-items per row r
- * of n and head h (group r * NH + h). Row r is the token at position pos + r
- * (qkv's row r, W wide); it attends the cached rows 0 .. pos + r. With one
- * row (a token decoded) the kernel also writes its key and value (qkv +
- * bias) into the caches at pos, and the groups of one key/value head write
- * the same values; with more (a prompt read in one pass, prefill) the rows
- * were written before by attention_kv_write, since a row reads the keys of
- * the rows before it. Then the scores of q against the cached keys (into
- * scores[r, h, :], global scratch: the context may be long), their softmax
- * (maximum and sum by trees in local memory), and out[r, h*HS + d] =
- * sum_j p_j v_j[d]. kc, vc: [S, KVD] for this sequence (offsets give the
- * sequence's cache). */
+ * of n and head h (group r * NH + h). rows[2r], rows[2r + 1]: the sequence
+ * (its cache slot: rows seq * S .. seq * S + S - 1 of kc and vc, [.., KVD])
+ * and the position of row r (qkv's row r, W wide); it attends its
+ * sequence's cached rows 0 .. pos. With own_row (no two rows of one
+ * sequence: tokens decoded, one per sequence) the kernel also writes the
+ * row's key and value (qkv + bias) into the cache at pos, and the groups of
+ * one key/value head write the same values; otherwise (a prompt's chunk
+ * read in one pass, prefill) the rows were written before by
+ * attention_kv_write, since a row reads the keys of the rows before it.
+ * Then the scores of q against the cached keys (into scores[r, h, :],
+ * global scratch: the context may be long), their softmax (maximum and sum
+ * by trees in local memory), and out[r, h*HS + d] = sum_j p_j v_j[d]. */
 #define FA_DEC_WG 64
 
-/* The keys and values of qkv's n rows (+ bias) into the caches at rows
- * pos .. pos + n - 1: one work-item per element. */
+/* The keys and values of qkv's n rows (+ bias) into the caches at each
+ * row's sequence and position: one work-item per element. */
 __kernel void attention_kv_write(__global float *kc, const ulong kc_off,
                                  __global float *vc, const ulong vc_off,
                                  __global const float *qkv, const ulong qkv_off,
                                  __global const float *qkv_b, const ulong qkv_b_off,
-                                 const int has_bias, const int pos, const int n, const int C,
+                                 const int has_bias, __global const int *rows,
+                                 const ulong rows_off, const int n, const int S, const int C,
                                  const int NH, const int KV)
 {
     const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD;
@@ -242,9 +244,10 @@ __kernel void attention_kv_write(__global float *kc, const ulong kc_off,
     if (e >= (size_t)n * KVD)
         return;
     const int r = (int)(e / KVD), c = (int)(e % KVD);
+    const size_t at = ((size_t)rows[rows_off + 2 * r] * S + rows[rows_off + 2 * r + 1]) * KVD + c;
     __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
-    kc[kc_off + (size_t)(pos + r) * KVD + c] = x[C + c] + BIAS(C + c);
-    vc[vc_off + (size_t)(pos + r) * KVD + c] = x[C + KVD + c] + BIAS(C + KVD + c);
+    kc[kc_off + at] = x[C + c] + BIAS(C + c);
+    vc[vc_off + at] = x[C + KVD + c] + BIAS(C + KVD + c);
 }
 
 __kernel void attention_decode(__global float *out, const ulong out_off,
@@ -253,21 +256,24 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
                                __global float *vc, const ulong vc_off,
                                __global const float *qkv, const ulong qkv_off,
                                __global const float *qkv_b, const ulong qkv_b_off,
-                               const int has_bias, const int pos0, const int n, const int S,
+                               const int has_bias, __global const int *rows,
+                               const ulong rows_off, const int own_row, const int S,
                                const int C, const int NH, const int KV, const float scale)
 {
     __local float tmp[FA_DEC_WG];
     __local float q[FA_HS_MAX];
     const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, lid = get_local_id(0);
-    const int r = get_group_id(0) / NH, h = get_group_id(0) % NH, pos = pos0 + r;
+    const int r = get_group_id(0) / NH, h = get_group_id(0) % NH;
+    const int seq = rows[rows_off + 2 * r], pos = rows[rows_off + 2 * r + 1];
     const int hk = h / (NH / KV);
     __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
     __global float *sc = scores + scores_off + ((size_t)r * NH + h) * S;
-    __global float *K = kc + kc_off, *V = vc + vc_off;
+    __global float *K = kc + kc_off + (size_t)seq * S * KVD;
+    __global float *V = vc + vc_off + (size_t)seq * S * KVD;
     for (int d = lid; d < HS; d += FA_DEC_WG) {
         const int c = h * HS + d, ck = hk * HS + d;
         q[d] = x[c] + BIAS(c);
-        if (n == 1) {
+        if (own_row) {
             K[(size_t)pos * KVD + ck] = x[C + ck] + BIAS(C + ck);
             V[(size_t)pos * KVD + ck] = x[C + KVD + ck] + BIAS(C + KVD + ck);
         }
@@ -311,4 +317,97 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
             acc += sc[j] * V[(size_t)j * KVD + hk * HS + d];
         out[out_off + (size_t)r * C + h * HS + d] = acc * inv;
     }
+}
+
+/* The CPU form of attention_decode (the same inputs and outputs; scores
+ * unused): a work-item per row and head, one pass over the cached positions
+ * with a running maximum, the weighted sum rescaled when it grows (PoCL
+ * runs a group's work-items one after another and splits kernels at
+ * barriers, so the GPU form's trees cost more than they save there); eight
+ * channels at a time when the head size allows. */
+__kernel void attention_decode_cpu(__global float *out, const ulong out_off,
+                                   __global float *scores, const ulong scores_off,
+                                   __global float *kc, const ulong kc_off,
+                                   __global float *vc, const ulong vc_off,
+                                   __global const float *qkv, const ulong qkv_off,
+                                   __global const float *qkv_b, const ulong qkv_b_off,
+                                   const int has_bias, __global const int *rows,
+                                   const ulong rows_off, const int own_row, const int S,
+                                   const int C, const int NH, const int KV, const float scale)
+{
+    (void)scores;
+    (void)scores_off;
+    const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD;
+    const int r = get_global_id(0) / NH, h = get_global_id(0) % NH, hk = h / (NH / KV);
+    const int seq = rows[rows_off + 2 * r], pos = rows[rows_off + 2 * r + 1];
+    __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
+    __global float *K = kc + kc_off + (size_t)seq * S * KVD + hk * HS;
+    __global float *V = vc + vc_off + (size_t)seq * S * KVD + hk * HS;
+    if (own_row) /* the groups of one key/value head write the same values */
+        for (int d = 0; d < HS; d++) {
+            const int ck = C + hk * HS + d;
+            K[(size_t)pos * KVD + d] = x[ck] + BIAS(ck);
+            V[(size_t)pos * KVD + d] = x[ck + KVD] + BIAS(ck + KVD);
+        }
+    __global float *o = out + out_off + (size_t)r * C + h * HS;
+    float m = -INFINITY, l = 0.0f;
+    if (HS % 8 == 0) {
+        float8 q[FA_HS_MAX / 8], acc[FA_HS_MAX / 8];
+        const int H8 = HS / 8;
+        for (int d = 0; d < H8; d++) {
+            float8 b = (float8)(0.0f);
+            if (has_bias)
+                b = vload8(d, bias + h * HS);
+            q[d] = vload8(d, x + h * HS) + b;
+            acc[d] = (float8)(0.0f);
+        }
+        for (int j = 0; j <= pos; j++) {
+            __global const float *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
+            float8 t = (float8)(0.0f);
+            for (int d = 0; d < H8; d++)
+                t += q[d] * vload8(d, kj);
+            float s = (((t.s0 + t.s1) + (t.s2 + t.s3)) + ((t.s4 + t.s5) + (t.s6 + t.s7))) * scale;
+            if (s > m) {
+                const float c = exp(m - s);
+                l *= c;
+                for (int d = 0; d < H8; d++)
+                    acc[d] *= c;
+                m = s;
+            }
+            const float p = exp(s - m);
+            l += p;
+            for (int d = 0; d < H8; d++)
+                acc[d] += p * vload8(d, vj);
+        }
+        const float inv = 1.0f / l;
+        for (int d = 0; d < H8; d++)
+            vstore8(acc[d] * inv, d, o);
+        return;
+    }
+    float q[FA_HS_MAX], acc[FA_HS_MAX];
+    for (int d = 0; d < HS; d++) {
+        q[d] = x[h * HS + d] + BIAS(h * HS + d);
+        acc[d] = 0.0f;
+    }
+    for (int j = 0; j <= pos; j++) {
+        __global const float *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
+        float s = 0.0f;
+        for (int d = 0; d < HS; d++)
+            s += q[d] * kj[d];
+        s *= scale;
+        if (s > m) {
+            const float c = exp(m - s);
+            l *= c;
+            for (int d = 0; d < HS; d++)
+                acc[d] *= c;
+            m = s;
+        }
+        const float p = exp(s - m);
+        l += p;
+        for (int d = 0; d < HS; d++)
+            acc[d] += p * vj[d];
+    }
+    const float inv = 1.0f / l;
+    for (int d = 0; d < HS; d++)
+        o[d] = acc[d] * inv;
 }

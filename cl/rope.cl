@@ -4,7 +4,7 @@
  *
  * qkv [N, W]: per row q of NH heads, then k and v of KV heads (W = C + 2 KVD,
  * KVD = KV * HS); bias [W] when has_bias. inv_freq [HS/2]. Row n is position
- * pos0 + n % T. For each head of q and k and i < HS/2, with a = pos * inv_freq[i]
+ * pos0 + n % T, or rows[2n + 1] when has_rows (decoding: each row's own). For each head of q and k and i < HS/2, with a = pos * inv_freq[i]
  * (float, as Hugging Face computes it):
  *   x'[i] = x[i] cos a - x[i + HS/2] sin a;  x'[i + HS/2] = x[i + HS/2] cos a + x[i] sin a.
  * The backward applies the inverse rotation to the gradient. One work-item
@@ -13,6 +13,7 @@
 __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
                        __global const float *bias, const ulong bias_off,
                        __global const float *inv_freq, const ulong inv_freq_off,
+                       __global const int *rows, const ulong rows_off, const int has_rows,
                        const int has_bias, const int N, const int T, const int pos0,
                        const int NH, const int KV, const int HS)
 {
@@ -32,7 +33,8 @@ __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
     const int head = e / hh, i = e % hh, c = head * HS + i;
     const float x1 = row[c] + (has_bias ? bias[c] : 0.0f);
     const float x2 = row[c + hh] + (has_bias ? bias[c + hh] : 0.0f);
-    const float a = (float)(pos0 + n % T) * inv_freq[inv_freq_off + i];
+    const int pos = has_rows ? rows[rows_off + 2 * n + 1] : pos0 + n % T;
+    const float a = (float)pos * inv_freq[inv_freq_off + i];
     const float cs = cos(a), sn = sin(a);
     row[c] = x1 * cs - x2 * sn;
     row[c + hh] = x2 * cs + x1 * sn;

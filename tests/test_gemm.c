@@ -117,6 +117,60 @@ static void offsets_and_padded_rows(void **state)
     run_all(cases, sizeof cases / sizeof cases[0]);
 }
 
+/* A few rows against a matrix (decoding several sequences: cl/gemv.cl on
+ * CPU devices): 2 to 16 rows, both layouts of the matrix, offsets, padded
+ * rows, beta; and each row's result has the same bits as that row alone. */
+static void few_rows(void **state)
+{
+    (void)state;
+    static const shape_case cases[] = {
+        {false, true, 2, 37, 70, 0, 0, 0, 1.0f, 0.0f},
+        {false, true, 5, 64, 33, 0, 3, 2, 0.5f, 1.0f},
+        {false, true, 16, 20, 96, 0, 0, 1, 1.0f, 0.0f},
+        {false, false, 3, 50, 33, 0, 5, 3, 2.0f, 0.5f},
+        {false, false, 8, 21, 40, 0, 0, 0, 1.0f, 0.0f},
+        {false, false, 13, 64, 17, 0, 2, 1, 1.0f, -1.0f},
+    };
+    run_all(cases, sizeof cases / sizeof cases[0]);
+    st_gemm_decoding(true); /* decoding's products: our kernels on CPU devices */
+    run_all(cases, sizeof cases / sizeof cases[0]);
+    /* the bits of one row whatever the others: our kernels' promise (CPU
+     * devices); CLBlast's GEMM and GEMV sum in other orders */
+    const char *choice = getenv("STRATA_GEMV");
+    for (size_t d = 0; d < td.n; d++)
+        for (int tb = 0; tb < 2; tb++) {
+            if (st_device_get_info(td.dev[d])->type != ST_DEVICE_CPU ||
+                (choice && strcmp(choice, "clblast") == 0))
+                continue;
+            enum { M = 7, N = 45, K = 77 };
+            size_t na = M * K, nb = N * K, nc = M * N;
+            float a[M * K], b[N * K], all[M * N], one[N];
+            st_fill_random(a, na, 3);
+            st_fill_random(b, nb, 4);
+            st_tensor *A, *B, *C;
+            assert_ok(st_tensor_create(td.dev[d], ST_F32, 1, &na, "A", &A));
+            assert_ok(st_tensor_create(td.dev[d], ST_F32, 1, &nb, "B", &B));
+            assert_ok(st_tensor_create(td.dev[d], ST_F32, 1, &nc, "C", &C));
+            assert_ok(st_tensor_write(A, 0, na, a));
+            assert_ok(st_tensor_write(B, 0, nb, b));
+            st_gemm_args g = {.trans_b = tb, .m = M, .n = N, .k = K, .alpha = 1.0f, .a = A,
+                              .lda = K, .b = B, .ldb = tb ? K : N, .c = C, .ldc = N};
+            assert_ok(st_gemm(&g));
+            assert_ok(st_tensor_read(C, 0, nc, all));
+            for (size_t i = 0; i < M; i++) {
+                g.m = 1;
+                g.a_offset = i * K;
+                assert_ok(st_gemm(&g));
+                assert_ok(st_tensor_read(C, 0, N, one));
+                assert_memory_equal(one, all + i * N, sizeof one);
+            }
+            st_tensor_destroy(A);
+            st_tensor_destroy(B);
+            st_tensor_destroy(C);
+        }
+    st_gemm_decoding(false);
+}
+
 static void strided_batched(void **state)
 {
     (void)state;
@@ -223,6 +277,7 @@ int main(void)
         cmocka_unit_test(plain_and_non_square),
         cmocka_unit_test(transposes_alpha_beta),
         cmocka_unit_test(offsets_and_padded_rows),
+        cmocka_unit_test(few_rows),
         cmocka_unit_test(strided_batched),
         cmocka_unit_test(matmul_on_views),
         cmocka_unit_test(operands_that_do_not_fit_are_refused),

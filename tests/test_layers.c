@@ -351,11 +351,23 @@ static void encoder_matches_reference(void **state)
                   *tdwpe = up(dev, dwpe, (size_t)T * C, "dwpe");
         ref_encoder_fwd(out, tokens, wte, wpe, B, T, C);
         ref_encoder_bwd(dwte, dwpe, dout, tokens, B, T, C);
-        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, B, T, C, V));
+        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, NULL, B, T, C, V));
         assert_ok(st_encoder_bwd(tdwte, tdwpe, tdout, tt, B, T, C, V));
         check("encoder out", tout, out, BTC);
         check("encoder dwte", tdwte, dwte, (size_t)V * C);
         check("encoder dwpe", tdwpe, dwpe, (size_t)T * C);
+        /* decoding's form: each row's position from a table, the same bits */
+        int rows[30];
+        for (int r = 0; r < B * T; r++)
+            rows[2 * r] = r % B, rows[2 * r + 1] = r % T;
+        st_tensor *tr = up_int(dev, rows, 30), *tout2 = up(dev, out, BTC, "out2");
+        assert_ok(st_encoder_fwd(tout2, tt, twte, twpe, tr, 1, B * T, C, V));
+        float *g1 = malloc(BTC * sizeof *g1), *g2 = malloc(BTC * sizeof *g2);
+        assert_ok(st_tensor_read(tout, 0, BTC, g1));
+        assert_ok(st_tensor_read(tout2, 0, BTC, g2));
+        assert_memory_equal(g1, g2, BTC * sizeof *g1);
+        free(g1), free(g2);
+        st_tensor_destroy(tr), st_tensor_destroy(tout2);
         st_tensor *all[] = {tt, twte, twpe, tdout, tout, tdwte, tdwpe};
         for (size_t i = 0; i < 7; i++)
             st_tensor_destroy(all[i]);
@@ -511,7 +523,8 @@ static void attention_decode_matches_reference(void **state)
 {
     (void)state;
     static const int shapes[][3] = {{1, 4, 1}, {7, 12, 3}, {70, 32, 4}, {20, 256, 2}};
-    for (size_t d = 0; d < td.n; d++)
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++) /* both forms */
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
         for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
             st_device *dev = td.dev[d];
             int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], pos = T - 1, S = T + 3;
@@ -538,7 +551,10 @@ static void attention_decode_matches_reference(void **state)
                       *tb = up(dev, bias, 3 * (size_t)C, "bias"), *tk = up(dev, cache, nc, "k"),
                       *tv = up(dev, vcache, nc, "v"), *to = up(dev, bias, (size_t)C, "out"),
                       *ts = up(dev, cache, (size_t)NH * S, "scores");
-            assert_ok(st_attention_decode(to, ts, tk, tv, (size_t)S * C, tq, tb, pos, 1, S, C, NH));
+            int rows[2] = {1, pos}; /* the second sequence's cache */
+            st_tensor *tr = up_int(dev, rows, 2);
+            assert_ok(st_attention_decode(to, ts, tk, tv, tq, tb, tr, 1, true, 2, S, C, NH));
+            st_tensor_destroy(tr);
             check("attention_decode out", to, out + (size_t)pos * C, (size_t)C);
             for (int e = 0; e < C; e++) {
                 cache[(size_t)S * C + (size_t)pos * C + e] = qkv[(size_t)pos * 3 * C + C + e];
@@ -551,6 +567,7 @@ static void attention_decode_matches_reference(void **state)
                 st_tensor_destroy(all[i]);
             free(qkv0), free(bias), free(qkv), free(out), free(att), free(cache), free(vcache);
         }
+    st_layers_set_variant(-1);
 }
 
 /* AdamW in one launch by decay runs equals a launch per parameter, bitwise:

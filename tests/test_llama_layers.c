@@ -195,12 +195,23 @@ static void rope_matches_reference(void **state)
                       *tf = up(dev, f, (size_t)HS / 2, "inv_freq"), *td_ = up(dev, dwant, n, "d");
             ref_rope_fwd(want, has_bias ? b : NULL, f, N, T, pos0, NH, KV, HS);
             ref_rope_bwd(dwant, f, N, T, pos0, NH, KV, HS);
-            assert_ok(st_rope_fwd(tx, has_bias ? tb : NULL, tf, N, T, pos0, NH, KV, HS));
+            /* decoding's form: each row's position from a table, the same bits */
+            int *rows = malloc(2 * (size_t)N * sizeof *rows);
+            for (int r = 0; r < N; r++)
+                rows[2 * r] = r % 3, rows[2 * r + 1] = pos0 + r % T;
+            st_tensor *tx2 = up(dev, x, n, "qkv2"), *tr = up_int(dev, rows, 2 * (size_t)N);
+            assert_ok(st_rope_fwd(tx, has_bias ? tb : NULL, tf, NULL, N, T, pos0, NH, KV, HS));
+            assert_ok(st_rope_fwd(tx2, has_bias ? tb : NULL, tf, tr, N, N, 0, NH, KV, HS));
             assert_ok(st_rope_bwd(td_, tf, N, T, pos0, NH, KV, HS));
             check("rope fwd", tx, want, n);
             check("rope bwd", td_, dwant, n);
-            st_tensor *all[] = {tx, tb, tf, td_};
-            for (size_t i = 0; i < 4; i++)
+            float *a = malloc(n * sizeof *a), *b2 = malloc(n * sizeof *b2);
+            assert_ok(st_tensor_read(tx, 0, n, a));
+            assert_ok(st_tensor_read(tx2, 0, n, b2));
+            assert_memory_equal(a, b2, n * sizeof *a);
+            free(a), free(b2), free(rows);
+            st_tensor *all[] = {tx, tb, tf, td_, tx2, tr};
+            for (size_t i = 0; i < 6; i++)
                 st_tensor_destroy(all[i]);
             free(x), free(b), free(f), free(want), free(dwant);
         }
@@ -346,7 +357,8 @@ static void gqa_decode_matches_reference(void **state)
     (void)state;
     /* T, C, NH, KV */
     static const int shapes[][4] = {{1, 4, 1, 1}, {7, 12, 3, 1}, {70, 32, 4, 2}, {20, 256, 4, 4}};
-    for (size_t d = 0; d < td.n; d++)
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++) /* both forms */
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
         for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
             st_device *dev = td.dev[d];
             int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], KV = shapes[k][3];
@@ -362,11 +374,13 @@ static void gqa_decode_matches_reference(void **state)
                     kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
                     vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
                 }
+            int rows[2] = {1, pos}; /* the second sequence's cache */
             st_tensor *tq = up(dev, qkv + (size_t)pos * W, (size_t)W, "qkv"),
                       *tk = up(dev, kc, nc, "k"), *tv = up(dev, vc, nc, "v"),
                       *to = up(dev, out, (size_t)C, "out"),
-                      *ts = up(dev, scratch, (size_t)NH * S, "scores");
-            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, pos, 1, S, C, NH, KV));
+                      *ts = up(dev, scratch, (size_t)NH * S, "scores"), *tr = up_int(dev, rows, 2);
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, tq, NULL, tr, 1, true, 2, S, C, NH,
+                                              KV));
             check("gqa decode out", to, out + (size_t)pos * C, (size_t)C);
             for (int e = 0; e < KVD; e++) {
                 kc[off + (size_t)pos * KVD + e] = qkv[(size_t)pos * W + C + e];
@@ -374,11 +388,12 @@ static void gqa_decode_matches_reference(void **state)
             }
             check("gqa decode k cache", tk, kc, nc);
             check("gqa decode v cache", tv, vc, nc);
-            st_tensor *all[] = {tq, tk, tv, to, ts};
-            for (size_t i = 0; i < 5; i++)
+            st_tensor *all[] = {tq, tk, tv, to, ts, tr};
+            for (size_t i = 0; i < 6; i++)
                 st_tensor_destroy(all[i]);
             free(qkv), free(out), free(att), free(kc), free(vc), free(scratch);
         }
+    st_layers_set_variant(-1);
 }
 
 /* A prompt's chunk in one pass (prefill): rows p0 .. T-1 at once after
@@ -391,7 +406,8 @@ static void gqa_prefill_matches_reference(void **state)
     /* T, C, NH, KV, p0 */
     static const int shapes[][5] = {{2, 4, 1, 1, 0}, {7, 12, 3, 1, 3}, {70, 32, 4, 2, 0},
                                     {70, 32, 4, 2, 33}, {20, 256, 4, 4, 19}};
-    for (size_t d = 0; d < td.n; d++)
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++) /* both forms */
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
         for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
             st_device *dev = td.dev[d];
             int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], KV = shapes[k][3];
@@ -409,11 +425,16 @@ static void gqa_prefill_matches_reference(void **state)
                     kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
                     vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
                 }
+            int *rows = malloc(2 * (size_t)n * sizeof *rows);
+            for (int r = 0; r < n; r++)
+                rows[2 * r] = 1, rows[2 * r + 1] = p0 + r;
             st_tensor *tq = up(dev, qkv + (size_t)p0 * W, (size_t)n * W, "qkv"),
                       *tk = up(dev, kc, nc, "k"), *tv = up(dev, vc, nc, "v"),
                       *to = up(dev, out, (size_t)n * C, "out"),
-                      *ts = up(dev, scratch, (size_t)n * NH * S, "scores");
-            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, p0, n, S, C, NH, KV));
+                      *ts = up(dev, scratch, (size_t)n * NH * S, "scores"),
+                      *tr = up_int(dev, rows, 2 * (size_t)n);
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, tq, NULL, tr, n, n == 1, 2, S, C, NH,
+                                              KV));
             check("gqa prefill out", to, out + (size_t)p0 * C, (size_t)n * C);
             for (int r = p0; r < T; r++)
                 for (int e = 0; e < KVD; e++) {
@@ -422,16 +443,83 @@ static void gqa_prefill_matches_reference(void **state)
                 }
             check("gqa prefill k cache", tk, kc, nc);
             check("gqa prefill v cache", tv, vc, nc);
-            /* past the cache: refused */
-            assert_int_equal(st_attention_gqa_decode(to, ts, tk, tv, off, tq, NULL, S - n + 1, n,
-                                                     S, C, NH, KV),
-                             ST_ERR_INVALID);
-            st_error_clear();
-            st_tensor *all[] = {tq, tk, tv, to, ts};
-            for (size_t i = 0; i < 5; i++)
+            st_tensor *all[] = {tq, tk, tv, to, ts, tr};
+            for (size_t i = 0; i < 6; i++)
                 st_tensor_destroy(all[i]);
-            free(qkv), free(out), free(att), free(kc), free(vc), free(scratch);
+            free(qkv), free(out), free(att), free(kc), free(vc), free(scratch), free(rows);
         }
+    st_layers_set_variant(-1);
+}
+
+/* Batched decoding: one pass whose rows belong to different sequences at
+ * their own positions (a token decoded for sequence 0 at position 9, a
+ * chunk of sequence 2 at 3 .. 5, a token of sequence 1 at 0), each row
+ * equal to its own sequence's row of the full causal attention; then a
+ * pass of one row per sequence (each writing its own key and value). */
+static void gqa_rows_of_many_sequences(void **state)
+{
+    (void)state;
+    enum { T = 12, C = 32, NH = 4, KV = 2, S = 16, SEQS = 3 };
+    int KVD = KV * (C / NH), W = C + 2 * KVD;
+    double *qkv[SEQS], *out[SEQS];
+    for (int q = 0; q < SEQS; q++) {
+        double *att = zeros((size_t)NH * T * T);
+        qkv[q] = rnd((size_t)T * W, 120 + q, 2.0);
+        out[q] = zeros((size_t)T * C);
+        ref_gqa_attention_fwd(out[q], att, qkv[q], 1, T, C, NH, KV);
+        free(att);
+    }
+    /* (sequence, position) per row, and how many rows of each sequence's
+     * cache are filled before the pass */
+    static const int passes[2][6][2] = {{{0, 9}, {2, 3}, {2, 4}, {2, 5}, {1, 0}, {-1, 0}},
+                                        {{0, 10}, {1, 1}, {2, 6}, {-1, 0}}};
+    static const int before[2][SEQS] = {{9, 0, 3}, {10, 1, 6}};
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++) /* both forms */
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
+        for (int k = 0; k < 2; k++) {
+            st_device *dev = td.dev[d];
+            int n = 0;
+            while (n < 6 && passes[k][n][0] >= 0)
+                n++;
+            size_t nc = (size_t)SEQS * S * KVD;
+            double *kc = zeros(nc), *vc = zeros(nc), *rows_in = zeros((size_t)n * W);
+            double *want = zeros((size_t)n * C), *scratch = zeros((size_t)n * NH * S);
+            int rows[12];
+            for (int q = 0; q < SEQS; q++)
+                for (int r = 0; r < before[k][q]; r++)
+                    for (int e = 0; e < KVD; e++) {
+                        kc[((size_t)q * S + r) * KVD + e] = qkv[q][(size_t)r * W + C + e];
+                        vc[((size_t)q * S + r) * KVD + e] = qkv[q][(size_t)r * W + C + KVD + e];
+                    }
+            for (int r = 0; r < n; r++) {
+                int q = passes[k][r][0], p = passes[k][r][1];
+                rows[2 * r] = q, rows[2 * r + 1] = p;
+                memcpy(rows_in + (size_t)r * W, qkv[q] + (size_t)p * W, (size_t)W * sizeof(double));
+                memcpy(want + (size_t)r * C, out[q] + (size_t)p * C, (size_t)C * sizeof(double));
+            }
+            st_tensor *tq = up(dev, rows_in, (size_t)n * W, "qkv"), *tk = up(dev, kc, nc, "k"),
+                      *tv = up(dev, vc, nc, "v"), *to = up(dev, want, (size_t)n * C, "out"),
+                      *ts = up(dev, scratch, (size_t)n * NH * S, "scores"),
+                      *tr = up_int(dev, rows, 2 * (size_t)n);
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, tq, NULL, tr, n, k == 1, SEQS, S, C,
+                                              NH, KV));
+            check("gqa rows of many sequences", to, want, (size_t)n * C);
+            for (int r = 0; r < n; r++)
+                for (int e = 0; e < KVD; e++) {
+                    int q = passes[k][r][0], p = passes[k][r][1];
+                    kc[((size_t)q * S + p) * KVD + e] = qkv[q][(size_t)p * W + C + e];
+                    vc[((size_t)q * S + p) * KVD + e] = qkv[q][(size_t)p * W + C + KVD + e];
+                }
+            check("gqa rows k cache", tk, kc, nc);
+            check("gqa rows v cache", tv, vc, nc);
+            st_tensor *all[] = {tq, tk, tv, to, ts, tr};
+            for (size_t i = 0; i < 6; i++)
+                st_tensor_destroy(all[i]);
+            free(kc), free(vc), free(rows_in), free(want), free(scratch);
+        }
+    st_layers_set_variant(-1);
+    for (int q = 0; q < SEQS; q++)
+        free(qkv[q]), free(out[q]);
 }
 
 static int group_teardown(void **state)
@@ -452,6 +540,7 @@ int main(void)
         cmocka_unit_test(gqa_attention_matches_reference),
         cmocka_unit_test(gqa_decode_matches_reference),
         cmocka_unit_test(gqa_prefill_matches_reference),
+        cmocka_unit_test(gqa_rows_of_many_sequences),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

@@ -42,6 +42,11 @@ typedef struct st_gemm_args {
 
 st_status st_gemm(const st_gemm_args *args);
 
+/* The products of this thread are a decoding pass's (st_stage_pass sets it
+ * around one): on CPU devices up to 256 rows go to Strata's own kernels
+ * (cl/gemv.cl), which give a row the same bits whatever the other rows. */
+void st_gemm_decoding(bool on);
+
 /* C = alpha*op(A).op(B) + beta*C on whole row-major 2-D tensors, the common case. */
 st_status st_matmul(bool trans_a, bool trans_b, float alpha, const st_tensor *a,
                     const st_tensor *b, float beta, st_tensor *c);

@@ -59,9 +59,12 @@ st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logi
 st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tensor *targets,
                       float dloss, int N, int V);
 
-/* out[B,T,C] = wte[tokens] + wpe[t]; tokens is I32 [B*T]. */
+/* out[B,T,C] = wte[tokens] + wpe[t]; tokens is I32 [B*T]. With rows (I32
+ * [B*T, 2], decoding's table of sequence and position per row), row n's
+ * position is rows[2n + 1] (each below wpe's rows: the caller checks). */
 st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte,
-                         const st_tensor *wpe, int B, int T, int C, int V);
+                         const st_tensor *wpe, const st_tensor *rows, int B, int T, int C,
+                         int V);
 /* dwte[V,C] +=, dwpe[T rows of C] += */
 st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout,
                          const st_tensor *tokens, int B, int T, int C, int V);
@@ -97,9 +100,9 @@ st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_
                                const st_tensor *lse, const st_tensor *qkv,
                                const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
 st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
-                                  st_tensor *vc, size_t cache_off, const st_tensor *qkv,
-                                  const st_tensor *qkv_b, int pos, int n, int S, int C, int NH,
-                                  int KV);
+                                  st_tensor *vc, const st_tensor *qkv, const st_tensor *qkv_b,
+                                  const st_tensor *rows, int n, bool own_row, int seqs, int S,
+                                  int C, int NH, int KV);
 
 /* Row ops (LayerNorm, the fused GELU backward) come in two forms with the
  * same results up to the order of sums: for GPUs a work-group per row (or a
@@ -116,16 +119,20 @@ void st_layers_set_variant(int variant);
 bool st_layers_cpu_form(const st_device *dev);
 
 /* Decoding with a KV cache (cl/flash.cl, heads up to ST_FLASH_MAX_HEAD):
- * the n tokens of qkv [n, 3C] (+ qkv_b) at positions pos .. pos + n - 1
- * (one token decoded, or a prompt's chunk read in one pass): writes their
- * keys and values into kc and vc [.., S, C] at those rows of the cache
- * starting at element cache_off, then out [n, C] = the attention of each
- * row's query over the cached rows up to its own position. scores
- * [n, NH, S] is scratch. One token gives the same bits whether decoded
- * alone or as a row of a chunk. */
+ * n rows of qkv [n, 3C] (+ qkv_b), row r the token of sequence rows[2r] at
+ * position rows[2r + 1] (rows: I32 [n, 2]; tokens decoded for several
+ * sequences, a prompt's chunk read in one pass, or both): writes their keys
+ * and values into kc and vc [seqs, S, C] (sequence q's cache at rows
+ * q * S ..), then out [n, C] = the attention of each row's query over its
+ * sequence's cached rows up to its own position. own_row: no two rows of
+ * one sequence (each row writes its own key and value as it attends: one
+ * launch less); otherwise the rows of a sequence are in position order and
+ * attend each other. scores [n, NH, S] is scratch. A row gives the same
+ * bits whatever the other rows of its pass. */
 st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
-                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
-                              int pos, int n, int S, int C, int NH);
+                              const st_tensor *qkv, const st_tensor *qkv_b,
+                              const st_tensor *rows, int n, bool own_row, int seqs, int S,
+                              int C, int NH);
 
 /* Fused ops (one launch each where the plain ones take two or three; each
  * equal to its plain composition, checked against the fp64 references):
@@ -179,11 +186,12 @@ st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
                          int C);
 
 /* Rotary position embeddings on qkv [N, W] in place (W = (NH + 2 KV) HS;
- * row n at position pos0 + n % T), bias [W] (or NULL) added to every column
- * first; inv_freq [HS/2] (cl/rope.cl). The backward rotates the gradient of
- * q and k back (v's passes unchanged). */
-st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq, int N,
-                      int T, int pos0, int NH, int KV, int HS);
+ * row n at position pos0 + n % T, or with rows (I32 [N, 2], decoding's
+ * table of sequence and position per row) at rows[2n + 1]), bias [W] (or
+ * NULL) added to every column first; inv_freq [HS/2] (cl/rope.cl). The
+ * backward rotates the gradient of q and k back (v's passes unchanged). */
+st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq,
+                      const st_tensor *rows, int N, int T, int pos0, int NH, int KV, int HS);
 st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, int pos0,
                       int NH, int KV, int HS);
 

@@ -198,9 +198,17 @@ typedef struct st_stage_options {
     bool training;                 /* gradients and AdamW moments */
     int kv_seq;                    /* decoding: KV cache length; 0: no decoding */
     int kv_seqs;                   /* decoding: sequences with their own cache; 0 means 1 */
-    int prefill;                   /* decoding: tokens one pass may take (a prompt's chunk);
-                                      0 means 1 */
+    int prefill;                   /* decoding: tokens of one sequence a pass may take (a
+                                      prompt's chunk); 0 means 1 */
 } st_stage_options;
+
+/* Rows one decoding pass may hold: a prompt's chunk (prefill), or a token
+ * of every cached sequence (batched decoding), whichever is more. */
+static inline int st_decode_rows(int prefill, int kv_seqs)
+{
+    int p = prefill > 1 ? prefill : 1, q = kv_seqs > 1 ? kv_seqs : 1;
+    return p > q ? p : q;
+}
 
 /* The buffers a stage allocates, from the description alone: the stage
  * allocates exactly these, and the planner predicts a stage's memory with

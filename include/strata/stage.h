@@ -127,9 +127,33 @@ st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int 
                                float *logits);
 /* The most tokens st_stage_prefill_seq takes at once (the options' prefill). */
 int st_stage_prefill_max(const st_stage *g);
-/* The decoding activation [C]: the input of a stage without the embedding
- * (written by the caller before st_stage_decode), the output of one without
- * the head. */
+
+/* A decoding pass of n rows, each a token of one of the cached sequences:
+ * tokens decoded for many sequences at once (batched decoding), chunks of
+ * prompts, or both. Row i is token tok[i] (read by the stage with the
+ * embedding) of sequence seq[i] at position pos[i]; the rows of one
+ * sequence are in position order, and a row attends its sequence's cache
+ * up to its own position (the rows before it in the pass included). The
+ * stage with the head gives the logits of rows out[0] < out[1] < ... (at
+ * most kv_seqs of them: a sequence's last row each). */
+typedef struct st_stage_rows {
+    int n;                /* 1 to st_stage_rows_max */
+    const int *tok;       /* [n] */
+    const int *seq, *pos; /* [n] */
+    int n_out;            /* rows whose logits are wanted */
+    const int *out;       /* [n_out] */
+} st_stage_rows;
+
+/* One pass: one product per linear layer over all its rows; logits
+ * [n_out, V] for the stage with the head. Each row's computation is the
+ * one decoding it alone does, whatever the other rows (the tests compare
+ * them bit for bit). */
+st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits);
+/* The most rows a pass takes: st_decode_rows of the options. */
+int st_stage_rows_max(const st_stage *g);
+/* The decoding activation [rows, C]: the input of a stage without the
+ * embedding (written by the caller before a pass), the output of one
+ * without the head. */
 st_tensor *st_stage_decode_x(const st_stage *g);
 
 #ifdef __cplusplus

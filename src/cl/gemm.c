@@ -125,9 +125,22 @@ static st_status check_clblast_room(const st_gemm_args *g, st_device *dev, cl_co
     return ST_OK;
 }
 
-/* Whether dev takes cl/gemv.cl for one row against a matrix (CPU devices:
- * CLBlast's GEMV read an 82M-parameter Llama's weights at 3.4 GB/s there);
- * STRATA_GEMV=clblast or own overrides. */
+/* Whether dev takes cl/gemv.cl for one row against a matrix, and in a
+ * decoding pass for up to ST_GEMV_ROWS (CPU devices: CLBlast's GEMV read an
+ * 82M-parameter Llama's weights at 3.4 GB/s there, its GEMM of 2 to 8 rows
+ * took longer than that many GEMVs, and a prompt's pass of 380 rows took
+ * 1.5 times as long in CLBlast's GEMM as in ours); STRATA_GEMV=clblast or
+ * own overrides. Training keeps CLBlast's GEMM (its numbers stay). */
+enum { ST_GEMV_ROWS = 256 }; /* the most rows cl/gemv.cl takes in a decoding pass */
+
+/* Set by st_gemm_decoding for this thread's products. */
+static _Thread_local bool decoding;
+
+void st_gemm_decoding(bool on)
+{
+    decoding = on;
+}
+
 static bool own_gemv(st_device *dev)
 {
     const char *v = getenv("STRATA_GEMV");
@@ -168,15 +181,18 @@ st_status st_gemm(const st_gemm_args *g)
     const char *call;
     if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
         return s;
-    if (outer == 1 && batch == 1 && g->m == 1 && !g->trans_a && own_gemv(dev))
-        /* One row against a matrix on a CPU device: our own kernels
-         * (cl/gemv.cl), which read each weight once, at four to five times
-         * CLBlast's GEMV rate there (the profiler names them). */
+    if (outer == 1 && batch == 1 && (g->m == 1 || (decoding && g->m <= ST_GEMV_ROWS)) &&
+        !g->trans_a && own_gemv(dev))
+        /* A few rows against a matrix on a CPU device (decoding): our own
+         * kernels (cl/gemv.cl), which read each weight once for all the
+         * rows, at four to five times CLBlast's GEMV rate there for one row
+         * (the profiler names them). */
         return ST_LAUNCH(dev, "gemv.cl", g->trans_b ? "gemv_rows" : "gemv_cols",
                          g->trans_b ? g->n : (g->n + 7) / 8, 0,
                          ST_KT(g->c), ST_KT(g->b), ST_KT(g->a), ST_KU(g->c_offset),
                          ST_KU(g->b_offset), ST_KU(g->a_offset), ST_KI(g->n), ST_KI(g->k),
-                         ST_KI(g->ldb), ST_KF(g->alpha), ST_KF(g->beta));
+                         ST_KI(g->ldb), ST_KI(g->m), ST_KI(g->lda), ST_KI(g->ldc),
+                         ST_KF(g->alpha), ST_KF(g->beta));
     /* Profiling: markers around the call (CLBlast may enqueue several kernels). */
     cl_event before = NULL, after = NULL;
     if (st_profiler_event(dev, &before))

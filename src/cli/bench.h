@@ -46,4 +46,16 @@ typedef struct bench_scaling_opts {
 st_status bench_scaling(cli_devices *devs, const bench_scaling_opts *o, const int32_t *tokens,
                         const int32_t *targets);
 
+/* `strata bench --inference` (bench_inference.c). */
+typedef struct bench_inference_opts {
+    const char *model;              /* a model folder, or NULL: config with drawn weights */
+    const st_model_config *config;
+    const char *model_line;
+    const char *parallel;           /* the layout over k devices: pipeline by default */
+    long prompt, gen, prefill, runs;
+    int conc[4], n_conc;            /* sequences at once, rising */
+    const char *format;             /* table, csv, json */
+} bench_inference_opts;
+st_status bench_inference(cli_devices *devs, const bench_inference_opts *o);
+
 #endif

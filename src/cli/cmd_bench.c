@@ -26,6 +26,15 @@ static void help(void)
 {
     printf("usage: strata bench --pipeline [options]\n"
            "       strata bench --scaling [--out DIR] [options]\n"
+           "       strata bench --inference [--model DIR] [options]\n"
+           "\n"
+           "--inference: serving on the first 1, 2, 4, ... devices (a pipeline of\n"
+           "stages over them; --parallel for another layout), as llama-bench's pp/tg\n"
+           "table: a prompt of --prompt tokens read in passes of --prefill (tok/s,\n"
+           "and the time to the first token), then --gen tokens generated for each of\n"
+           "1, 8 and 32 sequences at once (--sequences; total tok/s). The model: a\n"
+           "folder's (--model) or one from the model options with drawn weights; ids\n"
+           "random, greedy, no end of text. Medians of --runs runs after a warm-up.\n"
            "\n"
            "--scaling: the 1 -> 2 -> 4 device story. Two workloads of the model, each on\n"
            "the first 1, 2, 4, ... devices as the planner lays them out (replicas of the\n"
@@ -50,6 +59,15 @@ static void help(void)
            "\n"
            "  --pipeline          the pipeline benchmark\n"
            "  --scaling           the scaling benchmark (its micro-batches: the planner's)\n"
+           "  --inference         the inference benchmark\n"
+           "  --model DIR         --inference: a model folder (default: a model from the\n"
+           "                      options below, its weights drawn at random)\n"
+           "  --prompt N          --inference: prompt tokens (default 128)\n"
+           "  --gen N             --inference: tokens generated per sequence (default 32)\n"
+           "  --prefill N         --inference: prompt tokens per pass (default 128)\n"
+           "  --sequences LIST    --inference: sequences at once, rising (default 1,8,32)\n"
+           "  --runs N            --inference: timed runs, after a warm-up (default 3)\n"
+           "  --parallel HOW      --inference: pipeline (default), data, auto, dp:D,pp:S\n"
            "  --out DIR           --scaling: write scaling.md, .json and .svg into DIR\n"
            "                      (made when missing)\n"
            "  --mem-limit LIST    --scaling: the splitting workload's memory, e.g. 0:40M,1:40M\n"
@@ -281,6 +299,50 @@ static void print_rows(const bench_row *rows, size_t n_rows, double N, long step
     cli_table_free(t);
 }
 
+/* --inference: the model (a folder's, or the options' with drawn weights)
+ * and the devices, then bench_inference. */
+static int bench_inference_command(const char *dir, cli_model_flags *mf, long L, long C, long NH,
+                                   long positions, const char *devices, const char *parallel,
+                                   long prompt, long gen, long prefill, long runs,
+                                   const int *conc, int n_conc, const char *format)
+{
+    st_model_config cfg;
+    st_status s;
+    char line[256];
+    if (dir) {
+        if ((s = st_checkpoint_config(dir, &cfg)) != ST_OK)
+            return cli_fail(s);
+        char what[160];
+        cli_model_describe(&cfg, what, sizeof what);
+        snprintf(line, sizeof line, "%s (%s)", dir, what);
+    } else {
+        mf->vocab = 256;
+        mf->positions = positions;
+        mf->layers = L;
+        mf->embd = C;
+        mf->heads = NH;
+        if ((s = cli_model_config(mf, &cfg)) != ST_OK)
+            return s == ST_ERR_INVALID ? cli_usage_error("bench", "%s", st_last_error())
+                                       : cli_fail(s);
+        cli_model_describe(&cfg, line, sizeof line);
+    }
+    if (prompt + gen + 1 > cfg.n_positions)
+        return cli_usage_error("bench",
+                               "--prompt %ld and --gen %ld need %ld positions; the model has %d",
+                               prompt, gen, prompt + gen + 1, cfg.n_positions);
+    cli_devices devs = {0};
+    if ((s = cli_devices_get(devices, true, &devs)) != ST_OK)
+        return cli_fail(s);
+    bench_inference_opts o = {.model = dir, .config = &cfg, .model_line = line,
+                              .parallel = parallel ? parallel : "pipeline", .prompt = prompt,
+                              .gen = gen, .prefill = prefill, .runs = runs, .n_conc = n_conc,
+                              .format = format};
+    memcpy(o.conc, conc, (size_t)n_conc * sizeof *conc);
+    s = bench_inference(&devs, &o);
+    cli_devices_put(&devs);
+    return s == ST_OK ? CLI_OK : cli_fail(s);
+}
+
 int cmd_bench(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -295,7 +357,15 @@ int cmd_bench(int argc, char **argv)
         {"arch", required_argument, NULL, 'a'},     {"kv-heads", required_argument, NULL, 'K'},
         {"scaling", no_argument, NULL, 'S'},        {"out", required_argument, NULL, 'o'},
         {"mem-limit", required_argument, NULL, 'M'},
+        {"inference", no_argument, NULL, 'I'},      {"model", required_argument, NULL, 'm'},
+        {"prompt", required_argument, NULL, 'q'},   {"gen", required_argument, NULL, 'g'},
+        {"prefill", required_argument, NULL, 'F'},  {"sequences", required_argument, NULL, 'Q'},
+        {"runs", required_argument, NULL, 'r'},     {"parallel", required_argument, NULL, 'l'},
         {NULL, 0, NULL, 0}};
+    bool inference = false, seq_given = false;
+    const char *model_dir = NULL, *parallel = NULL;
+    long prompt = 128, gen = 32, prefill = 128, runs = 3;
+    int conc[4] = {1, 8, 32}, n_conc = 3;
     cli_model_flags mf = {0};
     long L = 8, C = 192, NH = 4, B = 32, T = 64, m = 16, steps = 3;
     bool pipeline = false, scaling = false, micro_given = false;
@@ -319,7 +389,31 @@ int cmd_bench(int argc, char **argv)
         case 'C': ok = cli_parse_long(optarg, 1, 1 << 16, &C); break;
         case 'H': ok = cli_parse_long(optarg, 1, 1024, &NH); break;
         case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
-        case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
+        case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); seq_given = true; break;
+        case 'I': inference = true; break;
+        case 'm': model_dir = optarg; break;
+        case 'q': ok = cli_parse_long(optarg, 1, 1 << 16, &prompt); break;
+        case 'g': ok = cli_parse_long(optarg, 1, 1 << 16, &gen); break;
+        case 'F': ok = cli_parse_long(optarg, 1, 1 << 16, &prefill); break;
+        case 'r': ok = cli_parse_long(optarg, 1, 100, &runs); break;
+        case 'l': parallel = optarg; break;
+        case 'Q': {
+            char *end = optarg;
+            n_conc = 0;
+            while (ok && *end && n_conc < 4) {
+                long v = strtol(end, &end, 10);
+                ok = v >= 1 && v <= 64 && (n_conc == 0 || v > conc[n_conc - 1]) &&
+                     (*end == ',' || *end == '\0');
+                conc[n_conc++] = (int)v;
+                if (*end == ',')
+                    end++;
+            }
+            if (!ok || *end || n_conc == 0)
+                return cli_usage_error("bench", "bad value '%s' for --sequences: up to 4 rising "
+                                                "counts from 1 to 64, e.g. 1,8,32",
+                                       optarg);
+            break;
+        }
         case 'u': ok = cli_parse_long(optarg, 1, 1 << 20, &m); micro_given = true; break;
         case 'n': ok = cli_parse_long(optarg, 1, 1000, &steps); break;
         case 's':
@@ -343,19 +437,25 @@ int cmd_bench(int argc, char **argv)
             return cli_usage_error("bench", "bad value '%s' for --%s: %s", optarg, opts[li].name,
                                    cli_expected());
     }
-    if (pipeline == scaling)
-        return cli_usage_error("bench", "say which benchmark: --pipeline or --scaling");
+    if (pipeline + scaling + inference != 1)
+        return cli_usage_error("bench", "say which benchmark: --pipeline, --scaling or "
+                                        "--inference");
+    if (!inference && (model_dir || parallel))
+        return cli_usage_error("bench", "--model and --parallel go with --inference");
+    if (inference && (out_dir || mem_limit || micro_given))
+        return cli_usage_error("bench", "--out, --mem-limit and --micro-batches do not go with "
+                                        "--inference");
     int ranks = 1;
 #if STRATA_HAVE_MPI
     ranks = st_mpi_active() ? st_mpi_size() : 1;
 #endif
-    if (ranks > 1 && (pipeline || st_profiler_enabled()))
+    if (ranks > 1 && (pipeline || inference || st_profiler_enabled()))
         return cli_usage_error("bench", "under mpirun only --scaling runs (without --profile)");
     if (pipeline && (out_dir || mem_limit))
         return cli_usage_error("bench", "--out and --mem-limit go with --scaling");
     if (scaling && strcmp(format, "table") != 0)
         return cli_usage_error("bench", "--scaling prints Markdown; --out DIR also writes JSON");
-    if (cli_check_plan_flags(NULL, NULL, mem_limit) != ST_OK)
+    if (cli_check_plan_flags(NULL, parallel, mem_limit) != ST_OK)
         return cli_usage_error("bench", "%s", st_last_error());
     if (scaling && !micro_given)
         m = 1; /* the planner chooses (checked below against the batch as 1) */
@@ -364,6 +464,10 @@ int cmd_bench(int argc, char **argv)
         if (ps != ST_OK)
             return cli_fail(ps);
     }
+    if (inference)
+        return bench_inference_command(model_dir, &mf, L, C, NH, seq_given ? T : prompt + gen + 1,
+                                       devices, parallel, prompt, gen, prefill, runs, conc,
+                                       n_conc, format);
     if (B % m != 0)
         return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);
     st_model_config cfg;

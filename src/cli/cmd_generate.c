@@ -15,6 +15,7 @@
 #include "core/file.h"
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
+#include "strata/infer.h"
 #include "strata/tokenizer.h"
 #include "strata/data.h"
 #include "strata/stage.h"
@@ -30,58 +31,35 @@ typedef struct run_flags {
     long prefill;          /* generate: a prompt's tokens per pass (0: the default) */
 } run_flags;
 
-/* Opens dir's model over the chosen devices, split by the planner (plan
- * printed to stderr when there is more than one stage). shape: the run's
- * (micro_batches 0: the planner chooses; set to the plan's). */
-static st_status open_model(const char *dir, const run_flags *f, st_run_shape *shape,
-                            cli_devices *devs, st_model_config *cfg, st_model_desc **desc,
-                            st_pipe **p)
+/* Opens a session on dir's model over the chosen devices, split by the
+ * planner (plan printed to stderr when there is more than one stage). */
+static st_status open_session(const char *dir, const run_flags *f, st_infer_options *io,
+                              cli_devices *devs, st_infer **in)
 {
     st_checkpoint *ck = NULL;
     st_status s = st_checkpoint_open(dir, &ck);
     if (s != ST_OK)
         return s;
-    *cfg = *st_checkpoint_get_config(ck);
     fprintf(stderr, "model: %s, %s\n", dir, st_checkpoint_describe(ck));
     st_checkpoint_close(ck);
-    if ((s = st_model_describe(cfg, desc)) != ST_OK)
+    if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK ||
+        (f->mem_limit && (s = cli_apply_mem_limit(f->mem_limit, devs)) != ST_OK))
         return s;
-    if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK)
+    io->split = f->split;
+    io->parallel = f->parallel;
+    io->keep_all_devices = f->devices != NULL || getenv("STRATA_DEVICES") != NULL;
+    io->quiet = true;
+    if ((s = st_infer_open(dir, devs->dev, devs->n, io, in)) != ST_OK)
         return s;
-    if (shape->kv_seq > cfg->n_positions)
-        shape->kv_seq = cfg->n_positions;
-    /* A pass of several tokens needs flash attention's decode kernel (heads
-     * up to ST_FLASH_MAX_HEAD); a pass is never longer than the cache. */
-    if (!st_attention_is_flash(cfg->n_embd, cfg->n_head))
-        shape->prefill = 1;
-    if (shape->prefill > shape->kv_seq)
-        shape->prefill = shape->kv_seq;
-    if (shape->seq > cfg->n_positions)
-        shape->seq = cfg->n_positions;
-    cli_plan_opts po = {.split = f->split, .parallel = f->parallel, .mem_limit = f->mem_limit,
-                        .shape = *shape,
-                        .devices_explicit = f->devices != NULL || getenv("STRATA_DEVICES") != NULL,
-                        .quiet = true};
-    st_plan plan;
-    st_device_profile prof[ST_MAX_DEVICES];
-    if ((s = cli_make_plan(devs, *desc, &po, &plan, prof)) != ST_OK)
-        return s;
-    if (plan.n_stages > 1)
-        cli_plan_print(&plan, *desc, devs, prof, &po, stderr);
-    *shape = plan.shape;
-    st_device *stage_dev[ST_PLAN_MAX_STAGES];
-    size_t used[ST_PLAN_MAX_STAGES], n_used = st_plan_devices(&plan, used);
-    for (size_t k = 0; k < n_used; k++)
-        stage_dev[k] = devs->dev[used[k]];
-    if ((s = st_devices_prepare(stage_dev, n_used)) != ST_OK ||
-        (s = st_pipe_create(&plan, *desc, devs->dev, NULL, p)) != ST_OK)
-        return s;
-    st_stage *stages[ST_PLAN_MAX_STAGES];
-    for (size_t k = 0; k < plan.n_stages; k++)
-        stages[k] = st_pipe_stage(*p, k);
-    if ((s = st_checkpoint_load(dir, stages, plan.n_stages, NULL)) != ST_OK)
-        return s;
-    return st_pipe_replicate(*p); /* the first replica's weights to the others */
+    const st_plan *plan = st_infer_plan(*in);
+    if (plan->n_stages > 1) {
+        cli_plan_opts po = {.split = f->split, .parallel = f->parallel,
+                            .mem_limit = f->mem_limit, .shape = plan->shape,
+                            .devices_explicit = io->keep_all_devices, .quiet = true};
+        po.shape.micro_batches = io->micro_batches;
+        cli_plan_print(plan, st_infer_desc(*in), devs, st_infer_profiles(*in), &po, stderr);
+    }
+    return ST_OK;
 }
 
 static void put_token(int tok)
@@ -276,64 +254,34 @@ static st_status stopped(const st_tokenizer *tk, const int *gen, long n, const c
     return s;
 }
 
-/* Generates for one or more prompts. Each sequence has its own KV cache, and
- * every round sends one token of each through the stages one after the
- * other, so that split stages work on different sequences at the same time.
- * One prompt streams its text as it comes; several print when all are done,
- * each under a header line.
- *
- * A sequence that reaches the model's P positions slides: it keeps its last
- * P/2 tokens, reads them again from position 0 (rebuilding its cache), and
- * goes on, so -n may exceed the positions. */
+/* Generates for one or more prompts, each a sequence of an inference
+ * session: every step reads a chunk of the prompts still being read and
+ * draws a token for each of the others, all in one pass. One prompt
+ * streams its text as it comes; several print when all are done, each
+ * under a header line. A sequence that reaches the model's P positions
+ * slides (the session keeps its last P/2 tokens, reads them again from
+ * position 0 and goes on), so -n may exceed the positions. */
 static int generate(const char *model, const run_flags *rf, const char *const *prompts,
                     int n_prompts, long n, const st_sampling *sp, uint64_t seed,
                     const char *const *stops, int n_stops)
 {
     double t_start = st_now_s();
     cli_devices devs = {0};
-    st_model_config cfg = {0};
-    st_model_desc *desc = NULL;
-    st_pipe *g = NULL;
-    /* One token of each prompt at a time, each prompt with its own cache. */
-    st_run_shape o = {.batch = 1, .seq = 1, .micro_batches = 1, .kv_seq = 1 << 30,
-                      .kv_seqs = n_prompts, .prefill = (int)rf->prefill};
-    st_status s = open_model(model, rf, &o, &devs, &cfg, &desc, &g);
+    st_infer *in = NULL;
+    st_infer_options io = {.max_seqs = n_prompts, .prefill = (int)rf->prefill};
+    st_status s = open_session(model, rf, &io, &devs, &in);
     if (s != ST_OK) {
-        /* Nothing is sized from a config that was not read (found by ASan). */
-        st_pipe_destroy(g);
-        st_model_desc_destroy(desc);
+        st_infer_close(in);
         if (devs.list)
             cli_devices_put(&devs);
         return cli_fail(s);
     }
-    int V = cfg.vocab_size, P = cfg.n_positions;
+    const st_model_config *cfg = st_infer_config(in);
+    int V = cfg->vocab_size, P = st_infer_ctx(in);
+    st_pipe *g = st_infer_pipe(in);
     /* The prompts' tokens: the model's tokenizer's (with its BOS), else bytes. */
     st_tokenizer *tk = NULL;
     s = cli_open_tokenizer(model, rf->tokenizer, &tk);
-    int32_t **pids = calloc((size_t)n_prompts, sizeof *pids);
-    size_t *plen = calloc((size_t)n_prompts, sizeof *plen);
-    if (s == ST_OK && (!pids || !plen))
-        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-        size_t cap_i = 0, pl = strlen(prompts[i]);
-        if (tk) {
-            s = st_tokenizer_encode(tk, prompts[i], pl, true, &pids[i], &plen[i], &cap_i);
-        } else if ((pids[i] = malloc((pl + 1) * sizeof *pids[i])) != NULL) {
-            for (size_t j = 0; j < pl; j++)
-                pids[i][j] = (unsigned char)prompts[i][j];
-            plen[i] = pl;
-        } else {
-            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        }
-        for (size_t j = 0; s == ST_OK && j < plen[i]; j++)
-            if (pids[i][j] >= V)
-                s = st_error(ST_ERR_INVALID,
-                             "prompt %d has token %d, outside the model's vocabulary of %d (is "
-                             "the tokenizer the model's?)",
-                             i + 1, pids[i][j], V);
-        if (s == ST_OK && plen[i] == 0)
-            s = st_error(ST_ERR_INVALID, "prompt %d has no tokens", i + 1);
-    }
     int eos = tk ? st_tokenizer_eos(tk) : -1;
     /* Published models pad their vocabulary past the tokenizer's ids (to a
      * multiple of 64 or 128): those ids have no text and are never sampled. */
@@ -345,155 +293,106 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                 "%d are never sampled\n",
                 V, sample_V, sample_V, V - 1);
     }
-    size_t longest = 0;
-    for (int i = 0; s == ST_OK && i < n_prompts; i++)
-        if (plen[i] > longest)
-            longest = plen[i];
-    size_t cap = longest + (size_t)n + 1;
+    int *id = calloc((size_t)n_prompts, sizeof *id);
     size_t *printed = calloc((size_t)n_prompts, sizeof *printed); /* bytes of text shown */
-    bool stream = n_prompts == 1;
-    int *tok = calloc((size_t)n_prompts, sizeof *tok), *pos = calloc((size_t)n_prompts, sizeof *pos);
-    int *text = calloc((size_t)n_prompts * cap, sizeof *text);
-    long *len = calloc((size_t)n_prompts, sizeof *len), *base = calloc((size_t)n_prompts, sizeof *base);
-    long *made = calloc((size_t)n_prompts, sizeof *made);
-    uint64_t *rng = calloc((size_t)n_prompts, sizeof *rng);
-    float *logits = malloc((size_t)n_prompts * (size_t)V * sizeof *logits);
-    st_candidate *cands = malloc((size_t)V * sizeof *cands);
-    if (s == ST_OK && (!tok || !pos || !text || !len || !base || !made || !rng || !logits || !cands))
-        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory (-n %ld for %d prompts)", n,
-                     n_prompts);
-    long prompt_tokens = 0;
-    if (s == ST_OK && !printed)
+    long *shown = calloc((size_t)n_prompts, sizeof *shown);       /* tokens shown */
+    if (s == ST_OK && (!id || !printed || !shown))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    long prompt_tokens = 0, longest = 0;
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-        size_t pl = plen[i];
-        if (pl > (size_t)P)
+        int32_t *ids = NULL;
+        size_t len = 0, cap_i = 0, pl = strlen(prompts[i]);
+        if (tk) {
+            s = st_tokenizer_encode(tk, prompts[i], pl, true, &ids, &len, &cap_i);
+        } else if ((ids = malloc((pl + 1) * sizeof *ids)) != NULL) {
+            for (size_t j = 0; j < pl; j++)
+                ids[j] = (unsigned char)prompts[i][j];
+            len = pl;
+        } else {
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        }
+        st_infer_request r = {.prompt = ids, .n_prompt = len, .max_tokens = n, .sampling = *sp,
+                              .seed = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull, .eos = eos,
+                              .vocab_limit = sample_V, .slide = true};
+        if (s == ST_OK && len == 0)
+            s = st_error(ST_ERR_INVALID, "prompt %d has no tokens", i + 1);
+        else if (s == ST_OK && len > (size_t)P)
             s = st_error(ST_ERR_INVALID, "prompt %d has %zu tokens; the model takes at most %d",
-                         i + 1, pl, P);
-        for (size_t j = 0; s == ST_OK && j < pl; j++)
-            text[(size_t)i * cap + j] = pids[i][j];
-        len[i] = (long)pl;
-        prompt_tokens += (long)pl;
-        rng[i] = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
-        tok[i] = text[(size_t)i * cap];
+                         i + 1, len, P);
+        else if (s == ST_OK && (s = st_infer_add(in, &r, &id[i])) != ST_OK)
+            st_error_context("prompt %d", i + 1);
+        free(ids);
+        prompt_tokens += (long)len;
+        longest = (long)len > longest ? (long)len : longest;
     }
-    if (s == ST_OK && stream)
-        s = show_text(tk, text, len[0], &printed[0], false);
+    bool stream = n_prompts == 1;
+    st_infer_info info;
+    if (s == ST_OK && stream && (s = st_infer_get(in, id[0], &info)) == ST_OK) {
+        s = show_text(tk, info.tokens, info.n_tokens, &printed[0], false);
+        shown[0] = info.n_tokens;
+    }
     /* Progress: the prompts' tokens while they are read, then the generated
      * tokens when the text is not streamed. */
     st_progress pr;
-    st_progress_begin(&pr, (uint64_t)longest, "reading the prompt%s: tokens",
+    st_progress_begin(&pr, (uint64_t)prompt_tokens, "reading the prompt%s: tokens",
                       n_prompts > 1 ? "s" : "");
     bool reading_phase = true;
-    long total = 0, slides = 0, rounds = 0;
-    /* --profile: the prompt's passes, then the generated rounds (loading
+    long total = 0, slides = 0, steps = 0, profiled_from = -1;
+    /* --profile: the prompt's passes, then the generated steps (loading
      * the model and building kernels left out) */
     size_t n_st = s == ST_OK ? st_pipe_n_stages(g) : 0;
     st_device *pdev[ST_PLAN_MAX_STAGES] = {NULL};
     for (size_t k = 0; st_profiler_enabled() && k < n_st && k < ST_PLAN_MAX_STAGES; k++)
         if (st_pipe_stage(g, k) && (pdev[k] = st_stage_device(st_pipe_stage(g, k))))
             st_profiler_reset(pdev[k]);
-    long profiled_from = -1;
     double t0 = st_now_s(), t_prompt = 0;
-    /* Prefill: every prompt's tokens but its last in passes of up to
-     * `chunk` tokens (one product per linear layer over a pass's tokens,
-     * all prompts in each pass); the last goes through the loop below,
-     * whose logits give the first new token. */
-    int chunk = s == ST_OK ? st_pipe_prefill_max(g) : 1;
-    if (chunk > 1) {
-        const int **from = calloc((size_t)n_prompts, sizeof *from);
-        int *count = calloc((size_t)n_prompts, sizeof *count);
-        if (!from || !count)
-            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        for (long at = 0; s == ST_OK && at + 1 < (long)longest; at += chunk) {
-            for (int i = 0; i < n_prompts; i++) {
-                long left = (long)plen[i] - 1 - at;
-                count[i] = left <= 0 ? 0 : left < chunk ? (int)left : chunk;
-                from[i] = text + (size_t)i * cap + (left > 0 ? at : 0);
-                pos[i] = left > 0 ? (int)at : 0;
-            }
-            s = st_pipe_prefill_batch(g, n_prompts, from, count, pos, logits);
-            st_progress_update(&pr, (uint64_t)(at + chunk));
-        }
-        for (int i = 0; s == ST_OK && i < n_prompts; i++) {
-            pos[i] = (int)plen[i] - 1;
-            tok[i] = text[(size_t)i * cap + plen[i] - 1];
-        }
-        free(from);
-        free(count);
-    }
-    bool busy = true;
-    while (s == ST_OK && busy) {
-        if (st_profiler_enabled() && rounds == 1 && profiled_from < 0) {
-            /* the prompt is read (its passes and its last token's round) */
-            st_progress_end(&pr);
-            fflush(stdout);
-            s = cli_profile_report(pdev, n_st, 1, (st_now_s() - t0) * 1e3, 0, 0, stderr, NULL);
-            fprintf(stderr, "(the prompt: %ld token%s read, its last one's round included; a "
-                            "step above is the whole prompt)\n",
-                    prompt_tokens, prompt_tokens == 1 ? "" : "s");
-            for (size_t k = 0; k < n_st; k++)
-                if (pdev[k])
-                    st_profiler_reset(pdev[k]);
-            profiled_from = rounds;
-            if (s != ST_OK)
-                break;
-        }
-        if ((s = st_pipe_decode_batch(g, n_prompts, tok, pos, logits)) != ST_OK)
+    while (s == ST_OK && st_infer_active(in) > 0) {
+        if ((s = st_infer_step(in)) != ST_OK)
             break;
-        rounds++;
-        busy = false;
-        bool reading = false;
-        for (int i = 0; i < n_prompts; i++) {
-            int *t = text + (size_t)i * cap;
-            bool done = made[i] >= n;
-            if (!done && base[i] + pos[i] + 1 < len[i]) { /* (re)reading known tokens */
-                tok[i] = t[base[i] + ++pos[i]];
-                reading |= made[i] == 0;
-            } else if (!done) {
-                int next = st_sample(logits + (size_t)i * V, sample_V, sp, t, len[i], cands,
-                                     &rng[i]);
-                made[i]++;
-                total++;
-                if (next == eos) { /* the end of the text: nothing more for this prompt */
-                    made[i] = n;
-                    continue;
-                }
-                t[len[i]++] = next;
-                if (stream && (s = show_text(tk, t, len[i], &printed[i], false)) != ST_OK)
-                    break;
+        steps++;
+        long left = 0;
+        total = 0;
+        for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+            if ((s = st_infer_get(in, id[i], &info)) != ST_OK)
+                break;
+            left += info.prompt_left;
+            total += info.n_generated;
+            if (info.n_tokens > shown[i] && info.finish == ST_FINISH_NONE && n_stops > 0) {
                 bool stop = false;
-                if (n_stops > 0 && (s = stopped(tk, t + plen[i], len[i] - (long)plen[i], stops,
-                                                n_stops, &stop)) != ST_OK)
+                if ((s = stopped(tk, info.tokens + info.n_prompt, info.n_tokens - info.n_prompt,
+                                 stops, n_stops, &stop)) != ST_OK)
                     break;
-                if (stop) { /* the text reached a stop string: it ends there */
-                    made[i] = n;
-                    continue;
-                }
-                if (made[i] < n) {
-                    if (len[i] - 1 - base[i] >= P) { /* no position left: slide */
-                        base[i] = len[i] - (P / 2 > 0 ? P / 2 : 1);
-                        pos[i] = 0;
-                        tok[i] = t[base[i]];
-                        slides++;
-                    } else {
-                        tok[i] = next;
-                        pos[i] = (int)(len[i] - 1 - base[i]);
-                    }
-                }
+                if (stop) /* the text reached a stop string: it ends there */
+                    st_infer_end(in, id[i], ST_FINISH_STOP);
             }
-            /* A finished sequence repeats its last step, which rewrites the same cache row. */
-            busy |= made[i] < n;
+            if (stream && info.n_tokens > shown[i]) {
+                s = show_text(tk, info.tokens, info.n_tokens, &printed[i], false);
+                shown[i] = info.n_tokens;
+            }
         }
-        if (reading) {
+        if (s != ST_OK)
+            break;
+        if (left > 0) {
             t_prompt = st_now_s() - t0;
-            st_progress_update(&pr, (uint64_t)rounds);
+            st_progress_update(&pr, (uint64_t)(prompt_tokens - left));
         } else if (reading_phase) {
-            /* the prompt's time includes its last token's pass, whose
-             * logits gave the first new token */
+            /* the prompt's time includes its last tokens' pass, whose logits
+             * gave the first new tokens */
             t_prompt = st_now_s() - t0;
             reading_phase = false;
             st_progress_end(&pr);
+            if (st_profiler_enabled()) {
+                fflush(stdout);
+                s = cli_profile_report(pdev, n_st, 1, t_prompt * 1e3, 0, 0, stderr, NULL);
+                fprintf(stderr, "(the prompt: %ld token%s read in %ld pass%s; a step above is "
+                                "the whole prompt)\n",
+                        prompt_tokens, prompt_tokens == 1 ? "" : "s", steps,
+                        steps == 1 ? "" : "es");
+                for (size_t k = 0; k < n_st; k++)
+                    if (pdev[k])
+                        st_profiler_reset(pdev[k]);
+                profiled_from = steps;
+            }
             if (!stream)
                 st_progress_begin(&pr, (uint64_t)n * (uint64_t)n_prompts, "generating: tokens");
         }
@@ -502,19 +401,22 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
     }
     st_progress_end(&pr);
     double secs = st_now_s() - t0;
-    if (s == ST_OK && profiled_from > 0 && rounds > profiled_from) {
+    if (s == ST_OK && profiled_from > 0 && steps > profiled_from) {
         fflush(stdout);
-        long steps = rounds - profiled_from;
-        s = cli_profile_report(pdev, n_st, steps, (secs - t_prompt) * 1e3 / (double)steps, 0, 0,
-                               stderr, NULL);
+        long k = steps - profiled_from;
+        s = cli_profile_report(pdev, n_st, k, (secs - t_prompt) * 1e3 / (double)k, 0, 0, stderr,
+                               NULL);
         fprintf(stderr, "(a step above is one generated token of each of the %d prompt%s)\n",
                 n_prompts, n_prompts == 1 ? "" : "s");
     }
     for (int i = 0; s == ST_OK && i < n_prompts; i++) {
+        if ((s = st_infer_get(in, id[i], &info)) != ST_OK)
+            break;
+        slides += info.slides;
         if (!stream)
             printf("%s--- %d of %d ---\n", i ? "\n" : "", i + 1, n_prompts);
         bool newline = false;
-        s = show_end(tk, text + (size_t)i * cap, len[i], &printed[i], &newline);
+        s = show_end(tk, info.tokens, info.n_tokens, &printed[i], &newline);
         if (!newline)
             putchar('\n');
     }
@@ -538,23 +440,11 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
                     "its last %d tokens (read again from position 0)\n",
                     P, slides, slides == 1 ? "" : "s", P / 2 > 0 ? P / 2 : 1);
     }
-    for (int i = 0; pids && i < n_prompts; i++)
-        free(pids[i]);
-    free(pids);
-    free(plen);
+    free(id);
     free(printed);
+    free(shown);
     st_tokenizer_free(tk);
-    free(tok);
-    free(pos);
-    free(text);
-    free(len);
-    free(base);
-    free(made);
-    free(rng);
-    free(logits);
-    free(cands);
-    st_pipe_destroy(g);
-    st_model_desc_destroy(desc);
+    st_infer_close(in);
     if (devs.list)
         cli_devices_put(&devs);
     return s == ST_OK ? CLI_OK : cli_fail(s);
@@ -853,10 +743,10 @@ int cmd_eval(int argc, char **argv)
                                micro);
     }
     cli_devices devs = {0};
-    st_model_desc *desc = NULL;
-    st_pipe *g = NULL;
-    st_run_shape o = {.batch = (int)B, .seq = (int)T, .micro_batches = (int)micro};
-    s = open_model(model, &rf, &o, &devs, &cfg, &desc, &g);
+    st_infer *in = NULL;
+    st_infer_options io = {.score_batch = (int)B, .score_seq = (int)T,
+                           .micro_batches = (int)micro};
+    s = open_session(model, &rf, &io, &devs, &in);
     size_t N = (size_t)B * T;
     int32_t *tok = malloc(N * sizeof *tok), *tgt = malloc(N * sizeof *tgt);
     float *probs = fixed ? malloc(N * cfg.vocab_size * sizeof *probs) : NULL;
@@ -878,7 +768,7 @@ int cmd_eval(int argc, char **argv)
             if (w >= windows) /* past the last window: the batch wrapped; count nothing */
                 for (long t = 0; t < T; t++)
                     tgt[(w - k * (size_t)B) * (size_t)T + (size_t)t] = -1;
-        if ((s = st_pipe_forward(g, tok, tgt, &bs, &bc, probs)) != ST_OK)
+        if ((s = st_infer_score(in, tok, tgt, &bs, &bc, probs)) != ST_OK)
             break;
         sum += bs;
         count += bc;
@@ -917,8 +807,7 @@ int cmd_eval(int argc, char **argv)
     free(tok);
     free(tgt);
     free(probs);
-    st_pipe_destroy(g);
-    st_model_desc_destroy(desc);
+    st_infer_close(in);
     if (devs.list)
         cli_devices_put(&devs);
     st_dataset_destroy(ds);

@@ -189,58 +189,53 @@ st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const s
 }
 
 st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
-                                  st_tensor *vc, size_t cache_off, const st_tensor *qkv,
-                                  const st_tensor *qkv_b, int pos, int n, int S, int C, int NH,
-                                  int KV)
+                                  st_tensor *vc, const st_tensor *qkv, const st_tensor *qkv_b,
+                                  const st_tensor *rows, int n, bool own_row, int seqs, int S,
+                                  int C, int NH, int KV)
 {
     st_status s = flash_shapes("attention_decode", 1, 1, C, NH, KV);
     if (s != ST_OK)
         return s;
-    if (pos < 0 || n < 1 || n > S || pos > S - n)
-        return st_error(ST_ERR_INVALID,
-                        "attention_decode: positions %d to %d outside the cache of %d", pos,
-                        pos + n - 1, S);
+    if (n < 1 || seqs < 1 || S < 1)
+        return st_error(ST_ERR_INVALID, "attention_decode: %d rows, %d caches of %d positions",
+                        n, seqs, S);
     size_t Cs = (size_t)C, Ss = (size_t)S, Ns = (size_t)n, W = row_width(C, NH, KV);
     size_t KVD = (size_t)KV * (Cs / (size_t)NH);
     NEED("attention_decode", out, Ns * Cs);
     NEED("attention_decode", scores, Ns * (size_t)NH * Ss);
-    NEED("attention_decode", kc, cache_off + Ss * KVD);
-    NEED("attention_decode", vc, cache_off + Ss * KVD);
+    NEED("attention_decode", kc, (size_t)seqs * Ss * KVD);
+    NEED("attention_decode", vc, (size_t)seqs * Ss * KVD);
     NEED("attention_decode", qkv, Ns * W);
     if (qkv_b)
         NEED("attention_decode", qkv_b, W);
-    /* The caches from this sequence's first row: views at cache_off. */
-    st_tensor *k = NULL, *v = NULL;
-    size_t len = Ss * KVD;
+    if ((s = st_op_need("attention_decode", rows, 2 * Ns, ST_I32)) != ST_OK)
+        return s;
     st_device *dev = st_tensor_device(out);
-    if ((s = st_tensor_view(kc, cache_off, 1, &len, &k)) == ST_OK &&
-        (s = st_tensor_view(vc, cache_off, 1, &len, &v)) == ST_OK) {
-        float scale = (float)(1.0 / sqrt((double)(C / NH)));
-        enum { DEC_WG = 64 }; /* cl/flash.cl FA_DEC_WG */
-        /* more than one row: their keys and values first (a row reads the
-         * rows before it, written by other work-groups) */
-        if (n > 1)
-            s = ST_LAUNCH(dev, "flash.cl", "attention_kv_write", Ns * KVD, 0, ST_KT(k),
-                          ST_KT(v), ST_KT(qkv), ST_KT(qkv_b ? qkv_b : qkv),
-                          ST_KI(qkv_b != NULL), ST_KI(pos), ST_KI(n), ST_KI(C), ST_KI(NH),
-                          ST_KI(KV));
-        if (s == ST_OK)
-            s = ST_LAUNCH(dev, "flash.cl", "attention_decode", Ns * (size_t)NH * DEC_WG, DEC_WG,
-                          ST_KT(out), ST_KT(scores), ST_KT(k), ST_KT(v), ST_KT(qkv),
-                          ST_KT(qkv_b ? qkv_b : qkv), ST_KI(qkv_b != NULL), ST_KI(pos),
-                          ST_KI(n), ST_KI(S), ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale));
-    }
-    st_tensor_destroy(k);
-    st_tensor_destroy(v);
-    return s;
+    float scale = (float)(1.0 / sqrt((double)(C / NH)));
+    enum { DEC_WG = 64 }; /* cl/flash.cl FA_DEC_WG */
+    const st_tensor *bias = qkv_b ? qkv_b : qkv;
+    /* rows of one sequence: their keys and values first (a row reads the
+     * rows before it, written by other work-groups) */
+    if (!own_row &&
+        (s = ST_LAUNCH(dev, "flash.cl", "attention_kv_write", Ns * KVD, 0, ST_KT(kc), ST_KT(vc),
+                       ST_KT(qkv), ST_KT(bias), ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(n),
+                       ST_KI(S), ST_KI(C), ST_KI(NH), ST_KI(KV))) != ST_OK)
+        return s;
+    /* CPUs: a work-item per row and head, without barriers (cl/flash.cl) */
+    bool cpu = st_layers_cpu_form(dev);
+    return ST_LAUNCH(dev, "flash.cl", cpu ? "attention_decode_cpu" : "attention_decode",
+                     Ns * (size_t)NH * (cpu ? 1 : DEC_WG), cpu ? 0 : DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(kc), ST_KT(vc), ST_KT(qkv), ST_KT(bias),
+                     ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(own_row), ST_KI(S), ST_KI(C),
+                     ST_KI(NH), ST_KI(KV), ST_KF(scale));
 }
 
 st_status st_attention_decode(st_tensor *out, st_tensor *scores, st_tensor *kc, st_tensor *vc,
-                              size_t cache_off, const st_tensor *qkv, const st_tensor *qkv_b,
-                              int pos, int n, int S, int C, int NH)
+                              const st_tensor *qkv, const st_tensor *qkv_b,
+                              const st_tensor *rows, int n, bool own_row, int seqs, int S,
+                              int C, int NH)
 {
     if (!qkv_b)
         return st_error(ST_ERR_INVALID, "attention_decode: no qkv bias");
-    return st_attention_gqa_decode(out, scores, kc, vc, cache_off, qkv, qkv_b, pos, n, S, C, NH,
-                                   NH);
+    return st_attention_gqa_decode(out, scores, kc, vc, qkv, qkv_b, rows, n, own_row, seqs, S,
+                                   C, NH, NH);
 }

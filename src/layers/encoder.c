@@ -4,7 +4,8 @@
 #include "strata/layers.h"
 
 st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte,
-                         const st_tensor *wpe, int B, int T, int C, int V)
+                         const st_tensor *wpe, const st_tensor *rows, int B, int T, int C,
+                         int V)
 {
     if (B < 1 || T < 1 || C < 1 || V < 1)
         return st_error(ST_ERR_INVALID, "encoder_fwd: empty shape B=%d T=%d C=%d V=%d", B, T, C,
@@ -12,13 +13,15 @@ st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tenso
     size_t BT = (size_t)B * T;
     NEED("encoder_fwd", out, BT * C);
     NEED("encoder_fwd", wte, (size_t)V * C);
-    NEED("encoder_fwd", wpe, (size_t)T * C);
+    NEED("encoder_fwd", wpe, (rows ? 1 : (size_t)T) * C);
     st_status s = st_op_need("encoder_fwd", tokens, BT, ST_I32);
+    if (s == ST_OK && rows)
+        s = st_op_need("encoder_fwd", rows, 2 * BT, ST_I32);
     if (s != ST_OK)
         return s;
     return ST_LAUNCH(st_tensor_device(out), "encoder.cl", "encoder_fwd", BT * C, 64, ST_KT(out),
-                     ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KI(BT), ST_KI(T), ST_KI(C),
-                     ST_KI(V));
+                     ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KT(rows ? rows : tokens),
+                     ST_KI(rows != NULL), ST_KI(BT), ST_KI(T), ST_KI(C), ST_KI(V));
 }
 
 st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout,

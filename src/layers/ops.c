@@ -457,8 +457,8 @@ static st_status rope_shapes(const char *op, int N, int T, int pos0, int NH, int
     return ST_OK;
 }
 
-st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq, int N,
-                      int T, int pos0, int NH, int KV, int HS)
+st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq,
+                      const st_tensor *rows, int N, int T, int pos0, int NH, int KV, int HS)
 {
     st_status s = rope_shapes("rope_fwd", N, T, pos0, NH, KV, HS);
     if (s != ST_OK)
@@ -468,10 +468,12 @@ st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *in
     NEED("rope_fwd", inv_freq, (size_t)HS / 2);
     if (bias)
         NEED("rope_fwd", bias, W);
+    if (rows && (s = st_op_need("rope_fwd", rows, 2 * (size_t)N, ST_I32)) != ST_OK)
+        return s;
     size_t per_row = (size_t)(NH + KV) * (HS / 2) + (bias ? (size_t)KV * HS : 0);
     return ST_LAUNCH(st_tensor_device(qkv), "rope.cl", "rope_fwd", (size_t)N * per_row, LOCAL,
                      ST_KT(qkv), ST_KT(bias ? bias : inv_freq), ST_KT(inv_freq),
-                     ST_KI(bias != NULL), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
+                     ST_KT(rows ? rows : inv_freq), ST_KI(rows != NULL), ST_KI(bias != NULL), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
                      ST_KI(HS));
 }
 

@@ -309,7 +309,7 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
     size_t T = shape->seq > 0 ? (size_t)shape->seq : 0, N = B * T;
     size_t S = shape->kv_seq > 0 ? (size_t)shape->kv_seq : 0;
     size_t Q = shape->kv_seqs > 0 ? (size_t)shape->kv_seqs : 1;
-    size_t P = shape->prefill > 1 ? (size_t)shape->prefill : 1;
+    size_t P = (size_t)st_decode_rows(shape->prefill, shape->kv_seqs);
     for (size_t l = 0; l < n; l++) {
         const st_layer_desc *ld = &d->layers[l];
         size_t ch = 0;
@@ -324,9 +324,9 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
         t->consts[l + 1] = t->consts[l] + ld->consts;
         t->changes[l + 1] = t->changes[l] + ch;
         t->work[0][l] = N * ld->work_per_token + N * T * ld->work_per_token_ctx;
-        /* a pass of P tokens: P rows of everything, but the head's logits
-         * are the last token's alone */
-        t->dec[0][l] = (ld->kind == ST_LAYER_HEAD ? 1 : P) * (ld->dec + S * ld->dec_per_position);
+        /* a pass of P rows: P rows of everything, but the head's logits
+         * are a row per sequence (its last token's) */
+        t->dec[0][l] = (ld->kind == ST_LAYER_HEAD ? Q : P) * (ld->dec + S * ld->dec_per_position);
     }
     for (size_t k = 1; k < t->levels; k++)
         for (size_t l = 0; l + ((size_t)1 << k) <= n; l++) {
@@ -359,7 +359,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
     memset(&z, 0, sizeof z);
     size_t B = o->batch > 0 ? (size_t)o->batch : 0, T = o->seq > 0 ? (size_t)o->seq : 0;
     size_t N = B * T, S = o->kv_seq > 0 ? (size_t)o->kv_seq : 0;
-    size_t P = o->prefill > 1 ? (size_t)o->prefill : 1;
+    size_t P = (size_t)st_decode_rows(o->prefill, o->kv_seqs);
     size_t nslots = slots > 0 ? (size_t)slots : 1;
     /* The stream between layers: the input boundary (or the embedding's output). */
     size_t in_floats = first > 0 ? desc->layers[first - 1].out_floats_per_token
@@ -411,7 +411,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
     if (S > 0) {
         z.decode_floats = P * in_floats + range_max(t->dec, first, end) + t->kv[end] -
                           t->kv[first];
-        z.decode_ints = P;
+        z.decode_ints = 3 * P; /* the tokens, and the rows' sequences and positions */
     }
     z.consts = t->consts[end] - t->consts[first];
     z.bytes = 4 * ((uint64_t)z.param_numel * (uint64_t)z.param_buffers + z.adam_run_ints +

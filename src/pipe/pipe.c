@@ -1,6 +1,7 @@
 /*
  * pipe.c - the pipeline executor (see strata/pipe.h): stages, links, one
- * thread per stage per step, schedules as lists of operations.
+ * thread per stage (kept for the pipeline's life), schedules as lists of
+ * operations.
  */
 #include <math.h>
 #include <pthread.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "core/hash.h"
+#include "core/workers.h"
 #include "pipe/link.h"
 #include "strata/pipe.h"
 
@@ -37,13 +39,21 @@ struct st_pipe {
     /* per step */
     const int32_t *tokens, *targets;
     bool backward;
-    /* decoding several sequences: the tokens of each (dec_count[i] of them
-     * from dec_tok[i], 1 when dec_count is NULL), their first position,
-     * the last one's logits out */
+    /* decoding several sequences: dec_n passes (groups of sequences, each
+     * one st_stage_pass on every stage, flowing through the stages like
+     * micro-batches); the rows of them all, each group's rows and the rows
+     * whose logits it gives (their sequences' logits go to dec_logits) */
     int dec_n;
-    const int *const *dec_tok;
-    const int *dec_count, *dec_pos;
-    float *dec_logits;
+    struct dec_group { int first, n, out_first, n_out; } *dec_groups;
+    int *dec_tok, *dec_seq, *dec_pos, *dec_out, *dec_out_seq;
+    float *dec_logits, *dec_scratch;
+    /* a replica's share of a decoding call (n = 0: none), run by its thread */
+    struct dec_call {
+        int n;
+        const int *const *tok;
+        const int *count, *pos;
+        float *logits;
+    } dec_call;
     float dloss;
     double *mb_loss;
     long *mb_count;
@@ -65,11 +75,16 @@ struct st_pipe {
     pthread_mutex_t arrive_mu;
     int arrived[ST_PLAN_MAX_STAGES];      /* replicas done with the stage's backwards */
     atomic_int reduce_failed;
+    /* Threads kept for the pipeline's life (made at its first step): one
+     * per stage here, or one per replica of a group. */
+    st_workers *workers;
     st_status reduce_err;
     char reduce_msg[1024];
 };
 
 static size_t mpi_replicas(const st_pipe *p);
+static st_status decode_groups(st_pipe *p, int n, const int *const *tok, const int *count,
+                               const int *pos, float *logits);
 static st_status allsum(st_pipe *p, double *v, int n);
 
 size_t st_pipe_n_stages(const st_pipe *p)
@@ -124,6 +139,7 @@ void st_pipe_destroy(st_pipe *p)
 {
     if (!p)
         return;
+    st_workers_destroy(p->workers); /* first: they may hold the replicas */
     for (size_t r = 0; r < p->R; r++)
         st_pipe_destroy(p->rep[r]);
     if (p->R > 1) {
@@ -298,8 +314,8 @@ st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_devi
         int m = o->micro_batches;
         /* What crosses boundary k: the stream out of stage k's last layer. */
         size_t rows = (size_t)p->micro_batch * o->seq;
-        if (o->kv_seq > 0 && (size_t)o->prefill > rows) /* a prompt's chunk crosses too */
-            rows = (size_t)o->prefill;
+        if (o->kv_seq > 0 && (size_t)st_decode_rows(o->prefill, o->kv_seqs) > rows)
+            rows = (size_t)st_decode_rows(o->prefill, o->kv_seqs); /* a decoding pass too */
         size_t boundary = rows * desc->layers[p->end[k] - 1].out_floats_per_token;
         p->boundary[k] = boundary;
         p->slots[k] = plan->stage[k].in_flight;
@@ -447,19 +463,24 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
     bool last = s + 1 == p->S;
     st_status st;
     if (o->kind == OP_DEC) {
-        /* One token of sequence mb: its activation hops to the next stage
-         * while this stage starts on the next sequence. */
+        /* One group's pass: its rows hop to the next stage while this
+         * stage starts on the next group. */
+        const struct dec_group *gr = &p->dec_groups[o->mb];
         st_tensor *x = st_stage_decode_x(g);
-        size_t k = p->dec_count ? (size_t)p->dec_count[o->mb] : 1;
-        if (k == 0) /* nothing of this sequence in this pass, on every stage */
-            return ST_OK;
-        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, k * in_t)) != ST_OK)
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, (size_t)gr->n * in_t)) != ST_OK)
             return st;
-        float *logits = last ? p->dec_logits + (size_t)o->mb * p->cfg.vocab_size : NULL;
-        if ((st = st_stage_prefill_seq(g, o->mb, p->dec_tok[o->mb], (int)k, p->dec_pos[o->mb],
-                                       logits)) != ST_OK)
+        st_stage_rows r = {.n = gr->n, .tok = p->dec_tok + gr->first,
+                           .seq = p->dec_seq + gr->first, .pos = p->dec_pos + gr->first,
+                           .n_out = gr->n_out, .out = p->dec_out + gr->out_first};
+        if ((st = st_stage_pass(g, &r, last ? p->dec_scratch : NULL)) != ST_OK)
             return st;
-        return last ? ST_OK : p->fwd[s]->send(p->fwd[s], x, k * out_t);
+        if (!last)
+            return p->fwd[s]->send(p->fwd[s], x, (size_t)gr->n * out_t);
+        size_t V = (size_t)p->cfg.vocab_size;
+        for (int j = 0; j < gr->n_out; j++)
+            memcpy(p->dec_logits + (size_t)p->dec_out_seq[gr->out_first + j] * V,
+                   p->dec_scratch + (size_t)j * V, V * sizeof *p->dec_logits);
+        return ST_OK;
     }
     if (o->kind == OP_FWD) {
         if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], st_stage_io_tensor(g, slot, ST_STAGE_IN),
@@ -534,6 +555,15 @@ static void *stage_main(void *arg)
 }
 
 /* Runs every stage's operations, one thread per stage (inline for one stage). */
+/* A stage's thread for one step (workers' call i: stage i, if here). */
+static void stage_worker(void *ctx, size_t i)
+{
+    st_pipe *p = ctx;
+    stage_job job = {p, i};
+    if (p->stage[i])
+        stage_main(&job);
+}
+
 static st_status run_stages(st_pipe *p)
 {
     atomic_store(&p->failed, 0);
@@ -541,27 +571,20 @@ static st_status run_stages(st_pipe *p)
     for (size_t k = 0; k + 1 < p->S; k++)
         if (p->fwd[k])
             p->fwd[k]->wait_s = p->bwd[k]->wait_s = 0;
-    stage_job jobs[ST_PLAN_MAX_STAGES];
-    pthread_t threads[ST_PLAN_MAX_STAGES];
-    bool started[ST_PLAN_MAX_STAGES] = {false};
-    size_t n_local = 0;
+    size_t n_local = 0, only = 0;
     for (size_t s = 0; s < p->S; s++)
-        n_local += p->stage[s] != NULL;
-    for (size_t s = 0; s < p->S; s++) {
-        jobs[s] = (stage_job){p, s};
-        if (!p->stage[s])
-            continue;
-        if (n_local == 1) {
-            stage_main(&jobs[s]);
-        } else if (pthread_create(&threads[s], NULL, stage_main, &jobs[s]) == 0) {
-            started[s] = true;
-        } else {
-            fail(p, st_error(ST_ERR_HOST_MEMORY, "cannot start a thread for stage %zu", s), s);
-        }
+        if (p->stage[s])
+            n_local++, only = s;
+    if (n_local == 1) { /* this thread is the stage's */
+        stage_job job = {p, only};
+        stage_main(&job);
+    } else {
+        st_status st = p->workers ? ST_OK : st_workers_create(p->S, &p->workers);
+        if (st == ST_OK)
+            st_workers_run(p->workers, p->S, stage_worker, p);
+        else
+            fail(p, st, 0);
     }
-    for (size_t s = 0; s < p->S; s++)
-        if (started[s])
-            pthread_join(threads[s], NULL);
     for (size_t s = 0; s < p->S; s++)
         p->wait_s[s] = !p->stage[s] ? 0
                                     : (s > 0 ? p->fwd[s - 1]->wait_s : 0) +
@@ -916,10 +939,18 @@ typedef struct replica_job {
 static void *replica_main(void *arg)
 {
     replica_job *job = arg;
-    job->status = run_stages(job->p);
+    struct dec_call *c = &job->p->dec_call;
+    job->status = c->n > 0 ? decode_groups(job->p, c->n, c->tok, c->count, c->pos, c->logits)
+                           : run_stages(job->p);
+    c->n = 0;
     if (job->status != ST_OK)
         snprintf(job->msg, sizeof job->msg, "%s", st_last_error());
     return NULL;
+}
+
+static void replica_worker(void *ctx, size_t i)
+{
+    replica_main((replica_job *)ctx + i);
 }
 
 /* Every replica's pass at once, one thread each; the first failure (in
@@ -927,22 +958,14 @@ static void *replica_main(void *arg)
 static st_status run_replicas(st_pipe *g, size_t n_active)
 {
     replica_job jobs[ST_PLAN_MAX_REPLICAS];
-    pthread_t threads[ST_PLAN_MAX_REPLICAS];
-    bool started[ST_PLAN_MAX_REPLICAS] = {false};
     memset(g->arrived, 0, sizeof g->arrived);
     atomic_store(&g->reduce_failed, 0);
-    for (size_t r = 0; r < n_active; r++) {
-        jobs[r] = (replica_job){.p = g->rep[r], .status = ST_OK};
-        if (pthread_create(&threads[r], NULL, replica_main, &jobs[r]) == 0) {
-            started[r] = true;
-        } else {
-            jobs[r].status = ST_ERR_HOST_MEMORY;
-            snprintf(jobs[r].msg, sizeof jobs[r].msg, "cannot start a thread for replica %zu", r);
-        }
-    }
     for (size_t r = 0; r < n_active; r++)
-        if (started[r])
-            pthread_join(threads[r], NULL);
+        jobs[r] = (replica_job){.p = g->rep[r], .status = ST_OK};
+    st_status st = g->workers ? ST_OK : st_workers_create(g->R, &g->workers);
+    if (st != ST_OK)
+        return st;
+    st_workers_run(g->workers, n_active, replica_worker, jobs);
     for (size_t r = 0; r < n_active; r++)
         if (jobs[r].status != ST_OK)
             return st_error(jobs[r].status, "replica %zu: %s", r, jobs[r].msg);
@@ -1086,6 +1109,69 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     return ST_OK;
 }
 
+/* Splits the rows of a decoding call into passes (groups of whole
+ * sequences, in order): as many groups as stages, so that each stage works
+ * on one while the next works on another, each within the rows a pass
+ * holds; one group without splitting. Then runs them. */
+static st_status decode_groups(st_pipe *p, int n, const int *const *tok, const int *count,
+                               const int *pos, float *logits)
+{
+    int total = 0, most = st_decode_rows(p->o.prefill, p->o.kv_seqs), outs = 0;
+    for (int i = 0; i < n; i++)
+        total += count ? count[i] : 1;
+    if (total == 0)
+        return ST_OK;
+    int target = (total + (int)p->S - 1) / (int)p->S;
+    if (target > most)
+        target = most;
+    size_t V = (size_t)p->cfg.vocab_size;
+    p->dec_groups = malloc((size_t)n * sizeof *p->dec_groups);
+    p->dec_tok = malloc((size_t)total * 3 * sizeof *p->dec_tok);
+    p->dec_out = malloc((size_t)n * 2 * sizeof *p->dec_out);
+    p->dec_scratch = malloc((size_t)(n < most ? n : most) * V * sizeof *p->dec_scratch);
+    st_status s = ST_OK;
+    if (!p->dec_groups || !p->dec_tok || !p->dec_out || !p->dec_scratch)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %d decoding rows", total);
+    if (s == ST_OK) {
+        p->dec_seq = p->dec_tok + total;
+        p->dec_pos = p->dec_seq + total;
+        p->dec_out_seq = p->dec_out + n;
+        p->dec_logits = logits;
+        int rows = 0, g = -1;
+        for (int i = 0; i < n; i++) {
+            int k = count ? count[i] : 1;
+            if (k == 0) /* nothing of this sequence in this call */
+                continue;
+            struct dec_group *gr = g >= 0 ? &p->dec_groups[g] : NULL;
+            if (!gr || gr->n + k > target) {
+                gr = &p->dec_groups[++g];
+                *gr = (struct dec_group){.first = rows, .out_first = outs};
+            }
+            for (int j = 0; j < k; j++) {
+                p->dec_tok[rows + j] = tok[i][j];
+                p->dec_seq[rows + j] = i;
+                p->dec_pos[rows + j] = pos[i] + j;
+            }
+            rows += k;
+            gr->n += k;
+            p->dec_out[outs] = gr->n - 1; /* the sequence's last row: its logits */
+            p->dec_out_seq[outs++] = i;
+            gr->n_out++;
+        }
+        p->dec_n = g + 1;
+        s = run_stages(p);
+    }
+    p->dec_n = 0;
+    free(p->dec_groups);
+    free(p->dec_tok);
+    free(p->dec_out);
+    free(p->dec_scratch);
+    p->dec_groups = NULL;
+    p->dec_tok = p->dec_out = NULL;
+    p->dec_scratch = NULL;
+    return s;
+}
+
 st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const int *count,
                                 const int *pos, float *logits)
 {
@@ -1103,32 +1189,18 @@ st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const 
                             per * (int)p->R);
         size_t active = (size_t)((n + per - 1) / per), V = (size_t)p->cfg.vocab_size;
         for (size_t r = 0; r < active; r++) {
-            st_pipe *c = p->rep[r];
             int first = (int)r * per, k = n - first < per ? n - first : per;
-            c->dec_n = k;
-            c->dec_tok = tok + first;
-            c->dec_count = count ? count + first : NULL;
-            c->dec_pos = pos + first;
-            c->dec_logits = logits + (size_t)first * V;
+            p->rep[r]->dec_call = (struct dec_call){k, tok + first, count ? count + first : NULL,
+                                                    pos + first, logits + (size_t)first * V};
         }
-        st_status s = run_replicas(p, active);
-        for (size_t r = 0; r < active; r++)
-            p->rep[r]->dec_n = 0;
-        return s;
+        return run_replicas(p, active);
     }
     if (p->comm)
         return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
     if (n < 1 || n > (p->o.kv_seqs > 0 ? p->o.kv_seqs : 1))
         return st_error(ST_ERR_INVALID, "decode: %d sequences, the pipeline caches %d", n,
                         p->o.kv_seqs > 0 ? p->o.kv_seqs : 1);
-    p->dec_n = n;
-    p->dec_tok = tok;
-    p->dec_count = count;
-    p->dec_pos = pos;
-    p->dec_logits = logits;
-    st_status s = run_stages(p);
-    p->dec_n = 0;
-    return s;
+    return decode_groups(p, n, tok, count, pos, logits);
 }
 
 st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)

@@ -36,7 +36,7 @@ static st_status emb_forward(st_layer *l, int slot, const st_tensor *x, const st
     (void)slot;
     (void)x;
     *y = io->x0;
-    return st_encoder_fwd(io->x0, io->tokens, l->p[E_WTE], l->p[E_WPE], B, T, l->cfg->n_embd,
+    return st_encoder_fwd(io->x0, io->tokens, l->p[E_WTE], l->p[E_WPE], NULL, B, T, l->cfg->n_embd,
                           l->cfg->vocab_size);
 }
 
@@ -50,19 +50,11 @@ static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tens
                           l->cfg->vocab_size);
 }
 
-static st_status emb_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                            st_layer_io *io)
+static st_status emb_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
-    (void)seq;
-    int C = l->cfg->n_embd;
-    st_tensor *wpe_row = NULL;
-    size_t shape[2] = {(size_t)n, (size_t)C};
-    /* x = wte[tok] + wpe[pos ..]: n rows, as the encoder does for a sequence of n. */
-    st_status s = st_tensor_view(l->p[E_WPE], (size_t)pos * C, 2, shape, &wpe_row);
-    if (s == ST_OK)
-        s = st_encoder_fwd(x, io->token, l->p[E_WTE], wpe_row, 1, n, C, l->cfg->vocab_size);
-    st_tensor_destroy(wpe_row);
-    return s;
+    /* x = wte[tok] + wpe[pos]: each row at its own position */
+    return st_encoder_fwd(x, io->token, l->p[E_WTE], l->p[E_WPE], ps->rows, 1, ps->n,
+                          l->cfg->n_embd, l->cfg->vocab_size);
 }
 
 const st_layer_ops st_gpt2_embedding_ops = {
@@ -180,12 +172,11 @@ typedef struct block_io {
 } block_io;
 
 /* The attention of one pass: over the micro-batch (flash: keeping each
- * row's log-sum-exp in att; T x T: the probabilities), or of one token over
- * its sequence's KV cache. */
+ * row's log-sum-exp in att; T x T: the probabilities), or of a decoding
+ * pass's rows over their sequences' KV caches. */
 typedef struct block_attn {
-    bool decode;
-    st_tensor *att;                        /* training */
-    int seq, pos, n;                       /* decoding: n tokens from pos */
+    const st_pass *decode; /* NULL: training */
+    st_tensor *att;        /* training */
 } block_attn;
 
 static st_status attention(st_layer *l, const block_attn *at, const block_io *o, int B, int T)
@@ -196,34 +187,41 @@ static st_status attention(st_layer *l, const block_attn *at, const block_io *o,
     if (!at->decode)
         return flash(l) ? st_attention_flash_fwd(o->atty, at->att, o->qkv, p[ATTN_B], B, T, C, NH)
                         : st_attention_fwd(o->atty, at->att, o->qkv, B, T, C, NH);
-    size_t Cs = (size_t)C, NHs = (size_t)NH, HS = Cs / NHs;
-    size_t S = (size_t)l->kv_seq, len = (size_t)at->pos + 1, cache = (size_t)at->seq * S * Cs;
+    const st_pass *ps = at->decode;
     if (flash(l))
-        return st_attention_decode(o->atty, d->scores, d->k, d->v, cache, o->qkv, p[ATTN_B],
-                                   at->pos, at->n, (int)S, C, NH);
-    if (at->n != 1)
-        return st_error(ST_ERR_INVALID, "decode: %d tokens at once need flash attention (head "
-                                        "size up to %d)", at->n, ST_FLASH_MAX_HEAD);
-    st_status s;
-    if ((s = st_tensor_copy(d->k, cache + (size_t)at->pos * Cs, o->qkv, Cs, Cs)) != ST_OK ||
-        (s = st_tensor_copy(d->v, cache + (size_t)at->pos * Cs, o->qkv, 2 * Cs, Cs)) != ST_OK)
-        return s;
-    /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+        return st_attention_decode(o->atty, d->scores, d->k, d->v, o->qkv, p[ATTN_B], ps->rows,
+                                   ps->n, ps->own_row, l->kv_seqs, l->kv_seq, C, NH);
+    /* Heads too large for cl/flash.cl: row by row (a row of a sequence
+     * after the rows before it), each a product per head. qkv has its bias. */
+    size_t Cs = (size_t)C, NHs = (size_t)NH, HS = Cs / NHs, S = (size_t)l->kv_seq;
     float scale = (float)(1.0 / sqrt((double)HS));
-    st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
-                       .a = o->qkv, .lda = 3 * Cs, .a_stride = HS,
-                       .b = d->k, .b_offset = cache, .ldb = Cs, .b_stride = HS,
-                       .c = d->scores, .ldc = S, .c_stride = S, .batch = NHs};
-    if ((s = st_gemm(&qk)) != ST_OK ||
-        (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NHs, 0,
-                       ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
-        return s;
-    /* atty_h = scores_h[1, len] . V_h[len, HS] */
-    st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
-                       .a = d->scores, .lda = S, .a_stride = S,
-                       .b = d->v, .b_offset = cache, .ldb = Cs, .b_stride = HS,
-                       .c = o->atty, .ldc = Cs, .c_stride = HS, .batch = NHs};
-    return st_gemm(&pv);
+    st_status s = ST_OK;
+    for (int r = 0; s == ST_OK && r < ps->n; r++) {
+        size_t len = (size_t)ps->pos[r] + 1, cache = (size_t)ps->seq[r] * S * Cs;
+        size_t q = (size_t)r * 3 * Cs;
+        if ((s = st_tensor_copy(d->k, cache + (size_t)ps->pos[r] * Cs, o->qkv, q + Cs, Cs)) !=
+                ST_OK ||
+            (s = st_tensor_copy(d->v, cache + (size_t)ps->pos[r] * Cs, o->qkv, q + 2 * Cs, Cs)) !=
+                ST_OK)
+            return s;
+        /* scores[h, 0..pos] = q_h . K_h^T * scale, one product per head */
+        st_gemm_args qk = {.trans_b = true, .m = 1, .n = len, .k = HS, .alpha = scale,
+                           .a = o->qkv, .a_offset = q, .lda = 3 * Cs, .a_stride = HS,
+                           .b = d->k, .b_offset = cache, .ldb = Cs, .b_stride = HS,
+                           .c = d->scores, .ldc = S, .c_stride = S, .batch = NHs};
+        if ((s = st_gemm(&qk)) != ST_OK ||
+            (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NHs, 0,
+                           ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
+            return s;
+        /* atty_h = scores_h[1, len] . V_h[len, HS] */
+        st_gemm_args pv = {.m = 1, .n = HS, .k = len, .alpha = 1.0f,
+                           .a = d->scores, .lda = S, .a_stride = S,
+                           .b = d->v, .b_offset = cache, .ldb = Cs, .b_stride = HS,
+                           .c = o->atty, .c_offset = (size_t)r * Cs, .ldc = Cs, .c_stride = HS,
+                           .batch = NHs};
+        s = st_gemm(&pv);
+    }
+    return s;
 }
 
 /* The block's forward for training and decoding alike, 9 launches with
@@ -314,15 +312,14 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
  * linear layer for all of them), its attention (the new keys and values
  * into the caches, scores, softmax, weighted values) by cl/flash.cl when
  * the head size allows. */
-static st_status block_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                              st_layer_io *io)
+static st_status block_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
     (void)io;
     block_state *d = l->state;
     block_io o = {d->ln, d->mean, d->rstd, d->qkv, d->atty, d->res2,
                   d->ln, d->mean, d->rstd, d->fch, d->fch, x};
-    block_attn at = {.decode = true, .seq = seq, .pos = pos, .n = n};
-    return block_pass(l, &o, &at, x, 1, n);
+    block_attn at = {.decode = ps};
+    return block_pass(l, &o, &at, x, 1, ps->n);
 }
 
 const st_layer_ops st_gpt2_block_ops = {
@@ -390,10 +387,11 @@ static st_status head_bind(st_layer *l)
     }
     if (l->dec) {
         st_carver c = {l->dec, 0, ST_OK};
-        h->ln = st_carve(&c, C);
-        h->mean = st_carve(&c, 1);
-        h->rstd = st_carve(&c, 1);
-        h->logits = st_carve(&c, V);
+        size_t Q = (size_t)l->kv_seqs; /* a row of logits per sequence */
+        h->ln = st_carve(&c, Q * C);
+        h->mean = st_carve(&c, Q);
+        h->rstd = st_carve(&c, Q);
+        h->logits = st_carve(&c, Q * V);
         if (c.status != ST_OK)
             return c.status;
     }
@@ -444,26 +442,22 @@ static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_ten
     return ST_OK;
 }
 
-static st_status head_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                             st_layer_io *io)
+static st_status head_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
-    (void)seq;
-    (void)pos;
     head_state *h = l->state;
-    int C = l->cfg->n_embd, V = l->cfg->vocab_size;
-    /* the logits of the last token only: the next one's */
-    st_tensor *last = NULL;
-    size_t shape[2] = {1, (size_t)C};
-    st_status s = st_tensor_view(x, (size_t)(n - 1) * C, 2, shape, &last);
+    int C = l->cfg->n_embd, V = l->cfg->vocab_size, M = ps->n_out;
+    /* the logits of the rows asked for only: each sequence's next token */
+    st_tensor *rows = NULL;
+    st_status s = st_pass_out_rows(ps, x, (size_t)C, &rows);
     if (s == ST_OK)
-        s = st_layernorm_fwd(h->ln, h->mean, h->rstd, last, l->p[LNF_W], l->p[LNF_B], 1, C,
+        s = st_layernorm_fwd(h->ln, h->mean, h->rstd, rows, l->p[LNF_W], l->p[LNF_B], M, C,
                              l->cfg->norm_eps);
-    st_tensor_destroy(last);
+    st_tensor_destroy(rows);
     if (s != ST_OK)
         return s;
-    st_gemm_args mm = {.trans_b = true, .m = 1, .n = (size_t)V, .k = (size_t)C, .alpha = 1.0f,
-                       .a = h->ln, .lda = (size_t)C, .b = l->p[H_WTE], .ldb = (size_t)C,
-                       .c = h->logits, .ldc = (size_t)V};
+    st_gemm_args mm = {.trans_b = true, .m = (size_t)M, .n = (size_t)V, .k = (size_t)C,
+                       .alpha = 1.0f, .a = h->ln, .lda = (size_t)C, .b = l->p[H_WTE],
+                       .ldb = (size_t)C, .c = h->logits, .ldc = (size_t)V};
     io->logits = h->logits;
     return st_gemm(&mm);
 }

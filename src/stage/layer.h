@@ -23,13 +23,23 @@
 
 typedef struct st_layer st_layer;
 
+/* A decoding pass (strata/stage.h, st_stage_rows) as the layers see it. */
+typedef struct st_pass {
+    int n;                 /* rows */
+    const int *seq, *pos;  /* [n] on the host: each row's sequence and position */
+    const st_tensor *rows; /* I32 [n, 2]: the same pairs on the device */
+    bool own_row;          /* no two rows of one sequence */
+    int n_out;             /* the head: logits of rows out[0] < out[1] < ... */
+    const int *out;
+} st_pass;
+
 /* What a step gives the layers besides the stream. */
 typedef struct st_layer_io {
     const st_tensor *tokens;  /* I32 [N] (the embedding) */
     const st_tensor *targets; /* I32 [N] (the head); NULL: logits only, no loss */
     st_tensor *x0;            /* the stage's input tensor (the embedding writes it) */
     const st_tensor *token;   /* decoding: I32 [n], the pass's tokens */
-    st_tensor *logits;        /* decoding: the head's output [V] of the last (NULL elsewhere) */
+    st_tensor *logits;        /* decoding: the head's output [n_out, V] (NULL elsewhere) */
 } st_layer_io;
 
 typedef struct st_layer_ops {
@@ -44,10 +54,11 @@ typedef struct st_layer_ops {
      * token's loss (the head). */
     st_status (*backward)(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
                           const st_layer_io *io, int B, int T, float dloss);
-    /* n tokens (1 to the layer's prefill) of sequence seq at positions pos
-     * .. pos + n - 1: x [n, C] in and out (the embedding writes it from
-     * io->token, the head reads its last row into io->logits). */
-    st_status (*decode)(st_layer *l, int seq, int pos, int n, st_tensor *x, st_layer_io *io);
+    /* A decoding pass of ps->n rows (1 to the layer's prefill): x [n, C] in
+     * and out (the embedding writes it from io->token; the head takes the
+     * rows ps->out and points io->logits at their logits [n_out, V]; x is
+     * its scratch). */
+    st_status (*decode)(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io);
     /* The head's probabilities (after a forward with targets) or logits
      * [N, V], and per-token losses [N], of a slot. */
     st_tensor *(*output)(st_layer *l, int slot);
@@ -66,7 +77,7 @@ struct st_layer {
     st_tensor *pbuf, *gbuf;
     const size_t *offset;
     int B, T, slots, kv_seq, kv_seqs;
-    int prefill; /* tokens one decoding pass may take (1 or more) */
+    int prefill; /* rows one decoding pass may hold (st_decode_rows) */
     bool training;
     st_tensor **acts;  /* per slot; NULL when the layer keeps nothing */
     st_tensor *work;   /* the backward's work, shared; NULL without training */
@@ -92,6 +103,9 @@ st_tensor *st_carve(st_carver *c, size_t n);
 /* A view of n elements at offset off of base; NULL and a status on failure. */
 st_tensor *st_view_at(st_tensor *base, size_t off, size_t n, st_status *s);
 void st_views_destroy(st_tensor **views, size_t n);
+/* The head's rows of a pass: *view [n_out, C] of x holding rows ps->out
+ * of x (moved to its first rows when there are several). */
+st_status st_pass_out_rows(const st_pass *ps, st_tensor *x, size_t C, st_tensor **view);
 
 /* The profiler counts what a block launches (strata/profiler.h). */
 void st_layer_scope(const st_layer *l, bool enter);

@@ -52,12 +52,9 @@ static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tens
                             l->cfg->vocab_size);
 }
 
-static st_status emb_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                            st_layer_io *io)
+static st_status emb_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
-    (void)seq;
-    (void)pos;
-    return st_embedding_fwd(x, io->token, l->p[0], n, l->cfg->n_embd, l->cfg->vocab_size);
+    return st_embedding_fwd(x, io->token, l->p[0], ps->n, l->cfg->n_embd, l->cfg->vocab_size);
 }
 
 const st_layer_ops st_llama_embedding_ops = {
@@ -256,12 +253,11 @@ typedef struct block_io {
 } block_io;
 
 /* The attention of one pass: over the micro-batch (keeping each row's
- * log-sum-exp), or of one token at position pos over its sequence's KV
- * cache. */
+ * log-sum-exp), or of a decoding pass's rows over their sequences' KV
+ * caches. */
 typedef struct block_attn {
-    bool decode;
+    const st_pass *decode; /* NULL: training */
     st_tensor *lse;
-    int seq, pos, n; /* decoding: n tokens from pos */
 } block_attn;
 
 /* The block's forward for training and decoding alike: 10 launches (11 with
@@ -272,17 +268,20 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
     block_state *b = l->state;
     st_tensor *const *p = l->p;
     dims d = dims_of(l);
-    int N = B * T, pos0 = at->decode ? at->pos : 0;
+    int N = B * T;
     float eps = l->cfg->norm_eps;
-    size_t S = (size_t)l->kv_seq, cache = (size_t)at->seq * S * (size_t)d.KVD;
+    const st_pass *ps = at->decode;
+    const st_tensor *rows = ps ? ps->rows : NULL;
     st_status s;
     if ((s = st_rmsnorm_fwd(o->ln1, o->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
         (s = st_linear_fwd(o->qkv, o->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
-        (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, N, T, pos0, d.NH, d.KV, d.HS)) != ST_OK ||
-        (s = at->decode ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, cache, o->qkv,
-                                                  NULL, at->pos, at->n, (int)S, d.C, d.NH, d.KV)
-                        : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, B, T, d.C, d.NH,
-                                               d.KV)) != ST_OK ||
+        (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, rows, N, T, 0, d.NH, d.KV, d.HS)) !=
+            ST_OK ||
+        (s = ps ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, o->qkv, NULL, rows,
+                                          ps->n, ps->own_row, l->kv_seqs, l->kv_seq, d.C, d.NH,
+                                          d.KV)
+                : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, B, T, d.C, d.NH, d.KV)) !=
+            ST_OK ||
         (s = st_linear_fwd(o->res2, o->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
                            d.C)) != ST_OK ||
         (s = st_residual_rmsnorm_fwd(o->res2, o->ln2, o->rstd2, o->res2, x, p[b->post_norm], N,
@@ -345,14 +344,13 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
 
 /* n tokens through the block: the same pass over the KV cache, one
  * product per linear layer for all of them. */
-static st_status block_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                              st_layer_io *io)
+static st_status block_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
     (void)io;
     block_state *b = l->state;
     block_io o = {b->ln, b->rstd, b->qkv, b->atty, b->res2, b->ln, b->rstd, b->gu, b->h, x};
-    block_attn at = {.decode = true, .seq = seq, .pos = pos, .n = n};
-    return block_pass(l, &o, &at, x, 1, n);
+    block_attn at = {.decode = ps};
+    return block_pass(l, &o, &at, x, 1, ps->n);
 }
 
 const st_layer_ops st_llama_block_ops = {
@@ -419,9 +417,10 @@ static st_status head_bind(st_layer *l)
     }
     if (l->dec) {
         st_carver c = {l->dec, 0, ST_OK};
-        h->ln = st_carve(&c, C);
-        h->rstd = st_carve(&c, 1);
-        h->logits = st_carve(&c, V);
+        size_t Q = (size_t)l->kv_seqs; /* a row of logits per sequence */
+        h->ln = st_carve(&c, Q * C);
+        h->rstd = st_carve(&c, Q);
+        h->logits = st_carve(&c, Q * V);
         if (c.status != ST_OK)
             return c.status;
     }
@@ -457,22 +456,18 @@ static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_ten
     return ST_OK;
 }
 
-static st_status head_decode(st_layer *l, int seq, int pos, int n, st_tensor *x,
-                             st_layer_io *io)
+static st_status head_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
-    (void)seq;
-    (void)pos;
     head_state *h = l->state;
-    int C = l->cfg->n_embd, V = l->cfg->vocab_size;
-    /* the logits of the last token only: the next one's */
-    st_tensor *last = NULL;
-    size_t shape[2] = {1, (size_t)C};
-    st_status s = st_tensor_view(x, (size_t)(n - 1) * C, 2, shape, &last);
+    int C = l->cfg->n_embd, V = l->cfg->vocab_size, M = ps->n_out;
+    /* the logits of the rows asked for only: each sequence's next token */
+    st_tensor *rows = NULL;
+    st_status s = st_pass_out_rows(ps, x, (size_t)C, &rows);
     if (s == ST_OK)
-        s = st_rmsnorm_fwd(h->ln, h->rstd, last, l->p[H_NORM], 1, C, l->cfg->norm_eps);
-    st_tensor_destroy(last);
+        s = st_rmsnorm_fwd(h->ln, h->rstd, rows, l->p[H_NORM], M, C, l->cfg->norm_eps);
+    st_tensor_destroy(rows);
     io->logits = h->logits;
-    return s != ST_OK ? s : st_linear_fwd(h->logits, h->ln, l->p[H_W], NULL, 1, C, V);
+    return s != ST_OK ? s : st_linear_fwd(h->logits, h->ln, l->p[H_W], NULL, M, C, V);
 }
 
 static st_tensor *head_output(st_layer *l, int slot)

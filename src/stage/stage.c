@@ -12,6 +12,7 @@
 
 #include "stage/layer.h"
 #include "strata/cl.h"
+#include "strata/gemm.h"
 #include "strata/profiler.h"
 #include "strata/stage.h"
 
@@ -22,6 +23,8 @@ struct st_stage {
     size_t first, end;
     bool has_emb, has_head;
     int B, T, slots, kv_seq, kv_seqs, prefill;
+    int rows;               /* decoding: rows one pass may hold (st_decode_rows) */
+    unsigned char *seq_seen; /* [kv_seqs]: a pass's check that rows are of distinct sequences */
     bool training;
     size_t in_floats; /* per token of the stream into the stage */
     st_stage_sizes sizes;
@@ -45,7 +48,7 @@ struct st_stage {
     int adam_n_runs;        /* -1: parameters not in offset order, one launch each */
     size_t adam_span;       /* elements from the first parameter to the end of the last */
 
-    st_tensor *dec_buf, *dec_x, *dec_work, *token;
+    st_tensor *dec_buf, *dec_x, *dec_work, *token, *rowtab;
     st_tensor **kv;         /* per layer */
     st_tensor *consts_buf, **consts;
     uint64_t bytes;
@@ -72,6 +75,20 @@ st_tensor *st_view_at(st_tensor *base, size_t off, size_t n, st_status *s)
     size_t shape[1] = {n};
     *s = st_tensor_view(base, off, 1, shape, &t);
     return t;
+}
+
+st_status st_pass_out_rows(const st_pass *ps, st_tensor *x, size_t C, st_tensor **view)
+{
+    size_t shape[2] = {(size_t)ps->n_out, C};
+    if (ps->n_out == 1) /* one row: a view of it where it is */
+        return st_tensor_view(x, (size_t)ps->out[0] * C, 2, shape, view);
+    /* Row out[j] moves to row j: out rises, so out[j] >= j, and no row is
+     * overwritten before it has moved. */
+    st_status s = ST_OK;
+    for (int j = 0; s == ST_OK && j < ps->n_out; j++)
+        if (ps->out[j] != j)
+            s = st_tensor_copy(x, (size_t)j * C, x, (size_t)ps->out[j] * C, C);
+    return s != ST_OK ? s : st_tensor_view(x, 0, 2, shape, view);
 }
 
 void st_views_destroy(st_tensor **views, size_t n)
@@ -324,17 +341,19 @@ static st_status make_scratch(st_stage *g)
 
 static st_status make_decode(st_stage *g)
 {
-    size_t S = (size_t)g->kv_seq, Q = (size_t)g->kv_seqs, P = (size_t)g->prefill, dec = 0;
+    size_t S = (size_t)g->kv_seq, Q = (size_t)g->kv_seqs, P = (size_t)g->rows, dec = 0;
     for (size_t l = 0; l < g->n_layers; l++) {
         const st_layer_desc *ld = g->layers[l].desc;
-        size_t d = (ld->kind == ST_LAYER_HEAD ? 1 : P) * (ld->dec + S * ld->dec_per_position);
+        size_t d = (ld->kind == ST_LAYER_HEAD ? Q : P) * (ld->dec + S * ld->dec_per_position);
         dec = d > dec ? d : dec;
     }
     st_status s = make_buffer(g, ST_F32, g->sizes.decode_floats, "KV cache", &g->dec_buf);
-    if (s != ST_OK || (s = make_buffer(g, ST_I32, P, "token", &g->token)) != ST_OK)
+    if (s != ST_OK || (s = make_buffer(g, ST_I32, P, "token", &g->token)) != ST_OK ||
+        (s = make_buffer(g, ST_I32, 2 * P, "decoding rows", &g->rowtab)) != ST_OK)
         return s;
     g->kv = calloc(g->n_layers, sizeof *g->kv);
-    if (!g->kv)
+    g->seq_seen = calloc(Q, 1);
+    if (!g->kv || !g->seq_seen)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_carver c = {g->dec_buf, 0, ST_OK};
     g->dec_x = st_carve(&c, P * g->in_floats);
@@ -432,13 +451,14 @@ void st_stage_destroy(st_stage *g)
     free(g->layer_acts);
     free(g->xin);
     st_tensor *t[] = {g->dres, g->work, g->sumsq_acc, g->sumsq_parts, g->scratch,
-                      g->adam_runs, g->dec_x, g->dec_work, g->token};
+                      g->adam_runs, g->dec_x, g->dec_work, g->token, g->rowtab};
     st_views_destroy(t, sizeof t / sizeof t[0]);
     if (g->kv)
         st_views_destroy(g->kv, g->n_layers);
     if (g->consts)
         st_views_destroy(g->consts, g->n_layers);
     free(g->kv);
+    free(g->seq_seen);
     free(g->consts);
     st_tensor_destroy(g->dec_buf);
     st_tensor_destroy(g->consts_buf);
@@ -484,6 +504,7 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
     g->kv_seq = opt->kv_seq;
     g->kv_seqs = opt->kv_seqs > 0 ? opt->kv_seqs : 1;
     g->prefill = opt->prefill > 1 ? opt->prefill : 1;
+    g->rows = st_decode_rows(opt->prefill, opt->kv_seqs);
     g->training = opt->training;
     g->has_emb = desc->layers[first].kind == ST_LAYER_EMBEDDING;
     g->has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
@@ -505,7 +526,7 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         L->slots = g->slots;
         L->kv_seq = g->kv_seq;
         L->kv_seqs = g->kv_seqs;
-        L->prefill = g->prefill;
+        L->prefill = g->rows;
         L->training = g->training;
     }
     s = lay_out_params(g);
@@ -830,11 +851,6 @@ st_status st_stage_decode_seq(st_stage *g, int seq, int tok, int pos, float *log
 st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int pos,
                                float *logits)
 {
-    if (g->kv_seq <= 0)
-        return st_error(ST_ERR_INVALID, "decode: the stage was created without a KV cache");
-    if (seq < 0 || seq >= g->kv_seqs)
-        return st_error(ST_ERR_INVALID, "decode: sequence %d, the stage caches %d", seq,
-                        g->kv_seqs);
     if (n < 1 || n > g->prefill)
         return st_error(ST_ERR_INVALID, "decode: %d tokens in one pass, the stage takes 1 to %d",
                         n, g->prefill);
@@ -842,31 +858,90 @@ st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int 
         return st_error(ST_ERR_INVALID,
                         "decode: position %d is past the KV cache of %d positions",
                         pos + n - 1 >= g->kv_seq ? pos + n - 1 : pos, g->kv_seq);
-    int V = g->cfg.vocab_size;
-    st_status s;
-    if (g->has_emb) {
-        int32_t t[256];
-        for (int i = 0; i < n; i += 256) {
-            int k = n - i < 256 ? n - i : 256;
-            for (int j = 0; j < k; j++) {
-                if (tok[i + j] < 0 || tok[i + j] >= V)
-                    return st_error(ST_ERR_INVALID, "token %d is outside the vocabulary of %d",
-                                    tok[i + j], V);
-                t[j] = tok[i + j];
-            }
-            if ((s = st_tensor_write(g->token, (size_t)i, (size_t)k, t)) != ST_OK)
-                return s;
+    int seqs[256], poss[256];
+    if (n > 256)
+        return st_error(ST_ERR_INVALID, "decode: %d tokens in one pass, at most 256 here", n);
+    for (int i = 0; i < n; i++) {
+        seqs[i] = seq;
+        poss[i] = pos + i;
+    }
+    int last = n - 1;
+    st_stage_rows r = {.n = n, .tok = tok, .seq = seqs, .pos = poss, .n_out = 1, .out = &last};
+    return st_stage_pass(g, &r, logits);
+}
+
+st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
+{
+    if (g->kv_seq <= 0)
+        return st_error(ST_ERR_INVALID, "decode: the stage was created without a KV cache");
+    int n = r->n, V = g->cfg.vocab_size;
+    if (n < 1 || n > g->rows)
+        return st_error(ST_ERR_INVALID, "decode: %d rows in one pass, the stage takes 1 to %d",
+                        n, g->rows);
+    if (g->has_head && (r->n_out < 1 || r->n_out > g->kv_seqs || r->n_out > n))
+        return st_error(ST_ERR_INVALID,
+                        "decode: logits of %d rows of %d, the stage gives 1 to %d at once",
+                        r->n_out, n, g->kv_seqs);
+    /* Rows of distinct sequences write their own keys and values as they
+     * attend; rows of one sequence need theirs written first. */
+    bool own_row = true;
+    memset(g->seq_seen, 0, (size_t)g->kv_seqs);
+    int32_t t[256];
+    st_status s = ST_OK;
+    for (int i = 0; i < n; i++) {
+        if (r->seq[i] < 0 || r->seq[i] >= g->kv_seqs)
+            return st_error(ST_ERR_INVALID, "decode: sequence %d, the stage caches %d",
+                            r->seq[i], g->kv_seqs);
+        if (r->pos[i] < 0 || r->pos[i] >= g->kv_seq)
+            return st_error(ST_ERR_INVALID,
+                            "decode: position %d is past the KV cache of %d positions",
+                            r->pos[i], g->kv_seq);
+        if (g->has_emb && (r->tok[i] < 0 || r->tok[i] >= V))
+            return st_error(ST_ERR_INVALID, "token %d is outside the vocabulary of %d",
+                            r->tok[i], V);
+        own_row &= !g->seq_seen[r->seq[i]];
+        g->seq_seen[r->seq[i]] = 1;
+    }
+    for (int j = 0; g->has_head && j < r->n_out; j++)
+        if (r->out[j] < 0 || r->out[j] >= n || (j > 0 && r->out[j] <= r->out[j - 1]))
+            return st_error(ST_ERR_INVALID, "decode: output rows must rise within 0 to %d",
+                            n - 1);
+    /* The table of (sequence, position) per row, and the tokens: written
+     * in pieces through one host array (the writes block, so it is free
+     * again when each returns). */
+    for (int i = 0; s == ST_OK && i < n; i += 128) {
+        int k = n - i < 128 ? n - i : 128;
+        for (int j = 0; j < k; j++) {
+            t[2 * j] = r->seq[i + j];
+            t[2 * j + 1] = r->pos[i + j];
         }
+        s = st_tensor_write(g->rowtab, 2 * (size_t)i, 2 * (size_t)k, t);
+        for (int j = 0; s == ST_OK && g->has_emb && j < k; j++)
+            t[j] = r->tok[i + j];
+        if (s == ST_OK && g->has_emb)
+            s = st_tensor_write(g->token, (size_t)i, (size_t)k, t);
     }
+    if (s != ST_OK)
+        return s;
+    st_pass ps = {.n = n, .seq = r->seq, .pos = r->pos, .rows = g->rowtab, .own_row = own_row,
+                  .n_out = r->n_out, .out = r->out};
     st_layer_io io = {.token = g->token};
-    for (size_t l = 0; l < g->n_layers; l++) {
+    st_gemm_decoding(true);
+    for (size_t l = 0; s == ST_OK && l < g->n_layers; l++) {
         st_layer *L = &g->layers[l];
-        if ((s = L->ops->decode(L, seq, pos, n, g->dec_x, &io)) != ST_OK)
-            return s;
+        s = L->ops->decode(L, &ps, g->dec_x, &io);
     }
+    st_gemm_decoding(false);
+    if (s != ST_OK)
+        return s;
     if (!g->has_head || !logits)
         return ST_OK;
-    return st_tensor_read(io.logits, 0, (size_t)V, logits);
+    return st_tensor_read(io.logits, 0, (size_t)r->n_out * V, logits);
+}
+
+int st_stage_rows_max(const st_stage *g)
+{
+    return g->rows;
 }
 
 int st_stage_prefill_max(const st_stage *g)

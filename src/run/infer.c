@@ -1,0 +1,343 @@
+/*
+ * infer.c - the inference session (strata/infer.h): a model folder loaded
+ * into a planned pipeline once, sequences in KV cache slots, and a step
+ * that advances every active sequence in one pass.
+ *
+ * A sequence's text is its prompt and the tokens drawn since. Position 0
+ * of its cache holds text[base] (base moves when the context slides);
+ * `read` positions are filled, so the tokens text[base + read .. n) are its
+ * input still to go through the model: the prompt at first, then the one
+ * token drawn last. When a step reads the last of them, the logits of that
+ * row give the next token.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/checkpoint.h"
+#include "strata/infer.h"
+#include "strata/program.h"
+#include "strata/run.h"
+
+typedef struct seq_slot {
+    bool used;
+    st_infer_finish finish;
+    int32_t *text;
+    long n, cap, n_prompt, base, read, made, slides;
+    st_infer_request req; /* prompt not kept (copied into text) */
+    uint64_t rng;
+} seq_slot;
+
+struct st_infer {
+    st_model_config cfg;
+    st_model_desc *desc;
+    st_plan plan;
+    st_device_profile prof[ST_MAX_DEVICES];
+    st_pipe *pipe;
+    char describe[512];
+    int ctx, max_seqs, prefill;
+    seq_slot *seqs;
+    /* a step's inputs and outputs, max_seqs of each */
+    const int **tok;
+    int *count, *pos;
+    float *logits;
+    st_candidate *cands;
+};
+
+const st_model_config *st_infer_config(const st_infer *in) { return &in->cfg; }
+const st_model_desc *st_infer_desc(const st_infer *in) { return in->desc; }
+const st_plan *st_infer_plan(const st_infer *in) { return &in->plan; }
+const st_device_profile *st_infer_profiles(const st_infer *in) { return in->prof; }
+st_pipe *st_infer_pipe(const st_infer *in) { return in->pipe; }
+const char *st_infer_describe(const st_infer *in) { return in->describe; }
+int st_infer_ctx(const st_infer *in) { return in->ctx; }
+int st_infer_max_seqs(const st_infer *in) { return in->max_seqs; }
+
+void st_infer_close(st_infer *in)
+{
+    if (!in)
+        return;
+    for (int i = 0; in->seqs && i < in->max_seqs; i++)
+        free(in->seqs[i].text);
+    free(in->seqs);
+    free(in->tok);
+    free(in->count);
+    free(in->pos);
+    free(in->logits);
+    free(in->cands);
+    st_pipe_destroy(in->pipe);
+    st_model_desc_destroy(in->desc);
+    free(in);
+}
+
+st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
+                        const st_infer_options *o, st_infer **out)
+{
+    if (o->max_seqs < 0 || o->ctx < 0 || o->prefill < 0 || o->score_batch < 0 ||
+        o->score_seq < 0 || (o->max_seqs == 0 && o->score_batch == 0))
+        return st_error(ST_ERR_INVALID,
+                        "inference session: %d sequences, %d positions, %d scoring sequences",
+                        o->max_seqs, o->ctx, o->score_batch);
+    st_infer *in = calloc(1, sizeof *in);
+    if (!in)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    st_checkpoint *ck = NULL;
+    st_status s = ST_OK;
+    if (!dir) {
+        if (!o->config) {
+            free(in);
+            return st_error(ST_ERR_INVALID, "inference session: no model folder or config");
+        }
+        in->cfg = *o->config;
+        snprintf(in->describe, sizeof in->describe, "weights drawn from seed %llu",
+                 (unsigned long long)o->init_seed);
+        s = st_model_describe(&in->cfg, &in->desc);
+    } else if ((s = st_checkpoint_open(dir, &ck)) == ST_OK) {
+        in->cfg = *st_checkpoint_get_config(ck);
+        snprintf(in->describe, sizeof in->describe, "%s", st_checkpoint_describe(ck));
+        st_checkpoint_close(ck);
+        s = st_model_describe(&in->cfg, &in->desc);
+    }
+    if (s != ST_OK) {
+        st_infer_close(in);
+        return s;
+    }
+    int P = in->cfg.n_positions;
+    in->max_seqs = o->max_seqs;
+    in->ctx = o->ctx > 0 && o->ctx < P ? o->ctx : P;
+    in->prefill = o->prefill > 0 ? o->prefill : 128;
+    /* A pass of several tokens of a sequence needs flash attention's
+     * decode kernel (heads up to ST_FLASH_MAX_HEAD); never longer than the
+     * cache. */
+    if (!st_attention_is_flash(in->cfg.n_embd, in->cfg.n_head))
+        in->prefill = 1;
+    if (in->prefill > in->ctx)
+        in->prefill = in->ctx;
+    st_run_shape shape = {.batch = 1, .seq = 1, .micro_batches = 1};
+    if (o->score_batch > 0) {
+        shape.batch = o->score_batch;
+        shape.seq = o->score_seq > 0 && o->score_seq < P ? o->score_seq : P;
+        shape.micro_batches = o->micro_batches;
+    }
+    if (o->max_seqs > 0) {
+        shape.kv_seq = in->ctx;
+        shape.kv_seqs = o->max_seqs;
+        shape.prefill = in->prefill;
+    }
+    st_run_plan_options ro = {.split = o->split, .parallel = o->parallel,
+                              .keep_all_devices = o->keep_all_devices, .quiet = o->quiet};
+    if ((s = st_run_plan(devs, n_devs, in->desc, &shape, &ro, &in->plan, in->prof)) == ST_OK) {
+        st_device *stage_dev[ST_PLAN_MAX_STAGES];
+        size_t used[ST_PLAN_MAX_STAGES], n_used = st_plan_devices(&in->plan, used);
+        for (size_t k = 0; k < n_used; k++)
+            stage_dev[k] = devs[used[k]];
+        s = st_devices_prepare(stage_dev, n_used);
+    }
+    if (s == ST_OK)
+        s = st_pipe_create(&in->plan, in->desc, devs, NULL, &in->pipe);
+    if (s == ST_OK) {
+        st_stage *stages[ST_PLAN_MAX_STAGES];
+        for (size_t k = 0; k < in->plan.n_stages; k++)
+            stages[k] = st_pipe_stage(in->pipe, k);
+        s = dir ? st_checkpoint_load(dir, stages, in->plan.n_stages, NULL)
+                : st_pipe_init(in->pipe, o->init_seed);
+        if (s == ST_OK)
+            s = st_pipe_replicate(in->pipe); /* the first replica's weights to the others */
+    }
+    size_t Q = (size_t)(o->max_seqs > 0 ? o->max_seqs : 1), V = (size_t)in->cfg.vocab_size;
+    if (s == ST_OK) {
+        in->seqs = calloc(Q, sizeof *in->seqs);
+        in->tok = calloc(Q, sizeof *in->tok);
+        in->count = calloc(Q, sizeof *in->count);
+        in->pos = calloc(Q, sizeof *in->pos);
+        in->logits = malloc(Q * V * sizeof *in->logits);
+        in->cands = malloc(V * sizeof *in->cands);
+        if (!in->seqs || !in->tok || !in->count || !in->pos || !in->logits || !in->cands)
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu sequences", Q);
+    }
+    if (s != ST_OK) {
+        st_infer_close(in);
+        return s;
+    }
+    *out = in;
+    return ST_OK;
+}
+
+st_status st_infer_add(st_infer *in, const st_infer_request *r, int *id)
+{
+    if (in->max_seqs == 0)
+        return st_error(ST_ERR_INVALID, "the session was opened for scoring, not decoding");
+    int V = in->cfg.vocab_size;
+    if (r->n_prompt == 0)
+        return st_error(ST_ERR_INVALID, "the prompt has no tokens");
+    if (r->n_prompt > (size_t)in->ctx)
+        return st_error(ST_ERR_INVALID, "the prompt has %zu tokens; the context holds %d",
+                        r->n_prompt, in->ctx);
+    if (r->max_tokens < 0 || r->vocab_limit < 0 || r->vocab_limit > V)
+        return st_error(ST_ERR_INVALID, "max_tokens %ld, vocabulary limit %d (of %d)",
+                        r->max_tokens, r->vocab_limit, V);
+    for (size_t j = 0; j < r->n_prompt; j++)
+        if (r->prompt[j] < 0 || r->prompt[j] >= V)
+            return st_error(ST_ERR_INVALID,
+                            "the prompt has token %d, outside the model's vocabulary of %d",
+                            r->prompt[j], V);
+    int k = 0;
+    while (k < in->max_seqs && in->seqs[k].used)
+        k++;
+    if (k == in->max_seqs)
+        return st_error(ST_ERR_BUSY, "all %d sequence slots are taken", in->max_seqs);
+    seq_slot *q = &in->seqs[k];
+    long cap = (long)r->n_prompt + (r->max_tokens > 0 ? r->max_tokens : 0) + 1;
+    if (cap > (long)r->n_prompt + 4096) /* grown as it goes past this */
+        cap = (long)r->n_prompt + 4096;
+    int32_t *text = realloc(q->text, (size_t)cap * sizeof *text);
+    if (!text)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for a prompt of %zu tokens",
+                        r->n_prompt);
+    memcpy(text, r->prompt, r->n_prompt * sizeof *text);
+    *q = (seq_slot){.used = true, .text = text, .n = (long)r->n_prompt, .cap = cap,
+                    .n_prompt = (long)r->n_prompt, .req = *r, .rng = r->seed};
+    q->req.prompt = NULL;
+    if (r->max_tokens == 0)
+        q->finish = ST_FINISH_LENGTH;
+    *id = k;
+    return ST_OK;
+}
+
+static seq_slot *slot_of(const st_infer *in, int id)
+{
+    return id >= 0 && id < in->max_seqs && in->seqs[id].used ? &in->seqs[id] : NULL;
+}
+
+int st_infer_active(const st_infer *in)
+{
+    int n = 0;
+    for (int i = 0; i < in->max_seqs; i++)
+        n += in->seqs[i].used && in->seqs[i].finish == ST_FINISH_NONE;
+    return n;
+}
+
+st_status st_infer_get(const st_infer *in, int id, st_infer_info *info)
+{
+    const seq_slot *q = slot_of(in, id);
+    if (!q)
+        return st_error(ST_ERR_INVALID, "no sequence %d in the session", id);
+    long left = q->n_prompt - (q->base + q->read);
+    *info = (st_infer_info){.finish = q->finish, .tokens = q->text, .n_tokens = q->n,
+                            .n_prompt = q->n_prompt, .n_generated = q->made,
+                            .prompt_left = q->made == 0 && left > 0 ? left : 0,
+                            .slides = q->slides};
+    return ST_OK;
+}
+
+st_status st_infer_end(st_infer *in, int id, st_infer_finish why)
+{
+    seq_slot *q = slot_of(in, id);
+    if (!q)
+        return st_error(ST_ERR_INVALID, "no sequence %d in the session", id);
+    if (q->finish == ST_FINISH_NONE)
+        q->finish = why;
+    return ST_OK;
+}
+
+void st_infer_release(st_infer *in, int id)
+{
+    seq_slot *q = slot_of(in, id);
+    if (q)
+        q->used = false; /* the text's memory is kept for the slot's next sequence */
+}
+
+/* A token drawn for q from its logits: kept, the end of the text checked,
+ * and the context slid when the token has no position left. */
+static st_status take(st_infer *in, seq_slot *q, const float *logits)
+{
+    const st_infer_request *r = &q->req;
+    int V = r->vocab_limit > 0 ? r->vocab_limit : in->cfg.vocab_size;
+    int next = st_sample(logits, V, &r->sampling, q->text, q->n, in->cands, &q->rng);
+    q->made++;
+    if (next == r->eos) { /* the end of the text: not kept */
+        q->finish = ST_FINISH_EOS;
+        return ST_OK;
+    }
+    if (q->n == q->cap) {
+        long cap = q->cap * 2;
+        int32_t *t = realloc(q->text, (size_t)cap * sizeof *t);
+        if (!t)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory for a text of %ld tokens",
+                            cap);
+        q->text = t;
+        q->cap = cap;
+    }
+    q->text[q->n++] = next;
+    if (q->made >= r->max_tokens) {
+        q->finish = ST_FINISH_LENGTH;
+        return ST_OK;
+    }
+    if (q->n - 1 - q->base >= in->ctx) { /* no position for it */
+        if (!r->slide) {
+            q->finish = ST_FINISH_LENGTH;
+            return ST_OK;
+        }
+        /* keep the last half, read again from position 0 */
+        long keep = in->ctx / 2 > 0 ? in->ctx / 2 : 1;
+        q->base = q->n - keep;
+        q->read = 0;
+        q->slides++;
+    }
+    return ST_OK;
+}
+
+st_status st_infer_step(st_infer *in)
+{
+    int budget = in->prefill, active = 0;
+    /* The rows of this step: a chunk of each prompt being read (the
+     * readers share the budget in slot order), the last token of the
+     * others. */
+    for (int i = 0; i < in->max_seqs; i++) {
+        seq_slot *q = &in->seqs[i];
+        in->count[i] = 0;
+        if (!q->used || q->finish != ST_FINISH_NONE)
+            continue;
+        long left = q->n - (q->base + q->read);
+        int k = left > 1 ? (int)(left < in->prefill ? left : in->prefill) : (int)left;
+        if (left > 1) {
+            k = k < budget ? k : budget;
+            budget -= k;
+        }
+        in->count[i] = k;
+        in->tok[i] = q->text + q->base + q->read;
+        in->pos[i] = (int)q->read;
+        active += k > 0;
+    }
+    if (active == 0)
+        return ST_OK;
+    st_status s = st_pipe_prefill_batch(in->pipe, in->max_seqs, in->tok, in->count, in->pos,
+                                        in->logits);
+    size_t V = (size_t)in->cfg.vocab_size;
+    for (int i = 0; i < in->max_seqs; i++) {
+        seq_slot *q = &in->seqs[i];
+        if (in->count[i] == 0)
+            continue;
+        if (s != ST_OK) {
+            q->finish = ST_FINISH_ERROR;
+            continue;
+        }
+        q->read += in->count[i];
+        if (q->base + q->read == q->n) { /* all read: the next token */
+            st_status t = take(in, q, in->logits + (size_t)i * V);
+            if (t != ST_OK) {
+                q->finish = ST_FINISH_ERROR;
+                s = t;
+            }
+        }
+    }
+    return s;
+}
+
+st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *targets,
+                         double *sum, long *count, float *probs)
+{
+    if (in->plan.shape.kv_seqs > 0 && in->plan.shape.batch <= 1 && in->plan.shape.seq <= 1)
+        return st_error(ST_ERR_INVALID, "the session was opened for decoding, not scoring");
+    return st_pipe_forward(in->pipe, tokens, targets, sum, count, probs);
+}

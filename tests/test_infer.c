@@ -1,0 +1,241 @@
+/*
+ * test_infer.c - the inference session (strata/infer.h) on small GPT-2 and
+ * Llama models with drawn weights: continuous batching gives each sequence
+ * the tokens it gets alone (sequences added, ended and replaced between
+ * steps, prompts read in chunks of any size, the context sliding), seeds
+ * repeat, a split over two devices gives the same tokens as one, and bad
+ * requests are refused by name. Tokens are compared exactly: on CPU
+ * devices a row's arithmetic does not depend on the other rows of a pass.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "tests/common.h"
+#include "strata/infer.h"
+
+static test_devices td;
+
+static st_model_config model(st_family family)
+{
+    st_model_config c = {.family = family, .vocab_size = 97, .n_positions = 48, .n_embd = 32,
+                         .n_layer = 3, .n_head = 4, .n_kv_head = family == ST_FAMILY_LLAMA ? 2 : 4,
+                         .n_inner = 64, .norm_eps = 1e-5f};
+    st_model_config_complete(&c);
+    return c;
+}
+
+static st_infer *open_on(const st_model_config *c, size_t n_devs, int seqs, int ctx, int prefill)
+{
+    st_infer_options o = {.max_seqs = seqs, .ctx = ctx, .prefill = prefill, .config = c,
+                          .init_seed = 7, .quiet = true, .keep_all_devices = n_devs > 1,
+                          .parallel = n_devs > 1 ? "pipeline" : NULL};
+    st_infer *in = NULL;
+    assert_ok(st_infer_open(NULL, td.dev, n_devs, &o, &in));
+    return in;
+}
+
+static st_infer_request request(const int32_t *prompt, size_t n, long max_tokens, double temp,
+                                uint64_t seed)
+{
+    return (st_infer_request){.prompt = prompt, .n_prompt = n, .max_tokens = max_tokens,
+                              .sampling = {.temperature = temp, .top_p = 1, .repeat_penalty = 1},
+                              .seed = seed, .eos = -1, .slide = true};
+}
+
+/* The whole text of one sequence run alone in a session of its own. */
+static long alone(const st_model_config *c, int ctx, int prefill, const st_infer_request *r,
+                  int32_t *out)
+{
+    st_infer *in = open_on(c, 1, 1, ctx, prefill);
+    int id;
+    assert_ok(st_infer_add(in, r, &id));
+    while (st_infer_active(in) > 0)
+        assert_ok(st_infer_step(in));
+    st_infer_info info;
+    assert_ok(st_infer_get(in, id, &info));
+    memcpy(out, info.tokens, (size_t)info.n_tokens * sizeof *out);
+    long n = info.n_tokens;
+    st_infer_close(in);
+    return n;
+}
+
+static void prompt_of(int32_t *p, size_t n, int seed)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (int32_t)((i * 31 + (size_t)seed * 17 + 5) % 97);
+}
+
+static void batching_equals_alone(void **state)
+{
+    (void)state;
+    for (int f = 0; f < 2; f++) {
+        st_model_config c = model(f ? ST_FAMILY_LLAMA : ST_FAMILY_GPT2);
+        int32_t pa[20], pb[7], pc[30], pd[3];
+        prompt_of(pa, 20, 1), prompt_of(pb, 7, 2), prompt_of(pc, 30, 3), prompt_of(pd, 3, 4);
+        st_infer_request ra = request(pa, 20, 25, 0, 1), rb = request(pb, 7, 40, 0.9, 11),
+                         rc = request(pc, 30, 30, 0, 3), rd = request(pd, 3, 12, 1.0, 4);
+        int32_t want[4][200], got[200];
+        long nw[4];
+        nw[0] = alone(&c, 48, 8, &ra, want[0]);
+        nw[1] = alone(&c, 48, 8, &rb, want[1]);
+        nw[2] = alone(&c, 48, 8, &rc, want[2]);
+        nw[3] = alone(&c, 48, 8, &rd, want[3]);
+        assert_int_equal(nw[0], 45);
+        assert_int_equal(nw[2], 60); /* slid: the text is longer than the context */
+        /* The same in one session of 3 slots: b joins after 2 steps, c
+         * after 4 (its prompt read in chunks beside the others' decoding),
+         * b is cancelled after 10 and d takes its slot. */
+        st_infer *in = open_on(&c, 1, 3, 48, 8);
+        int a, b = -1, cc = -1, d = -1;
+        assert_ok(st_infer_add(in, &ra, &a));
+        for (int step = 0; st_infer_active(in) > 0 || d < 0; step++) {
+            if (step == 2)
+                assert_ok(st_infer_add(in, &rb, &b));
+            if (step == 4)
+                assert_ok(st_infer_add(in, &rc, &cc));
+            if (step == 10) {
+                /* every slot taken: the next is refused */
+                int x;
+                assert_int_equal(st_infer_add(in, &rd, &x), ST_ERR_BUSY);
+                assert_ok(st_infer_end(in, b, ST_FINISH_CANCEL));
+                st_infer_info info;
+                assert_ok(st_infer_get(in, b, &info));
+                assert_int_equal(info.finish, ST_FINISH_CANCEL);
+                /* what b had so far is the start of its text alone */
+                assert_memory_equal(info.tokens, want[1], (size_t)info.n_tokens * sizeof *got);
+                st_infer_release(in, b);
+                assert_ok(st_infer_add(in, &rd, &d));
+            }
+            assert_ok(st_infer_step(in));
+        }
+        int ids[3] = {a, cc, d}, which[3] = {0, 2, 3};
+        for (int k = 0; k < 3; k++) {
+            st_infer_info info;
+            assert_ok(st_infer_get(in, ids[k], &info));
+            assert_int_equal(info.n_tokens, nw[which[k]]);
+            assert_memory_equal(info.tokens, want[which[k]], (size_t)info.n_tokens * sizeof *got);
+            assert_int_equal(info.finish, ST_FINISH_LENGTH);
+        }
+        st_infer_info info;
+        assert_ok(st_infer_get(in, cc, &info));
+        assert_true(info.slides > 0);
+        st_infer_close(in);
+        /* prompts read token by token, or in passes of any size: the same tokens */
+        for (int prefill = 1; prefill <= 32; prefill *= 4) {
+            long n = alone(&c, 48, prefill, &rc, got);
+            assert_int_equal(n, nw[2]);
+            assert_memory_equal(got, want[2], (size_t)n * sizeof *got);
+        }
+    }
+}
+
+static void seeds_repeat(void **state)
+{
+    (void)state;
+    st_model_config c = model(ST_FAMILY_LLAMA);
+    int32_t p[5], a[64], b[64], x[64];
+    prompt_of(p, 5, 9);
+    st_infer_request r = request(p, 5, 30, 1.5, 42), other = request(p, 5, 30, 1.5, 43);
+    long na = alone(&c, 48, 8, &r, a), nb = alone(&c, 48, 8, &r, b);
+    long nx = alone(&c, 48, 8, &other, x);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, (size_t)na * sizeof *a);
+    assert_int_equal(na, nx);
+    assert_true(memcmp(a, x, (size_t)na * sizeof *a) != 0);
+}
+
+/* The model in two stages on two devices: the same tokens as one device. */
+static void two_stages_equal_one(void **state)
+{
+    (void)state;
+    if (td.n < 2) {
+        fprintf(stderr, "(one device: the two-stage check runs in test_infer-2dev)\n");
+        return;
+    }
+    for (int f = 0; f < 2; f++) {
+        st_model_config c = model(f ? ST_FAMILY_LLAMA : ST_FAMILY_GPT2);
+        int32_t p[4][12];
+        int32_t want[4][64];
+        long nw[4];
+        st_infer_request r[4];
+        for (int k = 0; k < 4; k++) {
+            prompt_of(p[k], 12, 20 + k);
+            r[k] = request(p[k], (size_t)(3 + 3 * k), 20, k % 2 ? 0.8 : 0, (uint64_t)k);
+            nw[k] = alone(&c, 48, 8, &r[k], want[k]);
+        }
+        st_infer *in = open_on(&c, 2, 4, 48, 8);
+        assert_int_equal(st_infer_plan(in)->n_stages, 2);
+        int id[4];
+        for (int k = 0; k < 4; k++)
+            assert_ok(st_infer_add(in, &r[k], &id[k]));
+        while (st_infer_active(in) > 0)
+            assert_ok(st_infer_step(in));
+        for (int k = 0; k < 4; k++) {
+            st_infer_info info;
+            assert_ok(st_infer_get(in, id[k], &info));
+            assert_int_equal(info.n_tokens, nw[k]);
+            assert_memory_equal(info.tokens, want[k], (size_t)nw[k] * sizeof(int32_t));
+        }
+        st_infer_close(in);
+    }
+}
+
+static void bad_requests_are_refused(void **state)
+{
+    (void)state;
+    st_model_config c = model(ST_FAMILY_GPT2);
+    st_infer *in = open_on(&c, 1, 2, 16, 4);
+    int32_t p[20] = {0}, bad[2] = {5, 97};
+    int id;
+    st_infer_request r = request(p, 0, 5, 0, 0);
+    assert_int_equal(st_infer_add(in, &r, &id), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "no tokens");
+    r = request(p, 17, 5, 0, 0);
+    assert_int_equal(st_infer_add(in, &r, &id), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "the context holds 16");
+    r = request(bad, 2, 5, 0, 0);
+    assert_int_equal(st_infer_add(in, &r, &id), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "token 97");
+    /* no slide: a full context ends the text (length) */
+    r = request(p, 10, 50, 0, 0);
+    r.slide = false;
+    assert_ok(st_infer_add(in, &r, &id));
+    while (st_infer_active(in) > 0)
+        assert_ok(st_infer_step(in));
+    st_infer_info info;
+    assert_ok(st_infer_get(in, id, &info));
+    assert_int_equal(info.finish, ST_FINISH_LENGTH);
+    assert_int_equal(info.n_tokens, 17); /* positions 0..15 read, the 17th drawn */
+    assert_int_equal(st_infer_get(in, 5, &info), ST_ERR_INVALID);
+    st_infer_release(in, id);
+    assert_int_equal(st_infer_get(in, id, &info), ST_ERR_INVALID);
+    st_infer_close(in);
+    st_infer_options o = {.max_seqs = 0, .config = &c};
+    assert_int_equal(st_infer_open(NULL, td.dev, 1, &o, &in), ST_ERR_INVALID);
+    st_error_clear();
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    test_devices_close(&td);
+    return 0;
+}
+
+int main(void)
+{
+    test_devices_open_or_skip(&td);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(batching_equals_alone),
+        cmocka_unit_test(seeds_repeat),
+        cmocka_unit_test(two_stages_equal_one),
+        cmocka_unit_test(bad_requests_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, group_teardown);
+}
