@@ -186,6 +186,61 @@ static void two_stages_equal_one(void **state)
     }
 }
 
+typedef struct counter {
+    st_infer *in;
+    int calls[8];
+    int stop_id, stop_after;
+} counter;
+
+static void on_token(void *ctx, int id)
+{
+    counter *c = ctx;
+    c->calls[id]++;
+    st_infer_info info;
+    assert_ok(st_infer_get(c->in, id, &info));
+    assert_int_equal(info.n_generated, c->calls[id]);
+    if (id == c->stop_id && c->calls[id] == c->stop_after)
+        assert_ok(st_infer_end(c->in, id, ST_FINISH_STOP));
+}
+
+/* st_infer_run (the groups streamed through the stages: on one device or
+ * two) gives the tokens stepping gives, calls back once per token, and a
+ * sequence ended from the callback stops there. */
+static void run_equals_steps(void **state)
+{
+    (void)state;
+    for (size_t devs = 1; devs <= td.n && devs <= 2; devs++)
+        for (int f = 0; f < 2; f++) {
+            st_model_config c = model(f ? ST_FAMILY_LLAMA : ST_FAMILY_GPT2);
+            int32_t p[5][40], want[5][128];
+            long nw[5];
+            st_infer_request r[5];
+            for (int k = 0; k < 5; k++) {
+                prompt_of(p[k], 40, 30 + k);
+                r[k] = request(p[k], (size_t)(1 + 9 * k), 15 + 7 * k, k % 2 ? 0.7 : 0,
+                               (uint64_t)k);
+                nw[k] = alone(&c, 48, 8, &r[k], want[k]);
+            }
+            st_infer *in = open_on(&c, devs, 5, 48, 8);
+            int id[5];
+            for (int k = 0; k < 5; k++)
+                assert_ok(st_infer_add(in, &r[k], &id[k]));
+            counter cnt = {.in = in, .stop_id = id[2], .stop_after = 4};
+            assert_ok(st_infer_run(in, on_token, &cnt));
+            assert_int_equal(st_infer_active(in), 0);
+            for (int k = 0; k < 5; k++) {
+                st_infer_info info;
+                assert_ok(st_infer_get(in, id[k], &info));
+                long n = k == 2 ? (long)r[k].n_prompt + 4 : nw[k];
+                assert_int_equal(info.n_tokens, n);
+                assert_memory_equal(info.tokens, want[k], (size_t)n * sizeof(int32_t));
+                assert_int_equal(info.finish, k == 2 ? ST_FINISH_STOP : ST_FINISH_LENGTH);
+                assert_int_equal(cnt.calls[id[k]], info.n_generated);
+            }
+            st_infer_close(in);
+        }
+}
+
 static void bad_requests_are_refused(void **state)
 {
     (void)state;
@@ -235,6 +290,7 @@ int main(void)
         cmocka_unit_test(batching_equals_alone),
         cmocka_unit_test(seeds_repeat),
         cmocka_unit_test(two_stages_equal_one),
+        cmocka_unit_test(run_equals_steps),
         cmocka_unit_test(bad_requests_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

@@ -113,6 +113,17 @@ st_status st_infer_add(st_infer *in, const st_infer_request *r, int *id);
  * active sequence (ST_FINISH_ERROR) and is returned. */
 st_status st_infer_step(st_infer *in);
 
+/* Steps until no sequence is active, keeping split stages busy across
+ * steps: the sequences go in as many groups as there are stages (by slot),
+ * the groups take turns, and a group's next pass starts on the first stage
+ * as soon as its tokens are drawn, while the later stages work on the
+ * others (st_pipe_decode_stream). Each sequence gets the tokens it gets
+ * from st_infer_step. on_token (NULL: none) is called after every token
+ * drawn, on a pipeline thread; it may read that sequence (st_infer_get)
+ * and end it (st_infer_end), and must not add or release sequences. With
+ * replicas (or under MPI) it steps. */
+st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx);
+
 /* Sequences not finished. */
 int st_infer_active(const st_infer *in);
 

@@ -142,6 +142,29 @@ st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const 
 /* The most tokens of a sequence one pass takes (the shape's prefill). */
 int st_pipe_prefill_max(const st_pipe *p);
 
+/* Decoding that keeps every stage busy across steps: `groups` groups of
+ * sequences take turns, each pass of a group flowing through the stages
+ * like a micro-batch, and a group's next pass starts on the first stage as
+ * soon as its last one's logits were taken, while the later stages still
+ * work on the other groups. The caller's callbacks choose the rows and take
+ * the logits:
+ *   next: on the first stage's thread, group g's next pass (rows as
+ *         st_stage_rows, the sequence of each output row in out_seq[]);
+ *         called for g only after `done` for g's previous pass; n = 0: the
+ *         group has nothing more. The arrays stay valid until `done` for it.
+ *   done: on the last stage's thread, the logits [n_out, V] of g's pass.
+ * The run ends when every group has said n = 0, or at a failure (then
+ * returned). One process, no replicas. */
+typedef struct st_pipe_feed {
+    st_status (*next)(void *ctx, int g, st_stage_rows *rows, const int **out_seq);
+    st_status (*done)(void *ctx, int g, const float *logits, int n_out);
+    void *ctx;
+    int groups;
+} st_pipe_feed;
+st_status st_pipe_decode_stream(st_pipe *p, const st_pipe_feed *f);
+/* Whether st_pipe_decode_stream runs here (one process, no replicas). */
+bool st_pipe_can_stream(const st_pipe *p);
+
 /* Seconds each stage spent waiting on its links in the last step. */
 double st_pipe_wait_s(const st_pipe *p, size_t s);
 

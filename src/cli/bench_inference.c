@@ -2,8 +2,9 @@
  * bench_inference.c - `strata bench --inference`: what serving a model
  * gives on 1, 2, 4, ... of the chosen devices, as llama-bench's pp/tg
  * table does: reading a prompt (tok/s, and the time to the first token),
- * and generating with 1, 8 and 32 sequences at once (total tok/s), each
- * on an inference session (strata/infer.h) made once per device count.
+ * and generating with 1, 8 and 32 sequences at once (total tok/s, the
+ * sequences streamed through the stages by st_infer_run), each on an
+ * inference session (strata/infer.h) made once per device count.
  *
  * Prompt and generated tokens are random ids, sampling greedy without an
  * EOS, so every sequence runs its full length. Each figure is the median
@@ -61,19 +62,21 @@ static st_status run_seqs(st_infer *in, int c, long plen, long gen, uint64_t *r,
             added++;
     }
     free(ids);
+    /* the prompts step by step until each has its first token, then the
+     * rest streamed through the stages (st_infer_run) */
     double t0 = st_now_s(), t1 = 0;
-    while (s == ST_OK && st_infer_active(in) > 0) {
+    while (s == ST_OK && t1 == 0 && st_infer_active(in) > 0) {
         s = st_infer_step(in);
-        if (t1 == 0) {
-            bool all = true;
-            st_infer_info info;
-            for (int i = 0; s == ST_OK && i < added && all; i++)
-                if ((s = st_infer_get(in, id[i], &info)) == ST_OK)
-                    all = info.n_generated > 0;
-            if (all)
-                t1 = st_now_s();
-        }
+        bool all = true;
+        st_infer_info info;
+        for (int i = 0; s == ST_OK && i < added && all; i++)
+            if ((s = st_infer_get(in, id[i], &info)) == ST_OK)
+                all = info.n_generated > 0;
+        if (all)
+            t1 = st_now_s();
     }
+    if (s == ST_OK)
+        s = st_infer_run(in, NULL, NULL);
     double t2 = st_now_s();
     for (int i = 0; i < added; i++)
         st_infer_release(in, id[i]);

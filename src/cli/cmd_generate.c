@@ -254,6 +254,51 @@ static st_status stopped(const st_tokenizer *tk, const int *gen, long n, const c
     return s;
 }
 
+/* What generate watches as tokens come (st_infer_run's callback, also
+ * called after each step): each text's stop strings, the streamed text,
+ * the count and progress of the tokens. */
+typedef struct gen_watch {
+    st_infer *in;
+    st_tokenizer *tk;
+    const char *const *stops;
+    int n_stops;
+    bool stream;
+    size_t *printed;
+    long *shown;
+    long counted[64]; /* tokens counted per sequence */
+    long total, n;
+    st_progress *pr;
+    st_status s; /* the first failure */
+} gen_watch;
+
+static void watch_token(void *ctx, int id)
+{
+    gen_watch *w = ctx;
+    st_infer_info info;
+    st_status s = w->s != ST_OK ? w->s : st_infer_get(w->in, id, &info);
+    if (s == ST_OK && info.n_generated > w->counted[id]) {
+        w->total += info.n_generated - w->counted[id];
+        w->counted[id] = info.n_generated;
+        if (!w->stream)
+            st_progress_update(w->pr, (uint64_t)w->total);
+    }
+    if (s == ST_OK && info.n_tokens > w->shown[id] && info.finish == ST_FINISH_NONE &&
+        w->n_stops > 0) {
+        bool stop = false;
+        s = stopped(w->tk, info.tokens + info.n_prompt, info.n_tokens - info.n_prompt, w->stops,
+                    w->n_stops, &stop);
+        if (s == ST_OK && stop) /* the text reached a stop string: it ends there */
+            s = st_infer_end(w->in, id, ST_FINISH_STOP);
+    }
+    if (s == ST_OK && w->stream && info.n_tokens > w->shown[id]) {
+        s = show_text(w->tk, info.tokens, info.n_tokens, &w->printed[id], false);
+        w->shown[id] = info.n_tokens;
+    }
+    if (s == ST_OK && !w->stream)
+        w->shown[id] = info.n_tokens;
+    w->s = s;
+}
+
 /* Generates for one or more prompts, each a sequence of an inference
  * session: every step reads a chunk of the prompts still being read and
  * draws a token for each of the others, all in one pass. One prompt
@@ -346,59 +391,70 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         if (st_pipe_stage(g, k) && (pdev[k] = st_stage_device(st_pipe_stage(g, k))))
             st_profiler_reset(pdev[k]);
     double t0 = st_now_s(), t_prompt = 0;
-    while (s == ST_OK && st_infer_active(in) > 0) {
+    gen_watch w = {.in = in, .tk = tk, .stops = stops, .n_stops = n_stops, .stream = stream,
+                   .printed = printed, .shown = shown, .pr = &pr, .n = n * n_prompts};
+    /* The prompts: step by step until every one is read and has its first
+     * token (timed and profiled as the prompt), then the rest streamed
+     * through the stages (stepped with --profile, whose table is per step). */
+    while (s == ST_OK && reading_phase && st_infer_active(in) > 0) {
         if ((s = st_infer_step(in)) != ST_OK)
             break;
         steps++;
         long left = 0;
-        total = 0;
         for (int i = 0; s == ST_OK && i < n_prompts; i++) {
             if ((s = st_infer_get(in, id[i], &info)) != ST_OK)
                 break;
             left += info.prompt_left;
-            total += info.n_generated;
-            if (info.n_tokens > shown[i] && info.finish == ST_FINISH_NONE && n_stops > 0) {
-                bool stop = false;
-                if ((s = stopped(tk, info.tokens + info.n_prompt, info.n_tokens - info.n_prompt,
-                                 stops, n_stops, &stop)) != ST_OK)
-                    break;
-                if (stop) /* the text reached a stop string: it ends there */
-                    st_infer_end(in, id[i], ST_FINISH_STOP);
-            }
-            if (stream && info.n_tokens > shown[i]) {
-                s = show_text(tk, info.tokens, info.n_tokens, &printed[i], false);
-                shown[i] = info.n_tokens;
-            }
+            if (info.n_generated > w.counted[id[i]])
+                watch_token(&w, id[i]);
         }
+        if (s == ST_OK)
+            s = w.s;
         if (s != ST_OK)
             break;
+        t_prompt = st_now_s() - t0;
         if (left > 0) {
-            t_prompt = st_now_s() - t0;
             st_progress_update(&pr, (uint64_t)(prompt_tokens - left));
-        } else if (reading_phase) {
-            /* the prompt's time includes its last tokens' pass, whose logits
-             * gave the first new tokens */
-            t_prompt = st_now_s() - t0;
-            reading_phase = false;
-            st_progress_end(&pr);
-            if (st_profiler_enabled()) {
-                fflush(stdout);
-                s = cli_profile_report(pdev, n_st, 1, t_prompt * 1e3, 0, 0, stderr, NULL);
-                fprintf(stderr, "(the prompt: %ld token%s read in %ld pass%s; a step above is "
-                                "the whole prompt)\n",
-                        prompt_tokens, prompt_tokens == 1 ? "" : "s", steps,
-                        steps == 1 ? "" : "es");
-                for (size_t k = 0; k < n_st; k++)
-                    if (pdev[k])
-                        st_profiler_reset(pdev[k]);
-                profiled_from = steps;
-            }
-            if (!stream)
-                st_progress_begin(&pr, (uint64_t)n * (uint64_t)n_prompts, "generating: tokens");
+            continue;
         }
-        if (!reading_phase && !stream)
-            st_progress_update(&pr, (uint64_t)total);
+        /* the prompt's time includes its last tokens' pass, whose logits
+         * gave the first new tokens */
+        reading_phase = false;
+        st_progress_end(&pr);
+        if (st_profiler_enabled()) {
+            fflush(stdout);
+            s = cli_profile_report(pdev, n_st, 1, t_prompt * 1e3, 0, 0, stderr, NULL);
+            fprintf(stderr, "(the prompt: %ld token%s read in %ld pass%s; a step above is "
+                            "the whole prompt)\n",
+                    prompt_tokens, prompt_tokens == 1 ? "" : "s", steps, steps == 1 ? "" : "es");
+            for (size_t k = 0; k < n_st; k++)
+                if (pdev[k])
+                    st_profiler_reset(pdev[k]);
+            profiled_from = steps;
+        }
+        if (!stream) {
+            st_progress_begin(&pr, (uint64_t)n * (uint64_t)n_prompts, "generating: tokens");
+            st_progress_update(&pr, (uint64_t)w.total);
+        }
     }
+    if (s == ST_OK && !st_profiler_enabled()) {
+        if ((s = st_infer_run(in, watch_token, &w)) == ST_OK)
+            s = w.s;
+    }
+    while (s == ST_OK && st_infer_active(in) > 0) {
+        long before[64];
+        for (int i = 0; i < n_prompts; i++)
+            before[i] = st_infer_get(in, id[i], &info) == ST_OK ? info.n_generated : 0;
+        if ((s = st_infer_step(in)) != ST_OK)
+            break;
+        steps++;
+        for (int i = 0; s == ST_OK && i < n_prompts; i++)
+            if ((s = st_infer_get(in, id[i], &info)) == ST_OK && info.n_generated > before[i])
+                watch_token(&w, id[i]);
+        if (s == ST_OK)
+            s = w.s;
+    }
+    total = w.total;
     st_progress_end(&pr);
     double secs = st_now_s() - t0;
     if (s == ST_OK && profiled_from > 0 && steps > profiled_from) {

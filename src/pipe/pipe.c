@@ -47,6 +47,20 @@ struct st_pipe {
     struct dec_group { int first, n, out_first, n_out; } *dec_groups;
     int *dec_tok, *dec_seq, *dec_pos, *dec_out, *dec_out_seq;
     float *dec_logits, *dec_scratch;
+    /* st_pipe_decode_stream: the feed, and the passes in flight (a ring of
+     * pass descriptors: the first stage fills them in order, every stage
+     * takes them in order, the last frees them) */
+    const st_pipe_feed *feed;
+    struct stream_pass {
+        int g, n; /* n = 0: the end of the run */
+        st_stage_rows rows;
+        const int *out_seq;
+    } *ring;
+    int ring_n;
+    long published, freed; /* passes filled by the first stage, finished by the last */
+    int *in_flight;        /* per group: its passes published and not yet done */
+    pthread_mutex_t ring_mu;
+    pthread_cond_t ring_cv;
     /* a replica's share of a decoding call (n = 0: none), run by its thread */
     struct dec_call {
         int n;
@@ -554,13 +568,155 @@ static void *stage_main(void *arg)
     return NULL;
 }
 
-/* Runs every stage's operations, one thread per stage (inline for one stage). */
+/* ---- decoding as a stream of group passes (st_pipe_decode_stream) ---------------- */
+
+static st_status run_stages(st_pipe *p);
+
+/* Waits until pass k is published (stages after the first) or its slot is
+ * free again (the first stage); false when the run failed. */
+static bool ring_wait(st_pipe *p, long k, bool first)
+{
+    pthread_mutex_lock(&p->ring_mu);
+    while (!atomic_load(&p->failed) &&
+           (first ? k - p->freed >= p->ring_n : p->published <= k))
+        pthread_cond_wait(&p->ring_cv, &p->ring_mu);
+    pthread_mutex_unlock(&p->ring_mu);
+    return !atomic_load(&p->failed);
+}
+
+static void ring_bump(st_pipe *p, long *counter)
+{
+    pthread_mutex_lock(&p->ring_mu);
+    (*counter)++;
+    pthread_cond_broadcast(&p->ring_cv);
+    pthread_mutex_unlock(&p->ring_mu);
+}
+
+/* Stage s's part of a stream: the first stage asks the feed for the
+ * groups' passes in turn (skipping groups that are done) and publishes
+ * them; every stage runs them in order; the last hands the logits back. */
+static void stream_main(st_pipe *p, size_t s)
+{
+    st_stage *g = p->stage[s];
+    bool first = s == 0, last = s + 1 == p->S;
+    size_t in_t = s > 0 ? p->desc->layers[p->end[s - 1] - 1].out_floats_per_token : 0;
+    size_t out_t = p->desc->layers[p->end[s] - 1].out_floats_per_token;
+    int G = p->feed->groups, live = G;
+    bool *over = first ? calloc((size_t)G, sizeof *over) : NULL;
+    st_status st = first && !over ? st_error(ST_ERR_HOST_MEMORY, "out of host memory") : ST_OK;
+    for (long k = 0, turn = 0; st == ST_OK; k++) {
+        struct stream_pass *sp = &p->ring[k % p->ring_n];
+        if (!ring_wait(p, k, first))
+            break;
+        if (first) {
+            /* the next group with something to do, or the end */
+            sp->n = 0;
+            while (live > 0 && sp->n == 0 && st == ST_OK) {
+                int gi = (int)(turn++ % G);
+                if (over[gi])
+                    continue;
+                /* the group's last pass done first: the feed draws its
+                 * tokens from those logits */
+                pthread_mutex_lock(&p->ring_mu);
+                while (!atomic_load(&p->failed) && p->in_flight[gi] > 0)
+                    pthread_cond_wait(&p->ring_cv, &p->ring_mu);
+                pthread_mutex_unlock(&p->ring_mu);
+                if (atomic_load(&p->failed))
+                    break;
+                sp->g = gi;
+                sp->rows = (st_stage_rows){0};
+                sp->out_seq = NULL;
+                st = p->feed->next(p->feed->ctx, gi, &sp->rows, &sp->out_seq);
+                sp->n = sp->rows.n;
+                if (sp->n == 0)
+                    over[gi] = true, live--;
+            }
+            if (st != ST_OK || atomic_load(&p->failed))
+                break;
+            pthread_mutex_lock(&p->ring_mu);
+            p->in_flight[sp->g] += sp->n > 0;
+            pthread_mutex_unlock(&p->ring_mu);
+            ring_bump(p, &p->published);
+        }
+        if (sp->n == 0) /* the end: every stage stops here */
+            break;
+        st_tensor *x = st_stage_decode_x(g);
+        if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, (size_t)sp->n * in_t)) != ST_OK)
+            break;
+        if ((st = st_stage_pass(g, &sp->rows, last ? p->dec_scratch : NULL)) != ST_OK)
+            break;
+        if (!last) {
+            st = p->fwd[s]->send(p->fwd[s], x, (size_t)sp->n * out_t);
+            continue;
+        }
+        st = p->feed->done(p->feed->ctx, sp->g, p->dec_scratch, sp->rows.n_out);
+        pthread_mutex_lock(&p->ring_mu);
+        p->in_flight[sp->g]--;
+        pthread_mutex_unlock(&p->ring_mu);
+        ring_bump(p, &p->freed);
+    }
+    if (st != ST_OK)
+        fail(p, st, s);
+    if (atomic_load(&p->failed)) { /* wake the stages waiting on the ring */
+        pthread_mutex_lock(&p->ring_mu);
+        pthread_cond_broadcast(&p->ring_cv);
+        pthread_mutex_unlock(&p->ring_mu);
+    }
+    free(over);
+}
+
+bool st_pipe_can_stream(const st_pipe *p)
+{
+    return p->R <= 1 && !p->comm;
+}
+
+st_status st_pipe_decode_stream(st_pipe *p, const st_pipe_feed *f)
+{
+    if (!st_pipe_can_stream(p))
+        return st_error(ST_ERR_UNSUPPORTED,
+                        "streamed decoding runs in one process without replicas");
+    if (f->groups < 1)
+        return st_error(ST_ERR_INVALID, "streamed decoding: %d groups", f->groups);
+    size_t V = (size_t)p->cfg.vocab_size;
+    int rows = st_decode_rows(p->o.prefill, p->o.kv_seqs);
+    int outs = p->o.kv_seqs > 0 ? p->o.kv_seqs : 1;
+    /* passes in flight: one per stage and group is the most the links allow */
+    p->ring_n = (int)p->S + f->groups + 1;
+    p->ring = calloc((size_t)p->ring_n, sizeof *p->ring);
+    p->in_flight = calloc((size_t)f->groups, sizeof *p->in_flight);
+    p->dec_scratch = malloc((size_t)(outs < rows ? outs : rows) * V * sizeof *p->dec_scratch);
+    st_status s = ST_OK;
+    if (!p->ring || !p->in_flight || !p->dec_scratch)
+        s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for streamed decoding");
+    if (s == ST_OK) {
+        pthread_mutex_init(&p->ring_mu, NULL);
+        pthread_cond_init(&p->ring_cv, NULL);
+        p->published = p->freed = 0;
+        p->feed = f;
+        s = run_stages(p);
+        p->feed = NULL;
+        pthread_mutex_destroy(&p->ring_mu);
+        pthread_cond_destroy(&p->ring_cv);
+    }
+    free(p->ring);
+    free(p->in_flight);
+    free(p->dec_scratch);
+    p->ring = NULL;
+    p->in_flight = NULL;
+    p->dec_scratch = NULL;
+    return s;
+}
+
 /* A stage's thread for one step (workers' call i: stage i, if here). */
 static void stage_worker(void *ctx, size_t i)
 {
     st_pipe *p = ctx;
     stage_job job = {p, i};
-    if (p->stage[i])
+    if (!p->stage[i])
+        return;
+    if (p->feed)
+        stream_main(p, i);
+    else
         stage_main(&job);
 }
 
@@ -576,8 +732,7 @@ static st_status run_stages(st_pipe *p)
         if (p->stage[s])
             n_local++, only = s;
     if (n_local == 1) { /* this thread is the stage's */
-        stage_job job = {p, only};
-        stage_main(&job);
+        stage_worker(p, only);
     } else {
         st_status st = p->workers ? ST_OK : st_workers_create(p->S, &p->workers);
         if (st == ST_OK)

@@ -341,3 +341,132 @@ st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *tar
         return st_error(ST_ERR_INVALID, "the session was opened for decoding, not scoring");
     return st_pipe_forward(in->pipe, tokens, targets, sum, count, probs);
 }
+
+/* ---- st_infer_run: groups of sequences streamed through the stages ---------------- */
+
+typedef struct run_group {
+    int *tok, *seq, *pos, *out, *out_seq, *count;
+} run_group;
+
+typedef struct run_ctx {
+    st_infer *in;
+    int G, rows;
+    run_group *g;
+    void (*on_token)(void *ctx, int id);
+    void *ctx;
+} run_ctx;
+
+/* Group gi's next pass: the last token of each of its sequences that
+ * draws, then chunks of the prompts being read within the rows left and
+ * the prompt budget. */
+static st_status run_next(void *ctx, int gi, st_stage_rows *rows, const int **out_seq)
+{
+    run_ctx *r = ctx;
+    st_infer *in = r->in;
+    run_group *g = &r->g[gi];
+    int n = 0, outs = 0, budget = in->prefill;
+    for (int phase = 0; phase < 2; phase++)
+        for (int i = gi; i < in->max_seqs; i += r->G) {
+            seq_slot *q = &in->seqs[i];
+            if (phase == 0)
+                g->count[i] = 0;
+            if (!q->used || q->finish != ST_FINISH_NONE)
+                continue;
+            long left = q->n - (q->base + q->read);
+            int k = 0;
+            if (phase == 0 && left == 1)
+                k = 1;
+            if (phase == 1 && left > 1) {
+                k = (int)(left < in->prefill ? left : in->prefill);
+                k = k < budget ? k : budget;
+                k = k < r->rows - n ? k : r->rows - n;
+                budget -= k;
+            }
+            for (int j = 0; j < k; j++) {
+                g->tok[n + j] = q->text[q->base + q->read + j];
+                g->seq[n + j] = i;
+                g->pos[n + j] = (int)q->read + j;
+            }
+            if (k > 0) {
+                n += k;
+                g->out[outs] = n - 1;
+                g->out_seq[outs++] = i;
+                g->count[i] = k;
+            }
+        }
+    /* output rows rise: the sequences' last rows in row order */
+    *rows = (st_stage_rows){.n = n, .tok = g->tok, .seq = g->seq, .pos = g->pos,
+                            .n_out = outs, .out = g->out};
+    *out_seq = g->out_seq;
+    return ST_OK;
+}
+
+static st_status run_done(void *ctx, int gi, const float *logits, int n_out)
+{
+    run_ctx *r = ctx;
+    st_infer *in = r->in;
+    run_group *g = &r->g[gi];
+    size_t V = (size_t)in->cfg.vocab_size;
+    for (int j = 0; j < n_out; j++) {
+        int i = g->out_seq[j];
+        seq_slot *q = &in->seqs[i];
+        q->read += g->count[i];
+        if (q->base + q->read < q->n) /* a prompt still being read */
+            continue;
+        st_status s = take(in, q, logits + (size_t)j * V);
+        if (s != ST_OK) {
+            q->finish = ST_FINISH_ERROR;
+            return s;
+        }
+        if (r->on_token)
+            r->on_token(r->ctx, i);
+    }
+    return ST_OK;
+}
+
+st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx)
+{
+    if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0) {
+        /* step by step, with the same callback */
+        st_status s = ST_OK;
+        long *made = calloc((size_t)(in->max_seqs > 0 ? in->max_seqs : 1), sizeof *made);
+        if (!made)
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        while (s == ST_OK && st_infer_active(in) > 0) {
+            for (int i = 0; i < in->max_seqs; i++)
+                made[i] = in->seqs[i].made;
+            s = st_infer_step(in);
+            for (int i = 0; s == ST_OK && on_token && i < in->max_seqs; i++)
+                if (in->seqs[i].used && in->seqs[i].made > made[i])
+                    on_token(ctx, i);
+        }
+        free(made);
+        return s;
+    }
+    run_ctx r = {.in = in, .G = (int)st_pipe_n_stages(in->pipe), .on_token = on_token,
+                 .ctx = ctx};
+    if (r.G > in->max_seqs)
+        r.G = in->max_seqs;
+    r.rows = st_decode_rows(in->prefill, in->max_seqs);
+    size_t R = (size_t)r.rows, Q = (size_t)in->max_seqs;
+    r.g = calloc((size_t)r.G, sizeof *r.g);
+    int *mem = r.g ? malloc((size_t)r.G * (3 * R + 3 * Q) * sizeof *mem) : NULL;
+    if (!mem) {
+        free(r.g);
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %d groups", r.G);
+    }
+    for (int k = 0; k < r.G; k++) {
+        int *m = mem + (size_t)k * (3 * R + 3 * Q);
+        r.g[k] = (run_group){.tok = m, .seq = m + R, .pos = m + 2 * R, .out = m + 3 * R,
+                             .out_seq = m + 3 * R + Q, .count = m + 3 * R + 2 * Q};
+    }
+    st_pipe_feed f = {.next = run_next, .done = run_done, .ctx = &r, .groups = r.G};
+    st_status s = st_pipe_decode_stream(in->pipe, &f);
+    if (s != ST_OK)
+        for (int i = 0; i < in->max_seqs; i++)
+            if (in->seqs[i].used && in->seqs[i].finish == ST_FINISH_NONE)
+                in->seqs[i].finish = ST_FINISH_ERROR;
+    free(mem);
+    free(r.g);
+    return s;
+}
