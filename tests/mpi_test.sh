@@ -1,11 +1,12 @@
 #!/bin/bash
-# mpi_test.sh - `strata train` under mpirun: 2 and 4 ranks give the losses of
+# mpi_test.sh - `strata train` and `generate` under mpirun: 2 and 4 ranks give the losses of
 # one process with the same number of stages (and 3 ranks for a Llama-family
 # model); replicas (dp:2,pp:2, dp:4, dp:2) give the one-device losses and
 # hold the same weights; a checkpoint written by 4 ranks
 # continues on 2 ranks and in one process; a killed rank ends the job with a
 # clear error within the timeout; ranks started with different flags are
-# refused; `bench --scaling` measures over 1, 2... ranks.
+# refused; `bench --scaling` measures over 1, 2... ranks; generation over 2
+# and 3 ranks gives the text of one process.
 #
 # usage: mpi_test.sh path/to/strata    (skips, exit 77, without mpirun or MPI support)
 set -u
@@ -92,6 +93,24 @@ same_losses "$work/l3.json" "$work/lr3.json" "llama: 3 ranks vs one process"
 grep -q '"model_type": "llama"' "$work/lr3/config.json" || fail "llama: config.json is not a Llama config"
 POCL_DEVICES=pthread "$strata" generate --model "$work/lr3" --prompt "1" -n 3 >/dev/null 2>&1 ||
     fail "llama: generate from the 3-rank checkpoint failed"
+
+# Generation over ranks (rank 0 leads, one stage per rank, the sequences'
+# passes flowing through the ranks): the text of one process, greedy and
+# sampled, for one prompt and for three (the context sliding past 12
+# positions); only rank 0 prints.
+for m in c4 lr3; do
+    for np in 2 3; do
+        args=(generate --model "$work/$m" --prompt "1" --prompt "23" --prompt "4+5=" -n 20
+              --temperature 0.8 --seed 3)
+        want=$(POCL_DEVICES=pthread "$strata" "${args[@]}" 2>/dev/null)
+        got=$(POCL_DEVICES=pthread timeout 300 "${mpirun[@]}" -np $np "$strata" "${args[@]}" \
+            2>"$work/gen.err") || fail "$m: generate on $np ranks: $(tail -3 "$work/gen.err")"
+        [ "$got" = "$want" ] || fail "$m: generate on $np ranks differs: '$got' vs '$want'"
+        [ "$(grep -c '^prompt: ' "$work/gen.err")" = 1 ] ||
+            fail "$m: generate on $np ranks: not one statistics line: $(cat "$work/gen.err")"
+        grep -q "| $np stages" "$work/gen.err" || fail "$m: not $np stages: $(cat "$work/gen.err")"
+    done
+done
 
 # Replicas: dp:2,pp:2 and dp:4 on 4 ranks and dp:2 on 2 give the one-device
 # losses (1e-5 relative per step over 20 steps, clipping on); every save

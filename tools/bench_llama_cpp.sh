@@ -1,14 +1,17 @@
 #!/bin/bash
 # bench_llama_cpp.sh - Strata against llama.cpp's CPU backend on the same Llama weights (f32,
 # byte tokens): prompt tokens/s at 128 and 512 tokens and generated tokens/s over 128, one
-# after the other in one run, like llama-bench's pp/tg table.
+# after the other in one run, like llama-bench's pp/tg table; and greedy tokens compared.
 #
 # usage: tools/bench_llama_cpp.sh [build/strata] [threads]
 #   Builds llama.cpp from the sources in the PyPI package llama-cpp-python (pip download,
-#   cmake; minutes, once, kept in $LLAMA_CPP_DIR, default /tmp/strata-llama-cpp), makes a
-#   Llama of 12 x 768 (4 key/value heads, MLP 2048, 1,024 positions) with one training step
-#   of Strata, writes it as GGUF with tools/llama_cpp_gguf.py, and runs llama-bench -t THREADS
-#   -p 128,512 -n 128 beside strata generate (greedy, --prefill 512) on the same weights.
+#   cmake; minutes, once, kept in $LLAMA_CPP_DIR, default /tmp/strata-llama-cpp) and
+#   tools/llama_cpp_greedy.c against its library. Speed: a Llama of 12 x 768 (4 key/value
+#   heads, MLP 2048, 1,024 positions) with one training step of Strata, written as GGUF by
+#   tools/llama_cpp_gguf.py; llama-bench -t THREADS -p 128,512 -n 128 beside strata bench
+#   --inference (prompt 128 and 512, 128 generated, 1 and 8 sequences). Tokens: a Llama of
+#   4 x 128 trained 300 steps on the project's README (so that its next tokens are not near
+#   ties), greedy, 60 tokens after each of four prompts, from both.
 #   Needs cmake, g++, python3-numpy (Debian's /usr/bin/python3) and pip.
 set -euo pipefail
 strata=$(realpath "${1:-build/strata}")
@@ -27,7 +30,11 @@ if [ ! -x "$lc/src/build/bin/llama-bench" ]; then
     echo "building llama.cpp's CPU backend (minutes, once)..." >&2
     cmake -S "$lc/src" -B "$lc/src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
         -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=OFF >/dev/null
-    cmake --build "$lc/src/build" --target llama-bench -j"$(nproc)" >/dev/null
+    cmake --build "$lc/src/build" --target llama-bench llama -j"$(nproc)" >/dev/null
+fi
+if [ ! -x "$lc/llama_cpp_greedy" ]; then
+    cc -O2 -o "$lc/llama_cpp_greedy" "$here/llama_cpp_greedy.c" -I"$lc/src/include" \
+        -I"$lc/src/ggml/include" -L"$lc/src/build/bin" -lllama -Wl,-rpath,"$lc/src/build/bin"
 fi
 export POCL_MAX_PTHREAD_COUNT=$threads STRATA_PROGRESS=0
 head -c 400000 /dev/urandom | base64 >"$work/text.txt"
@@ -42,22 +49,45 @@ echo "| work | Strata tok/s | llama.cpp tok/s | Strata / llama.cpp |"
 echo "|---|---|---|---|"
 lcb=$("$lc/src/build/bin/llama-bench" -m "$work/m.gguf" -t "$threads" -p 128,512 -n 128 -o json 2>/dev/null)
 for p in 128 512; do
-    prompt=$(head -c "$p" "$work/text.txt")
-    line=$("$strata" generate --model "$work/m" --prompt "$prompt" -n 128 --temperature 0 \
-        --prefill 512 2>&1 >/dev/null | grep '^prompt:')
-    pt=$(sed -E 's/^prompt: ([0-9]+) tokens in ([0-9.]+) s.*/\1 \2/' <<<"$line")
-    gen=$(sed -E 's/.*\| ([0-9.]+) tok\/s.*/\1/' <<<"$line")
-    /usr/bin/python3 - "$p" "$pt" "$gen" "$lcb" <<'PY'
-import json, sys
-p, (n, secs), gen, lcb = int(sys.argv[1]), sys.argv[2].split(), float(sys.argv[3]), json.loads(sys.argv[4])
-ours = int(n) / float(secs)
-pp = next(r["avg_ts"] for r in lcb if r["n_prompt"] == p and r["n_gen"] == 0)
-print(f"| prompt {p} | {ours:,.1f} | {pp:,.1f} | {ours / pp:.3f} |")
-if p == 128:
-    tg = next(r["avg_ts"] for r in lcb if r["n_gen"] == 128 and r["n_prompt"] == 0)
-    print(f"| generate 128 | {gen:,.1f} | {tg:,.1f} | {gen / tg:.2f} |")
-PY
+    "$strata" bench --inference --model "$work/m" --prompt "$p" --gen 128 --prefill 256 \
+        --sequences 1,8 --runs 2 --format json 2>/dev/null >"$work/b$p.json"
 done
+/usr/bin/python3 - "$work/b128.json" "$work/b512.json" "$lcb" <<'PY'
+import json, sys
+b128, b512, lcb = json.load(open(sys.argv[1]))[0], json.load(open(sys.argv[2]))[0], json.loads(sys.argv[3])
+for p, b in ((128, b128), (512, b512)):
+    pp = next(r["avg_ts"] for r in lcb if r["n_prompt"] == p and r["n_gen"] == 0)
+    print(f"| prompt {p} | {b['prompt_tok_per_s']:,.1f} | {pp:,.1f} | {b['prompt_tok_per_s'] / pp:.3f} |")
+tg = next(r["avg_ts"] for r in lcb if r["n_gen"] == 128 and r["n_prompt"] == 0)
+for g in b128["generate"]:
+    print(f"| generate 128, {g['sequences']} sequence{'s' if g['sequences'] > 1 else ''} | "
+          f"{g['tok_per_s']:,.1f} | {tg:,.1f} (1 sequence) | {g['tok_per_s'] / tg:.2f} |")
+PY
 echo
-echo "Strata: strata generate, greedy, --prefill 512 (its prompt time includes the first"
-echo "token's step); llama.cpp: llama-bench, averages of its repetitions."
+echo "Strata: strata bench --inference (medians of 2 runs after a warm-up; prompt passes of up"
+echo "to 256 tokens; 8 sequences: their total); llama.cpp: llama-bench, averages of its"
+echo "repetitions."
+echo
+# Greedy tokens of both on a model trained enough that its choices are clear.
+sed -n '1,400p' "$here/../README.md" >"$work/corpus.txt"
+"$strata" train --arch llama --layers 4 --embd 128 --heads 4 --kv-heads 2 --inner 256 \
+    --positions 128 --seq 64 --batch 16 --steps 300 --lr 3e-3 --eval-every 0 \
+    --data "$work/corpus.txt" --out "$work/t" >/dev/null 2>&1
+PYTHONPATH="$lc/src/gguf-py" /usr/bin/python3 "$here/llama_cpp_gguf.py" "$work/t" "$work/t.gguf"
+same=0
+for prompt in "The model " "Strata trains" "## Design" "The planner"; do
+    ids=$(printf '%s' "$prompt" | od -An -tu1 | tr -s ' \n' ' ')
+    theirs=$(echo $ids | "$lc/llama_cpp_greedy" "$work/t.gguf" 60 "$threads" 2>/dev/null)
+    n=$(wc -w <<<"$ids")
+    ours=$("$strata" generate --model "$work/t" --prompt "$prompt" -n 60 --temperature 0 \
+        2>/dev/null | od -An -tu1 | tr -s ' \n' ' ' | cut -d' ' -f$((n + 2))-$((n + 61)))
+    if [ "$(echo $ours)" = "$theirs" ]; then
+        same=$((same + 1))
+    else
+        echo "greedy tokens differ after '$prompt':"
+        echo "  Strata:    $(echo $ours)"
+        echo "  llama.cpp: $theirs"
+    fi
+done
+echo "greedy tokens: $same of 4 prompts give the same 60 tokens in Strata and llama.cpp"
+[ "$same" = 4 ]

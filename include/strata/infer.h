@@ -62,6 +62,12 @@ typedef struct st_infer_options {
      * init_seed (benchmarks). */
     const st_model_config *config;
     uint64_t init_seed;
+    /* Under mpirun (built with MPI): one pipeline over every rank's devs
+     * (dev_index: how `strata devices` numbers them), opened on every rank
+     * together. Rank 0 leads (adds, steps, reads); the others call
+     * st_infer_follow until rank 0 closes its session. */
+    bool mpi;
+    const size_t *dev_index;
 } st_infer_options;
 
 /* Opens dir's model (a Strata run folder or a Hugging Face folder) over
@@ -141,6 +147,12 @@ st_status st_infer_get(const st_infer *in, int id, st_infer_info *info);
 st_status st_infer_end(st_infer *in, int id, st_infer_finish why);
 /* Frees the slot of a sequence (finished or not). */
 void st_infer_release(st_infer *in, int id);
+
+/* Under mpirun, on every rank but 0: runs this rank's stages for each of
+ * rank 0's steps, until rank 0 closes its session. */
+st_status st_infer_follow(st_infer *in);
+/* Whether this session leads (one process, or rank 0 under mpirun). */
+bool st_infer_leads(const st_infer *in);
 
 /* Scoring (score_batch at opening): st_pipe_forward on the session's
  * pipeline. */

@@ -64,6 +64,8 @@ typedef struct st_pipe_comm {
     st_status (*allsum)(void *ctx, double *v, int n);
     /* Sends n floats to peer and receives n from it. */
     st_status (*exchange)(void *ctx, int peer, const float *send, float *recv, size_t n);
+    /* bytes of buf from the pipeline's process root to all of them. */
+    st_status (*bcast)(void *ctx, void *buf, size_t bytes, int root);
     /* A stage here failed: end every process now (the others may be waiting
      * on this one), after reporting the message. Does not return. */
     void (*abort_job)(void *ctx, const char *message);
@@ -141,6 +143,14 @@ st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const 
                                 const int *pos, float *logits);
 /* The most tokens of a sequence one pass takes (the shape's prefill). */
 int st_pipe_prefill_max(const st_pipe *p);
+
+/* Decoding under mpirun (one pipeline over the ranks, no replicas): the
+ * pipeline's first process leads (its calls above share each call's passes
+ * with the others and get the logits back); every other process calls
+ * st_pipe_decode_follow, which runs its stages' part of each call until
+ * the leader calls st_pipe_decode_end. */
+st_status st_pipe_decode_follow(st_pipe *p);
+st_status st_pipe_decode_end(st_pipe *p);
 
 /* Decoding that keeps every stage busy across steps: `groups` groups of
  * sequences take turns, each pass of a group flowing through the stages

@@ -23,6 +23,9 @@
 #include "strata/profiler.h"
 #include "strata/progress.h"
 #include "strata/sample.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 
 /* Where to run a saved model: the device choice and how to split. */
 typedef struct run_flags {
@@ -40,7 +43,8 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
     st_status s = st_checkpoint_open(dir, &ck);
     if (s != ST_OK)
         return s;
-    fprintf(stderr, "model: %s, %s\n", dir, st_checkpoint_describe(ck));
+    if (cli_rank() == 0)
+        fprintf(stderr, "model: %s, %s\n", dir, st_checkpoint_describe(ck));
     st_checkpoint_close(ck);
     if ((s = cli_devices_get(f->devices, true, devs)) != ST_OK ||
         (f->mem_limit && (s = cli_apply_mem_limit(f->mem_limit, devs)) != ST_OK))
@@ -49,15 +53,30 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
     io->parallel = f->parallel;
     io->keep_all_devices = f->devices != NULL || getenv("STRATA_DEVICES") != NULL;
     io->quiet = true;
+#if STRATA_HAVE_MPI
+    if (st_mpi_active() && st_mpi_size() > 1) {
+        /* One pipeline over the ranks, rank 0 leading; without --devices one
+         * device per rank: the local rank's among those found. */
+        if (!f->devices && devs->n > 1) {
+            size_t pick = (size_t)st_mpi_local_rank() % devs->n;
+            devs->dev[0] = devs->dev[pick];
+            devs->index[0] = devs->index[pick];
+            devs->n = 1;
+        }
+        io->mpi = true;
+        io->dev_index = devs->index;
+    }
+#endif
     if ((s = st_infer_open(dir, devs->dev, devs->n, io, in)) != ST_OK)
         return s;
     const st_plan *plan = st_infer_plan(*in);
-    if (plan->n_stages > 1) {
+    if (plan->n_stages > 1 && cli_rank() == 0) {
         cli_plan_opts po = {.split = f->split, .parallel = f->parallel,
                             .mem_limit = f->mem_limit, .shape = plan->shape,
                             .devices_explicit = io->keep_all_devices, .quiet = true};
         po.shape.micro_batches = io->micro_batches;
-        cli_plan_print(plan, st_infer_desc(*in), devs, st_infer_profiles(*in), &po, stderr);
+        cli_plan_print(plan, st_infer_desc(*in), io->mpi ? NULL : devs, st_infer_profiles(*in),
+                       &po, stderr);
     }
     return ST_OK;
 }
@@ -320,6 +339,12 @@ static int generate(const char *model, const run_flags *rf, const char *const *p
         if (devs.list)
             cli_devices_put(&devs);
         return cli_fail(s);
+    }
+    if (!st_infer_leads(in)) { /* under mpirun: rank 0 generates, this rank's stages follow */
+        s = st_infer_follow(in);
+        st_infer_close(in);
+        cli_devices_put(&devs);
+        return s == ST_OK ? CLI_OK : cli_fail(s);
     }
     const st_model_config *cfg = st_infer_config(in);
     int V = cfg->vocab_size, P = st_infer_ctx(in);

@@ -141,12 +141,14 @@ static int dispatch(int argc, char **argv)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(commands[i].name, name) != 0)
             continue;
-        if (ranks > 1 && (strcmp(name, "train") == 0 || strcmp(name, "bench") == 0))
+        if (ranks > 1 && (strcmp(name, "train") == 0 || strcmp(name, "bench") == 0 ||
+                          strcmp(name, "generate") == 0))
             return run_ranks(&commands[i], argc, argv, ranks);
         if (ranks > 1 && STRATA_HAVE_MPI) {
             fprintf(stderr,
                     "strata: error: `strata %s` runs in one process; under mpirun only `strata "
-                    "train` and `strata bench --scaling` spread over ranks\n",
+                    "train`, `strata generate` and `strata bench --scaling` spread over "
+                    "ranks\n",
                     name);
             return CLI_USAGE;
         }

@@ -436,6 +436,19 @@ static st_status comm_exchange(void *ctx, int peer, const float *send, float *re
     return ST_OK;
 }
 
+static st_status comm_bcast(void *ctx, void *buf, size_t bytes, int root)
+{
+    mpi_ctx *c = ctx;
+    const size_t piece = (size_t)1 << 30; /* MPI counts are int */
+    for (size_t off = 0; off < bytes; off += piece) {
+        int cnt = (int)(bytes - off < piece ? bytes - off : piece);
+        int err = MPI_Bcast((char *)buf + off, cnt, MPI_BYTE, root, c->pipe);
+        if (err != MPI_SUCCESS)
+            return mpi_fail(err, "MPI_Bcast");
+    }
+    return ST_OK;
+}
+
 static void comm_abort(void *ctx, const char *message)
 {
     (void)ctx;
@@ -499,6 +512,7 @@ st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_
         comm->make_link = make_link;
         comm->allsum = comm_allsum;
         comm->exchange = comm_exchange;
+        comm->bcast = comm_bcast;
         comm->replica_sum = comm_replica_sum;
         comm->replica_allsum = comm_replica_allsum;
         comm->gather = comm_gather;

@@ -1264,6 +1264,110 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     return ST_OK;
 }
 
+/* ---- decoding across MPI processes: process 0 leads, the others follow ---------- */
+
+/* The passes of a call, from the pipeline's process 0 to the others (their
+ * part of a call is collective: the header, then the groups and rows). */
+static st_status mpi_share_passes(st_pipe *p, int total, int outs, int n)
+{
+    const st_pipe_comm *c = p->comm;
+    int hdr[4] = {p->dec_n, total, outs, n};
+    st_status s = c->bcast(c->ctx, hdr, sizeof hdr, 0);
+    if (s == ST_OK)
+        s = c->bcast(c->ctx, p->dec_groups, (size_t)p->dec_n * sizeof *p->dec_groups, 0);
+    if (s == ST_OK)
+        s = c->bcast(c->ctx, p->dec_tok, 3 * (size_t)total * sizeof *p->dec_tok, 0);
+    if (s == ST_OK)
+        s = c->bcast(c->ctx, p->dec_out, (size_t)outs * sizeof *p->dec_out, 0);
+    if (s == ST_OK)
+        s = c->bcast(c->ctx, p->dec_out_seq, (size_t)outs * sizeof *p->dec_out_seq, 0);
+    return s;
+}
+
+/* The logits of the call's sequences, from the process with the last
+ * stage to all (process 0 takes them). */
+static st_status mpi_share_logits(st_pipe *p, int outs)
+{
+    const st_pipe_comm *c = p->comm;
+    int root = c->stage_rank[p->S - 1];
+    if (root == 0 && c->rank == 0)
+        return ST_OK; /* the last stage is process 0's: its logits are in place */
+    size_t V = (size_t)p->cfg.vocab_size;
+    float *pack = malloc(((size_t)outs * V + 1) * sizeof *pack);
+    if (!pack)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %d rows of logits", outs);
+    for (int j = 0; c->rank == root && j < outs; j++)
+        memcpy(pack + (size_t)j * V, p->dec_logits + (size_t)p->dec_out_seq[j] * V,
+               V * sizeof *pack);
+    st_status s = c->bcast(c->ctx, pack, (size_t)outs * V * sizeof *pack, root);
+    for (int j = 0; s == ST_OK && c->rank == 0 && j < outs; j++)
+        memcpy(p->dec_logits + (size_t)p->dec_out_seq[j] * V, pack + (size_t)j * V,
+               V * sizeof *pack);
+    free(pack);
+    return s;
+}
+
+st_status st_pipe_decode_follow(st_pipe *p)
+{
+    const st_pipe_comm *c = p->comm;
+    if (!c || !c->bcast || mpi_replicas(p) > 1 || c->rank == 0)
+        return st_error(ST_ERR_INVALID, "decode: only the pipeline's processes after the first "
+                                        "follow");
+    size_t V = (size_t)p->cfg.vocab_size;
+    for (;;) {
+        int hdr[4];
+        st_status s = c->bcast(c->ctx, hdr, sizeof hdr, 0);
+        if (s != ST_OK || hdr[0] <= 0)
+            return s; /* hdr[0] < 0: the leader is done */
+        int G = hdr[0], total = hdr[1], outs = hdr[2], n = hdr[3];
+        p->dec_groups = malloc((size_t)G * sizeof *p->dec_groups);
+        p->dec_tok = malloc((size_t)total * 3 * sizeof *p->dec_tok);
+        p->dec_out = malloc(((size_t)outs * 2 + 1) * sizeof *p->dec_out);
+        p->dec_scratch = malloc((size_t)outs * V * sizeof *p->dec_scratch);
+        float *logits = malloc((size_t)n * V * sizeof *logits);
+        if (!p->dec_groups || !p->dec_tok || !p->dec_out || !p->dec_scratch || !logits)
+            s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %d decoding rows", total);
+        if (s == ST_OK) {
+            p->dec_seq = p->dec_tok + total;
+            p->dec_pos = p->dec_seq + total;
+            p->dec_out_seq = p->dec_out + outs;
+            p->dec_logits = logits;
+            if ((s = c->bcast(c->ctx, p->dec_groups, (size_t)G * sizeof *p->dec_groups, 0)) ==
+                    ST_OK &&
+                (s = c->bcast(c->ctx, p->dec_tok, 3 * (size_t)total * sizeof *p->dec_tok, 0)) ==
+                    ST_OK &&
+                (s = c->bcast(c->ctx, p->dec_out, (size_t)outs * sizeof *p->dec_out, 0)) ==
+                    ST_OK)
+                s = c->bcast(c->ctx, p->dec_out_seq, (size_t)outs * sizeof *p->dec_out_seq, 0);
+        }
+        p->dec_n = G;
+        if (s == ST_OK)
+            s = run_stages(p);
+        if (s == ST_OK)
+            s = mpi_share_logits(p, outs);
+        p->dec_n = 0;
+        free(p->dec_groups);
+        free(p->dec_tok);
+        free(p->dec_out);
+        free(p->dec_scratch);
+        free(logits);
+        p->dec_groups = NULL;
+        p->dec_tok = p->dec_out = NULL;
+        p->dec_scratch = NULL;
+        if (s != ST_OK)
+            return s;
+    }
+}
+
+st_status st_pipe_decode_end(st_pipe *p)
+{
+    const st_pipe_comm *c = p->comm;
+    if (!c || !c->bcast || mpi_replicas(p) > 1 || c->rank != 0)
+        return ST_OK;
+    int hdr[4] = {-1, 0, 0, 0};
+    return c->bcast(c->ctx, hdr, sizeof hdr, 0);
+}
+
 /* Splits the rows of a decoding call into passes (groups of whole
  * sequences, in order): as many groups as stages, so that each stage works
  * on one while the next works on another, each within the rows a pass
@@ -1314,7 +1418,12 @@ static st_status decode_groups(st_pipe *p, int n, const int *const *tok, const i
             gr->n_out++;
         }
         p->dec_n = g + 1;
-        s = run_stages(p);
+        if (p->comm) /* the other processes' stages need the passes too */
+            s = mpi_share_passes(p, total, outs, n);
+        if (s == ST_OK)
+            s = run_stages(p);
+        if (s == ST_OK && p->comm)
+            s = mpi_share_logits(p, outs);
     }
     p->dec_n = 0;
     free(p->dec_groups);
@@ -1350,8 +1459,13 @@ st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const 
         }
         return run_replicas(p, active);
     }
-    if (p->comm)
-        return st_error(ST_ERR_UNSUPPORTED, "decoding runs in one process, not across MPI ranks");
+    if (p->comm && (mpi_replicas(p) > 1 || !p->comm->bcast))
+        return st_error(ST_ERR_UNSUPPORTED,
+                        "decoding under mpirun runs one pipeline over the ranks, without "
+                        "replicas");
+    if (p->comm && p->comm->rank != 0)
+        return st_error(ST_ERR_INVALID, "decode: the pipeline's first process leads; the others "
+                                        "follow (st_pipe_decode_follow)");
     if (n < 1 || n > (p->o.kv_seqs > 0 ? p->o.kv_seqs : 1))
         return st_error(ST_ERR_INVALID, "decode: %d sequences, the pipeline caches %d", n,
                         p->o.kv_seqs > 0 ? p->o.kv_seqs : 1);

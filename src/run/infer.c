@@ -14,10 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata_config.h"
 #include "strata/checkpoint.h"
 #include "strata/infer.h"
 #include "strata/program.h"
 #include "strata/run.h"
+#if STRATA_HAVE_MPI
+#include "mpi/mpi_run.h"
+#endif
 
 typedef struct seq_slot {
     bool used;
@@ -34,6 +38,8 @@ struct st_infer {
     st_plan plan;
     st_device_profile prof[ST_MAX_DEVICES];
     st_pipe *pipe;
+    st_pipe_comm comm; /* under mpirun */
+    bool mpi;
     char describe[512];
     int ctx, max_seqs, prefill;
     seq_slot *seqs;
@@ -65,7 +71,13 @@ void st_infer_close(st_infer *in)
     free(in->pos);
     free(in->logits);
     free(in->cands);
+    if (in->mpi && in->pipe)
+        st_pipe_decode_end(in->pipe); /* rank 0: the followers stop */
     st_pipe_destroy(in->pipe);
+#if STRATA_HAVE_MPI
+    if (in->mpi)
+        st_mpi_comm_free(&in->comm);
+#endif
     st_model_desc_destroy(in->desc);
     free(in);
 }
@@ -126,21 +138,43 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
     }
     st_run_plan_options ro = {.split = o->split, .parallel = o->parallel,
                               .keep_all_devices = o->keep_all_devices, .quiet = o->quiet};
-    if ((s = st_run_plan(devs, n_devs, in->desc, &shape, &ro, &in->plan, in->prof)) == ST_OK) {
+    st_device *all_devs[ST_MAX_DEVICES] = {NULL};
+    if (o->mpi) {
+#if STRATA_HAVE_MPI
+        /* one pipeline over the ranks: decoding leads from rank 0 */
+        ro.parallel = "pipeline";
+        in->mpi = true;
+        s = st_run_plan_mpi(devs, o->dev_index, n_devs, in->desc, &shape, &ro, &in->plan,
+                            in->prof, all_devs, &in->comm);
+        if (s != ST_OK)
+            in->mpi = false; /* no communicator was made */
+#else
+        s = st_error(ST_ERR_UNSUPPORTED, "this strata was built without MPI");
+#endif
+    } else {
+        s = st_run_plan(devs, n_devs, in->desc, &shape, &ro, &in->plan, in->prof);
+        for (size_t k = 0; k < n_devs && k < ST_MAX_DEVICES; k++)
+            all_devs[k] = devs[k];
+    }
+    if (s == ST_OK) {
         st_device *stage_dev[ST_PLAN_MAX_STAGES];
         size_t used[ST_PLAN_MAX_STAGES], n_used = st_plan_devices(&in->plan, used);
         for (size_t k = 0; k < n_used; k++)
-            stage_dev[k] = devs[used[k]];
+            stage_dev[k] = all_devs[used[k]]; /* NULL: another rank's */
         s = st_devices_prepare(stage_dev, n_used);
     }
     if (s == ST_OK)
-        s = st_pipe_create(&in->plan, in->desc, devs, NULL, &in->pipe);
+        s = st_pipe_create(&in->plan, in->desc, all_devs, in->mpi ? &in->comm : NULL,
+                           &in->pipe);
     if (s == ST_OK) {
         st_stage *stages[ST_PLAN_MAX_STAGES];
+        size_t n_here = 0; /* this process's stages (under mpirun, the others hold the rest) */
         for (size_t k = 0; k < in->plan.n_stages; k++)
-            stages[k] = st_pipe_stage(in->pipe, k);
-        s = dir ? st_checkpoint_load(dir, stages, in->plan.n_stages, NULL)
-                : st_pipe_init(in->pipe, o->init_seed);
+            if (st_pipe_stage(in->pipe, k))
+                stages[n_here++] = st_pipe_stage(in->pipe, k);
+        s = !dir    ? st_pipe_init(in->pipe, o->init_seed)
+            : in->mpi ? st_checkpoint_load_part(dir, stages, n_here, NULL)
+                      : st_checkpoint_load(dir, stages, n_here, NULL);
         if (s == ST_OK)
             s = st_pipe_replicate(in->pipe); /* the first replica's weights to the others */
     }
@@ -469,4 +503,16 @@ st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *
     free(mem);
     free(r.g);
     return s;
+}
+
+bool st_infer_leads(const st_infer *in)
+{
+    return !in->mpi || in->comm.rank == 0;
+}
+
+st_status st_infer_follow(st_infer *in)
+{
+    if (st_infer_leads(in))
+        return st_error(ST_ERR_INVALID, "the leading session does not follow");
+    return st_pipe_decode_follow(in->pipe);
 }
