@@ -174,6 +174,36 @@ grep -q "^launches per block per micro-batch: [0-9]" <<<"$out" || fail "bench --
 out=$("$strata" bench --pipeline --format xml 2>&1)
 [ $? = 2 ] && grep -q "table, csv or json" <<<"$out" || fail "bench --format xml: $out"
 
+# bench --inference: rows for 1 and 2 devices (two stages), prompt and
+# generation rates for each count of sequences, as a table, CSV and JSON;
+# bad requests refused before any work.
+out=$("$strata" bench --inference --layers 2 --embd 32 --heads 2 --prompt 12 --gen 4 \
+    --sequences 1,3 --runs 1 --format json 2>"$work/inf.err") ||
+    fail "bench --inference --format json: $(tail -3 "$work/inf.err")"
+python3 -c '
+import json, sys
+rows = json.loads(sys.argv[1])
+assert [r["devices"] for r in rows] == [1, 2], rows
+assert rows[1]["stages"] == 2, rows
+for r in rows:
+    assert r["prompt_tok_per_s"] > 0 and r["ttft_ms"] > 0, r
+    assert [g["sequences"] for g in r["generate"]] == [1, 3], r
+    assert all(g["tok_per_s"] > 0 for g in r["generate"]), r
+' "$out" || fail "bench --inference JSON is not the expected rows: $out"
+out=$("$strata" bench --inference --layers 2 --embd 32 --heads 2 --prompt 12 --gen 4 \
+    --sequences 1,3 --runs 1 --format csv 2>/dev/null) || fail "bench --inference --format csv"
+head -1 <<<"$out" | grep -q "^devices,layout,pp12_tok_per_s,ttft_ms,tg4_x1_tok_per_s,tg4_x3_tok_per_s" &&
+    [ "$(wc -l <<<"$out")" = 3 ] || fail "bench --inference CSV: $out"
+out=$("$strata" bench --inference --layers 2 --embd 32 --heads 2 --prompt 12 --gen 4 \
+    --sequences 1,3 --runs 1 2>/dev/null) || fail "bench --inference"
+grep -q "first token ms" <<<"$out" && grep -qE "^2 +1 x 2 stages" <<<"$out" ||
+    fail "bench --inference table: $out"
+for bad in "--sequences 8,2" "--sequences 0" "--prompt 100 --seq 64" "--model $work/none" \
+           "--out $work/x" "--parallel dp:0"; do
+    out=$("$strata" bench --inference --layers 2 --embd 32 --heads 2 $bad 2>&1)
+    [ $? = 2 ] || fail "bench --inference $bad: not refused with exit 2: $out"
+done
+
 # bench --scaling: both workloads on 1 and 2 devices, the layout the planner
 # chose, a table, and with --out the same table, JSON and an SVG chart.
 mkdir -p "$work/scaling"
