@@ -53,6 +53,10 @@ const char *st_tensor_name(const st_tensor *t);
 /* Copies `count` elements between host and the tensor, starting `first`
  * elements into the view; must lie inside it. */
 st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *host);
+/* The same, queued: returns at once, and the host memory must stay as it
+ * is until the device's queue has passed the write (a later blocking call
+ * on the queue, or st_device_finish). */
+st_status st_tensor_write_queued(st_tensor *t, size_t first, size_t count, const void *host);
 st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *host);
 
 /* Queues a copy of `count` elements on one device, from src (starting

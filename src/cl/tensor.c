@@ -219,7 +219,8 @@ static st_status check_range(const st_tensor *t, size_t first, size_t count, con
     return ST_OK;
 }
 
-st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *host)
+static st_status write_to(st_tensor *t, size_t first, size_t count, const void *host,
+                          cl_bool blocking)
 {
     st_status s = check_range(t, first, count, "write");
     if (s != ST_OK || count == 0)
@@ -227,7 +228,7 @@ st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *
     size_t es = st_dtype_size(t->dtype);
     st_device *dev = t->alloc->dev;
     cl_event ev = NULL;
-    cl_int err = clEnqueueWriteBuffer(st_device_cl_queue(dev), t->alloc->mem, CL_TRUE,
+    cl_int err = clEnqueueWriteBuffer(st_device_cl_queue(dev), t->alloc->mem, blocking,
                                       (t->offset + first) * es, count * es, host, 0, NULL,
                                       st_profiler_event(dev, &ev));
     if (err != CL_SUCCESS) {
@@ -237,6 +238,16 @@ st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *
         st_profiler_record(dev, "copy host->device", ev, (double)(count * es), 0);
     }
     return s;
+}
+
+st_status st_tensor_write(st_tensor *t, size_t first, size_t count, const void *host)
+{
+    return write_to(t, first, count, host, CL_TRUE);
+}
+
+st_status st_tensor_write_queued(st_tensor *t, size_t first, size_t count, const void *host)
+{
+    return write_to(t, first, count, host, CL_FALSE);
 }
 
 st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *host)

@@ -25,6 +25,8 @@ struct st_stage {
     int B, T, slots, kv_seq, kv_seqs, prefill;
     int rows;               /* decoding: rows one pass may hold (st_decode_rows) */
     unsigned char *seq_seen; /* [kv_seqs]: a pass's check that rows are of distinct sequences */
+    int32_t *rows_host;      /* [3 rows]: a pass's table and tokens, written queued from here */
+    bool rows_pending;       /* the last pass ended without a blocking read of its own */
     bool training;
     size_t in_floats; /* per token of the stream into the stage */
     st_stage_sizes sizes;
@@ -353,7 +355,8 @@ static st_status make_decode(st_stage *g)
         return s;
     g->kv = calloc(g->n_layers, sizeof *g->kv);
     g->seq_seen = calloc(Q, 1);
-    if (!g->kv || !g->seq_seen)
+    g->rows_host = malloc(3 * P * sizeof *g->rows_host);
+    if (!g->kv || !g->seq_seen || !g->rows_host)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_carver c = {g->dec_buf, 0, ST_OK};
     g->dec_x = st_carve(&c, P * g->in_floats);
@@ -459,6 +462,7 @@ void st_stage_destroy(st_stage *g)
         st_views_destroy(g->consts, g->n_layers);
     free(g->kv);
     free(g->seq_seen);
+    free(g->rows_host);
     free(g->consts);
     st_tensor_destroy(g->dec_buf);
     st_tensor_destroy(g->consts_buf);
@@ -886,7 +890,6 @@ st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
      * attend; rows of one sequence need theirs written first. */
     bool own_row = true;
     memset(g->seq_seen, 0, (size_t)g->kv_seqs);
-    int32_t t[256];
     st_status s = ST_OK;
     for (int i = 0; i < n; i++) {
         if (r->seq[i] < 0 || r->seq[i] >= g->kv_seqs)
@@ -906,21 +909,21 @@ st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
         if (r->out[j] < 0 || r->out[j] >= n || (j > 0 && r->out[j] <= r->out[j - 1]))
             return st_error(ST_ERR_INVALID, "decode: output rows must rise within 0 to %d",
                             n - 1);
-    /* The table of (sequence, position) per row, and the tokens: written
-     * in pieces through one host array (the writes block, so it is free
-     * again when each returns). */
-    for (int i = 0; s == ST_OK && i < n; i += 128) {
-        int k = n - i < 128 ? n - i : 128;
-        for (int j = 0; j < k; j++) {
-            t[2 * j] = r->seq[i + j];
-            t[2 * j + 1] = r->pos[i + j];
-        }
-        s = st_tensor_write(g->rowtab, 2 * (size_t)i, 2 * (size_t)k, t);
-        for (int j = 0; s == ST_OK && g->has_emb && j < k; j++)
-            t[j] = r->tok[i + j];
-        if (s == ST_OK && g->has_emb)
-            s = st_tensor_write(g->token, (size_t)i, (size_t)k, t);
+    /* The table of (sequence, position) per row, and the tokens, queued
+     * from the stage's own host array: the pass ends with a blocking read
+     * of the logits (else the next pass waits for the queue first), so the
+     * queue has taken them before the next pass fills the array again. */
+    if (g->rows_pending && (s = st_device_finish(g->dev)) != ST_OK)
+        return s;
+    int32_t *h = g->rows_host;
+    for (int i = 0; i < n; i++) {
+        h[2 * i] = r->seq[i];
+        h[2 * i + 1] = r->pos[i];
+        h[2 * (size_t)g->rows + i] = g->has_emb ? r->tok[i] : 0;
     }
+    s = st_tensor_write_queued(g->rowtab, 0, 2 * (size_t)n, h);
+    if (s == ST_OK && g->has_emb)
+        s = st_tensor_write_queued(g->token, 0, (size_t)n, h + 2 * (size_t)g->rows);
     if (s != ST_OK)
         return s;
     st_pass ps = {.n = n, .seq = r->seq, .pos = r->pos, .rows = g->rowtab, .own_row = own_row,
@@ -934,7 +937,8 @@ st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
     st_gemm_decoding(false);
     if (s != ST_OK)
         return s;
-    if (!g->has_head || !logits)
+    g->rows_pending = !g->has_head || !logits;
+    if (g->rows_pending)
         return ST_OK;
     return st_tensor_read(io.logits, 0, (size_t)r->n_out * V, logits);
 }
