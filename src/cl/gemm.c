@@ -188,7 +188,7 @@ st_status st_gemm(const st_gemm_args *g)
          * rows, at four to five times CLBlast's GEMV rate there for one row
          * (the profiler names them). */
         return ST_LAUNCH(dev, "gemv.cl", g->trans_b ? "gemv_rows" : "gemv_cols",
-                         g->trans_b ? g->n : (g->n + 7) / 8, 0,
+                         g->trans_b ? (g->n + 1) / 2 : (g->n + 15) / 16, 0,
                          ST_KT(g->c), ST_KT(g->b), ST_KT(g->a), ST_KU(g->c_offset),
                          ST_KU(g->b_offset), ST_KU(g->a_offset), ST_KI(g->n), ST_KI(g->k),
                          ST_KI(g->ldb), ST_KI(g->m), ST_KI(g->lda), ST_KI(g->ldc),
