@@ -1266,6 +1266,19 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
 
 /* ---- decoding across MPI processes: process 0 leads, the others follow ---------- */
 
+/* A decoding call's arrays, freed. */
+static void dec_release(st_pipe *p)
+{
+    p->dec_n = 0;
+    free(p->dec_groups);
+    free(p->dec_tok);
+    free(p->dec_out);
+    free(p->dec_scratch);
+    p->dec_groups = NULL;
+    p->dec_tok = p->dec_out = NULL;
+    p->dec_scratch = NULL;
+}
+
 /* The passes of a call, from the pipeline's process 0 to the others (their
  * part of a call is collective: the header, then the groups and rows). */
 static st_status mpi_share_passes(st_pipe *p, int total, int outs, int n)
@@ -1345,15 +1358,8 @@ st_status st_pipe_decode_follow(st_pipe *p)
             s = run_stages(p);
         if (s == ST_OK)
             s = mpi_share_logits(p, outs);
-        p->dec_n = 0;
-        free(p->dec_groups);
-        free(p->dec_tok);
-        free(p->dec_out);
-        free(p->dec_scratch);
+        dec_release(p);
         free(logits);
-        p->dec_groups = NULL;
-        p->dec_tok = p->dec_out = NULL;
-        p->dec_scratch = NULL;
         if (s != ST_OK)
             return s;
     }
@@ -1425,14 +1431,7 @@ static st_status decode_groups(st_pipe *p, int n, const int *const *tok, const i
         if (s == ST_OK && p->comm)
             s = mpi_share_logits(p, outs);
     }
-    p->dec_n = 0;
-    free(p->dec_groups);
-    free(p->dec_tok);
-    free(p->dec_out);
-    free(p->dec_scratch);
-    p->dec_groups = NULL;
-    p->dec_tok = p->dec_out = NULL;
-    p->dec_scratch = NULL;
+    dec_release(p);
     return s;
 }
 

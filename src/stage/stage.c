@@ -862,16 +862,18 @@ st_status st_stage_prefill_seq(st_stage *g, int seq, const int *tok, int n, int 
         return st_error(ST_ERR_INVALID,
                         "decode: position %d is past the KV cache of %d positions",
                         pos + n - 1 >= g->kv_seq ? pos + n - 1 : pos, g->kv_seq);
-    int seqs[256], poss[256];
-    if (n > 256)
-        return st_error(ST_ERR_INVALID, "decode: %d tokens in one pass, at most 256 here", n);
+    int *seqs = malloc(2 * (size_t)n * sizeof *seqs), *poss = seqs ? seqs + n : NULL;
+    if (!seqs)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (int i = 0; i < n; i++) {
         seqs[i] = seq;
         poss[i] = pos + i;
     }
     int last = n - 1;
     st_stage_rows r = {.n = n, .tok = tok, .seq = seqs, .pos = poss, .n_out = 1, .out = &last};
-    return st_stage_pass(g, &r, logits);
+    st_status s = st_stage_pass(g, &r, logits);
+    free(seqs);
+    return s;
 }
 
 st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
