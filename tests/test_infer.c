@@ -241,6 +241,38 @@ static void run_equals_steps(void **state)
         }
 }
 
+/* A stage that fails in the middle of st_infer_run (the first stage, or
+ * the second of two on two devices): the run returns the failure instead
+ * of waiting, and every sequence still running ends with ST_FINISH_ERROR. */
+static void failure_mid_run_ends_it(void **state)
+{
+    (void)state;
+    st_model_config c = model(ST_FAMILY_LLAMA);
+    int32_t p[12];
+    prompt_of(p, 12, 50);
+    for (size_t devs = 1; devs <= td.n && devs <= 2; devs++) {
+        setenv("STRATA_TEST_FAIL_STAGE", devs == 1 ? "0:5" : "1:5", 1);
+        st_infer *in = open_on(&c, devs, 3, 48, 8);
+        unsetenv("STRATA_TEST_FAIL_STAGE");
+        int id[3];
+        for (int k = 0; k < 3; k++) {
+            st_infer_request r = request(p, (size_t)(2 + k), 30, 0, (uint64_t)k);
+            assert_ok(st_infer_add(in, &r, &id[k]));
+        }
+        assert_int_equal(st_infer_run(in, NULL, NULL), ST_ERR_CL);
+        assert_contains(st_last_error(), "injected failure");
+        assert_int_equal(st_infer_active(in), 0);
+        for (int k = 0; k < 3; k++) {
+            st_infer_info info;
+            assert_ok(st_infer_get(in, id[k], &info));
+            assert_int_equal(info.finish, ST_FINISH_ERROR);
+            assert_true(info.n_generated < 30);
+        }
+        st_infer_close(in);
+    }
+    st_error_clear();
+}
+
 static void bad_requests_are_refused(void **state)
 {
     (void)state;
@@ -291,6 +323,7 @@ int main(void)
         cmocka_unit_test(seeds_repeat),
         cmocka_unit_test(two_stages_equal_one),
         cmocka_unit_test(run_equals_steps),
+        cmocka_unit_test(failure_mid_run_ends_it),
         cmocka_unit_test(bad_requests_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

@@ -643,6 +643,11 @@ static void stream_main(st_pipe *p, size_t s)
         st_tensor *x = st_stage_decode_x(g);
         if (s > 0 && (st = p->fwd[s - 1]->recv(p->fwd[s - 1], x, (size_t)sp->n * in_t)) != ST_OK)
             break;
+        if ((long)s == p->fail_stage && ++p->ops_done[s] >= p->fail_at) {
+            st = st_error(ST_ERR_CL, "injected failure (STRATA_TEST_FAIL_STAGE=%ld:%ld)",
+                          p->fail_stage, p->fail_at);
+            break;
+        }
         if ((st = st_stage_pass(g, &sp->rows, last ? p->dec_scratch : NULL)) != ST_OK)
             break;
         if (!last) {
