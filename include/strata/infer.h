@@ -82,10 +82,7 @@ const st_plan *st_infer_plan(const st_infer *in);
 /* The device profiles the plan was made with, one per device of devs. */
 const st_device_profile *st_infer_profiles(const st_infer *in);
 st_pipe *st_infer_pipe(const st_infer *in);
-/* The model folder's description (its step or its files). */
-const char *st_infer_describe(const st_infer *in);
 int st_infer_ctx(const st_infer *in);
-int st_infer_max_seqs(const st_infer *in);
 
 typedef struct st_infer_request {
     const int32_t *prompt; /* token ids, 1 to ctx of them (copied) */

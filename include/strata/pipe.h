@@ -141,8 +141,6 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
  * another at increasing positions. */
 st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const int *count,
                                 const int *pos, float *logits);
-/* The most tokens of a sequence one pass takes (the shape's prefill). */
-int st_pipe_prefill_max(const st_pipe *p);
 
 /* Decoding under mpirun (one pipeline over the ranks, no replicas): the
  * pipeline's first process leads (its calls above share each call's passes

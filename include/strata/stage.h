@@ -137,7 +137,7 @@ int st_stage_prefill_max(const st_stage *g);
  * stage with the head gives the logits of rows out[0] < out[1] < ... (at
  * most kv_seqs of them: a sequence's last row each). */
 typedef struct st_stage_rows {
-    int n;                /* 1 to st_stage_rows_max */
+    int n;                /* 1 to st_decode_rows of the options */
     const int *tok;       /* [n] */
     const int *seq, *pos; /* [n] */
     int n_out;            /* rows whose logits are wanted */
@@ -149,8 +149,7 @@ typedef struct st_stage_rows {
  * one decoding it alone does, whatever the other rows (the tests compare
  * them bit for bit). */
 st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits);
-/* The most rows a pass takes: st_decode_rows of the options. */
-int st_stage_rows_max(const st_stage *g);
+
 /* The decoding activation [rows, C]: the input of a stage without the
  * embedding (written by the caller before a pass), the output of one
  * without the head. */

@@ -1487,11 +1487,6 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
     return st_pipe_prefill_batch(p, n, one, NULL, pos, logits);
 }
 
-int st_pipe_prefill_max(const st_pipe *p)
-{
-    return p->o.prefill > 1 ? p->o.prefill : 1;
-}
-
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
 {
     return st_pipe_decode_batch(p, 1, &tok, &pos, logits);

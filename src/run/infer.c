@@ -40,7 +40,6 @@ struct st_infer {
     st_pipe *pipe;
     st_pipe_comm comm; /* under mpirun */
     bool mpi;
-    char describe[512];
     int ctx, max_seqs, prefill;
     seq_slot *seqs;
     /* a step's inputs and outputs, max_seqs of each */
@@ -55,9 +54,7 @@ const st_model_desc *st_infer_desc(const st_infer *in) { return in->desc; }
 const st_plan *st_infer_plan(const st_infer *in) { return &in->plan; }
 const st_device_profile *st_infer_profiles(const st_infer *in) { return in->prof; }
 st_pipe *st_infer_pipe(const st_infer *in) { return in->pipe; }
-const char *st_infer_describe(const st_infer *in) { return in->describe; }
 int st_infer_ctx(const st_infer *in) { return in->ctx; }
-int st_infer_max_seqs(const st_infer *in) { return in->max_seqs; }
 
 void st_infer_close(st_infer *in)
 {
@@ -101,12 +98,9 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
             return st_error(ST_ERR_INVALID, "inference session: no model folder or config");
         }
         in->cfg = *o->config;
-        snprintf(in->describe, sizeof in->describe, "weights drawn from seed %llu",
-                 (unsigned long long)o->init_seed);
         s = st_model_describe(&in->cfg, &in->desc);
     } else if ((s = st_checkpoint_open(dir, &ck)) == ST_OK) {
         in->cfg = *st_checkpoint_get_config(ck);
-        snprintf(in->describe, sizeof in->describe, "%s", st_checkpoint_describe(ck));
         st_checkpoint_close(ck);
         s = st_model_describe(&in->cfg, &in->desc);
     }

@@ -945,11 +945,6 @@ st_status st_stage_pass(st_stage *g, const st_stage_rows *r, float *logits)
     return st_tensor_read(io.logits, 0, (size_t)r->n_out * V, logits);
 }
 
-int st_stage_rows_max(const st_stage *g)
-{
-    return g->rows;
-}
-
 int st_stage_prefill_max(const st_stage *g)
 {
     return g->prefill;
