@@ -25,7 +25,7 @@ meson compile -C "$build"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 failed=0
-for n in safetensors config manifest data split tokenizer; do
+for n in safetensors config manifest data split tokenizer serve; do
     [ -n "${FUZZ_ONLY:-}" ] && [ "$FUZZ_ONLY" != "$n" ] && continue
     work=$(mktemp -d /tmp/strata-fuzz-corpus-XXXXXX)
     cp tests/fuzz/corpus/"$n"/* "$work"/

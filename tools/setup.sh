@@ -3,6 +3,11 @@
 # then configures and builds it in build/. Safe to run again: it does only
 # what is left to do. Used by tools/main.sh and tools/test.sh.
 #
+# --tests: also what the test suite's clients need: Chromium (the chat page's
+# test), and the `openai` Python package from PyPI in build/pyclients (pip
+# --target: Debian's own python3 reads it through PYTHONPATH; the system's
+# packages are left alone).
+#
 # Environment: BUILD_DIR (default build), STRATA_WERROR (default true: warnings
 # fail the build, as in CI).
 set -euo pipefail
@@ -12,9 +17,14 @@ packages=(
     gcc g++ pkg-config meson ninja-build python3 cmake
     ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
     libclblast-dev libjansson-dev libcmocka-dev libpcre2-dev libunistring-dev
-    libopenmpi-dev openmpi-bin
+    libopenmpi-dev openmpi-bin libmicrohttpd-dev
     clang libclang-rt-14-dev
 )
+tests=0
+[ "${1:-}" = --tests ] && tests=1
+if [ $tests = 1 ]; then
+    packages+=(chromium curl python3-pip)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,3 +58,11 @@ else
     meson configure "$build" -Dwerror="$werror" >/dev/null
 fi
 meson compile -C "$build"
+if [ $tests = 1 ] && ! PYTHONPATH=build/pyclients /usr/bin/python3 -c 'import openai' 2>/dev/null; then
+    echo "setup: installing the openai package (PyPI) into build/pyclients"
+    mkdir -p build
+    /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --target build/pyclients.new openai
+    rm -rf build/pyclients
+    mv build/pyclients.new build/pyclients
+fi

@@ -9,7 +9,7 @@
 # to the first `meson test`; STRATA_QUICK=1 runs only that one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+tools/setup.sh --tests
 build=${BUILD_DIR:-build}
 status=0
 meson test -C "$build" --print-errorlogs "$@" || status=1

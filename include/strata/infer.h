@@ -127,6 +127,14 @@ st_status st_infer_step(st_infer *in);
  * replicas (or under MPI) it steps. */
 st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx);
 
+/* The same, and before each pass asks go_on(ctx) (NULL: always yes),
+ * on a pipeline thread: when it says no, no more passes start, those in
+ * flight finish, and the call returns with the sequences not finished
+ * still running (a later call goes on with them). A server stops a run
+ * so to add and release sequences between runs. */
+st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
+                             bool (*go_on)(void *ctx), void *ctx);
+
 /* Sequences not finished. */
 int st_infer_active(const st_infer *in);
 

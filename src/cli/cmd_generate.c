@@ -13,6 +13,7 @@
 
 #include "core/clock.h"
 #include "core/file.h"
+#include "core/utf8.h"
 #include "cli/cli.h"
 #include "strata/checkpoint.h"
 #include "strata/infer.h"
@@ -89,50 +90,20 @@ static void put_token(int tok)
         printf("<%d>", tok);
 }
 
-/* The length of the UTF-8 sequence at s[0..n): > 0 a valid character of
- * that many bytes; 0 the start of a valid one cut off at n; -k k bytes that
- * are no character (the maximal invalid part, as decoders replace it). */
-static int utf8_at(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    int need = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
-                             : c >= 0xF0 && c <= 0xF4 ? 4 : -1;
-    if (need < 0)
-        return -1;
-    for (int i = 1; i < need; i++) {
-        if ((size_t)i >= n)
-            return 0;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (i == 1) { /* no overlong forms, no surrogates, nothing past U+10FFFF */
-            lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
-            hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
-        }
-        if (s[i] < lo || s[i] > hi)
-            return -i;
-    }
-    return need;
-}
-
 /* Writes s[0..n) as valid UTF-8 (each invalid part as U+FFFD, as the
  * tokenizers library decodes); returns how many bytes it took: all, or up
  * to a character cut off at the end unless `final`. */
 static size_t put_utf8(const char *s, size_t n, bool final)
 {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        int k = utf8_at(u + i, n - i);
-        if (k == 0 && !final)
-            break;
-        if (k <= 0) {
-            fputs("\xEF\xBF\xBD", stdout);
-            i += k < 0 ? (size_t)-k : n - i;
-        } else {
-            fwrite(s + i, 1, (size_t)k, stdout);
-            i += (size_t)k;
-        }
+    char *out = malloc(3 * n + 1);
+    if (!out) { /* as it is */
+        fwrite(s, 1, n, stdout);
+        return n;
     }
-    return i;
+    size_t len = 0, took = st_utf8_clean(s, n, final, out, &len);
+    fwrite(out, 1, len, stdout);
+    free(out);
+    return took;
 }
 
 /* Prints what the text of ids[0..n) adds beyond the *printed bytes shown

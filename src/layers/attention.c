@@ -217,14 +217,18 @@ st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *
     /* rows of one sequence: their keys and values first (a row reads the
      * rows before it, written by other work-groups) */
     if (!own_row &&
-        (s = ST_LAUNCH(dev, "flash.cl", "attention_kv_write", Ns * KVD, 0, ST_KT(kc), ST_KT(vc),
+        (s = ST_LAUNCH(dev, "flash.cl", "attention_kv_write", Ns * KVD, 64, ST_KT(kc), ST_KT(vc),
                        ST_KT(qkv), ST_KT(bias), ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(n),
                        ST_KI(S), ST_KI(C), ST_KI(NH), ST_KI(KV))) != ST_OK)
         return s;
-    /* CPUs: a work-item per row and head, without barriers (cl/flash.cl) */
+    /* CPUs: a work-item per row and head, without barriers (cl/flash.cl),
+     * in work-groups of a row's heads. Every launch here has a fixed
+     * work-group size: left to the driver it follows the number of rows,
+     * and PoCL compiles the kernel again for each new size it picks (half
+     * a second each, stalling a server's first passes of each size). */
     bool cpu = st_layers_cpu_form(dev);
     return ST_LAUNCH(dev, "flash.cl", cpu ? "attention_decode_cpu" : "attention_decode",
-                     Ns * (size_t)NH * (cpu ? 1 : DEC_WG), cpu ? 0 : DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(kc), ST_KT(vc), ST_KT(qkv), ST_KT(bias),
+                     Ns * (size_t)NH * (cpu ? 1 : DEC_WG), cpu ? (size_t)NH : DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(kc), ST_KT(vc), ST_KT(qkv), ST_KT(bias),
                      ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(own_row), ST_KI(S), ST_KI(C),
                      ST_KI(NH), ST_KI(KV), ST_KF(scale));
 }

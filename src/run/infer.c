@@ -381,7 +381,9 @@ typedef struct run_ctx {
     int G, rows;
     run_group *g;
     void (*on_token)(void *ctx, int id);
+    bool (*go_on)(void *ctx);
     void *ctx;
+    bool over; /* go_on said no: every group ends */
 } run_ctx;
 
 /* Group gi's next pass: the last token of each of its sequences that
@@ -393,6 +395,13 @@ static st_status run_next(void *ctx, int gi, st_stage_rows *rows, const int **ou
     st_infer *in = r->in;
     run_group *g = &r->g[gi];
     int n = 0, outs = 0, budget = in->prefill;
+    if (!r->over && r->go_on && !r->go_on(r->ctx))
+        r->over = true;
+    if (r->over) { /* no more passes: the run ends when those in flight are done */
+        *rows = (st_stage_rows){0};
+        *out_seq = g->out_seq;
+        return ST_OK;
+    }
     for (int phase = 0; phase < 2; phase++)
         for (int i = gi; i < in->max_seqs; i += r->G) {
             seq_slot *q = &in->seqs[i];
@@ -454,13 +463,19 @@ static st_status run_done(void *ctx, int gi, const float *logits, int n_out)
 
 st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx)
 {
+    return st_infer_run_while(in, on_token, NULL, ctx);
+}
+
+st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
+                             bool (*go_on)(void *ctx), void *ctx)
+{
     if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0) {
         /* step by step, with the same callback */
         st_status s = ST_OK;
         long *made = calloc((size_t)(in->max_seqs > 0 ? in->max_seqs : 1), sizeof *made);
         if (!made)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        while (s == ST_OK && st_infer_active(in) > 0) {
+        while (s == ST_OK && st_infer_active(in) > 0 && (!go_on || go_on(ctx))) {
             for (int i = 0; i < in->max_seqs; i++)
                 made[i] = in->seqs[i].made;
             s = st_infer_step(in);
@@ -472,7 +487,7 @@ st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *
         return s;
     }
     run_ctx r = {.in = in, .G = (int)st_pipe_n_stages(in->pipe), .on_token = on_token,
-                 .ctx = ctx};
+                 .go_on = go_on, .ctx = ctx};
     if (r.G > in->max_seqs)
         r.G = in->max_seqs;
     r.rows = st_decode_rows(in->prefill, in->max_seqs);

@@ -210,7 +210,7 @@ static st_status attention(st_layer *l, const block_attn *at, const block_io *o,
                            .b = d->k, .b_offset = cache, .ldb = Cs, .b_stride = HS,
                            .c = d->scores, .ldc = S, .c_stride = S, .batch = NHs};
         if ((s = st_gemm(&qk)) != ST_OK ||
-            (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NHs, 0,
+            (s = ST_LAUNCH(l->dev, "attention.cl", "attention_softmax_rows", NHs, 16,
                            ST_KT(d->scores), ST_KI(NH), ST_KI(len), ST_KI(S))) != ST_OK)
             return s;
         /* atty_h = scores_h[1, len] . V_h[len, HS] */
