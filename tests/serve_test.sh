@@ -163,8 +163,8 @@ done
 # a client that goes away cancels its sequence (streamed, and waiting for a whole answer)
 metric() { curl -s "${auth[@]}" "$url/metrics" | sed -n "s/^$1 //p"; }
 before=$(metric strata_requests_cancelled_total)
-curl -sN --max-time 0.3 "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 450, "stream": true}' >/dev/null
-curl -s --max-time 0.3 "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 450}' >/dev/null
+curl -sN --max-time 0.1 "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 450, "stream": true, "ignore_eos": true}' >/dev/null
+curl -s --max-time 0.1 "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 450, "ignore_eos": true}' >/dev/null
 for _ in $(seq 50); do
     [ "$(metric strata_requests_cancelled_total)" -ge $((before + 2)) ] && [ "$(metric strata_kv_slots_used)" = 0 ] && break
     sleep 0.1
@@ -186,7 +186,7 @@ check 'kill -0 ${pids[0]}' "server A is alive after them"
 grep -E "AddressSanitizer|runtime error|LeakSanitizer" "$tmp/a.log" && bad "a sanitizer report in server A's log"
 
 # SIGTERM: the request in flight finishes, then exit 0
-curl -sN "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 300, "stream": true, "temperature": 0}' >"$tmp/inflight" &
+curl -sN "${auth[@]}" "$c" -d '{"prompt": "Hello", "max_tokens": 300, "stream": true, "temperature": 0, "ignore_eos": true}' >"$tmp/inflight" &
 cpid=$!
 for _ in $(seq 100); do [ -s "$tmp/inflight" ] && break; sleep 0.05; done
 kill -TERM "${pids[0]}"
@@ -199,25 +199,34 @@ check 'grep -q "data: \[DONE\]" "$tmp/inflight" && grep -q "\"finish_reason\":\"
 check 'grep -q "finishing the requests in flight" "$tmp/a.log"' "the drain is said"
 check '! curl -s --max-time 2 "$url/health" >/dev/null' "nothing listens after the exit"
 
-# ---- server B: one slot, no queue: 503 with Retry-After ---------------------------
-start_server b --parallel 1 --queue 0 --max-tokens 450 || bad "server B starts"
+# ---- server B: one slot, a queue of one: 503 with Retry-After past it; a stream
+# waiting in the queue longer than the idle timeout (1 s) is kept open by comments
+start_server b --parallel 1 --queue 1 --timeout 1 --max-tokens 450 || bad "server B starts"
 url=http://127.0.0.1:$port
-curl -sN "$url/v1/completions" -d '{"prompt": "Hello", "max_tokens": 450, "stream": true}' >"$tmp/first" &
+curl -sN "$url/v1/completions" -d '{"prompt": "Hello", "max_tokens": 450, "stream": true, "ignore_eos": true}' >"$tmp/first" &
 cpid=$!
 for _ in $(seq 100); do [ -s "$tmp/first" ] && break; sleep 0.02; done
+curl -sN "$url/v1/completions" -d '{"prompt": "Hi", "max_tokens": 20, "stream": true}' >"$tmp/second" &
+cpid2=$!
+sleep 0.1
 curl -s -D "$tmp/head" -o "$tmp/body" "$url/v1/completions" -d '{"prompt": "a", "max_tokens": 2}'
 check 'grep -q "^HTTP/1.1 503" "$tmp/head" && grep -qi "^Retry-After: 1" "$tmp/head"' \
-    "past one slot and no queue: 503 with Retry-After"
-wait $cpid
+    "past one slot and a queue of one: 503 with Retry-After"
+wait $cpid $cpid2
+check 'grep -q "data: \[DONE\]" "$tmp/first" && grep -q "data: \[DONE\]" "$tmp/second"' \
+    "the running and the queued streams both finish"
+check 'grep -q "^:$" "$tmp/second"' "the queued stream was kept open by comment lines"
 kill -INT "${pids[1]}"
 wait "${pids[1]}"
 check '[ $? = 0 ]' "SIGINT: exit 0"
 
 # ---- server C: a device failure fails its request with 500, and the server ends ----
-STRATA_TEST_FAIL_STAGE=0:40 start_server c --parallel 2 || bad "server C starts"
+# (a prompt of 400 token ids read 8 a pass: 50 passes, past the 40th whatever is drawn)
+STRATA_TEST_FAIL_STAGE=0:40 start_server c --parallel 2 --prefill 8 || bad "server C starts"
 url=http://127.0.0.1:$port
+ids=$(seq -s, 1 400)
 curl -s -o "$tmp/body" -w '%{http_code}' --max-time 60 "$url/v1/completions" \
-    -d '{"prompt": "Hello", "max_tokens": 200}' >"$tmp/code"
+    -d "{\"prompt\": [$ids], \"max_tokens\": 20}" >"$tmp/code"
 check '[ "$(cat "$tmp/code")" = 500 ] && grep -q "a device failed" "$tmp/body"' \
     "a device failure: HTTP 500 naming it ($(cat "$tmp/code"))"
 for _ in $(seq 100); do kill -0 "${pids[2]}" 2>/dev/null || break; sleep 0.1; done

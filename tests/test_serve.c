@@ -141,14 +141,15 @@ static void requests_read_with_defaults(void **state)
     body = "{\"prompt\": [[1, 2, 3], \"x\"], \"max_tokens\": 5, \"temperature\": 0, \"top_k\": 3,"
            "\"stop\": [\"\\n\", \"END\"], \"seed\": -7, \"n\": 2, \"stream\": true,"
            "\"stream_options\": {\"include_usage\": true}, \"logprobs\": null, \"echo\": false,"
-           "\"frequency_penalty\": 0, \"best_of\": 2}";
+           "\"frequency_penalty\": 0, \"best_of\": 2, \"ignore_eos\": true}";
     assert_true(sv_request_parse(body, strlen(body), false, &r, &e));
     assert_int_equal(r.n_prompts, 2);
     assert_int_equal(r.prompts[0].n_ids, 3);
     assert_int_equal(r.prompts[0].ids[2], 3);
     assert_string_equal(r.prompts[1].text, "x");
     assert_int_equal(r.max_tokens, 5);
-    assert_true(r.temperature == 0 && r.top_k == 3 && r.n == 2 && r.stream && r.include_usage);
+    assert_true(r.temperature == 0 && r.top_k == 3 && r.n == 2 && r.stream && r.include_usage &&
+                r.ignore_eos);
     assert_int_equal(r.n_stop, 2);
     assert_string_equal(r.stop[0], "\n");
     assert_true(r.has_seed && r.seed == (uint64_t)-7);
@@ -198,6 +199,7 @@ static void bad_requests_are_refused_by_field(void **state)
         {false, "{\"prompt\": \"a\", \"top_p\": 1.5}", 422, "top_p", ""},
         {false, "{\"prompt\": \"a\", \"n\": 0}", 422, "n", ""},
         {false, "{\"prompt\": \"a\", \"stream\": 1}", 400, "stream", "true or false"},
+        {false, "{\"prompt\": \"a\", \"ignore_eos\": \"yes\"}", 400, "ignore_eos", ""},
         {false, "{\"prompt\": \"a\", \"stop\": 7}", 400, "stop", ""},
         {false, "{\"prompt\": \"a\", \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", 422, "stop", "at most 4"},
         {false, "{\"prompt\": \"a\", \"stop\": [\"\"]}", 422, "stop", "1 to 256"},

@@ -62,22 +62,22 @@ load() {
             --json "$work/$name-long.json"
     fi
 }
-strata_serve() { # NAME POCL_DEVICES [flags]
-    local name=$1 devs=$2
-    shift 2
+strata_serve() { # NAME POCL_DEVICES all|short [flags]
+    local name=$1 devs=$2 rows=$3
+    shift 3
     POCL_DEVICES=$devs "$strata" serve --model "$model" --port 18473 --parallel 16 "$@" \
         2>"$work/$name.log" &
     server=$!
     wait_ready http://127.0.0.1:18473 "$work/$name.log"
-    load "$name" http://127.0.0.1:18473 "${SHORT:-}"
+    load "$name" http://127.0.0.1:18473 "$rows"
     kill -TERM $server
     wait $server
     server=
 }
 echo "device: $("$strata" devices | sed -n 2p | tr -s " ")"
-strata_serve strata pthread
+strata_serve strata pthread all
 strata_serve basic1 basic short
-strata_serve basic2 "basic basic" --devices all short
+strata_serve basic2 "basic basic" short --devices all
 grep -h "plan\|stage" "$work/basic2.log" | head -4 || true
 "$lc/src/build/bin/llama-server" -m "$gguf" -t "$threads" -np 16 -c 8192 --host 127.0.0.1 \
     --port 18474 --no-webui >"$work/llama.log" 2>&1 &

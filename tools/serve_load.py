@@ -56,6 +56,8 @@ def main():
     ap.add_argument('--api-key', default='none')
     ap.add_argument('--temperature', type=float, default=0.0)
     ap.add_argument('--time-limit', type=float, default=600)
+    ap.add_argument('--ignore-eos', action='store_true',
+                    help='generate max_tokens whatever is drawn (llama.cpp\'s ignore_eos)')
     ap.add_argument('--json')
     ap.add_argument('--label', default='')
     a = ap.parse_args()
@@ -69,8 +71,10 @@ def main():
         prompts = []
         for i in range(a.requests):  # each its own from the first word on: no prompt cache helps
             w = [WORDS[(i + k) % len(WORDS)] for k in range(a.prompt_tokens)]
-            text = '%d ' % i + ' '.join(w)
-            prompts.append(text[:a.prompt_tokens] if a.bytes else text)
+            if a.bytes:  # no spaces: a byte-level SentencePiece vocabulary spends three on each
+                prompts.append(('%d-' % i + '-'.join(w))[:a.prompt_tokens])
+            else:
+                prompts.append('%d ' % i + ' '.join(w))
     else:
         prompts = BUILT_IN
     expect = None
@@ -99,7 +103,8 @@ def main():
         finish = None
         stream = client.completions.create(model=model, prompt=prompt, max_tokens=a.max_tokens,
                                            temperature=a.temperature, stream=True,
-                                           stream_options={'include_usage': True})
+                                           stream_options={'include_usage': True},
+                                           extra_body={'ignore_eos': True} if a.ignore_eos else None)
         for chunk in stream:
             now = time.monotonic()
             if chunk.usage is not None:
@@ -147,7 +152,7 @@ def main():
             try:
                 r = f.result()
             except Exception as e:  # an HTTP or connection error
-                errors.append('%s: %s' % (type(e).__name__, e))
+                errors.append('%s: %s (%r)' % (type(e).__name__, e, e.__cause__))
                 continue
             if r is None:
                 errors.append('not sent: the time limit was reached')

@@ -106,6 +106,11 @@ typedef enum st_infer_finish {
     ST_FINISH_ERROR     /* a step failed while it was in it */
 } st_infer_finish;
 
+/* As st_infer_add, in a free slot of a group of st_infer_run_while: a
+ * slot k with k % groups == group. */
+st_status st_infer_add_group(st_infer *in, const st_infer_request *r, int group, int groups,
+                             int *id);
+
 /* Adds a sequence in a free slot; *id names it until st_infer_release.
  * ST_ERR_BUSY when every slot is taken; ST_ERR_INVALID for a prompt that
  * is empty, longer than the context or outside the vocabulary. */
@@ -127,13 +132,20 @@ st_status st_infer_step(st_infer *in);
  * replicas (or under MPI) it steps. */
 st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx);
 
-/* The same, and before each pass asks go_on(ctx) (NULL: always yes),
- * on a pipeline thread: when it says no, no more passes start, those in
- * flight finish, and the call returns with the sequences not finished
- * still running (a later call goes on with them). A server stops a run
- * so to add and release sequences between runs. */
+/* The same, and before each pass of a group calls between(ctx, group,
+ * groups) (NULL: none), on a pipeline thread, when none of that group's
+ * passes is in flight: it may end, release and add sequences of that group
+ * (st_infer_end, st_infer_release, st_infer_add_group with the same group
+ * and groups), so that requests join and leave a run without stopping it.
+ * When it returns false no more passes start, those in flight finish, and
+ * the call returns with the sequences not finished still running (a later
+ * call goes on with them). A group that has nothing to do ends for the
+ * rest of the run. Without streaming (one group) it is called before each
+ * step with group 0 of 1. */
 st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
-                             bool (*go_on)(void *ctx), void *ctx);
+                             bool (*between)(void *ctx, int group, int groups), void *ctx);
+/* The groups st_infer_run_while streams: the stages (at most max_seqs), or 1. */
+int st_infer_groups(const st_infer *in);
 
 /* Sequences not finished. */
 int st_infer_active(const st_infer *in);

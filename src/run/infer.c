@@ -193,6 +193,12 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
 
 st_status st_infer_add(st_infer *in, const st_infer_request *r, int *id)
 {
+    return st_infer_add_group(in, r, 0, 1, id);
+}
+
+st_status st_infer_add_group(st_infer *in, const st_infer_request *r, int group, int groups,
+                             int *id)
+{
     if (in->max_seqs == 0)
         return st_error(ST_ERR_INVALID, "the session was opened for scoring, not decoding");
     int V = in->cfg.vocab_size;
@@ -209,11 +215,14 @@ st_status st_infer_add(st_infer *in, const st_infer_request *r, int *id)
             return st_error(ST_ERR_INVALID,
                             "the prompt has token %d, outside the model's vocabulary of %d",
                             r->prompt[j], V);
-    int k = 0;
+    if (groups < 1 || group < 0 || group >= groups)
+        return st_error(ST_ERR_INVALID, "group %d of %d", group, groups);
+    int k = group;
     while (k < in->max_seqs && in->seqs[k].used)
-        k++;
-    if (k == in->max_seqs)
-        return st_error(ST_ERR_BUSY, "all %d sequence slots are taken", in->max_seqs);
+        k += groups;
+    if (k >= in->max_seqs)
+        return st_error(ST_ERR_BUSY, "all %d sequence slots%s are taken", in->max_seqs,
+                        groups > 1 ? " of the group" : "");
     seq_slot *q = &in->seqs[k];
     long cap = (long)r->n_prompt + (r->max_tokens > 0 ? r->max_tokens : 0) + 1;
     if (cap > (long)r->n_prompt + 4096) /* grown as it goes past this */
@@ -381,7 +390,7 @@ typedef struct run_ctx {
     int G, rows;
     run_group *g;
     void (*on_token)(void *ctx, int id);
-    bool (*go_on)(void *ctx);
+    bool (*between)(void *ctx, int group, int groups);
     void *ctx;
     bool over; /* go_on said no: every group ends */
 } run_ctx;
@@ -395,7 +404,7 @@ static st_status run_next(void *ctx, int gi, st_stage_rows *rows, const int **ou
     st_infer *in = r->in;
     run_group *g = &r->g[gi];
     int n = 0, outs = 0, budget = in->prefill;
-    if (!r->over && r->go_on && !r->go_on(r->ctx))
+    if (!r->over && r->between && !r->between(r->ctx, gi, r->G))
         r->over = true;
     if (r->over) { /* no more passes: the run ends when those in flight are done */
         *rows = (st_stage_rows){0};
@@ -466,8 +475,16 @@ st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *
     return st_infer_run_while(in, on_token, NULL, ctx);
 }
 
+int st_infer_groups(const st_infer *in)
+{
+    if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0)
+        return 1;
+    int G = (int)st_pipe_n_stages(in->pipe);
+    return G < in->max_seqs ? G : in->max_seqs;
+}
+
 st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
-                             bool (*go_on)(void *ctx), void *ctx)
+                             bool (*between)(void *ctx, int group, int groups), void *ctx)
 {
     if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0) {
         /* step by step, with the same callback */
@@ -475,7 +492,7 @@ st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
         long *made = calloc((size_t)(in->max_seqs > 0 ? in->max_seqs : 1), sizeof *made);
         if (!made)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-        while (s == ST_OK && st_infer_active(in) > 0 && (!go_on || go_on(ctx))) {
+        while (s == ST_OK && (!between || between(ctx, 0, 1)) && st_infer_active(in) > 0) {
             for (int i = 0; i < in->max_seqs; i++)
                 made[i] = in->seqs[i].made;
             s = st_infer_step(in);
@@ -486,10 +503,8 @@ st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
         free(made);
         return s;
     }
-    run_ctx r = {.in = in, .G = (int)st_pipe_n_stages(in->pipe), .on_token = on_token,
-                 .go_on = go_on, .ctx = ctx};
-    if (r.G > in->max_seqs)
-        r.G = in->max_seqs;
+    run_ctx r = {.in = in, .G = st_infer_groups(in), .on_token = on_token, .between = between,
+                 .ctx = ctx};
     r.rows = st_decode_rows(in->prefill, in->max_seqs);
     size_t R = (size_t)r.rows, Q = (size_t)in->max_seqs;
     r.g = calloc((size_t)r.G, sizeof *r.g);

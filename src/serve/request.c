@@ -354,7 +354,8 @@ static bool parse(json_t *root, bool chat, sv_request *r, sv_error *e)
         !get_number(root, "repeat_penalty", 0.01, 100, &r->repeat_penalty, e) ||
         !get_integer(root, "top_k", 0, INT32_MAX, &r->top_k, e) ||
         !get_integer(root, "n", 1, SV_MAX_PROMPTS, &r->n, e) ||
-        !get_bool(root, "stream", &r->stream, e))
+        !get_bool(root, "stream", &r->stream, e) ||
+        !get_bool(root, "ignore_eos", &r->ignore_eos, e))
         return false;
     if (r->top_p == 0) { /* nothing left to draw from: the likeliest, as OpenAI does */
         r->top_p = 1;

@@ -96,6 +96,7 @@ typedef struct sv_request {
     uint64_t seed;
     long n;
     bool stream, include_usage;
+    bool ignore_eos;        /* llama.cpp's extension: the EOS token does not end the text */
 } sv_request;
 
 /* Reads a /v1/completions (chat false) or /v1/chat/completions body. On a

@@ -116,6 +116,7 @@ struct call {
     struct MHD_Connection *conn;
     char *out;       /* bytes ready to send */
     size_t out_len, out_off;
+    double last_sent; /* when the stream last sent something */
     bool sent_role, sent_end;
 };
 
@@ -139,7 +140,8 @@ typedef struct server {
     int q_len;
     choice **slot; /* per sequence id */
     int live;      /* slots holding a choice not done */
-    int cancels;   /* cancelled calls with choices in slots */
+    int cancels;   /* cancelled calls */
+    bool over[ST_PLAN_MAX_STAGES]; /* groups of this run that ended */
     int in_flight; /* calls a connection still answers */
     atomic_bool ready, draining, failed, stop_sched;
     char fail_msg[512];
@@ -328,24 +330,11 @@ static void on_token(void *ctx, int id)
     pthread_mutex_unlock(&S->mu);
 }
 
-/* Whether the run goes on: not when a queued call could take a slot, nor
- * when a cancelled sequence should leave. */
-static bool go_on(void *ctx)
+/* Group g of G between its passes (under mu): its cancelled sequences
+ * ended, its finished ones released. */
+static void settle(server *S, int g, int G)
 {
-    server *S = ctx;
-    pthread_mutex_lock(&S->mu);
-    bool yes = !(S->q_head && S->live < S->slots) && S->cancels == 0 &&
-               !atomic_load(&S->stop_sched);
-    pthread_mutex_unlock(&S->mu);
-    return yes;
-}
-
-/* Between runs: cancelled sequences ended, finished ones released, queued
- * calls admitted into free slots (in order). Under mu. */
-static void schedule(server *S)
-{
-    S->cancels = 0;
-    for (int id = 0; id < S->slots; id++) {
+    for (int id = g; id < S->slots; id += G) {
         choice *ch = S->slot[id];
         if (!ch)
             continue;
@@ -355,7 +344,6 @@ static void schedule(server *S)
             continue;
         if (c->cancel && info.finish == ST_FINISH_NONE) {
             st_infer_end(S->in, id, ST_FINISH_CANCEL);
-            finish(S, ch, ST_FINISH_CANCEL);
             info.finish = ST_FINISH_CANCEL;
         }
         if (info.finish != ST_FINISH_NONE) {
@@ -367,6 +355,12 @@ static void schedule(server *S)
                 call_unref(S, c);
         }
     }
+}
+
+/* Queued calls admitted, in order, into the free slots of group g of G
+ * (under mu). */
+static void admit(server *S, int g, int G)
+{
     while (S->q_head) {
         call *c = S->q_head;
         if (c->cancel) { /* gone before it started */
@@ -385,9 +379,9 @@ static void schedule(server *S)
                              .top_p = c->req.top_p, .min_p = c->req.min_p,
                              .repeat_penalty = c->req.repeat_penalty, .repeat_last_n = 64},
                 .seed = c->seed + (uint64_t)ch->index * 0x9e3779b97f4a7c15ull,
-                .eos = S->eos, .vocab_limit = S->sample_V};
+                .eos = c->req.ignore_eos ? -1 : S->eos, .vocab_limit = S->sample_V};
             int id = -1;
-            st_status s = st_infer_add(S->in, &r, &id);
+            st_status s = st_infer_add_group(S->in, &r, g, G, &id);
             if (s == ST_ERR_BUSY)
                 return;
             c->admitted++;
@@ -414,6 +408,38 @@ static void schedule(server *S)
     }
 }
 
+/* Before each pass of group g of G (a pipeline thread, no pass of g in
+ * flight): requests leave and join without stopping the run. The run
+ * stops only when a queued call could go into a group that has ended
+ * (it had nothing to do), or the server stops. */
+static bool between(void *ctx, int g, int G)
+{
+    server *S = ctx;
+    pthread_mutex_lock(&S->mu);
+    settle(S, g, G);
+    admit(S, g, G);
+    bool any = false;
+    for (int id = g; id < S->slots && !any; id += G)
+        any = S->slot[id] && !S->slot[id]->done;
+    if (g < ST_PLAN_MAX_STAGES)
+        S->over[g] = !any; /* it will end: its slots take no one until the next run */
+    bool ended = false;
+    for (int k = 0; k < G && k < ST_PLAN_MAX_STAGES; k++)
+        ended |= S->over[k];
+    bool yes = !(S->q_head && ended) && !atomic_load(&S->stop_sched);
+    pthread_cond_broadcast(&S->out_cv);
+    pthread_mutex_unlock(&S->mu);
+    return yes;
+}
+
+/* Between runs: every group settled and filled (under mu). */
+static void schedule(server *S)
+{
+    settle(S, 0, 1);
+    admit(S, 0, 1);
+    memset(S->over, 0, sizeof S->over);
+}
+
 static void *scheduler(void *arg)
 {
     server *S = arg;
@@ -428,7 +454,7 @@ static void *scheduler(void *arg)
             continue;
         }
         pthread_mutex_unlock(&S->mu);
-        st_status s = st_infer_run_while(S->in, on_token, go_on, S);
+        st_status s = st_infer_run_while(S->in, on_token, between, S);
         pthread_mutex_lock(&S->mu);
         if (s != ST_OK) {
             /* The pipeline is broken: every sequence in it and every queued
@@ -721,6 +747,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             c->out_off += n;
             if (c->out_off == c->out_len)
                 c->out_off = c->out_len = 0;
+            c->last_sent = st_now_s();
             pthread_mutex_unlock(&S->mu);
             return (ssize_t)n;
         }
@@ -740,6 +767,16 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (c->out_len == 0 && client_gone(c->conn)) {
             pthread_mutex_unlock(&S->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        /* Nothing for a while (a long prompt read, a queue): a comment line,
+         * which clients skip, so that the idle timeout (counted by
+         * libmicrohttpd between sends) does not close the stream. */
+        double keep = S->c->timeout_s / 3 < 2 ? S->c->timeout_s / 3 : 2;
+        if (c->out_len == 0 && st_now_s() - c->last_sent > keep && max >= 3) {
+            memcpy(buf, ":\n\n", 3);
+            c->last_sent = st_now_s();
+            pthread_mutex_unlock(&S->mu);
+            return 3;
         }
     }
 }
@@ -925,7 +962,7 @@ static enum MHD_Result generate(server *S, struct MHD_Connection *conn, conn_sta
                          : "the server is shutting down");
     }
     snprintf(c->id, sizeof c->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", ++S->n_calls);
-    c->t_start = st_now_s();
+    c->t_start = c->last_sent = st_now_s();
     c->refs = 2; /* the connection's and the scheduler's */
     c->conn = conn;
     if (S->q_tail)
