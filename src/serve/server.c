@@ -540,6 +540,18 @@ static enum MHD_Result fail(server *S, struct MHD_Connection *conn, int ep, int 
     return reply_error(S, conn, ep, &e);
 }
 
+/* Waits on out_cv (under mu) until woken, or 100 ms: long enough to cost
+ * nothing, short enough to notice a client gone. */
+static void wait_a_while(server *S)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100000000;
+    if (ts.tv_nsec >= 1000000000)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&S->out_cv, &S->mu, &ts);
+}
+
 /* The client closed its end (or reset it). */
 static bool client_gone(struct MHD_Connection *conn)
 {
@@ -758,12 +770,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         stream_events(S, c);
         if (c->out_len > 0)
             continue;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100000000;
-        if (ts.tv_nsec >= 1000000000)
-            ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        pthread_cond_timedwait(&S->out_cv, &S->mu, &ts);
+        wait_a_while(S);
         if (c->out_len == 0 && client_gone(c->conn)) {
             pthread_mutex_unlock(&S->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -994,12 +1001,7 @@ static enum MHD_Result generate(server *S, struct MHD_Connection *conn, conn_sta
     }
     /* the whole answer: wait for it, watching the client */
     while (!all_done(c)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100000000;
-        if (ts.tv_nsec >= 1000000000)
-            ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        pthread_cond_timedwait(&S->out_cv, &S->mu, &ts);
+        wait_a_while(S);
         if (!all_done(c) && client_gone(conn)) {
             call_leave(S, c, true);
             pthread_mutex_unlock(&S->mu);
@@ -1435,12 +1437,7 @@ int sv_serve(const sv_config *cf, sv_loader load, void *load_ctx)
     double until = st_now_s() + cf->drain_s;
     pthread_mutex_lock(&S->mu);
     while (S->in_flight > 0 && st_now_s() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100000000;
-        if (ts.tv_nsec >= 1000000000)
-            ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        pthread_cond_timedwait(&S->out_cv, &S->mu, &ts);
+        wait_a_while(S);
     }
     int left = S->in_flight;
     if (left > 0) { /* time is up: cancelled */
