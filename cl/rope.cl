@@ -8,7 +8,9 @@
  * (float, as Hugging Face computes it):
  *   x'[i] = x[i] cos a - x[i + HS/2] sin a;  x'[i + HS/2] = x[i + HS/2] cos a + x[i] sin a.
  * The backward applies the inverse rotation to the gradient. One work-item
- * per pair (and per v column for the bias).
+ * per row and i, for the pairs of every head of q and k (the angle's cosine
+ * and sine once, not once per head: they were most of the kernel's time on
+ * CPUs), and one per v column for the bias.
  */
 __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
                        __global const float *bias, const ulong bias_off,
@@ -17,27 +19,30 @@ __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
                        const int has_bias, const int N, const int T, const int pos0,
                        const int NH, const int KV, const int HS)
 {
-    const int hh = HS / 2, pairs = (NH + KV) * hh, KVD = KV * HS;
-    const int W = (NH + 2 * KV) * HS, per_row = pairs + (has_bias ? KVD : 0);
+    const int hh = HS / 2, KVD = KV * HS;
+    const int W = (NH + 2 * KV) * HS, per_row = hh + (has_bias ? KVD : 0);
     const size_t id = get_global_id(0);
     if (id >= (size_t)N * per_row)
         return;
     const int n = id / per_row, e = id % per_row;
     __global float *row = qkv + qkv_off + (size_t)n * W;
     bias += bias_off;
-    if (e >= pairs) { /* v: the bias only */
-        const int c = (NH + KV) * HS + (e - pairs);
+    if (e >= hh) { /* v: the bias only */
+        const int c = (NH + KV) * HS + (e - hh);
         row[c] += bias[c];
         return;
     }
-    const int head = e / hh, i = e % hh, c = head * HS + i;
-    const float x1 = row[c] + (has_bias ? bias[c] : 0.0f);
-    const float x2 = row[c + hh] + (has_bias ? bias[c + hh] : 0.0f);
+    const int i = e;
     const int pos = has_rows ? rows[rows_off + 2 * n + 1] : pos0 + n % T;
     const float a = (float)pos * inv_freq[inv_freq_off + i];
     const float cs = cos(a), sn = sin(a);
-    row[c] = x1 * cs - x2 * sn;
-    row[c + hh] = x2 * cs + x1 * sn;
+    for (int head = 0; head < NH + KV; head++) {
+        const int c = head * HS + i;
+        const float x1 = row[c] + (has_bias ? bias[c] : 0.0f);
+        const float x2 = row[c + hh] + (has_bias ? bias[c + hh] : 0.0f);
+        row[c] = x1 * cs - x2 * sn;
+        row[c + hh] = x2 * cs + x1 * sn;
+    }
 }
 
 __kernel void rope_bwd(__global float *dqkv, const ulong dqkv_off,
@@ -45,16 +50,18 @@ __kernel void rope_bwd(__global float *dqkv, const ulong dqkv_off,
                        const int N, const int T, const int pos0, const int NH, const int KV,
                        const int HS)
 {
-    const int hh = HS / 2, pairs = (NH + KV) * hh, W = (NH + 2 * KV) * HS;
+    const int hh = HS / 2, W = (NH + 2 * KV) * HS;
     const size_t id = get_global_id(0);
-    if (id >= (size_t)N * pairs)
+    if (id >= (size_t)N * hh)
         return;
-    const int n = id / pairs, e = id % pairs;
+    const int n = id / hh, i = id % hh;
     __global float *row = dqkv + dqkv_off + (size_t)n * W;
-    const int head = e / hh, i = e % hh, c = head * HS + i;
-    const float d1 = row[c], d2 = row[c + hh];
     const float a = (float)(pos0 + n % T) * inv_freq[inv_freq_off + i];
     const float cs = cos(a), sn = sin(a);
-    row[c] = d1 * cs + d2 * sn;
-    row[c + hh] = d2 * cs - d1 * sn;
+    for (int head = 0; head < NH + KV; head++) {
+        const int c = head * HS + i;
+        const float d1 = row[c], d2 = row[c + hh];
+        row[c] = d1 * cs + d2 * sn;
+        row[c + hh] = d2 * cs - d1 * sn;
+    }
 }

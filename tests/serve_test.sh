@@ -2,7 +2,8 @@
 # serve_test.sh - `strata serve` end to end on a small Llama model with a
 # real tokenizer and a Llama 3 chat template: the error table through curl,
 # the `openai` package's client (tests/serve_check.py), greedy answers equal
-# to `strata generate`'s at 1 and 4 concurrent clients (tools/serve_load.py),
+# to `strata generate`'s at 1 and 4 concurrent clients (tools/serve_load.py;
+# on one device, two replicas and two stages),
 # a client's disconnect cancelling its sequence, 503 with Retry-After past
 # the queue, 200+ malformed requests and slow clients (tests/serve_fuzz.py),
 # SIGTERM finishing the request in flight, and a device failure failing its
@@ -140,9 +141,12 @@ for p in json.load(open(prompts)):
     expect[p] = text[len(p):]  # and a newline when the text had none at its end
 json.dump(expect, open(out, 'w'))
 EOF
-for clients in 1 4; do
+# greedy CLIENTS LABEL: 12 requests from CLIENTS clients at once to $url give
+# the texts `strata generate` gives
+greedy() {
+    local clients=$1 label=$2
     if PYTHONPATH=$pyclients timeout 300 $py "$root/tools/serve_load.py" --url "$url" \
-        --api-key "$key" --clients $clients --requests 12 --max-tokens 12 \
+        --api-key "$key" --clients "$clients" --requests 12 --max-tokens 12 \
         --prompts "$tmp/prompts.json" --json "$tmp/load$clients.json" >"$tmp/load.log" 2>&1 &&
         $py - "$tmp/load$clients.json" "$tmp/expect.json" <<'EOF'; then
 import json, sys
@@ -153,12 +157,13 @@ for p in bad:
     print('  %r: served %r, generate %r' % (p, got[p], want[p]))
 sys.exit(1 if bad else 0)
 EOF
-        ok "$clients client(s): 12 requests, usage checked, greedy texts equal generate's"
+        ok "$label$clients client(s): 12 requests, usage checked, greedy texts equal generate's"
     else
-        bad "$clients client(s) against generate:"
+        bad "$label$clients client(s) against generate:"
         cat "$tmp/load.log"
     fi
-done
+}
+for clients in 1 4; do greedy $clients ""; done
 
 # a client that goes away cancels its sequence (streamed, and waiting for a whole answer)
 metric() { curl -s "${auth[@]}" "$url/metrics" | sed -n "s/^$1 //p"; }
@@ -235,6 +240,26 @@ code=$?
 check '[ $code = 1 ]' "the server ends with exit 1 ($code)"
 check 'grep -q "a device failed: .*injected failure" "$tmp/c.log"' "its log says why"
 
+# ---- servers D and E: two PoCL basic devices, as two replicas of the model (the
+# planner's choice: each replica steps its own sequences on a thread of its own)
+# and as a pipeline of two stages: the same greedy texts
+POCL_DEVICES="basic basic" start_server d --parallel 4 --devices all || bad "server D starts"
+url=http://127.0.0.1:$port
+check 'grep -q "plan: 2 replicas (2 sequences each) of 1 stage" "$tmp/d.log"' \
+    "two devices: the planner makes two replicas"
+greedy 4 "two replicas: "
+kill -TERM "${pids[3]}"
+wait "${pids[3]}"
+check '[ $? = 0 ]' "server D: exit 0"
+POCL_DEVICES="basic basic" start_server e --parallel 4 --devices all --layout pipeline ||
+    bad "server E starts"
+url=http://127.0.0.1:$port
+check 'grep -q "plan: 2 stages" "$tmp/e.log"' "--layout pipeline: two stages"
+greedy 4 "two stages: "
+kill -TERM "${pids[4]}"
+wait "${pids[4]}"
+check '[ $? = 0 ]' "server E: exit 0"
+
 # ---- bad flags ------------------------------------------------------------------
 "$strata" serve --model "$tmp/m" --port 70000 2>"$tmp/err"
 check '[ $? = 2 ] && grep -q "port" "$tmp/err"' "--port 70000: exit 2"
@@ -244,6 +269,8 @@ check '[ $? = 2 ] && grep -q "model DIR is required" "$tmp/err"' "no --model: ex
 check '[ $? = 2 ] && grep -q "none" "$tmp/err"' "a missing model folder: exit 2, named"
 "$strata" serve --model "$tmp/m" --host 256.1.1.1 --port 0 2>"$tmp/err"
 check '[ $? = 2 ] && grep -q "host" "$tmp/err"' "a bad --host: exit 2"
+"$strata" serve --model "$tmp/m" --layout sideways --port 0 2>"$tmp/err"
+check '[ $? = 2 ] && grep -q "sideways" "$tmp/err"' "a bad --layout: exit 2, named"
 
 echo "serve_test: $failures failure(s)"
 [ $failures = 0 ]

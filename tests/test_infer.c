@@ -7,6 +7,7 @@
  * requests are refused by name. Tokens are compared exactly: on CPU
  * devices a row's arithmetic does not depend on the other rows of a pass.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,14 +31,20 @@ static st_model_config model(st_family family)
     return c;
 }
 
-static st_infer *open_on(const st_model_config *c, size_t n_devs, int seqs, int ctx, int prefill)
+static st_infer *open_as(const st_model_config *c, size_t n_devs, int seqs, int ctx, int prefill,
+                         const char *parallel)
 {
     st_infer_options o = {.max_seqs = seqs, .ctx = ctx, .prefill = prefill, .config = c,
                           .init_seed = 7, .quiet = true, .keep_all_devices = n_devs > 1,
-                          .parallel = n_devs > 1 ? "pipeline" : NULL};
+                          .parallel = parallel};
     st_infer *in = NULL;
     assert_ok(st_infer_open(NULL, td.dev, n_devs, &o, &in));
     return in;
+}
+
+static st_infer *open_on(const st_model_config *c, size_t n_devs, int seqs, int ctx, int prefill)
+{
+    return open_as(c, n_devs, seqs, ctx, prefill, n_devs > 1 ? "pipeline" : NULL);
 }
 
 static st_infer_request request(const int32_t *prompt, size_t n, long max_tokens, double temp,
@@ -273,6 +280,122 @@ static void failure_mid_run_ends_it(void **state)
     st_error_clear();
 }
 
+/* Two replicas (the model whole on each of two devices): sequences are
+ * spread over them (st_infer_add fills the emptier), stepping and st_infer_run_while
+ * (each replica stepping on its own thread, requests joining its group
+ * between its passes) give each sequence the tokens it gets alone, and a
+ * replica that fails ends the run for both without a hang. */
+typedef struct joiner {
+    st_infer *in;
+    st_infer_request *r;
+    int n, next, id[8], calls[8];
+    int passes[2];
+    pthread_mutex_t mu;
+} joiner;
+
+static bool join_between(void *ctx, int g, int G)
+{
+    joiner *j = ctx;
+    assert_int_equal(G, 2);
+    pthread_mutex_lock(&j->mu);
+    j->passes[g]++;
+    /* one newcomer into this replica's group every third of its passes */
+    if (j->next < j->n && j->passes[g] % 3 == 0) {
+        int id;
+        assert_ok(st_infer_add_group(j->in, &j->r[j->next], g, G, &id));
+        assert_int_equal(id % 2, g);
+        j->id[j->next++] = id;
+    }
+    bool more = j->next < j->n || st_infer_active(j->in) > 0;
+    pthread_mutex_unlock(&j->mu);
+    return more;
+}
+
+static void join_token(void *ctx, int id)
+{
+    joiner *j = ctx;
+    pthread_mutex_lock(&j->mu);
+    j->calls[id]++;
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void replicas_equal_alone(void **state)
+{
+    (void)state;
+    if (td.n < 2) {
+        fprintf(stderr, "(one device: the replica check runs in test_infer-2dev)\n");
+        return;
+    }
+    st_model_config c = model(ST_FAMILY_LLAMA);
+    enum { N = 7 };
+    int32_t p[N][40], want[N][128];
+    long nw[N];
+    st_infer_request r[N];
+    for (int k = 0; k < N; k++) {
+        prompt_of(p[k], 40, 60 + k);
+        r[k] = request(p[k], (size_t)(2 + 5 * k), 10 + 3 * k, k % 2 ? 0.9 : 0, (uint64_t)k);
+        nw[k] = alone(&c, 48, 8, &r[k], want[k]);
+    }
+    /* stepping: five sequences in six slots of two replicas */
+    st_infer *in = open_as(&c, 2, 5, 48, 8, "data");
+    assert_int_equal(st_plan_replicas(st_infer_plan(in)), 2);
+    assert_int_equal(st_infer_groups(in), 2);
+    int id[N], per[2] = {0, 0};
+    for (int k = 0; k < 5; k++) {
+        assert_ok(st_infer_add(in, &r[k], &id[k]));
+        per[id[k] % 2]++;
+    }
+    assert_int_equal(per[0], 3); /* the emptier replica each time */
+    assert_int_equal(per[1], 2);
+    while (st_infer_active(in) > 0)
+        assert_ok(st_infer_step(in));
+    for (int k = 0; k < 5; k++) {
+        st_infer_info info;
+        assert_ok(st_infer_get(in, id[k], &info));
+        assert_int_equal(info.n_tokens, nw[k]);
+        assert_memory_equal(info.tokens, want[k], (size_t)nw[k] * sizeof(int32_t));
+        st_infer_release(in, id[k]);
+    }
+    st_infer_close(in);
+
+    /* a run: two to start with, the others joining between passes */
+    in = open_as(&c, 2, 8, 48, 8, "data");
+    joiner j = {.in = in, .r = r, .n = N, .next = 2};
+    pthread_mutex_init(&j.mu, NULL);
+    assert_ok(st_infer_add_group(in, &r[0], 0, 2, &j.id[0]));
+    assert_ok(st_infer_add_group(in, &r[1], 1, 2, &j.id[1]));
+    while (j.next < N || st_infer_active(in) > 0)
+        assert_ok(st_infer_run_while(in, join_token, join_between, &j));
+    pthread_mutex_destroy(&j.mu);
+    assert_true(j.passes[0] > 3 && j.passes[1] > 3);
+    for (int k = 0; k < N; k++) {
+        st_infer_info info;
+        assert_ok(st_infer_get(in, j.id[k], &info));
+        assert_int_equal(info.n_tokens, nw[k]);
+        assert_memory_equal(info.tokens, want[k], (size_t)nw[k] * sizeof(int32_t));
+        assert_int_equal(j.calls[j.id[k]], info.n_generated);
+    }
+    st_infer_close(in);
+
+    /* replica 0's stage fails at its fifth pass: the run returns the
+     * failure, every sequence of both replicas ends */
+    setenv("STRATA_TEST_FAIL_STAGE", "0:5", 1);
+    in = open_as(&c, 2, 4, 48, 8, "data");
+    unsetenv("STRATA_TEST_FAIL_STAGE");
+    for (int k = 0; k < 4; k++)
+        assert_ok(st_infer_add(in, &r[k], &id[k]));
+    assert_int_equal(st_infer_run(in, NULL, NULL), ST_ERR_CL);
+    assert_contains(st_last_error(), "injected failure");
+    assert_int_equal(st_infer_active(in), 0);
+    for (int k = 0; k < 4; k++) {
+        st_infer_info info;
+        assert_ok(st_infer_get(in, id[k], &info));
+        assert_true(info.finish == ST_FINISH_ERROR || info.n_generated == r[k].max_tokens);
+    }
+    st_infer_close(in);
+    st_error_clear();
+}
+
 static void bad_requests_are_refused(void **state)
 {
     (void)state;
@@ -324,6 +447,7 @@ int main(void)
         cmocka_unit_test(two_stages_equal_one),
         cmocka_unit_test(run_equals_steps),
         cmocka_unit_test(failure_mid_run_ends_it),
+        cmocka_unit_test(replicas_equal_alone),
         cmocka_unit_test(bad_requests_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

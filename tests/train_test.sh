@@ -1,7 +1,7 @@
 #!/bin/bash
 # train_test.sh - `strata train`, `generate` and `eval` end to end on a tiny
 # model: log format, JSON log, bitwise repeatable runs, a resumed run equal to
-# an uninterrupted one, checkpoint files, generation with a seed, evaluation,
+# an uninterrupted one, a run started from a folder's weights (--init), checkpoint files, generation with a seed, evaluation,
 # and clear errors with exit code 2 for bad input.
 #
 # usage: train_test.sh path/to/strata
@@ -102,6 +102,44 @@ cmp -s "$(newest "$work/la" model)" "$(newest "$work/ld" model)" ||
 cmp -s "$(newest "$work/la" optimizer)" "$(newest "$work/ld" optimizer)" ||
     fail "llama: resumed optimizer state differs from the uninterrupted run's"
 expect 2 "cannot be used with --resume" -- "$strata" train --resume "$work/lc" --kv-heads 2
+
+# --init: the weights of a model folder start a new run (step 0, a fresh
+# optimizer, any data and learning rate); the model is the folder's. Step 1
+# of the Llama run's weights is far below step 1 from random weights; a run
+# from --init stopped and resumed is bitwise the uninterrupted one (micro-
+# batches given: two fresh runs may plan differently); with
+# --lr 1e-9 the weights come back as they went in (eval's loss the same).
+first_loss() { grep '"event":"step"' "$1" | head -1 | sed 's/.*"loss":\([0-9.]*\).*/\1/'; }
+out=$("$strata" train --init "$work/la" --steps 6 --lr 3e-4 --seed 5 --eval-batches 2 --batch 8 --micro-batches 2 \
+    --out "$work/li" --log-json "$work/li.json" 2>&1) || fail "train --init failed: $out"
+grep -q "starting from $work/la: step 12" <<<"$out" || fail "--init does not say what it starts from: $out"
+grep -q 'Llama family' <<<"$out" || fail "--init did not take the folder's Llama model: $out"
+awk -v a="$(first_loss "$work/li.json")" -v b="$(first_loss "$work/la.json")" \
+    'BEGIN { exit !(a < 0.8 * b) }' ||
+    fail "--init's step 1 loss $(first_loss "$work/li.json") is not below random weights' $(first_loss "$work/la.json")"
+grep -q "\"init\": \"$work/la\"" "$(newest "$work/li" checkpoint)" ||
+    fail "the manifest does not record where the weights came from"
+"$strata" train --init "$work/la" --steps 6 --lr 3e-4 --seed 5 --eval-batches 2 --batch 8 --micro-batches 2 --stop-at 3 \
+    --out "$work/lj" >/dev/null 2>&1 || fail "train --init --stop-at 3 failed"
+"$strata" train --resume "$work/lj" --log-json "$work/lj.json" >/dev/null 2>&1 ||
+    fail "resuming a run started with --init failed"
+cmp -s <(grep '"event":"step"' "$work/li.json" | sed -n '4,6p' | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/lj.json" | sed 's/"ms".*//') ||
+    fail "--init: resumed steps 4..6 differ from the uninterrupted run"
+cmp -s "$(newest "$work/li" model)" "$(newest "$work/lj" model)" ||
+    fail "--init: resumed weights differ from the uninterrupted run's"
+"$strata" train --init "$work/la" --steps 1 --lr 1e-9 --warmup 0 --weight-decay 0 \
+    --out "$work/lk" >/dev/null 2>&1 || fail "train --init --lr 1e-9 failed"
+a=$("$strata" eval --model "$work/la" 2>/dev/null | grep -o 'loss [0-9.]*')
+b=$("$strata" eval --model "$work/lk" 2>/dev/null | grep -o 'loss [0-9.]*')
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "--init then a step at lr 1e-9: eval '$b', the source's '$a'"
+expect 2 "--init starts a new run" -- "$strata" train --init "$work/la" --resume "$work/lc"
+expect 2 "--layers cannot be used with --init" -- "$strata" train --init "$work/la" --layers 3
+expect 2 "--config cannot be used with --init" -- "$strata" train --init "$work/la" --config "$work/la/config.json"
+expect 2 "$work/none" -- "$strata" train --init "$work/none"
+# --config alone trains from random weights, and says so when weights lie beside it.
+expect 0 "are not loaded: to start from them, give --init $work/la" -- \
+    "$strata" train --config "$work/la/config.json" --steps 1 --eval-batches 1 --out "$work/lcfg"
 
 # signal_run SIGNAL DIR: a long run into DIR (log DIR.log), sent SIGNAL once
 # its log shows step 3; rc holds its exit code.
@@ -300,6 +338,9 @@ expect 2 "not a valid safetensors file" -- "$strata" generate --model "$work/hf"
 cp "$(newest "$work/a" model)" "$work/hf/model.safetensors"
 expect 0 "123" -- "$strata" generate --model "$work/hf" --prompt "123" -n 2
 expect 2 "no checkpoint manifest" -- "$strata" train --resume "$work/hf"
+# ... and starts a run with --init (step 0: its weights, no training state).
+expect 0 "starting from $work/hf: config.json and its weights" -- \
+    "$strata" train --init "$work/hf" --steps 2 --eval-batches 1 --out "$work/hfi"
 
 # --keep 2 keeps two complete saves; a damaged newest save is passed over with a
 # warning naming the file and the step, and eval and --resume use the one before.

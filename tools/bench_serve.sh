@@ -11,7 +11,9 @@
 #   Rows: 1 client x 8 requests; 16 clients x 64 requests; 16 clients x 32 requests of
 #   480-byte prompts (time to first token under load). Servers:
 #     strata, one PoCL pthread device (both cores), --parallel 16
-#     strata, one PoCL basic device (one core), and two basic devices split in two stages
+#     strata, one PoCL basic device (one core), and two basic devices as the planner lays
+#     them out (two replicas of the model, each stepping its own sequences), and as a
+#     pipeline of two stages (--layout pipeline)
 #     llama-server -t THREADS -np 16 -c 8192 (16 slots of 512 positions)
 #   Needs the openai package (tools/setup.sh --tests puts it in build/pyclients).
 set -euo pipefail
@@ -78,7 +80,8 @@ echo "device: $("$strata" devices | sed -n 2p | tr -s " ")"
 strata_serve strata pthread all
 strata_serve basic1 basic short
 strata_serve basic2 "basic basic" short --devices all
-grep -h "plan\|stage" "$work/basic2.log" | head -4 || true
+grep -h "plan:" "$work/basic2.log" | head -1 || true
+strata_serve basic2p "basic basic" short --devices all --layout pipeline
 "$lc/src/build/bin/llama-server" -m "$gguf" -t "$threads" -np 16 -c 8192 --host 127.0.0.1 \
     --port 18474 --no-webui >"$work/llama.log" 2>&1 &
 server=$!
@@ -103,6 +106,6 @@ for row, label in (('1', '1 client, 8 requests'), ('16', '16 clients, 64 request
 one, sixteen = s('strata-1'), s('strata-16')
 print()
 print('strata, one device: 16 clients give %.2fx the tokens per second of one client' % (sixteen['tok_per_s'] / one['tok_per_s']))
-b1, b2 = s('basic1-16'), s('basic2-16')
-print('strata, 16 clients: two basic devices (two stages) %.1f tok/s, one basic device %.1f tok/s: %.2fx' % (b2['tok_per_s'], b1['tok_per_s'], b2['tok_per_s'] / b1['tok_per_s']))
+b1, b2, b2p = s('basic1-16'), s('basic2-16'), s('basic2p-16')
+print('strata, 16 clients: two basic devices %.1f tok/s (two replicas), %.1f tok/s (two stages), one basic device %.1f tok/s: %.2fx and %.2fx' % (b2['tok_per_s'], b2p['tok_per_s'], b1['tok_per_s'], b2['tok_per_s'] / b1['tok_per_s'], b2p['tok_per_s'] / b1['tok_per_s']))
 PY

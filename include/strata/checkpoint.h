@@ -31,8 +31,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "strata/stage.h"
 #include "strata/model.h"
+#include "strata/pipe.h"
+#include "strata/stage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -123,6 +124,12 @@ st_status st_checkpoint_load(const char *dir, st_stage *const *stages, size_t n_
                              st_train_state *state);
 st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                   st_train_state *state);
+
+/* Loads dir into a planned pipeline: this process's stages (under mpirun
+ * the other processes load theirs) and, when state is not NULL, their
+ * moments and the state; then the first replica's bits go to the others.
+ * How train (--resume, --init), eval, generate and serve load a folder. */
+st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *state);
 
 #ifdef __cplusplus
 }

@@ -107,7 +107,8 @@ typedef enum st_infer_finish {
 } st_infer_finish;
 
 /* As st_infer_add, in a free slot of a group of st_infer_run_while: a
- * slot k with k % groups == group. */
+ * slot k with k % groups == group. (st_infer_add with replicas: a free
+ * slot of the replica with the fewest sequences.) */
 st_status st_infer_add_group(st_infer *in, const st_infer_request *r, int group, int groups,
                              int *id);
 
@@ -129,7 +130,10 @@ st_status st_infer_step(st_infer *in);
  * from st_infer_step. on_token (NULL: none) is called after every token
  * drawn, on a pipeline thread; it may read that sequence (st_infer_get)
  * and end it (st_infer_end), and must not add or release sequences. With
- * replicas (or under MPI) it steps. */
+ * replicas each is a group (slot k is replica k % replicas's) that steps
+ * its own sequences on a thread of its own as soon as its last step is
+ * done, so on_token and between may be called from several threads at
+ * once (for different groups). Under MPI it steps. */
 st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *ctx);
 
 /* The same, and before each pass of a group calls between(ctx, group,
@@ -144,7 +148,8 @@ st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *
  * step with group 0 of 1. */
 st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
                              bool (*between)(void *ctx, int group, int groups), void *ctx);
-/* The groups st_infer_run_while streams: the stages (at most max_seqs), or 1. */
+/* The groups of st_infer_run_while: the replicas, else the stages it
+ * streams (at most max_seqs), or 1. */
 int st_infer_groups(const st_infer *in);
 
 /* Sequences not finished. */

@@ -141,6 +141,12 @@ st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos
  * another at increasing positions. */
 st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const int *count,
                                 const int *pos, float *logits);
+/* With replicas, replica r's share of st_pipe_prefill_batch alone, on the calling thread:
+ * its n (at most its share) sequences, numbered from 0 (the group's
+ * sequence r * share + i is its i). Each replica may be called from a
+ * thread of its own at the same time as the others. */
+st_status st_pipe_replica_prefill_batch(st_pipe *p, size_t r, int n, const int *const *tok,
+                                        const int *count, const int *pos, float *logits);
 
 /* Decoding under mpirun (one pipeline over the ranks, no replicas): the
  * pipeline's first process leads (its calls above share each call's passes

@@ -113,6 +113,13 @@ static inline int st_run_micro_batch(const st_run_shape *r)
     return r->micro_batches > 0 ? r->batch / r->micro_batches : r->batch;
 }
 
+/* A decoding session (sequences with KV caches, no training or scoring
+ * batch): the planner predicts a round, one token for every sequence. */
+static inline bool st_run_decoding(const st_run_shape *r)
+{
+    return !r->training && r->kv_seqs > 0 && r->batch * r->seq <= 1;
+}
+
 /* How the devices are used: --parallel auto (the planner chooses), pipeline
  * (one pipeline over the devices), data (a replica of the whole model per
  * device), dp:D,pp:S (D replicas of an S-stage pipeline). */

@@ -46,6 +46,9 @@ typedef struct st_train_config {
                             * (--on-nan skip); else the run stops (abort) */
     const char *out_dir;   /* checkpoint folder, or NULL */
     const char *resume_dir;
+    const char *init_dir;  /* without resume_dir: step 0's weights from this model
+                            * folder (a Strata run's or a Hugging Face one), the
+                            * optimizer and schedule fresh; else drawn from seed */
     /* Asked after every step; true stops the run there as if --stop-at were
      * that step (saving to out_dir): how Ctrl-C ends a run without losing it. */
     bool (*should_stop)(void);

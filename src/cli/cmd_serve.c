@@ -19,7 +19,8 @@ static void serve_help(void)
     printf("usage: strata serve --model DIR [options]\n"
            "\n"
            "Serves a model over HTTP with OpenAI's API. Every request is a sequence of\n"
-           "one inference session over the chosen devices (split by the planner):\n"
+           "one inference session over the chosen devices (laid out by the planner:\n"
+           "replicas of the model, or a pipeline of stages when it must be split):\n"
            "requests join and leave between passes (continuous batching), prompts are\n"
            "read in chunks between the others' tokens, and a client that disconnects\n"
            "cancels its sequence. Endpoints:\n"
@@ -58,6 +59,10 @@ static void serve_help(void)
            "  --drain-timeout S      at SIGTERM, how long requests in flight may finish\n"
            "                         before they are cancelled (default 30)\n"
            "  --devices CHOICE       which devices; the planner splits the model over them\n"
+           "  --layout HOW           auto (default: the planner weighs replicas of the\n"
+           "                         whole model against a pipeline of stages; replicas\n"
+           "                         when each device holds the model), pipeline, data,\n"
+           "                         dp:D,pp:S\n"
            "  --split HOW            auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
            "  --mem-limit LIST       the most the session may hold on each device\n"
            "  -h, --help             this text\n");
@@ -83,13 +88,14 @@ static st_status load(void *ctx, st_infer **in, st_tokenizer **tk)
         (L->mem_limit && (s = cli_apply_mem_limit(L->mem_limit, &L->devs)) != ST_OK))
         return s;
     st_infer_options io = {.max_seqs = c->parallel, .ctx = c->ctx, .prefill = c->prefill,
-                           .split = c->split, .keep_all_devices = c->keep_all_devices,
+                           .split = c->split, .parallel = c->parallel_plan,
+                           .keep_all_devices = c->keep_all_devices,
                            .quiet = true};
     if ((s = st_infer_open(c->model_dir, L->devs.dev, L->devs.n, &io, in)) != ST_OK)
         return s;
     const st_plan *plan = st_infer_plan(*in);
-    if (plan->n_stages > 1) {
-        cli_plan_opts po = {.split = c->split, .shape = plan->shape,
+    if (plan->n_stages > 1 || st_plan_replicas(plan) > 1) {
+        cli_plan_opts po = {.split = c->split, .parallel = c->parallel_plan, .shape = plan->shape,
                             .devices_explicit = c->keep_all_devices, .quiet = true};
         cli_plan_print(plan, st_infer_desc(*in), &L->devs, st_infer_profiles(*in), &po, stderr);
     }
@@ -122,6 +128,7 @@ int cmd_serve(int argc, char **argv)
                                          {"drain-timeout", required_argument, NULL, 'D'},
                                          {"devices", required_argument, NULL, 'd'},
                                          {"split", required_argument, NULL, 'S'},
+                                         {"layout", required_argument, NULL, 'L'},
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -160,6 +167,7 @@ int cmd_serve(int argc, char **argv)
         case 'D': ok = cli_parse_double(optarg, 0, 86400, &c.drain_s); break;
         case 'd': c.devices = optarg; break;
         case 'S': c.split = optarg; break;
+        case 'L': c.parallel_plan = optarg; break;
         case 'M': mem_limit = optarg; break;
         case 'h': serve_help(); return CLI_OK;
         case ':': return cli_usage_error("serve", "option %s needs a value", argv[optind - 1]);
@@ -173,7 +181,7 @@ int cmd_serve(int argc, char **argv)
         return cli_usage_error("serve", "unexpected argument '%s'", argv[optind]);
     if (!c.model_dir)
         return cli_usage_error("serve", "--model DIR is required");
-    if (cli_check_plan_flags(c.split, NULL, mem_limit) != ST_OK)
+    if (cli_check_plan_flags(c.split, c.parallel_plan, mem_limit) != ST_OK)
         return cli_usage_error("serve", "%s", st_last_error());
 #if STRATA_HAVE_MPI
     if (st_mpi_active() && st_mpi_size() > 1)

@@ -3,6 +3,7 @@
  * training loop of strata/train.h with one log line per step (and JSON
  * lines with --log-json).
  */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -43,11 +44,19 @@ static void help(void)
            "                      uint32, or raw uint16); files: last 10%% validate\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      that turns a text file into tokens (default: the one\n"
-           "                      beside --config's file, or the --resume folder's;\n"
+           "                      beside --config's file, or the --resume or --init\n"
+           "                      folder's;\n"
            "                      else bytes, vocabulary 256); kept in --out\n"
-           "model (refused with --resume: the model is the checkpoint's):\n"
+           "model (refused with --resume and --init: the model is the folder's):\n"
+           "  --init DIR          start from the weights of a model folder: a Hugging\n"
+           "                      Face one (GPT-2, Llama, Mistral, Qwen2; bf16, f16 or\n"
+           "                      f32, sharded or not) or a Strata run's (its weights\n"
+           "                      only); its tokenizer turns a text file into tokens.\n"
+           "                      A new run from step 0: fresh optimizer and schedule,\n"
+           "                      any data, learning rate and layout (fine-tuning)\n"
            "  --config FILE       a Hugging Face config.json: model_type gpt2, llama,\n"
-           "                      mistral or qwen2 (the sizes below are then refused)\n"
+           "                      mistral or qwen2 (the sizes below are then refused),\n"
+           "                      trained from random weights\n"
            "  --arch A            gpt2 (default) or llama, for the sizes below\n"
            "  --layers N          transformer blocks (default %d)\n"
            "  --embd N            channels (default %d)\n"
@@ -428,7 +437,7 @@ enum {
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
-    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_DEVICES
+    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_INIT, O_DEVICES
 };
 
 /* --log-json: a regular file (created or emptied) or a character device
@@ -541,6 +550,27 @@ int cmd_train(int argc, char **argv)
     return rc;
 }
 
+/* --config trains from random weights: say so when a model's weights lie
+ * beside the file (people mean --init). */
+static void weights_beside_note(const char *dir)
+{
+    static const char *const names[] = {"model.safetensors", "model.safetensors.index.json",
+                                        "pytorch_model.bin"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        struct stat sb;
+        if (stat(path, &sb) == 0) {
+            fprintf(stderr,
+                    "strata train: note: --config takes the model's shape only and trains it "
+                    "from random weights; the weights beside it (%s) are not loaded: to start "
+                    "from them, give --init %s instead\n",
+                    path, dir);
+            return;
+        }
+    }
+}
+
 static int train_command(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -571,6 +601,7 @@ static int train_command(int argc, char **argv)
         {"out", required_argument, NULL, O_OUT},
         {"save-every", required_argument, NULL, O_SAVE_EVERY},
         {"resume", required_argument, NULL, O_RESUME},
+        {"init", required_argument, NULL, O_INIT},
         {"stop-at", required_argument, NULL, O_STOP_AT},
         {"log-every", required_argument, NULL, O_LOG_EVERY},
         {"log-json", required_argument, NULL, O_LOG_JSON},
@@ -590,6 +621,7 @@ static int train_command(int argc, char **argv)
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
     const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL, *parallel = NULL;
+    const char *init = NULL;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     cli_model_flags mf = {0};
@@ -637,6 +669,7 @@ static int train_command(int argc, char **argv)
         case O_OUT: tc.out_dir = arg; break;
         case O_SAVE_EVERY: ok = cli_parse_long(arg, 0, 1L << 40, &tc.save_every); break;
         case O_RESUME: tc.resume_dir = arg; break;
+        case O_INIT: init = arg; break;
         case O_STOP_AT: ok = cli_parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
         case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
@@ -668,6 +701,9 @@ static int train_command(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
+    if (init && tc.resume_dir)
+        return cli_usage_error("train", "--init starts a new run from a folder's weights and "
+                                        "--resume continues a run: give one of them");
     /* The decay ends at a tenth of the peak unless told (a resumed run keeps
      * its own, below). */
     if (!given[O_MINLR] && !tc.resume_dir && given[O_LR])
@@ -733,7 +769,7 @@ static int train_command(int argc, char **argv)
             return cli_fail(s);
     }
     char saved_data[1024] = "";
-    if (tc.resume_dir) {
+    if (tc.resume_dir || init) {
         /* The model is the checkpoint's: a model flag would be ignored, so it is refused. */
         static const struct {
             int opt;
@@ -747,10 +783,28 @@ static int train_command(int argc, char **argv)
         for (size_t i = 0; i < sizeof model_flags / sizeof model_flags[0]; i++)
             if (given[model_flags[i].opt])
                 return cli_usage_error("train",
-                                       "%s cannot be used with --resume: the model is the "
-                                       "checkpoint's (leave %s out, or start a new run without "
-                                       "--resume)",
+                                       init ? "%s cannot be used with --init: the model is the "
+                                              "folder's (leave %s out, or start from random "
+                                              "weights without --init)"
+                                            : "%s cannot be used with --resume: the model is "
+                                              "the checkpoint's (leave %s out, or start a new "
+                                              "run without --resume)",
                                        model_flags[i].name, model_flags[i].name);
+    }
+    /* --init: the folder's model and weights, a run of its own from step 0. */
+    char init_abs[4096] = "";
+    if (init) {
+        st_checkpoint *ck = NULL;
+        if ((s = st_checkpoint_open(init, &ck)) != ST_OK)
+            return cli_fail(s);
+        cfg = *st_checkpoint_get_config(ck);
+        printf("starting from %s: %s (its weights only: a new run from step 0, with a fresh "
+               "optimizer and schedule)\n",
+               init, st_checkpoint_describe(ck));
+        st_checkpoint_close(ck);
+        if (!realpath(init, init_abs))
+            snprintf(init_abs, sizeof init_abs, "%s", init);
+        tc.init_dir = init_abs;
     }
     st_data_identity saved_id = {0};
     if (tc.resume_dir) {
@@ -839,15 +893,17 @@ static int train_command(int argc, char **argv)
      * --out with the model. */
     st_tokenizer *tk = NULL;
     char config_dir[4096] = "";
-    if (config && !tokenizer && !tc.resume_dir) {
+    if (config && !tc.resume_dir) {
         snprintf(config_dir, sizeof config_dir, "%s", config);
         char *slash = strrchr(config_dir, '/');
         if (slash)
             *slash = '\0';
         else
             snprintf(config_dir, sizeof config_dir, ".");
+        weights_beside_note(config_dir);
     }
     if ((s = cli_open_tokenizer(tc.resume_dir  ? tc.resume_dir
+                                : init          ? init
                                 : config_dir[0] ? config_dir
                                                 : NULL,
                                 tokenizer, &tk)) != ST_OK)
@@ -887,7 +943,7 @@ static int train_command(int argc, char **argv)
     }
     if (!tc.shape.seq)
         tc.shape.seq = fixed ? fixed : 64;
-    if (!tc.resume_dir) {
+    if (!tc.resume_dir && !init) {
         if (config) {
             if ((s = st_model_config_load(config, &cfg)) != ST_OK) {
                 st_dataset_destroy(ds);

@@ -128,15 +128,24 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
 {
     const st_run_shape *r = &plan->shape;
     size_t R = st_plan_replicas(plan);
-    int per = r->batch / (int)R; /* sequences per replica */
+    bool decoding = st_run_decoding(r);
+    int all = decoding ? r->kv_seqs : r->batch;
+    int per = decoding ? (all + (int)R - 1) / (int)R : all / (int)R; /* sequences per replica */
     char reps[64] = "";
     if (R > 1)
         snprintf(reps, sizeof reps, "%zu replicas (%d sequences each) of ", R, per);
-    fprintf(f, "plan: %s%zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n", reps,
-            plan->n_stages, plan->n_stages == 1 ? "" : "s", st_schedule_name(r->schedule),
-            r->micro_batches, r->micro_batches == 1 ? "" : "es", per / r->micro_batches, r->seq,
-            o->shape.micro_batches ? "" : " (micro-batches chosen by the planner)",
-            r->training ? "" : " (inference)");
+    if (decoding) {
+        size_t G = plan->n_stages < (size_t)per ? plan->n_stages : (size_t)per;
+        fprintf(f, "plan: %s%zu stage%s, decoding %d sequence%s: a round (a token for each) in "
+                   "%zu pass%s%s\n",
+                reps, plan->n_stages, plan->n_stages == 1 ? "" : "s", all, all == 1 ? "" : "s",
+                G, G == 1 ? "" : "es", G > 1 ? " streamed through the stages" : "");
+    } else
+        fprintf(f, "plan: %s%zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n", reps,
+                plan->n_stages, plan->n_stages == 1 ? "" : "s", st_schedule_name(r->schedule),
+                r->micro_batches, r->micro_batches == 1 ? "" : "es", per / r->micro_batches,
+                r->seq, o->shape.micro_batches ? "" : " (micro-batches chosen by the planner)",
+                r->training ? "" : " (inference)");
     /* The layouts weighed, when there was a choice. */
     if (plan->n_alts > 1) {
         cli_table *a = cli_table_new(6);
@@ -204,9 +213,12 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
     char sum[64] = "";
     if (R > 1 && r->training)
         snprintf(sum, sizeof sum, " | gradient sum %.1f ms past the backward", plan->reduce_ms);
-    fprintf(f, "predicted %s %.1f ms | bubble %.1f%%%s | speedup over one device %.2fx\n",
-            r->training ? "step" : "forward pass", plan->step_ms, 100.0 * plan->bubble, sum,
-            plan->speedup);
+    if (decoding && plan->step_ms > 0)
+        snprintf(sum, sizeof sum, " (%.0f tok/s)", all * 1000.0 / plan->step_ms);
+    fprintf(f, "predicted %s %.1f ms%s | %s %.1f%%%s | speedup over one device %.2fx\n",
+            r->training ? "step" : decoding ? "round" : "forward pass", plan->step_ms,
+            decoding ? sum : "", decoding ? "idle" : "bubble", 100.0 * plan->bubble,
+            decoding ? "" : sum, plan->speedup);
     if (plan->note[0])
         fprintf(f, "note: %s\n", plan->note);
 }

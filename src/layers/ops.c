@@ -470,7 +470,7 @@ st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *in
         NEED("rope_fwd", bias, W);
     if (rows && (s = st_op_need("rope_fwd", rows, 2 * (size_t)N, ST_I32)) != ST_OK)
         return s;
-    size_t per_row = (size_t)(NH + KV) * (HS / 2) + (bias ? (size_t)KV * HS : 0);
+    size_t per_row = (size_t)(HS / 2) + (bias ? (size_t)KV * HS : 0);
     return ST_LAUNCH(st_tensor_device(qkv), "rope.cl", "rope_fwd", (size_t)N * per_row, LOCAL,
                      ST_KT(qkv), ST_KT(bias ? bias : inv_freq), ST_KT(inv_freq),
                      ST_KT(rows ? rows : inv_freq), ST_KI(rows != NULL), ST_KI(bias != NULL), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
@@ -486,7 +486,7 @@ st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, 
     NEED("rope_bwd", dqkv, (size_t)N * (size_t)(NH + 2 * KV) * HS);
     NEED("rope_bwd", inv_freq, (size_t)HS / 2);
     return ST_LAUNCH(st_tensor_device(dqkv), "rope.cl", "rope_bwd",
-                     (size_t)N * (size_t)(NH + KV) * (HS / 2), LOCAL, ST_KT(dqkv),
+                     (size_t)N * (size_t)(HS / 2), LOCAL, ST_KT(dqkv),
                      ST_KT(inv_freq), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
                      ST_KI(HS));
 }

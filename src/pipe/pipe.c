@@ -1476,6 +1476,15 @@ st_status st_pipe_prefill_batch(st_pipe *p, int n, const int *const *tok, const 
     return decode_groups(p, n, tok, count, pos, logits);
 }
 
+st_status st_pipe_replica_prefill_batch(st_pipe *p, size_t r, int n, const int *const *tok,
+                                        const int *count, const int *pos, float *logits)
+{
+    if (p->R < 2 || r >= p->R)
+        return st_error(ST_ERR_INVALID, "decode: replica %zu of a pipeline with %zu", r,
+                        p->R < 2 ? (size_t)1 : p->R);
+    return st_pipe_prefill_batch(p->rep[r], n, tok, count, pos, logits);
+}
+
 st_status st_pipe_decode_batch(st_pipe *p, int n, const int *tok, const int *pos, float *logits)
 {
     enum { MAX_SEQS = 4096 };

@@ -10,6 +10,8 @@
  * token drawn last. When a step reads the last of them, the logits of that
  * row give the next token.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,13 +43,22 @@ struct st_infer {
     st_pipe_comm comm; /* under mpirun */
     bool mpi;
     int ctx, max_seqs, prefill;
+    /* Replicas (in one process): slot k is replica k % reps's sequence
+     * k / reps, at index pidx(k) of the pipeline's sequences (replica r's
+     * are [r * per, (r + 1) * per)); reps 1: slot k is sequence k. */
+    int reps, per, n_pipe;
     seq_slot *seqs;
-    /* a step's inputs and outputs, max_seqs of each */
+    /* a step's inputs and outputs, n_pipe of each, at the pipeline's index */
     const int **tok;
     int *count, *pos;
     float *logits;
-    st_candidate *cands;
+    st_candidate *cands; /* sampling scratch: V for each replica */
 };
+
+static int pidx(const st_infer *in, int k)
+{
+    return in->reps > 1 ? (k % in->reps) * in->per + k / in->reps : k;
+}
 
 const st_model_config *st_infer_config(const st_infer *in) { return &in->cfg; }
 const st_model_desc *st_infer_desc(const st_infer *in) { return in->desc; }
@@ -160,26 +171,24 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
     if (s == ST_OK)
         s = st_pipe_create(&in->plan, in->desc, all_devs, in->mpi ? &in->comm : NULL,
                            &in->pipe);
-    if (s == ST_OK) {
-        st_stage *stages[ST_PLAN_MAX_STAGES];
-        size_t n_here = 0; /* this process's stages (under mpirun, the others hold the rest) */
-        for (size_t k = 0; k < in->plan.n_stages; k++)
-            if (st_pipe_stage(in->pipe, k))
-                stages[n_here++] = st_pipe_stage(in->pipe, k);
-        s = !dir    ? st_pipe_init(in->pipe, o->init_seed)
-            : in->mpi ? st_checkpoint_load_part(dir, stages, n_here, NULL)
-                      : st_checkpoint_load(dir, stages, n_here, NULL);
-        if (s == ST_OK)
-            s = st_pipe_replicate(in->pipe); /* the first replica's weights to the others */
-    }
+    if (s == ST_OK)
+        s = dir ? st_checkpoint_load_pipe(dir, in->pipe, NULL) : st_pipe_init(in->pipe, o->init_seed);
     size_t Q = (size_t)(o->max_seqs > 0 ? o->max_seqs : 1), V = (size_t)in->cfg.vocab_size;
+    in->reps = 1;
+    in->per = in->n_pipe = (int)Q;
+    if (s == ST_OK && !in->mpi && st_pipe_n_replicas(in->pipe) > 1) {
+        in->reps = (int)st_pipe_n_replicas(in->pipe);
+        in->per = ((int)Q + in->reps - 1) / in->reps; /* as the pipeline shares them out */
+        in->n_pipe = in->reps * in->per;
+    }
+    size_t N = (size_t)in->n_pipe;
     if (s == ST_OK) {
         in->seqs = calloc(Q, sizeof *in->seqs);
-        in->tok = calloc(Q, sizeof *in->tok);
-        in->count = calloc(Q, sizeof *in->count);
-        in->pos = calloc(Q, sizeof *in->pos);
-        in->logits = malloc(Q * V * sizeof *in->logits);
-        in->cands = malloc(V * sizeof *in->cands);
+        in->tok = calloc(N, sizeof *in->tok);
+        in->count = calloc(N, sizeof *in->count);
+        in->pos = calloc(N, sizeof *in->pos);
+        in->logits = malloc(N * V * sizeof *in->logits);
+        in->cands = malloc((size_t)in->reps * V * sizeof *in->cands);
         if (!in->seqs || !in->tok || !in->count || !in->pos || !in->logits || !in->cands)
             s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu sequences", Q);
     }
@@ -220,6 +229,24 @@ st_status st_infer_add_group(st_infer *in, const st_infer_request *r, int group,
     int k = group;
     while (k < in->max_seqs && in->seqs[k].used)
         k += groups;
+    if (k < in->max_seqs && groups == 1 && in->reps > 1) {
+        /* Replicas: the first free slot of the replica with the fewest
+         * sequences, so that they share the work. */
+        int best = -1, best_used = 0;
+        for (int rep = 0; rep < in->reps; rep++) {
+            int used = 0, free_slot = -1;
+            for (int i = rep; i < in->max_seqs; i += in->reps) {
+                used += in->seqs[i].used;
+                if (!in->seqs[i].used && free_slot < 0)
+                    free_slot = i;
+            }
+            if (free_slot >= 0 && (best < 0 || used < best_used)) {
+                best = free_slot;
+                best_used = used;
+            }
+        }
+        k = best;
+    }
     if (k >= in->max_seqs)
         return st_error(ST_ERR_BUSY, "all %d sequence slots%s are taken", in->max_seqs,
                         groups > 1 ? " of the group" : "");
@@ -286,11 +313,11 @@ void st_infer_release(st_infer *in, int id)
 
 /* A token drawn for q from its logits: kept, the end of the text checked,
  * and the context slid when the token has no position left. */
-static st_status take(st_infer *in, seq_slot *q, const float *logits)
+static st_status take(st_infer *in, seq_slot *q, const float *logits, st_candidate *cands)
 {
     const st_infer_request *r = &q->req;
     int V = r->vocab_limit > 0 ? r->vocab_limit : in->cfg.vocab_size;
-    int next = st_sample(logits, V, &r->sampling, q->text, q->n, in->cands, &q->rng);
+    int next = st_sample(logits, V, &r->sampling, q->text, q->n, cands, &q->rng);
     q->made++;
     if (next == r->eos) { /* the end of the text: not kept */
         q->finish = ST_FINISH_EOS;
@@ -324,51 +351,75 @@ static st_status take(st_infer *in, seq_slot *q, const float *logits)
     return ST_OK;
 }
 
+/* Slot i's rows of the next pass into the step's arrays (at its pipeline
+ * index): a chunk of its prompt within *budget, or its last token; none
+ * when it is not running. Returns how many. */
+static int gather(st_infer *in, int i, int *budget)
+{
+    seq_slot *q = &in->seqs[i];
+    int at = pidx(in, i);
+    in->count[at] = 0;
+    if (!q->used || q->finish != ST_FINISH_NONE)
+        return 0;
+    long left = q->n - (q->base + q->read);
+    int k = left > 1 ? (int)(left < in->prefill ? left : in->prefill) : (int)left;
+    if (left > 1) {
+        k = k < *budget ? k : *budget;
+        *budget -= k;
+    }
+    in->count[at] = k;
+    in->tok[at] = q->text + q->base + q->read;
+    in->pos[at] = (int)q->read;
+    return k;
+}
+
+/* After the pass `pass` (its status): slot i's rows read and, when its
+ * input is all read, its next token drawn (*drew). */
+static st_status scatter(st_infer *in, int i, st_status pass, st_candidate *cands, bool *drew)
+{
+    seq_slot *q = &in->seqs[i];
+    int at = pidx(in, i);
+    *drew = false;
+    if (in->count[at] == 0)
+        return ST_OK;
+    if (pass != ST_OK) {
+        q->finish = ST_FINISH_ERROR;
+        return ST_OK;
+    }
+    q->read += in->count[at];
+    if (q->base + q->read < q->n) /* a prompt still being read */
+        return ST_OK;
+    *drew = true;
+    st_status t = take(in, q, in->logits + (size_t)at * (size_t)in->cfg.vocab_size, cands);
+    if (t != ST_OK)
+        q->finish = ST_FINISH_ERROR;
+    return t;
+}
+
 st_status st_infer_step(st_infer *in)
 {
-    int budget = in->prefill, active = 0;
     /* The rows of this step: a chunk of each prompt being read (the
-     * readers share the budget in slot order), the last token of the
-     * others. */
-    for (int i = 0; i < in->max_seqs; i++) {
-        seq_slot *q = &in->seqs[i];
-        in->count[i] = 0;
-        if (!q->used || q->finish != ST_FINISH_NONE)
-            continue;
-        long left = q->n - (q->base + q->read);
-        int k = left > 1 ? (int)(left < in->prefill ? left : in->prefill) : (int)left;
-        if (left > 1) {
-            k = k < budget ? k : budget;
-            budget -= k;
-        }
-        in->count[i] = k;
-        in->tok[i] = q->text + q->base + q->read;
-        in->pos[i] = (int)q->read;
-        active += k > 0;
-    }
+     * readers share the budget in slot order; each replica has a budget of
+     * its own), the last token of the others. */
+    int budget[ST_PLAN_MAX_REPLICAS], active = 0;
+    for (int r = 0; r < in->reps; r++)
+        budget[r] = in->prefill;
+    memset(in->count, 0, (size_t)in->n_pipe * sizeof *in->count);
+    for (int i = 0; i < in->max_seqs; i++)
+        active += gather(in, i, &budget[i % in->reps]) > 0;
     if (active == 0)
         return ST_OK;
-    st_status s = st_pipe_prefill_batch(in->pipe, in->max_seqs, in->tok, in->count, in->pos,
+    st_status s = st_pipe_prefill_batch(in->pipe, in->n_pipe, in->tok, in->count, in->pos,
                                         in->logits);
-    size_t V = (size_t)in->cfg.vocab_size;
+    st_status out = s;
     for (int i = 0; i < in->max_seqs; i++) {
-        seq_slot *q = &in->seqs[i];
-        if (in->count[i] == 0)
-            continue;
-        if (s != ST_OK) {
-            q->finish = ST_FINISH_ERROR;
-            continue;
-        }
-        q->read += in->count[i];
-        if (q->base + q->read == q->n) { /* all read: the next token */
-            st_status t = take(in, q, in->logits + (size_t)i * V);
-            if (t != ST_OK) {
-                q->finish = ST_FINISH_ERROR;
-                s = t;
-            }
-        }
+        bool drew;
+        st_status t = scatter(in, i, s, in->cands + (size_t)(i % in->reps) * in->cfg.vocab_size,
+                              &drew);
+        if (t != ST_OK && out == ST_OK)
+            out = t;
     }
-    return s;
+    return out;
 }
 
 st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *targets,
@@ -459,7 +510,7 @@ static st_status run_done(void *ctx, int gi, const float *logits, int n_out)
         q->read += g->count[i];
         if (q->base + q->read < q->n) /* a prompt still being read */
             continue;
-        st_status s = take(in, q, logits + (size_t)j * V);
+        st_status s = take(in, q, logits + (size_t)j * V, in->cands);
         if (s != ST_OK) {
             q->finish = ST_FINISH_ERROR;
             return s;
@@ -477,15 +528,109 @@ st_status st_infer_run(st_infer *in, void (*on_token)(void *ctx, int id), void *
 
 int st_infer_groups(const st_infer *in)
 {
+    if (in->reps > 1)
+        return in->reps;
     if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0)
         return 1;
     int G = (int)st_pipe_n_stages(in->pipe);
     return G < in->max_seqs ? G : in->max_seqs;
 }
 
+/* ---- replicas: each steps its own sequences on a thread of its own ----------------- */
+
+typedef struct rep_run {
+    st_infer *in;
+    int r;
+    void (*on_token)(void *ctx, int id);
+    bool (*between)(void *ctx, int group, int groups);
+    void *ctx;
+    atomic_bool *over; /* between said no, or a replica failed: every replica stops */
+    st_status s;
+    char msg[1024];
+} rep_run;
+
+static void *replica_loop(void *arg)
+{
+    rep_run *j = arg;
+    st_infer *in = j->in;
+    int R = in->reps;
+    size_t V = (size_t)in->cfg.vocab_size, first = (size_t)j->r * (size_t)in->per;
+    st_candidate *cands = in->cands + (size_t)j->r * V;
+    while (!atomic_load(j->over)) {
+        if (j->between && !j->between(j->ctx, j->r, R)) {
+            atomic_store(j->over, true);
+            break;
+        }
+        int budget = in->prefill, active = 0;
+        for (int i = j->r; i < in->max_seqs; i += R)
+            active += gather(in, i, &budget) > 0;
+        if (active == 0)
+            break; /* nothing to do: this replica's group ends for the run */
+        st_status s = st_pipe_replica_prefill_batch(in->pipe, (size_t)j->r, in->per,
+                                                    in->tok + first, in->count + first,
+                                                    in->pos + first, in->logits + first * V);
+        if (s != ST_OK) {
+            j->s = s;
+            snprintf(j->msg, sizeof j->msg, "%s", st_last_error());
+        }
+        for (int i = j->r; i < in->max_seqs; i += R) {
+            bool drew = false;
+            st_status t = scatter(in, i, s, cands, &drew);
+            if (t != ST_OK && j->s == ST_OK) {
+                j->s = t;
+                snprintf(j->msg, sizeof j->msg, "%s", st_last_error());
+            }
+            if (drew && t == ST_OK && j->on_token)
+                j->on_token(j->ctx, i);
+        }
+        if (j->s != ST_OK) {
+            atomic_store(j->over, true);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* The replicas' groups at once, each stepping as soon as its last step is
+ * done (not in step with the others: one reading a long prompt does not
+ * hold up another's tokens). */
+static st_status run_replicas(st_infer *in, void (*on_token)(void *ctx, int id),
+                              bool (*between)(void *ctx, int group, int groups), void *ctx)
+{
+    rep_run jobs[ST_PLAN_MAX_REPLICAS];
+    pthread_t th[ST_PLAN_MAX_REPLICAS];
+    bool started[ST_PLAN_MAX_REPLICAS] = {false};
+    atomic_bool over;
+    atomic_init(&over, false);
+    for (int r = 0; r < in->reps; r++) {
+        jobs[r] = (rep_run){.in = in, .r = r, .on_token = on_token, .between = between,
+                            .ctx = ctx, .over = &over, .s = ST_OK};
+        started[r] = pthread_create(&th[r], NULL, replica_loop, &jobs[r]) == 0;
+    }
+    for (int r = 0; r < in->reps; r++)
+        if (!started[r]) /* no thread: this one runs on the caller's, after the others */
+            replica_loop(&jobs[r]);
+    st_status s = ST_OK;
+    for (int r = 0; r < in->reps; r++) {
+        if (started[r])
+            pthread_join(th[r], NULL);
+        if (jobs[r].s != ST_OK && s == ST_OK)
+            s = st_error(jobs[r].s, "replica %d: %s", r, jobs[r].msg);
+    }
+    return s;
+}
+
 st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
                              bool (*between)(void *ctx, int group, int groups), void *ctx)
 {
+    if (in->reps > 1 && in->max_seqs > 0) {
+        st_status s = run_replicas(in, on_token, between, ctx);
+        if (s != ST_OK)
+            for (int i = 0; i < in->max_seqs; i++)
+                if (in->seqs[i].used && in->seqs[i].finish == ST_FINISH_NONE)
+                    in->seqs[i].finish = ST_FINISH_ERROR;
+        return s;
+    }
     if (!st_pipe_can_stream(in->pipe) || in->max_seqs == 0) {
         /* step by step, with the same callback */
         st_status s = ST_OK;

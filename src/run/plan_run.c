@@ -63,25 +63,41 @@ static st_status profile_attention(st_device *const *devs, size_t n, const st_mo
     return ST_OK;
 }
 
-/* One block forward (and backward when training) at b sequences of T: the
- * medians of three after a warm-up, in ms. A size whose stage does not fit
- * the device is left out (false, no error). */
 static int by_seconds(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
+/* One block forward (and backward when training) at b sequences of T: the
+ * medians of three after a warm-up, in ms. kv > 0: a decoding pass instead,
+ * a token of each of b sequences with caches of kv positions, each at
+ * position kv / 2. A size whose stage does not fit the device is left out
+ * (false, no error). */
 static st_status time_block(st_device *dev, const st_model_desc *desc, size_t layer, int b, int T,
-                            bool training, double *fwd_ms, double *bwd_ms, bool *done)
+                            bool training, int kv, double *fwd_ms, double *bwd_ms, bool *done)
 {
     *done = false;
     st_stage_options o = {.first_layer = layer, .end_layer = layer + 1, .batch = b, .seq = T,
                           .slots = 1, .training = training};
+    if (kv > 0)
+        o = (st_stage_options){.first_layer = layer, .end_layer = layer + 1, .slots = 1,
+                               .kv_seq = kv, .kv_seqs = b, .prefill = 1};
+    int *rows = kv > 0 ? malloc(3 * (size_t)b * sizeof *rows) : NULL;
+    if (kv > 0 && !rows)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (int i = 0; kv > 0 && i < b; i++) {
+        rows[i] = 0;                /* the token (a block reads the activation) */
+        rows[b + i] = i;            /* the sequence */
+        rows[2 * b + i] = kv / 2;   /* the position */
+    }
+    st_stage_rows pass = {.n = b, .tok = rows, .seq = rows ? rows + b : NULL,
+                          .pos = rows ? rows + 2 * b : NULL};
     st_stage *g = NULL;
     st_status s = st_stage_create(dev, desc, &o, &g);
     if (s == ST_ERR_DEVICE_MEMORY || s == ST_ERR_INVALID) {
         st_stage_destroy(g);
+        free(rows);
         return ST_OK;
     }
     /* A warm-up (it builds kernels), then at least three runs, and more of a
@@ -91,14 +107,15 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
     enum { MAX_RUNS = 16 };
     double f[MAX_RUNS] = {0}, w[MAX_RUNS] = {0}, spent = 0;
     if (s == ST_OK && (s = st_stage_init(g, 1)) == ST_OK &&
-        (s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_IN), 0.01f)) == ST_OK &&
+        (s = st_tensor_fill(kv > 0 ? st_stage_decode_x(g) : st_stage_io_tensor(g, 0, ST_STAGE_IN),
+                            0.01f)) == ST_OK &&
         training)
         s = st_tensor_fill(st_stage_io_tensor(g, 0, ST_STAGE_DOUT), 0.001f);
     int n = 0;
     for (; s == ST_OK && n < MAX_RUNS && ((n < 4 && !(n == 2 && spent > 1.0)) || spent < 0.2);
          n++) {
         double t0 = st_now_s();
-        if ((s = st_stage_forward(g, 0, NULL, NULL, b, T)) == ST_OK &&
+        if ((s = kv > 0 ? st_stage_pass(g, &pass, NULL) : st_stage_forward(g, 0, NULL, NULL, b, T)) == ST_OK &&
             (s = st_device_finish(dev)) == ST_OK) {
             double t1 = st_now_s();
             f[n] = t1 - t0;
@@ -110,6 +127,7 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
             spent += f[n] + w[n];
     }
     st_stage_destroy(g);
+    free(rows);
     if (s != ST_OK)
         return s;
     /* the medians of the runs after the warm-up */
@@ -123,7 +141,7 @@ static st_status time_block(st_device *dev, const st_model_desc *desc, size_t la
 
 static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                                        const st_model_desc *desc, size_t layer, int T,
-                                       bool training, st_device_profile *prof);
+                                       bool training, int kv, st_device_profile *prof);
 
 /* Seconds one forward and backward of block layer at b sequences of T
  * should take on a device of prof's GEMM rate: to announce and bound the
@@ -138,7 +156,15 @@ static double block_estimate_s(const st_model_desc *desc, size_t layer, int b, i
     return per * b * T / (fmax(prof->gflops, 1e-3) * 1e9);
 }
 
-enum { BLOCK_LONG_S = 2 }; /* a run longer than this: no larger size is timed */
+enum { BLOCK_LONG_S = 2 };
+
+/* The cache key's part for a decoding pass timed with a cache of kv. */
+static const char *decode_key(int kv)
+{
+    static _Thread_local char key[32];
+    snprintf(key, sizeof key, " decode v1 K%d", kv);
+    return key;
+} /* a run longer than this: no larger size is timed */
 
 /* A whole block timed at the micro-batch sizes the planner may choose
  * (prof[i].block_*): divisors of the batch with at least 256 tokens, and the
@@ -155,10 +181,19 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
     for (size_t l = 0; l < desc->n_layers && layer == desc->n_layers; l++)
         if (desc->layers[l].kind == ST_LAYER_BLOCK)
             layer = l;
-    int T = shape->seq, sizes[ST_PROFILE_BLOCK_SIZES], n_sizes = 0, below = 0;
+    int T = shape->seq, sizes[ST_PROFILE_BLOCK_SIZES], n_sizes = 0, below = 0, kv = 0;
     if (layer == desc->n_layers || T < 1 || shape->batch < 1)
         return ST_OK;
-    for (int b = shape->batch; b >= 1 && n_sizes < ST_PROFILE_BLOCK_SIZES; b--) {
+    if (st_run_decoding(shape)) {
+        /* Decoding: a pass of a token of every sequence, and of one (the
+         * planner scales a pass of so many rows from the nearer). */
+        kv = shape->kv_seq < 256 ? shape->kv_seq : 256;
+        T = 1;
+        sizes[n_sizes++] = shape->kv_seqs;
+        if (shape->kv_seqs > 1)
+            sizes[n_sizes++] = 1;
+    }
+    for (int b = shape->batch; !kv && b >= 1 && n_sizes < ST_PROFILE_BLOCK_SIZES; b--) {
         if (shape->batch % b != 0)
             continue;
         if (b * T < 256 && ++below > 2)
@@ -174,10 +209,10 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
         double expect = 0;
         bool stop = false;
         for (int k = n_sizes - 1; k >= 0; k--) {
-            snprintf(what[k], sizeof what[k], "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s",
+            snprintf(what[k], sizeof what[k], "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s%s",
                      c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner,
                      c->attn_bias, c->attn_out_bias, sizes[k], T,
-                     shape->training ? "train" : "forward");
+                     shape->training ? "train" : "forward", kv > 0 ? decode_key(kv) : "");
             t[k][0] = t[k][1] = 0;
             done[k] = st_device_cached_seconds(devs[i], what[k], 2, t[k]);
             if (done[k])
@@ -208,7 +243,7 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
                 break; /* larger sizes: scaled per token from this one */
             st_host_load load;
             st_host_load_begin(&load);
-            st_status s = time_block(devs[i], desc, layer, sizes[k], T, shape->training,
+            st_status s = time_block(devs[i], desc, layer, sizes[k], T, shape->training, kv,
                                      &t[k][0], &t[k][1], &done[k]);
             if (s != ST_OK) {
                 st_progress_end(&pr);
@@ -234,14 +269,14 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
         }
         st_device_reset_peak(devs[i]);
     }
-    return profile_blocks_shared(devs, n, desc, layer, T, shape->training, prof);
+    return profile_blocks_shared(devs, n, desc, layer, T, shape->training, kv, prof);
 }
 
 typedef struct shared_job {
     st_device *dev;
     const st_model_desc *desc;
     size_t layer;
-    int b, T;
+    int b, T, kv;
     bool training, done;
     double fwd, bwd;
     st_status s;
@@ -250,7 +285,7 @@ typedef struct shared_job {
 static void *shared_block(void *arg)
 {
     shared_job *j = arg;
-    j->s = time_block(j->dev, j->desc, j->layer, j->b, j->T, j->training, &j->fwd, &j->bwd,
+    j->s = time_block(j->dev, j->desc, j->layer, j->b, j->T, j->training, j->kv, &j->fwd, &j->bwd,
                       &j->done);
     return NULL;
 }
@@ -262,7 +297,7 @@ static void *shared_block(void *arg)
  * times alone may be cached from an idle hour). Cached as the ratios. */
 static st_status profile_blocks_shared(st_device *const *devs, size_t n,
                                        const st_model_desc *desc, size_t layer, int T,
-                                       bool training, st_device_profile *prof)
+                                       bool training, int kv, st_device_profile *prof)
 {
     bool done[ST_PLAN_MAX_STAGES] = {false};
     for (size_t i = 0; i < n; i++) {
@@ -284,16 +319,16 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
         int b = prof[i].block_tokens[0] / T;
         const st_model_config *c = &desc->cfg;
         char what[300];
-        snprintf(what, sizeof what, "block together v2 x%zu %s C%d H%d KV%d F%d B%d T%d %s", cnt,
+        snprintf(what, sizeof what, "block together v2 x%zu %s C%d H%d KV%d F%d B%d T%d %s%s", cnt,
                  c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner, b, T,
-                 training ? "train" : "forward");
+                 training ? "train" : "forward", kv > 0 ? decode_key(kv) : "");
         double slower[ST_PLAN_MAX_STAGES]; /* together / alone, each device */
         if (!st_device_cached_seconds(devs[i], what, (int)cnt, slower)) {
             double af = 0, ab = 0;
             bool alone_done = false;
             st_host_load load;
             st_host_load_begin(&load);
-            st_status as = time_block(devs[idx[0]], desc, layer, b, T, training, &af, &ab,
+            st_status as = time_block(devs[idx[0]], desc, layer, b, T, training, kv, &af, &ab,
                                       &alone_done);
             if (as != ST_OK)
                 return as;
@@ -303,7 +338,7 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
             pthread_t th[ST_PLAN_MAX_STAGES];
             bool started[ST_PLAN_MAX_STAGES] = {false};
             for (size_t q = 0; q < cnt; q++) {
-                jobs[q] = (shared_job){devs[idx[q]], desc, layer, b, T, training, false, 0, 0,
+                jobs[q] = (shared_job){devs[idx[q]], desc, layer, b, T, kv, training, false, 0, 0,
                                        ST_OK};
                 started[q] = pthread_create(&th[q], NULL, shared_block, &jobs[q]) == 0;
                 if (!started[q])
@@ -322,7 +357,7 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
              * time together (the machine's speed drifts) */
             double af2 = 0, ab2 = 0;
             if (s == ST_OK)
-                s = time_block(devs[idx[0]], desc, layer, b, T, training, &af2, &ab2,
+                s = time_block(devs[idx[0]], desc, layer, b, T, training, kv, &af2, &ab2,
                                &alone_done);
             if (s != ST_OK)
                 return s;

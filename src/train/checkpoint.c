@@ -22,6 +22,7 @@
 #include "core/atomic.h"
 #include "core/hash.h"
 #include "strata/checkpoint.h"
+#include "strata/pipe.h"
 #include "strata/safetensors.h"
 
 #define MANIFEST_FORMAT "strata-checkpoint"
@@ -1266,4 +1267,15 @@ st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size
                                   st_train_state *state)
 {
     return load_dir(dir, stages, n_stages, state, false);
+}
+
+st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *state)
+{
+    st_stage *local[ST_PLAN_MAX_STAGES];
+    size_t n = 0, S = st_pipe_n_stages(p);
+    for (size_t k = 0; k < S && k < ST_PLAN_MAX_STAGES; k++)
+        if (st_pipe_stage(p, k))
+            local[n++] = st_pipe_stage(p, k);
+    st_status s = load_dir(dir, local, n, state, n == S); /* fewer: other processes hold the rest */
+    return s == ST_OK ? st_pipe_replicate(p) : s;
 }

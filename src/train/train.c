@@ -84,6 +84,8 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
         snprintf(sum, sizeof sum, "%016llx", (unsigned long long)id.tokenizer);
         json_object_set_new(j, "tokenizer_sum64", json_string(sum));
     }
+    if (tc->init_dir && tc->init_dir[0]) /* where the weights of step 0 came from */
+        json_object_set_new(j, "init", json_string(tc->init_dir));
     char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(j);
     return text;
@@ -525,12 +527,11 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
     for (size_t k = 0; s == ST_OK && k < layout->plan->n_stages; k++)
         if (st_pipe_stage(r.p, k))
             r.local[r.n_local++] = st_pipe_stage(r.p, k);
+    /* A resumed run: weights, moments and step; --init: weights only, step 0. */
     if (s == ST_OK && tc->resume_dir)
-        s = layout->comm ? st_checkpoint_load_part(tc->resume_dir, r.local, r.n_local, &state)
-                         : st_checkpoint_load(tc->resume_dir, r.local, r.n_local, &state);
-    /* Loaded into the first replica; the others get its bits. */
-    if (s == ST_OK && tc->resume_dir)
-        s = st_pipe_replicate(r.p);
+        s = st_checkpoint_load_pipe(tc->resume_dir, r.p, &state);
+    else if (s == ST_OK && tc->init_dir)
+        s = st_checkpoint_load_pipe(tc->init_dir, r.p, NULL);
     else if (s == ST_OK)
         s = st_pipe_init(r.p, tc->seed);
     long start = state.step;
