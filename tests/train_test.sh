@@ -137,6 +137,26 @@ expect 2 "--init starts a new run" -- "$strata" train --init "$work/la" --resume
 expect 2 "--layers cannot be used with --init" -- "$strata" train --init "$work/la" --layers 3
 expect 2 "--config cannot be used with --init" -- "$strata" train --init "$work/la" --config "$work/la/config.json"
 expect 2 "$work/none" -- "$strata" train --init "$work/none"
+# JSON Lines for fine-tuning: prompt and completion examples, the loss on
+# the completions only; --init from the Llama run, then eval on the file;
+# a malformed line is refused with its number, and examples longer than a
+# row are said to be cut.
+for i in $(seq 1 60); do
+    printf '{"prompt": "%d+%d=", "completion": "%d"}\n' $((i % 10)) $((i % 7)) $((i % 10 + i % 7))
+done >"$work/sums.jsonl"
+out=$("$strata" train --init "$work/la" --data "$work/sums.jsonl" --seq 8 --steps 40 --lr 3e-3 \
+    --warmup 5 --batch 8 --eval-batches 2 --out "$work/lsum" --log-json "$work/lsum.json" 2>&1) ||
+    fail "train on JSON Lines failed: $out"
+grep -q "60 examples (60 prompt and completion, 0 text)" <<<"$out" || fail "the JSON Lines data is not described: $out"
+awk -v a="$(grep '"event":"step"' "$work/lsum.json" | tail -1 | sed 's/.*"loss":\([0-9.]*\).*/\1/')" \
+    -v b="$(first_loss "$work/lsum.json")" 'BEGIN { exit !(a < 0.7 * b) }' ||
+    fail "the completions' loss did not fall: $(grep '"event":"step"' "$work/lsum.json" | sed -n '1p;$p')"
+expect 0 "eval: $work/sums.jsonl" -- "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 8
+expect 0 "60 of the 60 examples have more than --seq + 1 = 4 tokens" -- \
+    "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 3
+printf '{"text": "fine"}\n{"prompt": "a", "completion": 3}\n' >"$work/bad.jsonl"
+expect 2 "bad.jsonl:2: \"completion\" is not a string" -- \
+    "$strata" train --data "$work/bad.jsonl" --steps 1
 # --config alone trains from random weights, and says so when weights lie beside it.
 expect 0 "are not loaded: to start from them, give --init $work/la" -- \
     "$strata" train --config "$work/la/config.json" --steps 1 --eval-batches 1 --out "$work/lcfg"

@@ -15,6 +15,14 @@
  *     same way: llm.c's format (a header of 256 int32: magic, version,
  *     count; then uint16 ids, or uint32 for vocabularies above 65,535), or
  *     raw little-endian uint16 ids.
+ *   - JSON Lines (name ending in .jsonl), for fine-tuning: one example per
+ *     line, {"text": ...} or {"prompt": ..., "completion": ...}, tokenized
+ *     by the tokenizer (its template's BOS first) or as bytes, then its EOS
+ *     when it has one. A prompt's tokens are inputs only: the loss counts
+ *     the completion's tokens and the EOS. Each example is a row of its
+ *     own from its start, cut after T + 1 tokens and padded (padding has no
+ *     targets). The last 10% of the examples validate (at least one). A
+ *     malformed line is refused with its line number.
  *
  * Batches are a pure function of (seed, split, index): a run that resumes at
  * step s draws exactly the batches an uninterrupted run draws.
@@ -79,8 +87,13 @@ size_t st_dataset_tokens(const st_dataset *ds, st_split split);
 st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, uint64_t index,
                            int B, int T, int32_t *tokens, int32_t *targets);
 
-/* Windows of T tokens in the validation split without wrapping (for eval). */
+/* Windows of T tokens in the validation split without wrapping (for eval);
+ * JSON Lines: its examples. */
 size_t st_dataset_windows(const st_dataset *ds, st_split split, int T);
+/* JSON Lines: the examples of a split (0 for other sources), and how many
+ * have more than len tokens (a row of T holds T + 1), *longest the most. */
+size_t st_dataset_examples(const st_dataset *ds, st_split split);
+size_t st_dataset_longer_than(const st_dataset *ds, size_t len, size_t *longest);
 
 /* The built-in task's prompt for a + b ("123+456=") and its answer ("9750\n"). */
 /* What a data file was, so that a resumed run finds it from anywhere and can

@@ -15,6 +15,7 @@
 #include "strata/strata.h"
 #include "strata_config.h"
 #include "strata/plan.h"
+#include "strata/data.h"
 #include "strata/tokenizer.h"
 #include "strata/run.h"
 #include "strata/train.h"
@@ -85,6 +86,9 @@ void cli_model_describe(const st_model_config *cfg, char *out, size_t size);
  * given, else the model folder dir's (tokenizer.json, or vocab.json with
  * merges.txt; dir may be NULL), else *out NULL: bytes. */
 st_status cli_open_tokenizer(const char *dir, const char *flag, st_tokenizer **out);
+/* JSON Lines data: a note on stderr when examples are longer than a row of
+ * T (+ 1) tokens holds, for command cmd. */
+void cli_note_cut_examples(const char *cmd, const st_dataset *ds, long T);
 /* Copies the files t was loaded from into dir (tokenizer.json, vocab.json
  * and merges.txt, tokenizer_config.json), each whole or not at all, so that
  * the folder's model comes with its tokenizer. */

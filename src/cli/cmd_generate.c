@@ -785,6 +785,7 @@ int cmd_eval(int argc, char **argv)
         st_dataset_destroy(ds);
         return cli_fail(s);
     }
+    cli_note_cut_examples("eval", ds, T);
     size_t windows = fixed ? (size_t)(batches * B) : st_dataset_windows(ds, ST_ALL, (int)T);
     if (!windows) {
         s = st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",

@@ -943,6 +943,7 @@ static int train_command(int argc, char **argv)
     }
     if (!tc.shape.seq)
         tc.shape.seq = fixed ? fixed : 64;
+    cli_note_cut_examples("train", ds, tc.shape.seq);
     if (!tc.resume_dir && !init) {
         if (config) {
             if ((s = st_model_config_load(config, &cfg)) != ST_OK) {

@@ -65,3 +65,14 @@ st_status cli_copy_tokenizer(const st_tokenizer *t, const char *dir)
     }
     return s;
 }
+
+void cli_note_cut_examples(const char *cmd, const st_dataset *ds, long T)
+{
+    size_t longest = 0, cut = st_dataset_longer_than(ds, (size_t)T + 1, &longest);
+    if (cut)
+        fprintf(stderr,
+                "strata %s: note: %zu of the %zu examples have more than --seq + 1 = %ld "
+                "tokens and are cut there (the longest has %zu): a larger --seq keeps them "
+                "whole\n",
+                cmd, cut, st_dataset_examples(ds, ST_ALL), T + 1, longest);
+}

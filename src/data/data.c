@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
 #include "core/atomic.h"
 #include "core/file.h"
 #include "core/hash.h"
@@ -20,7 +22,7 @@
 #define ADD_SEQ 12 /* "123+456=9750\n" is 13 tokens: 12 in, 12 targets */
 #define VAL_PERCENT 10
 
-typedef enum kind { KIND_ADDITION, KIND_TEXT, KIND_TOKENS } kind;
+typedef enum kind { KIND_ADDITION, KIND_TEXT, KIND_TOKENS, KIND_JSONL } kind;
 
 struct st_dataset {
     kind kind;
@@ -30,6 +32,11 @@ struct st_dataset {
     size_t n, n_train; /* files: all tokens, the first n_train train */
     int vocab_needed;
     st_data_identity id;
+    /* JSON Lines: example k is tokens[doc[k] .. doc[k + 1]); loss[i]: token
+     * i is a target (a prompt's are not); the first n_train_docs train. */
+    size_t *doc, n_docs, n_train_docs, longest;
+    uint8_t *loss;
+    int pad;
 };
 
 static uint64_t mix(uint64_t z)
@@ -99,6 +106,172 @@ static st_status tokenize(st_dataset *ds, st_tokenizer *tok, const unsigned char
     return ST_OK;
 }
 
+/* Appends the ids of text (by tok, else its bytes) to the examples' tokens,
+ * their loss flags `target`. */
+static st_status jsonl_append(st_dataset *ds, st_tokenizer *tok, const char *text, size_t len,
+                              bool with_template, bool target, size_t *cap)
+{
+    int32_t *ids = NULL;
+    size_t n = 0, idcap = 0;
+    if (tok) {
+        st_status s = st_tokenizer_encode(tok, text, len, with_template, &ids, &n, &idcap);
+        if (s != ST_OK)
+            return s;
+    }
+    size_t add = tok ? n : len;
+    if (ds->n + add + 1 > *cap) {
+        size_t c = (ds->n + add + 1) * 2;
+        uint32_t *t = realloc(ds->tokens, c * sizeof *t);
+        uint8_t *l = t ? realloc(ds->loss, c) : NULL;
+        if (t)
+            ds->tokens = t;
+        if (l)
+            ds->loss = l;
+        if (!t || !l) {
+            free(ids);
+            return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu tokens", c);
+        }
+        *cap = c;
+    }
+    for (size_t i = 0; i < add; i++) {
+        ds->tokens[ds->n + i] = tok ? (uint32_t)ids[i] : (unsigned char)text[i];
+        ds->loss[ds->n + i] = target;
+    }
+    ds->n += add;
+    free(ids);
+    return ST_OK;
+}
+
+/* A string member of a JSON Lines example, or NULL. */
+static const char *member(json_t *o, const char *key, size_t *len, bool *there)
+{
+    json_t *v = json_object_get(o, key);
+    *there = v != NULL;
+    if (!json_is_string(v))
+        return NULL;
+    *len = json_string_length(v);
+    return json_string_value(v);
+}
+
+/* JSON Lines: one example per line, {"text": ...} or {"prompt": ...,
+ * "completion": ...}; each its tokens (the tokenizer's template, BOS, at the
+ * start), then EOS when the tokenizer has one. */
+static st_status load_jsonl(st_dataset *ds, const char *path, st_tokenizer *tok,
+                            const unsigned char *raw, size_t bytes)
+{
+    size_t cap = 0, doc_cap = 0, line = 0, n_pc = 0;
+    int eos = tok ? st_tokenizer_eos(tok) : -1;
+    st_status s = ST_OK;
+    for (size_t at = 0; at < bytes && s == ST_OK;) {
+        const unsigned char *nl = memchr(raw + at, '\n', bytes - at);
+        size_t end = nl ? (size_t)(nl - raw) : bytes, len = end - at;
+        const char *text = (const char *)raw + at;
+        line++;
+        at = end + 1;
+        size_t blank = 0;
+        while (blank < len && (text[blank] == ' ' || text[blank] == '\t' || text[blank] == '\r'))
+            blank++;
+        if (blank == len)
+            continue; /* an empty line */
+        json_error_t err;
+        json_t *o = json_loadb(text, len, 0, &err);
+        if (!o) {
+            s = st_error(ST_ERR_FORMAT, "%s:%zu: not JSON (%s at column %d): each line of a .jsonl "
+                                        "file is one object, {\"text\": ...} or {\"prompt\": ..., "
+                                        "\"completion\": ...}",
+                         path, line, err.text, err.column);
+            break;
+        }
+        size_t lt = 0, lp = 0, lc = 0;
+        bool has_t = false, has_p = false, has_c = false;
+        const char *t = json_is_object(o) ? member(o, "text", &lt, &has_t) : NULL;
+        const char *pr = json_is_object(o) ? member(o, "prompt", &lp, &has_p) : NULL;
+        const char *c = json_is_object(o) ? member(o, "completion", &lc, &has_c) : NULL;
+        if (!json_is_object(o))
+            s = st_error(ST_ERR_FORMAT, "%s:%zu: a JSON value that is not an object: give "
+                                        "{\"text\": ...} or {\"prompt\": ..., \"completion\": ...}",
+                         path, line);
+        else if (has_t && (has_p || has_c))
+            s = st_error(ST_ERR_FORMAT, "%s:%zu: both \"text\" and \"prompt\"/\"completion\": give "
+                                        "one or the other",
+                         path, line);
+        else if (has_t ? !t : !(pr && c))
+            s = st_error(ST_ERR_FORMAT,
+                         "%s:%zu: %s: each line needs {\"text\": \"...\"} or {\"prompt\": "
+                         "\"...\", \"completion\": \"...\"} with strings",
+                         path, line,
+                         has_t                ? "\"text\" is not a string"
+                         : !has_p && !has_c   ? "neither \"text\" nor \"prompt\" and \"completion\""
+                         : !has_p             ? "no \"prompt\""
+                         : !has_c             ? "no \"completion\""
+                         : !pr                ? "\"prompt\" is not a string"
+                                              : "\"completion\" is not a string");
+        if (s == ST_OK && ds->n_docs + 2 > doc_cap) {
+            size_t dc = (ds->n_docs + 2) * 2;
+            size_t *d = realloc(ds->doc, dc * sizeof *d);
+            if (!d)
+                s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu examples", dc);
+            else
+                ds->doc = d, doc_cap = dc;
+        }
+        if (s == ST_OK) {
+            ds->doc[ds->n_docs] = ds->n;
+            if (has_t) {
+                s = jsonl_append(ds, tok, t, lt, true, true, &cap);
+            } else {
+                n_pc++;
+                s = jsonl_append(ds, tok, pr, lp, true, false, &cap);
+                if (s == ST_OK)
+                    s = jsonl_append(ds, tok, c, lc, false, true, &cap);
+            }
+            if (s == ST_OK && eos >= 0) { /* room was kept for it */
+                ds->tokens[ds->n] = (uint32_t)eos;
+                ds->loss[ds->n++] = 1;
+            }
+            if (s != ST_OK)
+                st_error_context("%s:%zu", path, line);
+            size_t len_doc = ds->n - ds->doc[ds->n_docs];
+            if (s == ST_OK && len_doc < 2)
+                s = st_error(ST_ERR_FORMAT, "%s:%zu: the example has %zu token%s: at least 2 "
+                                            "make one target",
+                             path, line, len_doc, len_doc == 1 ? "" : "s");
+            if (len_doc > ds->longest)
+                ds->longest = len_doc;
+            ds->n_docs++;
+            ds->doc[ds->n_docs] = ds->n;
+        }
+        json_decref(o);
+    }
+    if (s == ST_OK && ds->n_docs < 2)
+        s = st_error(ST_ERR_FORMAT,
+                     "'%s' has %zu example%s: too few to split into training and validation "
+                     "(the last %d%% of the examples validate, at least one)",
+                     path, ds->n_docs, ds->n_docs == 1 ? "" : "s", VAL_PERCENT);
+    if (s != ST_OK)
+        return s;
+    size_t val = ds->n_docs * VAL_PERCENT / 100;
+    ds->n_train_docs = ds->n_docs - (val ? val : 1);
+    ds->n_train = ds->doc[ds->n_train_docs];
+    ds->kind = KIND_JSONL;
+    ds->vocab_needed = tok ? (int)st_tokenizer_vocab_size(tok) : 256;
+    ds->pad = eos >= 0 ? eos : 0;
+    if (tok)
+        ds->id.tokenizer = st_tokenizer_sum(tok);
+    size_t targets = 0;
+    for (size_t k = 0; k < ds->n_docs; k++)
+        for (size_t i = ds->doc[k] + 1; i < ds->doc[k + 1]; i++)
+            targets += ds->loss[i];
+    char by[128] = "";
+    if (tok)
+        snprintf(by, sizeof by, " by the tokenizer (vocabulary %zu)", st_tokenizer_vocab_size(tok));
+    snprintf(ds->describe, sizeof ds->describe,
+             "%s: %zu examples (%zu prompt and completion, %zu text), %zu tokens%s, %zu of "
+             "them targets (%zu train, %zu validation examples; the longest %zu tokens)",
+             path, ds->n_docs, n_pc, ds->n_docs - n_pc, ds->n, tok ? by : " (bytes)", targets,
+             ds->n_train_docs, ds->n_docs - ds->n_train_docs, ds->longest);
+    return ST_OK;
+}
+
 static st_status load_file(st_dataset *ds, const char *path, st_tokenizer *tok)
 {
     bool tokens = ends_with(path, ".bin") || ends_with(path, ".u16") || ends_with(path, ".tok");
@@ -129,6 +302,11 @@ static st_status load_file(st_dataset *ds, const char *path, st_tokenizer *tok)
     ds->id.sum = st_sum64_of(raw, bytes);
     if (!realpath(path, ds->id.path))
         snprintf(ds->id.path, sizeof ds->id.path, "%s", path);
+    if (s == ST_OK && ends_with(path, ".jsonl")) {
+        s = load_jsonl(ds, path, tok, raw, bytes);
+        free(raw);
+        return s;
+    }
     /* llm.c's token files: a header of 256 int32 (magic, version, count),
      * then uint16 tokens (magic 20240520, version 1) or uint32 (20240801,
      * version 7). Without that header a token file is raw uint16. */
@@ -223,7 +401,7 @@ st_status st_dataset_open_text(const char *source, st_tokenizer *tok, st_dataset
     }
     snprintf(ds->name, sizeof ds->name, "%s", source);
     st_status s = load_file(ds, source, tok);
-    if (s == ST_OK && ds->n - ds->n_train < 2)
+    if (s == ST_OK && ds->kind != KIND_JSONL && ds->n - ds->n_train < 2)
         s = st_error(ST_ERR_FORMAT,
                      "data file '%s' has %zu tokens: too few to split into training and "
                      "validation (the last %d%% validate)",
@@ -241,6 +419,8 @@ void st_dataset_destroy(st_dataset *ds)
     if (!ds)
         return;
     free(ds->tokens);
+    free(ds->doc);
+    free(ds->loss);
     free(ds);
 }
 
@@ -291,11 +471,32 @@ void st_addition_problem(int a, int b, char prompt[16], char answer[8])
     answer[ADD_DIGITS + 2] = '\0';
 }
 
+size_t st_dataset_examples(const st_dataset *ds, st_split split)
+{
+    if (ds->kind != KIND_JSONL)
+        return 0;
+    return split == ST_TRAIN ? ds->n_train_docs
+           : split == ST_VAL ? ds->n_docs - ds->n_train_docs
+                             : ds->n_docs;
+}
+
+size_t st_dataset_longer_than(const st_dataset *ds, size_t len, size_t *longest)
+{
+    size_t k = 0;
+    for (size_t i = 0; ds->kind == KIND_JSONL && i < ds->n_docs; i++)
+        k += ds->doc[i + 1] - ds->doc[i] > len;
+    if (longest)
+        *longest = ds->longest;
+    return k;
+}
+
 size_t st_dataset_windows(const st_dataset *ds, st_split split, int T)
 {
     size_t n = st_dataset_tokens(ds, split);
     if (ds->kind == KIND_ADDITION)
         return 0;
+    if (ds->kind == KIND_JSONL)
+        return st_dataset_examples(ds, split);
     return T > 0 && n > (size_t)T ? (n - 1) / (size_t)T : 0;
 }
 
@@ -322,6 +523,23 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
                 tokens[b * T + t] = (unsigned char)text[t];
                 /* targets: the answer digits and the newline (predicted from position 7 on) */
                 targets[b * T + t] = t >= 7 ? (unsigned char)text[t + 1] : -1;
+            }
+        }
+        return ST_OK;
+    }
+    if (ds->kind == KIND_JSONL) {
+        /* One example a row from its start, cut after T + 1 tokens, padded;
+         * a target where the next token is one (not a prompt's, not padding). */
+        size_t first = split == ST_VAL ? ds->n_train_docs : 0;
+        size_t n = st_dataset_examples(ds, split);
+        for (int b = 0; b < B; b++) {
+            size_t k = first + (split == ST_TRAIN ? (size_t)rng_below(&r, n)
+                                                  : (index * (size_t)B + (size_t)b) % n);
+            size_t at = ds->doc[k], len = ds->doc[k + 1] - at;
+            for (size_t t = 0; t < (size_t)T; t++) {
+                tokens[(size_t)b * T + t] = t < len ? (int32_t)ds->tokens[at + t] : ds->pad;
+                targets[(size_t)b * T + t] =
+                    t + 1 < len && ds->loss[at + t + 1] ? (int32_t)ds->tokens[at + t + 1] : -1;
             }
         }
         return ST_OK;
