@@ -130,6 +130,23 @@ st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size
  * moments and the state; then the first replica's bits go to the others.
  * How train (--resume, --init), eval, generate and serve load a folder. */
 st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *state);
+/* The same with a LoRA adapter folder (strata/adapter.h; NULL: none) merged
+ * into the weights as they load. */
+st_status st_checkpoint_load_pipe_adapter(const char *dir, const char *adapter, st_pipe *p,
+                                          st_train_state *state);
+
+/* strata merge: model_dir's weights (a Hugging Face folder or a Strata run)
+ * with the LoRA adapter merged, written to out_dir (missing or empty) as a
+ * plain model folder that transformers loads: model.safetensors in the
+ * base's element type (BF16, F16 or F32; rounded to nearest even), the
+ * config and the tokenizer's files. */
+typedef struct st_merge_report {
+    size_t tensors, merged; /* written; with an adapter product added */
+    char dtype[8];
+    uint64_t bytes;         /* of model.safetensors */
+} st_merge_report;
+st_status st_checkpoint_merge_adapter(const char *model_dir, const char *adapter_dir,
+                                      const char *out_dir, st_merge_report *report);
 
 #ifdef __cplusplus
 }

@@ -62,6 +62,9 @@ typedef struct st_infer_options {
      * init_seed (benchmarks). */
     const st_model_config *config;
     uint64_t init_seed;
+    /* A LoRA adapter folder in PEFT's format (strata/adapter.h) merged into
+     * the weights as they load; NULL: none. */
+    const char *adapter;
     /* Under mpirun (built with MPI): one pipeline over every rank's devs
      * (dev_index: how `strata devices` numbers them), opened on every rank
      * together. Rank 0 leads (adds, steps, reads); the others call

@@ -123,6 +123,7 @@ typedef struct st_param_desc {
     st_init init;
     double init_std;  /* ST_INIT_NORMAL */
     bool decay;       /* AdamW's weight decay applies */
+    bool in_out;      /* a 2-D weight stored [in, out] (GPT-2's Conv1D), else [out, in] */
 } st_param_desc;
 
 /* A parameter a layer uses but another layer owns (a tied head). */

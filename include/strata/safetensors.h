@@ -70,6 +70,12 @@ void st_safetensors_writer_destroy(st_safetensors_writer *w);
 /* Adds an F32 tensor; the data is copied. */
 st_status st_safetensors_add_f32(st_safetensors_writer *w, const char *name, int ndim,
                                  const size_t *shape, const float *data);
+/* The same stored as dtype "F32", "BF16" or "F16" (rounded to nearest, ties
+ * to even, as torch's .to() does). */
+st_status st_safetensors_add(st_safetensors_writer *w, const char *name, const char *dtype,
+                             int ndim, const size_t *shape, const float *data);
+uint16_t st_f32_to_bf16(float f);
+uint16_t st_f32_to_f16(float f);
 st_status st_safetensors_set_metadata(st_safetensors_writer *w, const char *key,
                                       const char *value);
 st_status st_safetensors_save(st_safetensors_writer *w, const char *path);

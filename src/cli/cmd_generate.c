@@ -15,6 +15,7 @@
 #include "core/file.h"
 #include "core/utf8.h"
 #include "cli/cli.h"
+#include "strata/adapter.h"
 #include "strata/checkpoint.h"
 #include "strata/infer.h"
 #include "strata/tokenizer.h"
@@ -32,6 +33,7 @@
 typedef struct run_flags {
     const char *devices, *split, *mem_limit, *parallel;
     const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
+    const char *adapter;   /* --adapter: a PEFT LoRA folder merged into the weights */
     long prefill;          /* generate: a prompt's tokens per pass (0: the default) */
 } run_flags;
 
@@ -52,6 +54,16 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
         return s;
     io->split = f->split;
     io->parallel = f->parallel;
+    io->adapter = f->adapter;
+    if (f->adapter && cli_rank() == 0) {
+        st_adapter *a = NULL;
+        st_status as = st_adapter_open(f->adapter, &a);
+        if (as != ST_OK)
+            return as;
+        fprintf(stderr, "adapter: %s, %s, merged into the weights\n", f->adapter,
+                st_adapter_describe(a));
+        st_adapter_close(a);
+    }
     io->keep_all_devices = f->devices != NULL || getenv("STRATA_DEVICES") != NULL;
     io->quiet = true;
 #if STRATA_HAVE_MPI
@@ -175,6 +187,8 @@ static void generate_help(void)
            "time, the generated tokens, their rate, and the time spent loading.\n"
            "\n"
            "  -m, --model DIR     the model folder (required)\n"
+           "  --adapter DIR       a LoRA adapter in PEFT's format (adapter_config.json,\n"
+           "                      adapter_model.safetensors) merged into the weights\n"
            "  -p, --prompt TEXT   text to continue (default: a newline); give it several\n"
            "                      times to generate for several prompts at once (each\n"
            "                      with its own cache, all in one pass through the model\n"
@@ -577,6 +591,7 @@ static int generate_command(int argc, char **argv)
                                          {"repeat-last-n", required_argument, NULL, 'L'},
                                          {"stop", required_argument, NULL, 'x'},
                                          {"prompt-file", required_argument, NULL, 'f'},
+                                         {"adapter", required_argument, NULL, 'A'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
@@ -594,6 +609,7 @@ static int generate_command(int argc, char **argv)
         bool ok = true;
         switch (c) {
         case 'm': model = optarg; break;
+        case 'A': rf.adapter = optarg; break;
         case 'p':
             if (n_prompts == 64)
                 return cli_usage_error("generate", "at most 64 prompts at once");
@@ -669,6 +685,8 @@ static void eval_help(void)
            "by the model folder's tokenizer.json (or --tokenizer), as bytes without one.\n"
            "\n"
            "  -m, --model DIR     the model folder (required)\n"
+           "  --adapter DIR       a LoRA adapter in PEFT's format (adapter_config.json,\n"
+           "                      adapter_model.safetensors) merged into the weights\n"
            "  --data SRC          'addition' (the default for a model without a\n"
            "                      tokenizer), a text file or a token file\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
@@ -703,6 +721,7 @@ int cmd_eval(int argc, char **argv)
                                          {"parallel", required_argument, NULL, 'P'},
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
+                                         {"adapter", required_argument, NULL, 'A'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *data = NULL;
@@ -716,6 +735,7 @@ int cmd_eval(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'D': data = optarg; break;
+        case 'A': rf.adapter = optarg; break;
         case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
         case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
         case 'K': ok = cli_parse_long(optarg, 1, 1 << 20, &batches); break;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "strata/adapter.h"
 #include "serve/serve.h"
 #include "strata/checkpoint.h"
 #if STRATA_HAVE_MPI
@@ -39,6 +40,7 @@ static void serve_help(void)
            "ends the server (exit 1).\n"
            "\n"
            "  -m, --model DIR        the model folder (Strata's or Hugging Face's; required)\n"
+           "  --adapter DIR          a LoRA adapter in PEFT's format merged into the weights\n"
            "  --model-name NAME      the model's id in the API (default: the folder's name)\n"
            "  --tokenizer PATH       a tokenizer.json or folder instead of the model's\n"
            "                         (none at all: text is bytes)\n"
@@ -87,7 +89,16 @@ static st_status load(void *ctx, st_infer **in, st_tokenizer **tk)
     if ((s = cli_devices_get(c->devices, true, &L->devs)) != ST_OK ||
         (L->mem_limit && (s = cli_apply_mem_limit(L->mem_limit, &L->devs)) != ST_OK))
         return s;
+    if (c->adapter) {
+        st_adapter *a = NULL;
+        if ((s = st_adapter_open(c->adapter, &a)) != ST_OK)
+            return s;
+        fprintf(stderr, "adapter: %s, %s, merged into the weights\n", c->adapter,
+                st_adapter_describe(a));
+        st_adapter_close(a);
+    }
     st_infer_options io = {.max_seqs = c->parallel, .ctx = c->ctx, .prefill = c->prefill,
+                           .adapter = c->adapter,
                            .split = c->split, .parallel = c->parallel_plan,
                            .keep_all_devices = c->keep_all_devices,
                            .quiet = true};
@@ -114,6 +125,7 @@ int cmd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
                                          {"model-name", required_argument, NULL, 'N'},
+                                         {"adapter", required_argument, NULL, 'A'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"host", required_argument, NULL, 'H'},
                                          {"port", required_argument, NULL, 'p'},
@@ -144,6 +156,7 @@ int cmd_serve(int argc, char **argv)
         bool ok = true;
         switch (o) {
         case 'm': c.model_dir = optarg; break;
+        case 'A': c.adapter = optarg; break;
         case 'N':
             if (!*optarg || strlen(optarg) > 200)
                 return cli_usage_error("serve", "--model-name needs 1 to 200 characters");

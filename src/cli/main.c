@@ -32,6 +32,7 @@ static const command commands[] = {
     {"eval", cmd_eval, "loss and perplexity of a trained model on data"},
     {"tune", cmd_tune, "tune CLBlast's GEMM kernels for each device (kept when faster)"},
     {"tokenize", cmd_tokenize, "text to token ids (and back) with a Hugging Face tokenizer"},
+    {"merge", cmd_merge, "merge a LoRA adapter (PEFT's format) into a model folder"},
     {"serve", cmd_serve, "serve a model over HTTP with OpenAI's API (continuous batching)"},
     {"bench", cmd_bench, "measure pipeline scaling over 1, 2, 4... devices (--pipeline)"},
 };

@@ -342,9 +342,43 @@ typedef struct wentry {
     char *name;
     int ndim;
     size_t shape[ST_SAFETENSORS_MAX_DIMS];
-    float *data;
-    size_t numel;
+    void *data;
+    size_t numel, esize;
+    const char *dtype;
 } wentry;
+
+uint16_t st_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: kept a quiet NaN */
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+uint16_t st_f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) /* 65520 and up round to infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u) { /* below the smallest normal half: a subnormal (or 0) */
+        if (a < 0x33000000u)
+            return (uint16_t)sign;
+        uint32_t m = (a & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(a >> 23); /* 14 to 24 */
+        uint32_t h = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        h += rest > half || (rest == half && (h & 1));
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((a >> 13) - (112u << 10)), rest = a & 0x1fffu;
+    h += rest > 0x1000u || (rest == 0x1000u && (h & 1));
+    return (uint16_t)(sign | h);
+}
 
 struct st_safetensors_writer {
     wentry *e;
@@ -379,6 +413,19 @@ void st_safetensors_writer_destroy(st_safetensors_writer *w)
 st_status st_safetensors_add_f32(st_safetensors_writer *w, const char *name, int ndim,
                                  const size_t *shape, const float *data)
 {
+    return st_safetensors_add(w, name, "F32", ndim, shape, data);
+}
+
+st_status st_safetensors_add(st_safetensors_writer *w, const char *name, const char *dtype,
+                             int ndim, const size_t *shape, const float *data)
+{
+    size_t esize = strcmp(dtype, "F32") == 0                                  ? 4
+                   : strcmp(dtype, "BF16") == 0 || strcmp(dtype, "F16") == 0 ? 2
+                                                                             : 0;
+    if (!esize)
+        return st_error(ST_ERR_INVALID, "safetensors: tensors are written as F32, BF16 or F16, "
+                                        "not %s",
+                        dtype);
     if (ndim < 0 || ndim > ST_SAFETENSORS_MAX_DIMS || !name || !*name ||
         strcmp(name, "__metadata__") == 0)
         return st_error(ST_ERR_INVALID, "safetensors: bad tensor '%s'", name ? name : "");
@@ -402,13 +449,24 @@ st_status st_safetensors_add_f32(st_safetensors_writer *w, const char *name, int
         e->numel *= shape[i];
     }
     e->name = strdup(name);
-    e->data = malloc(e->numel ? e->numel * sizeof(float) : 1);
+    e->esize = esize;
+    e->dtype = esize == 4 ? "F32" : strcmp(dtype, "BF16") == 0 ? "BF16" : "F16";
+    e->data = malloc(e->numel ? e->numel * esize : 1);
     if (!e->name || !e->data) {
         free(e->name);
         free(e->data);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory copying '%s'", name);
     }
-    memcpy(e->data, data, e->numel * sizeof(float));
+    if (esize == 4) {
+        memcpy(e->data, data, e->numel * sizeof(float));
+    } else {
+        uint16_t *h = e->data;
+        bool bf = strcmp(dtype, "BF16") == 0;
+        for (size_t i = 0; i < e->numel; i++) {
+            uint16_t v = bf ? st_f32_to_bf16(data[i]) : st_f32_to_f16(data[i]);
+            memcpy(&h[i], &v, 2); /* little-endian hosts only, as the reader */
+        }
+    }
     w->n++;
     return ST_OK;
 }
@@ -434,9 +492,9 @@ st_status st_safetensors_save_sum(st_safetensors_writer *w, const char *path, ui
         json_t *shape = json_array();
         for (int d = 0; d < w->e[i].ndim; d++)
             json_array_append_new(shape, json_integer((json_int_t)w->e[i].shape[d]));
-        uint64_t size = w->e[i].numel * 4;
+        uint64_t size = w->e[i].numel * w->e[i].esize;
         json_object_set_new(h, w->e[i].name,
-                            json_pack("{s:s, s:o, s:[I, I]}", "dtype", "F32", "shape", shape,
+                            json_pack("{s:s, s:o, s:[I, I]}", "dtype", w->e[i].dtype, "shape", shape,
                                       "data_offsets", (json_int_t)off,
                                       (json_int_t)(off + size)));
         off += size;
@@ -462,7 +520,7 @@ st_status st_safetensors_save_sum(st_safetensors_writer *w, const char *path, ui
         s = st_afile_write(f, " ", 1);
     free(text);
     for (size_t i = 0; s == ST_OK && i < w->n; i++)
-        s = st_afile_write(f, w->e[i].data, w->e[i].numel * 4);
+        s = st_afile_write(f, w->e[i].data, w->e[i].numel * w->e[i].esize);
     if (s != ST_OK) {
         st_afile_abort(f);
         return s;

@@ -209,6 +209,8 @@ static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
     W(l, N("mlp.c_proj.weight"), Fs, Cs, proj_std);
     ZEROS(l, N("mlp.c_proj.bias"), Cs);
 #undef N
+    for (size_t k = 0; k < l->n_params; k++) /* Conv1D: the 2-D weights are [in, out] */
+        l->params[k].in_out = l->params[k].ndim == 2;
     double matmul = 2.0 * (C * 3 * C + C * C + 2 * C * F);
     double elementwise = 20.0 * C + 12.0 * F;
     l->fwd_flops_per_token = matmul + elementwise;

@@ -172,7 +172,8 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
         s = st_pipe_create(&in->plan, in->desc, all_devs, in->mpi ? &in->comm : NULL,
                            &in->pipe);
     if (s == ST_OK)
-        s = dir ? st_checkpoint_load_pipe(dir, in->pipe, NULL) : st_pipe_init(in->pipe, o->init_seed);
+        s = dir ? st_checkpoint_load_pipe_adapter(dir, o->adapter, in->pipe, NULL)
+                : st_pipe_init(in->pipe, o->init_seed);
     size_t Q = (size_t)(o->max_seqs > 0 ? o->max_seqs : 1), V = (size_t)in->cfg.vocab_size;
     in->reps = 1;
     in->per = in->n_pipe = (int)Q;

@@ -116,7 +116,7 @@ char *sv_error_json(const sv_error *e);
 /* ---- the server (server.c) ---------------------------------------------------- */
 
 typedef struct sv_config {
-    const char *model_dir, *model_name, *tokenizer;
+    const char *model_dir, *model_name, *tokenizer, *adapter;
     const char *host;
     int port;
     int parallel;        /* sequences at once (KV slots) */

@@ -21,6 +21,7 @@
 
 #include "core/atomic.h"
 #include "core/hash.h"
+#include "strata/adapter.h"
 #include "strata/checkpoint.h"
 #include "strata/pipe.h"
 #include "strata/safetensors.h"
@@ -1117,7 +1118,8 @@ static const st_safetensors_entry *source_find(const source *src, const char *na
 }
 
 static st_status load_file(const source *src, st_stage *const *stages, size_t n_stages,
-                           st_stage_buf which, const char *prefix, bool check_extra)
+                           st_stage_buf which, const char *prefix, bool check_extra,
+                           st_adapter *adapter)
 {
     st_status s = ST_OK;
     const char *path = src->what;
@@ -1189,7 +1191,12 @@ static st_status load_file(const source *src, st_stage *const *stages, size_t n_
                            "%s: tensor '%s' holds %zu NaN or infinite value(s) of %zu: what is "
                            "computed from it is not meaningful",
                            path, tname, bad, p->numel);
-                s = st_stage_write(stages[k], which, i, host);
+                bool applied = false;
+                if (adapter && p->ndim == 2)
+                    s = st_adapter_apply(adapter, p->name, host, p->shape[0], p->shape[1],
+                                         p->in_out, &applied);
+                if (s == ST_OK)
+                    s = st_stage_write(stages[k], which, i, host);
             }
             free(host);
         }
@@ -1197,8 +1204,8 @@ static st_status load_file(const source *src, st_stage *const *stages, size_t n_
     return s;
 }
 
-st_status st_checkpoint_load_into(const st_checkpoint *ck, st_stage *const *stages,
-                                  size_t n_stages, st_train_state *state, bool whole)
+static st_status load_into(const st_checkpoint *ck, st_stage *const *stages, size_t n_stages,
+                           st_train_state *state, bool whole, st_adapter *adapter)
 {
     st_status s = ST_OK;
     if (state && (s = st_checkpoint_get_state(ck, state)) != ST_OK)
@@ -1206,16 +1213,24 @@ st_status st_checkpoint_load_into(const st_checkpoint *ck, st_stage *const *stag
     source src;
     if ((s = source_open(ck, false, "model", &src)) != ST_OK)
         return s;
-    s = load_file(&src, stages, n_stages, ST_STAGE_PARAMS, "", whole);
+    s = load_file(&src, stages, n_stages, ST_STAGE_PARAMS, "", whole, adapter);
     source_close(&src);
+    if (s == ST_OK && adapter && whole)
+        s = st_adapter_check_used(adapter);
     if (s != ST_OK || !state)
         return s;
     if ((s = source_open(ck, true, "optimizer", &src)) != ST_OK)
         return s;
-    if ((s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_M, "m.", false)) == ST_OK)
-        s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_V, "v.", false);
+    if ((s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_M, "m.", false, NULL)) == ST_OK)
+        s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_V, "v.", false, NULL);
     source_close(&src);
     return s;
+}
+
+st_status st_checkpoint_load_into(const st_checkpoint *ck, st_stage *const *stages,
+                                  size_t n_stages, st_train_state *state, bool whole)
+{
+    return load_into(ck, stages, n_stages, state, whole, NULL);
 }
 
 st_status st_checkpoint_config(const char *dir, st_model_config *cfg)
@@ -1239,7 +1254,7 @@ st_status st_checkpoint_state(const char *dir, st_train_state *state)
 }
 
 static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_stages,
-                          st_train_state *state, bool whole)
+                          st_train_state *state, bool whole, const char *adapter_dir)
 {
     st_status s = ST_OK;
     for (int i = 0; i < READER_TRIES; i++) {
@@ -1247,7 +1262,10 @@ static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_sta
         uint64_t before = manifests_signature(dir);
         if ((s = st_checkpoint_open(dir, &ck)) != ST_OK)
             return s;
-        s = st_checkpoint_load_into(ck, stages, n_stages, state, whole);
+        st_adapter *adapter = NULL;
+        if (!adapter_dir || (s = st_adapter_open(adapter_dir, &adapter)) == ST_OK)
+            s = load_into(ck, stages, n_stages, state, whole, adapter);
+        st_adapter_close(adapter);
         st_checkpoint_close(ck);
         /* Its files cleaned or replaced by a newer save: load that one. */
         if (s == ST_OK || manifests_signature(dir) == before)
@@ -1260,22 +1278,155 @@ static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_sta
 st_status st_checkpoint_load(const char *dir, st_stage *const *stages, size_t n_stages,
                              st_train_state *state)
 {
-    return load_dir(dir, stages, n_stages, state, true);
+    return load_dir(dir, stages, n_stages, state, true, NULL);
 }
 
 st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size_t n_stages,
                                   st_train_state *state)
 {
-    return load_dir(dir, stages, n_stages, state, false);
+    return load_dir(dir, stages, n_stages, state, false, NULL);
 }
 
 st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *state)
+{
+    return st_checkpoint_load_pipe_adapter(dir, NULL, p, state);
+}
+
+st_status st_checkpoint_load_pipe_adapter(const char *dir, const char *adapter, st_pipe *p,
+                                          st_train_state *state)
 {
     st_stage *local[ST_PLAN_MAX_STAGES];
     size_t n = 0, S = st_pipe_n_stages(p);
     for (size_t k = 0; k < S && k < ST_PLAN_MAX_STAGES; k++)
         if (st_pipe_stage(p, k))
             local[n++] = st_pipe_stage(p, k);
-    st_status s = load_dir(dir, local, n, state, n == S); /* fewer: other processes hold the rest */
+    st_status s = load_dir(dir, local, n, state, n == S, adapter); /* fewer: other processes hold the rest */
     return s == ST_OK ? st_pipe_replicate(p) : s;
+}
+
+/* ---- merging an adapter into a model folder ------------------------------------- */
+
+/* Whether the output folder may be written: missing (made) or empty. */
+static st_status empty_out(const char *dir)
+{
+    bool created = false;
+    st_status s = st_checkpoint_prepare(dir, &created);
+    if (s != ST_OK || created)
+        return s;
+    DIR *d = opendir(dir);
+    if (!d)
+        return st_error(ST_ERR_IO, "cannot read the folder '%s': %s", dir, strerror(errno));
+    struct dirent *e;
+    const char *found = NULL;
+    while (!found && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            found = e->d_name;
+    st_status r = found ? st_error(ST_ERR_INVALID,
+                                   "'%s' is not empty (it holds '%s'): give --out a new or empty "
+                                   "folder",
+                                   dir, found)
+                        : ST_OK;
+    closedir(d);
+    return r;
+}
+
+/* A model folder's file copied into out when it is there. */
+static st_status copy_if_there(const char *from_dir, const char *out, const char *name)
+{
+    char path[4400];
+    join(path, sizeof path, from_dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ST_OK;
+    st_status s = ST_OK;
+    char *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        !(buf = malloc((size_t)size + 1)) || fread(buf, 1, (size_t)size, f) != (size_t)size)
+        s = st_error(ST_ERR_IO, "cannot read '%s'", path);
+    fclose(f);
+    if (s == ST_OK) {
+        join(path, sizeof path, out, name);
+        s = st_write_file_atomic(path, buf, (size_t)size, NULL);
+    }
+    free(buf);
+    return s;
+}
+
+st_status st_checkpoint_merge_adapter(const char *model_dir, const char *adapter_dir,
+                                      const char *out_dir, st_merge_report *report)
+{
+    memset(report, 0, sizeof *report);
+    st_checkpoint *ck = NULL;
+    st_adapter *a = NULL;
+    st_model_desc *desc = NULL;
+    st_safetensors_writer *w = NULL;
+    source src = {0};
+    st_status s = st_checkpoint_open(model_dir, &ck);
+    if (s == ST_OK)
+        s = st_adapter_open(adapter_dir, &a);
+    if (s == ST_OK)
+        s = st_model_describe(st_checkpoint_get_config(ck), &desc);
+    if (s == ST_OK)
+        s = empty_out(out_dir);
+    if (s == ST_OK)
+        s = source_open(ck, false, "model", &src);
+    if (s == ST_OK)
+        s = st_safetensors_writer_create(&w);
+    if (s == ST_OK)
+        s = st_safetensors_set_metadata(w, "format", "pt");
+    snprintf(report->dtype, sizeof report->dtype, "F32");
+    for (size_t f = 0; s == ST_OK && f < src.n; f++) {
+        const st_safetensors_entry *e;
+        for (size_t i = 0; s == ST_OK && (e = st_safetensors_at(src.file[f], i)); i++) {
+            const char *mn = model_name(e->name);
+            if (!mn && strcmp(e->name, "lm_head.weight") != 0)
+                continue; /* a buffer (attention masks, rotary frequencies): not needed */
+            const st_param_desc *p = NULL;
+            for (size_t l = 0; mn && !p && l < desc->n_layers; l++)
+                for (size_t k = 0; !p && k < desc->layers[l].n_params; k++)
+                    if (strcmp(desc->layers[l].params[k].name, mn) == 0)
+                        p = &desc->layers[l].params[k];
+            float *host = malloc((e->numel ? e->numel : 1) * sizeof *host);
+            if (!host) {
+                s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for '%s'", e->name);
+                break;
+            }
+            if ((s = st_safetensors_to_f32(e, host)) == ST_OK && p && p->ndim == 2 &&
+                e->ndim == 2) {
+                bool applied = false;
+                s = st_adapter_apply(a, p->name, host, (size_t)e->shape[0], (size_t)e->shape[1],
+                                     p->in_out, &applied);
+                report->merged += applied;
+            }
+            const char *dtype = strcmp(e->dtype, "BF16") == 0  ? "BF16"
+                                : strcmp(e->dtype, "F16") == 0 ? "F16"
+                                                               : "F32";
+            snprintf(report->dtype, sizeof report->dtype, "%s", dtype);
+            size_t shape[ST_SAFETENSORS_MAX_DIMS];
+            for (int d = 0; d < e->ndim; d++)
+                shape[d] = (size_t)e->shape[d];
+            if (s == ST_OK)
+                s = st_safetensors_add(w, e->name, dtype, e->ndim, shape, host);
+            report->tensors += s == ST_OK;
+            free(host);
+        }
+    }
+    if (s == ST_OK)
+        s = st_adapter_check_used(a);
+    char path[4400];
+    join(path, sizeof path, out_dir, "model.safetensors");
+    if (s == ST_OK)
+        s = st_safetensors_save_sum(w, path, &report->bytes, NULL);
+    static const char *const keep[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                       "tokenizer_config.json", "special_tokens_map.json",
+                                       "vocab.json", "merges.txt", "chat_template.jinja"};
+    for (size_t i = 0; s == ST_OK && i < sizeof keep / sizeof keep[0]; i++)
+        s = copy_if_there(model_dir, out_dir, keep[i]);
+    source_close(&src);
+    st_safetensors_writer_destroy(w);
+    st_model_desc_destroy(desc);
+    st_adapter_close(a);
+    st_checkpoint_close(ck);
+    return s;
 }
