@@ -396,6 +396,48 @@ static void replicas_equal_alone(void **state)
     st_error_clear();
 }
 
+/* Prompts being read share a pass's budget oldest first, whatever their
+ * slots: a prompt added later into a lower slot waits for the older one
+ * (in slot order it went first, and a long prompt could wait a minute).
+ * Stepping and st_infer_run alike. */
+static bool stop_after_one(void *ctx, int g, int G)
+{
+    (void)g;
+    (void)G;
+    return (*(int *)ctx)++ == 0;
+}
+
+static void readers_are_served_oldest_first(void **state)
+{
+    (void)state;
+    st_model_config c = model(ST_FAMILY_LLAMA);
+    int32_t p[30];
+    prompt_of(p, 30, 70);
+    for (int run = 0; run < 2; run++) {
+        st_infer *in = open_on(&c, 1, 3, 48, 4);
+        st_infer_request x = request(p, 2, 5, 0, 1), old = request(p, 20, 5, 0, 2);
+        int ix, io, inew;
+        assert_ok(st_infer_add(in, &x, &ix));   /* slot 0 */
+        assert_ok(st_infer_add(in, &old, &io)); /* slot 1: the older prompt */
+        st_infer_release(in, ix);
+        assert_ok(st_infer_add(in, &old, &inew)); /* slot 0 again: a newer prompt */
+        assert_int_equal(inew, 0);
+        assert_int_equal(io, 1);
+        if (run == 0) {
+            assert_ok(st_infer_step(in));
+        } else {
+            int calls = 0;
+            assert_ok(st_infer_run_while(in, NULL, stop_after_one, &calls));
+        }
+        st_infer_info a, b;
+        assert_ok(st_infer_get(in, io, &a));
+        assert_ok(st_infer_get(in, inew, &b));
+        assert_int_equal(a.prompt_left, 16); /* the budget of 4 went to the older */
+        assert_int_equal(b.prompt_left, 20);
+        st_infer_close(in);
+    }
+}
+
 static void bad_requests_are_refused(void **state)
 {
     (void)state;
@@ -448,6 +490,7 @@ int main(void)
         cmocka_unit_test(run_equals_steps),
         cmocka_unit_test(failure_mid_run_ends_it),
         cmocka_unit_test(replicas_equal_alone),
+        cmocka_unit_test(readers_are_served_oldest_first),
         cmocka_unit_test(bad_requests_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);

@@ -32,6 +32,7 @@ typedef struct seq_slot {
     long n, cap, n_prompt, base, read, made, slides;
     st_infer_request req; /* prompt not kept (copied into text) */
     uint64_t rng;
+    uint64_t ticket; /* the order sequences were added in: older prompts are read first */
 } seq_slot;
 
 struct st_infer {
@@ -47,6 +48,8 @@ struct st_infer {
      * k / reps, at index pidx(k) of the pipeline's sequences (replica r's
      * are [r * per, (r + 1) * per)); reps 1: slot k is sequence k. */
     int reps, per, n_pipe;
+    uint64_t tickets;
+    int *order; /* st_infer_step's readers, max_seqs */
     seq_slot *seqs;
     /* a step's inputs and outputs, n_pipe of each, at the pipeline's index */
     const int **tok;
@@ -74,6 +77,7 @@ void st_infer_close(st_infer *in)
     for (int i = 0; in->seqs && i < in->max_seqs; i++)
         free(in->seqs[i].text);
     free(in->seqs);
+    free(in->order);
     free(in->tok);
     free(in->count);
     free(in->pos);
@@ -185,12 +189,13 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
     size_t N = (size_t)in->n_pipe;
     if (s == ST_OK) {
         in->seqs = calloc(Q, sizeof *in->seqs);
+        in->order = calloc(Q, sizeof *in->order);
         in->tok = calloc(N, sizeof *in->tok);
         in->count = calloc(N, sizeof *in->count);
         in->pos = calloc(N, sizeof *in->pos);
         in->logits = malloc(N * V * sizeof *in->logits);
         in->cands = malloc((size_t)in->reps * V * sizeof *in->cands);
-        if (!in->seqs || !in->tok || !in->count || !in->pos || !in->logits || !in->cands)
+        if (!in->seqs || !in->order || !in->tok || !in->count || !in->pos || !in->logits || !in->cands)
             s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu sequences", Q);
     }
     if (s != ST_OK) {
@@ -261,7 +266,8 @@ st_status st_infer_add_group(st_infer *in, const st_infer_request *r, int group,
                         r->n_prompt);
     memcpy(text, r->prompt, r->n_prompt * sizeof *text);
     *q = (seq_slot){.used = true, .text = text, .n = (long)r->n_prompt, .cap = cap,
-                    .n_prompt = (long)r->n_prompt, .req = *r, .rng = r->seed};
+                    .n_prompt = (long)r->n_prompt, .req = *r, .rng = r->seed,
+                    .ticket = in->tickets++};
     q->req.prompt = NULL;
     if (r->max_tokens == 0)
         q->finish = ST_FINISH_LENGTH;
@@ -352,6 +358,28 @@ static st_status take(st_infer *in, seq_slot *q, const float *logits, st_candida
     return ST_OK;
 }
 
+/* The slots first, first + step, ... whose prompts are being read (more
+ * than one token of input left), oldest first, into out; their count.
+ * Prompt budgets go in this order, so that a prompt is never passed over
+ * for ones that came after it (in slot order a late request in a low slot
+ * went first, and a long prompt in a high slot waited a minute). */
+static int readers_by_age(const st_infer *in, int first, int step, int *out)
+{
+    int n = 0;
+    for (int i = first; i < in->max_seqs; i += step) {
+        const seq_slot *q = &in->seqs[i];
+        if (!q->used || q->finish != ST_FINISH_NONE || q->n - (q->base + q->read) <= 1)
+            continue;
+        int j = n++;
+        while (j > 0 && in->seqs[out[j - 1]].ticket > q->ticket) { /* insertion: few readers */
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = i;
+    }
+    return n;
+}
+
 /* Slot i's rows of the next pass into the step's arrays (at its pipeline
  * index): a chunk of its prompt within *budget, or its last token; none
  * when it is not running. Returns how many. */
@@ -406,8 +434,14 @@ st_status st_infer_step(st_infer *in)
     for (int r = 0; r < in->reps; r++)
         budget[r] = in->prefill;
     memset(in->count, 0, (size_t)in->n_pipe * sizeof *in->count);
-    for (int i = 0; i < in->max_seqs; i++)
-        active += gather(in, i, &budget[i % in->reps]) > 0;
+    for (int i = 0; i < in->max_seqs; i++) { /* the last tokens; the readers next, by age */
+        const seq_slot *q = &in->seqs[i];
+        if (q->n - (q->base + q->read) <= 1)
+            active += gather(in, i, &budget[i % in->reps]) > 0;
+    }
+    int readers = readers_by_age(in, 0, 1, in->order);
+    for (int j = 0; j < readers; j++)
+        active += gather(in, in->order[j], &budget[in->order[j] % in->reps]) > 0;
     if (active == 0)
         return ST_OK;
     st_status s = st_pipe_prefill_batch(in->pipe, in->n_pipe, in->tok, in->count, in->pos,
@@ -434,7 +468,7 @@ st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *tar
 /* ---- st_infer_run: groups of sequences streamed through the stages ---------------- */
 
 typedef struct run_group {
-    int *tok, *seq, *pos, *out, *out_seq, *count;
+    int *tok, *seq, *pos, *out, *out_seq, *count, *order;
 } run_group;
 
 typedef struct run_ctx {
@@ -463,11 +497,14 @@ static st_status run_next(void *ctx, int gi, st_stage_rows *rows, const int **ou
         *out_seq = g->out_seq;
         return ST_OK;
     }
+    for (int i = gi; i < in->max_seqs; i += r->G)
+        g->count[i] = 0;
+    int readers = readers_by_age(in, gi, r->G, g->order);
     for (int phase = 0; phase < 2; phase++)
-        for (int i = gi; i < in->max_seqs; i += r->G) {
+        for (int x = phase == 0 ? gi : 0; phase == 0 ? x < in->max_seqs : x < readers;
+             x += phase == 0 ? r->G : 1) {
+            int i = phase == 0 ? x : g->order[x]; /* the last tokens, then the readers by age */
             seq_slot *q = &in->seqs[i];
-            if (phase == 0)
-                g->count[i] = 0;
             if (!q->used || q->finish != ST_FINISH_NONE)
                 continue;
             long left = q->n - (q->base + q->read);
@@ -546,6 +583,7 @@ typedef struct rep_run {
     bool (*between)(void *ctx, int group, int groups);
     void *ctx;
     atomic_bool *over; /* between said no, or a replica failed: every replica stops */
+    int *order;        /* its readers, max_seqs */
     st_status s;
     char msg[1024];
 } rep_run;
@@ -564,7 +602,11 @@ static void *replica_loop(void *arg)
         }
         int budget = in->prefill, active = 0;
         for (int i = j->r; i < in->max_seqs; i += R)
-            active += gather(in, i, &budget) > 0;
+            if (in->seqs[i].n - (in->seqs[i].base + in->seqs[i].read) <= 1)
+                active += gather(in, i, &budget) > 0;
+        int readers = readers_by_age(in, j->r, R, j->order);
+        for (int k = 0; k < readers; k++)
+            active += gather(in, j->order[k], &budget) > 0;
         if (active == 0)
             break; /* nothing to do: this replica's group ends for the run */
         st_status s = st_pipe_replica_prefill_batch(in->pipe, (size_t)j->r, in->per,
@@ -603,9 +645,13 @@ static st_status run_replicas(st_infer *in, void (*on_token)(void *ctx, int id),
     bool started[ST_PLAN_MAX_REPLICAS] = {false};
     atomic_bool over;
     atomic_init(&over, false);
+    int *order = malloc((size_t)in->reps * (size_t)in->max_seqs * sizeof *order);
+    if (!order)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     for (int r = 0; r < in->reps; r++) {
         jobs[r] = (rep_run){.in = in, .r = r, .on_token = on_token, .between = between,
-                            .ctx = ctx, .over = &over, .s = ST_OK};
+                            .ctx = ctx, .over = &over, .order = order + (size_t)r * in->max_seqs,
+                            .s = ST_OK};
         started[r] = pthread_create(&th[r], NULL, replica_loop, &jobs[r]) == 0;
     }
     for (int r = 0; r < in->reps; r++)
@@ -618,6 +664,7 @@ static st_status run_replicas(st_infer *in, void (*on_token)(void *ctx, int id),
         if (jobs[r].s != ST_OK && s == ST_OK)
             s = st_error(jobs[r].s, "replica %d: %s", r, jobs[r].msg);
     }
+    free(order);
     return s;
 }
 
@@ -654,15 +701,16 @@ st_status st_infer_run_while(st_infer *in, void (*on_token)(void *ctx, int id),
     r.rows = st_decode_rows(in->prefill, in->max_seqs);
     size_t R = (size_t)r.rows, Q = (size_t)in->max_seqs;
     r.g = calloc((size_t)r.G, sizeof *r.g);
-    int *mem = r.g ? malloc((size_t)r.G * (3 * R + 3 * Q) * sizeof *mem) : NULL;
+    int *mem = r.g ? malloc((size_t)r.G * (3 * R + 4 * Q) * sizeof *mem) : NULL;
     if (!mem) {
         free(r.g);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %d groups", r.G);
     }
     for (int k = 0; k < r.G; k++) {
-        int *m = mem + (size_t)k * (3 * R + 3 * Q);
+        int *m = mem + (size_t)k * (3 * R + 4 * Q);
         r.g[k] = (run_group){.tok = m, .seq = m + R, .pos = m + 2 * R, .out = m + 3 * R,
-                             .out_seq = m + 3 * R + Q, .count = m + 3 * R + 2 * Q};
+                             .out_seq = m + 3 * R + Q, .count = m + 3 * R + 2 * Q,
+                             .order = m + 3 * R + 3 * Q};
     }
     st_pipe_feed f = {.next = run_next, .done = run_done, .ctx = &r, .groups = r.G};
     st_status s = st_pipe_decode_stream(in->pipe, &f);
