@@ -31,6 +31,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "strata/adapter.h"
 #include "strata/model.h"
 #include "strata/pipe.h"
 #include "strata/stage.h"
@@ -130,9 +131,9 @@ st_status st_checkpoint_load_part(const char *dir, st_stage *const *stages, size
  * moments and the state; then the first replica's bits go to the others.
  * How train (--resume, --init), eval, generate and serve load a folder. */
 st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *state);
-/* The same with a LoRA adapter folder (strata/adapter.h; NULL: none) merged
- * into the weights as they load. */
-st_status st_checkpoint_load_pipe_adapter(const char *dir, const char *adapter, st_pipe *p,
+/* The same with a LoRA adapter (strata/adapter.h; NULL: none) merged into
+ * the weights as they load. */
+st_status st_checkpoint_load_pipe_adapter(const char *dir, st_adapter *adapter, st_pipe *p,
                                           st_train_state *state);
 
 /* strata merge: model_dir's weights (a Hugging Face folder or a Strata run)
@@ -145,7 +146,7 @@ typedef struct st_merge_report {
     char dtype[8];
     uint64_t bytes;         /* of model.safetensors */
 } st_merge_report;
-st_status st_checkpoint_merge_adapter(const char *model_dir, const char *adapter_dir,
+st_status st_checkpoint_merge_adapter(const char *model_dir, st_adapter *adapter,
                                       const char *out_dir, st_merge_report *report);
 
 #ifdef __cplusplus

@@ -35,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "strata/adapter.h"
 #include "strata/device.h"
 #include "strata/model.h"
 #include "strata/pipe.h"
@@ -62,9 +63,9 @@ typedef struct st_infer_options {
      * init_seed (benchmarks). */
     const st_model_config *config;
     uint64_t init_seed;
-    /* A LoRA adapter folder in PEFT's format (strata/adapter.h) merged into
+    /* A LoRA adapter (strata/adapter.h, opened by the caller) merged into
      * the weights as they load; NULL: none. */
-    const char *adapter;
+    st_adapter *adapter;
     /* Under mpirun (built with MPI): one pipeline over every rank's devs
      * (dev_index: how `strata devices` numbers them), opened on every rank
      * together. Rank 0 leads (adds, steps, reads); the others call

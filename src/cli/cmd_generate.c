@@ -54,16 +54,16 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
         return s;
     io->split = f->split;
     io->parallel = f->parallel;
-    io->adapter = f->adapter;
-    if (f->adapter && cli_rank() == 0) {
-        st_adapter *a = NULL;
-        st_status as = st_adapter_open(f->adapter, &a);
+    st_adapter *adapter = NULL;
+    if (f->adapter) {
+        st_status as = st_adapter_open(f->adapter, &adapter);
         if (as != ST_OK)
             return as;
-        fprintf(stderr, "adapter: %s, %s, merged into the weights\n", f->adapter,
-                st_adapter_describe(a));
-        st_adapter_close(a);
+        if (cli_rank() == 0)
+            fprintf(stderr, "adapter: %s, %s, merged into the weights\n", f->adapter,
+                    st_adapter_describe(adapter));
     }
+    io->adapter = adapter;
     io->keep_all_devices = f->devices != NULL || getenv("STRATA_DEVICES") != NULL;
     io->quiet = true;
 #if STRATA_HAVE_MPI
@@ -80,7 +80,10 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
         io->dev_index = devs->index;
     }
 #endif
-    if ((s = st_infer_open(dir, devs->dev, devs->n, io, in)) != ST_OK)
+    s = st_infer_open(dir, devs->dev, devs->n, io, in);
+    st_adapter_close(adapter); /* merged into the weights: not needed past loading */
+    io->adapter = NULL;
+    if (s != ST_OK)
         return s;
     const st_plan *plan = st_infer_plan(*in);
     if (plan->n_stages > 1 && cli_rank() == 0) {

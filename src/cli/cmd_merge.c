@@ -60,9 +60,10 @@ int cmd_merge(int argc, char **argv)
     if (s != ST_OK)
         return cli_fail(s);
     fprintf(stderr, "adapter: %s, %s\n", adapter, st_adapter_describe(a));
-    st_adapter_close(a);
     st_merge_report r;
-    if ((s = st_checkpoint_merge_adapter(model, adapter, out, &r)) != ST_OK)
+    s = st_checkpoint_merge_adapter(model, a, out, &r);
+    st_adapter_close(a);
+    if (s != ST_OK)
         return cli_fail(s);
     char size[32];
     printf("merged: %zu of %zu weights of %s took the adapter's products; %s/model.safetensors "

@@ -89,20 +89,21 @@ static st_status load(void *ctx, st_infer **in, st_tokenizer **tk)
     if ((s = cli_devices_get(c->devices, true, &L->devs)) != ST_OK ||
         (L->mem_limit && (s = cli_apply_mem_limit(L->mem_limit, &L->devs)) != ST_OK))
         return s;
+    st_adapter *adapter = NULL;
     if (c->adapter) {
-        st_adapter *a = NULL;
-        if ((s = st_adapter_open(c->adapter, &a)) != ST_OK)
+        if ((s = st_adapter_open(c->adapter, &adapter)) != ST_OK)
             return s;
         fprintf(stderr, "adapter: %s, %s, merged into the weights\n", c->adapter,
-                st_adapter_describe(a));
-        st_adapter_close(a);
+                st_adapter_describe(adapter));
     }
     st_infer_options io = {.max_seqs = c->parallel, .ctx = c->ctx, .prefill = c->prefill,
-                           .adapter = c->adapter,
+                           .adapter = adapter,
                            .split = c->split, .parallel = c->parallel_plan,
                            .keep_all_devices = c->keep_all_devices,
                            .quiet = true};
-    if ((s = st_infer_open(c->model_dir, L->devs.dev, L->devs.n, &io, in)) != ST_OK)
+    s = st_infer_open(c->model_dir, L->devs.dev, L->devs.n, &io, in);
+    st_adapter_close(adapter); /* merged into the weights: not needed past loading */
+    if (s != ST_OK)
         return s;
     const st_plan *plan = st_infer_plan(*in);
     if (plan->n_stages > 1 || st_plan_replicas(plan) > 1) {

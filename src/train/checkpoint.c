@@ -1254,7 +1254,7 @@ st_status st_checkpoint_state(const char *dir, st_train_state *state)
 }
 
 static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_stages,
-                          st_train_state *state, bool whole, const char *adapter_dir)
+                          st_train_state *state, bool whole, st_adapter *adapter)
 {
     st_status s = ST_OK;
     for (int i = 0; i < READER_TRIES; i++) {
@@ -1262,10 +1262,7 @@ static st_status load_dir(const char *dir, st_stage *const *stages, size_t n_sta
         uint64_t before = manifests_signature(dir);
         if ((s = st_checkpoint_open(dir, &ck)) != ST_OK)
             return s;
-        st_adapter *adapter = NULL;
-        if (!adapter_dir || (s = st_adapter_open(adapter_dir, &adapter)) == ST_OK)
-            s = load_into(ck, stages, n_stages, state, whole, adapter);
-        st_adapter_close(adapter);
+        s = load_into(ck, stages, n_stages, state, whole, adapter);
         st_checkpoint_close(ck);
         /* Its files cleaned or replaced by a newer save: load that one. */
         if (s == ST_OK || manifests_signature(dir) == before)
@@ -1292,7 +1289,7 @@ st_status st_checkpoint_load_pipe(const char *dir, st_pipe *p, st_train_state *s
     return st_checkpoint_load_pipe_adapter(dir, NULL, p, state);
 }
 
-st_status st_checkpoint_load_pipe_adapter(const char *dir, const char *adapter, st_pipe *p,
+st_status st_checkpoint_load_pipe_adapter(const char *dir, st_adapter *adapter, st_pipe *p,
                                           st_train_state *state)
 {
     st_stage *local[ST_PLAN_MAX_STAGES];
@@ -1353,18 +1350,15 @@ static st_status copy_if_there(const char *from_dir, const char *out, const char
     return s;
 }
 
-st_status st_checkpoint_merge_adapter(const char *model_dir, const char *adapter_dir,
-                                      const char *out_dir, st_merge_report *report)
+st_status st_checkpoint_merge_adapter(const char *model_dir, st_adapter *a, const char *out_dir,
+                                      st_merge_report *report)
 {
     memset(report, 0, sizeof *report);
     st_checkpoint *ck = NULL;
-    st_adapter *a = NULL;
     st_model_desc *desc = NULL;
     st_safetensors_writer *w = NULL;
     source src = {0};
     st_status s = st_checkpoint_open(model_dir, &ck);
-    if (s == ST_OK)
-        s = st_adapter_open(adapter_dir, &a);
     if (s == ST_OK)
         s = st_model_describe(st_checkpoint_get_config(ck), &desc);
     if (s == ST_OK)
@@ -1426,7 +1420,6 @@ st_status st_checkpoint_merge_adapter(const char *model_dir, const char *adapter
     source_close(&src);
     st_safetensors_writer_destroy(w);
     st_model_desc_destroy(desc);
-    st_adapter_close(a);
     st_checkpoint_close(ck);
     return s;
 }
