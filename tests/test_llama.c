@@ -372,6 +372,178 @@ static void init_is_deterministic_and_hf_like(void **state)
     st_stage_destroy(h);
 }
 
+
+/* ---- LoRA: a model with adapters is the model with W + s B A ------------------ */
+
+/* The adapter matrices of a LoRA stage: random, small, nonzero (B too, so
+ * that every gradient is nonzero). */
+static void put_adapters(st_stage *g)
+{
+    for (size_t i = 0; i < st_stage_n_params(g); i++) {
+        const st_param_desc *p = st_stage_param_at(g, i)->desc;
+        if (!p->adapter)
+            continue;
+        float *x = malloc(p->numel * sizeof *x);
+        st_fill_random(x, p->numel, 1000 + i);
+        for (size_t e = 0; e < p->numel; e++)
+            x[e] *= 0.05f;
+        assert_ok(st_stage_write(g, ST_STAGE_PARAMS, i, x));
+        free(x);
+    }
+}
+
+static float *read_param(st_stage *g, st_stage_buf which, const char *name)
+{
+    long i = st_stage_param_find(g, name);
+    if (i < 0)
+        fail_msg("no parameter '%s'", name);
+    float *x = malloc(st_stage_param_at(g, (size_t)i)->desc->numel * sizeof *x);
+    assert_ok(st_stage_read(g, which, (size_t)i, x));
+    return x;
+}
+
+/* The gradients of a model with adapters (base frozen) against those of the
+ * model whose weights are W' = W + s B A: for y = x W'^T, dB = s dW' A^T and
+ * dA = s B^T dW', the loss the same; nothing frozen has a gradient or
+ * moves in AdamW steps, and the stage holds no gradient or moment for it. */
+static void lora_gradients_match_merged(void **state)
+{
+    (void)state;
+    st_model_config lc = desc->cfg;
+    lc.lora = (st_lora){.rank = 4, .alpha = 8.0f};
+    assert_ok(st_lora_targets_parse(lc.family, "all", &lc.lora.targets));
+    st_model_desc *ld = NULL;
+    assert_ok(st_model_describe(&lc, &ld));
+    assert_true(ld->train_numel < ld->param_numel / 5);
+    float scale = lc.lora.alpha / (float)lc.lora.rank;
+    size_t N = (size_t)ref.B * ref.T;
+    static const char *const mods[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                        "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.up_proj",
+                                        "mlp.down_proj"};
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage_options o = {.batch = ref.B, .seq = ref.T, .slots = 1, .training = true};
+        st_stage *lg = NULL, *mg = NULL;
+        assert_ok(st_stage_create(td.dev[d], ld, &o, &lg));
+        assert_ok(st_stage_create(td.dev[d], desc, &o, &mg));
+        st_stage_sizes zl;
+        assert_ok(st_stage_sizes_of(ld, &o, &zl));
+        assert_int_equal(st_stage_bytes(lg), zl.bytes);
+        assert_int_equal(st_stage_train_numel(lg), ld->train_numel);
+        assert_ok(st_stage_init(lg, 0));
+        assert_ok(st_stage_init(mg, 0));
+        put(mg, 0);
+        for (size_t i = 0; i < st_stage_n_params(lg); i++) {
+            const st_param_desc *p = st_stage_param_at(lg, i)->desc;
+            if (!p->adapter)
+                assert_ok(st_stage_write(lg, ST_STAGE_PARAMS, i, ref_find(p->name)->init));
+        }
+        put_adapters(lg);
+        /* the merged weights */
+        char an[96], bn[96], wn[96];
+        for (int l = 0; l < lc.n_layer; l++)
+            for (int t = 0; t < 7; t++) {
+                snprintf(an, sizeof an, "model.layers.%d.%s.lora_A.weight", l, mods[t]);
+                snprintf(bn, sizeof bn, "model.layers.%d.%s.lora_B.weight", l, mods[t]);
+                snprintf(wn, sizeof wn, "model.layers.%d.%s.weight", l, mods[t]);
+                const st_param_desc *wd = st_model_find_param(desc, wn, NULL);
+                size_t out = wd->shape[0], in = wd->shape[1], R = (size_t)lc.lora.rank;
+                float *A = read_param(lg, ST_STAGE_PARAMS, an), *Bm = read_param(lg, ST_STAGE_PARAMS, bn);
+                float *W = read_param(mg, ST_STAGE_PARAMS, wn);
+                for (size_t r = 0; r < out; r++)
+                    for (size_t c = 0; c < in; c++) {
+                        double acc = 0;
+                        for (size_t k = 0; k < R; k++)
+                            acc += (double)Bm[r * R + k] * A[k * in + c];
+                        W[r * in + c] = (float)((double)W[r * in + c] + scale * acc);
+                    }
+                assert_ok(st_stage_write(mg, ST_STAGE_PARAMS, (size_t)st_stage_param_find(mg, wn), W));
+                free(A);
+                free(Bm);
+                free(W);
+            }
+        double sl = 0, sm = 0;
+        long cl = 0, cm = 0;
+        assert_ok(st_stage_zero_grad(lg));
+        assert_ok(st_stage_zero_grad(mg));
+        assert_ok(st_stage_forward(lg, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_forward(mg, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(lg, 0, ref.targets, ref.B, ref.T, &sl, &cl));
+        assert_ok(st_stage_loss(mg, 0, ref.targets, ref.B, ref.T, &sm, &cm));
+        assert_int_equal(cl, cm);
+        float fl = (float)(sl / cl), fm = (float)(sm / cm);
+        assert_close(&fl, &fm, 1, 1e-5, 1e-5);
+        assert_ok(st_stage_backward(lg, 0, ref.B, ref.T, 1.0f / (float)cl));
+        assert_ok(st_stage_backward(mg, 0, ref.B, ref.T, 1.0f / (float)cm));
+        for (int l = 0; l < lc.n_layer; l++)
+            for (int t = 0; t < 7; t++) {
+                snprintf(an, sizeof an, "model.layers.%d.%s.lora_A.weight", l, mods[t]);
+                snprintf(bn, sizeof bn, "model.layers.%d.%s.lora_B.weight", l, mods[t]);
+                snprintf(wn, sizeof wn, "model.layers.%d.%s.weight", l, mods[t]);
+                const st_param_desc *wd = st_model_find_param(desc, wn, NULL);
+                size_t out = wd->shape[0], in = wd->shape[1], R = (size_t)lc.lora.rank;
+                float *A = read_param(lg, ST_STAGE_PARAMS, an), *Bm = read_param(lg, ST_STAGE_PARAMS, bn);
+                float *dA = read_param(lg, ST_STAGE_GRADS, an), *dB = read_param(lg, ST_STAGE_GRADS, bn);
+                float *dW = read_param(mg, ST_STAGE_GRADS, wn);
+                float *wantA = malloc(R * in * sizeof *wantA), *wantB = malloc(out * R * sizeof *wantB);
+                for (size_t k = 0; k < R; k++)
+                    for (size_t c = 0; c < in; c++) {
+                        double acc = 0;
+                        for (size_t r = 0; r < out; r++)
+                            acc += (double)Bm[r * R + k] * dW[r * in + c];
+                        wantA[k * in + c] = (float)(scale * acc);
+                    }
+                for (size_t r = 0; r < out; r++)
+                    for (size_t k = 0; k < R; k++) {
+                        double acc = 0;
+                        for (size_t c = 0; c < in; c++)
+                            acc += (double)dW[r * in + c] * A[k * in + c];
+                        wantB[r * R + k] = (float)(scale * acc);
+                    }
+                if (!st_compare_f32(dA, wantA, R * in, 2e-5, 2e-3, NULL) ||
+                    !st_compare_f32(dB, wantB, out * R, 2e-5, 2e-3, NULL)) {
+                    char buf[2048];
+                    bool a_bad = !st_compare_f32(dA, wantA, R * in, 2e-5, 2e-3, NULL);
+                    fail_msg("%s: LoRA gradient of %s: %s", ref.file, a_bad ? an : bn,
+                             a_bad ? st_compare_describe(dA, wantA, R * in, 2e-5, 2e-3, 5, buf, sizeof buf)
+                                   : st_compare_describe(dB, wantB, out * R, 2e-5, 2e-3, 5, buf, sizeof buf));
+                }
+                free(A); free(Bm); free(dA); free(dB); free(dW); free(wantA); free(wantB);
+            }
+        /* frozen: no gradient buffer of its own */
+        float dummy[1];
+        long emb = st_stage_param_find(lg, "model.embed_tokens.weight");
+        assert_int_not_equal(st_stage_read(lg, ST_STAGE_GRADS, (size_t)emb, dummy), ST_OK);
+        st_error_clear();
+        /* AdamW steps move the adapters only, and lower the loss */
+        float *before = malloc(st_stage_param_numel(lg) * sizeof *before);
+        float *after = malloc(st_stage_param_numel(lg) * sizeof *after);
+        for (size_t i = 0; i < st_stage_n_params(lg); i++)
+            assert_ok(st_stage_read(lg, ST_STAGE_PARAMS, i, before + st_stage_param_at(lg, i)->offset));
+        st_adamw_hparams hp = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f};
+        float losses[6], norms[6];
+        stage_train_steps(lg, &hp, 1.0f, ref.tokens, ref.targets, ref.B, ref.T, 6, losses, norms);
+        assert_true(losses[5] < losses[0]);
+        for (size_t i = 0; i < st_stage_n_params(lg); i++) {
+            const st_stage_param *p = st_stage_param_at(lg, i);
+            assert_ok(st_stage_read(lg, ST_STAGE_PARAMS, i, after + p->offset));
+            bool same = memcmp(before + p->offset, after + p->offset, p->desc->numel * sizeof *after) == 0;
+            if (same != p->desc->frozen)
+                fail_msg("%s: %s %s in AdamW steps", ref.file, p->desc->name,
+                         p->desc->frozen ? "frozen, changed" : "trained, did not change");
+        }
+        print_message("%s on %s: LoRA losses %.5f -> %.5f; stage %llu bytes, full %llu\n",
+                      ref.file, st_device_label(td.dev[d]), losses[0], losses[5],
+                      (unsigned long long)st_stage_bytes(lg), (unsigned long long)st_stage_bytes(mg));
+        (void)N;
+        free(before);
+        free(after);
+        st_stage_destroy(lg);
+        st_stage_destroy(mg);
+    }
+    st_model_desc_destroy(ld);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -414,6 +586,7 @@ int main(void)
         cmocka_unit_test(kv_decoding_matches_transformers),
         cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_hf_like),
+        cmocka_unit_test(lora_gradients_match_merged),
     };
     int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);
     failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, teardown);

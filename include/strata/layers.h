@@ -168,7 +168,8 @@ st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
 st_status st_linear_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w,
                         const st_tensor *b, int N, int IC, int OC);
 /* dinp[N,IC] = dout . w + dinp_beta * dinp (skipped when dinp is NULL);
- * dw[OC,IC] += dout^T . inp; db[OC] += column sums of dout (when not NULL). */
+ * dw[OC,IC] += dout^T . inp (skipped when dw is NULL: a frozen weight);
+ * db[OC] += column sums of dout (when not NULL). */
 st_status st_linear_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tensor *db,
                         const st_tensor *dout, const st_tensor *inp, const st_tensor *w, int N,
                         int IC, int OC);
@@ -180,7 +181,27 @@ st_status st_rmsnorm_fwd(st_tensor *out, st_tensor *rstd, const st_tensor *inp,
 st_status st_residual_rmsnorm_fwd(st_tensor *res, st_tensor *out, st_tensor *rstd,
                                   const st_tensor *y, const st_tensor *x, const st_tensor *w,
                                   int N, int C, float eps);
-/* dinp[N,C] +=, dw[C] += */
+/* LoRA over a group of n projections (1 to 3) that share an input x
+ * [N, IC] and write neighbouring columns of one output [N, ldo] (q, k and
+ * v; gate and up): projection j adds scale * (x A_j^T) B_j^T to columns
+ * [col[j], col[j] + oc[j]). a holds the A's one after another [n r, IC];
+ * b[j] is B_j [oc[j], r]. */
+typedef struct st_lora_group {
+    int n, r, IC, ldo;
+    int col[3], oc[3];
+    float scale;
+    const st_tensor *a, *b[3];
+    st_tensor *da, *db[3]; /* their gradients (training) */
+} st_lora_group;
+/* xa[N, n r] = x A^T kept; out += the adapters' products. */
+st_status st_lora_fwd(const st_lora_group *g, st_tensor *out, st_tensor *xa,
+                      const st_tensor *x, int N);
+/* From dout [N, ldo]: dB_j += scale dout_j^T xa_j; dxa_j = scale dout_j B_j
+ * (dxa [N, n r], scratch); dA += dxa^T x; dx [N, IC] += dxa A. */
+st_status st_lora_bwd(const st_lora_group *g, st_tensor *dx, st_tensor *dxa,
+                      const st_tensor *dout, const st_tensor *xa, const st_tensor *x, int N);
+
+/* dinp[N,C] +=, dw[C] += (dw NULL: a frozen weight, not computed) */
 st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
                          const st_tensor *inp, const st_tensor *w, const st_tensor *rstd, int N,
                          int C);

@@ -48,6 +48,16 @@ const char *st_family_name(st_family f);
 /* Rotary embedding frequencies: as written, or rescaled as Llama 3 does. */
 typedef enum st_rope_type { ST_ROPE_DEFAULT, ST_ROPE_LLAMA3 } st_rope_type;
 
+/* LoRA (low-rank adapters): each targeted projection W [out, in] gains
+ * A [rank, in] and B [out, rank], and computes x W^T + (alpha / rank)
+ * (x A^T) B^T; the base weights are frozen and only A and B train. The
+ * targets are bits of the family's projections (st_lora_target_names). */
+typedef struct st_lora {
+    int rank;          /* 0: no adapters */
+    float alpha;
+    unsigned targets;  /* bit i: st_lora_target_names(family)[i] */
+} st_lora;
+
 typedef struct st_model_config {
     st_family family;
     char model_type[16];      /* config.json's model_type: "gpt2", "llama", "mistral", "qwen2" */
@@ -67,7 +77,18 @@ typedef struct st_model_config {
     st_rope_type rope_type;
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_positions;
+    /* Adapters trained on the model (not part of config.json: a run's
+     * settings keep them). */
+    st_lora lora;
 } st_model_config;
+
+/* The projections LoRA can target in a family, in bit order, NULL-ended:
+ * the names PEFT's target_modules use ("q_proj", ...). */
+const char *const *st_lora_target_names(st_family f);
+/* Parses "q_proj,v_proj" or "all" into bits; an error names a wrong one. */
+st_status st_lora_targets_parse(st_family f, const char *list, unsigned *targets);
+/* "q_proj,k_proj,..." of the bits. */
+void st_lora_targets_format(st_family f, unsigned targets, char *out, size_t size);
 
 /* Reads and checks config.json. Fields of Hugging Face's GPT-2 config that do
  * not change the computation (dropout, ids, summary_*) are accepted and
@@ -108,7 +129,7 @@ typedef enum st_layer_type {
     ST_LAYER_TYPES
 } st_layer_type;
 
-#define ST_MAX_LAYER_PARAMS 16
+#define ST_MAX_LAYER_PARAMS 32
 
 /* How a parameter starts (st_stage_init): a constant, or normal with a
  * standard deviation, drawn from a generator keyed by the seed and the
@@ -124,6 +145,8 @@ typedef struct st_param_desc {
     double init_std;  /* ST_INIT_NORMAL */
     bool decay;       /* AdamW's weight decay applies */
     bool in_out;      /* a 2-D weight stored [in, out] (GPT-2's Conv1D), else [out, in] */
+    bool frozen;      /* not trained: no gradient, no AdamW moments */
+    bool adapter;     /* a LoRA matrix (lora_A / lora_B), not part of the base model */
 } st_param_desc;
 
 /* A parameter a layer uses but another layer owns (a tied head). */
@@ -170,6 +193,8 @@ typedef struct st_model_desc {
     size_t n_layers;    /* L + 2 */
     st_layer_desc *layers;
     size_t param_numel; /* all parameters, tied ones counted once */
+    size_t train_numel; /* those not frozen */
+    bool any_frozen;
 } st_model_desc;
 
 /* The description of cfg's family: its layers, parameters and sizes. */
@@ -215,7 +240,8 @@ static inline int st_decode_rows(int prefill, int kv_seqs)
  * allocates exactly these, and the planner predicts a stage's memory with
  * them (one computation, so the two cannot disagree). */
 typedef struct st_stage_sizes {
-    size_t param_numel;      /* its parameters with copies of tied ones, per buffer */
+    size_t param_numel;      /* its parameters with copies of tied ones */
+    size_t train_numel;      /* of them not frozen: the gradient and each moment buffer */
     int param_buffers;       /* 1, or 4 when training (gradients, two AdamW moments) */
     size_t adam_run_ints;    /* AdamW's decay runs */
     size_t slot_floats;      /* per slot: boundary tensors and every layer's activations */

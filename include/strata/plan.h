@@ -155,6 +155,7 @@ typedef struct st_plan_stage {
     size_t first, end;        /* layers [first, end) of the description */
     int in_flight;            /* micro-batches whose activations it keeps */
     double param_bytes;       /* parameters (+ gradients and moments when training) */
+    double train_numel;       /* parameters that train (gradients, AdamW) */
     double act_bytes;         /* activations, all micro-batches in flight, and scratch */
     double total_bytes;
     double fwd_ms, bwd_ms;    /* per micro-batch, compute and transfers */

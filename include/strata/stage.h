@@ -66,6 +66,10 @@ const st_stage_param *st_stage_param_at(const st_stage *g, size_t i);
 /* Index of the parameter with this name, or -1. */
 long st_stage_param_find(const st_stage *g, const char *name);
 size_t st_stage_param_numel(const st_stage *g); /* elements of the whole buffer */
+/* Elements of the gradient and of each moment buffer: the parameters that
+ * train (frozen ones have none), first in the parameter buffer; 0 without
+ * training. */
+size_t st_stage_train_numel(const st_stage *g);
 /* Memory the stage holds on its device, in bytes. */
 uint64_t st_stage_bytes(const st_stage *g);
 

@@ -434,15 +434,16 @@ st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
         return s;
     size_t NC = (size_t)N * C;
     NEED("rmsnorm_bwd", dinp, NC);
-    NEED("rmsnorm_bwd", dw, (size_t)C);
+    if (dw) /* NULL: a frozen weight */
+        NEED("rmsnorm_bwd", dw, (size_t)C);
     NEED("rmsnorm_bwd", dout, NC);
     NEED("rmsnorm_bwd", inp, NC);
     NEED("rmsnorm_bwd", w, (size_t)C);
     NEED("rmsnorm_bwd", rstd, (size_t)N);
     st_device *dev = st_tensor_device(dinp);
     /* The weight gradient first: dout may be read after dinp changes only there. */
-    if ((s = ST_LAUNCH(dev, "rmsnorm.cl", "rmsnorm_bwd_w", (size_t)C, LOCAL, ST_KT(dw),
-                       ST_KT(dout), ST_KT(inp), ST_KT(rstd), ST_KI(N), ST_KI(C))) != ST_OK)
+    if (dw && (s = ST_LAUNCH(dev, "rmsnorm.cl", "rmsnorm_bwd_w", (size_t)C, LOCAL, ST_KT(dw),
+                             ST_KT(dout), ST_KT(inp), ST_KT(rstd), ST_KI(N), ST_KI(C))) != ST_OK)
         return s;
     return LAUNCH_ROWS(dev, "rmsnorm.cl", "rmsnorm_bwd_inp", N, ST_KT(dinp), ST_KT(dout),
                        ST_KT(inp), ST_KT(w), ST_KT(rstd), ST_KI(N), ST_KI(C));

@@ -311,10 +311,12 @@ static void describe_embedding(const st_model_config *c, st_layer_desc *l)
     l->block = -1;
     snprintf(l->name, sizeof l->name, "embedding");
     W(l, "model.embed_tokens.weight", (size_t)c->vocab_size, C);
+    l->params[0].frozen = c->lora.rank > 0;
     l->fwd_flops_per_token = (double)C;
-    l->bwd_flops_per_token = (double)C;
+    l->bwd_flops_per_token = c->lora.rank > 0 ? 0 : (double)C;
     l->out_floats_per_token = C;
-    l->launches_fwd = l->launches_bwd = l->launches_dec = 1;
+    l->launches_fwd = l->launches_dec = 1;
+    l->launches_bwd = c->lora.rank > 0 ? 0 : 1;
 }
 
 static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
@@ -343,12 +345,55 @@ static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
     W(l, N("mlp.gate_proj.weight"), F, C);
     W(l, N("mlp.up_proj.weight"), F, C);
     W(l, N("mlp.down_proj.weight"), C, F);
+    /* LoRA: the base frozen, then the adapters of the targets in groups
+     * that share an input (q k v; o; gate up; down), each group's A
+     * matrices next to each other (one product for the group), then its
+     * B matrices. */
+    const st_lora *lo = &c->lora;
+    double lora_fwd = 0;
+    size_t lora_cols = 0;
+    int lora_groups = 0, lora_targets = 0;
+    if (lo->rank > 0) {
+        for (size_t k = 0; k < l->n_params; k++)
+            l->params[k].frozen = true;
+        static const char *const mod[7] = {"self_attn.q_proj", "self_attn.k_proj",
+                                           "self_attn.v_proj", "self_attn.o_proj",
+                                           "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj"};
+        size_t in[7] = {C, C, C, C, C, C, F}, out[7] = {C, KVD, KVD, C, F, F, C};
+        static const int group[5] = {0, 3, 4, 6, 7}; /* targets [group[g], group[g + 1]) */
+        size_t R = (size_t)lo->rank;
+        for (int g = 0; g < 4; g++) {
+            int any = 0;
+            for (int t = group[g]; t < group[g + 1]; t++)
+                if (lo->targets & (1u << t)) {
+                    snprintf(n, sizeof n, "model.layers.%d.%s.lora_A.weight", i, mod[t]);
+                    /* PEFT's kaiming-uniform A has variance 1 / (3 in) */
+                    st_desc_add_param(l, n, 2, R, in[t], ST_INIT_NORMAL,
+                                      1.0 / sqrt(3.0 * (double)in[t]), true);
+                    l->params[l->n_params - 1].adapter = true;
+                    lora_fwd += 2.0 * (double)R * (double)(in[t] + out[t]) + 2.0 * (double)out[t];
+                    lora_cols += R;
+                    lora_targets++;
+                    any = 1;
+                }
+            for (int t = group[g]; t < group[g + 1]; t++)
+                if (lo->targets & (1u << t)) {
+                    snprintf(n, sizeof n, "model.layers.%d.%s.lora_B.weight", i, mod[t]);
+                    st_desc_add_param(l, n, 2, out[t], R, ST_INIT_ZERO, 0, true);
+                    l->params[l->n_params - 1].adapter = true;
+                }
+            lora_groups += any;
+        }
+    }
 #undef N
     double Cd = (double)C, Fd = (double)F, NHd = (double)NH;
     double matmul = 2.0 * (Cd * (double)QKV + Cd * Cd + 3.0 * Cd * Fd);
     double elementwise = 20.0 * Cd + 10.0 * Fd + 6.0 * (double)QKV;
-    l->fwd_flops_per_token = matmul + elementwise;
-    l->bwd_flops_per_token = 2.0 * matmul + 2.0 * elementwise;
+    l->fwd_flops_per_token = matmul + elementwise + lora_fwd;
+    /* frozen weights: the input's gradient only, no weight gradient */
+    l->bwd_flops_per_token = (lo->rank > 0 ? 1.0 : 2.0) * matmul + 2.0 * elementwise +
+                             2.0 * lora_fwd;
     /* flash attention over the causal half of the pairs (as GPT-2's) */
     l->fwd_flops_per_token_ctx = 2.0 * Cd + 2.5 * NHd;
     l->bwd_flops_per_token_ctx = 7.0 * Cd + 2.5 * NHd;
@@ -361,12 +406,17 @@ static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
     l->act_per_token = 6 * C + 2 * KVD + 2 + 3 * F + NH;
     l->work_per_token = 2 * C + 2 * KVD + 3 * F;
     l->dec = 4 * C + 2 * KVD + 1 + 3 * F;
+    /* LoRA keeps x A^T of every target, and its backward's gradient */
+    l->act_per_token += lora_cols;
+    l->work_per_token += lora_cols;
+    l->dec += lora_cols;
     l->dec_per_position = NH;
     l->kv_per_position = 2 * KVD;
     l->consts = C / NH / 2;
-    l->launches_fwd = 10 + (c->attn_out_bias ? 1 : 0);
-    l->launches_bwd = 16 + (c->attn_bias ? 1 : 0) + (c->attn_out_bias ? 1 : 0);
-    l->launches_dec = 10 + (c->attn_out_bias ? 1 : 0);
+    l->launches_fwd = 10 + (c->attn_out_bias ? 1 : 0) + lora_groups + lora_targets;
+    l->launches_bwd = 16 + (c->attn_bias ? 1 : 0) + (c->attn_out_bias ? 1 : 0) +
+                      2 * lora_groups + 2 * lora_targets - (lo->rank > 0 ? 6 : 0);
+    l->launches_dec = l->launches_fwd;
     l->out_floats_per_token = C;
 }
 
@@ -386,13 +436,15 @@ static void describe_head(const st_model_config *c, st_layer_desc *l)
     } else {
         W(l, "lm_head.weight", V, C);
     }
+    for (size_t k = 0; k < l->n_params; k++)
+        l->params[k].frozen = c->lora.rank > 0;
     l->fwd_flops_per_token = 2.0 * Cd * Vd + 6.0 * Cd + 5.0 * Vd;
-    l->bwd_flops_per_token = 4.0 * Cd * Vd + 12.0 * Cd + 2.0 * Vd;
+    l->bwd_flops_per_token = (c->lora.rank > 0 ? 2.0 : 4.0) * Cd * Vd + 12.0 * Cd + 2.0 * Vd;
     l->act_per_token = C + 2 + V; /* norm out and rstd, probabilities, loss */
     l->work_per_token = C;
     l->dec = C + 1 + V;
     l->launches_fwd = 3;
-    l->launches_bwd = 6;
+    l->launches_bwd = c->lora.rank > 0 ? 4 : 6;
     l->launches_dec = 2;
     l->out_floats_per_token = 1;
 }

@@ -181,12 +181,96 @@ void st_desc_add_param(st_layer_desc *l, const char *name, int ndim, size_t d0, 
     l->param_numel += p->numel;
 }
 
+/* ---- LoRA targets ---------------------------------------------------------------- */
+
+static const char *const llama_targets[] = {"q_proj",    "k_proj",  "v_proj",    "o_proj",
+                                            "gate_proj", "up_proj", "down_proj", NULL};
+static const char *const no_targets[] = {NULL};
+
+const char *const *st_lora_target_names(st_family f)
+{
+    return f == ST_FAMILY_LLAMA ? llama_targets : no_targets;
+}
+
+st_status st_lora_targets_parse(st_family f, const char *list, unsigned *targets)
+{
+    const char *const *names = st_lora_target_names(f);
+    *targets = 0;
+    if (strcmp(list, "all") == 0) {
+        for (int i = 0; names[i]; i++)
+            *targets |= 1u << i;
+        return ST_OK;
+    }
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        int i = 0;
+        while (names[i] && !(strlen(names[i]) == len && strncmp(names[i], p, len) == 0))
+            i++;
+        if (!names[i]) {
+            char all[160];
+            st_lora_targets_format(f, ~0u, all, sizeof all);
+            return st_error(ST_ERR_INVALID,
+                            "--lora-targets: '%.*s' is not a projection of a %s model (it has "
+                            "%s; or give 'all')",
+                            (int)len, p, st_family_name(f), all[0] ? all : "none");
+        }
+        *targets |= 1u << i;
+        p += len + (comma ? 1 : 0);
+    }
+    if (*targets == 0)
+        return st_error(ST_ERR_INVALID, "--lora-targets: no projection named");
+    return ST_OK;
+}
+
+void st_lora_targets_format(st_family f, unsigned targets, char *out, size_t size)
+{
+    const char *const *names = st_lora_target_names(f);
+    size_t n = 0;
+    out[0] = '\0';
+    for (int i = 0; names[i]; i++)
+        if (targets & (1u << i)) {
+            int w = snprintf(out + n, n < size ? size - n : 0, "%s%s", n ? "," : "", names[i]);
+            n += w > 0 ? (size_t)w : 0;
+        }
+}
+
+static st_status lora_check(const st_model_config *c)
+{
+    const st_lora *lo = &c->lora;
+    if (lo->rank == 0)
+        return ST_OK;
+    if (c->family != ST_FAMILY_LLAMA)
+        return st_error(ST_ERR_UNSUPPORTED,
+                        "LoRA training is built for the Llama family (llama, mistral, qwen2), "
+                        "not yet for %s: fine-tune a %s model in full (without --lora)",
+                        st_family_name(c->family), st_family_name(c->family));
+    unsigned all = 0;
+    for (int i = 0; st_lora_target_names(c->family)[i]; i++)
+        all |= 1u << i;
+    int smallest = c->n_embd / c->n_head * c->n_kv_head;
+    if (lo->rank < 0 || lo->rank > smallest)
+        return st_error(ST_ERR_INVALID,
+                        "--lora %d: the rank must be 1 to %d (the narrowest projection of the "
+                        "model)",
+                        lo->rank, smallest);
+    if (!(lo->alpha > 0) || !isfinite(lo->alpha))
+        return st_error(ST_ERR_INVALID, "--lora-alpha %g: must be positive", (double)lo->alpha);
+    if ((lo->targets & all) == 0 || (lo->targets & ~all) != 0)
+        return st_error(ST_ERR_INVALID, "LoRA targets 0x%x: none or unknown projections",
+                        lo->targets);
+    return ST_OK;
+}
+
 st_status st_model_describe(const st_model_config *cfg, st_model_desc **out)
 {
     st_model_config c = *cfg;
     st_model_config_complete(&c);
     st_status s = st_model_config_check(&c);
     if (s != ST_OK)
+        return s;
+    if ((s = lora_check(&c)) != ST_OK)
         return s;
     const st_family_ops *fam = family_of(cfg);
     st_model_desc *d = calloc(1, sizeof *d);
@@ -202,8 +286,13 @@ st_status st_model_describe(const st_model_config *cfg, st_model_desc **out)
     d->n_layers = n;
     d->layers = layers;
     fam->describe(&d->cfg, layers);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         d->param_numel += layers[i].param_numel;
+        for (size_t j = 0; j < layers[i].n_params; j++) {
+            d->any_frozen |= layers[i].params[j].frozen;
+            d->train_numel += layers[i].params[j].frozen ? 0 : layers[i].params[j].numel;
+        }
+    }
     *out = d;
     return ST_OK;
 }
@@ -253,7 +342,7 @@ struct st_sizes_table {
     const st_model_desc *desc;
     st_stage_options shape;
     size_t n, levels;
-    size_t *params, *act, *kv, *consts; /* prefix sums: entry l covers layers [0, l) */
+    size_t *params, *train, *act, *kv, *consts; /* prefix sums: entry l covers layers [0, l) */
     size_t *changes;                     /* decay changes within layers [0, l) and between them */
     size_t **work, **dec;                /* sparse tables of the maxima: [k][l] over [l, l + 2^k) */
 };
@@ -263,6 +352,7 @@ void st_sizes_table_free(st_sizes_table *t)
     if (!t)
         return;
     free(t->params);
+    free(t->train);
     free(t->act);
     free(t->kv);
     free(t->consts);
@@ -293,9 +383,9 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
     t->levels = 1;
     while (((size_t)1 << t->levels) <= n)
         t->levels++;
-    size_t **arrays[5] = {&t->params, &t->act, &t->kv, &t->consts, &t->changes};
+    size_t **arrays[6] = {&t->params, &t->train, &t->act, &t->kv, &t->consts, &t->changes};
     bool ok = true;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         ok = ok && (*arrays[i] = calloc(n + 1, sizeof(size_t)));
     ok = ok && (t->work = calloc(t->levels, sizeof *t->work)) &&
          (t->dec = calloc(t->levels, sizeof *t->dec));
@@ -319,6 +409,10 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
             ch += d->layers[l - 1].params[d->layers[l - 1].n_params - 1].decay !=
                   ld->params[0].decay;
         t->params[l + 1] = t->params[l] + ld->param_numel;
+        size_t tr = 0;
+        for (size_t i = 0; i < ld->n_params; i++)
+            tr += ld->params[i].frozen ? 0 : ld->params[i].numel;
+        t->train[l + 1] = t->train[l] + tr;
         t->act[l + 1] = t->act[l] + st_layer_act_floats(ld, B, T);
         t->kv[l + 1] = t->kv[l] + Q * S * ld->kv_per_position;
         t->consts[l + 1] = t->consts[l] + ld->consts;
@@ -350,6 +444,34 @@ static size_t range_max(size_t *const *table, size_t a, size_t b)
     return x > y ? x : y;
 }
 
+/* AdamW's decay runs of a stage when some parameters are frozen: the
+ * trainable ones in the stage's buffer order (per layer, the copies of
+ * tied parameters owned before the stage, then its own), a run per change
+ * of setting; 0 when nothing trains. */
+static size_t runs_of_trainable(const st_model_desc *desc, size_t first, size_t end)
+{
+    size_t runs = 0;
+    int prev = -1;
+    for (size_t l = first; l < end; l++) {
+        const st_layer_desc *ld = &desc->layers[l];
+        for (size_t k = 0; k < ld->n_tied + ld->n_params; k++) {
+            const st_param_desc *p;
+            if (k < ld->n_tied) {
+                if (ld->tied[k].layer >= first)
+                    continue;
+                p = &desc->layers[ld->tied[k].layer].params[ld->tied[k].param];
+            } else {
+                p = &ld->params[k - ld->n_tied];
+            }
+            if (p->frozen)
+                continue;
+            runs += prev != (int)p->decay;
+            prev = p->decay;
+        }
+    }
+    return runs;
+}
+
 void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int slots,
                           st_stage_sizes *out)
 {
@@ -366,6 +488,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
                                  : desc->layers[0].out_floats_per_token;
     bool has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
     z.param_numel = t->params[end] - t->params[first];
+    z.train_numel = t->train[end] - t->train[first];
     /* Decay runs: one more than the changes along the stage's parameters;
      * the change into the first layer is not the stage's. */
     size_t changes = t->changes[end] - t->changes[first + 1];
@@ -386,6 +509,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
                 continue;
             const st_param_desc *p = &desc->layers[r->layer].params[r->param];
             z.param_numel += p->numel;
+            z.train_numel += p->frozen ? 0 : p->numel;
             extra += flag >= 0 && flag != (int)p->decay;
             flag = p->decay;
             any = true;
@@ -398,7 +522,10 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         changes += extra;
     }
     z.param_buffers = o->training ? 4 : 1;
-    z.adam_run_ints = o->training ? 3 * (changes + 1) : 0;
+    if (desc->any_frozen)
+        z.adam_run_ints = o->training ? 3 * runs_of_trainable(desc, first, end) : 0;
+    else
+        z.adam_run_ints = o->training ? 3 * (changes + 1) : 0;
     if (N > 0) {
         /* Every layer's activations, the stage's input (or the embedding's
          * output) and the gradient arriving at a stage without the head. */
@@ -414,7 +541,8 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         z.decode_ints = 3 * P; /* the tokens, and the rows' sequences and positions */
     }
     z.consts = t->consts[end] - t->consts[first];
-    z.bytes = 4 * ((uint64_t)z.param_numel * (uint64_t)z.param_buffers + z.adam_run_ints +
+    z.bytes = 4 * ((uint64_t)z.param_numel +
+                   (uint64_t)z.train_numel * (uint64_t)(z.param_buffers - 1) + z.adam_run_ints +
                    (N > 0 ? (uint64_t)nslots * (z.slot_floats + z.slot_ints) : 0) +
                    z.work_floats + z.consts + z.decode_floats + z.decode_ints);
     *out = z;

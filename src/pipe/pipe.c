@@ -380,9 +380,13 @@ st_status st_pipe_replicate(st_pipe *p)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
         st_stage_buf bufs[] = {ST_STAGE_PARAMS, ST_STAGE_ADAM_M, ST_STAGE_ADAM_V};
         for (int b = 0; s == ST_OK && b < (p->o.training ? 3 : 1); b++) {
-            s = st_tensor_read(st_stage_tensor(g0, bufs[b]), 0, n, host);
+            /* the moments: of the parameters that train */
+            size_t len = b == 0 ? n : st_stage_train_numel(g0);
+            if (len == 0)
+                continue;
+            s = st_tensor_read(st_stage_tensor(g0, bufs[b]), 0, len, host);
             for (size_t r = 1; s == ST_OK && r < p->R; r++)
-                s = st_tensor_write(st_stage_tensor(p->rep[r]->stage[k], bufs[b]), 0, n, host);
+                s = st_tensor_write(st_stage_tensor(p->rep[r]->stage[k], bufs[b]), 0, len, host);
         }
         free(host);
     }
@@ -814,7 +818,7 @@ static st_status sum_tied(st_pipe *p)
         const st_layer_desc *ld = &p->desc->layers[l];
         for (size_t t = 0; s == ST_OK && t < ld->n_tied; t++) {
             size_t so = stage_of(p, ld->tied[t].layer), su = stage_of(p, l);
-            if (so != su)
+            if (so != su && !p->desc->layers[ld->tied[t].layer].params[ld->tied[t].param].frozen)
                 s = sum_tied_pair(p, so, su,
                                   p->desc->layers[ld->tied[t].layer].params[ld->tied[t].param].name);
         }
@@ -835,6 +839,8 @@ static st_status stage_nonfinite(st_stage *g, st_stage_buf which, bool *bad, con
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && !*bad && i < st_stage_n_params(g); i++) {
         const st_stage_param *prm = st_stage_param_at(g, i);
+        if (which != ST_STAGE_PARAMS && prm->desc->frozen)
+            continue;
         float *host = malloc(prm->desc->numel * sizeof *host);
         if (!host)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -887,14 +893,19 @@ static st_status test_poison(st_pipe *p, long step)
     if (at != step || stage < 0 || (size_t)stage >= p->S || !p->stage[stage])
         return ST_OK;
     st_stage *g = p->stage[stage];
-    size_t n = st_stage_param_at(g, 0)->desc->numel;
+    size_t i = 0; /* its first parameter that trains */
+    while (i < st_stage_n_params(g) && st_stage_param_at(g, i)->desc->frozen)
+        i++;
+    if (i == st_stage_n_params(g))
+        return ST_OK;
+    size_t n = st_stage_param_at(g, i)->desc->numel;
     float *host = malloc(n * sizeof *host);
     if (!host)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    st_status s = st_stage_read(g, ST_STAGE_GRADS, 0, host);
+    st_status s = st_stage_read(g, ST_STAGE_GRADS, i, host);
     host[0] = NAN;
     if (s == ST_OK)
-        s = st_stage_write(g, ST_STAGE_GRADS, 0, host);
+        s = st_stage_write(g, ST_STAGE_GRADS, i, host);
     free(host);
     return s;
 }
@@ -1046,7 +1057,7 @@ static st_status finish_step(st_pipe *p, st_pipe *const *pipes, size_t n, double
  * order (0 + 1 + ...), so every replica holds the same bits. */
 static st_status reduce_stage(st_pipe *g, size_t s)
 {
-    size_t n = st_stage_param_numel(g->rep[0]->stage[s]);
+    size_t n = st_stage_train_numel(g->rep[0]->stage[s]);
     size_t b = n < REDUCE_BUCKET ? n : REDUCE_BUCKET;
     float *acc = malloc((b ? b : 1) * sizeof *acc), *in = malloc((b ? b : 1) * sizeof *in);
     st_status st = acc && in ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -1145,7 +1156,7 @@ static size_t share_of(const st_pipe *g)
 static st_status reduce_mpi(st_pipe *p, size_t s)
 {
     st_tensor *grads = st_stage_tensor(p->stage[s], ST_STAGE_GRADS);
-    size_t n = st_stage_param_numel(p->stage[s]);
+    size_t n = st_stage_train_numel(p->stage[s]);
     size_t b = n < REDUCE_BUCKET ? n : REDUCE_BUCKET;
     float *buf = malloc((b ? b : 1) * sizeof *buf);
     st_status st = buf ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");

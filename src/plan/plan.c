@@ -241,7 +241,9 @@ static void stage_cost_model(const st_plan_input *in, const sums *z, const st_de
     /* Memory: exactly what the stage will allocate. */
     st_stage_sizes sz;
     st_sizes_table_range(z->sizes, a, b, out->in_flight, &sz);
-    out->param_bytes = 4.0 * (double)sz.param_numel * sz.param_buffers;
+    out->param_bytes = 4.0 * ((double)sz.param_numel +
+                              (double)sz.train_numel * (double)(sz.param_buffers - 1));
+    out->train_numel = in->shape.training ? (double)sz.train_numel : 0;
     out->total_bytes = (double)sz.bytes;
     out->act_bytes = out->total_bytes - out->param_bytes;
 }
@@ -308,7 +310,7 @@ static double optimizer_ms(const st_plan_input *in, const st_plan_stage *st,
         return 0;
     /* AdamW streams four buffers: count it as 12 FLOPs per parameter at a
      * tenth of the GEMM rate, element-wise work being memory-bound. */
-    double numel = st->param_bytes / 16.0;
+    double numel = st->train_numel;
     return numel * 12.0 / (d->gflops * 0.1 * 1e6);
 }
 
@@ -801,8 +803,8 @@ static double reduce_tail_ms(const st_plan_input *in, const st_plan *p, size_t R
     size_t S = p->n_stages;
     double tail = 0, slack = 0;
     for (size_t k = 0; k < S; k++) {
-        /* param_bytes counts weights, gradients and two moments */
-        double bytes = p->stage[k].param_bytes / 4.0, t = 0;
+        /* the gradients of the parameters that train */
+        double bytes = p->stage[k].train_numel * 4.0, t = 0;
         for (size_t r = 0; r < R; r++) {
             const st_device_profile *d = &in->devices[devs[r * S + k]];
             t += bytes / (d->d2h_gbps * 1e6) + bytes / (d->h2d_gbps * 1e6);

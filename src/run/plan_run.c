@@ -444,20 +444,23 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
 static st_status params_fit(st_device *const *devs, size_t n, const st_model_desc *desc,
                             bool training)
 {
-    uint64_t per_param = training ? 16 : 4; /* weights; + gradients and two AdamW moments */
-    uint64_t need = (uint64_t)desc->param_numel * per_param, have = 0;
+    uint64_t need = (uint64_t)desc->param_numel * 4 +
+                    (training ? (uint64_t)desc->train_numel * 12 : 0), have = 0;
     for (size_t i = 0; i < n; i++)
         have += st_device_get_memory(devs[i]).capacity;
     if (need <= have)
         return ST_OK;
     char a[32], b[32];
+    bool some = training && desc->train_numel < desc->param_numel;
     return st_error(ST_ERR_INVALID,
-                    "the model does not fit: its %zu parameters alone need %s (%llu bytes "
-                    "each%s), and the %zu chosen device(s) have %s in all (use more devices "
-                    "or a smaller model)",
+                    "the model does not fit: its %zu parameters alone need %s (%s), and the "
+                    "%zu chosen device(s) have %s in all (use more devices or a smaller model)",
                     desc->param_numel, st_format_bytes(need, a, sizeof a),
-                    (unsigned long long)per_param,
-                    training ? ": weights, gradients, two AdamW moments" : "", n,
+                    !training ? "4 bytes each"
+                    : some    ? "4 bytes each, and 12 more for gradients and two AdamW moments "
+                                "of those that train"
+                              : "16 bytes each: weights, gradients, two AdamW moments",
+                    n,
                     st_format_bytes(have, b, sizeof b));
 }
 

@@ -48,6 +48,8 @@ static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tens
     (void)slot;
     (void)x;
     (void)dloss;
+    if (!l->g || !l->g[0]) /* frozen */
+        return ST_OK;
     return st_embedding_bwd(l->g[0], dres, io->tokens, B * T, l->cfg->n_embd,
                             l->cfg->vocab_size);
 }
@@ -64,10 +66,14 @@ const st_layer_ops st_llama_embedding_ops = {
 
 /* ---- block ---------------------------------------------------------------------- */
 
+/* LoRA's groups of projections that share an input (st_lora_group) */
+enum { G_QKV, G_O, G_GU, G_DOWN, GROUPS };
+
 typedef struct block_acts {
     st_tensor *ln1, *rstd1, *qkv, *atty, *lse, *res2, *ln2, *rstd2, *gu, *h, *res3;
+    st_tensor *xa[GROUPS]; /* LoRA: x A^T of each group */
 } block_acts;
-#define BLOCK_ACTS 11
+#define BLOCK_ACTS (11 + GROUPS)
 
 typedef struct block_state {
     /* parameter indices into l->p / l->g */
@@ -77,6 +83,10 @@ typedef struct block_state {
     st_tensor *dC, *dqkv, *dF, *dgu;                            /* backward work */
     st_tensor *ln, *rstd, *qkv, *scores, *atty, *res2, *gu, *h; /* decoding */
     st_tensor *k, *v;                                           /* KV cache [kv_seqs, S, KVD] */
+    /* LoRA: each group's adapters (n 0: none), views of its A's side by
+     * side and of their gradients, the backward's and decoding's x A^T */
+    st_lora_group lora[GROUPS];
+    st_tensor *la[GROUPS], *dla[GROUPS], *dxa, *dec_xa[GROUPS];
 } block_state;
 
 typedef struct dims {
@@ -107,8 +117,11 @@ static void block_unbind(st_layer *l)
     st_tensor *t[] = {b->w_qkv, b->b_qkv, b->w_gu, b->dw_qkv, b->db_qkv, b->dw_gu,
                       b->dC,    b->dqkv,  b->dF,   b->dgu,    b->ln,     b->rstd,
                       b->qkv,   b->scores, b->atty, b->res2,  b->gu,     b->h,
-                      b->k,     b->v};
+                      b->k,     b->v,     b->dxa};
     st_views_destroy(t, sizeof t / sizeof t[0]);
+    st_views_destroy(b->la, GROUPS);
+    st_views_destroy(b->dla, GROUPS);
+    st_views_destroy(b->dec_xa, GROUPS);
     free(b);
     l->state = NULL;
 }
@@ -176,18 +189,55 @@ static st_status block_bind(st_layer *l)
     b->gate = i;
     i += 2;
     b->down = i++;
+    size_t lora_cols = 0;
+    st_status s = ST_OK;
+    if (l->cfg->lora.rank > 0) {
+        /* the adapters follow the base in groups (model/llama.c): A's, then B's */
+        const st_lora *lo = &l->cfg->lora;
+        static const int first[GROUPS + 1] = {0, 3, 4, 6, 7};
+        int ic[GROUPS] = {d.C, d.C, d.C, d.F}, ldo[GROUPS] = {d.Q, d.C, 2 * d.F, d.C};
+        int col[7] = {0, d.C, d.C + d.KVD, 0, 0, d.F, 0};
+        int oc[7] = {d.C, d.KVD, d.KVD, d.C, d.F, d.F, d.C};
+        for (int g = 0; g < GROUPS; g++) {
+            st_lora_group *lg = &b->lora[g];
+            lg->r = lo->rank;
+            lg->scale = lo->alpha / (float)lo->rank;
+            lg->IC = ic[g];
+            lg->ldo = ldo[g];
+            for (int t = first[g]; t < first[g + 1]; t++)
+                if (lo->targets & (1u << t)) {
+                    lg->col[lg->n] = col[t];
+                    lg->oc[lg->n] = oc[t];
+                    lg->n++;
+                }
+            if (lg->n == 0)
+                continue;
+            size_t n_a = (size_t)lg->n * lo->rank * ic[g];
+            b->la[g] = span(l, l->pbuf, i, lg->n, n_a, &s);
+            lg->a = b->la[g];
+            if (l->gbuf) {
+                b->dla[g] = span(l, l->gbuf, i, lg->n, n_a, &s);
+                lg->da = b->dla[g];
+            }
+            for (int j = 0; j < lg->n; j++) {
+                lg->b[j] = l->p[i + lg->n + j];
+                lg->db[j] = l->g ? l->g[i + lg->n + j] : NULL;
+            }
+            i += 2 * lg->n;
+            lora_cols += (size_t)lg->n * lo->rank;
+        }
+    }
     if ((size_t)i != l->desc->n_params)
         return st_error(ST_ERR_INVALID, "internal: %s has %zu parameters, expected %d",
                         l->desc->name, l->desc->n_params, i);
     size_t N = (size_t)l->B * l->T, C = (size_t)d.C, Q = (size_t)d.Q, F = (size_t)d.F;
     size_t NH = (size_t)d.NH, S = (size_t)l->kv_seq, KVD = (size_t)d.KVD;
     size_t P = l->prefill > 1 ? (size_t)l->prefill : 1;
-    st_status s = ST_OK;
     b->w_qkv = span(l, l->pbuf, b->q_w, 3, Q * C, &s);
     b->w_gu = span(l, l->pbuf, b->gate, 2, 2 * F * C, &s);
     if (b->q_b >= 0)
         b->b_qkv = span(l, l->pbuf, b->q_b, 3, Q, &s);
-    if (l->gbuf) {
+    if (l->gbuf && !l->desc->params[b->q_w].frozen) {
         b->dw_qkv = span(l, l->gbuf, b->q_w, 3, Q * C, &s);
         b->dw_gu = span(l, l->gbuf, b->gate, 2, 2 * F * C, &s);
         if (b->q_b >= 0)
@@ -213,6 +263,8 @@ static st_status block_bind(st_layer *l)
             a->gu = st_carve(&c, N * 2 * F);
             a->h = st_carve(&c, N * F);
             a->res3 = st_carve(&c, N * C);
+            for (int g = 0; g < GROUPS; g++)
+                a->xa[g] = st_carve(&c, N * (size_t)b->lora[g].n * b->lora[g].r);
             if (c.status != ST_OK)
                 return c.status;
         }
@@ -223,6 +275,7 @@ static st_status block_bind(st_layer *l)
         b->dqkv = st_carve(&c, N * Q);
         b->dF = st_carve(&c, N * F);
         b->dgu = st_carve(&c, N * 2 * F);
+        b->dxa = st_carve(&c, N * lora_cols);
         if (c.status != ST_OK)
             return c.status;
     }
@@ -236,6 +289,8 @@ static st_status block_bind(st_layer *l)
         b->gu = st_carve(&c, P * 2 * F);
         b->h = st_carve(&c, P * F);
         b->scores = st_carve(&c, P * NH * S);
+        for (int g = 0; g < GROUPS; g++)
+            b->dec_xa[g] = st_carve(&c, P * (size_t)b->lora[g].n * b->lora[g].r);
         st_carver kc = {l->kv, 0, ST_OK};
         b->k = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
         b->v = st_carve(&kc, (size_t)l->kv_seqs * S * KVD);
@@ -250,6 +305,7 @@ static st_status block_bind(st_layer *l)
  * norm's output and statistic reused, the output into x). */
 typedef struct block_io {
     st_tensor *ln1, *rstd1, *qkv, *atty, *res2, *ln2, *rstd2, *gu, *h, *out;
+    st_tensor *const *xa; /* LoRA: [GROUPS] */
 } block_io;
 
 /* The attention of one pass: over the micro-batch (keeping each row's
@@ -273,8 +329,11 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
     const st_pass *ps = at->decode;
     const st_tensor *rows = ps ? ps->rows : NULL;
     st_status s;
+    const st_lora_group *lg = b->lora;
+    st_tensor *const *xa = o->xa;
     if ((s = st_rmsnorm_fwd(o->ln1, o->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
         (s = st_linear_fwd(o->qkv, o->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
+        (lg[G_QKV].n && (s = st_lora_fwd(&lg[G_QKV], o->qkv, xa[G_QKV], o->ln1, N)) != ST_OK) ||
         (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, rows, N, T, 0, d.NH, d.KV, d.HS)) !=
             ST_OK ||
         (s = ps ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, o->qkv, NULL, rows,
@@ -284,11 +343,14 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
             ST_OK ||
         (s = st_linear_fwd(o->res2, o->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
                            d.C)) != ST_OK ||
+        (lg[G_O].n && (s = st_lora_fwd(&lg[G_O], o->res2, xa[G_O], o->atty, N)) != ST_OK) ||
         (s = st_residual_rmsnorm_fwd(o->res2, o->ln2, o->rstd2, o->res2, x, p[b->post_norm], N,
                                      d.C, eps)) != ST_OK ||
         (s = st_linear_fwd(o->gu, o->ln2, b->w_gu, NULL, N, d.C, 2 * d.F)) != ST_OK ||
+        (lg[G_GU].n && (s = st_lora_fwd(&lg[G_GU], o->gu, xa[G_GU], o->ln2, N)) != ST_OK) ||
         (s = st_swiglu_fwd(o->h, o->gu, N, d.F)) != ST_OK ||
         (s = st_linear_fwd(o->out, o->h, p[b->down], NULL, N, d.F, d.C)) != ST_OK ||
+        (lg[G_DOWN].n && (s = st_lora_fwd(&lg[G_DOWN], o->out, xa[G_DOWN], o->h, N)) != ST_OK) ||
         (s = st_residual_fwd(o->out, o->out, o->res2, (size_t)N * d.C)) != ST_OK)
         return s;
     return ST_OK;
@@ -300,7 +362,7 @@ static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const 
     (void)io;
     block_acts *a = &((block_state *)l->state)->acts[slot];
     block_io o = {a->ln1, a->rstd1, a->qkv, a->atty, a->res2, a->ln2, a->rstd2, a->gu, a->h,
-                  a->res3};
+                  a->res3, a->xa};
     block_attn at = {.lse = a->lse};
     *y = a->res3;
     return block_pass(l, &o, &at, x, B, T);
@@ -318,24 +380,34 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     dims d = dims_of(l);
     int N = B * T;
     st_status s;
+    const st_lora_group *lg = b->lora;
     /* res3 = res2 + h W_down^T: the MLP gets dres; dres then gains RMSNorm's part. */
     if ((s = st_linear_bwd(b->dF, 0.0f, g[b->down], NULL, dres, a->h, p[b->down], N, d.F,
                            d.C)) != ST_OK ||
+        (lg[G_DOWN].n &&
+         (s = st_lora_bwd(&lg[G_DOWN], b->dF, b->dxa, dres, a->xa[G_DOWN], a->h, N)) != ST_OK) ||
         (s = st_swiglu_bwd(b->dgu, b->dF, a->gu, N, d.F)) != ST_OK ||
         (s = st_linear_bwd(b->dC, 0.0f, b->dw_gu, NULL, b->dgu, a->ln2, b->w_gu, N, d.C,
                            2 * d.F)) != ST_OK ||
+        (lg[G_GU].n &&
+         (s = st_lora_bwd(&lg[G_GU], b->dC, b->dxa, b->dgu, a->xa[G_GU], a->ln2, N)) != ST_OK) ||
         (s = st_rmsnorm_bwd(dres, g[b->post_norm], b->dC, a->res2, p[b->post_norm], a->rstd2, N,
                             d.C)) != ST_OK)
         return s;
     /* res2 = x + atty W_o^T: the attention gets dres; dres becomes d(x). */
     if ((s = st_linear_bwd(b->dC, 0.0f, g[b->o_w], b->o_b >= 0 ? g[b->o_b] : NULL, dres,
                            a->atty, p[b->o_w], N, d.C, d.C)) != ST_OK ||
+        (lg[G_O].n &&
+         (s = st_lora_bwd(&lg[G_O], b->dC, b->dxa, dres, a->xa[G_O], a->atty, N)) != ST_OK) ||
         (s = st_attention_gqa_bwd(b->dqkv, b->dC, a->atty, a->lse, a->qkv, NULL, B, T, d.C,
                                   d.NH, d.KV)) != ST_OK ||
         (s = st_rope_bwd(b->dqkv, l->consts, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
         (b->db_qkv && (s = st_bias_bwd(b->db_qkv, b->dqkv, N, d.Q)) != ST_OK) ||
         (s = st_linear_bwd(b->dC, 0.0f, b->dw_qkv, NULL, b->dqkv, a->ln1, b->w_qkv, N, d.C,
                            d.Q)) != ST_OK ||
+        (lg[G_QKV].n &&
+         (s = st_lora_bwd(&lg[G_QKV], b->dC, b->dxa, b->dqkv, a->xa[G_QKV], a->ln1, N)) !=
+             ST_OK) ||
         (s = st_rmsnorm_bwd(dres, g[b->in_norm], b->dC, x, p[b->in_norm], a->rstd1, N, d.C)) !=
             ST_OK)
         return s;
@@ -348,7 +420,8 @@ static st_status block_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_l
 {
     (void)io;
     block_state *b = l->state;
-    block_io o = {b->ln, b->rstd, b->qkv, b->atty, b->res2, b->ln, b->rstd, b->gu, b->h, x};
+    block_io o = {b->ln, b->rstd, b->qkv, b->atty, b->res2, b->ln, b->rstd, b->gu, b->h, x,
+                  b->dec_xa};
     block_attn at = {.decode = ps};
     return block_pass(l, &o, &at, x, 1, ps->n);
 }

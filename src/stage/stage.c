@@ -6,6 +6,7 @@
  * parameter buffer. Nothing here knows a family.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,11 @@ size_t st_stage_param_numel(const st_stage *g)
     return g->numel;
 }
 
+size_t st_stage_train_numel(const st_stage *g)
+{
+    return g->training ? g->sizes.train_numel : 0;
+}
+
 uint64_t st_stage_bytes(const st_stage *g)
 {
     return g->bytes;
@@ -187,26 +193,23 @@ static st_status make_buffer(st_stage *g, st_dtype dt, size_t n, const char *nam
     return s;
 }
 
-/* The stage's parameters in buffer order: per layer, copies of the tied
- * parameters it uses and another stage owns, then its own; each layer's
- * offsets (own, then tied: the owner's when the owner is here). */
+/* The stage's parameters: per layer, copies of the tied parameters it uses
+ * and another stage owns, then its own; each layer's offsets (own, then
+ * tied: the owner's when the owner is here). The trainable ones come first
+ * in the buffer, in that order, so that the gradients and the moments (of
+ * those only) line up with the start of the parameter buffer; the frozen
+ * ones follow. Nothing frozen: the same order throughout. */
 static st_status lay_out_params(st_stage *g)
 {
     const st_model_desc *d = g->desc;
-    size_t n = 0, n_off = 0;
-    for (size_t l = g->first; l < g->end; l++) {
+    size_t n = 0;
+    for (size_t l = g->first; l < g->end; l++)
         n += d->layers[l].n_params + d->layers[l].n_tied;
-        n_off += d->layers[l].n_params + d->layers[l].n_tied;
-    }
     g->params = calloc(n + 1, sizeof *g->params);
-    g->offsets = calloc(n_off + 1, sizeof *g->offsets);
+    g->offsets = calloc(n + 1, sizeof *g->offsets);
     if (!g->params || !g->offsets)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    /* where each layer's own parameters start, for tied owners in this stage */
-    size_t *own_at = calloc(g->end - g->first, sizeof *own_at);
-    if (!own_at)
-        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    size_t k = 0;
+    size_t k = 0, tpos = 0, fpos = g->sizes.train_numel;
     for (size_t l = g->first; l < g->end; l++) {
         const st_layer_desc *ld = &d->layers[l];
         st_layer *L = &g->layers[l - g->first];
@@ -216,33 +219,31 @@ static st_status lay_out_params(st_stage *g)
         for (size_t t = 0; t < ld->n_tied; t++) {
             const st_tied_ref *r = &ld->tied[t];
             const st_param_desc *p = &d->layers[r->layer].params[r->param];
-            if (r->layer >= l) {
-                free(own_at);
+            if (r->layer >= l)
                 return st_error(ST_ERR_INVALID,
                                 "internal: layer %s uses a parameter of a later layer", ld->name);
-            }
             if (r->layer >= g->first) {
-                size_t o = own_at[r->layer - g->first];
-                for (size_t j = 0; j < r->param; j++)
-                    o += d->layers[r->layer].params[j].numel;
-                off[ld->n_params + t] = o;
+                off[ld->n_params + t] = g->layers[r->layer - g->first].offset[r->param];
                 continue;
             }
-            off[ld->n_params + t] = g->numel;
-            g->params[g->n_params++] = (st_stage_param){p, g->numel, true};
+            size_t *pos = p->frozen ? &fpos : &tpos;
+            off[ld->n_params + t] = *pos;
+            g->params[g->n_params++] = (st_stage_param){p, *pos, true};
+            *pos += p->numel;
             g->numel += p->numel;
         }
-        own_at[l - g->first] = g->numel;
         for (size_t i = 0; i < ld->n_params; i++) {
-            off[i] = g->numel;
-            g->params[g->n_params++] = (st_stage_param){&ld->params[i], g->numel, false};
+            size_t *pos = ld->params[i].frozen ? &fpos : &tpos;
+            off[i] = *pos;
+            g->params[g->n_params++] = (st_stage_param){&ld->params[i], *pos, false};
+            *pos += ld->params[i].numel;
             g->numel += ld->params[i].numel;
         }
     }
-    free(own_at);
-    if (g->numel != g->sizes.param_numel)
-        return st_error(ST_ERR_INVALID, "internal: parameters laid out %zu, sized %zu", g->numel,
-                        g->sizes.param_numel);
+    if (g->numel != g->sizes.param_numel || tpos != g->sizes.train_numel)
+        return st_error(ST_ERR_INVALID,
+                        "internal: parameters laid out %zu (%zu trained), sized %zu (%zu)",
+                        g->numel, tpos, g->sizes.param_numel, g->sizes.train_numel);
     return ST_OK;
 }
 
@@ -254,8 +255,9 @@ static st_status make_param_views(st_stage *g, int which)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++)
-        s = st_tensor_view(g->bufs[which], g->params[i].offset, g->params[i].desc->ndim,
-                           g->params[i].desc->shape, &g->flat[which][i]);
+        if (which == ST_STAGE_PARAMS || !g->params[i].desc->frozen)
+            s = st_tensor_view(g->bufs[which], g->params[i].offset, g->params[i].desc->ndim,
+                               g->params[i].desc->shape, &g->flat[which][i]);
     if (which > ST_STAGE_GRADS)
         return s;
     for (size_t l = 0; s == ST_OK && l < g->n_layers; l++) {
@@ -275,7 +277,8 @@ static st_status make_param_views(st_stage *g, int which)
                     ? &ld->params[j]
                     : &g->desc->layers[ld->tied[j - ld->n_params].layer]
                            .params[ld->tied[j - ld->n_params].param];
-            s = st_tensor_view(g->bufs[which], L->offset[j], p->ndim, p->shape, &v[j]);
+            if (which == ST_STAGE_PARAMS || !p->frozen)
+                s = st_tensor_view(g->bufs[which], L->offset[j], p->ndim, p->shape, &v[j]);
         }
     }
     return s;
@@ -398,11 +401,13 @@ static st_status make_adam_runs(st_stage *g)
     for (size_t i = 0; i < g->n_params; i++) {
         const st_stage_param *p = &g->params[i];
         int decay = p->desc->decay;
+        if (p->desc->frozen)
+            continue;
         if (p->offset < prev_end) { /* not in order: the per-parameter path */
             n = -1;
             break;
         }
-        size_t start = i == 0 ? 0 : p->offset;
+        size_t start = n == 0 ? 0 : p->offset;
         if (n == 0 || t[3 * (n - 1) + 2] != decay) {
             t[3 * n] = (int)(start >> 31);
             t[3 * n + 1] = (int)(start & 0x7fffffff);
@@ -538,9 +543,11 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         if (!(g->layers[l].ops = st_layer_ops_of(g->layers[l].desc->type)))
             s = st_error(ST_ERR_INVALID, "layer %s has no operations", g->layers[l].desc->name);
     static const char *const buf_names[4] = {"parameters", "gradients", "AdamW m", "AdamW v"};
-    for (int w = 0; s == ST_OK && w < sizes.param_buffers; w++)
-        if ((s = make_buffer(g, ST_F32, g->numel, buf_names[w], &g->bufs[w])) == ST_OK)
+    for (int w = 0; s == ST_OK && w < sizes.param_buffers; w++) {
+        size_t len = w == ST_STAGE_PARAMS ? g->numel : sizes.train_numel;
+        if (len > 0 && (s = make_buffer(g, ST_F32, len, buf_names[w], &g->bufs[w])) == ST_OK)
             s = make_param_views(g, w);
+    }
     if (s == ST_OK && g->training)
         s = make_adam_runs(g);
     if (s == ST_OK && g->B > 0) {
@@ -578,16 +585,23 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
 
 /* ---- parameters --------------------------------------------------------- */
 
+/* Gradients and moments are kept for trained parameters only. */
+static bool has_buffer(const st_stage *g, st_stage_buf which, size_t i)
+{
+    return i < g->n_params && g->bufs[which] &&
+           (which == ST_STAGE_PARAMS || !g->params[i].desc->frozen);
+}
+
 st_status st_stage_read(const st_stage *g, st_stage_buf which, size_t i, float *host)
 {
-    if (i >= g->n_params || !g->bufs[which])
+    if (!has_buffer(g, which, i))
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
     return st_tensor_read(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
 
 st_status st_stage_write(st_stage *g, st_stage_buf which, size_t i, const float *host)
 {
-    if (i >= g->n_params || !g->bufs[which])
+    if (!has_buffer(g, which, i))
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
     return st_tensor_write(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
@@ -659,6 +673,8 @@ static st_status check_mb(const st_stage *g, int slot, int B, int T)
 
 st_status st_stage_zero_grad(st_stage *g)
 {
+    if (g->training && g->sizes.train_numel == 0)
+        return ST_OK; /* nothing of it trains */
     if (!g->bufs[ST_STAGE_GRADS])
         return st_error(ST_ERR_INVALID, "the stage was created without training buffers");
     return st_tensor_fill(g->bufs[ST_STAGE_GRADS], 0.0f);
@@ -802,12 +818,15 @@ st_status st_stage_grad_sumsq(st_stage *g, float *per_layer)
     st_status s = st_tensor_fill(g->sumsq_acc, 0.0f);
     for (size_t l = 0; s == ST_OK && l < n; l++) {
         const st_layer *L = &g->layers[l];
-        size_t len = 0;
+        size_t len = 0, at = SIZE_MAX;
         for (size_t i = 0; i < L->desc->n_params; i++)
-            len += L->desc->params[i].numel;
+            if (!L->desc->params[i].frozen) {
+                len += L->desc->params[i].numel;
+                at = L->offset[i] < at ? L->offset[i] : at;
+            }
         if (len == 0)
             continue;
-        st_tensor *run = st_view_at(g->bufs[ST_STAGE_GRADS], L->offset[0], len, &s);
+        st_tensor *run = st_view_at(g->bufs[ST_STAGE_GRADS], at, len, &s);
         st_tensor *acc = st_view_at(g->sumsq_acc, l, 1, &s);
         if (s == ST_OK)
             s = st_sumsq_accumulate(acc, g->sumsq_parts, run, len);
@@ -831,6 +850,8 @@ st_status st_stage_step(st_stage *g, const st_adamw_hparams *h, long t, float gr
                                   g->adam_n_runs, g->adam_span, h, t, grad_scale);
     st_status s = ST_OK;
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+        if (g->params[i].desc->frozen)
+            continue;
         st_adamw_hparams hp = *h;
         if (!g->params[i].desc->decay)
             hp.weight_decay = 0.0f;
