@@ -10,6 +10,10 @@
 #   3. `strata eval --adapter` against transformers with peft's adapter;
 #   4. `strata merge`: the merged folder in transformers against Strata's eval
 #      of it, and against peft's own merge_and_unload;
+#   5. `strata train --init --lora` over two devices (POCL_DEVICES="basic
+#      basic" on a CPU): the loss on the text falls, the adapter folder it
+#      writes, loaded by peft onto transformers' model, gives Strata's eval
+#      loss, and its merged folder does in transformers;
 # each a relative difference under 1e-4.
 #
 # usage: tools/finetune_check.sh [build/strata]
@@ -86,4 +90,22 @@ close "strata merge: eval of the merged folder, transformers" \
 hf peft-merge "$work/base" "$work/adapter" "$work/peft-merged"
 close "strata merge against peft's merge_and_unload (transformers on both)" \
     "$(hf eval "$work/merged" "$text" 64 | json loss)" "$(hf eval "$work/peft-merged" "$text" 64 | json loss)"
+# 5. LoRA fine-tuning of the folder, on two devices
+before=$(st_eval --model "$work/base" --data "$text")
+POCL_DEVICES="${STRATA_LORA_POCL_DEVICES:-basic basic}" "$strata" train --init "$work/base" \
+    --lora 8 --lora-alpha 16 --data "$text" --seq 64 --batch 8 --steps 40 --lr 3e-3 --warmup 5 \
+    --eval-every 40 --out "$work/lora" >"$work/lora.log" 2>&1 || { cat "$work/lora.log" >&2; exit 1; }
+grep -E '^(parameters|plan|done)' "$work/lora.log" >&2 || true
+after=$(st_eval --model "$work/base" --adapter "$work/lora" --data "$text")
+if $py -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' "$after" "$before"; then
+    printf 'ok   LoRA fine-tuning lowers the loss on the text: %.6f -> %.6f\n' "$before" "$after"
+else
+    printf 'FAIL LoRA fine-tuning did not lower the loss on the text: %.6f -> %.6f\n' "$before" "$after"
+    status=1
+fi
+close "eval --adapter of Strata's LoRA run against peft loading it" "$after" \
+    "$(hf eval "$work/base" "$work/lora" "$text" 64 | json loss)"
+"$strata" merge --model "$work/base" --adapter "$work/lora" --out "$work/lora-merged" >/dev/null
+close "the merged LoRA run in transformers against Strata's eval --adapter" "$after" \
+    "$(hf eval "$work/lora-merged" "$text" 64 | json loss)"
 exit $status

@@ -49,6 +49,12 @@ typedef struct st_train_config {
     const char *init_dir;  /* without resume_dir: step 0's weights from this model
                             * folder (a Strata run's or a Hugging Face one), the
                             * optimizer and schedule fresh; else drawn from seed */
+    /* Read back by st_train_settings_read (the model's own LoRA settings are
+     * cfg->lora): a run's --init folder, and its adapters' rank, alpha and
+     * targets (names, as --lora-targets takes them). */
+    char init_saved[4096];
+    st_lora lora;
+    char lora_targets[160];
     /* Asked after every step; true stops the run there as if --stop-at were
      * that step (saving to out_dir): how Ctrl-C ends a run without losing it. */
     bool (*should_stop)(void);
@@ -81,7 +87,7 @@ typedef struct st_train_event {
     bool interrupted;               /* DONE: should_stop ended the run early */
     bool skipped;                   /* STEP: not finite, no update made (--on-nan skip) */
     const char *where;              /* STEP when skipped: the first stage it was found on */
-    uint64_t params;                /* START */
+    uint64_t params, trained;       /* START: all parameters, those that train */
     uint64_t device_bytes, peak_bytes; /* START, DONE */
 } st_train_event;
 

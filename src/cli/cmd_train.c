@@ -54,6 +54,14 @@ static void help(void)
            "                      only); its tokenizer turns a text file into tokens.\n"
            "                      A new run from step 0: fresh optimizer and schedule,\n"
            "                      any data, learning rate and layout (fine-tuning)\n"
+           "  --lora R            train LoRA adapters of rank R on the --init model\n"
+           "                      (Llama family), its weights frozen; --out gets a PEFT\n"
+           "                      adapter folder (adapter_config.json and\n"
+           "                      adapter_model.safetensors) for --adapter, strata merge\n"
+           "                      and peft\n"
+           "  --lora-alpha X      the adapters' scale is X / R (default: R, scale 1)\n"
+           "  --lora-targets L    projections given adapters: all (default) or a list of\n"
+           "                      q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj\n"
            "  --config FILE       a Hugging Face config.json: model_type gpt2, llama,\n"
            "                      mistral or qwen2 (the sizes below are then refused),\n"
            "                      trained from random weights\n"
@@ -199,8 +207,16 @@ static void on_event(const st_train_event *e, void *user)
     char a[64], b[64];
     switch (e->kind) {
     case ST_TRAIN_START:
-        printf("parameters: %s | %s on the device\n", commas((double)e->params, a, sizeof a),
-               st_format_bytes(e->device_bytes, b, sizeof b));
+        if (e->trained < e->params) {
+            char c[48];
+            printf("parameters: %s, of them %s trained (%.2f%%) | %s on the device\n",
+                   commas((double)e->params, a, sizeof a), commas((double)e->trained, c, sizeof c),
+                   100.0 * (double)e->trained / (double)e->params,
+                   st_format_bytes(e->device_bytes, b, sizeof b));
+        } else {
+            printf("parameters: %s | %s on the device\n", commas((double)e->params, a, sizeof a),
+                   st_format_bytes(e->device_bytes, b, sizeof b));
+        }
         if (e->step)
             printf("resuming at step %ld of %ld\n", e->step, e->steps);
         if (L->json)
@@ -437,7 +453,8 @@ enum {
     O_STEPS, O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_SEED, O_EVAL_EVERY, O_EVAL_BATCHES, O_OUT,
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
-    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_INIT, O_DEVICES
+    O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_INIT, O_LORA, O_LORA_ALPHA, O_LORA_TARGETS,
+    O_DEVICES
 };
 
 /* --log-json: a regular file (created or emptied) or a character device
@@ -602,6 +619,9 @@ static int train_command(int argc, char **argv)
         {"save-every", required_argument, NULL, O_SAVE_EVERY},
         {"resume", required_argument, NULL, O_RESUME},
         {"init", required_argument, NULL, O_INIT},
+        {"lora", required_argument, NULL, O_LORA},
+        {"lora-alpha", required_argument, NULL, O_LORA_ALPHA},
+        {"lora-targets", required_argument, NULL, O_LORA_TARGETS},
         {"stop-at", required_argument, NULL, O_STOP_AT},
         {"log-every", required_argument, NULL, O_LOG_EVERY},
         {"log-json", required_argument, NULL, O_LOG_JSON},
@@ -621,7 +641,9 @@ static int train_command(int argc, char **argv)
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
     const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL, *parallel = NULL;
-    const char *init = NULL;
+    const char *init = NULL, *lora_targets = "all";
+    long lora_rank = 0;
+    double lora_alpha = 0;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     cli_model_flags mf = {0};
@@ -670,6 +692,9 @@ static int train_command(int argc, char **argv)
         case O_SAVE_EVERY: ok = cli_parse_long(arg, 0, 1L << 40, &tc.save_every); break;
         case O_RESUME: tc.resume_dir = arg; break;
         case O_INIT: init = arg; break;
+        case O_LORA: ok = cli_parse_long(arg, 1, 65536, &lora_rank); break;
+        case O_LORA_ALPHA: ok = cli_parse_double(arg, 1e-6, 1e6, &lora_alpha); break;
+        case O_LORA_TARGETS: lora_targets = arg; break;
         case O_STOP_AT: ok = cli_parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
         case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
@@ -704,6 +729,15 @@ static int train_command(int argc, char **argv)
     if (init && tc.resume_dir)
         return cli_usage_error("train", "--init starts a new run from a folder's weights and "
                                         "--resume continues a run: give one of them");
+    if ((given[O_LORA_ALPHA] || given[O_LORA_TARGETS]) && !given[O_LORA])
+        return cli_usage_error("train", "%s sets up LoRA adapters: give --lora R too",
+                               given[O_LORA_ALPHA] ? "--lora-alpha" : "--lora-targets");
+    if (given[O_LORA] && tc.resume_dir)
+        return cli_usage_error("train", "--lora cannot be used with --resume: a resumed run "
+                                        "keeps its own adapters (leave the LoRA flags out)");
+    if (given[O_LORA] && !init)
+        return cli_usage_error("train", "--lora adapts a trained model: give the model with "
+                                        "--init DIR");
     /* The decay ends at a tenth of the peak unless told (a resumed run keeps
      * its own, below). */
     if (!given[O_MINLR] && !tc.resume_dir && given[O_LR])
@@ -805,6 +839,13 @@ static int train_command(int argc, char **argv)
         if (!realpath(init, init_abs))
             snprintf(init_abs, sizeof init_abs, "%s", init);
         tc.init_dir = init_abs;
+        if (lora_rank > 0) {
+            cfg.lora.rank = (int)lora_rank;
+            cfg.lora.alpha = (float)(lora_alpha > 0 ? lora_alpha : (double)lora_rank);
+            if ((s = st_lora_targets_parse(cfg.family, lora_targets, &cfg.lora.targets)) !=
+                ST_OK)
+                return cli_fail(s);
+        }
     }
     st_data_identity saved_id = {0};
     if (tc.resume_dir) {
@@ -820,6 +861,22 @@ static int train_command(int argc, char **argv)
                                         &saved_id)) != ST_OK)
             return cli_fail(s);
         snprintf(tc.run, sizeof tc.run, "%s", saved.run);
+        if (saved.lora.rank > 0) {
+            /* a LoRA run: its adapters on its --init model, which must still be there */
+            struct stat sb;
+            if (stat(saved.init_saved, &sb) != 0)
+                return cli_fail(st_error(ST_ERR_NOT_FOUND,
+                                         "the checkpoint's adapters were trained on '%s' "
+                                         "(--init), which is not there any more: put the model "
+                                         "back there",
+                                         saved.init_saved));
+            snprintf(init_abs, sizeof init_abs, "%s", saved.init_saved);
+            tc.init_dir = init_abs;
+            cfg.lora = saved.lora;
+            if ((s = st_lora_targets_parse(cfg.family, saved.lora_targets, &cfg.lora.targets)) !=
+                ST_OK)
+                return cli_fail(s);
+        }
         if (!given[O_BATCH]) tc.shape.batch = saved.shape.batch;
         if (!given[O_SEQ]) tc.shape.seq = saved.shape.seq;
         if (!given[O_STEPS]) tc.steps = saved.steps;

@@ -224,15 +224,30 @@ uint32_t st_checkpoint_new_tag(void)
 
 /* ---- writing ----------------------------------------------------------------- */
 
-/* Adds one buffer of every stage's own (not tied) parameters, names prefixed. */
+/* Do the stages hold LoRA adapters? Then a save holds those (the base
+ * model is the --init folder's, unchanged). */
+static bool have_adapters(st_stage *const *stages, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < st_stage_n_params(stages[k]); i++)
+            if (st_stage_param_at(stages[k], i)->desc->adapter)
+                return true;
+    return false;
+}
+
+/* Adds one buffer of every stage's own (not tied) parameters, names
+ * prefixed: the weights (with adapters, theirs only) or the moments (of the
+ * parameters that train). */
 static st_status add_buffers(st_safetensors_writer *w, st_stage *const *stages, size_t n,
                              st_stage_buf which, const char *prefix)
 {
     st_status s = ST_OK;
+    bool adapters = have_adapters(stages, n);
     for (size_t k = 0; s == ST_OK && k < n; k++) {
         for (size_t i = 0; s == ST_OK && i < st_stage_n_params(stages[k]); i++) {
             const st_stage_param *p = st_stage_param_at(stages[k], i);
-            if (p->tied)
+            if (p->tied || (which != ST_STAGE_PARAMS && p->desc->frozen) ||
+                (which == ST_STAGE_PARAMS && adapters && !p->desc->adapter))
                 continue;
             float *host = malloc(p->desc->numel * sizeof *host);
             if (!host)
@@ -410,6 +425,71 @@ static st_status write_hf_index(const char *dir, long step, const st_checkpoint_
     return s;
 }
 
+/* The PEFT view of a LoRA run: adapter_config.json and
+ * adapter_model.safetensors (the adapters of every rank's model file,
+ * named as PEFT names them), which peft loads onto the --init model and
+ * `--adapter` reads. */
+static st_status write_peft_view(const char *dir, const st_model_config *cfg,
+                                 json_t *settings, const st_checkpoint_file *files,
+                                 size_t n_files)
+{
+    st_safetensors_writer *w = NULL;
+    st_status s = st_safetensors_writer_create(&w);
+    char path[4400];
+    for (size_t i = 0; s == ST_OK && i < n_files; i++) {
+        if (files[i].optimizer)
+            continue;
+        st_safetensors *f = NULL;
+        join(path, sizeof path, dir, files[i].name);
+        if ((s = st_safetensors_open(path, &f)) != ST_OK)
+            break;
+        const st_safetensors_entry *e;
+        for (size_t j = 0; s == ST_OK && (e = st_safetensors_at(f, j)); j++) {
+            float *x = malloc((e->numel ? e->numel : 1) * sizeof *x);
+            size_t shape[2] = {(size_t)e->shape[0], e->ndim > 1 ? (size_t)e->shape[1] : 1};
+            char name[192];
+            snprintf(name, sizeof name, "base_model.model.%s", e->name);
+            s = x ? st_safetensors_to_f32(e, x)
+                  : st_error(ST_ERR_HOST_MEMORY, "out of host memory writing the adapter");
+            if (s == ST_OK)
+                s = st_safetensors_add_f32(w, name, e->ndim, shape, x);
+            free(x);
+        }
+        st_safetensors_close(f);
+    }
+    join(path, sizeof path, dir, "adapter_model.safetensors");
+    if (s == ST_OK && (s = st_safetensors_set_metadata(w, "format", "pt")) == ST_OK)
+        s = st_safetensors_save(w, path);
+    st_safetensors_writer_destroy(w);
+    if (s != ST_OK)
+        return s;
+    const char *const *names = st_lora_target_names(cfg->family);
+    json_t *targets = json_array();
+    for (int i = 0; names[i]; i++)
+        if (cfg->lora.targets & (1u << i))
+            json_array_append_new(targets, json_string(names[i]));
+    const char *init = settings ? json_string_value(json_object_get(settings, "init")) : NULL;
+    double alpha = cfg->lora.alpha;
+    json_t *j = json_pack("{s:s, s:s, s:i, s:o, s:f, s:s, s:b, s:o, s:b, s:b, s:b, s:b, s:o, "
+                          "s:o}",
+                          "peft_type", "LORA", "task_type", "CAUSAL_LM", "r", cfg->lora.rank,
+                          "lora_alpha",
+                          alpha == floor(alpha) ? json_integer((json_int_t)alpha)
+                                                : json_real(alpha),
+                          "lora_dropout", 0.0, "bias", "none", "fan_in_fan_out", 0,
+                          "target_modules", targets, "inference_mode", 1, "use_rslora", 0,
+                          "use_dora", 0, "init_lora_weights", 1, "rank_pattern", json_object(),
+                          "alpha_pattern", json_object());
+    if (!j)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing adapter_config.json");
+    json_object_set_new(j, "base_model_name_or_path", init ? json_string(init) : json_null());
+    json_object_set_new(j, "modules_to_save", json_null());
+    join(path, sizeof path, dir, "adapter_config.json");
+    s = write_json(path, j);
+    json_decref(j);
+    return s;
+}
+
 st_status st_checkpoint_commit(const char *dir, const st_model_config *cfg,
                                const st_train_state *state, uint32_t tag,
                                const st_checkpoint_file *files, size_t n_files)
@@ -445,16 +525,20 @@ st_status st_checkpoint_commit(const char *dir, const st_model_config *cfg,
         json_object_set(m, "settings", settings);
     json_decref(config);
     json_decref(list);
-    json_decref(settings);
-    if (!m)
+    if (!m) {
+        json_decref(settings);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory writing a checkpoint manifest");
+    }
     char name[128], path[4400];
     manifest_name(name, sizeof name, step, tag);
     join(path, sizeof path, dir, name);
     /* The commit: once this rename is on disk, the save is the folder's current one. */
     st_status s = write_json(path, m);
     json_decref(m);
-    if (s != ST_OK)
+    if (s == ST_OK && cfg->lora.rank > 0) /* adapters: PEFT's view, not a model's */
+        s = write_peft_view(dir, cfg, settings, files, n_files);
+    json_decref(settings);
+    if (s != ST_OK || cfg->lora.rank > 0)
         return s;
     /* The Hugging Face view. A crash before these leaves the previous save's
      * view, whose files are still there: cleaning comes later. */
@@ -1117,9 +1201,20 @@ static const st_safetensors_entry *source_find(const source *src, const char *na
     return NULL;
 }
 
+/* Which parameters a load takes: all; a model with adapters takes its base
+ * from a model folder and the adapters from a LoRA run's save. */
+typedef enum load_part { LOAD_ALL, LOAD_BASE, LOAD_ADAPTERS } load_part;
+
+static bool part_takes(load_part part, st_stage_buf which, const st_param_desc *p)
+{
+    if (which != ST_STAGE_PARAMS && p->frozen) /* no moments */
+        return false;
+    return part == LOAD_ALL || (part == LOAD_ADAPTERS) == p->adapter;
+}
+
 static st_status load_file(const source *src, st_stage *const *stages, size_t n_stages,
                            st_stage_buf which, const char *prefix, bool check_extra,
-                           st_adapter *adapter)
+                           st_adapter *adapter, load_part part)
 {
     st_status s = ST_OK;
     const char *path = src->what;
@@ -1149,6 +1244,8 @@ static st_status load_file(const source *src, st_stage *const *stages, size_t n_
     for (size_t k = 0; s == ST_OK && k < n_stages; k++) {
         for (size_t i = 0; s == ST_OK && i < st_stage_n_params(stages[k]); i++) {
             const st_param_desc *p = st_stage_param_at(stages[k], i)->desc;
+            if (!part_takes(part, which, p))
+                continue;
             char tname[160];
             snprintf(tname, sizeof tname, "%s%s", prefix, p->name);
             const st_safetensors_entry *e = source_find(src, tname);
@@ -1204,16 +1301,39 @@ static st_status load_file(const source *src, st_stage *const *stages, size_t n_
     return s;
 }
 
+/* Was the save made by a LoRA run (its settings name the adapters)? */
+static bool lora_run(const st_checkpoint *ck)
+{
+    if (!ck->has_manifest || !ck->m.has_state)
+        return false;
+    json_t *j = json_loads(ck->m.state.settings, 0, NULL);
+    bool lora = j && json_is_object(json_object_get(j, "lora"));
+    json_decref(j);
+    return lora;
+}
+
 static st_status load_into(const st_checkpoint *ck, st_stage *const *stages, size_t n_stages,
                            st_train_state *state, bool whole, st_adapter *adapter)
 {
     st_status s = ST_OK;
+    bool adapters = have_adapters(stages, n_stages), lora = lora_run(ck);
+    if (lora && !adapters)
+        return st_error(ST_ERR_INVALID,
+                        "%s holds LoRA adapters, not a whole model: give the model they adapt "
+                        "and the adapters (--model BASE --adapter %s), or merge them first "
+                        "(strata merge --model BASE --adapter %s --out DIR)",
+                        ck->dir, ck->dir, ck->dir);
+    load_part part = !adapters ? LOAD_ALL : lora ? LOAD_ADAPTERS : LOAD_BASE;
+    if (state && part == LOAD_BASE)
+        return st_error(ST_ERR_INVALID,
+                        "%s is not a LoRA run: it has no adapters or moments to continue from",
+                        ck->dir);
     if (state && (s = st_checkpoint_get_state(ck, state)) != ST_OK)
         return s;
     source src;
     if ((s = source_open(ck, false, "model", &src)) != ST_OK)
         return s;
-    s = load_file(&src, stages, n_stages, ST_STAGE_PARAMS, "", whole, adapter);
+    s = load_file(&src, stages, n_stages, ST_STAGE_PARAMS, "", whole, adapter, part);
     source_close(&src);
     if (s == ST_OK && adapter && whole)
         s = st_adapter_check_used(adapter);
@@ -1221,8 +1341,9 @@ static st_status load_into(const st_checkpoint *ck, st_stage *const *stages, siz
         return s;
     if ((s = source_open(ck, true, "optimizer", &src)) != ST_OK)
         return s;
-    if ((s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_M, "m.", false, NULL)) == ST_OK)
-        s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_V, "v.", false, NULL);
+    if ((s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_M, "m.", false, NULL, part)) ==
+        ST_OK)
+        s = load_file(&src, stages, n_stages, ST_STAGE_ADAM_V, "v.", false, NULL, part);
     source_close(&src);
     return s;
 }

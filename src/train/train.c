@@ -55,7 +55,8 @@ float st_train_lr(const st_train_config *tc, long step)
 
 /* The settings a resumed run must share, as JSON (floats as their bits'
  * decimal form through %.9g, which reads back to the same float). */
-static char *settings_json(const st_train_config *tc, const st_dataset *ds)
+static char *settings_json(const st_train_config *tc, const st_model_config *cfg,
+                           const st_dataset *ds)
 {
     char seed[32], sum[24];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)tc->seed);
@@ -86,6 +87,13 @@ static char *settings_json(const st_train_config *tc, const st_dataset *ds)
     }
     if (tc->init_dir && tc->init_dir[0]) /* where the weights of step 0 came from */
         json_object_set_new(j, "init", json_string(tc->init_dir));
+    if (cfg->lora.rank > 0) { /* the adapters trained on the --init model */
+        char targets[160];
+        st_lora_targets_format(cfg->family, cfg->lora.targets, targets, sizeof targets);
+        json_object_set_new(j, "lora",
+                            json_pack("{s:i, s:f, s:s}", "rank", cfg->lora.rank, "alpha",
+                                      (double)cfg->lora.alpha, "targets", targets));
+    }
     char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(j);
     return text;
@@ -174,6 +182,30 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
     snprintf(data, size, "%s", d);
     const char *run = json_string_value(json_object_get(j, "run"));
     snprintf(tc->run, sizeof tc->run, "%s", run ? run : "");
+    const char *init = json_string_value(json_object_get(j, "init"));
+    snprintf(tc->init_saved, sizeof tc->init_saved, "%s", init ? init : "");
+    memset(&tc->lora, 0, sizeof tc->lora);
+    json_t *lora = json_object_get(j, "lora");
+    if (lora) {
+        json_int_t rank = 0;
+        double alpha = 0;
+        const char *targets = NULL;
+        if (json_unpack(lora, "{s:I, s:F, s:s}", "rank", &rank, "alpha", &alpha, "targets",
+                        &targets) != 0 ||
+            rank < 1 || rank > 65536 || !(alpha > 0) || !init) {
+            json_decref(j);
+            return st_error(ST_ERR_FORMAT,
+                            "'%s': the checkpoint's LoRA settings are unreadable (or it names "
+                            "no --init model); the manifest is damaged or was not written by "
+                            "strata",
+                            dir);
+        }
+        tc->lora.rank = (int)rank;
+        tc->lora.alpha = (float)alpha;
+        tc->lora.targets = 0;
+        /* the family is not known here: the names are kept as written */
+        snprintf(tc->lora_targets, sizeof tc->lora_targets, "%s", targets);
+    }
     if (id) {
         memset(id, 0, sizeof *id);
         const char *path = json_string_value(json_object_get(j, "data_path"));
@@ -396,7 +428,7 @@ static st_status save(run *r, long step, const st_dataset *ds)
                             "use --parallel pipeline",
                             step);
     }
-    char *text = settings_json(r->tc, ds);
+    char *text = settings_json(r->tc, &r->desc->cfg, ds);
     if (!text)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     snprintf(state.settings, sizeof state.settings, "%s", text);
@@ -528,11 +560,20 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
         if (st_pipe_stage(r.p, k))
             r.local[r.n_local++] = st_pipe_stage(r.p, k);
     /* A resumed run: weights, moments and step; --init: weights only, step 0. */
+    /* LoRA: the base model from --init (frozen), the adapters drawn from the
+     * seed (B zero) or, resuming, from the run with their moments. */
+    bool lora = cfg->lora.rank > 0;
+    if (s == ST_OK && lora && !tc->init_dir)
+        s = st_error(ST_ERR_INVALID, "train: LoRA adapts a model: it needs --init DIR");
+    if (s == ST_OK && lora && !tc->resume_dir)
+        s = st_pipe_init(r.p, tc->seed);
+    if (s == ST_OK && lora)
+        s = st_checkpoint_load_pipe(tc->init_dir, r.p, NULL);
     if (s == ST_OK && tc->resume_dir)
         s = st_checkpoint_load_pipe(tc->resume_dir, r.p, &state);
-    else if (s == ST_OK && tc->init_dir)
+    else if (s == ST_OK && tc->init_dir && !lora)
         s = st_checkpoint_load_pipe(tc->init_dir, r.p, NULL);
-    else if (s == ST_OK)
+    else if (s == ST_OK && !lora)
         s = st_pipe_init(r.p, tc->seed);
     long start = state.step;
     long last = tc->stop_at > 0 && tc->stop_at < tc->steps ? tc->stop_at : tc->steps;
@@ -548,7 +589,8 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
             peak += st_device_get_memory(st_stage_device(r.local[k])).peak;
         }
         st_train_event e = {.kind = ST_TRAIN_START, .step = start, .steps = tc->steps,
-                            .params = desc->param_numel, .device_bytes = bytes,
+                            .params = desc->param_numel, .trained = desc->train_numel,
+                            .device_bytes = bytes,
                             .peak_bytes = peak};
         emit(&r, &e);
     }
