@@ -157,6 +157,44 @@ expect 0 "60 of the 60 examples have more than --seq + 1 = 4 tokens" -- \
 printf '{"text": "fine"}\n{"prompt": "a", "completion": 3}\n' >"$work/bad.jsonl"
 expect 2 "bad.jsonl:2: \"completion\" is not a string" -- \
     "$strata" train --data "$work/bad.jsonl" --steps 1
+# LoRA: adapters on the Llama run's weights (frozen), trained on the sums;
+# the folder is a PEFT adapter (no config.json: not a whole model), whose
+# loss through eval --adapter and through its merged folder is the same;
+# stopped and resumed, the adapters and their moments are bitwise the
+# uninterrupted run's.
+lora=(--init "$work/la" --lora 4 --lora-alpha 8 --lora-targets q_proj,v_proj,down_proj --data "$work/sums.jsonl"
+    --seq 8 --steps 30 --lr 1e-2 --warmup 5 --batch 8 --micro-batches 2 --eval-batches 2)
+out=$("$strata" train "${lora[@]}" --out "$work/lora" --log-json "$work/lora.json" 2>&1) ||
+    fail "train --lora failed: $out"
+grep -q "parameters: [0-9,]*, of them [0-9,]* trained" <<<"$out" || fail "--lora does not say what trains: $out"
+[ -f "$work/lora/adapter_config.json" ] && [ -f "$work/lora/adapter_model.safetensors" ] &&
+    [ ! -e "$work/lora/config.json" ] || fail "--lora did not write a PEFT adapter folder: $(ls "$work/lora")"
+grep -q '"r": 4' "$work/lora/adapter_config.json" && grep -q '"lora_alpha": 8' "$work/lora/adapter_config.json" &&
+    grep -q '"down_proj"' "$work/lora/adapter_config.json" || fail "adapter_config.json: $(cat "$work/lora/adapter_config.json")"
+# (the Llama run's head, trained 12 steps, is frozen: it bounds how far the
+# loss can fall; peft's LoRA on the same folder stops near the same loss)
+before=$("$strata" eval --model "$work/la" --data "$work/sums.jsonl" --seq 8 2>&1 | grep -o 'loss [0-9.]*')
+after=$("$strata" eval --model "$work/la" --adapter "$work/lora" --data "$work/sums.jsonl" --seq 8 2>&1 |
+    grep -o 'loss [0-9.]*')
+awk -v a="${after#loss }" -v b="${before#loss }" 'BEGIN { exit !(a < b) }' ||
+    fail "LoRA: the loss on the sums did not fall: '$before' -> '$after'"
+"$strata" train "${lora[@]}" --stop-at 12 --out "$work/lora2" >/dev/null 2>&1 || fail "train --lora --stop-at failed"
+out=$("$strata" train --resume "$work/lora2" 2>&1) || fail "resuming a LoRA run failed: $out"
+cmp -s "$work/lora/adapter_model.safetensors" "$work/lora2/adapter_model.safetensors" ||
+    fail "LoRA: resumed adapters differ from the uninterrupted run's"
+cmp -s "$(newest "$work/lora" optimizer)" "$(newest "$work/lora2" optimizer)" ||
+    fail "LoRA: resumed moments differ from the uninterrupted run's"
+a=$("$strata" eval --model "$work/la" --adapter "$work/lora" --data "$work/sums.jsonl" --seq 8 2>&1 | grep -o 'loss [0-9.]*')
+"$strata" merge --model "$work/la" --adapter "$work/lora" --out "$work/lora-merged" >/dev/null 2>&1 ||
+    fail "merging the LoRA run failed"
+b=$("$strata" eval --model "$work/lora-merged" --data "$work/sums.jsonl" --seq 8 2>&1 | grep -o 'loss [0-9.]*')
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "LoRA: eval --adapter '$a', of the merged folder '$b'"
+expect 2 "holds LoRA adapters, not a whole model" -- "$strata" eval --model "$work/lora"
+expect 2 "--lora adapts a trained model" -- "$strata" train --lora 4 --steps 1
+expect 2 "--lora-alpha sets up LoRA adapters" -- "$strata" train --init "$work/la" --lora-alpha 4
+expect 2 "'wq' is not a projection of a llama model" -- "$strata" train --init "$work/la" --lora 2 --lora-targets wq
+expect 2 "--lora cannot be used with --resume" -- "$strata" train --resume "$work/lora2" --lora 2
+expect 1 "LoRA training is built for the Llama family" -- "$strata" train --init "$work/a" --lora 2 --steps 1
 # --config alone trains from random weights, and says so when weights lie beside it.
 expect 0 "are not loaded: to start from them, give --init $work/la" -- \
     "$strata" train --config "$work/la/config.json" --steps 1 --eval-batches 1 --out "$work/lcfg"
