@@ -544,6 +544,94 @@ static void lora_gradients_match_merged(void **state)
     st_model_desc_destroy(ld);
 }
 
+/* ---- activation recomputation ------------------------------------------------- */
+
+/* Two micro-batches in flight (both forwards, then the backwards in reverse),
+ * with and without recomputation, on the whole model and on its blocks
+ * alone (a middle stage: the input from outside, the output kept for the
+ * next): the same losses, outputs and gradients, bitwise; the stage holds
+ * what st_stage_sizes_of says, less for the activations. */
+static void recompute_is_bitwise(void **state)
+{
+    (void)state;
+    int T = ref.T, half = ref.B; /* micro-batch 1: the reference's batch shifted by a token */
+    size_t C = (size_t)desc->cfg.n_embd, N = (size_t)half * T;
+    int32_t *tokens = malloc(2 * N * sizeof *tokens), *targets = malloc(2 * N * sizeof *targets);
+    for (size_t i = 0; i < N; i++) {
+        tokens[i] = ref.tokens[i];
+        targets[i] = ref.targets[i];
+        tokens[N + i] = ref.tokens[(i + 1) % N];
+        targets[N + i] = ref.targets[(i + 1) % N];
+    }
+    for (int part = 0; part < 2; part++) {
+        size_t first = part == 0 ? 0 : 1, end = part == 0 ? desc->n_layers : desc->n_layers - 1;
+        uint64_t bytes[2];
+        float *grads[2] = {NULL, NULL}, *outs[2] = {NULL, NULL};
+        double loss[2] = {0, 0};
+        for (int rc = 0; rc < 2; rc++) {
+            st_stage_options o = {.first_layer = first, .end_layer = end, .batch = half,
+                                  .seq = T, .slots = 2, .training = true, .recompute = rc == 1};
+            st_stage *g = NULL;
+            assert_ok(st_stage_create(td.dev[0], desc, &o, &g));
+            st_stage_sizes z;
+            assert_ok(st_stage_sizes_of(desc, &o, &z));
+            assert_int_equal(st_stage_bytes(g), z.bytes);
+            bytes[rc] = z.bytes;
+            assert_ok(st_stage_init(g, 3));
+            assert_ok(st_stage_zero_grad(g));
+            outs[rc] = malloc(2 * N * C * sizeof(float));
+            for (int k = 0; k < 2; k++) {
+                const int32_t *tok = tokens + (size_t)k * N, *tgt = targets + (size_t)k * N;
+                if (part == 1) { /* a middle stage: an input from outside */
+                    float *x = malloc(N * C * sizeof *x);
+                    st_fill_random(x, N * C, 50 + (unsigned)k);
+                    assert_ok(st_tensor_write(st_stage_io_tensor(g, k, ST_STAGE_IN), 0, N * C, x));
+                    free(x);
+                }
+                assert_ok(st_stage_forward(g, k, part == 0 ? tok : NULL, part == 0 ? tgt : NULL,
+                                           half, T));
+                if (part == 0) {
+                    double sum = 0;
+                    long count = 0;
+                    assert_ok(st_stage_loss(g, k, tgt, half, T, &sum, &count));
+                    loss[rc] += sum;
+                } else {
+                    assert_ok(st_tensor_read(st_stage_io_tensor(g, k, ST_STAGE_OUT), 0, N * C,
+                                             outs[rc] + (size_t)k * N * C));
+                }
+            }
+            for (int k = 1; k >= 0; k--) {
+                if (part == 1) { /* the gradient of the output from outside */
+                    float *d = malloc(N * C * sizeof *d);
+                    st_fill_random(d, N * C, 70 + (unsigned)k);
+                    assert_ok(st_tensor_write(st_stage_io_tensor(g, k, ST_STAGE_DOUT), 0, N * C, d));
+                    free(d);
+                }
+                assert_ok(st_stage_backward(g, k, half, T, 0.01f));
+            }
+            size_t n = st_stage_train_numel(g);
+            grads[rc] = malloc(n * sizeof(float));
+            assert_ok(st_tensor_read(st_stage_tensor(g, ST_STAGE_GRADS), 0, n, grads[rc]));
+            if (rc == 1)
+                assert_memory_equal(grads[0], grads[1], n * sizeof(float));
+            st_stage_destroy(g);
+        }
+        if (part == 0)
+            assert_memory_equal(&loss[0], &loss[1], sizeof loss[0]);
+        else
+            assert_memory_equal(outs[0], outs[1], 2 * N * C * sizeof(float));
+        assert_true(bytes[1] < bytes[0]);
+        print_message("%s, layers %zu..%zu: %llu bytes, %llu recomputing\n", ref.file, first,
+                      end - 1, (unsigned long long)bytes[0], (unsigned long long)bytes[1]);
+        for (int i = 0; i < 2; i++) {
+            free(grads[i]);
+            free(outs[i]);
+        }
+    }
+    free(tokens);
+    free(targets);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -587,6 +675,7 @@ int main(void)
         cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_hf_like),
         cmocka_unit_test(lora_gradients_match_merged),
+        cmocka_unit_test(recompute_is_bitwise),
     };
     int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);
     failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, teardown);

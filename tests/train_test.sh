@@ -62,6 +62,18 @@ grep -q '"n_embd": 32' "$work/a/config.json" || fail "config.json lacks n_embd: 
 cmp -s <(grep '"event":"step"' "$work/a.json" | sed 's/"ms".*//') \
     <(grep '"event":"step"' "$work/b.json" | sed 's/"ms".*//') ||
     fail "two runs with one seed gave different losses"
+# Activation recomputation: the same losses and weights, bitwise.
+for rc in off on; do
+    out=$("$strata" train "${tiny[@]}" --steps 6 --micro-batches 2 --recompute $rc --out "$work/rc$rc" \
+        --log-json "$work/rc$rc.json" 2>&1) || fail "train --recompute $rc: $out"
+done
+grep -q "^plan: .*, activations recomputed$" <<<"$out" || fail "--recompute on is not in the plan line: $out"
+cmp -s <(grep '"event":"step"' "$work/rcoff.json" | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/rcon.json" | sed 's/"ms".*//') ||
+    fail "--recompute on gave other losses than off"
+cmp -s "$(newest "$work/rcoff" model)" "$(newest "$work/rcon" model)" ||
+    fail "--recompute on gave other weights than off"
+expect 2 "bad value 'yes' for --recompute: auto, on or off" -- "$strata" train --recompute yes
 # Another seed: different losses.
 "$strata" train "${tiny[@]}" --steps 3 --seed 2 --log-json "$work/s2.json" >/dev/null 2>&1
 cmp -s <(grep '"step":3,' "$work/a.json" | sed 's/"ms".*//') \

@@ -4,7 +4,9 @@
 # what is left to do. Used by tools/main.sh and tools/test.sh.
 #
 # --tests: also what the test suite's clients need: Chromium (the chat page's
-# test), and the `openai` Python package from PyPI in build/pyclients (pip
+# test), Debian's PyTorch (tools/finetune_check.sh, run by tools/test.sh,
+# installs transformers and peft beside it), and the `openai` Python package
+# from PyPI in build/pyclients (pip
 # --target: Debian's own python3 reads it through PYTHONPATH; the system's
 # packages are left alone).
 #
@@ -23,7 +25,7 @@ packages=(
 tests=0
 [ "${1:-}" = --tests ] && tests=1
 if [ $tests = 1 ]; then
-    packages+=(chromium curl python3-pip)
+    packages+=(chromium curl python3-pip python3-torch libopenblas0-pthread)
 fi
 
 missing=()

@@ -226,6 +226,12 @@ typedef struct st_stage_options {
     int kv_seqs;                   /* decoding: sequences with their own cache; 0 means 1 */
     int prefill;                   /* decoding: tokens of one sequence a pass may take (a
                                       prompt's chunk); 0 means 1 */
+    bool recompute;                /* training: blocks keep their input only, and run their
+                                      forward again before their backward (one set of block
+                                      activations for the stage instead of one per slot) */
+    int shards, shard;             /* training: the AdamW moments split over `shards`
+                                      replicas of the stage (ZeRO stage 1), this one holding
+                                      and updating part `shard`; 0 or 1: unsplit */
 } st_stage_options;
 
 /* Rows one decoding pass may hold: a prompt's chunk (prefill), or a token
@@ -241,13 +247,18 @@ static inline int st_decode_rows(int prefill, int kv_seqs)
  * them (one computation, so the two cannot disagree). */
 typedef struct st_stage_sizes {
     size_t param_numel;      /* its parameters with copies of tied ones */
-    size_t train_numel;      /* of them not frozen: the gradient and each moment buffer */
+    size_t train_numel;      /* of them not frozen: the gradient buffer */
+    size_t moment_numel;     /* each AdamW moment buffer: train_numel, or its share of a
+                              * split over replicas (st_stage_sizes_shard) */
     int param_buffers;       /* 1, or 4 when training (gradients, two AdamW moments) */
     size_t adam_run_ints;    /* AdamW's decay runs */
-    size_t slot_floats;      /* per slot: boundary tensors and every layer's activations */
+    size_t slot_floats;      /* per slot: boundary tensors and every layer's activations
+                              * (recomputing: the blocks' inputs instead of theirs) */
     size_t slot_ints;        /* per slot: tokens and targets */
     size_t work_floats;      /* backward scratch: the flowing gradient, the layers' work,
                               * the gradient norm's partial sums */
+    size_t recompute_floats; /* recomputing: one block's activations, shared by the slots */
+    size_t kept_floats;      /* recomputing: per slot, the blocks' inputs (in slot_floats) */
     size_t consts;           /* the layers' tables */
     size_t decode_floats;    /* decoding work and KV caches */
     size_t decode_ints;
@@ -256,6 +267,9 @@ typedef struct st_stage_sizes {
 
 st_status st_stage_sizes_of(const st_model_desc *desc, const st_stage_options *opt,
                             st_stage_sizes *out);
+/* The moments split over `shards` replicas (options.shards): each holds
+ * ceil(train_numel / shards) of each moment. */
+void st_stage_sizes_shard(st_stage_sizes *z, int shards);
 
 /* The same for many ranges of one model and shape (the planner's search):
  * made once, each range answered in about constant time. The shape's

@@ -105,6 +105,11 @@ typedef struct st_run_shape {
     bool training;        /* gradients, optimizer, backward passes */
     int kv_seq, kv_seqs;  /* decoding: KV cache positions and sequences (0: none) */
     int prefill;          /* decoding: tokens one pass may take (a prompt's chunk); 0: 1 */
+    bool recompute;       /* training: blocks run their forward again before their
+                           * backward, keeping only their inputs (st_stage_options) */
+    bool shard_moments;   /* training with replicas: each holds and updates 1/D of the
+                           * AdamW moments, then the weights are gathered (ZeRO-1) */
+    int moment_parts, moment_part; /* set by the pipeline for each replica's stages */
 } st_run_shape;
 
 /* Sequences per micro-batch. */
@@ -156,6 +161,7 @@ typedef struct st_plan_stage {
     int in_flight;            /* micro-batches whose activations it keeps */
     double param_bytes;       /* parameters (+ gradients and moments when training) */
     double train_numel;       /* parameters that train (gradients, AdamW) */
+    double moment_numel;      /* of them, those whose moments the stage holds */
     double act_bytes;         /* activations, all micro-batches in flight, and scratch */
     double total_bytes;
     double fwd_ms, bwd_ms;    /* per micro-batch, compute and transfers */

@@ -25,6 +25,11 @@ typedef struct st_run_plan_options {
     const char *parallel;  /* auto (NULL), pipeline, data, dp:D,pp:S */
     bool keep_all_devices; /* the devices were chosen: each gets a stage */
     bool quiet;            /* no line on stderr for a device measured for the first time */
+    bool recompute_auto;   /* training without shape->recompute: when no layout fits,
+                            * plan again with activation recomputation */
+    bool rates_only;       /* from the GEMM rates and bandwidths alone: no timing of the
+                            * model's attention or of a block (rougher times, the same
+                            * memory) */
 } st_run_plan_options;
 
 /* The GEMM a device is profiled with for this model and shape: the product

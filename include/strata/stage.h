@@ -70,6 +70,14 @@ size_t st_stage_param_numel(const st_stage *g); /* elements of the whole buffer 
  * train (frozen ones have none), first in the parameter buffer; 0 without
  * training. */
 size_t st_stage_train_numel(const st_stage *g);
+/* The trained elements whose moments this stage holds and updates: all
+ * of them, or its part when the moments are split over replicas
+ * (options.shards); [*lo, *hi) of the parameter buffer. */
+void st_stage_moment_range(const st_stage *g, size_t *lo, size_t *hi);
+/* A stage whose moments are split: the stages of every part, in part
+ * order (itself among them; they outlive it), through which
+ * st_stage_read and st_stage_write reach a parameter's whole moments. */
+void st_stage_set_peers(st_stage *g, st_stage *const *peers);
 /* Memory the stage holds on its device, in bytes. */
 uint64_t st_stage_bytes(const st_stage *g);
 

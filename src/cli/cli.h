@@ -102,6 +102,8 @@ typedef struct cli_plan_opts {
     st_run_shape shape;    /* micro_batches 0: the planner chooses */
     bool devices_explicit; /* --devices or STRATA_DEVICES given: use them all */
     bool quiet;
+    bool recompute_auto;   /* training: recompute activations when nothing fits else */
+    bool rates_only;       /* plan: no attention or block timing (st_run_plan_options) */
 } cli_plan_opts;
 
 /* --mem-limit's INDEX:SIZE list onto the chosen devices (devs NULL: its

@@ -34,6 +34,12 @@ static void help(void)
            "                      planner's choice, timed)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
            "  --inference         plan a forward pass only (no gradients or optimizer)\n"
+           "  --recompute WHEN    activation recomputation (as `strata train`): auto\n"
+           "                      (default: when nothing fits without), on, off\n"
+           "  --lora R            LoRA adapters of rank R (Llama family): the weights\n"
+           "                      frozen, gradients and moments for the adapters only\n"
+           "  --lora-targets L    all (default) or a list of projections (q_proj,...)\n"
+           "  --shard-optimizer   replicas split the AdamW moments (as `strata train`)\n"
            "devices:\n"
            "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
            "  --split HOW         auto (default), uniform, ratio:3,1, layers:0-5,6-11\n"
@@ -44,6 +50,11 @@ static void help(void)
            "                      (weights, gradients, optimizer state, activations,\n"
            "                      buffers; the planner's one-time device measurement is\n"
            "                      not counted against it)\n"
+           "  --rates-only        predict from the devices' GEMM rates and bandwidths\n"
+           "                      alone, without timing the model's attention and one\n"
+           "                      of its blocks (quick for shapes too large to time on\n"
+           "                      this machine; the times are rougher, the memory the\n"
+           "                      same)\n"
            "  --json              the plan as JSON\n"
            "  -h, --help          this text\n"
            "\n"
@@ -77,6 +88,7 @@ static void print_json(const st_plan *plan, const cli_devices *devs,
                           "stages", stages, "step_ms", plan->step_ms, "bubble", plan->bubble,
                           "one_device_ms", plan->one_device_ms, "speedup", plan->speedup, "note",
                           plan->note);
+    json_object_set_new(j, "recompute", json_boolean(r->recompute));
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (text)
         printf("%s\n", text);
@@ -99,12 +111,19 @@ int cmd_plan(int argc, char **argv)
         {"arch", required_argument, NULL, 'a'},      {"kv-heads", required_argument, NULL, 'K'},
         {"inner", required_argument, NULL, 'F'},     {"rope-theta", required_argument, NULL, 'R'},
         {"tie", no_argument, NULL, 't'},             {"help", no_argument, NULL, 'h'},
+        {"recompute", required_argument, NULL, 'r'}, {"lora", required_argument, NULL, 'l'},
+        {"lora-targets", required_argument, NULL, 'g'},
+        {"shard-optimizer", no_argument, NULL, 'z'},
+        {"rates-only", no_argument, NULL, 'q'},
         {NULL, 0, NULL, 0}};
     const char *model = NULL, *config = NULL, *devices = NULL;
     long L = 2, C = 64, NH = 4, P = 12, V = 256, B = 64, T = 0, m = 0; /* 0: chosen */
     bool json = false, given_pos = false, sizes_given = false;
     cli_model_flags mf = {0};
-    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true}};
+    cli_plan_opts po = {.shape = {.schedule = ST_SCHED_1F1B, .training = true},
+                        .recompute_auto = true};
+    long lora = 0;
+    const char *lora_targets = "all";
     int c, li;
     optind = 1;
     opterr = 0;
@@ -131,6 +150,18 @@ int cmd_plan(int argc, char **argv)
                 return cli_usage_error("plan", "%s", st_last_error());
             break;
         case 'i': po.shape.training = false; break;
+        case 'r':
+            if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "on") != 0 &&
+                strcmp(optarg, "off") != 0)
+                return cli_usage_error("plan", "bad value '%s' for --recompute: auto, on or off",
+                                       optarg);
+            po.shape.recompute = strcmp(optarg, "on") == 0;
+            po.recompute_auto = strcmp(optarg, "auto") == 0;
+            break;
+        case 'l': ok = cli_parse_long(optarg, 1, 65536, &lora); break;
+        case 'g': lora_targets = optarg; break;
+        case 'z': po.shape.shard_moments = true; break;
+        case 'q': po.rates_only = true; break;
         case 'd': devices = optarg; break;
         case 'S': po.split = optarg; break;
         case 'A': po.parallel = optarg; break;
@@ -169,6 +200,11 @@ int cmd_plan(int argc, char **argv)
         mf.heads = NH;
         s = cli_model_config(&mf, &cfg);
     }
+    if (s == ST_OK && lora > 0) {
+        cfg.lora.rank = (int)lora;
+        cfg.lora.alpha = (float)lora;
+        s = st_lora_targets_parse(cfg.family, lora_targets, &cfg.lora.targets);
+    }
     if (s != ST_OK)
         return cli_fail(s);
     if (!T)
@@ -194,7 +230,10 @@ int cmd_plan(int argc, char **argv)
         else {
             char line[256];
             cli_model_describe(&cfg, line, sizeof line);
-            printf("model: %s, %zu parameters\n", line, desc->param_numel);
+            printf("model: %s, %zu parameters", line, desc->param_numel);
+            if (desc->train_numel < desc->param_numel)
+                printf(" (%zu trained: LoRA rank %d)", desc->train_numel, cfg.lora.rank);
+            printf("\n");
             cli_plan_print(&plan, desc, &devs, prof, &po, stdout);
         }
     }

@@ -130,6 +130,16 @@ static void help(void)
            "  --micro-batches N   split each replica's batch into N pipeline micro-batches\n"
            "                      (default: the planner's choice, timed)\n"
            "  --schedule S        1f1b (default) or gpipe\n"
+           "  --recompute WHEN    activation recomputation: each block keeps its input\n"
+           "                      only and runs its forward again before its backward\n"
+           "                      (the same losses, bitwise; blocks' activations once\n"
+           "                      per stage instead of once per micro-batch in flight,\n"
+           "                      for about a third more compute): auto (default: when\n"
+           "                      no layout fits without), on, off\n"
+           "  --shard-optimizer   with D replicas, each holds and updates 1/D of the AdamW\n"
+           "                      moments, then the weights are gathered (ZeRO stage 1;\n"
+           "                      the same losses, bitwise; the planner counts the\n"
+           "                      smaller state; one process: not under mpirun yet)\n"
            "  --mem-limit LIST    the most the run may hold on each device, e.g. 0:2G,1:6G\n"
            "                      (weights, gradients, optimizer state, activations,\n"
            "                      buffers; the planner's one-time device measurement is\n"
@@ -454,7 +464,7 @@ enum {
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
     O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_INIT, O_LORA, O_LORA_ALPHA, O_LORA_TARGETS,
-    O_DEVICES
+    O_RECOMPUTE, O_SHARD, O_DEVICES
 };
 
 /* --log-json: a regular file (created or emptied) or a character device
@@ -622,6 +632,8 @@ static int train_command(int argc, char **argv)
         {"lora", required_argument, NULL, O_LORA},
         {"lora-alpha", required_argument, NULL, O_LORA_ALPHA},
         {"lora-targets", required_argument, NULL, O_LORA_TARGETS},
+        {"recompute", required_argument, NULL, O_RECOMPUTE},
+        {"shard-optimizer", no_argument, NULL, O_SHARD},
         {"stop-at", required_argument, NULL, O_STOP_AT},
         {"log-every", required_argument, NULL, O_LOG_EVERY},
         {"log-json", required_argument, NULL, O_LOG_JSON},
@@ -641,7 +653,7 @@ static int train_command(int argc, char **argv)
     st_train_config_defaults(&tc);
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
     const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL, *parallel = NULL;
-    const char *init = NULL, *lora_targets = "all";
+    const char *init = NULL, *lora_targets = "all", *recompute = "auto";
     long lora_rank = 0;
     double lora_alpha = 0;
     bool force = false;
@@ -695,6 +707,13 @@ static int train_command(int argc, char **argv)
         case O_LORA: ok = cli_parse_long(arg, 1, 65536, &lora_rank); break;
         case O_LORA_ALPHA: ok = cli_parse_double(arg, 1e-6, 1e6, &lora_alpha); break;
         case O_LORA_TARGETS: lora_targets = arg; break;
+        case O_SHARD: tc.shape.shard_moments = true; break;
+        case O_RECOMPUTE:
+            recompute = arg;
+            if (strcmp(arg, "auto") != 0 && strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0)
+                return cli_usage_error("train", "bad value '%s' for --recompute: auto, on or off",
+                                       arg);
+            break;
         case O_STOP_AT: ok = cli_parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
         case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
         case O_LOG_JSON: log_json = arg; break;
@@ -1045,6 +1064,9 @@ static int train_command(int argc, char **argv)
                         .shape = tc.shape,
                         .devices_explicit = devices != NULL || getenv("STRATA_DEVICES") != NULL};
     po.shape.micro_batches = micro_auto ? 0 : tc.shape.micro_batches;
+    po.shape.recompute = strcmp(recompute, "on") == 0;
+    po.shape.shard_moments = tc.shape.shard_moments;
+    po.recompute_auto = strcmp(recompute, "auto") == 0;
     if (!micro_auto && tc.shape.batch % tc.shape.micro_batches != 0)
         s = st_error(ST_ERR_INVALID,
                      "a batch of %d sequences does not split into %d equal micro-batches",

@@ -84,7 +84,9 @@ st_status cli_make_plan(cli_devices *devs, const st_model_desc *desc, const cli_
     if (s != ST_OK)
         return s;
     st_run_plan_options ro = {.split = o->split, .parallel = o->parallel,
-                              .keep_all_devices = o->devices_explicit, .quiet = o->quiet};
+                              .keep_all_devices = o->devices_explicit, .quiet = o->quiet,
+                              .recompute_auto = o->recompute_auto,
+                              .rates_only = o->rates_only};
     return st_run_plan(devs->dev, devs->n, desc, &o->shape, &ro, plan, prof);
 }
 
@@ -141,11 +143,15 @@ void cli_plan_print(const st_plan *plan, const st_model_desc *desc, const cli_de
                 reps, plan->n_stages, plan->n_stages == 1 ? "" : "s", all, all == 1 ? "" : "s",
                 G, G == 1 ? "" : "es", G > 1 ? " streamed through the stages" : "");
     } else
-        fprintf(f, "plan: %s%zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s\n", reps,
+        fprintf(f, "plan: %s%zu stage%s, %s, %d micro-batch%s of %d x %d tokens%s%s%s%s\n", reps,
                 plan->n_stages, plan->n_stages == 1 ? "" : "s", st_schedule_name(r->schedule),
                 r->micro_batches, r->micro_batches == 1 ? "" : "es", per / r->micro_batches,
                 r->seq, o->shape.micro_batches ? "" : " (micro-batches chosen by the planner)",
-                r->training ? "" : " (inference)");
+                r->training ? "" : " (inference)",
+                !r->recompute             ? ""
+                : o->shape.recompute      ? ", activations recomputed"
+                                          : ", activations recomputed (nothing fits without)",
+                r->shard_moments && R > 1 ? ", AdamW moments split over the replicas" : "");
     /* The layouts weighed, when there was a choice. */
     if (plan->n_alts > 1) {
         cli_table *a = cli_table_new(6);

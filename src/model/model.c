@@ -344,7 +344,8 @@ struct st_sizes_table {
     size_t n, levels;
     size_t *params, *train, *act, *kv, *consts; /* prefix sums: entry l covers layers [0, l) */
     size_t *changes;                     /* decay changes within layers [0, l) and between them */
-    size_t **work, **dec;                /* sparse tables of the maxima: [k][l] over [l, l + 2^k) */
+    size_t *bact, *after_block;          /* blocks' activations; layers whose input a block makes */
+    size_t **work, **dec, **bmax;        /* sparse tables of the maxima: [k][l] over [l, l + 2^k) */
 };
 
 void st_sizes_table_free(st_sizes_table *t)
@@ -357,12 +358,16 @@ void st_sizes_table_free(st_sizes_table *t)
     free(t->kv);
     free(t->consts);
     free(t->changes);
+    free(t->bact);
+    free(t->after_block);
     for (size_t k = 0; k < t->levels; k++) {
         free(t->work ? t->work[k] : NULL);
         free(t->dec ? t->dec[k] : NULL);
+        free(t->bmax ? t->bmax[k] : NULL);
     }
     free(t->work);
     free(t->dec);
+    free(t->bmax);
     free(t);
 }
 
@@ -383,14 +388,17 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
     t->levels = 1;
     while (((size_t)1 << t->levels) <= n)
         t->levels++;
-    size_t **arrays[6] = {&t->params, &t->train, &t->act, &t->kv, &t->consts, &t->changes};
+    size_t **arrays[8] = {&t->params, &t->train,  &t->act,  &t->kv,
+                          &t->consts, &t->changes, &t->bact, &t->after_block};
     bool ok = true;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 8; i++)
         ok = ok && (*arrays[i] = calloc(n + 1, sizeof(size_t)));
     ok = ok && (t->work = calloc(t->levels, sizeof *t->work)) &&
-         (t->dec = calloc(t->levels, sizeof *t->dec));
+         (t->dec = calloc(t->levels, sizeof *t->dec)) &&
+         (t->bmax = calloc(t->levels, sizeof *t->bmax));
     for (size_t k = 0; ok && k < t->levels; k++)
-        ok = (t->work[k] = calloc(n, sizeof(size_t))) && (t->dec[k] = calloc(n, sizeof(size_t)));
+        ok = (t->work[k] = calloc(n, sizeof(size_t))) && (t->dec[k] = calloc(n, sizeof(size_t))) &&
+             (t->bmax[k] = calloc(n, sizeof(size_t)));
     if (!ok) {
         st_sizes_table_free(t);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory sizing %zu layers", n);
@@ -414,6 +422,11 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
             tr += ld->params[i].frozen ? 0 : ld->params[i].numel;
         t->train[l + 1] = t->train[l] + tr;
         t->act[l + 1] = t->act[l] + st_layer_act_floats(ld, B, T);
+        bool block = ld->kind == ST_LAYER_BLOCK;
+        t->bact[l + 1] = t->bact[l] + (block ? st_layer_act_floats(ld, B, T) : 0);
+        t->after_block[l + 1] =
+            t->after_block[l] + (l > 0 && d->layers[l - 1].kind == ST_LAYER_BLOCK);
+        t->bmax[0][l] = block ? st_layer_act_floats(ld, B, T) : 0;
         t->kv[l + 1] = t->kv[l] + Q * S * ld->kv_per_position;
         t->consts[l + 1] = t->consts[l] + ld->consts;
         t->changes[l + 1] = t->changes[l] + ch;
@@ -430,6 +443,9 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
             a = t->dec[k - 1][l];
             b = t->dec[k - 1][h];
             t->dec[k][l] = a > b ? a : b;
+            a = t->bmax[k - 1][l];
+            b = t->bmax[k - 1][h];
+            t->bmax[k][l] = a > b ? a : b;
         }
     *out = t;
     return ST_OK;
@@ -534,6 +550,16 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         if (o->training)
             z.work_floats = N * in_floats + range_max(t->work, first, end) + (end - first) +
                             ST_SUMSQ_PARTS; /* a squared gradient sum per layer */
+        if (o->training && o->recompute) {
+            /* The blocks' activations once for the stage; per slot, the
+             * input of every layer that follows a block (the stage's output
+             * too, when a block makes it). */
+            size_t kept = t->after_block[end] - t->after_block[first + 1] +
+                          (!has_head && desc->layers[end - 1].kind == ST_LAYER_BLOCK);
+            z.kept_floats = kept * N * desc->layers[first].out_floats_per_token;
+            z.slot_floats += z.kept_floats - (t->bact[end] - t->bact[first]);
+            z.recompute_floats = range_max(t->bmax, first, end);
+        }
     }
     if (S > 0) {
         z.decode_floats = P * in_floats + range_max(t->dec, first, end) + t->kv[end] -
@@ -541,10 +567,13 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         z.decode_ints = 3 * P; /* the tokens, and the rows' sequences and positions */
     }
     z.consts = t->consts[end] - t->consts[first];
+    z.moment_numel = o->training ? z.train_numel : 0;
     z.bytes = 4 * ((uint64_t)z.param_numel +
-                   (uint64_t)z.train_numel * (uint64_t)(z.param_buffers - 1) + z.adam_run_ints +
+                   (o->training ? (uint64_t)z.train_numel + 2 * (uint64_t)z.moment_numel : 0) +
+                   z.adam_run_ints +
                    (N > 0 ? (uint64_t)nslots * (z.slot_floats + z.slot_ints) : 0) +
-                   z.work_floats + z.consts + z.decode_floats + z.decode_ints);
+                   z.work_floats + z.recompute_floats + z.consts + z.decode_floats +
+                   z.decode_ints);
     *out = z;
 }
 
@@ -561,5 +590,18 @@ st_status st_stage_sizes_of(const st_model_desc *desc, const st_stage_options *o
         return s;
     st_sizes_table_range(t, first, end, opt->slots, out);
     st_sizes_table_free(t);
+    if (opt->training && opt->shards > 1)
+        st_stage_sizes_shard(out, opt->shards);
     return ST_OK;
+}
+
+void st_stage_sizes_shard(st_stage_sizes *z, int shards)
+{
+    if (shards <= 1 || z->param_buffers < 4)
+        return;
+    size_t m = (z->train_numel + (size_t)shards - 1) / (size_t)shards;
+    /* each part runs AdamW per parameter piece: no decay runs */
+    z->bytes -= 4 * (2 * (uint64_t)(z->moment_numel - m) + z->adam_run_ints);
+    z->moment_numel = m;
+    z->adam_run_ints = 0;
 }

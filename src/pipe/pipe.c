@@ -225,12 +225,24 @@ static st_status create_replicas(const st_plan *plan, const st_model_desc *desc,
             one->shape.batch = o->batch / (int)R;
         if (o->kv_seqs > 0)
             one->shape.kv_seqs = (o->kv_seqs + (int)R - 1) / (int)R;
+        if (o->training && o->shard_moments) {
+            one->shape.moment_parts = (int)R;
+            one->shape.moment_part = (int)r;
+        }
         if ((s = st_pipe_create(one, desc, devs, NULL, &p->rep[r])) == ST_OK)
             p->rep[r]->group = p;
         else
             st_error_context("replica %zu", r);
     }
     free(one);
+    /* split moments: each part's stage reaches the others' */
+    for (size_t k = 0; s == ST_OK && o->training && o->shard_moments && k < S; k++) {
+        st_stage *peers[ST_PLAN_MAX_REPLICAS];
+        for (size_t r = 0; r < R; r++)
+            peers[r] = p->rep[r]->stage[k];
+        for (size_t r = 0; r < R; r++)
+            st_stage_set_peers(p->rep[r]->stage[k], peers);
+    }
     if (s != ST_OK) {
         st_pipe_destroy(p);
         return s;
@@ -258,6 +270,10 @@ static st_status create_mpi_replica(const st_plan *plan, const st_model_desc *de
                         "pipeline: a batch of %d does not split into %zu replicas of %d "
                         "micro-batches",
                         o->batch, R, o->micro_batches);
+    if (o->training && o->shard_moments)
+        return st_error(ST_ERR_UNSUPPORTED,
+                        "--shard-optimizer splits the moments over replicas in one process; "
+                        "over MPI ranks it is not built yet: leave it out under mpirun");
     st_plan *one = malloc(sizeof *one);
     if (!one)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -335,8 +351,10 @@ st_status st_pipe_create(const st_plan *plan, const st_model_desc *desc, st_devi
         p->slots[k] = plan->stage[k].in_flight;
         st_stage_options go = {.first_layer = p->first[k], .end_layer = p->end[k],
                                .batch = p->micro_batch, .seq = o->seq, .slots = p->slots[k],
-                               .training = o->training, .kv_seq = o->kv_seq,
-                               .kv_seqs = o->kv_seqs, .prefill = o->prefill};
+                               .training = o->training, .recompute = o->recompute,
+                               .shards = o->moment_parts, .shard = o->moment_part,
+                               .kv_seq = o->kv_seq, .kv_seqs = o->kv_seqs,
+                               .prefill = o->prefill};
         bool here = is_local(comm, k), next_here = k + 1 < n_stages && is_local(comm, k + 1);
         if (here) {
             p->dev[k] = devs[plan->stage[k].device];
@@ -379,7 +397,9 @@ st_status st_pipe_replicate(st_pipe *p)
         if (!host)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
         st_stage_buf bufs[] = {ST_STAGE_PARAMS, ST_STAGE_ADAM_M, ST_STAGE_ADAM_V};
-        for (int b = 0; s == ST_OK && b < (p->o.training ? 3 : 1); b++) {
+        /* split moments: each replica keeps its own part */
+        int bufs_n = !p->o.training ? 1 : p->o.shard_moments ? 1 : 3;
+        for (int b = 0; s == ST_OK && b < bufs_n; b++) {
             /* the moments: of the parameters that train */
             size_t len = b == 0 ? n : st_stage_train_numel(g0);
             if (len == 0)
@@ -1016,6 +1036,34 @@ static st_status test_drift(st_pipe *p, size_t replica, long step)
     return ST_OK;
 }
 
+/* Split moments: each replica updated its part of the weights; every
+ * replica gets every part (through host memory, a bucket at a time), so
+ * all hold the same bits again. */
+static st_status gather_parts(st_pipe *const *pipes, size_t n)
+{
+    st_status s = ST_OK;
+    size_t bucket = (size_t)1 << 20;
+    float *buf = malloc(bucket * sizeof *buf);
+    if (!buf)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t k = 0; s == ST_OK && k < pipes[0]->S; k++)
+        for (size_t r = 0; s == ST_OK && r < n; r++) {
+            size_t lo, hi;
+            st_stage_moment_range(pipes[r]->stage[k], &lo, &hi);
+            for (size_t off = lo; s == ST_OK && off < hi; off += bucket) {
+                size_t len = hi - off < bucket ? hi - off : bucket;
+                s = st_tensor_read(st_stage_tensor(pipes[r]->stage[k], ST_STAGE_PARAMS), off, len,
+                                   buf);
+                for (size_t q = 0; s == ST_OK && q < n; q++)
+                    if (q != r)
+                        s = st_tensor_write(st_stage_tensor(pipes[q]->stage[k], ST_STAGE_PARAMS),
+                                            off, len, buf);
+            }
+        }
+    free(buf);
+    return s;
+}
+
 /* The end of a step once the gradients are whole: the norm, and the update
  * of every pipeline in pipes (a group's replicas, or the pipe itself), or
  * none when the loss or the norm is not finite. */
@@ -1040,10 +1088,12 @@ static st_status finish_step(st_pipe *p, st_pipe *const *pipes, size_t n, double
     (void)p;
     float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
     for (size_t r = 0; s == ST_OK && r < n; r++)
-        if ((s = apply_step(pipes[r], hp, step, scale)) == ST_OK)
-            s = test_drift(pipes[r], n > 1 ? r : pipes[r]->comm ? (size_t)pipes[r]->comm->replica
-                                                                 : 0,
-                           step);
+        s = apply_step(pipes[r], hp, step, scale);
+    if (s == ST_OK && n > 1 && pipes[0]->o.moment_parts > 1)
+        s = gather_parts(pipes, n);
+    for (size_t r = 0; s == ST_OK && r < n; r++)
+        s = test_drift(pipes[r], n > 1 ? r : pipes[r]->comm ? (size_t)pipes[r]->comm->replica : 0,
+                       step);
     return s;
 }
 

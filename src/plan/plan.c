@@ -165,7 +165,8 @@ static st_status sums_init(const st_plan_input *in, size_t groups, sums *z)
             return st_error(ST_ERR_HOST_MEMORY, "plan: out of host memory for %zu layers", n);
         }
     st_stage_options shape = {.batch = (int)B, .seq = in->shape.seq,
-                              .training = in->shape.training, .kv_seq = in->shape.kv_seq,
+                              .training = in->shape.training, .recompute = in->shape.recompute,
+                              .kv_seq = in->shape.kv_seq,
                               .kv_seqs = in->shape.kv_seqs, .prefill = in->shape.prefill};
     st_status s = st_sizes_table_make(m, &shape, &z->sizes);
     if (s != ST_OK) {
@@ -175,9 +176,12 @@ static st_status sums_init(const st_plan_input *in, size_t groups, sums *z)
     for (size_t l = 0; l < n; l++) {
         const st_layer_desc *ld = &m->layers[l];
         z->fwd[l + 1] = z->fwd[l] + st_layer_fwd_flops(ld, B, T);
-        z->bwd[l + 1] = z->bwd[l] + st_layer_bwd_flops(ld, B, T);
+        /* recomputing: a block's backward runs its forward first */
+        bool again = in->shape.training && in->shape.recompute && ld->kind == ST_LAYER_BLOCK;
+        z->bwd[l + 1] = z->bwd[l] + st_layer_bwd_flops(ld, B, T) +
+                        (again ? st_layer_fwd_flops(ld, B, T) : 0);
         z->launches_f[l + 1] = z->launches_f[l] + ld->launches_fwd;
-        z->launches_b[l + 1] = z->launches_b[l] + ld->launches_bwd;
+        z->launches_b[l + 1] = z->launches_b[l] + ld->launches_bwd + (again ? ld->launches_fwd : 0);
         z->blocks[l + 1] = z->blocks[l] + (ld->kind == ST_LAYER_BLOCK);
         z->ctx[l + 1] = z->ctx[l] + (double)B * T * T *
                                         (ld->fwd_flops_per_token_ctx +
@@ -241,9 +245,14 @@ static void stage_cost_model(const st_plan_input *in, const sums *z, const st_de
     /* Memory: exactly what the stage will allocate. */
     st_stage_sizes sz;
     st_sizes_table_range(z->sizes, a, b, out->in_flight, &sz);
+    if (in->shape.training && in->shape.moment_parts > 1) /* each replica its part */
+        st_stage_sizes_shard(&sz, in->shape.moment_parts);
     out->param_bytes = 4.0 * ((double)sz.param_numel +
-                              (double)sz.train_numel * (double)(sz.param_buffers - 1));
+                              (in->shape.training
+                                   ? (double)sz.train_numel + 2.0 * (double)sz.moment_numel
+                                   : 0));
     out->train_numel = in->shape.training ? (double)sz.train_numel : 0;
+    out->moment_numel = in->shape.training ? (double)sz.moment_numel : 0;
     out->total_bytes = (double)sz.bytes;
     out->act_bytes = out->total_bytes - out->param_bytes;
 }
@@ -272,7 +281,8 @@ static void stage_cost(const st_plan_input *in, const sums *z, const st_device_p
     stage_cost_model(in, z, d, l0, l0 + 1, 0, 1, &one);
     out->fwd_ms += (double)nb * (d->block_fwd_ms[j] * per - one.fwd_ms);
     if (in->shape.training)
-        out->bwd_ms += (double)nb * (d->block_bwd_ms[j] * per - one.bwd_ms);
+        out->bwd_ms += (double)nb * (d->block_bwd_ms[j] * per - one.bwd_ms +
+                                     (in->shape.recompute ? d->block_fwd_ms[j] * per : 0));
 }
 
 /* The profile stage j works at in a plan over devices[0..S): its shared rate
@@ -310,7 +320,7 @@ static double optimizer_ms(const st_plan_input *in, const st_plan_stage *st,
         return 0;
     /* AdamW streams four buffers: count it as 12 FLOPs per parameter at a
      * tenth of the GEMM rate, element-wise work being memory-bound. */
-    double numel = st->train_numel;
+    double numel = st->moment_numel; /* its part, when the moments are split */
     return numel * 12.0 / (d->gflops * 0.1 * 1e6);
 }
 
@@ -864,6 +874,8 @@ static st_status plan_replicas(const st_plan_input *in, size_t R, size_t K, bool
         one.shape.batch = in->shape.batch / (int)R;
     if (decoding)
         one.shape.kv_seqs = (in->shape.kv_seqs + (int)R - 1) / (int)R;
+    if (in->shape.training && in->shape.shard_moments && R > 1)
+        one.shape.moment_parts = (int)R; /* the planner's memory: each replica's part */
     st_plan p;
     st_status s = plan_pipeline(&one, &p);
     if (s != ST_OK)

@@ -9,6 +9,7 @@
  * the same hardware measured running at once. quiet: no line for a device
  * measured for the first time. */
 st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *desc,
-                         const st_run_shape *shape, bool quiet, st_device_profile *prof);
+                         const st_run_shape *shape, bool quiet, bool rates_only,
+                         st_device_profile *prof);
 
 #endif

@@ -20,7 +20,7 @@ st_status st_run_plan_mpi(st_device *const *devs, const size_t *index, size_t n,
     /* Devices sharing hardware within this rank are measured together; the
      * rank in the hardware's name keeps other ranks' devices out of the
      * group (they were not measured with these). */
-    st_status s = st_run_measure(devs, n, desc, shape, true, mine);
+    st_status s = st_run_measure(devs, n, desc, shape, true, false, mine);
     for (size_t i = 0; s == ST_OK && i < n; i++) {
         char label[256], hw[64];
         snprintf(label, sizeof label, "rank %d: %zu %.200s", rank, index[i], mine[i].name);

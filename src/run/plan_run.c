@@ -209,10 +209,13 @@ static st_status profile_blocks(st_device *const *devs, size_t n, const st_model
         double expect = 0;
         bool stop = false;
         for (int k = n_sizes - 1; k >= 0; k--) {
-            snprintf(what[k], sizeof what[k], "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s%s",
+            char lora[48] = ""; /* adapters change a block's work */
+            if (c->lora.rank > 0)
+                snprintf(lora, sizeof lora, " lora%d-%x", c->lora.rank, c->lora.targets);
+            snprintf(what[k], sizeof what[k], "block v2 %s C%d H%d KV%d F%d bias%d%d B%d T%d %s%s%s",
                      c->model_type, c->n_embd, c->n_head, c->n_kv_head, c->n_inner,
                      c->attn_bias, c->attn_out_bias, sizes[k], T,
-                     shape->training ? "train" : "forward", kv > 0 ? decode_key(kv) : "");
+                     shape->training ? "train" : "forward", kv > 0 ? decode_key(kv) : "", lora);
             t[k][0] = t[k][1] = 0;
             done[k] = st_device_cached_seconds(devs[i], what[k], 2, t[k]);
             if (done[k])
@@ -377,7 +380,8 @@ static st_status profile_blocks_shared(st_device *const *devs, size_t n,
 }
 
 static st_status measure_all(st_device *const *devs, size_t n, const st_model_desc *desc,
-                             const st_run_shape *shape, bool quiet, st_device_profile *prof);
+                             const st_run_shape *shape, bool quiet, bool rates_only,
+                             st_device_profile *prof);
 
 /* Profiles of devs for this model and shape (cached); devices on the same
  * hardware (PoCL's CPU devices) are measured running at once too.
@@ -390,7 +394,8 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
  * measured before planned the same model). Everything they allocate is freed
  * before the limit is set back. */
 st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *desc,
-                         const st_run_shape *shape, bool quiet, st_device_profile *prof)
+                         const st_run_shape *shape, bool quiet, bool rates_only,
+                         st_device_profile *prof)
 {
     uint64_t limit[ST_PLAN_MAX_STAGES];
     if (n > ST_PLAN_MAX_STAGES)
@@ -402,7 +407,7 @@ st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *
         if (s != ST_OK)
             return s; /* cannot happen: the device's own memory holds what is in use */
     }
-    st_status s = measure_all(devs, n, desc, shape, quiet, prof);
+    st_status s = measure_all(devs, n, desc, shape, quiet, rates_only, prof);
     for (size_t i = 0; i < n; i++) {
         st_status r = st_device_set_capacity(devs[i], limit[i]);
         if (s == ST_OK)
@@ -413,7 +418,8 @@ st_status st_run_measure(st_device *const *devs, size_t n, const st_model_desc *
 }
 
 static st_status measure_all(st_device *const *devs, size_t n, const st_model_desc *desc,
-                             const st_run_shape *shape, bool quiet, st_device_profile *prof)
+                             const st_run_shape *shape, bool quiet, bool rates_only,
+                             st_device_profile *prof)
 {
     size_t pm, pn, pk;
     st_run_profile_shape(desc, shape, &pm, &pn, &pk);
@@ -430,8 +436,8 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
                     st_device_label(devs[i]), prof[i].gflops, 100 * prof[i].gflops_spread,
                     prof[i].h2d_gbps, prof[i].d2h_gbps);
     }
-    if ((s = profile_attention(devs, n, desc, shape, prof)) != ST_OK ||
-        (s = profile_blocks(devs, n, desc, shape, quiet, prof)) != ST_OK ||
+    if ((!rates_only && (s = profile_attention(devs, n, desc, shape, prof)) != ST_OK) ||
+        (!rates_only && (s = profile_blocks(devs, n, desc, shape, quiet, prof)) != ST_OK) ||
         (s = st_device_profile_shared(devs, n, pm, pn, pk, prof)) != ST_OK)
         return s;
     for (size_t i = 0; i < n; i++)
@@ -474,10 +480,22 @@ st_status st_run_plan(st_device *const *devs, size_t n, const st_model_desc *des
     if (s == ST_OK)
         s = st_parallel_parse(o->parallel, &par);
     if (s != ST_OK || (s = params_fit(devs, n, desc, shape->training)) != ST_OK ||
-        (s = st_run_measure(devs, n, desc, shape, o->quiet, prof)) != ST_OK)
+        (s = st_run_measure(devs, n, desc, shape, o->quiet, o->rates_only, prof)) != ST_OK)
         return s;
     st_plan_input in = {.desc = desc, .shape = *shape, .n_devices = n, .devices = prof,
                         .split = split, .keep_all_devices = o->keep_all_devices,
                         .parallel = par};
-    return st_plan_make(&in, plan);
+    s = st_plan_make(&in, plan);
+    if (s != ST_OK && o->recompute_auto && shape->training && !shape->recompute) {
+        /* Short of memory: the blocks' activations once per stage instead
+         * of once per micro-batch in flight, for a third more compute. */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", st_last_error());
+        in.shape.recompute = true;
+        if ((s = st_plan_make(&in, plan)) != ST_OK) {
+            st_error_clear();
+            s = st_error(ST_ERR_INVALID, "%s; with activation recomputation too", why);
+        }
+    }
+    return s;
 }

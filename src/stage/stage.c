@@ -45,6 +45,18 @@ struct st_stage {
     st_tensor **slot_buf, **x0, **dout, **tokens, **targets, **out;
     st_tensor **layer_acts; /* [layer * slots + slot] */
     const st_tensor **xin;  /* the input each layer's forward had, same index */
+    /* recomputing (opt.recompute): one set of block activations for all
+     * slots, and per slot the input of each layer that follows a block
+     * [layer * slots + slot] (NULL elsewhere) and the stage's output */
+    bool recompute;
+    st_tensor *recomp, **kept, **kept_out;
+    /* the moments split over replicas: this stage holds and updates the
+     * trained elements [mom_lo, mom_hi); peers: every part's stage, in
+     * order (set by st_stage_set_peers), through which the moments of a
+     * parameter are read and written whole */
+    int shards, shard;
+    size_t mom_lo, mom_hi;
+    st_stage **peers;
 
     st_tensor *scratch, *dres, *work, *sumsq_acc, *sumsq_parts;
     st_tensor *adam_runs;
@@ -172,6 +184,12 @@ size_t st_stage_train_numel(const st_stage *g)
     return g->training ? g->sizes.train_numel : 0;
 }
 
+void st_stage_moment_range(const st_stage *g, size_t *lo, size_t *hi)
+{
+    *lo = g->shards > 1 ? g->mom_lo : 0;
+    *hi = g->shards > 1 ? g->mom_hi : st_stage_train_numel(g);
+}
+
 uint64_t st_stage_bytes(const st_stage *g)
 {
     return g->bytes;
@@ -294,10 +312,17 @@ static st_status make_slots(st_stage *g)
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     g->layer_acts = calloc(S * n, sizeof *g->layer_acts);
     g->xin = calloc(S * n, sizeof *g->xin);
-    if (!g->layer_acts || !g->xin)
+    g->kept = calloc(S * n, sizeof *g->kept);
+    g->kept_out = calloc(S, sizeof *g->kept_out);
+    if (!g->layer_acts || !g->xin || !g->kept || !g->kept_out)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_status s = ST_OK;
     char name[96];
+    size_t C = n ? g->layers[0].desc->out_floats_per_token : 0;
+    if (g->recompute && g->sizes.recompute_floats > 0 &&
+        (s = make_buffer(g, ST_F32, g->sizes.recompute_floats, "recomputed activations",
+                         &g->recomp)) != ST_OK)
+        return s;
     for (size_t k = 0; s == ST_OK && k < S; k++) {
         snprintf(name, sizeof name, "activations %zu", k);
         if ((s = make_buffer(g, ST_F32, g->has_head ? in : 2 * in, name, &g->slot_buf[k])) !=
@@ -311,12 +336,25 @@ static st_status make_slots(st_stage *g)
         if (c.status != ST_OK)
             return c.status;
         for (size_t l = 0; s == ST_OK && l < n; l++) {
+            bool block = g->layers[l].desc->kind == ST_LAYER_BLOCK;
+            if (g->recompute && l > 0 && g->layers[l - 1].desc->kind == ST_LAYER_BLOCK) {
+                snprintf(name, sizeof name, "input %zu of %s", k, g->layers[l].desc->name);
+                if ((s = make_buffer(g, ST_F32, N * C, name, &g->kept[l * S + k])) != ST_OK)
+                    break;
+            }
             size_t a = st_layer_act_floats(g->layers[l].desc, (size_t)g->B, (size_t)g->T);
             if (a == 0)
                 continue;
+            if (g->recompute && block) { /* the shared set */
+                g->layer_acts[l * S + k] = st_view_at(g->recomp, 0, a, &s);
+                continue;
+            }
             snprintf(name, sizeof name, "activations %zu of %s", k, g->layers[l].desc->name);
             s = make_buffer(g, ST_F32, a, name, &g->layer_acts[l * S + k]);
         }
+        if (s == ST_OK && g->recompute && !g->has_head &&
+            g->layers[n - 1].desc->kind == ST_LAYER_BLOCK)
+            s = make_buffer(g, ST_F32, N * C, "stage output", &g->kept_out[k]);
     }
     for (size_t l = 0; l < n; l++)
         g->layers[l].acts = &g->layer_acts[l * S];
@@ -453,6 +491,14 @@ void st_stage_destroy(st_stage *g)
         }
     if (g->layer_acts)
         st_views_destroy(g->layer_acts, S * g->n_layers);
+    if (g->kept)
+        st_views_destroy(g->kept, S * g->n_layers);
+    if (g->kept_out)
+        st_views_destroy(g->kept_out, S);
+    free(g->kept);
+    free(g->kept_out);
+    free(g->peers);
+    st_tensor_destroy(g->recomp);
     st_tensor **arrays[] = {g->slot_buf, g->x0, g->dout, g->tokens, g->targets, g->out};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         free(arrays[i]);
@@ -515,6 +561,17 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
     g->prefill = opt->prefill > 1 ? opt->prefill : 1;
     g->rows = st_decode_rows(opt->prefill, opt->kv_seqs);
     g->training = opt->training;
+    g->recompute = opt->training && opt->recompute;
+    g->shards = opt->training && opt->shards > 1 ? opt->shards : 1;
+    g->shard = g->shards > 1 ? opt->shard : 0;
+    if (g->shard < 0 || g->shard >= g->shards)
+        s = st_error(ST_ERR_INVALID, "part %d of the moments split in %d", g->shard, g->shards);
+    g->mom_lo = (size_t)g->shard * sizes.moment_numel;
+    g->mom_hi = g->mom_lo + sizes.moment_numel < sizes.train_numel
+                    ? g->mom_lo + sizes.moment_numel
+                    : sizes.train_numel;
+    if (g->mom_lo > g->mom_hi)
+        g->mom_lo = g->mom_hi;
     g->has_emb = desc->layers[first].kind == ST_LAYER_EMBEDDING;
     g->has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
     g->in_floats = first > 0 ? desc->layers[first - 1].out_floats_per_token
@@ -538,17 +595,21 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         L->prefill = g->rows;
         L->training = g->training;
     }
-    s = lay_out_params(g);
+    if (s == ST_OK)
+        s = lay_out_params(g);
     for (size_t l = 0; s == ST_OK && l < g->n_layers; l++)
         if (!(g->layers[l].ops = st_layer_ops_of(g->layers[l].desc->type)))
             s = st_error(ST_ERR_INVALID, "layer %s has no operations", g->layers[l].desc->name);
     static const char *const buf_names[4] = {"parameters", "gradients", "AdamW m", "AdamW v"};
     for (int w = 0; s == ST_OK && w < sizes.param_buffers; w++) {
-        size_t len = w == ST_STAGE_PARAMS ? g->numel : sizes.train_numel;
-        if (len > 0 && (s = make_buffer(g, ST_F32, len, buf_names[w], &g->bufs[w])) == ST_OK)
+        size_t len = w == ST_STAGE_PARAMS ? g->numel
+                     : w == ST_STAGE_GRADS ? sizes.train_numel
+                                           : sizes.moment_numel;
+        if (len > 0 && (s = make_buffer(g, ST_F32, len, buf_names[w], &g->bufs[w])) == ST_OK &&
+            (g->shards <= 1 || w <= ST_STAGE_GRADS)) /* a part of the moments: no views */
             s = make_param_views(g, w);
     }
-    if (s == ST_OK && g->training)
+    if (s == ST_OK && g->training && g->shards <= 1)
         s = make_adam_runs(g);
     if (s == ST_OK && g->B > 0) {
         s = make_slots(g);
@@ -588,14 +649,48 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
 /* Gradients and moments are kept for trained parameters only. */
 static bool has_buffer(const st_stage *g, st_stage_buf which, size_t i)
 {
-    return i < g->n_params && g->bufs[which] &&
+    return i < g->n_params && (g->bufs[which] || (g->shards > 1 && which >= ST_STAGE_ADAM_M)) &&
            (which == ST_STAGE_PARAMS || !g->params[i].desc->frozen);
+}
+
+void st_stage_set_peers(st_stage *g, st_stage *const *peers)
+{
+    if (g->shards <= 1)
+        return;
+    free(g->peers);
+    g->peers = malloc((size_t)g->shards * sizeof *g->peers);
+    for (int k = 0; g->peers && k < g->shards; k++)
+        g->peers[k] = peers[k];
+}
+
+/* A moment of parameter i through the parts that hold its pieces: read
+ * (host out) or written (host in). */
+static st_status moment_parts(const st_stage *g, st_stage_buf which, size_t i, float *host,
+                              bool write)
+{
+    if (!g->peers)
+        return st_error(ST_ERR_INVALID,
+                        "internal: the moments are split over replicas, the stage knows no "
+                        "others");
+    size_t a = g->params[i].offset, b = a + g->params[i].desc->numel;
+    st_status s = ST_OK;
+    for (int k = 0; s == ST_OK && k < g->shards; k++) {
+        const st_stage *p = g->peers[k];
+        size_t lo = a > p->mom_lo ? a : p->mom_lo, hi = b < p->mom_hi ? b : p->mom_hi;
+        if (lo >= hi)
+            continue;
+        s = write ? st_tensor_write(p->bufs[which], lo - p->mom_lo, hi - lo, host + (lo - a))
+                  : st_tensor_read(p->bufs[which], lo - p->mom_lo, hi - lo, host + (lo - a));
+    }
+    return s;
 }
 
 st_status st_stage_read(const st_stage *g, st_stage_buf which, size_t i, float *host)
 {
     if (!has_buffer(g, which, i))
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
+    if (g->shards > 1 && which >= ST_STAGE_ADAM_M)
+        return moment_parts(g, which, i, host, false);
     return st_tensor_read(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
 
@@ -603,6 +698,8 @@ st_status st_stage_write(st_stage *g, st_stage_buf which, size_t i, const float 
 {
     if (!has_buffer(g, which, i))
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
+    if (g->shards > 1 && which >= ST_STAGE_ADAM_M)
+        return moment_parts(g, which, i, (float *)host, true);
     return st_tensor_write(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
 
@@ -721,9 +818,16 @@ st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const i
     st_layer_io io = {.tokens = g->tokens[slot], .targets = loss ? g->targets[slot] : NULL,
                       .x0 = g->x0[slot]};
     const st_tensor *x = g->has_emb ? NULL : g->x0[slot];
+    size_t S = (size_t)g->slots, Nf = (size_t)N * (g->n_layers ? g->layers[0].desc->out_floats_per_token : 0);
     for (size_t l = 0; l < g->n_layers; l++) {
         st_layer *L = &g->layers[l];
         const st_tensor *y = NULL;
+        st_tensor *keep = g->kept[l * S + (size_t)slot];
+        if (keep) { /* a block made x in the shared set: kept for the backward */
+            if ((s = st_tensor_copy(keep, 0, x, 0, Nf)) != ST_OK)
+                return s;
+            x = keep;
+        }
         g->xin[(size_t)slot * g->n_layers + l] = x;
         st_layer_scope(L, true);
         s = L->ops->forward(L, slot, x, &y, &io, B, T);
@@ -731,6 +835,11 @@ st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const i
         if (s != ST_OK)
             return s;
         x = y;
+    }
+    if (g->kept_out[slot]) {
+        if ((s = st_tensor_copy(g->kept_out[slot], 0, x, 0, Nf)) != ST_OK)
+            return s;
+        x = g->kept_out[slot];
     }
     if (!g->has_head)
         g->out[slot] = (st_tensor *)x;
@@ -796,9 +905,16 @@ st_status st_stage_backward(st_stage *g, int slot, int B, int T, float dloss)
     st_layer_io io = {.tokens = g->tokens[slot], .targets = g->targets[slot], .x0 = g->x0[slot]};
     for (size_t l = g->n_layers; l-- > 0;) {
         st_layer *L = &g->layers[l];
+        const st_tensor *x = g->xin[(size_t)slot * g->n_layers + l];
         st_layer_scope(L, true);
-        s = L->ops->backward(L, slot, g->xin[(size_t)slot * g->n_layers + l], g->dres, &io, B, T,
-                             dloss);
+        if (g->recompute && L->desc->kind == ST_LAYER_BLOCK) {
+            /* the block's activations again, from its kept input: the same
+             * kernels on the same input, so the same bits */
+            const st_tensor *y = NULL;
+            s = L->ops->forward(L, slot, x, &y, &io, B, T);
+        }
+        if (s == ST_OK)
+            s = L->ops->backward(L, slot, x, g->dres, &io, B, T, dloss);
         st_layer_scope(L, false);
         if (s != ST_OK)
             return s;
@@ -849,6 +965,29 @@ st_status st_stage_step(st_stage *g, const st_adamw_hparams *h, long t, float gr
         return st_adamw_step_runs(g->bufs[0], g->bufs[1], g->bufs[2], g->bufs[3], g->adam_runs,
                                   g->adam_n_runs, g->adam_span, h, t, grad_scale);
     st_status s = ST_OK;
+    if (g->shards > 1) {
+        /* this part's elements only: each parameter's piece in [mom_lo,
+         * mom_hi), the same arithmetic per element as the whole */
+        for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+            const st_stage_param *p = &g->params[i];
+            size_t a = p->offset, b = a + p->desc->numel;
+            a = a > g->mom_lo ? a : g->mom_lo;
+            b = b < g->mom_hi ? b : g->mom_hi;
+            if (p->desc->frozen || a >= b)
+                continue;
+            st_adamw_hparams hp = *h;
+            if (!p->desc->decay)
+                hp.weight_decay = 0.0f;
+            st_tensor *v[4] = {st_view_at(g->bufs[0], a, b - a, &s),
+                               st_view_at(g->bufs[1], a, b - a, &s),
+                               st_view_at(g->bufs[2], a - g->mom_lo, b - a, &s),
+                               st_view_at(g->bufs[3], a - g->mom_lo, b - a, &s)};
+            if (s == ST_OK)
+                s = st_adamw_step(v[0], v[1], v[2], v[3], b - a, &hp, t, grad_scale);
+            st_views_destroy(v, 4);
+        }
+        return s;
+    }
     for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
         if (g->params[i].desc->frozen)
             continue;
