@@ -50,11 +50,11 @@ static void help(void)
            "                      (weights, gradients, optimizer state, activations,\n"
            "                      buffers; the planner's one-time device measurement is\n"
            "                      not counted against it)\n"
-           "  --rates-only        predict from the devices' GEMM rates and bandwidths\n"
-           "                      alone, without timing the model's attention and one\n"
-           "                      of its blocks (quick for shapes too large to time on\n"
-           "                      this machine; the times are rougher, the memory the\n"
-           "                      same)\n"
+           "  --rates-only        predict from each device's GEMM rate and bandwidths\n"
+           "                      alone, without timing the model's attention, one of\n"
+           "                      its blocks, or devices that share hardware running\n"
+           "                      together (quick for shapes too large to time on this\n"
+           "                      machine; the times are rougher, the memory the same)\n"
            "  --json              the plan as JSON\n"
            "  -h, --help          this text\n"
            "\n"
@@ -89,6 +89,7 @@ static void print_json(const st_plan *plan, const cli_devices *devs,
                           "one_device_ms", plan->one_device_ms, "speedup", plan->speedup, "note",
                           plan->note);
     json_object_set_new(j, "recompute", json_boolean(r->recompute));
+    json_object_set_new(j, "replicas", json_integer((json_int_t)st_plan_replicas(plan)));
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (text)
         printf("%s\n", text);

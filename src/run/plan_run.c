@@ -438,7 +438,7 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
     }
     if ((!rates_only && (s = profile_attention(devs, n, desc, shape, prof)) != ST_OK) ||
         (!rates_only && (s = profile_blocks(devs, n, desc, shape, quiet, prof)) != ST_OK) ||
-        (s = st_device_profile_shared(devs, n, pm, pn, pk, prof)) != ST_OK)
+        (!rates_only && (s = st_device_profile_shared(devs, n, pm, pn, pk, prof)) != ST_OK))
         return s;
     for (size_t i = 0; i < n; i++)
         st_device_reset_peak(devs[i]);
