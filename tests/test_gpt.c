@@ -333,6 +333,133 @@ static void bad_requests_are_refused(void **state)
     st_stage_destroy(g);
 }
 
+
+/* LoRA on GPT-2's Conv1D weights W [in, out] (y = x W + b): the model with
+ * adapters equals the model with W' = W + s (B A)^T, whose gradient dW'
+ * gives dB = s dW'^T A^T and dA = s B^T dW'^T; the loss the same, and
+ * nothing frozen has a gradient. */
+static float *param_of(st_stage *g, st_stage_buf which, const char *name)
+{
+    long i = st_stage_param_find(g, name);
+    if (i < 0)
+        fail_msg("no parameter '%s'", name);
+    float *x = malloc(st_stage_param_at(g, (size_t)i)->desc->numel * sizeof *x);
+    assert_ok(st_stage_read(g, which, (size_t)i, x));
+    return x;
+}
+
+static void lora_gradients_match_merged(void **state)
+{
+    (void)state;
+    st_model_config lc = desc->cfg;
+    lc.lora = (st_lora){.rank = 4, .alpha = 8.0f};
+    assert_ok(st_lora_targets_parse(lc.family, "all", &lc.lora.targets));
+    st_model_desc *ld = NULL;
+    assert_ok(st_model_describe(&lc, &ld));
+    float scale = lc.lora.alpha / (float)lc.lora.rank;
+    static const char *const mods[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+    for (size_t d = 0; d < td.n; d++) {
+        st_stage *mg = make_model(td.dev[d], 0), *lg = NULL;
+        st_stage_options o = {.batch = ref.B, .seq = ref.T, .slots = 1, .training = true};
+        assert_ok(st_stage_create(td.dev[d], ld, &o, &lg));
+        st_stage_sizes z;
+        assert_ok(st_stage_sizes_of(ld, &o, &z));
+        assert_int_equal(st_stage_bytes(lg), z.bytes);
+        assert_ok(st_stage_init(lg, 0));
+        for (size_t i = 0; i < st_stage_n_params(lg); i++) {
+            const st_param_desc *p = st_stage_param_at(lg, i)->desc;
+            float *x = malloc(p->numel * sizeof *x);
+            if (p->adapter) {
+                st_fill_random(x, p->numel, 500 + i);
+                for (size_t e = 0; e < p->numel; e++)
+                    x[e] *= 0.05f;
+            } else {
+                free(x);
+                x = param_of(mg, ST_STAGE_PARAMS, p->name);
+            }
+            assert_ok(st_stage_write(lg, ST_STAGE_PARAMS, i, x));
+            free(x);
+        }
+        char an[96], bn[96], wn[96];
+        size_t R = (size_t)lc.lora.rank;
+        for (int l = 0; l < lc.n_layer; l++)
+            for (int t = 0; t < 4; t++) {
+                snprintf(an, sizeof an, "h.%d.%s.lora_A.weight", l, mods[t]);
+                snprintf(bn, sizeof bn, "h.%d.%s.lora_B.weight", l, mods[t]);
+                snprintf(wn, sizeof wn, "h.%d.%s.weight", l, mods[t]);
+                const st_param_desc *wd = st_model_find_param(desc, wn, NULL);
+                size_t in = wd->shape[0], out = wd->shape[1];
+                float *A = param_of(lg, ST_STAGE_PARAMS, an), *Bm = param_of(lg, ST_STAGE_PARAMS, bn);
+                float *W = param_of(mg, ST_STAGE_PARAMS, wn);
+                for (size_t i = 0; i < in; i++)
+                    for (size_t c = 0; c < out; c++) {
+                        double acc = 0;
+                        for (size_t k = 0; k < R; k++)
+                            acc += (double)Bm[c * R + k] * A[k * in + i];
+                        W[i * out + c] = (float)((double)W[i * out + c] + scale * acc);
+                    }
+                assert_ok(st_stage_write(mg, ST_STAGE_PARAMS, (size_t)st_stage_param_find(mg, wn), W));
+                free(A);
+                free(Bm);
+                free(W);
+            }
+        double sl = 0, sm = 0;
+        long cl = 0, cm = 0;
+        assert_ok(st_stage_zero_grad(lg));
+        assert_ok(st_stage_zero_grad(mg));
+        assert_ok(st_stage_forward(lg, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_forward(mg, 0, ref.tokens, ref.targets, ref.B, ref.T));
+        assert_ok(st_stage_loss(lg, 0, ref.targets, ref.B, ref.T, &sl, &cl));
+        assert_ok(st_stage_loss(mg, 0, ref.targets, ref.B, ref.T, &sm, &cm));
+        float fl = (float)(sl / cl), fm = (float)(sm / cm);
+        assert_close(&fl, &fm, 1, 1e-5, 1e-5);
+        assert_ok(st_stage_backward(lg, 0, ref.B, ref.T, 1.0f / (float)cl));
+        assert_ok(st_stage_backward(mg, 0, ref.B, ref.T, 1.0f / (float)cm));
+        for (int l = 0; l < lc.n_layer; l++)
+            for (int t = 0; t < 4; t++) {
+                snprintf(an, sizeof an, "h.%d.%s.lora_A.weight", l, mods[t]);
+                snprintf(bn, sizeof bn, "h.%d.%s.lora_B.weight", l, mods[t]);
+                snprintf(wn, sizeof wn, "h.%d.%s.weight", l, mods[t]);
+                const st_param_desc *wd = st_model_find_param(desc, wn, NULL);
+                size_t in = wd->shape[0], out = wd->shape[1];
+                float *A = param_of(lg, ST_STAGE_PARAMS, an), *Bm = param_of(lg, ST_STAGE_PARAMS, bn);
+                float *dA = param_of(lg, ST_STAGE_GRADS, an), *dB = param_of(lg, ST_STAGE_GRADS, bn);
+                float *dW = param_of(mg, ST_STAGE_GRADS, wn);
+                float *wa = malloc(R * in * sizeof *wa), *wb = malloc(out * R * sizeof *wb);
+                for (size_t k = 0; k < R; k++)
+                    for (size_t i = 0; i < in; i++) {
+                        double acc = 0;
+                        for (size_t c = 0; c < out; c++)
+                            acc += (double)Bm[c * R + k] * dW[i * out + c];
+                        wa[k * in + i] = (float)(scale * acc);
+                    }
+                for (size_t c = 0; c < out; c++)
+                    for (size_t k = 0; k < R; k++) {
+                        double acc = 0;
+                        for (size_t i = 0; i < in; i++)
+                            acc += (double)dW[i * out + c] * A[k * in + i];
+                        wb[c * R + k] = (float)(scale * acc);
+                    }
+                char buf[2048];
+                if (!st_compare_f32(dA, wa, R * in, 2e-5, 2e-3, NULL))
+                    fail_msg("LoRA gradient of %s: %s", an,
+                             st_compare_describe(dA, wa, R * in, 2e-5, 2e-3, 5, buf, sizeof buf));
+                if (!st_compare_f32(dB, wb, out * R, 2e-5, 2e-3, NULL))
+                    fail_msg("LoRA gradient of %s: %s", bn,
+                             st_compare_describe(dB, wb, out * R, 2e-5, 2e-3, 5, buf, sizeof buf));
+                free(A); free(Bm); free(dA); free(dB); free(dW); free(wa); free(wb);
+            }
+        float dummy[1];
+        assert_int_not_equal(st_stage_read(lg, ST_STAGE_GRADS,
+                                           (size_t)st_stage_param_find(lg, "wte.weight"), dummy),
+                             ST_OK);
+        st_error_clear();
+        st_stage_destroy(lg);
+        st_stage_destroy(mg);
+    }
+    st_model_desc_destroy(ld);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -353,6 +480,7 @@ int main(void)
         cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_gpt2_like),
         cmocka_unit_test(bad_requests_are_refused),
+        cmocka_unit_test(lora_gradients_match_merged),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

@@ -206,7 +206,12 @@ expect 2 "--lora adapts a trained model" -- "$strata" train --lora 4 --steps 1
 expect 2 "--lora-alpha sets up LoRA adapters" -- "$strata" train --init "$work/la" --lora-alpha 4
 expect 2 "'wq' is not a projection of a llama model" -- "$strata" train --init "$work/la" --lora 2 --lora-targets wq
 expect 2 "--lora cannot be used with --resume" -- "$strata" train --resume "$work/lora2" --lora 2
-expect 1 "LoRA training is built for the Llama family" -- "$strata" train --init "$work/a" --lora 2 --steps 1
+# GPT-2 (Conv1D weights): PEFT's fan_in_fan_out and GPT-2's module names.
+expect 0 "of them 576 trained" -- "$strata" train --init "$work/a" --lora 2 --lora-targets c_attn,mlp.c_proj \
+    --steps 2 --eval-batches 1 --out "$work/lora-gpt2"
+grep -q '"fan_in_fan_out": true' "$work/lora-gpt2/adapter_config.json" ||
+    fail "a GPT-2 adapter folder lacks fan_in_fan_out: $(cat "$work/lora-gpt2/adapter_config.json")"
+expect 0 "2 weights (c_attn, c_proj)" -- "$strata" eval --model "$work/a" --adapter "$work/lora-gpt2"
 # --config alone trains from random weights, and says so when weights lie beside it.
 expect 0 "are not loaded: to start from them, give --init $work/la" -- \
     "$strata" train --config "$work/la/config.json" --steps 1 --eval-batches 1 --out "$work/lcfg"

@@ -36,7 +36,7 @@ static void help(void)
            "  --inference         plan a forward pass only (no gradients or optimizer)\n"
            "  --recompute WHEN    activation recomputation (as `strata train`): auto\n"
            "                      (default: when nothing fits without), on, off\n"
-           "  --lora R            LoRA adapters of rank R (Llama family): the weights\n"
+           "  --lora R            LoRA adapters of rank R: the weights\n"
            "                      frozen, gradients and moments for the adapters only\n"
            "  --lora-targets L    all (default) or a list of projections (q_proj,...)\n"
            "  --shard-optimizer   replicas split the AdamW moments (as `strata train`)\n"

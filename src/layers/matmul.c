@@ -42,7 +42,8 @@ st_status st_matmul_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tens
     NEED("matmul_bwd", dout, n * oc);
     NEED("matmul_bwd", inp, n * ic);
     NEED("matmul_bwd", w, ic * oc);
-    NEED("matmul_bwd", dw, ic * oc);
+    if (dw) /* NULL: a frozen weight */
+        NEED("matmul_bwd", dw, ic * oc);
     if (dinp) {
         NEED("matmul_bwd", dinp, n * ic);
         /* dinp[N,IC] = dout[N,OC] . w[IC,OC]^T (+ beta * dinp) */
@@ -55,7 +56,7 @@ st_status st_matmul_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tens
     /* dw[IC,OC] += inp[N,IC]^T . dout[N,OC] */
     st_gemm_args g = {.trans_a = true, .m = ic, .n = oc, .k = n, .alpha = 1.0f, .beta = 1.0f,
                       .a = inp, .lda = ic, .b = dout, .ldb = oc, .c = dw, .ldc = oc};
-    if ((s = st_gemm(&g)) != ST_OK)
+    if (dw && (s = st_gemm(&g)) != ST_OK)
         return s;
     return db ? st_bias_bwd(db, dout, N, OC) : ST_OK;
 }

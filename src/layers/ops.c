@@ -132,8 +132,14 @@ st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
         return s;
     size_t NC = (size_t)N * C;
     NEED("layernorm_bwd", dinp, NC);
-    NEED("layernorm_bwd", dw, (size_t)C);
-    NEED("layernorm_bwd", db, (size_t)C);
+    /* NULL gradients: frozen parameters; all or none (one launch has them all) */
+    bool frozen = !dw && !db && !dbias2 && !dbias3;
+    if (!frozen && (!dw || !db))
+        return st_error(ST_ERR_INVALID, "layernorm_bwd: a weight frozen and its bias not");
+    if (!frozen) {
+        NEED("layernorm_bwd", dw, (size_t)C);
+        NEED("layernorm_bwd", db, (size_t)C);
+    }
     NEED("layernorm_bwd", dout, NC);
     NEED("layernorm_bwd", inp, NC);
     NEED("layernorm_bwd", w, (size_t)C);
@@ -160,10 +166,11 @@ st_status st_layernorm_bwd_biases(st_tensor *dinp, st_tensor *dw, st_tensor *db,
     cols = cols > C3 ? cols : C3;
     st_device *dev = st_tensor_device(dinp);
     /* The column sums first: they read dinp's old values when src2 is dinp. */
-    s = ST_LAUNCH(dev, "layernorm.cl", "layernorm_bwd_params", (size_t)cols, LOCAL, ST_KT(dw),
-                  ST_KT(db), ST_KT(dout), ST_KT(inp), ST_KT(mean), ST_KT(rstd), ST_KT(d2),
-                  ST_KT(s2), ST_KT(d3), ST_KT(s3), ST_KI(N), ST_KI(C), ST_KI(C2), ST_KI(C3));
-    if (s != ST_OK)
+    if (!frozen &&
+        (s = ST_LAUNCH(dev, "layernorm.cl", "layernorm_bwd_params", (size_t)cols, LOCAL,
+                       ST_KT(dw), ST_KT(db), ST_KT(dout), ST_KT(inp), ST_KT(mean), ST_KT(rstd),
+                       ST_KT(d2), ST_KT(s2), ST_KT(d3), ST_KT(s3), ST_KI(N), ST_KI(C),
+                       ST_KI(C2), ST_KI(C3))) != ST_OK)
         return s;
     return LAUNCH_ROWS(dev, "layernorm.cl", "layernorm_bwd_inp", N, ST_KT(dinp), ST_KT(dout),
                        ST_KT(inp), ST_KT(w), ST_KT(mean), ST_KT(rstd), ST_KI(N), ST_KI(C));
@@ -214,8 +221,11 @@ st_status st_gelu_bwd_bias(st_tensor *dinp, const st_tensor *pre, const st_tenso
     NEED("gelu_bwd_bias", dinp, NF);
     NEED("gelu_bwd_bias", pre, NF);
     NEED("gelu_bwd_bias", dout, NF);
-    NEED("gelu_bwd_bias", dbias, (size_t)F);
     st_device *dev = st_tensor_device(dinp);
+    if (!dbias) /* a frozen bias: the element-wise part only */
+        return ST_LAUNCH(dev, "gelu.cl", "gelu_bwd", NF, LOCAL, ST_KT(dinp), ST_KT(pre),
+                         ST_KT(dout), ST_KU(NF));
+    NEED("gelu_bwd_bias", dbias, (size_t)F);
     if (st_layers_cpu_form(dev)) { /* element-wise, then the column sums: a CPU's caches prefer rows */
         if ((s = ST_LAUNCH(dev, "gelu.cl", "gelu_bwd", NF, LOCAL, ST_KT(dinp), ST_KT(pre),
                            ST_KT(dout), ST_KU(NF))) != ST_OK)

@@ -179,8 +179,9 @@ static void describe_embedding(const st_model_config *c, st_layer_desc *l)
     snprintf(l->name, sizeof l->name, "embedding");
     W(l, "wte.weight", (size_t)c->vocab_size, C, 0.02);
     W(l, "wpe.weight", (size_t)c->n_positions, C, 0.02);
-    l->fwd_flops_per_token = (double)C;       /* x = wte[tok] + wpe[pos] */
-    l->bwd_flops_per_token = 2.0 * (double)C; /* scatter-add into both tables */
+    l->params[0].frozen = l->params[1].frozen = c->lora.rank > 0;
+    l->fwd_flops_per_token = (double)C; /* x = wte[tok] + wpe[pos] */
+    l->bwd_flops_per_token = c->lora.rank > 0 ? 0 : 2.0 * (double)C; /* scatter-add into both */
     l->out_floats_per_token = C;              /* into the stage's input tensor: no own buffers */
     l->launches_fwd = l->launches_bwd = l->launches_dec = 1;
 }
@@ -208,13 +209,41 @@ static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
     ZEROS(l, N("mlp.c_fc.bias"), Fs);
     W(l, N("mlp.c_proj.weight"), Fs, Cs, proj_std);
     ZEROS(l, N("mlp.c_proj.bias"), Cs);
-#undef N
     for (size_t k = 0; k < l->n_params; k++) /* Conv1D: the 2-D weights are [in, out] */
         l->params[k].in_out = l->params[k].ndim == 2;
+    /* LoRA: the base frozen, then each target's A [R, in] and B [out, R]
+     * (as PEFT stores them for Conv1D too) */
+    const st_lora *lo = &c->lora;
+    double lora_fwd = 0;
+    size_t lora_cols = 0;
+    int lora_targets = 0;
+    if (lo->rank > 0) {
+        for (size_t k = 0; k < l->n_params; k++)
+            l->params[k].frozen = true;
+        static const char *const mod[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                           "mlp.c_proj"};
+        size_t in[4] = {Cs, Cs, Cs, Fs}, out[4] = {3 * Cs, Cs, Fs, Cs}, R = (size_t)lo->rank;
+        for (int t = 0; t < 4; t++) {
+            if (!(lo->targets & (1u << t)))
+                continue;
+            snprintf(n, sizeof n, "h.%d.%s.lora_A.weight", i, mod[t]);
+            st_desc_add_param(l, n, 2, R, in[t], ST_INIT_NORMAL, 1.0 / sqrt(3.0 * (double)in[t]),
+                              true);
+            l->params[l->n_params - 1].adapter = true;
+            snprintf(n, sizeof n, "h.%d.%s.lora_B.weight", i, mod[t]);
+            st_desc_add_param(l, n, 2, out[t], R, ST_INIT_ZERO, 0, true);
+            l->params[l->n_params - 1].adapter = true;
+            lora_fwd += 2.0 * (double)R * (double)(in[t] + out[t]) + 2.0 * (double)out[t];
+            lora_cols += R;
+            lora_targets++;
+        }
+    }
+#undef N
     double matmul = 2.0 * (C * 3 * C + C * C + 2 * C * F);
     double elementwise = 20.0 * C + 12.0 * F;
-    l->fwd_flops_per_token = matmul + elementwise;
-    l->bwd_flops_per_token = 2.0 * matmul + 2.0 * elementwise;
+    l->fwd_flops_per_token = matmul + elementwise + lora_fwd;
+    l->bwd_flops_per_token = (lo->rank > 0 ? 1.0 : 2.0) * matmul + 2.0 * elementwise +
+                             2.0 * lora_fwd;
     /* Kept: ln_1 out and stats, qkv, attention out, residual, ln_2 out and
      * stats, fc out, gelu out, block out; and what attention keeps. The
      * backward's work: dC, d3C, dF. Decoding: ln out and stats, qkv,
@@ -244,6 +273,13 @@ static void describe_block(const st_model_config *c, int i, st_layer_desc *l)
         l->launches_bwd = 18;
     }
     l->launches_dec = 9;
+    /* LoRA: x A^T of every target kept, and its gradient in the work */
+    l->act_per_token += lora_cols;
+    l->work_per_token += lora_cols;
+    l->dec += lora_cols;
+    l->launches_fwd += 2 * lora_targets;
+    l->launches_dec += 2 * lora_targets;
+    l->launches_bwd += 4 * lora_targets - (lo->rank > 0 ? 5 : 0);
     l->out_floats_per_token = Cs;
 }
 
@@ -257,11 +293,12 @@ static void describe_head(const st_model_config *c, st_layer_desc *l)
     snprintf(l->name, sizeof l->name, "head");
     ONES(l, "ln_f.weight", Cs);
     ZEROS(l, "ln_f.bias", Cs);
+    l->params[0].frozen = l->params[1].frozen = c->lora.rank > 0;
     l->n_tied = 1;
     l->tied[0] = (st_tied_ref){0, 0}; /* logits = ln_f(x) . wte^T */
     l->tied_numel = Vs * Cs;
     l->fwd_flops_per_token = 2.0 * C * V + 10.0 * C + 5.0 * V;
-    l->bwd_flops_per_token = 4.0 * C * V + 20.0 * C + 2.0 * V;
+    l->bwd_flops_per_token = (c->lora.rank > 0 ? 2.0 : 4.0) * C * V + 20.0 * C + 2.0 * V;
     l->act_per_token = Cs + 3 + Vs; /* ln_f out and stats, probabilities, loss */
     l->work_per_token = Cs;         /* dlnf */
     l->dec = Cs + 2 + Vs;           /* ln_f out and stats, logits */

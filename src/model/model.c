@@ -185,11 +185,13 @@ void st_desc_add_param(st_layer_desc *l, const char *name, int ndim, size_t d0, 
 
 static const char *const llama_targets[] = {"q_proj",    "k_proj",  "v_proj",    "o_proj",
                                             "gate_proj", "up_proj", "down_proj", NULL};
-static const char *const no_targets[] = {NULL};
+/* PEFT matches a target against the end of a module's name: "attn.c_proj"
+ * is GPT-2's attention projection, "mlp.c_proj" its MLP's. */
+static const char *const gpt2_targets[] = {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", NULL};
 
 const char *const *st_lora_target_names(st_family f)
 {
-    return f == ST_FAMILY_LLAMA ? llama_targets : no_targets;
+    return f == ST_FAMILY_LLAMA ? llama_targets : gpt2_targets;
 }
 
 st_status st_lora_targets_parse(st_family f, const char *list, unsigned *targets)
@@ -241,11 +243,6 @@ static st_status lora_check(const st_model_config *c)
     const st_lora *lo = &c->lora;
     if (lo->rank == 0)
         return ST_OK;
-    if (c->family != ST_FAMILY_LLAMA)
-        return st_error(ST_ERR_UNSUPPORTED,
-                        "LoRA training is built for the Llama family (llama, mistral, qwen2), "
-                        "not yet for %s: fine-tune a %s model in full (without --lora)",
-                        st_family_name(c->family), st_family_name(c->family));
     unsigned all = 0;
     for (int i = 0; st_lora_target_names(c->family)[i]; i++)
         all |= 1u << i;

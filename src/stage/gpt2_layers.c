@@ -40,7 +40,19 @@ static st_status emb_forward(st_layer *l, int slot, const st_tensor *x, const st
                           l->cfg->vocab_size);
 }
 
+static st_status emb_backward_(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                               const st_layer_io *io, int B, int T, float dloss);
+
+/* A frozen embedding (LoRA) has no gradient to take. */
 static st_status emb_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
+                              const st_layer_io *io, int B, int T, float dloss)
+{
+    if (!l->g || !l->g[E_WTE])
+        return ST_OK;
+    return emb_backward_(l, slot, x, dres, io, B, T, dloss);
+}
+
+static st_status emb_backward_(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
                               const st_layer_io *io, int B, int T, float dloss)
 {
     (void)slot;
@@ -67,17 +79,23 @@ const st_layer_ops st_gpt2_embedding_ops = {
 enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FCP_W, FCP_B };
 
 /* The activations of one slot, views into the layer's buffer of that slot. */
+/* LoRA's targets, each a group of one (st_lora_group) */
+enum { G_ATTN, G_PROJ, G_FC, G_FCP, GROUPS };
+
 typedef struct block_acts {
     st_tensor *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res2;
     st_tensor *ln2, *ln2_mean, *ln2_rstd, *fch, *fcg, *res3;
+    st_tensor *xa[GROUPS]; /* LoRA: x A^T of each target */
 } block_acts;
-#define BLOCK_ACTS 13
+#define BLOCK_ACTS (13 + GROUPS)
 
 typedef struct block_state {
     block_acts *acts;                 /* per slot */
     st_tensor *dC, *d3C, *dF, *datt;  /* backward work: datt only on the T x T path */
     st_tensor *ln, *mean, *rstd, *qkv, *scores, *atty, *res2, *fch; /* decoding */
     st_tensor *k, *v;                 /* KV cache [kv_seqs, kv_seq, C] each */
+    st_lora_group lora[GROUPS];       /* LoRA (n 0: no adapter) */
+    st_tensor *dxa, *dec_xa[GROUPS];
 } block_state;
 
 static bool flash(const st_layer *l)
@@ -94,8 +112,9 @@ static void block_unbind(st_layer *l)
         st_views_destroy((st_tensor **)&b->acts[k], BLOCK_ACTS);
     free(b->acts);
     st_tensor *t[] = {b->dC, b->d3C, b->dF, b->datt, b->ln, b->mean, b->rstd,
-                      b->qkv, b->scores, b->atty, b->res2, b->fch, b->k, b->v};
+                      b->qkv, b->scores, b->atty, b->res2, b->fch, b->k, b->v, b->dxa};
     st_views_destroy(t, sizeof t / sizeof t[0]);
+    st_views_destroy(b->dec_xa, GROUPS);
     free(b);
     l->state = NULL;
 }
@@ -112,6 +131,28 @@ static st_status block_bind(st_layer *l)
     /* What attention keeps: each row's log-sum-exp [B,NH,T] (flash.cl), or
      * the probabilities [B,NH,T,T]. */
     size_t att = flash(l) ? N * NH : N * NH * (size_t)l->T;
+    size_t lora_cols = 0;
+    if (l->cfg->lora.rank > 0) {
+        /* the adapters follow the 12 base parameters (model/gpt2.c): A, B per target */
+        const st_lora *lo = &l->cfg->lora;
+        int in[GROUPS] = {(int)C, (int)C, (int)C, (int)F};
+        int out[GROUPS] = {3 * (int)C, (int)C, (int)F, (int)C};
+        size_t i = FCP_B + 1;
+        for (int g = 0; g < GROUPS; g++) {
+            if (!(lo->targets & (1u << g)))
+                continue;
+            st_lora_group *lg = &b->lora[g];
+            *lg = (st_lora_group){.n = 1, .r = lo->rank, .IC = in[g], .ldo = out[g],
+                                  .oc = {out[g]}, .scale = lo->alpha / (float)lo->rank,
+                                  .a = l->p[i], .b = {l->p[i + 1]},
+                                  .da = l->g ? l->g[i] : NULL, .db = {l->g ? l->g[i + 1] : NULL}};
+            i += 2;
+            lora_cols += (size_t)lo->rank;
+        }
+        if (i != l->desc->n_params)
+            return st_error(ST_ERR_INVALID, "internal: %s has %zu parameters, expected %zu",
+                            l->desc->name, l->desc->n_params, i);
+    }
     if (l->acts) {
         b->acts = calloc((size_t)l->slots, sizeof *b->acts);
         if (!b->acts)
@@ -132,6 +173,8 @@ static st_status block_bind(st_layer *l)
             a->fch = st_carve(&c, N * F);
             a->fcg = st_carve(&c, N * F);
             a->res3 = st_carve(&c, N * C);
+            for (int g = 0; g < GROUPS; g++)
+                a->xa[g] = st_carve(&c, N * (size_t)b->lora[g].n * b->lora[g].r);
             if (c.status != ST_OK)
                 return c.status;
         }
@@ -142,6 +185,7 @@ static st_status block_bind(st_layer *l)
         b->d3C = st_carve(&c, N * 3 * C);
         b->dF = st_carve(&c, N * F);
         b->datt = flash(l) ? NULL : st_carve(&c, N * NH * (size_t)l->T);
+        b->dxa = st_carve(&c, N * lora_cols);
         if (c.status != ST_OK)
             return c.status;
     }
@@ -155,6 +199,8 @@ static st_status block_bind(st_layer *l)
         b->atty = st_carve(&c, P * C);
         b->res2 = st_carve(&c, P * C);
         b->fch = st_carve(&c, P * F);
+        for (int g = 0; g < GROUPS; g++)
+            b->dec_xa[g] = st_carve(&c, P * (size_t)b->lora[g].n * b->lora[g].r);
         st_carver kc = {l->kv, 0, ST_OK};
         b->k = st_carve(&kc, Q * S * C);
         b->v = st_carve(&kc, Q * S * C);
@@ -169,6 +215,7 @@ static st_status block_bind(st_layer *l)
  * norms' outputs and statistics reused, GELU in place, the output into x). */
 typedef struct block_io {
     st_tensor *ln1, *mean1, *rstd1, *qkv, *atty, *res2, *ln2, *mean2, *rstd2, *fch, *fcg, *out;
+    st_tensor *const *xa; /* LoRA: [GROUPS] */
 } block_io;
 
 /* The attention of one pass: over the micro-batch (flash: keeping each
@@ -236,19 +283,25 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
     int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner;
     float eps = l->cfg->norm_eps;
     bool fl = flash(l);
+    const st_lora_group *lg = ((block_state *)l->state)->lora;
+    st_tensor *const *xa = o->xa;
     st_status s;
     if ((s = st_layernorm_fwd(o->ln1, o->mean1, o->rstd1, x, p[LN1_W], p[LN1_B], N, C, eps)) !=
             ST_OK ||
         (s = st_matmul_fwd(o->qkv, o->ln1, p[ATTN_W], fl ? NULL : p[ATTN_B], N, C, 3 * C)) !=
             ST_OK ||
+        (lg[G_ATTN].n && (s = st_lora_fwd(&lg[G_ATTN], o->qkv, xa[G_ATTN], o->ln1, N)) != ST_OK) ||
         (s = attention(l, at, o, B, T)) != ST_OK ||
         (s = st_matmul_fwd(o->res2, o->atty, p[PROJ_W], NULL, N, C, C)) != ST_OK ||
+        (lg[G_PROJ].n && (s = st_lora_fwd(&lg[G_PROJ], o->res2, xa[G_PROJ], o->atty, N)) != ST_OK) ||
         (s = st_bias_residual_layernorm_fwd(o->res2, o->ln2, o->mean2, o->rstd2, o->res2,
                                             p[PROJ_B], x, p[LN2_W], p[LN2_B], N, C, eps)) !=
             ST_OK ||
         (s = st_matmul_fwd(o->fch, o->ln2, p[FC_W], NULL, N, C, F)) != ST_OK ||
+        (lg[G_FC].n && (s = st_lora_fwd(&lg[G_FC], o->fch, xa[G_FC], o->ln2, N)) != ST_OK) ||
         (s = st_bias_gelu_fwd(o->fch, o->fcg, p[FC_B], N, F)) != ST_OK ||
         (s = st_matmul_fwd(o->out, o->fcg, p[FCP_W], NULL, N, F, C)) != ST_OK ||
+        (lg[G_FCP].n && (s = st_lora_fwd(&lg[G_FCP], o->out, xa[G_FCP], o->fcg, N)) != ST_OK) ||
         (s = st_bias_residual_fwd(o->out, p[FCP_B], o->res2, N, C)) != ST_OK)
         return s;
     return ST_OK;
@@ -260,7 +313,7 @@ static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const 
     (void)io;
     block_acts *a = &((block_state *)l->state)->acts[slot];
     block_io o = {a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv, a->atty, a->res2,
-                  a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fcg, a->res3};
+                  a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fcg, a->res3, a->xa};
     block_attn at = {.att = a->att};
     *y = a->res3;
     return block_pass(l, &o, &at, x, B, T);
@@ -282,12 +335,17 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     const block_acts *a = &b->acts[slot];
     int N = B * T, C = l->cfg->n_embd, F = l->cfg->n_inner, NH = l->cfg->n_head;
     st_status s;
+    const st_lora_group *lg = b->lora;
     /* res3 = res2 + fcg W_fcp + b: the MLP branch gets dres; dres stays d(res2) so far. */
     if ((s = st_matmul_bwd(b->dF, 0.0f, d[FCP_W], NULL, dres, a->fcg, p[FCP_W], N, F, C)) !=
             ST_OK ||
+        (lg[G_FCP].n &&
+         (s = st_lora_bwd(&lg[G_FCP], b->dF, b->dxa, dres, a->xa[G_FCP], a->fcg, N)) != ST_OK) ||
         (s = st_gelu_bwd_bias(b->dF, a->fch, b->dF, d[FC_B], N, F)) != ST_OK ||
         (s = st_matmul_bwd(b->dC, 0.0f, d[FC_W], NULL, b->dF, a->ln2, p[FC_W], N, C, F)) !=
             ST_OK ||
+        (lg[G_FC].n &&
+         (s = st_lora_bwd(&lg[G_FC], b->dC, b->dxa, b->dF, a->xa[G_FC], a->ln2, N)) != ST_OK) ||
         (s = st_layernorm_bwd_biases(dres, d[LN2_W], d[LN2_B], b->dC, a->res2, p[LN2_W],
                                      a->ln2_mean, a->ln2_rstd, N, C, d[FCP_B], dres, C, NULL,
                                      NULL, 0)) != ST_OK)
@@ -295,12 +353,18 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
     /* res2 = x + atty W_proj + b: the attention branch gets dres; dres becomes d(x). */
     if ((s = st_matmul_bwd(b->dC, 0.0f, d[PROJ_W], NULL, dres, a->atty, p[PROJ_W], N, C, C)) !=
             ST_OK ||
+        (lg[G_PROJ].n &&
+         (s = st_lora_bwd(&lg[G_PROJ], b->dC, b->dxa, dres, a->xa[G_PROJ], a->atty, N)) !=
+             ST_OK) ||
         (s = flash(l) ? st_attention_flash_bwd(b->d3C, b->dC, a->atty, a->att, a->qkv,
                                                p[ATTN_B], B, T, C, NH)
                       : st_attention_bwd(b->d3C, b->datt, b->dC, a->qkv, a->att, B, T, C, NH)) !=
             ST_OK ||
         (s = st_matmul_bwd(b->dC, 0.0f, d[ATTN_W], NULL, b->d3C, a->ln1, p[ATTN_W], N, C,
                            3 * C)) != ST_OK ||
+        (lg[G_ATTN].n &&
+         (s = st_lora_bwd(&lg[G_ATTN], b->dC, b->dxa, b->d3C, a->xa[G_ATTN], a->ln1, N)) !=
+             ST_OK) ||
         (s = st_layernorm_bwd_biases(dres, d[LN1_W], d[LN1_B], b->dC, x, p[LN1_W], a->ln1_mean,
                                      a->ln1_rstd, N, C, d[PROJ_B], dres, C, d[ATTN_B], b->d3C,
                                      3 * C)) != ST_OK)
@@ -317,7 +381,7 @@ static st_status block_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_l
     (void)io;
     block_state *d = l->state;
     block_io o = {d->ln, d->mean, d->rstd, d->qkv, d->atty, d->res2,
-                  d->ln, d->mean, d->rstd, d->fch, d->fch, x};
+                  d->ln, d->mean, d->rstd, d->fch, d->fch, x, d->dec_xa};
     block_attn at = {.decode = ps};
     return block_pass(l, &o, &at, x, 1, ps->n);
 }
@@ -434,7 +498,7 @@ static st_status head_backward(st_layer *l, int slot, const st_tensor *x, st_ten
     st_gemm_args dw = {.trans_a = true, .m = (size_t)V, .n = (size_t)C, .k = (size_t)N,
                        .alpha = 1.0f, .beta = 1.0f, .a = a->logits, .lda = (size_t)V,
                        .b = a->lnf, .ldb = (size_t)C, .c = l->g[H_WTE], .ldc = (size_t)C};
-    if ((s = st_gemm(&dx)) != ST_OK || (s = st_gemm(&dw)) != ST_OK ||
+    if ((s = st_gemm(&dx)) != ST_OK || (l->g[H_WTE] && (s = st_gemm(&dw)) != ST_OK) ||
         (s = st_tensor_fill(dres, 0.0f)) != ST_OK ||
         (s = st_layernorm_bwd(dres, l->g[LNF_W], l->g[LNF_B], h->dC, x, l->p[LNF_W], a->mean,
                               a->rstd, N, C)) != ST_OK)

@@ -147,6 +147,10 @@ st_status st_adapter_open(const char *dir, st_adapter **out)
             break;
         }
         size_t skip = strncmp(name, PEFT_PREFIX, strlen(PEFT_PREFIX)) == 0 ? strlen(PEFT_PREFIX) : 0;
+        /* GPT2LMHeadModel's blocks are under "transformer.", which Strata's
+         * names (as GPT-2 checkpoints') leave out */
+        if (stem >= skip + 12 && strncmp(name + skip, "transformer.", 12) == 0)
+            skip += 12;
         char mod[512];
         snprintf(mod, sizeof mod, "%.*s", (int)(stem - skip), name + skip);
         if (e->ndim != 2 || (is_a ? e->shape[0] : e->shape[1]) != (uint64_t)a->r) {

@@ -448,7 +448,9 @@ static st_status write_peft_view(const char *dir, const st_model_config *cfg,
             float *x = malloc((e->numel ? e->numel : 1) * sizeof *x);
             size_t shape[2] = {(size_t)e->shape[0], e->ndim > 1 ? (size_t)e->shape[1] : 1};
             char name[192];
-            snprintf(name, sizeof name, "base_model.model.%s", e->name);
+            /* PEFT's module path: GPT2LMHeadModel holds the blocks in "transformer" */
+            snprintf(name, sizeof name, "base_model.model.%s%s",
+                     cfg->family == ST_FAMILY_GPT2 ? "transformer." : "", e->name);
             s = x ? st_safetensors_to_f32(e, x)
                   : st_error(ST_ERR_HOST_MEMORY, "out of host memory writing the adapter");
             if (s == ST_OK)
@@ -476,7 +478,8 @@ static st_status write_peft_view(const char *dir, const st_model_config *cfg,
                           "lora_alpha",
                           alpha == floor(alpha) ? json_integer((json_int_t)alpha)
                                                 : json_real(alpha),
-                          "lora_dropout", 0.0, "bias", "none", "fan_in_fan_out", 0,
+                          "lora_dropout", 0.0, "bias", "none", "fan_in_fan_out",
+                          cfg->family == ST_FAMILY_GPT2, /* Conv1D weights are [in, out] */
                           "target_modules", targets, "inference_mode", 1, "use_rslora", 0,
                           "use_dora", 0, "init_lora_weights", 1, "rank_pattern", json_object(),
                           "alpha_pattern", json_object());
