@@ -139,6 +139,29 @@ POCL_DEVICES=pthread "$strata" train --resume "$work/dpc" --log-json "$work/dpc1
     fail "dp:2,pp:2's checkpoint in one process: $(tail -3 "$work/dpc1.log")"
 grep '"event":"step"' "$work/dp_2_pp_2.json" | sed -n '11,20p' >"$work/dptail.json"
 same_losses "$work/dptail.json" "$work/dpc1.json" "dp:2,pp:2's checkpoint continued in one process"
+# The moments split over the replicas' ranks (--shard-optimizer): bitwise the
+# losses and the saved weights and moments of the unsplit run, and a run
+# stopped at 10 resumes (the moments saved whole, split again) bitwise.
+POCL_DEVICES=pthread timeout 300 "${mpirun[@]}" -np 2 "$strata" train "${rep[@]}" --parallel dp:2,pp:1 \
+    --shard-optimizer --out "$work/zs" --log-json "$work/zs.json" >"$work/zs.log" 2>&1 ||
+    fail "mpirun -np 2 --shard-optimizer: $(tail -5 "$work/zs.log")"
+grep -q "AdamW moments split over the replicas" "$work/zs.log" || fail "--shard-optimizer: $(head -8 "$work/zs.log")"
+cmp -s <(grep '"event":"step"' "$work/dp_2_pp_1.json" | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/zs.json" | sed 's/"ms".*//') ||
+    fail "mpirun --shard-optimizer changed the losses"
+for k in model optimizer; do
+    cmp -s "$(ls "$work/dp_2_pp_1"/$k-step00000020-* | tail -1)" "$(ls "$work/zs"/$k-step00000020-* | tail -1)" ||
+        fail "mpirun --shard-optimizer saved other $k bytes"
+done
+POCL_DEVICES=pthread timeout 300 "${mpirun[@]}" -np 2 "$strata" train "${rep[@]}" --parallel dp:2,pp:1 \
+    --shard-optimizer --stop-at 10 --out "$work/zsc" >"$work/zsc.log" 2>&1 ||
+    fail "mpirun --shard-optimizer --stop-at 10: $(tail -5 "$work/zsc.log")"
+POCL_DEVICES=pthread timeout 300 "${mpirun[@]}" -np 2 "$strata" train --resume "$work/zsc" --parallel dp:2,pp:1 \
+    --shard-optimizer --log-json "$work/zsc2.json" >"$work/zsc2.log" 2>&1 ||
+    fail "mpirun --shard-optimizer resumed: $(tail -5 "$work/zsc2.log")"
+cmp -s <(grep '"event":"step"' "$work/zs.json" | sed -n '11,20p' | sed 's/"ms".*//') \
+    <(grep '"event":"step"' "$work/zsc2.json" | sed 's/"ms".*//') ||
+    fail "mpirun --shard-optimizer: resumed steps 11..20 differ"
 out=$(POCL_DEVICES=pthread STRATA_TEST_DRIFT_AT=3:1 timeout 300 "${mpirun[@]}" -np 2 "$strata" train \
     "${rep[@]}" --parallel dp:2,pp:1 --out "$work/drift" 2>&1)
 [ $? != 0 ] && grep -q "the replicas' weights differ" <<<"$out" ||

@@ -53,6 +53,10 @@ typedef struct st_pipe_comm {
     st_status (*replica_sum)(void *ctx, float *v, size_t n);
     /* The same for doubles (the loss over the replicas). */
     st_status (*replica_allsum)(void *ctx, double *v, int n);
+    /* v[n] split in `replicas` parts of ceil(n / replicas) (the last shorter):
+     * each replica's own part of v to every replica (the split moments'
+     * weights and moments, st_stage_moment_range). */
+    st_status (*replica_gather)(void *ctx, float *v, size_t n);
     /* Each pipeline process's line of text to its first (out: ranks x size). */
     st_status (*gather)(void *ctx, const char *line, char *out, size_t size);
     /* A link for boundary b (stage b to b+1 when !backward, b+1 to b when
@@ -119,6 +123,12 @@ typedef struct st_pipe_step_result {
 
 /* One training step on m micro-batches: tokens and targets hold m * B * T
  * entries, micro-batch j at j * B * T. clip 0: no clipping. */
+/* Moments split over MPI replicas (--shard-optimizer): every process
+ * gathers its stages' moments whole on the host (on), so that the first
+ * replica can save them, and frees them after (off). Every replica's
+ * processes call it together; nothing to do elsewhere. */
+st_status st_pipe_moments_whole(st_pipe *p, bool on);
+
 st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
                              const st_adamw_hparams *hp, long step, float clip,
                              st_pipe_step_result *res);

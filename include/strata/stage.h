@@ -78,6 +78,11 @@ void st_stage_moment_range(const st_stage *g, size_t *lo, size_t *hi);
  * order (itself among them; they outlive it), through which
  * st_stage_read and st_stage_write reach a parameter's whole moments. */
 void st_stage_set_peers(st_stage *g, st_stage *const *peers);
+/* Split moments whose other parts live in other processes: both moments
+ * whole on the host (train_numel floats each; NULL, NULL: none), which
+ * st_stage_read then reads (for a save). st_stage_write writes this
+ * stage's part only. */
+void st_stage_moments_host(st_stage *g, const float *m, const float *v);
 /* Memory the stage holds on its device, in bytes. */
 uint64_t st_stage_bytes(const st_stage *g);
 

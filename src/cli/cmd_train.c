@@ -140,7 +140,7 @@ static void help(void)
            "  --shard-optimizer   with D replicas, each holds and updates 1/D of the AdamW\n"
            "                      moments, then the weights are gathered (ZeRO stage 1;\n"
            "                      the same losses, bitwise; the planner counts the\n"
-           "                      smaller state; one process: not under mpirun yet)\n"
+           "                      smaller state; in one process and under mpirun)\n"
            "  --mem-limit LIST    the most the run may hold on each device, e.g. 0:2G,1:6G\n"
            "                      (weights, gradients, optimizer state, activations,\n"
            "                      buffers; the planner's one-time device measurement is\n"

@@ -383,6 +383,45 @@ static st_status comm_replica_allsum(void *ctx, double *v, int n)
     return allsum_on(c->group, c->group_size, v, n);
 }
 
+/* Each replica's part of v (parts of ceil(n / replicas)) to every replica,
+ * a bucket of each part at a time (counts stay within an int). */
+static st_status comm_replica_gather(void *ctx, float *v, size_t n)
+{
+    mpi_ctx *c = ctx;
+    size_t R = (size_t)c->group_size, part = (n + R - 1) / R;
+    int me = 0;
+    MPI_Comm_rank(c->group, &me);
+    const size_t bucket = (size_t)1 << 20;
+    size_t b = part < bucket ? part : bucket;
+    float *mine = malloc((b ? b : 1) * sizeof *mine), *all = malloc((b ? b : 1) * R * sizeof *all);
+    st_status s = mine && all ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    for (size_t off = 0; s == ST_OK && off < part; off += b) {
+        size_t len = part - off < b ? part - off : b;
+        for (size_t r = 0; r < R; r++) {
+            /* replica r's floats of this bucket: [r part + off, + len) within n */
+            size_t lo = r * part + off, hi = lo + len < n ? lo + len : n;
+            if ((int)r == me) {
+                memset(mine, 0, len * sizeof *mine);
+                if (lo < hi)
+                    memcpy(mine, v + lo, (hi - lo) * sizeof *mine);
+            }
+        }
+        int err = MPI_Allgather(mine, (int)len, MPI_FLOAT, all, (int)len, MPI_FLOAT, c->group);
+        if (err != MPI_SUCCESS) {
+            s = mpi_fail(err, "MPI_Allgather");
+            break;
+        }
+        for (size_t r = 0; r < R; r++) {
+            size_t lo = r * part + off, hi = lo + len < n ? lo + len : n;
+            if ((int)r != me && lo < hi)
+                memcpy(v + lo, all + r * len, (hi - lo) * sizeof *v);
+        }
+    }
+    free(mine);
+    free(all);
+    return s;
+}
+
 /* Floats summed over the replicas of this stage, a bucket at a time (all
  * of every replica's bucket gathered, added in replica order: the same bits
  * on each). */
@@ -515,6 +554,7 @@ st_status st_mpi_comm_make(const st_plan *plan, const int *device_rank, st_pipe_
         comm->bcast = comm_bcast;
         comm->replica_sum = comm_replica_sum;
         comm->replica_allsum = comm_replica_allsum;
+        comm->replica_gather = comm_replica_gather;
         comm->gather = comm_gather;
         comm->abort_job = comm_abort;
         comm->ctx = c;

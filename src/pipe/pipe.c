@@ -26,6 +26,7 @@ struct st_pipe {
     size_t S;
     const st_pipe_comm *comm;
     st_stage *stage[ST_PLAN_MAX_STAGES];
+    float *whole[ST_PLAN_MAX_STAGES]; /* split moments gathered for a save (MPI) */
     st_device *dev[ST_PLAN_MAX_STAGES];
     int slots[ST_PLAN_MAX_STAGES];
     size_t boundary[ST_PLAN_MAX_STAGES]; /* floats from stage k to k + 1 per micro-batch */
@@ -162,6 +163,8 @@ void st_pipe_destroy(st_pipe *p)
         free(p);
         return;
     }
+    for (size_t k = 0; k < ST_PLAN_MAX_STAGES; k++)
+        free(p->whole[k]);
     for (size_t s = 0; s < p->S; s++) {
         st_stage_destroy(p->stage[s]);
         if (p->fwd[s])
@@ -270,10 +273,9 @@ static st_status create_mpi_replica(const st_plan *plan, const st_model_desc *de
                         "pipeline: a batch of %d does not split into %zu replicas of %d "
                         "micro-batches",
                         o->batch, R, o->micro_batches);
-    if (o->training && o->shard_moments)
+    if (o->training && o->shard_moments && !comm->replica_gather)
         return st_error(ST_ERR_UNSUPPORTED,
-                        "--shard-optimizer splits the moments over replicas in one process; "
-                        "over MPI ranks it is not built yet: leave it out under mpirun");
+                        "pipeline: the processes' communicator cannot gather split moments");
     st_plan *one = malloc(sizeof *one);
     if (!one)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
@@ -282,6 +284,10 @@ static st_status create_mpi_replica(const st_plan *plan, const st_model_desc *de
     for (size_t k = 0; k < plan->n_stages; k++)
         one->stage[k].device = st_plan_device(plan, (size_t)comm->replica, k);
     one->shape.batch = o->batch / (int)R;
+    if (o->training && o->shard_moments && R > 1) { /* this process's part of the moments */
+        one->shape.moment_parts = (int)R;
+        one->shape.moment_part = comm->replica;
+    }
     st_status s = st_pipe_create(one, desc, devs, comm, out);
     free(one);
     return s;
@@ -1064,6 +1070,67 @@ static st_status gather_parts(st_pipe *const *pipes, size_t n)
     return s;
 }
 
+/* The same over MPI: this process's stages' trained weights, each replica's
+ * part to every replica. */
+static st_status gather_parts_mpi(st_pipe *p)
+{
+    st_status s = ST_OK;
+    for (size_t k = 0; s == ST_OK && k < p->S; k++) {
+        if (!p->stage[k])
+            continue;
+        size_t n = st_stage_train_numel(p->stage[k]), lo, hi;
+        st_stage_moment_range(p->stage[k], &lo, &hi);
+        float *buf = malloc((n ? n : 1) * sizeof *buf);
+        st_tensor *w = st_stage_tensor(p->stage[k], ST_STAGE_PARAMS);
+        s = buf ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+        if (s == ST_OK && hi > lo)
+            s = st_tensor_read(w, lo, hi - lo, buf + lo);
+        if (s == ST_OK)
+            s = p->comm->replica_gather(p->comm->ctx, buf, n);
+        if (s == ST_OK && lo > 0)
+            s = st_tensor_write(w, 0, lo, buf);
+        if (s == ST_OK && hi < n)
+            s = st_tensor_write(w, hi, n - hi, buf + hi);
+        free(buf);
+    }
+    return s;
+}
+
+st_status st_pipe_moments_whole(st_pipe *p, bool on)
+{
+    if (!p->comm || p->o.moment_parts <= 1 || !p->o.training)
+        return ST_OK;
+    st_status s = ST_OK;
+    for (size_t k = 0; k < p->S; k++) {
+        if (!p->stage[k])
+            continue;
+        free(p->whole[k]);
+        p->whole[k] = NULL;
+        st_stage_moments_host(p->stage[k], NULL, NULL);
+        if (!on || s != ST_OK)
+            continue;
+        size_t n = st_stage_train_numel(p->stage[k]), lo, hi;
+        st_stage_moment_range(p->stage[k], &lo, &hi);
+        float *buf = malloc((n > 0 ? 2 * n : 1) * sizeof *buf);
+        s = buf ? ST_OK : st_error(ST_ERR_HOST_MEMORY, "out of host memory for the moments");
+        st_stage_buf which[2] = {ST_STAGE_ADAM_M, ST_STAGE_ADAM_V};
+        for (int b = 0; s == ST_OK && b < 2; b++) {
+            if (hi > lo)
+                s = st_tensor_read(st_stage_tensor(p->stage[k], which[b]), 0, hi - lo,
+                                   buf + (size_t)b * n + lo);
+            if (s == ST_OK)
+                s = p->comm->replica_gather(p->comm->ctx, buf + (size_t)b * n, n);
+        }
+        if (s == ST_OK) {
+            p->whole[k] = buf;
+            st_stage_moments_host(p->stage[k], buf, buf + n);
+        } else {
+            free(buf);
+        }
+    }
+    return s;
+}
+
 /* The end of a step once the gradients are whole: the norm, and the update
  * of every pipeline in pipes (a group's replicas, or the pipe itself), or
  * none when the loss or the norm is not finite. */
@@ -1091,6 +1158,8 @@ static st_status finish_step(st_pipe *p, st_pipe *const *pipes, size_t n, double
         s = apply_step(pipes[r], hp, step, scale);
     if (s == ST_OK && n > 1 && pipes[0]->o.moment_parts > 1)
         s = gather_parts(pipes, n);
+    else if (s == ST_OK && pipes[0]->comm && pipes[0]->o.moment_parts > 1)
+        s = gather_parts_mpi(pipes[0]);
     for (size_t r = 0; s == ST_OK && r < n; r++)
         s = test_drift(pipes[r], n > 1 ? r : pipes[r]->comm ? (size_t)pipes[r]->comm->replica : 0,
                        step);

@@ -57,6 +57,8 @@ struct st_stage {
     int shards, shard;
     size_t mom_lo, mom_hi;
     st_stage **peers;
+    const float *whole[2]; /* the parts in other processes: both moments whole on the
+                            * host for a save (st_stage_moments_host), else NULL */
 
     st_tensor *scratch, *dres, *work, *sumsq_acc, *sumsq_parts;
     st_tensor *adam_runs;
@@ -182,6 +184,12 @@ size_t st_stage_param_numel(const st_stage *g)
 size_t st_stage_train_numel(const st_stage *g)
 {
     return g->training ? g->sizes.train_numel : 0;
+}
+
+void st_stage_moments_host(st_stage *g, const float *m, const float *v)
+{
+    g->whole[0] = m;
+    g->whole[1] = v;
 }
 
 void st_stage_moment_range(const st_stage *g, size_t *lo, size_t *hi)
@@ -668,11 +676,19 @@ void st_stage_set_peers(st_stage *g, st_stage *const *peers)
 static st_status moment_parts(const st_stage *g, st_stage_buf which, size_t i, float *host,
                               bool write)
 {
+    size_t a = g->params[i].offset, b = a + g->params[i].desc->numel;
+    if (!g->peers && write) { /* other processes hold the rest: this part only */
+        size_t lo = a > g->mom_lo ? a : g->mom_lo, hi = b < g->mom_hi ? b : g->mom_hi;
+        return lo < hi ? st_tensor_write(g->bufs[which], lo - g->mom_lo, hi - lo, host + (lo - a))
+                       : ST_OK;
+    }
+    if (!g->peers && g->whole[which - ST_STAGE_ADAM_M]) {
+        memcpy(host, g->whole[which - ST_STAGE_ADAM_M] + a, (b - a) * sizeof *host);
+        return ST_OK;
+    }
     if (!g->peers)
         return st_error(ST_ERR_INVALID,
-                        "internal: the moments are split over replicas, the stage knows no "
-                        "others");
-    size_t a = g->params[i].offset, b = a + g->params[i].desc->numel;
+                        "internal: the moments are split over processes, and not gathered");
     st_status s = ST_OK;
     for (int k = 0; s == ST_OK && k < g->shards; k++) {
         const st_stage *p = g->peers[k];

@@ -434,8 +434,13 @@ static st_status save(run *r, long step, const st_dataset *ds)
     snprintf(state.settings, sizeof state.settings, "%s", text);
     free(text);
     st_status s;
-    if (r->layout->comm)
+    /* split moments over processes: every replica helps the first save them whole */
+    if (r->layout->comm && (s = st_pipe_moments_whole(r->p, true)) != ST_OK)
+        return s;
+    if (r->layout->comm) {
         s = save_ranks(r, &state);
+        st_pipe_moments_whole(r->p, false);
+    }
     else
         s = st_checkpoint_save(r->tc->out_dir, r->local, r->n_local, r->cfg, &state,
                                r->tc->keep);
