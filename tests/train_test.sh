@@ -206,6 +206,7 @@ expect 2 "--lora adapts a trained model" -- "$strata" train --lora 4 --steps 1
 expect 2 "--lora-alpha sets up LoRA adapters" -- "$strata" train --init "$work/la" --lora-alpha 4
 expect 2 "'wq' is not a projection of a llama model" -- "$strata" train --init "$work/la" --lora 2 --lora-targets wq
 expect 2 "--lora cannot be used with --resume" -- "$strata" train --resume "$work/lora2" --lora 2
+expect 2 "holds LoRA adapters, not the model they adapt" -- "$strata" train --init "$work/lora" --lora 2 --steps 1
 # GPT-2 (Conv1D weights): PEFT's fan_in_fan_out and GPT-2's module names.
 expect 0 "of them 576 trained" -- "$strata" train --init "$work/a" --lora 2 --lora-targets c_attn,mlp.c_proj \
     --steps 2 --eval-batches 1 --out "$work/lora-gpt2"

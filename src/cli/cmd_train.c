@@ -1113,6 +1113,9 @@ static int train_command(int argc, char **argv)
         }
         if (s == ST_OK)
             tc.shape.micro_batches = plan.shape.micro_batches;
+        if (s == ST_OK && tc.shape.shard_moments && st_plan_replicas(&plan) < 2 && rank0_out)
+            fprintf(stderr, "strata train: note: --shard-optimizer splits the AdamW moments "
+                            "over replicas; this plan has one, so nothing is split\n");
     }
     /* Each stage's device here (NULL: another rank's). */
     st_device *stage_dev[ST_PLAN_MAX_STAGES] = {NULL};

@@ -1327,6 +1327,11 @@ static st_status load_into(const st_checkpoint *ck, st_stage *const *stages, siz
                         "(strata merge --model BASE --adapter %s --out DIR)",
                         ck->dir, ck->dir, ck->dir);
     load_part part = !adapters ? LOAD_ALL : lora ? LOAD_ADAPTERS : LOAD_BASE;
+    if (part == LOAD_ADAPTERS && !state)
+        return st_error(ST_ERR_INVALID,
+                        "%s holds LoRA adapters, not the model they adapt: give that model "
+                        "(--init BASE; to go on training these adapters, --resume %s)",
+                        ck->dir, ck->dir);
     if (state && part == LOAD_BASE)
         return st_error(ST_ERR_INVALID,
                         "%s is not a LoRA run: it has no adapters or moments to continue from",
