@@ -85,14 +85,14 @@ awk 'NR == FNR { a[FNR] = $1; next }
      { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
      END { exit bad }' <(losses "$work/one.json") <(losses "$work/dp.json"; losses "$work/dpr.json") ||
     fail "dp:2 or its resumed losses differ from one device's"
-# The AdamW moments split over the two replicas (--shard-optimizer): 20
+# The AdamW moments split over the two replicas (--shard-optimizer): 12
 # steps with the losses, weights and moments of the unsplit run, bitwise,
 # saved whole (the moments file the same bytes) and resumed bitwise; the
 # planner and the devices hold less, by half the moments.
 for z in off on; do
     flag=()
     [ $z = on ] && flag=(--shard-optimizer)
-    out=$("$strata" train "${tiny[@]}" --steps 20 --devices 0,1 --parallel dp:2,pp:1 --micro-batches 2 \
+    out=$("$strata" train "${tiny[@]}" --steps 12 --devices 0,1 --parallel dp:2,pp:1 --micro-batches 2 \
         "${flag[@]}" --out "$work/z$z" --log-json "$work/z$z.json" 2>&1) || fail "dp:2 --shard-optimizer $z: $out"
     grep -o '| [0-9.]* [KM]iB on the device' <<<"$out" | tr -d '|' >"$work/z$z.mem"
 done
@@ -106,13 +106,13 @@ for k in model optimizer; do
 done
 awk -v a="$(cut -d' ' -f2 "$work/zoff.mem")" -v b="$(cut -d' ' -f2 "$work/zon.mem")" 'BEGIN { exit !(b < a) }' ||
     fail "--shard-optimizer holds no less: $(cat "$work/zoff.mem") vs $(cat "$work/zon.mem")"
-"$strata" train "${tiny[@]}" --steps 20 --devices 0,1 --parallel dp:2,pp:1 --micro-batches 2 --shard-optimizer \
-    --stop-at 10 --out "$work/zstop" >/dev/null 2>&1 || fail "--shard-optimizer --stop-at 10 failed"
+"$strata" train "${tiny[@]}" --steps 12 --devices 0,1 --parallel dp:2,pp:1 --micro-batches 2 --shard-optimizer \
+    --stop-at 6 --out "$work/zstop" >/dev/null 2>&1 || fail "--shard-optimizer --stop-at 6 failed"
 "$strata" train --resume "$work/zstop" --devices 0,1 --parallel dp:2,pp:1 --shard-optimizer --log-json "$work/zres.json" >/dev/null 2>&1 ||
     fail "resuming a run with split moments failed"
-cmp -s <(grep '"event":"step"' "$work/zon.json" | sed -n '11,20p' | sed 's/"ms".*//') \
+cmp -s <(grep '"event":"step"' "$work/zon.json" | sed -n '7,12p' | sed 's/"ms".*//') \
     <(grep '"event":"step"' "$work/zres.json" | sed 's/"ms".*//') ||
-    fail "--shard-optimizer: resumed steps 11..20 differ"
+    fail "--shard-optimizer: resumed steps 7..12 differ"
 out=$("$strata" train --parallel dp:2,pp:2 --devices 0,1 --steps 1 2>&1)
 [ $? = 2 ] && grep -q "needs 4 devices" <<<"$out" || fail "dp:2,pp:2 on two devices was not refused: $out"
 # PoCL's basic devices hold replicas in one process, each with programs of

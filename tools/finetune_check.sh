@@ -101,8 +101,8 @@ close "strata merge against peft's merge_and_unload (transformers on both)" \
 # 5. LoRA fine-tuning of the folder, on two devices
 before=$(st_eval --model "$work/base" --data "$text")
 POCL_DEVICES="${STRATA_LORA_POCL_DEVICES:-basic basic}" "$strata" train --init "$work/base" \
-    --lora 8 --lora-alpha 16 --data "$text" --seq 64 --batch 8 --steps 16 --lr 1e-2 --warmup 2 \
-    --eval-every 16 --eval-batches 2 --out "$work/lora" >"$work/lora.log" 2>&1 || { cat "$work/lora.log" >&2; exit 1; }
+    --lora 8 --lora-alpha 16 --data "$text" --seq 64 --batch 4 --steps 10 --lr 2e-2 --warmup 2 \
+    --eval-every 10 --eval-batches 1 --out "$work/lora" >"$work/lora.log" 2>&1 || { cat "$work/lora.log" >&2; exit 1; }
 grep -E '^(parameters|plan|done)' "$work/lora.log" >&2 || true
 after=$(st_eval --model "$work/base" --adapter "$work/lora" --data "$text")
 if $py -c 'import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))' "$after" "$before"; then
