@@ -276,6 +276,99 @@ static void swiglu_and_linear_match(void **state)
     }
 }
 
+
+/* LoRA over a group of three projections writing neighbouring columns of one
+ * output (as q, k and v): st_lora_fwd adds s (x A_j^T) B_j^T to each one's
+ * columns, st_lora_bwd accumulates dB, dA and dx; against a plain double
+ * reference written out here. A frozen weight: st_linear_bwd without dw
+ * gives the input's gradient alone. */
+static void lora_group_matches_reference(void **state)
+{
+    (void)state;
+    enum { N = 7, IC = 13, R = 3, G = 3, LDO = 21 };
+    const int col[G] = {0, 11, 16}, oc[G] = {11, 5, 5};
+    const double scale = 1.75;
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *x = rnd((size_t)N * IC, 60, 1.0), *a = rnd((size_t)G * R * IC, 61, 0.5);
+        double *out = rnd((size_t)N * LDO, 62, 1.0), *dout = rnd((size_t)N * LDO, 63, 1.0);
+        double *dx = rnd((size_t)N * IC, 64, 1.0), *da = rnd((size_t)G * R * IC, 65, 1.0);
+        double *b[G], *db[G], *xa = zeros((size_t)N * G * R), *dxa = zeros((size_t)N * G * R);
+        st_tensor *tb[G], *tdb[G];
+        st_lora_group lg = {.n = G, .r = R, .IC = IC, .ldo = LDO, .scale = (float)scale};
+        for (int j = 0; j < G; j++) {
+            b[j] = rnd((size_t)oc[j] * R, 66 + (unsigned)j, 0.5);
+            db[j] = rnd((size_t)oc[j] * R, 70 + (unsigned)j, 1.0);
+            tb[j] = up(dev, b[j], (size_t)oc[j] * R, "B");
+            tdb[j] = up(dev, db[j], (size_t)oc[j] * R, "dB");
+            lg.col[j] = col[j];
+            lg.oc[j] = oc[j];
+            lg.b[j] = tb[j];
+            lg.db[j] = tdb[j];
+        }
+        st_tensor *tx = up(dev, x, (size_t)N * IC, "x"), *ta = up(dev, a, (size_t)G * R * IC, "A");
+        st_tensor *tout = up(dev, out, (size_t)N * LDO, "out"), *tdout = up(dev, dout, (size_t)N * LDO, "dout");
+        st_tensor *tdx = up(dev, dx, (size_t)N * IC, "dx"), *tda = up(dev, da, (size_t)G * R * IC, "dA");
+        st_tensor *txa = up(dev, xa, (size_t)N * G * R, "xa"), *tdxa = up(dev, dxa, (size_t)N * G * R, "dxa");
+        lg.a = ta;
+        lg.da = tda;
+        /* the reference: xa = x A^T; out_j += s xa_j B_j^T; dB_j += s dout_j^T xa_j;
+         * dxa_j = s dout_j B_j; dA += dxa^T x; dx += dxa A */
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < G * R; k++) {
+                double acc = 0;
+                for (int i = 0; i < IC; i++)
+                    acc += x[n * IC + i] * a[k * IC + i];
+                xa[n * G * R + k] = acc;
+            }
+        for (int j = 0; j < G; j++)
+            for (int n = 0; n < N; n++)
+                for (int o = 0; o < oc[j]; o++) {
+                    double acc = 0, g = dout[n * LDO + col[j] + o];
+                    for (int k = 0; k < R; k++) {
+                        acc += xa[n * G * R + j * R + k] * b[j][o * R + k];
+                        db[j][o * R + k] += scale * g * xa[n * G * R + j * R + k];
+                        dxa[n * G * R + j * R + k] += scale * g * b[j][o * R + k];
+                    }
+                    out[n * LDO + col[j] + o] += scale * acc;
+                }
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < G * R; k++)
+                for (int i = 0; i < IC; i++) {
+                    da[k * IC + i] += dxa[n * G * R + k] * x[n * IC + i];
+                    dx[n * IC + i] += dxa[n * G * R + k] * a[k * IC + i];
+                }
+        assert_ok(st_lora_fwd(&lg, tout, txa, tx, N));
+        assert_ok(st_lora_bwd(&lg, tdx, tdxa, tdout, txa, tx, N));
+        check("lora x A^T", txa, xa, (size_t)N * G * R);
+        check("lora out", tout, out, (size_t)N * LDO);
+        check("lora dA", tda, da, (size_t)G * R * IC);
+        check("lora dx", tdx, dx, (size_t)N * IC);
+        for (int j = 0; j < G; j++)
+            check("lora dB", tdb[j], db[j], (size_t)oc[j] * R);
+        /* a frozen weight: the input's gradient only */
+        double *w = rnd((size_t)LDO * IC, 75, 0.3), *dx2 = zeros((size_t)N * IC);
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < IC; i++)
+                for (int o = 0; o < LDO; o++)
+                    dx2[n * IC + i] += dout[n * LDO + o] * w[o * IC + i];
+        st_tensor *tw = up(dev, w, (size_t)LDO * IC, "w"), *tdx2 = up(dev, dx2, (size_t)N * IC, "dx2");
+        assert_ok(st_linear_bwd(tdx2, 0.0f, NULL, NULL, tdout, tx, tw, N, IC, LDO));
+        check("linear dinp, frozen weight", tdx2, dx2, (size_t)N * IC);
+        st_tensor *all[] = {tx, ta, tout, tdout, tdx, tda, txa, tdxa, tw, tdx2};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            st_tensor_destroy(all[i]);
+        for (int j = 0; j < G; j++) {
+            st_tensor_destroy(tb[j]);
+            st_tensor_destroy(tdb[j]);
+            free(b[j]);
+            free(db[j]);
+        }
+        free(x), free(a), free(out), free(dout), free(dx), free(da), free(xa), free(dxa), free(w),
+            free(dx2);
+    }
+}
+
 /* log sum_s<=t exp(q.k_s * scale) of row (b, h, t) */
 static void ref_lse(double *lse, const double *qkv, int B, int T, int C, int NH, int KV)
 {
@@ -537,6 +630,7 @@ int main(void)
         cmocka_unit_test(rmsnorm_matches_reference),
         cmocka_unit_test(rope_matches_reference),
         cmocka_unit_test(swiglu_and_linear_match),
+        cmocka_unit_test(lora_group_matches_reference),
         cmocka_unit_test(gqa_attention_matches_reference),
         cmocka_unit_test(gqa_decode_matches_reference),
         cmocka_unit_test(gqa_prefill_matches_reference),
