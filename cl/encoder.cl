@@ -3,8 +3,9 @@
  *
  * tokens: [B*T] int    wte, dwte: [V, C]    wpe, dwpe: [maxT, C]    out, dout: [B, T, C]
  *
- * forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (decoding: wpe[rows[2n + 1],:],
- *           each row's own position)
+ * forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] (has_rows 1, decoding:
+ *           wpe[rows[2n + 1],:], each row's own position; has_rows 2, packed
+ *           documents: wpe[rows[n],:], each row's position in its document)
  * backward: dwte[v,:] += sum of dout[b,t,:] over tokens[b,t] == v;  dwpe[t,:] += sum_b dout[b,t,:]
  * The token gradient gives each work-item one channel and walks the tokens in
  * order, so repeated tokens are summed in a fixed order without atomics.
@@ -20,7 +21,10 @@ __kernel void encoder_fwd(__global float *out, const ulong out_off,
     const size_t i = get_global_id(0);
     if (i >= (size_t)BT * C)
         return;
-    const int n = i / C, c = i % C, t = has_rows ? rows[rows_off + 2 * n + 1] : n % T;
+    const int n = i / C, c = i % C;
+    const int t = has_rows == 1   ? rows[rows_off + 2 * n + 1]
+                  : has_rows == 2 ? rows[rows_off + n]
+                                  : n % T;
     const int tok = tokens[tokens_off + n];
     const float e = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
     out[out_off + i] = e + wpe[wpe_off + (size_t)t * C + c];
@@ -52,6 +56,21 @@ __kernel void encoder_bwd_wpe(__global float *dwpe, const ulong dwpe_off,
     for (int b = 0; b < B; b++)
         s += dout[dout_off + (size_t)b * T * C + i];
     dwpe[dwpe_off + i] += s;
+}
+
+/* dwpe with packed documents: row n's gradient goes to its position pos[n]
+ * (below T). One work-item per channel walks the rows in order, as
+ * encoder_bwd_wte does: a fixed order of sums without atomics. */
+__kernel void encoder_bwd_wpe_pos(__global float *dwpe, const ulong dwpe_off,
+                                  __global const int *pos, const ulong pos_off,
+                                  __global const float *dout, const ulong dout_off,
+                                  const int BT, const int C)
+{
+    const int c = get_global_id(0);
+    if (c >= C)
+        return;
+    for (int n = 0; n < BT; n++)
+        dwpe[dwpe_off + (size_t)pos[pos_off + n] * C + c] += dout[dout_off + (size_t)n * C + c];
 }
 
 /* Token embedding alone (no positions): out[n,:] = wte[tokens[n],:]. The

@@ -17,9 +17,19 @@
  * Work-groups of FA_TILE work-items, one row (query or key) each; a group
  * covers FA_TILE rows of one (sequence, head). Head sizes up to FA_HS_MAX
  * (layers/attention.c uses the T x T path beyond).
+ *
+ * Packed sequences (has_pos): pos [B, T] gives each row's position in its
+ * own document, so row i's document starts at row i - pos[i], and query i
+ * sees the keys i - pos[i] .. i only: no attention across a document
+ * boundary. A document's rows then take exactly the steps they take in a
+ * sequence of their own (the same keys in the same order). Without pos,
+ * every row's document starts at 0.
  */
 #define FA_TILE 16
 #define FA_HS_MAX 128
+
+/* The first row of row i's document (sequence base's rows). */
+#define DOC0(i) (has_pos ? (i) - pos[(i)] : 0)
 
 /* The bias of column c, or 0. */
 #define BIAS(c) (has_bias ? bias[c] : 0.0f)
@@ -40,6 +50,7 @@ __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
                                   __global float *lse, const ulong lse_off,
                                   __global const float *qkv, const ulong qkv_off,
                                   __global const float *qkv_b, const ulong qkv_b_off,
+                                  __global const int *pos_, const ulong pos_off, const int has_pos,
                                   const int has_bias, const int T, const int C, const int NH,
                                   const int KV, const float scale)
 {
@@ -49,6 +60,7 @@ __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
     const int i = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
+    __global const int *pos = pos_ + pos_off + (size_t)b * T;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], acc[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
@@ -57,13 +69,15 @@ __kernel void attention_flash_fwd(__global float *out, const ulong out_off,
     }
     float m = -INFINITY, l = 0.0f;
     const int last = min(T, (tile + 1) * FA_TILE) - 1; /* the group's last query row */
-    for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
+    /* from the tile of the group's first row's document start: the lowest */
+    const int first = DOC0(tile * FA_TILE) / FA_TILE * FA_TILE, lo = i < T ? DOC0(i) : 0;
+    for (int k0 = first; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
         load_tile(Ks, base, bias, has_bias, k0, T, W, C + hk * HS, HS, lid);
         load_tile(Vs, base, bias, has_bias, k0, T, W, C + KVD + hk * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
-        const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0; /* keys k0 .. i */
-        for (int jj = 0; jj < n; jj++) {
+        const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0; /* keys lo .. i */
+        for (int jj = max(0, lo - k0); jj < n; jj++) {
             float s = 0.0f;
             for (int d = 0; d < HS; d++)
                 s += q[d] * Ks[jj * HS + d];
@@ -94,8 +108,9 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
                                      __global const float *lse, const ulong lse_off,
                                      __global const float *qkv, const ulong qkv_off,
                                      __global const float *qkv_b, const ulong qkv_b_off,
-                                     const int has_bias, const int T, const int C, const int NH,
-                                     const int KV, const float scale)
+                                     __global const int *pos_, const ulong pos_off,
+                                     const int has_pos, const int has_bias, const int T,
+                                     const int C, const int NH, const int KV, const float scale)
 {
     const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, tiles = (T + FA_TILE - 1) / FA_TILE;
     const int g = get_group_id(0), lid = get_local_id(0);
@@ -103,9 +118,14 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
     const int j = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
+    __global const int *pos = pos_ + pos_off + (size_t)b * T;
+    /* the group's last key row: queries past its document see none of the group's keys
+     * (document starts only grow along the sequence) */
+    const int jlast = min(T, (tile + 1) * FA_TILE) - 1;
     __global const float *dob = dout + dout_off + (size_t)b * T * C;
     __global const float *ob = out + out_off + (size_t)b * T * C;
     __local float Qs[FA_TILE * FA_HS_MAX], Ds_[FA_TILE * FA_HS_MAX], Ls[FA_TILE], Dd[FA_TILE];
+    __local int Ss[FA_TILE];
     float k[FA_HS_MAX], v[FA_HS_MAX], dk[FA_HS_MAX], dv[FA_HS_MAX];
     for (int d = 0; d < HS; d++) {
         k[d] = j < T ? base[(size_t)j * W + C + hk * HS + d] + BIAS(C + hk * HS + d) : 0.0f;
@@ -115,7 +135,7 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
     }
     for (int h = hk * G; h < (hk + 1) * G; h++) {
         __global const float *lb = lse + lse_off + ((size_t)b * NH + h) * T;
-        for (int i0 = tile * FA_TILE; i0 < T; i0 += FA_TILE) {
+        for (int i0 = tile * FA_TILE; i0 < T && DOC0(i0) <= jlast; i0 += FA_TILE) {
             barrier(CLK_LOCAL_MEM_FENCE);
             load_tile(Qs, base, bias, has_bias, i0, T, W, h * HS, HS, lid);
             for (int e = lid; e < FA_TILE * HS; e += FA_TILE) {
@@ -128,12 +148,13 @@ __kernel void attention_flash_bwd_kv(__global float *dqkv, const ulong dqkv_off,
                 D += dob[(size_t)r * C + h * HS + d] * ob[(size_t)r * C + h * HS + d];
             Dd[lid] = D;
             Ls[lid] = r < T ? lb[r] : 0.0f;
+            Ss[lid] = r < T ? DOC0(r) : 0;
             barrier(CLK_LOCAL_MEM_FENCE);
             for (int ii = 0; j < T && ii < FA_TILE; ii++) {
                 const int i = i0 + ii;
                 if (i >= T)
                     break;
-                if (i < j)
+                if (i < j || Ss[ii] > j) /* not after j in j's document */
                     continue;
                 float s = 0.0f, dp = 0.0f;
                 for (int d = 0; d < HS; d++) {
@@ -165,8 +186,9 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
                                     __global const float *lse, const ulong lse_off,
                                     __global const float *qkv, const ulong qkv_off,
                                     __global const float *qkv_b, const ulong qkv_b_off,
-                                    const int has_bias, const int T, const int C, const int NH,
-                                    const int KV, const float scale)
+                                    __global const int *pos_, const ulong pos_off,
+                                    const int has_pos, const int has_bias, const int T,
+                                    const int C, const int NH, const int KV, const float scale)
 {
     const int HS = C / NH, KVD = KV * HS, W = C + 2 * KVD, tiles = (T + FA_TILE - 1) / FA_TILE;
     const int g = get_group_id(0), lid = get_local_id(0);
@@ -174,6 +196,7 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     const int i = tile * FA_TILE + lid;
     __global const float *base = qkv + qkv_off + (size_t)b * T * W;
     __global const float *bias = qkv_b + qkv_b_off;
+    __global const int *pos = pos_ + pos_off + (size_t)b * T;
     __local float Ks[FA_TILE * FA_HS_MAX], Vs[FA_TILE * FA_HS_MAX];
     float q[FA_HS_MAX], dO[FA_HS_MAX], dq[FA_HS_MAX];
     float D = 0.0f, L = 0.0f;
@@ -190,13 +213,14 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
     for (int d = 0; d < HS; d++)
         dq[d] = 0.0f;
     const int last = min(T, (tile + 1) * FA_TILE) - 1;
-    for (int k0 = 0; k0 <= last; k0 += FA_TILE) {
+    const int first = DOC0(tile * FA_TILE) / FA_TILE * FA_TILE, lo = i < T ? DOC0(i) : 0;
+    for (int k0 = first; k0 <= last; k0 += FA_TILE) {
         barrier(CLK_LOCAL_MEM_FENCE);
         load_tile(Ks, base, bias, has_bias, k0, T, W, C + hk * HS, HS, lid);
         load_tile(Vs, base, bias, has_bias, k0, T, W, C + KVD + hk * HS, HS, lid);
         barrier(CLK_LOCAL_MEM_FENCE);
         const int n = i < T ? min(FA_TILE, i - k0 + 1) : 0;
-        for (int jj = 0; jj < n; jj++) {
+        for (int jj = max(0, lo - k0); jj < n; jj++) {
             float s = 0.0f, dp = 0.0f;
             for (int d = 0; d < HS; d++) {
                 s += q[d] * Ks[jj * HS + d];

@@ -4,7 +4,9 @@
  *
  * qkv [N, W]: per row q of NH heads, then k and v of KV heads (W = C + 2 KVD,
  * KVD = KV * HS); bias [W] when has_bias. inv_freq [HS/2]. Row n is position
- * pos0 + n % T, or rows[2n + 1] when has_rows (decoding: each row's own). For each head of q and k and i < HS/2, with a = pos * inv_freq[i]
+ * pos0 + n % T; with has_rows 1, rows[2n + 1] (decoding's table of sequence
+ * and position: each row's own); with has_rows 2, rows[n] (packed
+ * documents: each row's position in its own document). For each head of q and k and i < HS/2, with a = pos * inv_freq[i]
  * (float, as Hugging Face computes it):
  *   x'[i] = x[i] cos a - x[i + HS/2] sin a;  x'[i + HS/2] = x[i + HS/2] cos a + x[i] sin a.
  * The backward applies the inverse rotation to the gradient. One work-item
@@ -33,7 +35,9 @@ __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
         return;
     }
     const int i = e;
-    const int pos = has_rows ? rows[rows_off + 2 * n + 1] : pos0 + n % T;
+    const int pos = has_rows == 1   ? rows[rows_off + 2 * n + 1]
+                    : has_rows == 2 ? rows[rows_off + n]
+                                    : pos0 + n % T;
     const float a = (float)pos * inv_freq[inv_freq_off + i];
     const float cs = cos(a), sn = sin(a);
     for (int head = 0; head < NH + KV; head++) {
@@ -47,6 +51,7 @@ __kernel void rope_fwd(__global float *qkv, const ulong qkv_off,
 
 __kernel void rope_bwd(__global float *dqkv, const ulong dqkv_off,
                        __global const float *inv_freq, const ulong inv_freq_off,
+                       __global const int *rows, const ulong rows_off, const int has_rows,
                        const int N, const int T, const int pos0, const int NH, const int KV,
                        const int HS)
 {
@@ -56,7 +61,8 @@ __kernel void rope_bwd(__global float *dqkv, const ulong dqkv_off,
         return;
     const int n = id / hh, i = id % hh;
     __global float *row = dqkv + dqkv_off + (size_t)n * W;
-    const float a = (float)(pos0 + n % T) * inv_freq[inv_freq_off + i];
+    const int pos = has_rows ? rows[rows_off + n] : pos0 + n % T; /* has_rows 2 only */
+    const float a = (float)pos * inv_freq[inv_freq_off + i];
     const float cs = cos(a), sn = sin(a);
     for (int head = 0; head < NH + KV; head++) {
         const int c = head * HS + i;

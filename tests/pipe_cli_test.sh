@@ -113,6 +113,26 @@ awk -v a="$(cut -d' ' -f2 "$work/zoff.mem")" -v b="$(cut -d' ' -f2 "$work/zon.me
 cmp -s <(grep '"event":"step"' "$work/zon.json" | sed -n '7,12p' | sed 's/"ms".*//') \
     <(grep '"event":"step"' "$work/zres.json" | sed 's/"ms".*//') ||
     fail "--shard-optimizer: resumed steps 7..12 differ"
+# Packed JSON Lines (several examples a row, each attending only itself):
+# the positions reach every stage and each replica's share; split over two
+# stages and as dp:2 the losses are one device's (1e-5 relative).
+for i in $(seq 1 40); do
+    printf '{"prompt": "%d+%d=", "completion": "%d"}\n' $((i % 10)) $((i % 7)) $((i % 10 + i % 7))
+    printf '{"text": "%d and %d make %d"}\n' $((i % 9)) $((i % 5)) $((i % 9 + i % 5))
+done >"$work/sums.jsonl"
+packed=(--arch llama --layers 2 --embd 32 --heads 4 --kv-heads 2 --data "$work/sums.jsonl" --seq 32
+    --batch 4 --micro-batches 2 --steps 6 --eval-batches 1 --warmup 2)
+"$strata" train "${packed[@]}" --devices 0 --log-json "$work/p1.json" >/dev/null 2>&1 ||
+    fail "packed JSON Lines on one device failed"
+for how in "--split uniform" "--parallel dp:2,pp:1"; do
+    out=$("$strata" train "${packed[@]}" --devices 0,1 $how --log-json "$work/p2.json" 2>&1) ||
+        fail "packed JSON Lines with $how failed: $out"
+    grep -q "^rows: packed" <<<"$out" || fail "packed rows are not said: $out"
+    awk 'NR == FNR { a[FNR] = $1; next }
+         { d = a[FNR] - $1; if (d < 0) d = -d; if (d > 1e-5 * a[FNR]) { print "step " FNR ": " a[FNR] " vs " $1; bad = 1 } }
+         END { exit bad || FNR != 6 }' <(losses "$work/p1.json") <(losses "$work/p2.json") ||
+        fail "packed JSON Lines with $how: the losses differ from one device's"
+done
 out=$("$strata" train --parallel dp:2,pp:2 --devices 0,1 --steps 1 2>&1)
 [ $? = 2 ] && grep -q "needs 4 devices" <<<"$out" || fail "dp:2,pp:2 on two devices was not refused: $out"
 # PoCL's basic devices hold replicas in one process, each with programs of

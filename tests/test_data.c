@@ -6,6 +6,7 @@
  * bytes and through a tokenizer (the ids compared with the tokenizer's own
  * encoding of each part).
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -123,6 +124,74 @@ static void tokenizer_rows(void **state)
     unlink(path);
 }
 
+/* Packed rows, by hand: "abcd" (the prompt "ab"'s targets masked), "xyz"
+ * and "pq" one after the other, each from position 0; a new row where the
+ * next example does not fit whole; padding goes on counting positions. */
+static void packed_rows(void **state)
+{
+    (void)state;
+    char path[256];
+    write_jsonl(path, sizeof path, three);
+    st_dataset *ds = NULL;
+    assert_ok(st_dataset_open(path, &ds));
+    assert_false(st_dataset_packed(ds));
+    assert_true(st_dataset_pack(ds, true));
+    assert_true(st_dataset_packed(ds));
+    int32_t tok[20], tgt[20], pos[20];
+    /* without the positions' table: refused */
+    assert_int_equal(st_dataset_batch(ds, ST_ALL, 0, 0, 1, 10, tok, tgt), ST_ERR_INVALID);
+    assert_contains(st_last_error(), "positions");
+    assert_int_equal(st_dataset_windows(ds, ST_ALL, 10), 1);
+    assert_ok(st_dataset_batch_pos(ds, ST_ALL, 0, 0, 1, 10, tok, tgt, pos));
+    const int32_t want_tok[10] = {'a', 'b', 'c', 'd', 'x', 'y', 'z', 'p', 'q', 0};
+    const int32_t want_tgt[10] = {-1, 'c', 'd', -1, 'y', 'z', -1, 'q', -1, -1};
+    const int32_t want_pos[10] = {0, 1, 2, 3, 0, 1, 2, 0, 1, 2};
+    assert_memory_equal(tok, want_tok, sizeof want_tok);
+    assert_memory_equal(tgt, want_tgt, sizeof want_tgt);
+    assert_memory_equal(pos, want_pos, sizeof want_pos);
+    assert_true(fabs(st_dataset_fill(ds, ST_ALL, 10, true) - 0.9) < 1e-12);
+    assert_true(fabs(st_dataset_fill(ds, ST_ALL, 10, false) - 9.0 / 30) < 1e-12);
+    /* rows of 6: "abcd" alone ("xyz" does not fit after it), then "xyz" "pq" */
+    assert_int_equal(st_dataset_windows(ds, ST_ALL, 6), 2);
+    assert_ok(st_dataset_batch_pos(ds, ST_ALL, 0, 0, 2, 6, tok, tgt, pos));
+    const int32_t want_tok6[12] = {'a', 'b', 'c', 'd', 0, 0, 'x', 'y', 'z', 'p', 'q', 0};
+    const int32_t want_pos6[12] = {0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2};
+    assert_memory_equal(tok, want_tok6, sizeof want_tok6);
+    assert_memory_equal(pos, want_pos6, sizeof want_pos6);
+    assert_int_equal(tgt[4], -1);
+    assert_int_equal(tgt[5], -1);
+    /* training rows hold only the training examples, each whole from position 0 */
+    for (uint64_t i = 0; i < 40; i++) {
+        assert_ok(st_dataset_batch_pos(ds, ST_TRAIN, 3, i, 2, 10, tok, tgt, pos));
+        for (int b = 0; b < 2; b++) {
+            int32_t *tk = tok + b * 10, *ps = pos + b * 10;
+            int t = 0, docs = 0;
+            while (t < 10 && (ps[t] == 0 || t == 0) && tk[t] != 0) {
+                bool abcd = tk[t] == 'a';
+                assert_true(abcd || tk[t] == 'x');
+                int len = abcd ? 4 : 3;
+                for (int i2 = 0; i2 < len; i2++)
+                    assert_int_equal(ps[t + i2], i2);
+                t += len;
+                docs++;
+            }
+            assert_true(docs >= 2); /* 10 positions hold two of them at least */
+            for (; t < 10; t++)
+                assert_int_equal(tk[t], 0); /* the rest is padding */
+        }
+    }
+    /* other sources: positions t, and nothing to pack */
+    st_dataset *add = NULL;
+    assert_ok(st_dataset_open("addition", &add));
+    assert_false(st_dataset_pack(add, true));
+    assert_ok(st_dataset_batch_pos(add, ST_TRAIN, 0, 0, 1, 12, tok, tgt, pos));
+    for (int t = 0; t < 12; t++)
+        assert_int_equal(pos[t], t);
+    st_dataset_destroy(add);
+    st_dataset_destroy(ds);
+    unlink(path);
+}
+
 static void refused(const char *text, const char *needle)
 {
     char path[256];
@@ -163,6 +232,7 @@ int main(void)
     snprintf(root, sizeof root, "%s", r ? r : ".");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bytes_rows),
+        cmocka_unit_test(packed_rows),
         cmocka_unit_test(tokenizer_rows),
         cmocka_unit_test(malformed_lines_are_named),
     };

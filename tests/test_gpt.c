@@ -460,6 +460,14 @@ static void lora_gradients_match_merged(void **state)
     st_model_desc_destroy(ld);
 }
 
+/* A sequence of packed documents gives what they give as sequences of their own. */
+static void packed_documents_equal_padded(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++)
+        stage_packed_equals_padded(td.dev[d], desc, ref.T);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -479,6 +487,7 @@ int main(void)
         cmocka_unit_test(kv_decoding_matches_full_forward),
         cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_gpt2_like),
+        cmocka_unit_test(packed_documents_equal_padded),
         cmocka_unit_test(bad_requests_are_refused),
         cmocka_unit_test(lora_gradients_match_merged),
     };

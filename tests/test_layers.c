@@ -351,8 +351,8 @@ static void encoder_matches_reference(void **state)
                   *tdwpe = up(dev, dwpe, (size_t)T * C, "dwpe");
         ref_encoder_fwd(out, tokens, wte, wpe, B, T, C);
         ref_encoder_bwd(dwte, dwpe, dout, tokens, B, T, C);
-        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, NULL, B, T, C, V));
-        assert_ok(st_encoder_bwd(tdwte, tdwpe, tdout, tt, B, T, C, V));
+        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, NULL, NULL, B, T, C, V));
+        assert_ok(st_encoder_bwd(tdwte, tdwpe, tdout, tt, NULL, B, T, C, V));
         check("encoder out", tout, out, BTC);
         check("encoder dwte", tdwte, dwte, (size_t)V * C);
         check("encoder dwpe", tdwpe, dwpe, (size_t)T * C);
@@ -361,7 +361,7 @@ static void encoder_matches_reference(void **state)
         for (int r = 0; r < B * T; r++)
             rows[2 * r] = r % B, rows[2 * r + 1] = r % T;
         st_tensor *tr = up_int(dev, rows, 30), *tout2 = up(dev, out, BTC, "out2");
-        assert_ok(st_encoder_fwd(tout2, tt, twte, twpe, tr, 1, B * T, C, V));
+        assert_ok(st_encoder_fwd(tout2, tt, twte, twpe, tr, NULL, 1, B * T, C, V));
         float *g1 = malloc(BTC * sizeof *g1), *g2 = malloc(BTC * sizeof *g2);
         assert_ok(st_tensor_read(tout, 0, BTC, g1));
         assert_ok(st_tensor_read(tout2, 0, BTC, g2));
@@ -426,8 +426,8 @@ static void attention_matches_reference(void **state)
             st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
                       *tout = up(dev, dout, n, "out"), *tatt = up(dev, att, na, "att"),
                       *tdatt = up(dev, att, na, "datt"), *tdq = up(dev, qkv, nq, "dqkv");
-            assert_ok(st_attention_fwd(tout, tatt, tq, B, T, C, NH));
-            assert_ok(st_attention_bwd(tdq, tdatt, tdout, tq, tatt, B, T, C, NH));
+            assert_ok(st_attention_fwd(tout, tatt, tq, NULL, B, T, C, NH));
+            assert_ok(st_attention_bwd(tdq, tdatt, tdout, tq, tatt, NULL, B, T, C, NH));
             check("attention out", tout, out, n);
             check("attention att", tatt, att, na);
             check("attention dqkv", tdq, dqkv, nq);
@@ -487,15 +487,15 @@ static void flash_attention_matches_reference(void **state)
             st_tensor *tq = up(dev, qkv0, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
                       *tout = up(dev, dout, n, "out"), *tlse = up(dev, dout, nl, "lse"), /* nl <= n */
                       *tdq = up(dev, qkv, nq, "dqkv"), *tb = up(dev, bias, 3 * (size_t)C, "bias");
-            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, B, T, C, NH));
-            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, B, T, C, NH));
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, NULL, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, NULL, B, T, C, NH));
             check("flash attention out", tout, out, n);
             check("flash attention lse", tlse, lse, nl);
             check("flash attention dqkv", tdq, dqkv, nq);
             float *a1 = malloc(nq * sizeof *a1), *a2 = malloc(nq * sizeof *a2);
             assert_ok(st_tensor_read(tdq, 0, nq, a1));
-            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, B, T, C, NH));
-            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, B, T, C, NH));
+            assert_ok(st_attention_flash_fwd(tout, tlse, tq, tb, NULL, B, T, C, NH));
+            assert_ok(st_attention_flash_bwd(tdq, tdout, tout, tlse, tq, tb, NULL, B, T, C, NH));
             assert_ok(st_tensor_read(tdq, 0, nq, a2));
             assert_memory_equal(a1, a2, nq * sizeof *a1);
             st_tensor *all[] = {tq, tdout, tout, tlse, tdq, tb};
@@ -509,10 +509,150 @@ static void flash_attention_matches_reference(void **state)
     double *x = rnd(3 * 129, 1, 1.0);
     st_tensor *q = up(td.dev[0], x, 3 * 129, "qkv"), *o = up(td.dev[0], x, 129, "out"),
               *l = up(td.dev[0], x, 1, "lse");
-    assert_int_equal(st_attention_flash_fwd(o, l, q, q, 1, 1, 129, 1), ST_ERR_INVALID);
+    assert_int_equal(st_attention_flash_fwd(o, l, q, q, NULL, 1, 1, 129, 1), ST_ERR_INVALID);
     assert_contains(st_last_error(), "head size 129");
     st_tensor_destroy(q), st_tensor_destroy(o), st_tensor_destroy(l);
     free(x);
+}
+
+/* Packed documents (strata/layers.h): rows of several documents, each with
+ * its own positions, attend only within their document. Each document's
+ * rows of out, lse and dqkv equal what the document alone gives as a
+ * sequence of its own: bit for bit on the flash path (the same keys in the
+ * same order), within float rounding on the T x T path (its products also
+ * add the other documents' zero probabilities). Documents cross tile
+ * boundaries (16 rows); grouped key/value heads; sequence 1 is one document
+ * (its positions 0 .. T-1: the plain path's bits). */
+static void packed_attention_equals_separate_sequences(void **state)
+{
+    (void)state;
+    enum { B = 2, T = 40 };
+    static const int lens[B][5] = {{7, 20, 3, 10, 0}, {40, 0}};
+    static const int shapes[][3] = {{24, 2, 2}, {24, 4, 2}, {24, 2, 1}}; /* C, NH, KV */
+    int pos[B * T];
+    for (int b = 0; b < B; b++)
+        for (int k = 0, t = 0; lens[b][k]; t += lens[b][k], k++)
+            for (int i = 0; i < lens[b][k]; i++)
+                pos[b * T + t + i] = i;
+    for (size_t d = 0; d < td.n; d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            for (int flash = 1; flash >= 0; flash--) {
+                int C = shapes[k][0], NH = shapes[k][1], KV = shapes[k][2], HS = C / NH;
+                if (!flash && KV != NH)
+                    continue; /* the T x T path is GPT-2's: no grouped heads */
+                st_device *dev = td.dev[d];
+                size_t W = (size_t)C + 2 * (size_t)KV * HS, n = (size_t)B * T * C;
+                size_t nq = (size_t)B * T * W, na = (size_t)B * NH * T * T, nl = (size_t)B * NH * T;
+                double *qkv = rnd(nq, 300 + k, 2.0), *dout = rnd(n, 310 + k, 1.0);
+                double *bias = rnd(W, 320 + k, 0.5);
+                st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
+                          *tout = up(dev, dout, n, "out"), *tdq = up(dev, qkv, nq, "dqkv"),
+                          *tb = up(dev, bias, W, "bias"), *tp = up_int(dev, pos, B * T),
+                          *tl = up(dev, dout, flash ? nl : na, "lse or att"),
+                          *tdatt = up(dev, qkv, flash ? 1 : na, "datt");
+                if (flash) {
+                    assert_ok(st_attention_gqa_fwd(tout, tl, tq, tb, tp, B, T, C, NH, KV));
+                    assert_ok(
+                        st_attention_gqa_bwd(tdq, tdout, tout, tl, tq, tb, tp, B, T, C, NH, KV));
+                } else {
+                    assert_ok(st_attention_fwd(tout, tl, tq, tp, B, T, C, NH));
+                    assert_ok(st_attention_bwd(tdq, tdatt, tdout, tq, tl, tp, B, T, C, NH));
+                }
+                float *out = malloc(n * sizeof *out), *dq = malloc(nq * sizeof *dq);
+                float *lse = malloc(nl * sizeof *lse);
+                assert_ok(st_tensor_read(tout, 0, n, out));
+                assert_ok(st_tensor_read(tdq, 0, nq, dq));
+                if (flash)
+                    assert_ok(st_tensor_read(tl, 0, nl, lse));
+                for (int b = 0; b < B; b++)
+                    for (int j = 0, t0 = 0; lens[b][j]; t0 += lens[b][j], j++) {
+                        int L = lens[b][j];
+                        size_t m = (size_t)L * C, mq = (size_t)L * W;
+                        /* the document alone: its rows of qkv (as floats: the same values) */
+                        double *q1 = zeros(mq), *do1 = zeros(m);
+                        for (size_t e = 0; e < mq; e++)
+                            q1[e] = (double)(float)qkv[((size_t)b * T + t0) * W + e];
+                        for (size_t e = 0; e < m; e++)
+                            do1[e] = (double)(float)dout[((size_t)b * T + t0) * C + e];
+                        st_tensor *sq = up(dev, q1, mq, "qkv1"), *sdo = up(dev, do1, m, "dout1"),
+                                  *so = up(dev, do1, m, "out1"), *sdq = up(dev, q1, mq, "dqkv1"),
+                                  *sl = up(dev, do1, flash ? (size_t)NH * L : (size_t)NH * L * L,
+                                           "lse1"),
+                                  *sda = up(dev, q1, flash ? 1 : (size_t)NH * L * L, "datt1");
+                        if (flash) {
+                            assert_ok(st_attention_gqa_fwd(so, sl, sq, tb, NULL, 1, L, C, NH, KV));
+                            assert_ok(st_attention_gqa_bwd(sdq, sdo, so, sl, sq, tb, NULL, 1, L, C,
+                                                           NH, KV));
+                        } else {
+                            assert_ok(st_attention_fwd(so, sl, sq, NULL, 1, L, C, NH));
+                            assert_ok(st_attention_bwd(sdq, sda, sdo, sq, sl, NULL, 1, L, C, NH));
+                        }
+                        float *o1 = malloc(m * sizeof *o1), *d1 = malloc(mq * sizeof *d1);
+                        float *l1 = malloc((size_t)NH * L * sizeof *l1);
+                        assert_ok(st_tensor_read(so, 0, m, o1));
+                        assert_ok(st_tensor_read(sdq, 0, mq, d1));
+                        const float *po = out + ((size_t)b * T + t0) * C;
+                        const float *pd = dq + ((size_t)b * T + t0) * W;
+                        if (flash) {
+                            assert_memory_equal(po, o1, m * sizeof *o1);
+                            assert_memory_equal(pd, d1, mq * sizeof *d1);
+                            assert_ok(st_tensor_read(sl, 0, (size_t)NH * L, l1));
+                            for (int h = 0; h < NH; h++)
+                                assert_memory_equal(lse + ((size_t)b * NH + h) * T + t0,
+                                                    l1 + (size_t)h * L, (size_t)L * sizeof *l1);
+                        } else {
+                            for (size_t e = 0; e < m; e++)
+                                assert_true(fabsf(po[e] - o1[e]) <= 1e-5f * (1 + fabsf(o1[e])));
+                            for (size_t e = 0; e < mq; e++)
+                                assert_true(fabsf(pd[e] - d1[e]) <= 1e-5f * (1 + fabsf(d1[e])));
+                        }
+                        st_tensor *all[] = {sq, sdo, so, sdq, sl, sda};
+                        for (size_t i = 0; i < 6; i++)
+                            st_tensor_destroy(all[i]);
+                        free(q1), free(do1), free(o1), free(d1), free(l1);
+                    }
+                st_tensor *all[] = {tq, tdout, tout, tdq, tb, tp, tl, tdatt};
+                for (size_t i = 0; i < 8; i++)
+                    st_tensor_destroy(all[i]);
+                free(out), free(dq), free(lse), free(qkv), free(dout), free(bias);
+            }
+}
+
+/* The token and position embedding of packed documents: row n at position
+ * pos[n] forward, and its gradient into dwpe's row pos[n]. */
+static void encoder_positions_match_reference(void **state)
+{
+    (void)state;
+    enum { B = 2, T = 6, C = 5, V = 7 };
+    int tokens[B * T] = {0, 6, 3, 3, 1, 6, 6, 6, 0, 2, 3, 5};
+    int pos[B * T] = {0, 1, 2, 0, 1, 0, 0, 1, 2, 3, 0, 1};
+    size_t BTC = (size_t)B * T * C;
+    for (size_t d = 0; d < td.n; d++) {
+        st_device *dev = td.dev[d];
+        double *wte = rnd((size_t)V * C, 330, 1.0), *wpe = rnd((size_t)T * C, 331, 1.0);
+        double *dout = rnd(BTC, 332, 1.0), *out = zeros(BTC);
+        double *dwte = rnd((size_t)V * C, 333, 1.0), *dwpe = rnd((size_t)T * C, 334, 1.0);
+        st_tensor *tt = up_int(dev, tokens, B * T), *tp = up_int(dev, pos, B * T),
+                  *twte = up(dev, wte, (size_t)V * C, "wte"),
+                  *twpe = up(dev, wpe, (size_t)T * C, "wpe"), *tdout = up(dev, dout, BTC, "dout"),
+                  *tout = up(dev, out, BTC, "out"), *tdwte = up(dev, dwte, (size_t)V * C, "dwte"),
+                  *tdwpe = up(dev, dwpe, (size_t)T * C, "dwpe");
+        for (int r = 0; r < B * T; r++)
+            for (int c = 0; c < C; c++) {
+                out[(size_t)r * C + c] = wte[(size_t)tokens[r] * C + c] + wpe[(size_t)pos[r] * C + c];
+                dwte[(size_t)tokens[r] * C + c] += dout[(size_t)r * C + c];
+                dwpe[(size_t)pos[r] * C + c] += dout[(size_t)r * C + c];
+            }
+        assert_ok(st_encoder_fwd(tout, tt, twte, twpe, NULL, tp, B, T, C, V));
+        assert_ok(st_encoder_bwd(tdwte, tdwpe, tdout, tt, tp, B, T, C, V));
+        check("encoder out (positions)", tout, out, BTC);
+        check("encoder dwte (positions)", tdwte, dwte, (size_t)V * C);
+        check("encoder dwpe (positions)", tdwpe, dwpe, (size_t)T * C);
+        st_tensor *all[] = {tt, tp, twte, twpe, tdout, tout, tdwte, tdwpe};
+        for (size_t i = 0; i < 8; i++)
+            st_tensor_destroy(all[i]);
+        free(wte), free(wpe), free(dout), free(out), free(dwte), free(dwpe);
+    }
 }
 
 /* Decoding: the token at position pos attends over the cache (rows 0..pos-1
@@ -789,6 +929,8 @@ int main(void)
         cmocka_unit_test(attention_reference_backward_is_the_gradient),
         cmocka_unit_test(attention_matches_reference),
         cmocka_unit_test(flash_attention_matches_reference),
+        cmocka_unit_test(packed_attention_equals_separate_sequences),
+        cmocka_unit_test(encoder_positions_match_reference),
         cmocka_unit_test(attention_decode_matches_reference),
         cmocka_unit_test(fused_ops_match_their_parts),
         cmocka_unit_test(adamw_runs_equal_per_parameter),

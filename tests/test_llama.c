@@ -632,6 +632,14 @@ static void recompute_is_bitwise(void **state)
     free(targets);
 }
 
+/* A sequence of packed documents gives what they give as sequences of their own. */
+static void packed_documents_equal_padded(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++)
+        stage_packed_equals_padded(td.dev[d], desc, ref.T);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -676,6 +684,7 @@ int main(void)
         cmocka_unit_test(init_is_deterministic_and_hf_like),
         cmocka_unit_test(lora_gradients_match_merged),
         cmocka_unit_test(recompute_is_bitwise),
+        cmocka_unit_test(packed_documents_equal_padded),
     };
     int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);
     failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, teardown);

@@ -200,9 +200,9 @@ static void rope_matches_reference(void **state)
             for (int r = 0; r < N; r++)
                 rows[2 * r] = r % 3, rows[2 * r + 1] = pos0 + r % T;
             st_tensor *tx2 = up(dev, x, n, "qkv2"), *tr = up_int(dev, rows, 2 * (size_t)N);
-            assert_ok(st_rope_fwd(tx, has_bias ? tb : NULL, tf, NULL, N, T, pos0, NH, KV, HS));
-            assert_ok(st_rope_fwd(tx2, has_bias ? tb : NULL, tf, tr, N, N, 0, NH, KV, HS));
-            assert_ok(st_rope_bwd(td_, tf, N, T, pos0, NH, KV, HS));
+            assert_ok(st_rope_fwd(tx, has_bias ? tb : NULL, tf, NULL, NULL, N, T, pos0, NH, KV, HS));
+            assert_ok(st_rope_fwd(tx2, has_bias ? tb : NULL, tf, tr, NULL, N, N, 0, NH, KV, HS));
+            assert_ok(st_rope_bwd(td_, tf, NULL, N, T, pos0, NH, KV, HS));
             check("rope fwd", tx, want, n);
             check("rope bwd", td_, dwant, n);
             float *a = malloc(n * sizeof *a), *b2 = malloc(n * sizeof *b2);
@@ -210,8 +210,27 @@ static void rope_matches_reference(void **state)
             assert_ok(st_tensor_read(tx2, 0, n, b2));
             assert_memory_equal(a, b2, n * sizeof *a);
             free(a), free(b2), free(rows);
-            st_tensor *all[] = {tx, tb, tf, td_, tx2, tr};
-            for (size_t i = 0; i < 6; i++)
+            /* packed documents: row r at its document's position pos[r] (a new
+             * document every 5th and 7th row), forward and backward, against
+             * the reference on each row at that position */
+            int *pos = malloc((size_t)N * sizeof *pos);
+            double *pwant = zeros(n), *pdwant = rnd(n, 33 + k, 1.0);
+            memcpy(pwant, x, n * sizeof *pwant);
+            st_tensor *tx3 = up(dev, x, n, "qkv3"), *td3 = up(dev, pdwant, n, "d3");
+            for (int r = 0; r < N; r++) {
+                pos[r] = r == 0 || r % 5 == 0 || r % 7 == 0 ? 0 : pos[r - 1] + 1;
+                ref_rope_fwd(pwant + (size_t)r * W, has_bias ? b : NULL, f, 1, 1, pos[r], NH, KV,
+                             HS);
+                ref_rope_bwd(pdwant + (size_t)r * W, f, 1, 1, pos[r], NH, KV, HS);
+            }
+            st_tensor *tp = up_int(dev, pos, (size_t)N);
+            assert_ok(st_rope_fwd(tx3, has_bias ? tb : NULL, tf, NULL, tp, N, N, 0, NH, KV, HS));
+            assert_ok(st_rope_bwd(td3, tf, tp, N, N, 0, NH, KV, HS));
+            check("rope fwd (packed positions)", tx3, pwant, n);
+            check("rope bwd (packed positions)", td3, pdwant, n);
+            free(pos), free(pwant), free(pdwant);
+            st_tensor *all[] = {tx, tb, tf, td_, tx2, tr, tx3, td3, tp};
+            for (size_t i = 0; i < 9; i++)
                 st_tensor_destroy(all[i]);
             free(x), free(b), free(f), free(want), free(dwant);
         }
@@ -415,15 +434,15 @@ static void gqa_attention_matches_reference(void **state)
             st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
                       *tout = up(dev, out, n, "out"), *tlse = up(dev, lse, nl, "lse"),
                       *tdq = up(dev, dqkv, nq, "dqkv");
-            assert_ok(st_attention_gqa_fwd(tout, tlse, tq, NULL, B, T, C, NH, KV));
-            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, B, T, C, NH, KV));
+            assert_ok(st_attention_gqa_fwd(tout, tlse, tq, NULL, NULL, B, T, C, NH, KV));
+            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, NULL, B, T, C, NH, KV));
             check("gqa attention out", tout, out, n);
             check("gqa attention lse", tlse, lse, nl);
             check("gqa attention dqkv", tdq, dqkv, nq);
             /* no atomics: the same bits again */
             float *a1 = malloc(nq * sizeof *a1), *a2 = malloc(nq * sizeof *a2);
             assert_ok(st_tensor_read(tdq, 0, nq, a1));
-            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, B, T, C, NH, KV));
+            assert_ok(st_attention_gqa_bwd(tdq, tdout, tout, tlse, tq, NULL, NULL, B, T, C, NH, KV));
             assert_ok(st_tensor_read(tdq, 0, nq, a2));
             assert_memory_equal(a1, a2, nq * sizeof *a1);
             st_tensor *all[] = {tq, tdout, tout, tlse, tdq};
@@ -436,7 +455,7 @@ static void gqa_attention_matches_reference(void **state)
     double *x = rnd(64, 1, 1.0);
     st_tensor *q = up(td.dev[0], x, 64, "qkv"), *o = up(td.dev[0], x, 12, "out"),
               *l = up(td.dev[0], x, 3, "lse");
-    assert_int_equal(st_attention_gqa_fwd(o, l, q, NULL, 1, 1, 12, 3, 2), ST_ERR_INVALID);
+    assert_int_equal(st_attention_gqa_fwd(o, l, q, NULL, NULL, 1, 1, 12, 3, 2), ST_ERR_INVALID);
     assert_contains(st_last_error(), "do not divide");
     st_tensor_destroy(q), st_tensor_destroy(o), st_tensor_destroy(l);
     free(x);

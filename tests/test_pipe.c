@@ -95,7 +95,7 @@ static void train(st_pipe *p, int from, int to, double *losses)
     for (int k = from; k < to; k++) {
         st_pipe_step_result r;
         /* clip 0.5: clipping is active, so the global norm over stages matters */
-        assert_ok(st_pipe_train_step(p, tokens[k], targets[k], &hp, k + 1, 0.5f, &r));
+        assert_ok(st_pipe_train_step(p, tokens[k], targets[k], NULL, &hp, k + 1, 0.5f, &r));
         losses[k] = r.loss;
     }
 }
@@ -367,8 +367,8 @@ static void replicas_decode_their_share(void **state)
     /* a forward pass of the whole batch: the same loss */
     double s1, s2;
     long c1, c2;
-    assert_ok(st_pipe_forward(one, tokens[0], targets[0], &s1, &c1, NULL));
-    assert_ok(st_pipe_forward(dp, tokens[0], targets[0], &s2, &c2, NULL));
+    assert_ok(st_pipe_forward(one, tokens[0], targets[0], NULL, &s1, &c1, NULL));
+    assert_ok(st_pipe_forward(dp, tokens[0], targets[0], NULL, &s2, &c2, NULL));
     assert_int_equal(c1, c2);
     assert_true(fabs(s1 - s2) <= 1e-5 * fabs(s1));
     free(a);

@@ -166,6 +166,15 @@ awk -v a="$(grep '"event":"step"' "$work/lsum.json" | tail -1 | sed 's/.*"loss":
 expect 0 "eval: $work/sums.jsonl" -- "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 8
 expect 0 "60 of the 60 examples have more than --seq + 1 = 4 tokens" -- \
     "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 3
+# Packed rows (the default): said, and the eval loss is the padded rows'
+# (each example attends only itself, from position 0); --pack is refused
+# for data that is not examples, and a resumed run keeps its rows.
+grep -q "^rows: packed" <<<"$out" || fail "training on JSON Lines does not say its rows are packed: $out"
+a=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --pack on 2>&1 | grep -o 'loss [0-9.]*')
+b=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --pack off 2>&1 | grep -o 'loss [0-9.]*')
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "eval of packed rows '$a', of one example a row '$b'"
+expect 2 "--pack is for JSON Lines data" -- "$strata" train --pack on --steps 1
+expect 2 "bad value 'yes' for --pack" -- "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --pack yes
 printf '{"text": "fine"}\n{"prompt": "a", "completion": 3}\n' >"$work/bad.jsonl"
 expect 2 "bad.jsonl:2: \"completion\" is not a string" -- \
     "$strata" train --data "$work/bad.jsonl" --steps 1
@@ -206,6 +215,7 @@ expect 2 "--lora adapts a trained model" -- "$strata" train --lora 4 --steps 1
 expect 2 "--lora-alpha sets up LoRA adapters" -- "$strata" train --init "$work/la" --lora-alpha 4
 expect 2 "'wq' is not a projection of a llama model" -- "$strata" train --init "$work/la" --lora 2 --lora-targets wq
 expect 2 "--lora cannot be used with --resume" -- "$strata" train --resume "$work/lora2" --lora 2
+expect 2 "--pack off: the checkpoint's rows were packed" -- "$strata" train --resume "$work/lora2" --pack off
 expect 2 "holds LoRA adapters, not the model they adapt" -- "$strata" train --init "$work/lora" --lora 2 --steps 1
 # GPT-2 (Conv1D weights): PEFT's fan_in_fan_out and GPT-2's module names.
 expect 0 "of them 576 trained" -- "$strata" train --init "$work/a" --lora 2 --lora-targets c_attn,mlp.c_proj \

@@ -19,6 +19,10 @@ usage:
       the loss over TEXT's tokens (BOS first) in windows of T + 1 tokens one
       after another (as `strata eval --seq T`): the model in float32, with
       the adapter through peft when given
+  finetune_check.py jsonl-loss MODEL FILE T
+      the mean loss over a JSON Lines file's targets, each example a
+      sequence of its own (as `strata eval --seq T --pack off` lays them;
+      packed rows must give the same)
   finetune_check.py peft-merge BASE ADAPTER OUT
       peft's merge_and_unload, saved in bfloat16: for comparing with
       `strata merge`
@@ -104,6 +108,40 @@ def example_loss(model_dir, line):
     print(json.dumps({'loss': loss, 'tokens': len(ids)}))
 
 
+def jsonl_loss(model_dir, path, T):
+    # Each example alone, as Strata's JSON Lines rows hold it: the prompt
+    # (or text) with the template's BOS, the completion without, then the
+    # EOS; the loss on the completion's tokens and the EOS (a text's all),
+    # cut after T + 1 tokens; the mean over every example's targets.
+    with open(os.path.join(model_dir, 'tokenizer_config.json')) as f:
+        eos_tok = json.load(f)['eos_token']
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(os.path.join(model_dir, 'tokenizer.json'))
+    eos = t.token_to_id(eos_tok)
+    model = load(model_dir)
+    total, count = 0.0, 0
+    with open(path, encoding='utf-8') as f, torch.no_grad():
+        for line in f:
+            if not line.strip():
+                continue
+            ex = json.loads(line)
+            if 'text' in ex:
+                ids = t.encode(ex['text']).ids + [eos]
+                labels = list(ids)
+            else:
+                p = t.encode(ex['prompt']).ids
+                c = t.encode(ex['completion'], add_special_tokens=False).ids + [eos]
+                ids, labels = p + c, [-100] * len(p) + c
+            ids, labels = ids[:T + 1], labels[:T + 1]
+            x = torch.tensor([ids[:-1]])
+            y = torch.tensor(labels[1:])
+            logits = model(input_ids=x).logits.float()[0]
+            total += torch.nn.functional.cross_entropy(logits, y, ignore_index=-100,
+                                                       reduction='sum').item()
+            count += int((y != -100).sum())
+    print(json.dumps({'loss': total / count, 'tokens': count}))
+
+
 def eval_loss(model_dir, adapter, text_path, T):
     with open(text_path, encoding='utf-8') as f:
         ids = tokenize(model_dir, f.read())
@@ -136,6 +174,8 @@ def main():
         args = sys.argv[2:]
         adapter = args[1] if len(args) == 4 else None
         eval_loss(args[0], adapter, args[-2], int(args[-1]))
+    elif cmd == 'jsonl-loss':
+        jsonl_loss(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == 'peft-merge':
         peft_merge(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -10,7 +10,9 @@
 #   3. `strata eval --adapter` against transformers with peft's adapter;
 #   4. `strata merge`: the merged folder in transformers against Strata's eval
 #      of it, and against peft's own merge_and_unload;
-#   5. `strata train --init --lora` over two devices (POCL_DEVICES="basic
+#   5. `strata eval` of JSON Lines (prompts and completions, texts), its
+#      rows packed and not, against each example alone in transformers;
+#   6. `strata train --init --lora` over two devices (POCL_DEVICES="basic
 #      basic" on a CPU): the loss on the text falls, the adapter folder it
 #      writes, loaded by peft onto transformers' model, gives Strata's eval
 #      loss, and its merged folder does in transformers;
@@ -98,7 +100,21 @@ close "strata merge: eval of the merged folder, transformers" \
 hf peft-merge "$work/base" "$work/adapter" "$work/peft-merged"
 close "strata merge against peft's merge_and_unload (transformers on both)" \
     "$(hf eval "$work/merged" "$text" 64 | json loss)" "$(hf eval "$work/peft-merged" "$text" 64 | json loss)"
-# 5. LoRA fine-tuning of the folder, on two devices
+# 5. JSON Lines, prompts and completions and texts: Strata's packed rows
+# (several examples a row, each from position 0 and attending only itself)
+# and its rows of one example each, against each example alone in transformers
+$py - "$text" >"$work/ex.jsonl" <<'PY'
+import json, sys
+lines = [l.strip() for l in open(sys.argv[1], encoding='utf-8') if len(l.strip()) > 20][:48]
+for i, l in enumerate(lines):
+    cut = len(l) // 2
+    print(json.dumps({'text': l} if i % 3 == 0 else {'prompt': l[:cut], 'completion': l[cut:]}))
+PY
+ref=$(hf jsonl-loss "$work/base" "$work/ex.jsonl" 64 | json loss)
+close "eval of JSON Lines, packed rows" "$(st_eval --model "$work/base" --data "$work/ex.jsonl")" "$ref"
+close "eval of JSON Lines, one example a row" \
+    "$(st_eval --model "$work/base" --data "$work/ex.jsonl" --pack off)" "$ref"
+# 6. LoRA fine-tuning of the folder, on two devices
 before=$(st_eval --model "$work/base" --data "$text")
 POCL_DEVICES="${STRATA_LORA_POCL_DEVICES:-basic basic}" "$strata" train --init "$work/base" \
     --lora 8 --lora-alpha 16 --data "$text" --seq 64 --batch 4 --steps 10 --lr 2e-2 --warmup 2 \

@@ -21,8 +21,11 @@
  *     when it has one. A prompt's tokens are inputs only: the loss counts
  *     the completion's tokens and the EOS. Each example is a row of its
  *     own from its start, cut after T + 1 tokens and padded (padding has no
- *     targets). The last 10% of the examples validate (at least one). A
- *     malformed line is refused with its line number.
+ *     targets); or packed (st_dataset_pack): a row holds whole examples one
+ *     after the other, each with its own positions from 0, attending only
+ *     itself (st_dataset_batch_pos gives the positions). The last 10% of
+ *     the examples validate (at least one). A malformed line is refused
+ *     with its line number.
  *
  * Batches are a pure function of (seed, split, index): a run that resumes at
  * step s draws exactly the batches an uninterrupted run draws.
@@ -87,8 +90,28 @@ size_t st_dataset_tokens(const st_dataset *ds, st_split split);
 st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, uint64_t index,
                            int B, int T, int32_t *tokens, int32_t *targets);
 
+/* JSON Lines: several examples a row (on) or one (off, as opened). Packed
+ * training rows draw examples at random and add each one whole where it
+ * fits (the first of a row is cut after T + 1 tokens like a padded row's),
+ * until eight draws in a row do not fit; the rest is padding. Validation
+ * and ST_ALL rows take the split's examples in order, a new row where the
+ * next does not fit whole. Returns whether the rows are packed (false for
+ * other sources). */
+bool st_dataset_pack(st_dataset *ds, bool on);
+bool st_dataset_packed(const st_dataset *ds);
+/* JSON Lines: the share of a split's row positions that hold example tokens
+ * when its examples are laid in order in rows of T, packed or one a row
+ * (1 for other sources). */
+double st_dataset_fill(const st_dataset *ds, st_split split, int T, bool packed);
+/* st_dataset_batch with each token's position in its own example, pos
+ * [B*T] (strata/layers.h's packed documents; t where a row is one
+ * sequence, and NULL allowed then). A packed source needs pos. */
+st_status st_dataset_batch_pos(const st_dataset *ds, st_split split, uint64_t seed,
+                               uint64_t index, int B, int T, int32_t *tokens, int32_t *targets,
+                               int32_t *pos);
+
 /* Windows of T tokens in the validation split without wrapping (for eval);
- * JSON Lines: its examples. */
+ * JSON Lines: its examples, or packed its rows of T. */
 size_t st_dataset_windows(const st_dataset *ds, st_split split, int T);
 /* JSON Lines: the examples of a split (0 for other sources), and how many
  * have more than len tokens (a row of T holds T + 1), *longest the most. */

@@ -181,9 +181,9 @@ st_status st_infer_follow(st_infer *in);
 bool st_infer_leads(const st_infer *in);
 
 /* Scoring (score_batch at opening): st_pipe_forward on the session's
- * pipeline. */
+ * pipeline (pos: packed documents' positions, or NULL). */
 st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *targets,
-                         double *sum, long *count, float *probs);
+                         const int32_t *pos, double *sum, long *count, float *probs);
 
 #ifdef __cplusplus
 }

@@ -59,46 +59,60 @@ st_status st_xent_fwd(st_tensor *probs, st_tensor *losses, const st_tensor *logi
 st_status st_xent_bwd(st_tensor *dlogits, const st_tensor *probs, const st_tensor *targets,
                       float dloss, int N, int V);
 
+/* Packed documents: several documents in one sequence of T, each seeing
+ * only itself. pos (I32 [B*T]) is each row's position in its own document:
+ * 0 where a document starts, else the row before's plus 1, 0 at t = 0
+ * (st_stage_positions refuses other tables; the kernels trust them). The functions below that take pos use it for the positions
+ * (instead of t) and for attention (query t sees t - pos[t] .. t); NULL:
+ * one document a sequence. A document's rows compute what they compute in
+ * a sequence of their own. */
+
 /* out[B,T,C] = wte[tokens] + wpe[t]; tokens is I32 [B*T]. With rows (I32
  * [B*T, 2], decoding's table of sequence and position per row), row n's
- * position is rows[2n + 1] (each below wpe's rows: the caller checks). */
+ * position is rows[2n + 1] (each below wpe's rows: the caller checks);
+ * with pos, pos[n] (not both). */
 st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte,
-                         const st_tensor *wpe, const st_tensor *rows, int B, int T, int C,
-                         int V);
-/* dwte[V,C] +=, dwpe[T rows of C] += */
+                         const st_tensor *wpe, const st_tensor *rows, const st_tensor *pos,
+                         int B, int T, int C, int V);
+/* dwte[V,C] +=, dwpe[T rows of C] += (row n's to position pos[n] with pos) */
 st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout,
-                         const st_tensor *tokens, int B, int T, int C, int V);
+                         const st_tensor *tokens, const st_tensor *pos, int B, int T, int C,
+                         int V);
 
 /* Causal multi-head attention on qkv[B,T,3C] (q | k | v along the last axis):
  * att[B,NH,T,T] = softmax(q.k^T / sqrt(C/NH)) with the causal mask (kept for
  * backward); out[B,T,C] = att.v, heads side by side. */
-st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv, int B, int T,
-                           int C, int NH);
+st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv,
+                           const st_tensor *pos, int B, int T, int C, int NH);
 /* dqkv[B,T,3C] = gradient (overwrites); datt[B,NH,T,T] is scratch. */
 st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *dout,
-                           const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
-                           int NH);
+                           const st_tensor *qkv, const st_tensor *att, const st_tensor *pos,
+                           int B, int T, int C, int NH);
 
 /* The same without the T x T matrix (cl/flash.cl; head size C/NH at most
  * ST_FLASH_MAX_HEAD), on qkv + qkv_b (qkv without its bias [3C], added as it
  * is read): lse[B,NH,T] keeps each row's log-sum-exp for the backward,
- * which recomputes the probabilities. Causal positions only. */
+ * which recomputes the probabilities. */
 st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
-                                 const st_tensor *qkv_b, int B, int T, int C, int NH);
+                                 const st_tensor *qkv_b, const st_tensor *pos, int B, int T,
+                                 int C, int NH);
 /* dqkv[B,T,3C] = gradient (overwrites), from dout and the forward's out and lse. */
 st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
                                  const st_tensor *lse, const st_tensor *qkv,
-                                 const st_tensor *qkv_b, int B, int T, int C, int NH);
+                                 const st_tensor *qkv_b, const st_tensor *pos, int B, int T,
+                                 int C, int NH);
 
 /* The same with grouped key/value heads (Llama family): qkv [B, T, W],
  * W = C + 2 KV*HS (q of NH heads, then k and v of KV heads; query head h
  * uses key/value head h / (NH / KV)); qkv_b [W] or NULL for none. dqkv
  * [B, T, W]. Decoding caches kc, vc [.., S, KV*HS]. */
 st_status st_attention_gqa_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
-                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
+                               const st_tensor *qkv_b, const st_tensor *pos, int B, int T, int C,
+                               int NH, int KV);
 st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
                                const st_tensor *lse, const st_tensor *qkv,
-                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV);
+                               const st_tensor *qkv_b, const st_tensor *pos, int B, int T, int C,
+                               int NH, int KV);
 st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,
                                   st_tensor *vc, const st_tensor *qkv, const st_tensor *qkv_b,
                                   const st_tensor *rows, int n, bool own_row, int seqs, int S,
@@ -208,13 +222,15 @@ st_status st_rmsnorm_bwd(st_tensor *dinp, st_tensor *dw, const st_tensor *dout,
 
 /* Rotary position embeddings on qkv [N, W] in place (W = (NH + 2 KV) HS;
  * row n at position pos0 + n % T, or with rows (I32 [N, 2], decoding's
- * table of sequence and position per row) at rows[2n + 1]), bias [W] (or
+ * table of sequence and position per row) at rows[2n + 1], or with pos
+ * (packed documents) at pos[n]), bias [W] (or
  * NULL) added to every column first; inv_freq [HS/2] (cl/rope.cl). The
  * backward rotates the gradient of q and k back (v's passes unchanged). */
 st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq,
-                      const st_tensor *rows, int N, int T, int pos0, int NH, int KV, int HS);
-st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, int pos0,
+                      const st_tensor *rows, const st_tensor *pos, int N, int T, int pos0,
                       int NH, int KV, int HS);
+st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, const st_tensor *pos, int N,
+                      int T, int pos0, int NH, int KV, int HS);
 
 /* h[N,F] = silu(g) * u for gu[N,2F] = [g | u] per row; the backward
  * overwrites dgu[N,2F]. */

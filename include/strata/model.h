@@ -254,7 +254,7 @@ typedef struct st_stage_sizes {
     size_t adam_run_ints;    /* AdamW's decay runs */
     size_t slot_floats;      /* per slot: boundary tensors and every layer's activations
                               * (recomputing: the blocks' inputs instead of theirs) */
-    size_t slot_ints;        /* per slot: tokens and targets */
+    size_t slot_ints;        /* per slot: tokens, targets and positions */
     size_t work_floats;      /* backward scratch: the flowing gradient, the layers' work,
                               * the gradient norm's partial sums */
     size_t recompute_floats; /* recomputing: one block's activations, shared by the slots */

@@ -121,22 +121,24 @@ typedef struct st_pipe_step_result {
     char where[256];
 } st_pipe_step_result;
 
-/* One training step on m micro-batches: tokens and targets hold m * B * T
- * entries, micro-batch j at j * B * T. clip 0: no clipping. */
 /* Moments split over MPI replicas (--shard-optimizer): every process
  * gathers its stages' moments whole on the host (on), so that the first
  * replica can save them, and frees them after (off). Every replica's
  * processes call it together; nothing to do elsewhere. */
 st_status st_pipe_moments_whole(st_pipe *p, bool on);
 
+/* One training step on m micro-batches: tokens and targets hold m * B * T
+ * entries, micro-batch j at j * B * T; so does pos when the sequences hold
+ * packed documents (each token's position in its own document, given to
+ * every stage: st_stage_positions), else NULL. clip 0: no clipping. */
 st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                             const st_adamw_hparams *hp, long step, float clip,
-                             st_pipe_step_result *res);
+                             const int32_t *pos, const st_adamw_hparams *hp, long step,
+                             float clip, st_pipe_step_result *res);
 
 /* Forward only over m micro-batches: loss sum and count; with probs (m * B *
  * T * V floats) also the probabilities. */
 st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                          double *sum, long *count, float *probs);
+                          const int32_t *pos, double *sum, long *count, float *probs);
 
 /* Decoding one sequence through every stage (see st_stage_decode). */
 st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits);

@@ -102,6 +102,13 @@ st_status st_stage_init(st_stage *g, uint64_t seed);
  * (else the input comes from st_stage_io); targets: [B*T], < 0 for no loss,
  * needed by the stage with the head (NULL there: logits kept, no loss). */
 st_status st_stage_zero_grad(st_stage *g);
+/* Packed documents (strata/layers.h): pos [B*T] is each token's position in
+ * its own document, for the slot's next forwards and backwards (until set
+ * again); NULL, or positions 0 .. T-1 in every sequence: one document a
+ * sequence. Refuses a table that does not count 0, 1, 2, ... within each
+ * document (st_positions_check). */
+st_status st_stage_positions(st_stage *g, int slot, const int32_t *pos, int B, int T);
+st_status st_positions_check(const int32_t *pos, int B, int T);
 st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const int32_t *targets,
                          int B, int T);
 /* Sum of the per-token losses of a slot and how many tokens had a target

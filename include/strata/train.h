@@ -50,11 +50,13 @@ typedef struct st_train_config {
                             * folder (a Strata run's or a Hugging Face one), the
                             * optimizer and schedule fresh; else drawn from seed */
     /* Read back by st_train_settings_read (the model's own LoRA settings are
-     * cfg->lora): a run's --init folder, and its adapters' rank, alpha and
-     * targets (names, as --lora-targets takes them). */
+     * cfg->lora): a run's --init folder, its adapters' rank, alpha and
+     * targets (names, as --lora-targets takes them), and whether its rows
+     * were packed (the dataset's own setting, recorded). */
     char init_saved[4096];
     st_lora lora;
     char lora_targets[160];
+    bool packed; /* the run's JSON Lines rows were packed (st_dataset_pack) */
     /* Asked after every step; true stops the run there as if --stop-at were
      * that step (saving to out_dir): how Ctrl-C ends a run without losing it. */
     bool (*should_stop)(void);

@@ -662,8 +662,8 @@ st_status st_device_time_attention(st_device *dev, int B, int T, int C, int NH, 
         (s = st_tensor_create(dev, ST_F32, 1, q3, "profile dqkv", &dqkv)) == ST_OK) {
         for (int i = 0; s == ST_OK && i < 4; i++) {
             double t0 = st_now_s();
-            if ((s = st_attention_flash_fwd(out, lse, qkv, bias, B, T, C, NH)) == ST_OK &&
-                (s = st_attention_flash_bwd(dqkv, dout, out, lse, qkv, bias, B, T, C, NH)) ==
+            if ((s = st_attention_flash_fwd(out, lse, qkv, bias, NULL, B, T, C, NH)) == ST_OK &&
+                (s = st_attention_flash_bwd(dqkv, dout, out, lse, qkv, bias, NULL, B, T, C, NH)) ==
                     ST_OK)
                 s = st_device_finish(dev);
             t[i] = st_now_s() - t0;

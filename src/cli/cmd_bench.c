@@ -115,7 +115,7 @@ static st_status time_pipe(st_pipe *p, const st_plan *plan, st_device *const *st
                 if (stage_dev[k2])
                     st_profiler_reset(stage_dev[k2]);
         double t0 = st_now_s();
-        s = st_pipe_train_step(p, tokens, targets, &hp, i + 1, 1.0f, &r);
+        s = st_pipe_train_step(p, tokens, targets, NULL, &hp, i + 1, 1.0f, &r);
         t[i] = (st_now_s() - t0) * 1e3;
         if (i > 0) {
             train_sum += t[i];
@@ -135,7 +135,7 @@ static st_status time_pipe(st_pipe *p, const st_plan *plan, st_device *const *st
     for (long i = 0; s == ST_OK && i <= steps; i++) {
         double sum = 0, t0 = st_now_s();
         long count = 0;
-        s = st_pipe_forward(p, tokens, targets, &sum, &count, NULL);
+        s = st_pipe_forward(p, tokens, targets, NULL, &sum, &count, NULL);
         t[steps + 1 + i] = (st_now_s() - t0) * 1e3;
     }
     if (s == ST_OK) {

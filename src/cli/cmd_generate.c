@@ -595,6 +595,7 @@ static int generate_command(int argc, char **argv)
                                          {"stop", required_argument, NULL, 'x'},
                                          {"prompt-file", required_argument, NULL, 'f'},
                                          {"adapter", required_argument, NULL, 'A'},
+                                         {"pack", required_argument, NULL, 'k'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
@@ -691,10 +692,14 @@ static void eval_help(void)
            "  --adapter DIR       a LoRA adapter in PEFT's format (adapter_config.json,\n"
            "                      adapter_model.safetensors) merged into the weights\n"
            "  --data SRC          'addition' (the default for a model without a\n"
-           "                      tokenizer), a text file or a token file\n"
+           "                      tokenizer), a text file, a token file or JSON Lines\n"
+           "                      (*.jsonl; the loss on completions and texts)\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      for a text file, instead of the model folder's\n"
            "  --seq N             tokens per window (default: the model's positions)\n"
+           "  --pack on|off       JSON Lines: several whole examples a window, each\n"
+           "                      attending only itself (on, default), or one a window\n"
+           "                      (off); the loss is the same either way\n"
            "  --batch N           windows per forward pass (default 8)\n"
            "  --batches N         addition: validation batches (default 16)\n"
            "  --micro-batches N   split each batch into N pipeline micro-batches\n"
@@ -725,11 +730,13 @@ int cmd_eval(int argc, char **argv)
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"adapter", required_argument, NULL, 'A'},
+                                         {"pack", required_argument, NULL, 'k'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *data = NULL;
     run_flags rf = {0};
     long T = 0, B = 8, batches = 16, micro = 0; /* 0: the planner chooses */
+    bool pack = true, pack_given = false;
     int c, li;
     optind = 1;
     opterr = 0;
@@ -748,6 +755,12 @@ int cmd_eval(int argc, char **argv)
         case 'P': rf.parallel = optarg; break;
         case 'M': rf.mem_limit = optarg; break;
         case 'z': rf.tokenizer = optarg; break;
+        case 'k':
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0)
+                return cli_usage_error("eval", "bad value '%s' for --pack: on or off", optarg);
+            pack = strcmp(optarg, "on") == 0;
+            pack_given = true;
+            break;
         case 'h': eval_help(); return CLI_OK;
         case ':': return cli_usage_error("eval", "option %s needs a value", argv[optind - 1]);
         default: return cli_unknown_option("eval", argv[optind - 1], opts);
@@ -809,6 +822,12 @@ int cmd_eval(int argc, char **argv)
         return cli_fail(s);
     }
     cli_note_cut_examples("eval", ds, T);
+    if (pack_given && !st_dataset_examples(ds, ST_ALL)) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("eval", "--pack is for JSON Lines data (a .jsonl file of "
+                                       "examples)");
+    }
+    cli_note_packing(stderr, ds, pack, T);
     size_t windows = fixed ? (size_t)(batches * B) : st_dataset_windows(ds, ST_ALL, (int)T);
     if (!windows) {
         s = st_error(ST_ERR_INVALID, "'%s' is shorter than one window of %ld tokens",
@@ -828,8 +847,9 @@ int cmd_eval(int argc, char **argv)
     s = open_session(model, &rf, &io, &devs, &in);
     size_t N = (size_t)B * T;
     int32_t *tok = malloc(N * sizeof *tok), *tgt = malloc(N * sizeof *tgt);
+    int32_t *pos = st_dataset_packed(ds) ? malloc(N * sizeof *pos) : NULL;
     float *probs = fixed ? malloc(N * cfg.vocab_size * sizeof *probs) : NULL;
-    if (s == ST_OK && (!tok || !tgt || (fixed && !probs)))
+    if (s == ST_OK && (!tok || !tgt || (fixed && !probs) || (st_dataset_packed(ds) && !pos)))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     double sum = 0, t0 = st_now_s();
     long count = 0, exact = 0;
@@ -840,14 +860,14 @@ int cmd_eval(int argc, char **argv)
         st_progress_update(&pr, k);
         double bs = 0;
         long bc = 0;
-        if ((s = st_dataset_batch(ds, fixed ? ST_VAL : ST_ALL, 0, k, (int)B, (int)T, tok, tgt)) !=
-            ST_OK)
+        if ((s = st_dataset_batch_pos(ds, fixed ? ST_VAL : ST_ALL, 0, k, (int)B, (int)T, tok, tgt,
+                                      pos)) != ST_OK)
             break;
         for (size_t w = k * (size_t)B; w < (k + 1) * (size_t)B; w++)
             if (w >= windows) /* past the last window: the batch wrapped; count nothing */
                 for (long t = 0; t < T; t++)
                     tgt[(w - k * (size_t)B) * (size_t)T + (size_t)t] = -1;
-        if ((s = st_infer_score(in, tok, tgt, &bs, &bc, probs)) != ST_OK)
+        if ((s = st_infer_score(in, tok, tgt, pos, &bs, &bc, probs)) != ST_OK)
             break;
         sum += bs;
         count += bc;
@@ -885,6 +905,7 @@ int cmd_eval(int argc, char **argv)
     }
     free(tok);
     free(tgt);
+    free(pos);
     free(probs);
     st_infer_close(in);
     if (devs.list)

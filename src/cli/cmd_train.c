@@ -41,7 +41,13 @@ static void help(void)
            "data:\n"
            "  --data SRC          'addition' (default), a text file or a token file\n"
            "                      (*.bin, *.u16, *.tok: llm.c's format, uint16 or\n"
-           "                      uint32, or raw uint16); files: last 10%% validate\n"
+           "                      uint32, or raw uint16), or JSON Lines for fine-tuning\n"
+           "                      (*.jsonl: {\"text\": ...} or {\"prompt\": ...,\n"
+           "                      \"completion\": ...} a line, the loss on completions\n"
+           "                      and texts); files: last 10%% validate\n"
+           "  --pack on|off       JSON Lines: several whole examples a row, each with its\n"
+           "                      own positions and attending only itself (on, default),\n"
+           "                      or one example a row, padded (off)\n"
            "  --tokenizer PATH    a Hugging Face tokenizer.json (or a folder holding one)\n"
            "                      that turns a text file into tokens (default: the one\n"
            "                      beside --config's file, or the --resume or --init\n"
@@ -465,7 +471,8 @@ enum {
     O_SAVE_EVERY, O_RESUME, O_STOP_AT, O_LOG_EVERY, O_LOG_JSON, O_MICRO, O_SCHEDULE, O_SPLIT,
     O_MEM_LIMIT, O_KEEP, O_ON_NAN, O_FORCE, O_PROFILE, O_ARCH, O_KV_HEADS, O_INNER,
     O_ROPE_THETA, O_TIE, O_TOKENIZER, O_PARALLEL, O_INIT, O_LORA, O_LORA_ALPHA, O_LORA_TARGETS,
-    O_RECOMPUTE, O_SHARD, O_DEVICES
+    O_RECOMPUTE, O_SHARD, O_DEVICES, O_PACK,
+    O_END /* after the last: given[] is sized by it */
 };
 
 /* --log-json: a regular file (created or emptied) or a character device
@@ -635,6 +642,7 @@ static int train_command(int argc, char **argv)
         {"lora-targets", required_argument, NULL, O_LORA_TARGETS},
         {"recompute", required_argument, NULL, O_RECOMPUTE},
         {"shard-optimizer", no_argument, NULL, O_SHARD},
+        {"pack", required_argument, NULL, O_PACK},
         {"stop-at", required_argument, NULL, O_STOP_AT},
         {"log-every", required_argument, NULL, O_LOG_EVERY},
         {"log-json", required_argument, NULL, O_LOG_JSON},
@@ -655,13 +663,14 @@ static int train_command(int argc, char **argv)
     const char *data = NULL, *config = NULL, *devices = NULL, *log_json = NULL;
     const char *split = NULL, *mem_limit = NULL, *tokenizer = NULL, *parallel = NULL;
     const char *init = NULL, *lora_targets = "all", *recompute = "auto";
+    bool pack = true; /* JSON Lines: several examples a row */
     long lora_rank = 0;
     double lora_alpha = 0;
     bool force = false;
     long layers = 2, embd = 64, heads = 4, positions = 0, vocab = 0, log_every = 1;
     cli_model_flags mf = {0};
     /* Which training settings were given, so that --resume can tell them from defaults. */
-    bool given[O_DEVICES + 1] = {false};
+    bool given[O_END] = {false};
     long v = 0;
     int c, li;
     optind = 1;
@@ -674,7 +683,7 @@ static int train_command(int argc, char **argv)
         else
             snprintf(name, sizeof name, "%s", argv[optind - 1]);
         bool ok = true;
-        if (c >= O_DATA && c <= O_DEVICES)
+        if (c >= O_DATA && c < O_END)
             given[c] = true;
         switch (c) {
         case O_DATA: data = arg; break;
@@ -714,6 +723,11 @@ static int train_command(int argc, char **argv)
             if (strcmp(arg, "auto") != 0 && strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0)
                 return cli_usage_error("train", "bad value '%s' for --recompute: auto, on or off",
                                        arg);
+            break;
+        case O_PACK:
+            if (strcmp(arg, "on") != 0 && strcmp(arg, "off") != 0)
+                return cli_usage_error("train", "bad value '%s' for --pack: on or off", arg);
+            pack = strcmp(arg, "on") == 0;
             break;
         case O_STOP_AT: ok = cli_parse_long(arg, 1, 1L << 40, &tc.stop_at); break;
         case O_LOG_EVERY: ok = cli_parse_long(arg, 1, 1L << 40, &log_every); break;
@@ -897,6 +911,13 @@ static int train_command(int argc, char **argv)
                 ST_OK)
                 return cli_fail(s);
         }
+        if (given[O_PACK] && pack != saved.packed)
+            return cli_usage_error("train",
+                                   "--pack %s: the checkpoint's rows were %s; a resumed run "
+                                   "draws the same batches (leave --pack out)",
+                                   pack ? "on" : "off",
+                                   saved.packed ? "packed" : "one example each");
+        pack = saved.packed;
         if (!given[O_BATCH]) tc.shape.batch = saved.shape.batch;
         if (!given[O_SEQ]) tc.shape.seq = saved.shape.seq;
         if (!given[O_STEPS]) tc.steps = saved.steps;
@@ -1021,6 +1042,13 @@ static int train_command(int argc, char **argv)
     if (!tc.shape.seq)
         tc.shape.seq = fixed ? fixed : 64;
     cli_note_cut_examples("train", ds, tc.shape.seq);
+    if (given[O_PACK] && !st_dataset_examples(ds, ST_ALL)) {
+        st_dataset_destroy(ds);
+        return cli_usage_error("train", "--pack is for JSON Lines data (a .jsonl file of "
+                                        "examples); '%s' is one stream of tokens",
+                               data ? data : "addition");
+    }
+    cli_note_packing(stdout, ds, pack, tc.shape.seq);
     if (!tc.resume_dir && !init) {
         if (config) {
             if ((s = st_model_config_load(config, &cfg)) != ST_OK) {

@@ -76,3 +76,20 @@ void cli_note_cut_examples(const char *cmd, const st_dataset *ds, long T)
                 "whole\n",
                 cmd, cut, st_dataset_examples(ds, ST_ALL), T + 1, longest);
 }
+
+void cli_note_packing(FILE *out, st_dataset *ds, bool pack, long T)
+{
+    if (!st_dataset_examples(ds, ST_ALL))
+        return;
+    st_dataset_pack(ds, pack);
+    double packed = st_dataset_fill(ds, ST_ALL, (int)T, true);
+    double padded = st_dataset_fill(ds, ST_ALL, (int)T, false);
+    if (pack)
+        fprintf(out, "rows: packed, whole examples one after the other, each attending only itself: "
+               "%.0f%% of the positions hold tokens (%.0f%% with --pack off)\n",
+               100 * packed, 100 * padded);
+    else
+        fprintf(out, "rows: one example each, padded: %.0f%% of the positions hold tokens (%.0f%% "
+               "with --pack on)\n",
+               100 * padded, 100 * packed);
+}

@@ -37,6 +37,7 @@ struct st_dataset {
     size_t *doc, n_docs, n_train_docs, longest;
     uint8_t *loss;
     int pad;
+    bool packed; /* several examples a row (st_dataset_pack) */
 };
 
 static uint64_t mix(uint64_t z)
@@ -490,21 +491,127 @@ size_t st_dataset_longer_than(const st_dataset *ds, size_t len, size_t *longest)
     return k;
 }
 
+bool st_dataset_pack(st_dataset *ds, bool on)
+{
+    ds->packed = on && ds->kind == KIND_JSONL;
+    return ds->packed;
+}
+
+bool st_dataset_packed(const st_dataset *ds)
+{
+    return ds->packed;
+}
+
+/* The example range of a split. */
+static void split_docs(const st_dataset *ds, st_split split, size_t *first, size_t *n)
+{
+    *first = split == ST_VAL ? ds->n_train_docs : 0;
+    *n = st_dataset_examples(ds, split);
+}
+
+/* Rows of T tokens the examples of a split fill in order, each starting a
+ * row when the one before's row has no room for it whole. With starts
+ * (rows + 1 entries), each row's first example's index in the split. */
+static size_t packed_rows(const st_dataset *ds, st_split split, int T, size_t *starts)
+{
+    size_t first, n, rows = 0, used = 0;
+    split_docs(ds, split, &first, &n);
+    for (size_t k = 0; k < n; k++) {
+        size_t len = ds->doc[first + k + 1] - ds->doc[first + k];
+        if (k == 0 || used + len > (size_t)T) {
+            if (starts)
+                starts[rows] = k;
+            rows++;
+            used = 0;
+        }
+        used += len;
+    }
+    if (starts)
+        starts[rows] = n;
+    return rows;
+}
+
+double st_dataset_fill(const st_dataset *ds, st_split split, int T, bool packed)
+{
+    size_t first, n, held = 0, rows = 0, used = 0;
+    if (ds->kind != KIND_JSONL || T < 1)
+        return 1.0;
+    split_docs(ds, split, &first, &n);
+    for (size_t k = 0; k < n; k++) {
+        size_t len = ds->doc[first + k + 1] - ds->doc[first + k];
+        if (k == 0 || !packed || used + len > (size_t)T) {
+            rows++;
+            used = 0;
+        }
+        len = len < (size_t)T - used ? len : (size_t)T - used;
+        used += len;
+        held += len;
+    }
+    return rows ? (double)held / ((double)rows * T) : 0.0;
+}
+
 size_t st_dataset_windows(const st_dataset *ds, st_split split, int T)
 {
     size_t n = st_dataset_tokens(ds, split);
     if (ds->kind == KIND_ADDITION)
         return 0;
     if (ds->kind == KIND_JSONL)
-        return st_dataset_examples(ds, split);
+        return ds->packed && T > 0 ? packed_rows(ds, split, T, NULL)
+                                   : st_dataset_examples(ds, split);
     return T > 0 && n > (size_t)T ? (n - 1) / (size_t)T : 0;
 }
+
+/* Example k at row position `at` of a row of T (tokens, targets, pos at the
+ * row's start): as much of it as fits, cut after T + 1 tokens from the
+ * row's start; a target where the next token is the example's and a target
+ * (not a prompt's). Returns the positions it took. */
+static size_t put_example(const st_dataset *ds, size_t k, size_t at, int T, int32_t *tokens,
+                          int32_t *targets, int32_t *pos)
+{
+    size_t from = ds->doc[k], len = ds->doc[k + 1] - from, n = 0;
+    for (size_t t = at; t < (size_t)T && n < len; t++, n++) {
+        tokens[t] = (int32_t)ds->tokens[from + n];
+        targets[t] = n + 1 < len && ds->loss[from + n + 1] ? (int32_t)ds->tokens[from + n + 1] : -1;
+        if (pos)
+            pos[t] = (int32_t)n;
+    }
+    return n;
+}
+
+/* The rest of a row from `at`: padding, without targets, at the positions
+ * that go on from the last example's (it sees nothing after it). */
+static void pad_row(const st_dataset *ds, size_t at, int T, int32_t *tokens, int32_t *targets,
+                    int32_t *pos)
+{
+    for (size_t t = at; t < (size_t)T; t++) {
+        tokens[t] = ds->pad;
+        targets[t] = -1;
+        if (pos)
+            pos[t] = t ? pos[t - 1] + 1 : 0;
+    }
+}
+
+/* A training row draws up to this many examples in a row that do not fit
+ * the room left before it pads the rest. */
+#define PACK_MISSES 8
 
 st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, uint64_t index,
                            int B, int T, int32_t *tokens, int32_t *targets)
 {
+    return st_dataset_batch_pos(ds, split, seed, index, B, T, tokens, targets, NULL);
+}
+
+st_status st_dataset_batch_pos(const st_dataset *ds, st_split split, uint64_t seed,
+                               uint64_t index, int B, int T, int32_t *tokens, int32_t *targets,
+                               int32_t *pos)
+{
     if (B < 1 || T < 1)
         return st_error(ST_ERR_INVALID, "batch %d x %d is empty", B, T);
+    if (ds->packed && !pos)
+        return st_error(ST_ERR_INVALID, "'%s' packs several examples a row: its batches need "
+                        "the positions' table", ds->name);
+    for (size_t i = 0; pos && i < (size_t)B * T; i++)
+        pos[i] = (int32_t)(i % (size_t)T);
     /* Validation draws do not depend on the seed: every run is measured on the same set. */
     uint64_t key = split == ST_TRAIN ? seed : 0x5eedull;
     rng r = {mix(mix(key) ^ (split == ST_TRAIN ? 0x7a1ull : 0xa11ull)) ^ mix(index)};
@@ -525,6 +632,43 @@ st_status st_dataset_batch(const st_dataset *ds, st_split split, uint64_t seed, 
                 targets[b * T + t] = t >= 7 ? (unsigned char)text[t + 1] : -1;
             }
         }
+        return ST_OK;
+    }
+    if (ds->kind == KIND_JSONL && ds->packed) {
+        size_t first, n;
+        split_docs(ds, split, &first, &n);
+        size_t *starts = NULL, rows = 0;
+        if (split != ST_TRAIN) {
+            /* The split's rows in order, as eval and validation walk them. */
+            if (!(starts = malloc((n + 1) * sizeof *starts)))
+                return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+            rows = packed_rows(ds, split, T, starts);
+        }
+        for (int b = 0; b < B; b++) {
+            int32_t *tk = tokens + (size_t)b * T, *tg = targets + (size_t)b * T,
+                    *ps = pos + (size_t)b * T;
+            size_t used = 0;
+            if (split == ST_TRAIN) {
+                /* Examples drawn at random, each whole where it fits (the
+                 * first cut to the row), until PACK_MISSES in a row do not. */
+                for (int miss = 0; used < (size_t)T && miss < PACK_MISSES;) {
+                    size_t k = first + (size_t)rng_below(&r, n);
+                    size_t len = ds->doc[k + 1] - ds->doc[k];
+                    if (used > 0 && used + len > (size_t)T) {
+                        miss++;
+                        continue;
+                    }
+                    used += put_example(ds, k, used, T, tk, tg, ps);
+                    miss = 0;
+                }
+            } else {
+                size_t row = (index * (size_t)B + (size_t)b) % rows;
+                for (size_t k = starts[row]; k < starts[row + 1]; k++)
+                    used += put_example(ds, first + k, used, T, tk, tg, ps);
+            }
+            pad_row(ds, used, T, tk, tg, ps);
+        }
+        free(starts);
         return ST_OK;
     }
     if (ds->kind == KIND_JSONL) {

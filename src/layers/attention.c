@@ -42,10 +42,18 @@ static st_status heads_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, floa
     return st_gemm(&g);
 }
 
-st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv, int B, int T,
-                           int C, int NH)
+/* pos (I32 [B*T], packed documents) or NULL. */
+static st_status check_pos(const char *op, const st_tensor *pos, int B, int T)
+{
+    return pos ? st_op_need(op, pos, (size_t)B * (size_t)T, ST_I32) : ST_OK;
+}
+
+st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv,
+                           const st_tensor *pos, int B, int T, int C, int NH)
 {
     st_status s = check_shapes("attention_fwd", B, T, C, NH);
+    if (s == ST_OK)
+        s = check_pos("attention_fwd", pos, B, T);
     if (s != ST_OK)
         return s;
     size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, HS = Cs / (size_t)NH;
@@ -61,7 +69,8 @@ st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv,
         return s;
     size_t rows = Bs * (size_t)NH * Ts;
     if ((s = ST_LAUNCH(st_tensor_device(att), "attention.cl", "attention_softmax_fwd", rows, 64,
-                       ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
+                       ST_KT(att), ST_KT(pos ? pos : att), ST_KI(pos != NULL), ST_KI(rows),
+                       ST_KI(T), ST_KI(NH))) != ST_OK)
         return s;
     /* out = att V */
     return heads_gemm(false, false, Ts, HS, Ts, 1.0f, att, 0, Ts, Ts * Ts, as, qkv, 2 * Cs,
@@ -69,10 +78,12 @@ st_status st_attention_fwd(st_tensor *out, st_tensor *att, const st_tensor *qkv,
 }
 
 st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *dout,
-                           const st_tensor *qkv, const st_tensor *att, int B, int T, int C,
-                           int NH)
+                           const st_tensor *qkv, const st_tensor *att, const st_tensor *pos,
+                           int B, int T, int C, int NH)
 {
     st_status s = check_shapes("attention_bwd", B, T, C, NH);
+    if (s == ST_OK)
+        s = check_pos("attention_bwd", pos, B, T);
     if (s != ST_OK)
         return s;
     size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, HS = Cs / (size_t)NH;
@@ -91,7 +102,8 @@ st_status st_attention_bwd(st_tensor *dqkv, st_tensor *datt, const st_tensor *do
         return s;
     size_t rows = Bs * (size_t)NH * Ts;
     if ((s = ST_LAUNCH(st_tensor_device(datt), "attention.cl", "attention_softmax_bwd", rows, 64,
-                       ST_KT(datt), ST_KT(att), ST_KI(rows), ST_KI(T))) != ST_OK)
+                       ST_KT(datt), ST_KT(att), ST_KT(pos ? pos : att), ST_KI(pos != NULL),
+                       ST_KI(rows), ST_KI(T), ST_KI(NH))) != ST_OK)
         return s;
     /* dQ = dS K * scale;  dK = dS^T Q * scale */
     if ((s = heads_gemm(false, false, Ts, HS, Ts, scale, datt, 0, Ts, Ts * Ts, as, qkv, Cs,
@@ -122,9 +134,12 @@ static size_t row_width(int C, int NH, int KV)
 }
 
 st_status st_attention_gqa_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
-                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV)
+                               const st_tensor *qkv_b, const st_tensor *pos, int B, int T, int C,
+                               int NH, int KV)
 {
     st_status s = flash_shapes("attention_flash_fwd", B, T, C, NH, KV);
+    if (s == ST_OK)
+        s = check_pos("attention_flash_fwd", pos, B, T);
     if (s != ST_OK)
         return s;
     size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, W = row_width(C, NH, KV);
@@ -137,23 +152,27 @@ st_status st_attention_gqa_fwd(st_tensor *out, st_tensor *lse, const st_tensor *
     size_t groups = Bs * (size_t)NH * ((Ts + FA_TILE - 1) / FA_TILE);
     return ST_LAUNCH(st_tensor_device(out), "flash.cl", "attention_flash_fwd", groups * FA_TILE,
                      FA_TILE, ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(qkv_b ? qkv_b : qkv),
-                     ST_KI(qkv_b != NULL), ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV),
-                     ST_KF(scale));
+                     ST_KT(pos ? pos : qkv), ST_KI(pos != NULL), ST_KI(qkv_b != NULL), ST_KI(T),
+                     ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale));
 }
 
 st_status st_attention_flash_fwd(st_tensor *out, st_tensor *lse, const st_tensor *qkv,
-                                 const st_tensor *qkv_b, int B, int T, int C, int NH)
+                                 const st_tensor *qkv_b, const st_tensor *pos, int B, int T,
+                                 int C, int NH)
 {
     if (!qkv_b)
         return st_error(ST_ERR_INVALID, "attention_flash_fwd: no qkv bias");
-    return st_attention_gqa_fwd(out, lse, qkv, qkv_b, B, T, C, NH, NH);
+    return st_attention_gqa_fwd(out, lse, qkv, qkv_b, pos, B, T, C, NH, NH);
 }
 
 st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
                                const st_tensor *lse, const st_tensor *qkv,
-                               const st_tensor *qkv_b, int B, int T, int C, int NH, int KV)
+                               const st_tensor *qkv_b, const st_tensor *pos, int B, int T, int C,
+                               int NH, int KV)
 {
     st_status s = flash_shapes("attention_flash_bwd", B, T, C, NH, KV);
+    if (s == ST_OK)
+        s = check_pos("attention_flash_bwd", pos, B, T);
     if (s != ST_OK)
         return s;
     size_t Bs = (size_t)B, Ts = (size_t)T, Cs = (size_t)C, W = row_width(C, NH, KV);
@@ -167,25 +186,27 @@ st_status st_attention_gqa_bwd(st_tensor *dqkv, const st_tensor *dout, const st_
     float scale = (float)(1.0 / sqrt((double)(C / NH)));
     size_t tiles = (Ts + FA_TILE - 1) / FA_TILE;
     st_device *dev = st_tensor_device(dqkv);
-    const st_tensor *bias = qkv_b ? qkv_b : qkv;
+    const st_tensor *bias = qkv_b ? qkv_b : qkv, *ptab = pos ? pos : qkv;
     if ((s = ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_kv",
                        Bs * (size_t)KV * tiles * FA_TILE, FA_TILE, ST_KT(dqkv), ST_KT(dout),
-                       ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(bias), ST_KI(qkv_b != NULL),
-                       ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale))) != ST_OK)
+                       ST_KT(out), ST_KT(lse), ST_KT(qkv), ST_KT(bias), ST_KT(ptab),
+                       ST_KI(pos != NULL), ST_KI(qkv_b != NULL), ST_KI(T), ST_KI(C), ST_KI(NH),
+                       ST_KI(KV), ST_KF(scale))) != ST_OK)
         return s;
     return ST_LAUNCH(dev, "flash.cl", "attention_flash_bwd_q", Bs * (size_t)NH * tiles * FA_TILE,
                      FA_TILE, ST_KT(dqkv), ST_KT(dout), ST_KT(out), ST_KT(lse), ST_KT(qkv),
-                     ST_KT(bias), ST_KI(qkv_b != NULL), ST_KI(T), ST_KI(C), ST_KI(NH), ST_KI(KV),
-                     ST_KF(scale));
+                     ST_KT(bias), ST_KT(ptab), ST_KI(pos != NULL), ST_KI(qkv_b != NULL), ST_KI(T),
+                     ST_KI(C), ST_KI(NH), ST_KI(KV), ST_KF(scale));
 }
 
 st_status st_attention_flash_bwd(st_tensor *dqkv, const st_tensor *dout, const st_tensor *out,
                                  const st_tensor *lse, const st_tensor *qkv,
-                                 const st_tensor *qkv_b, int B, int T, int C, int NH)
+                                 const st_tensor *qkv_b, const st_tensor *pos, int B, int T,
+                                 int C, int NH)
 {
     if (!qkv_b)
         return st_error(ST_ERR_INVALID, "attention_flash_bwd: no qkv bias");
-    return st_attention_gqa_bwd(dqkv, dout, out, lse, qkv, qkv_b, B, T, C, NH, NH);
+    return st_attention_gqa_bwd(dqkv, dout, out, lse, qkv, qkv_b, pos, B, T, C, NH, NH);
 }
 
 st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *kc,

@@ -4,8 +4,8 @@
 #include "strata/layers.h"
 
 st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tensor *wte,
-                         const st_tensor *wpe, const st_tensor *rows, int B, int T, int C,
-                         int V)
+                         const st_tensor *wpe, const st_tensor *rows, const st_tensor *pos,
+                         int B, int T, int C, int V)
 {
     if (B < 1 || T < 1 || C < 1 || V < 1)
         return st_error(ST_ERR_INVALID, "encoder_fwd: empty shape B=%d T=%d C=%d V=%d", B, T, C,
@@ -17,15 +17,20 @@ st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tenso
     st_status s = st_op_need("encoder_fwd", tokens, BT, ST_I32);
     if (s == ST_OK && rows)
         s = st_op_need("encoder_fwd", rows, 2 * BT, ST_I32);
+    if (s == ST_OK && pos)
+        s = rows ? st_error(ST_ERR_INVALID, "encoder_fwd: both decoding rows and positions")
+                 : st_op_need("encoder_fwd", pos, BT, ST_I32);
     if (s != ST_OK)
         return s;
+    const st_tensor *tab = rows ? rows : pos ? pos : tokens;
     return ST_LAUNCH(st_tensor_device(out), "encoder.cl", "encoder_fwd", BT * C, 64, ST_KT(out),
-                     ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KT(rows ? rows : tokens),
-                     ST_KI(rows != NULL), ST_KI(BT), ST_KI(T), ST_KI(C), ST_KI(V));
+                     ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KT(tab),
+                     ST_KI(rows ? 1 : pos ? 2 : 0), ST_KI(BT), ST_KI(T), ST_KI(C), ST_KI(V));
 }
 
 st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout,
-                         const st_tensor *tokens, int B, int T, int C, int V)
+                         const st_tensor *tokens, const st_tensor *pos, int B, int T, int C,
+                         int V)
 {
     if (B < 1 || T < 1 || C < 1 || V < 1)
         return st_error(ST_ERR_INVALID, "encoder_bwd: empty shape B=%d T=%d C=%d V=%d", B, T, C,
@@ -35,6 +40,8 @@ st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout
     NEED("encoder_bwd", dwpe, (size_t)T * C);
     NEED("encoder_bwd", dout, BT * C);
     st_status s = st_op_need("encoder_bwd", tokens, BT, ST_I32);
+    if (s == ST_OK && pos)
+        s = st_op_need("encoder_bwd", pos, BT, ST_I32);
     if (s != ST_OK)
         return s;
     st_device *dev = st_tensor_device(dwte);
@@ -42,6 +49,9 @@ st_status st_encoder_bwd(st_tensor *dwte, st_tensor *dwpe, const st_tensor *dout
                   ST_KT(tokens), ST_KT(dout), ST_KI(BT), ST_KI(C), ST_KI(V));
     if (s != ST_OK)
         return s;
+    if (pos)
+        return ST_LAUNCH(dev, "encoder.cl", "encoder_bwd_wpe_pos", (size_t)C, 64, ST_KT(dwpe),
+                         ST_KT(pos), ST_KT(dout), ST_KI(BT), ST_KI(C));
     return ST_LAUNCH(dev, "encoder.cl", "encoder_bwd_wpe", (size_t)T * C, 64, ST_KT(dwpe),
                      ST_KT(dout), ST_KI(B), ST_KI(T), ST_KI(C));
 }

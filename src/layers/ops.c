@@ -469,7 +469,8 @@ static st_status rope_shapes(const char *op, int N, int T, int pos0, int NH, int
 }
 
 st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *inv_freq,
-                      const st_tensor *rows, int N, int T, int pos0, int NH, int KV, int HS)
+                      const st_tensor *rows, const st_tensor *pos, int N, int T, int pos0,
+                      int NH, int KV, int HS)
 {
     st_status s = rope_shapes("rope_fwd", N, T, pos0, NH, KV, HS);
     if (s != ST_OK)
@@ -481,25 +482,31 @@ st_status st_rope_fwd(st_tensor *qkv, const st_tensor *bias, const st_tensor *in
         NEED("rope_fwd", bias, W);
     if (rows && (s = st_op_need("rope_fwd", rows, 2 * (size_t)N, ST_I32)) != ST_OK)
         return s;
+    if (pos && (s = rows ? st_error(ST_ERR_INVALID, "rope_fwd: both decoding rows and positions")
+                         : st_op_need("rope_fwd", pos, (size_t)N, ST_I32)) != ST_OK)
+        return s;
     size_t per_row = (size_t)(HS / 2) + (bias ? (size_t)KV * HS : 0);
+    const st_tensor *tab = rows ? rows : pos ? pos : inv_freq;
     return ST_LAUNCH(st_tensor_device(qkv), "rope.cl", "rope_fwd", (size_t)N * per_row, LOCAL,
-                     ST_KT(qkv), ST_KT(bias ? bias : inv_freq), ST_KT(inv_freq),
-                     ST_KT(rows ? rows : inv_freq), ST_KI(rows != NULL), ST_KI(bias != NULL), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
-                     ST_KI(HS));
+                     ST_KT(qkv), ST_KT(bias ? bias : inv_freq), ST_KT(inv_freq), ST_KT(tab),
+                     ST_KI(rows ? 1 : pos ? 2 : 0), ST_KI(bias != NULL), ST_KI(N), ST_KI(T),
+                     ST_KI(pos0), ST_KI(NH), ST_KI(KV), ST_KI(HS));
 }
 
-st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, int N, int T, int pos0,
-                      int NH, int KV, int HS)
+st_status st_rope_bwd(st_tensor *dqkv, const st_tensor *inv_freq, const st_tensor *pos, int N,
+                      int T, int pos0, int NH, int KV, int HS)
 {
     st_status s = rope_shapes("rope_bwd", N, T, pos0, NH, KV, HS);
     if (s != ST_OK)
         return s;
     NEED("rope_bwd", dqkv, (size_t)N * (size_t)(NH + 2 * KV) * HS);
     NEED("rope_bwd", inv_freq, (size_t)HS / 2);
+    if (pos && (s = st_op_need("rope_bwd", pos, (size_t)N, ST_I32)) != ST_OK)
+        return s;
     return ST_LAUNCH(st_tensor_device(dqkv), "rope.cl", "rope_bwd",
-                     (size_t)N * (size_t)(HS / 2), LOCAL, ST_KT(dqkv),
-                     ST_KT(inv_freq), ST_KI(N), ST_KI(T), ST_KI(pos0), ST_KI(NH), ST_KI(KV),
-                     ST_KI(HS));
+                     (size_t)N * (size_t)(HS / 2), LOCAL, ST_KT(dqkv), ST_KT(inv_freq),
+                     ST_KT(pos ? pos : inv_freq), ST_KI(pos != NULL), ST_KI(N), ST_KI(T),
+                     ST_KI(pos0), ST_KI(NH), ST_KI(KV), ST_KI(HS));
 }
 
 st_status st_swiglu_fwd(st_tensor *h, const st_tensor *gu, int N, int F)

@@ -543,7 +543,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         /* Every layer's activations, the stage's input (or the embedding's
          * output) and the gradient arriving at a stage without the head. */
         z.slot_floats = t->act[end] - t->act[first] + N * in_floats + (has_head ? 0 : N * in_floats);
-        z.slot_ints = 2 * N; /* tokens, targets */
+        z.slot_ints = 3 * N; /* tokens, targets, positions (packed documents) */
         if (o->training)
             z.work_floats = N * in_floats + range_max(t->work, first, end) + (end - first) +
                             ST_SUMSQ_PARTS; /* a squared gradient sum per layer */

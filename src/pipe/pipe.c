@@ -38,7 +38,7 @@ struct st_pipe {
     int micro_batch; /* sequences per micro-batch */
     st_model_config cfg;
     /* per step */
-    const int32_t *tokens, *targets;
+    const int32_t *tokens, *targets, *pos; /* pos: NULL, or packed documents' positions */
     bool backward;
     /* decoding several sequences: dec_n passes (groups of sequences, each
      * one st_stage_pass on every stage, flowing through the stages like
@@ -532,7 +532,9 @@ static st_status run_op(st_pipe *p, size_t s, const op *o)
             return st;
         const int32_t *tok = p->tokens + (size_t)o->mb * N;
         const int32_t *tgt = p->targets ? p->targets + (size_t)o->mb * N : NULL;
-        if ((st = st_stage_forward(g, slot, s == 0 ? tok : NULL, last ? tgt : NULL, B, T)) != ST_OK)
+        const int32_t *pos = p->pos ? p->pos + (size_t)o->mb * N : NULL;
+        if ((st = st_stage_positions(g, slot, pos, B, T)) != ST_OK ||
+            (st = st_stage_forward(g, slot, s == 0 ? tok : NULL, last ? tgt : NULL, B, T)) != ST_OK)
             return st;
         if (!last)
             return p->fwd[s]->send(p->fwd[s], st_stage_io_tensor(g, slot, ST_STAGE_OUT), n_out);
@@ -1007,7 +1009,7 @@ static st_status count_targets(const st_pipe *p, const int32_t *targets, long st
 
 /* Points the pipe at its micro-batches for a training pass. */
 static st_status begin_backward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                                float dloss)
+                                const int32_t *pos, float dloss)
 {
     st_status s = ST_OK;
     for (size_t k = 0; s == ST_OK && k < p->S; k++)
@@ -1015,6 +1017,7 @@ static st_status begin_backward(st_pipe *p, const int32_t *tokens, const int32_t
             s = st_stage_zero_grad(p->stage[k]);
     p->tokens = tokens;
     p->targets = targets;
+    p->pos = pos;
     p->backward = true;
     p->probs = NULL;
     p->dloss = dloss;
@@ -1290,8 +1293,8 @@ static st_status reduce_mpi(st_pipe *p, size_t s)
 }
 
 static st_status group_train_step(st_pipe *g, const int32_t *tokens, const int32_t *targets,
-                                  const st_adamw_hparams *hp, long step, float clip,
-                                  st_pipe_step_result *res)
+                                  const int32_t *pos, const st_adamw_hparams *hp, long step,
+                                  float clip, st_pipe_step_result *res)
 {
     long count = 0;
     st_status s = count_targets(g, targets, step, &count);
@@ -1300,7 +1303,7 @@ static st_status group_train_step(st_pipe *g, const int32_t *tokens, const int32
      * gradients add up to the step's. */
     for (size_t r = 0; s == ST_OK && r < g->R; r++)
         s = begin_backward(g->rep[r], tokens + r * share, targets + r * share,
-                           1.0f / (float)count);
+                           pos ? pos + r * share : NULL, 1.0f / (float)count);
     if (s != ST_OK || (s = run_replicas(g, g->R)) != ST_OK)
         return s;
     double loss = 0;
@@ -1315,20 +1318,21 @@ static st_status group_train_step(st_pipe *g, const int32_t *tokens, const int32
 }
 
 st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                             const st_adamw_hparams *hp, long step, float clip,
-                             st_pipe_step_result *res)
+                             const int32_t *pos, const st_adamw_hparams *hp, long step,
+                             float clip, st_pipe_step_result *res)
 {
     if (!p->o.training)
         return st_error(ST_ERR_INVALID, "the pipeline was made without training buffers");
     if (p->R > 1)
-        return group_train_step(p, tokens, targets, hp, step, clip, res);
+        return group_train_step(p, tokens, targets, pos, hp, step, clip, res);
     long count = 0;
     st_status s = count_targets(p, targets, step, &count);
     /* Under mpirun a replica takes its share of the batch. */
     size_t off = p->comm ? (size_t)p->comm->replica * (size_t)p->o.batch * p->o.seq : 0;
     /* Every token's loss weighs 1/count: the mean over the whole step. */
     if (s != ST_OK ||
-        (s = begin_backward(p, tokens + off, targets + off, 1.0f / (float)count)) != ST_OK)
+        (s = begin_backward(p, tokens + off, targets + off, pos ? pos + off : NULL,
+                            1.0f / (float)count)) != ST_OK)
         return s;
     if ((s = run_stages(p)) != ST_OK || (s = sum_tied(p)) != ST_OK ||
         (s = test_poison(p, step)) != ST_OK)
@@ -1340,10 +1344,12 @@ st_status st_pipe_train_step(st_pipe *p, const int32_t *tokens, const int32_t *t
 }
 
 /* Points the pipe at its micro-batches for a forward pass. */
-static void begin_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets, float *probs)
+static void begin_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
+                          const int32_t *pos, float *probs)
 {
     p->tokens = tokens;
     p->targets = targets;
+    p->pos = pos;
     p->backward = false;
     p->probs = probs;
     for (int j = 0; j < p->o.micro_batches; j++) {
@@ -1363,7 +1369,7 @@ static void forward_sums(const st_pipe *p, double *v)
 }
 
 st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targets,
-                          double *sum, long *count, float *probs)
+                          const int32_t *pos, double *sum, long *count, float *probs)
 {
     double v[2] = {0, 0};
     st_status s = ST_OK;
@@ -1375,7 +1381,7 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
         size_t share = share_of(p), V = (size_t)p->cfg.vocab_size;
         for (size_t r = 0; r < p->R; r++)
             begin_forward(p->rep[r], tokens + r * share, targets ? targets + r * share : NULL,
-                          probs ? probs + r * share * V : NULL);
+                          pos ? pos + r * share : NULL, probs ? probs + r * share * V : NULL);
         s = run_replicas(p, p->R);
         for (size_t r = 0; r < p->R; r++) {
             p->rep[r]->probs = NULL;
@@ -1384,7 +1390,7 @@ st_status st_pipe_forward(st_pipe *p, const int32_t *tokens, const int32_t *targ
     } else {
         /* Under mpirun a replica takes its share of the batch. */
         size_t off = p->comm ? (size_t)p->comm->replica * (size_t)p->o.batch * p->o.seq : 0;
-        begin_forward(p, tokens + off, targets ? targets + off : NULL,
+        begin_forward(p, tokens + off, targets ? targets + off : NULL, pos ? pos + off : NULL,
                       probs ? probs + off * (size_t)p->cfg.vocab_size : NULL);
         s = run_stages(p);
         p->probs = NULL;

@@ -458,11 +458,11 @@ st_status st_infer_step(st_infer *in)
 }
 
 st_status st_infer_score(st_infer *in, const int32_t *tokens, const int32_t *targets,
-                         double *sum, long *count, float *probs)
+                         const int32_t *pos, double *sum, long *count, float *probs)
 {
     if (in->plan.shape.kv_seqs > 0 && in->plan.shape.batch <= 1 && in->plan.shape.seq <= 1)
         return st_error(ST_ERR_INVALID, "the session was opened for decoding, not scoring");
-    return st_pipe_forward(in->pipe, tokens, targets, sum, count, probs);
+    return st_pipe_forward(in->pipe, tokens, targets, pos, sum, count, probs);
 }
 
 /* ---- st_infer_run: groups of sequences streamed through the stages ---------------- */

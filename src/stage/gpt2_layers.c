@@ -36,8 +36,8 @@ static st_status emb_forward(st_layer *l, int slot, const st_tensor *x, const st
     (void)slot;
     (void)x;
     *y = io->x0;
-    return st_encoder_fwd(io->x0, io->tokens, l->p[E_WTE], l->p[E_WPE], NULL, B, T, l->cfg->n_embd,
-                          l->cfg->vocab_size);
+    return st_encoder_fwd(io->x0, io->tokens, l->p[E_WTE], l->p[E_WPE], NULL, io->pos, B, T,
+                          l->cfg->n_embd, l->cfg->vocab_size);
 }
 
 static st_status emb_backward_(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
@@ -58,14 +58,14 @@ static st_status emb_backward_(st_layer *l, int slot, const st_tensor *x, st_ten
     (void)slot;
     (void)x;
     (void)dloss;
-    return st_encoder_bwd(l->g[E_WTE], l->g[E_WPE], dres, io->tokens, B, T, l->cfg->n_embd,
-                          l->cfg->vocab_size);
+    return st_encoder_bwd(l->g[E_WTE], l->g[E_WPE], dres, io->tokens, io->pos, B, T,
+                          l->cfg->n_embd, l->cfg->vocab_size);
 }
 
 static st_status emb_decode(st_layer *l, const st_pass *ps, st_tensor *x, st_layer_io *io)
 {
     /* x = wte[tok] + wpe[pos]: each row at its own position */
-    return st_encoder_fwd(x, io->token, l->p[E_WTE], l->p[E_WPE], ps->rows, 1, ps->n,
+    return st_encoder_fwd(x, io->token, l->p[E_WTE], l->p[E_WPE], ps->rows, NULL, 1, ps->n,
                           l->cfg->n_embd, l->cfg->vocab_size);
 }
 
@@ -224,6 +224,7 @@ typedef struct block_io {
 typedef struct block_attn {
     const st_pass *decode; /* NULL: training */
     st_tensor *att;        /* training */
+    const st_tensor *pos;  /* training: packed documents' positions, or NULL */
 } block_attn;
 
 static st_status attention(st_layer *l, const block_attn *at, const block_io *o, int B, int T)
@@ -232,8 +233,9 @@ static st_status attention(st_layer *l, const block_attn *at, const block_io *o,
     block_state *d = l->state;
     int C = l->cfg->n_embd, NH = l->cfg->n_head;
     if (!at->decode)
-        return flash(l) ? st_attention_flash_fwd(o->atty, at->att, o->qkv, p[ATTN_B], B, T, C, NH)
-                        : st_attention_fwd(o->atty, at->att, o->qkv, B, T, C, NH);
+        return flash(l) ? st_attention_flash_fwd(o->atty, at->att, o->qkv, p[ATTN_B], at->pos, B,
+                                                 T, C, NH)
+                        : st_attention_fwd(o->atty, at->att, o->qkv, at->pos, B, T, C, NH);
     const st_pass *ps = at->decode;
     if (flash(l))
         return st_attention_decode(o->atty, d->scores, d->k, d->v, o->qkv, p[ATTN_B], ps->rows,
@@ -310,11 +312,10 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
 static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
                                const st_layer_io *io, int B, int T)
 {
-    (void)io;
     block_acts *a = &((block_state *)l->state)->acts[slot];
     block_io o = {a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv, a->atty, a->res2,
                   a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fcg, a->res3, a->xa};
-    block_attn at = {.att = a->att};
+    block_attn at = {.att = a->att, .pos = io->pos};
     *y = a->res3;
     return block_pass(l, &o, &at, x, B, T);
 }
@@ -328,7 +329,6 @@ static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const 
 static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
                                 const st_layer_io *io, int B, int T, float dloss)
 {
-    (void)io;
     (void)dloss;
     block_state *b = l->state;
     st_tensor *const *p = l->p, *const *d = l->g;
@@ -357,9 +357,9 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
          (s = st_lora_bwd(&lg[G_PROJ], b->dC, b->dxa, dres, a->xa[G_PROJ], a->atty, N)) !=
              ST_OK) ||
         (s = flash(l) ? st_attention_flash_bwd(b->d3C, b->dC, a->atty, a->att, a->qkv,
-                                               p[ATTN_B], B, T, C, NH)
-                      : st_attention_bwd(b->d3C, b->datt, b->dC, a->qkv, a->att, B, T, C, NH)) !=
-            ST_OK ||
+                                               p[ATTN_B], io->pos, B, T, C, NH)
+                      : st_attention_bwd(b->d3C, b->datt, b->dC, a->qkv, a->att, io->pos, B, T,
+                                         C, NH)) != ST_OK ||
         (s = st_matmul_bwd(b->dC, 0.0f, d[ATTN_W], NULL, b->d3C, a->ln1, p[ATTN_W], N, C,
                            3 * C)) != ST_OK ||
         (lg[G_ATTN].n &&

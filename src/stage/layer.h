@@ -37,6 +37,7 @@ typedef struct st_pass {
 typedef struct st_layer_io {
     const st_tensor *tokens;  /* I32 [N] (the embedding) */
     const st_tensor *targets; /* I32 [N] (the head); NULL: logits only, no loss */
+    const st_tensor *pos;     /* I32 [N]: packed documents' positions (strata/layers.h); NULL: none */
     st_tensor *x0;            /* the stage's input tensor (the embedding writes it) */
     const st_tensor *token;   /* decoding: I32 [n], the pass's tokens */
     st_tensor *logits;        /* decoding: the head's output [n_out, V] (NULL elsewhere) */

@@ -314,6 +314,7 @@ typedef struct block_io {
 typedef struct block_attn {
     const st_pass *decode; /* NULL: training */
     st_tensor *lse;
+    const st_tensor *pos;  /* training: packed documents' positions, or NULL */
 } block_attn;
 
 /* The block's forward for training and decoding alike: 10 launches (11 with
@@ -334,13 +335,13 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
     if ((s = st_rmsnorm_fwd(o->ln1, o->rstd1, x, p[b->in_norm], N, d.C, eps)) != ST_OK ||
         (s = st_linear_fwd(o->qkv, o->ln1, b->w_qkv, NULL, N, d.C, d.Q)) != ST_OK ||
         (lg[G_QKV].n && (s = st_lora_fwd(&lg[G_QKV], o->qkv, xa[G_QKV], o->ln1, N)) != ST_OK) ||
-        (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, rows, N, T, 0, d.NH, d.KV, d.HS)) !=
-            ST_OK ||
+        (s = st_rope_fwd(o->qkv, b->b_qkv, l->consts, rows, at->pos, N, T, 0, d.NH, d.KV,
+                         d.HS)) != ST_OK ||
         (s = ps ? st_attention_gqa_decode(o->atty, b->scores, b->k, b->v, o->qkv, NULL, rows,
                                           ps->n, ps->own_row, l->kv_seqs, l->kv_seq, d.C, d.NH,
                                           d.KV)
-                : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, B, T, d.C, d.NH, d.KV)) !=
-            ST_OK ||
+                : st_attention_gqa_fwd(o->atty, at->lse, o->qkv, NULL, at->pos, B, T, d.C, d.NH,
+                                       d.KV)) != ST_OK ||
         (s = st_linear_fwd(o->res2, o->atty, p[b->o_w], b->o_b >= 0 ? p[b->o_b] : NULL, N, d.C,
                            d.C)) != ST_OK ||
         (lg[G_O].n && (s = st_lora_fwd(&lg[G_O], o->res2, xa[G_O], o->atty, N)) != ST_OK) ||
@@ -359,11 +360,10 @@ static st_status block_pass(st_layer *l, const block_io *o, const block_attn *at
 static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const st_tensor **y,
                                const st_layer_io *io, int B, int T)
 {
-    (void)io;
     block_acts *a = &((block_state *)l->state)->acts[slot];
     block_io o = {a->ln1, a->rstd1, a->qkv, a->atty, a->res2, a->ln2, a->rstd2, a->gu, a->h,
                   a->res3, a->xa};
-    block_attn at = {.lse = a->lse};
+    block_attn at = {.lse = a->lse, .pos = io->pos};
     *y = a->res3;
     return block_pass(l, &o, &at, x, B, T);
 }
@@ -372,7 +372,6 @@ static st_status block_forward(st_layer *l, int slot, const st_tensor *x, const 
 static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_tensor *dres,
                                 const st_layer_io *io, int B, int T, float dloss)
 {
-    (void)io;
     (void)dloss;
     block_state *b = l->state;
     st_tensor *const *p = l->p, *const *g = l->g;
@@ -399,9 +398,9 @@ static st_status block_backward(st_layer *l, int slot, const st_tensor *x, st_te
                            a->atty, p[b->o_w], N, d.C, d.C)) != ST_OK ||
         (lg[G_O].n &&
          (s = st_lora_bwd(&lg[G_O], b->dC, b->dxa, dres, a->xa[G_O], a->atty, N)) != ST_OK) ||
-        (s = st_attention_gqa_bwd(b->dqkv, b->dC, a->atty, a->lse, a->qkv, NULL, B, T, d.C,
-                                  d.NH, d.KV)) != ST_OK ||
-        (s = st_rope_bwd(b->dqkv, l->consts, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
+        (s = st_attention_gqa_bwd(b->dqkv, b->dC, a->atty, a->lse, a->qkv, NULL, io->pos, B, T,
+                                  d.C, d.NH, d.KV)) != ST_OK ||
+        (s = st_rope_bwd(b->dqkv, l->consts, io->pos, N, T, 0, d.NH, d.KV, d.HS)) != ST_OK ||
         (b->db_qkv && (s = st_bias_bwd(b->db_qkv, b->dqkv, N, d.Q)) != ST_OK) ||
         (s = st_linear_bwd(b->dC, 0.0f, b->dw_qkv, NULL, b->dqkv, a->ln1, b->w_qkv, N, d.C,
                            d.Q)) != ST_OK ||

@@ -42,7 +42,8 @@ struct st_stage {
     size_t *offsets;        /* per layer: its parameters' offsets (own, then tied) */
 
     /* per slot */
-    st_tensor **slot_buf, **x0, **dout, **tokens, **targets, **out;
+    st_tensor **slot_buf, **x0, **dout, **tokens, **targets, **out, **pos;
+    bool *packed; /* per slot: pos holds packed documents' positions (st_stage_positions) */
     st_tensor **layer_acts; /* [layer * slots + slot] */
     const st_tensor **xin;  /* the input each layer's forward had, same index */
     /* recomputing (opt.recompute): one set of block activations for all
@@ -314,10 +315,13 @@ static st_status make_slots(st_stage *g)
 {
     size_t S = (size_t)g->slots, n = g->n_layers, N = (size_t)g->B * g->T;
     size_t in = N * g->in_floats;
-    st_tensor ***arrays[6] = {&g->slot_buf, &g->x0, &g->dout, &g->tokens, &g->targets, &g->out};
-    for (int i = 0; i < 6; i++)
+    st_tensor ***arrays[7] = {&g->slot_buf, &g->x0,  &g->dout, &g->tokens,
+                              &g->targets,  &g->out, &g->pos};
+    for (int i = 0; i < 7; i++)
         if (!(*arrays[i] = calloc(S, sizeof(st_tensor *))))
             return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
+    if (!(g->packed = calloc(S, sizeof *g->packed)))
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     g->layer_acts = calloc(S * n, sizeof *g->layer_acts);
     g->xin = calloc(S * n, sizeof *g->xin);
     g->kept = calloc(S * n, sizeof *g->kept);
@@ -336,7 +340,8 @@ static st_status make_slots(st_stage *g)
         if ((s = make_buffer(g, ST_F32, g->has_head ? in : 2 * in, name, &g->slot_buf[k])) !=
                 ST_OK ||
             (s = make_buffer(g, ST_I32, N, "tokens", &g->tokens[k])) != ST_OK ||
-            (s = make_buffer(g, ST_I32, N, "targets", &g->targets[k])) != ST_OK)
+            (s = make_buffer(g, ST_I32, N, "targets", &g->targets[k])) != ST_OK ||
+            (s = make_buffer(g, ST_I32, N, "positions", &g->pos[k])) != ST_OK)
             return s;
         st_carver c = {g->slot_buf[k], 0, ST_OK};
         g->x0[k] = st_carve(&c, in);
@@ -494,8 +499,9 @@ void st_stage_destroy(st_stage *g)
     size_t S = (size_t)g->slots;
     if (g->slot_buf)
         for (size_t k = 0; k < S; k++) {
-            st_tensor *t[] = {g->x0[k], g->dout[k], g->tokens[k], g->targets[k], g->slot_buf[k]};
-            st_views_destroy(t, 5);
+            st_tensor *t[] = {g->x0[k],      g->dout[k], g->tokens[k], g->targets[k],
+                              g->slot_buf[k], g->pos[k]};
+            st_views_destroy(t, 6);
         }
     if (g->layer_acts)
         st_views_destroy(g->layer_acts, S * g->n_layers);
@@ -507,7 +513,8 @@ void st_stage_destroy(st_stage *g)
     free(g->kept_out);
     free(g->peers);
     st_tensor_destroy(g->recomp);
-    st_tensor **arrays[] = {g->slot_buf, g->x0, g->dout, g->tokens, g->targets, g->out};
+    st_tensor **arrays[] = {g->slot_buf, g->x0, g->dout, g->tokens, g->targets, g->out, g->pos};
+    free(g->packed);
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         free(arrays[i]);
     free(g->layer_acts);
@@ -810,6 +817,37 @@ st_tensor *st_stage_io_tensor(const st_stage *g, int slot, st_stage_io which)
     return NULL;
 }
 
+st_status st_positions_check(const int32_t *pos, int B, int T)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int32_t p = pos[(size_t)b * T + t], before = t ? pos[(size_t)b * T + t - 1] : -1;
+            if (p != 0 && p != before + 1)
+                return st_error(ST_ERR_INVALID,
+                                "positions: sequence %d, row %d has position %d after %d; a "
+                                "document's positions count 0, 1, 2, ... from its first row",
+                                b, t, (int)p, (int)before);
+        }
+    return ST_OK;
+}
+
+st_status st_stage_positions(st_stage *g, int slot, const int32_t *pos, int B, int T)
+{
+    st_status s = check_mb(g, slot, B, T);
+    if (s != ST_OK || !pos) {
+        if (s == ST_OK)
+            g->packed[slot] = false;
+        return s;
+    }
+    if ((s = st_positions_check(pos, B, T)) != ST_OK)
+        return s;
+    bool plain = true; /* one document a sequence: the plain path, bit for bit */
+    for (size_t i = 0; plain && i < (size_t)B * T; i++)
+        plain = pos[i] == (int32_t)(i % (size_t)T);
+    g->packed[slot] = !plain;
+    return plain ? ST_OK : st_tensor_write(g->pos[slot], 0, (size_t)B * T, pos);
+}
+
 st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const int32_t *targets,
                            int B, int T)
 {
@@ -832,7 +870,7 @@ st_status st_stage_forward(st_stage *g, int slot, const int32_t *tokens, const i
     if (loss && (s = st_tensor_write(g->targets[slot], 0, (size_t)N, targets)) != ST_OK)
         return s;
     st_layer_io io = {.tokens = g->tokens[slot], .targets = loss ? g->targets[slot] : NULL,
-                      .x0 = g->x0[slot]};
+                      .x0 = g->x0[slot], .pos = g->packed[slot] ? g->pos[slot] : NULL};
     const st_tensor *x = g->has_emb ? NULL : g->x0[slot];
     size_t S = (size_t)g->slots, Nf = (size_t)N * (g->n_layers ? g->layers[0].desc->out_floats_per_token : 0);
     for (size_t l = 0; l < g->n_layers; l++) {
@@ -918,7 +956,8 @@ st_status st_stage_backward(st_stage *g, int slot, int B, int T, float dloss)
     if (!g->has_head &&
         (s = st_tensor_copy(g->dres, 0, g->dout[slot], 0, N * g->in_floats)) != ST_OK)
         return s;
-    st_layer_io io = {.tokens = g->tokens[slot], .targets = g->targets[slot], .x0 = g->x0[slot]};
+    st_layer_io io = {.tokens = g->tokens[slot], .targets = g->targets[slot], .x0 = g->x0[slot],
+                      .pos = g->packed[slot] ? g->pos[slot] : NULL};
     for (size_t l = g->n_layers; l-- > 0;) {
         st_layer *L = &g->layers[l];
         const st_tensor *x = g->xin[(size_t)slot * g->n_layers + l];

@@ -85,6 +85,8 @@ static char *settings_json(const st_train_config *tc, const st_model_config *cfg
         snprintf(sum, sizeof sum, "%016llx", (unsigned long long)id.tokenizer);
         json_object_set_new(j, "tokenizer_sum64", json_string(sum));
     }
+    if (st_dataset_packed(ds)) /* several examples a row: other batches */
+        json_object_set_new(j, "packed", json_true());
     if (tc->init_dir && tc->init_dir[0]) /* where the weights of step 0 came from */
         json_object_set_new(j, "init", json_string(tc->init_dir));
     if (cfg->lora.rank > 0) { /* the adapters trained on the --init model */
@@ -182,6 +184,7 @@ st_status st_train_settings_read(const char *dir, st_train_config *tc, char *dat
     snprintf(data, size, "%s", d);
     const char *run = json_string_value(json_object_get(j, "run"));
     snprintf(tc->run, sizeof tc->run, "%s", run ? run : "");
+    tc->packed = json_is_true(json_object_get(j, "packed"));
     const char *init = json_string_value(json_object_get(j, "init"));
     snprintf(tc->init_saved, sizeof tc->init_saved, "%s", init ? init : "");
     memset(&tc->lora, 0, sizeof tc->lora);
@@ -248,7 +251,7 @@ typedef struct run {
     st_dataset *ds;
     const st_train_config *tc;
     int B, T;
-    int32_t *tokens, *targets;
+    int32_t *tokens, *targets, *pos; /* pos: packed examples' positions, else NULL */
     float *probs;
     st_train_callback cb;
     void *user;
@@ -274,9 +277,9 @@ static st_status evaluate(run *r, long step)
         st_progress_update(&pr, (uint64_t)k);
         double bs = 0;
         long bc = 0;
-        if ((s = st_dataset_batch(r->ds, ST_VAL, r->tc->seed, (uint64_t)k, B, T, r->tokens,
-                                  r->targets)) != ST_OK ||
-            (s = st_pipe_forward(r->p, r->tokens, r->targets, &bs, &bc,
+        if ((s = st_dataset_batch_pos(r->ds, ST_VAL, r->tc->seed, (uint64_t)k, B, T, r->tokens,
+                                      r->targets, r->pos)) != ST_OK ||
+            (s = st_pipe_forward(r->p, r->tokens, r->targets, r->pos, &bs, &bc,
                                  has_exact ? r->probs : NULL)) != ST_OK)
             break;
         sum += bs;
@@ -479,6 +482,12 @@ static st_status check_resume(const st_train_config *tc, const st_dataset *ds, c
     SAME(seed, "--seed")
     SAME(shape.micro_batches, "--micro-batches")
 #undef SAME
+    if (saved.packed != st_dataset_packed(ds))
+        return st_error(ST_ERR_INVALID,
+                        "resume: the checkpoint's rows were %s, this run's are %s: the batches "
+                        "would differ (leave --pack out)",
+                        saved.packed ? "packed" : "one example each",
+                        st_dataset_packed(ds) ? "packed" : "one example each");
     st_dataset_identity(ds, &got);
     if (want.path[0]) {
         /* The same bytes, wherever the file is now. */
@@ -545,8 +554,9 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
     size_t N = (size_t)r.B * r.T;
     r.tokens = malloc(N * sizeof *r.tokens);
     r.targets = malloc(N * sizeof *r.targets);
+    r.pos = st_dataset_packed(ds) ? malloc(N * sizeof *r.pos) : NULL;
     r.probs = malloc(N * cfg->vocab_size * sizeof *r.probs);
-    if (!r.tokens || !r.targets || !r.probs)
+    if (!r.tokens || !r.targets || !r.probs || (st_dataset_packed(ds) && !r.pos))
         s = st_error(ST_ERR_HOST_MEMORY, "out of host memory for a batch");
     const st_run_shape *ps = &layout->plan->shape;
     if (s == ST_OK && (ps->batch != tc->shape.batch || ps->seq != tc->shape.seq ||
@@ -607,11 +617,11 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
         float lr = st_train_lr(tc, step);
         st_pipe_step_result res;
         st_adamw_hparams hp = {lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay};
-        if ((s = st_dataset_batch(ds, ST_TRAIN, tc->seed, (uint64_t)(step - 1), r.B, r.T,
-                                  r.tokens, r.targets)) != ST_OK)
+        if ((s = st_dataset_batch_pos(ds, ST_TRAIN, tc->seed, (uint64_t)(step - 1), r.B, r.T,
+                                      r.tokens, r.targets, r.pos)) != ST_OK)
             break;
         st_profiler_pause(false); /* the profiler counts steps, not validation or saves */
-        s = st_pipe_train_step(r.p, r.tokens, r.targets, &hp, step, tc->clip, &res);
+        s = st_pipe_train_step(r.p, r.tokens, r.targets, r.pos, &hp, step, tc->clip, &res);
         st_profiler_pause(true);
         if (s != ST_OK)
             break;
@@ -666,5 +676,6 @@ st_status st_train(const st_train_layout *layout, const st_model_config *cfg, st
     free(r.tokens);
     free(r.targets);
     free(r.probs);
+    free(r.pos);
     return s;
 }
