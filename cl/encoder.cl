@@ -10,11 +10,25 @@
  * The token gradient gives each work-item one channel and walks the tokens in
  * order, so repeated tokens are summed in a fixed order without atomics.
  * Token ids outside [0, V) are skipped (the data loader refuses them first).
+ *
+ * The tables' storage type is a build-time definition for the forwards
+ * ("encoder.cl#W_BF16", "encoder.cl#W_F16"; float by default): rows are
+ * widened exactly as they are read. Gradients are float.
  */
+#if defined(W_BF16)
+typedef ushort wtype;
+#define WLOAD(p) as_float((uint)(*(p)) << 16)
+#elif defined(W_F16)
+typedef half wtype;
+#define WLOAD(p) vload_half(0, (p))
+#else
+typedef float wtype;
+#define WLOAD(p) (*(p))
+#endif
 __kernel void encoder_fwd(__global float *out, const ulong out_off,
                           __global const int *tokens, const ulong tokens_off,
-                          __global const float *wte, const ulong wte_off,
-                          __global const float *wpe, const ulong wpe_off,
+                          __global const wtype *wte, const ulong wte_off,
+                          __global const wtype *wpe, const ulong wpe_off,
                           __global const int *rows, const ulong rows_off, const int has_rows,
                           const int BT, const int T, const int C, const int V)
 {
@@ -26,8 +40,8 @@ __kernel void encoder_fwd(__global float *out, const ulong out_off,
                   : has_rows == 2 ? rows[rows_off + n]
                                   : n % T;
     const int tok = tokens[tokens_off + n];
-    const float e = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
-    out[out_off + i] = e + wpe[wpe_off + (size_t)t * C + c];
+    const float e = tok >= 0 && tok < V ? WLOAD(wte + wte_off + (size_t)tok * C + c) : 0.0f;
+    out[out_off + i] = e + WLOAD(wpe + wpe_off + (size_t)t * C + c);
 }
 
 __kernel void encoder_bwd_wte(__global float *dwte, const ulong dwte_off,
@@ -77,7 +91,7 @@ __kernel void encoder_bwd_wpe_pos(__global float *dwpe, const ulong dwpe_off,
  * backward is encoder_bwd_wte. */
 __kernel void embedding_fwd(__global float *out, const ulong out_off,
                             __global const int *tokens, const ulong tokens_off,
-                            __global const float *wte, const ulong wte_off,
+                            __global const wtype *wte, const ulong wte_off,
                             const int N, const int C, const int V)
 {
     const size_t i = get_global_id(0);
@@ -85,5 +99,5 @@ __kernel void embedding_fwd(__global float *out, const ulong out_off,
         return;
     const int n = i / C, c = i % C;
     const int tok = tokens[tokens_off + n];
-    out[out_off + i] = tok >= 0 && tok < V ? wte[wte_off + (size_t)tok * C + c] : 0.0f;
+    out[out_off + i] = tok >= 0 && tok < V ? WLOAD(wte + wte_off + (size_t)tok * C + c) : 0.0f;
 }

@@ -20,7 +20,27 @@
  * two columns per work-item then gave 299 against 213 prompt tok/s and 241
  * against 203 tok/s for 8 sequences; three spilled (143 and 118). beta 0
  * does not read c.
+ *
+ * The weights' storage type is a build-time definition (the file is built
+ * once per type it is launched with: "gemv.cl#W_BF16", "gemv.cl#W_F16"):
+ * float by default, W_BF16 (the top half of a float: widened by a shift,
+ * exactly), W_F16 (vload_half, core OpenCL, exact). The arithmetic is float
+ * either way, in the same order: a 16-bit matrix gives the bits its float
+ * copy gives.
  */
+#if defined(W_BF16)
+typedef ushort wtype;
+#define WLOAD8(p) as_float8(upsample(vload8(0, (p)), (ushort8)(0)))
+#define WLOAD(p) as_float((uint)(*(p)) << 16)
+#elif defined(W_F16)
+typedef half wtype;
+#define WLOAD8(p) vload_half8(0, (p))
+#define WLOAD(p) vload_half(0, (p))
+#else
+typedef float wtype;
+#define WLOAD8(p) vload8(0, (p))
+#define WLOAD(p) (*(p))
+#endif
 /* R rows of x from row i against CN neighbouring rows of the matrix (the
  * work-item's output columns): R x CN float8 sums side by side, each row's
  * and column's in the order one row and one column alone take; a value of
@@ -35,7 +55,7 @@
         for (; j + 8 <= k; j += 8) {                                                         \
             float8 wr[CN];                                                                   \
             _Pragma("unroll") for (int cc = 0; cc < (CN); cc++)                              \
-                wr[cc] = vload8(0, row + (size_t)cc * ldw + j);                              \
+                wr[cc] = WLOAD8(row + (size_t)cc * ldw + j);                              \
             _Pragma("unroll") for (int q = 0; q < (R); q++) {                                \
                 const float8 xq = vload8(0, v + (size_t)(i + q) * ldx + j);                  \
                 _Pragma("unroll") for (int cc = 0; cc < (CN); cc++)                          \
@@ -45,18 +65,18 @@
         for (int cc = 0; cc < (CN); cc++)                                                    \
             for (int q = 0; q < (R); q++) {                                                  \
                 __global const float *vq = v + (size_t)(i + q) * ldx;                        \
-                __global const float *rc = row + (size_t)cc * ldw;                           \
+                __global const wtype *rc = row + (size_t)cc * ldw;                           \
                 float s = ((a[cc][q].s0 + a[cc][q].s1) + (a[cc][q].s2 + a[cc][q].s3)) +      \
                           ((a[cc][q].s4 + a[cc][q].s5) + (a[cc][q].s6 + a[cc][q].s7));       \
                 for (int e = j; e < k; e++)                                                  \
-                    s += rc[e] * vq[e];                                                      \
+                    s += WLOAD(rc + e) * vq[e];                                                      \
                 __global float *o = out + (size_t)(i + q) * ldc + cc;                        \
                 *o = beta == 0.0f ? alpha * s : alpha * s + beta * *o;                       \
             }                                                                                \
     }
 
 /* A work-item per two output columns (the last may have one). */
-__kernel void gemv_rows(__global float *c, const ulong c_off, __global const float *w,
+__kernel void gemv_rows(__global float *c, const ulong c_off, __global const wtype *w,
                         const ulong w_off, __global const float *x, const ulong x_off,
                         const ulong c_add, const ulong w_add, const ulong x_add, const int n,
                         const int k, const int ldw, const int m, const int ldx, const int ldc,
@@ -65,7 +85,7 @@ __kernel void gemv_rows(__global float *c, const ulong c_off, __global const flo
     const int r = get_global_id(0) * 2;
     if (r >= n)
         return;
-    __global const float *row = w + w_off + w_add + (size_t)r * ldw;
+    __global const wtype *row = w + w_off + w_add + (size_t)r * ldw;
     __global const float *v = x + x_off + x_add;
     __global float *out = c + c_off + c_add + r;
     int i = 0;
@@ -92,7 +112,7 @@ __kernel void gemv_rows(__global float *c, const ulong c_off, __global const flo
         for (int e = 0; e < k; e++) {                                                        \
             float8 wc[G];                                                                    \
             _Pragma("unroll") for (int gg = 0; gg < (G); gg++)                               \
-                wc[gg] = vload8(gg, col + (size_t)e * ldw);                                  \
+                wc[gg] = WLOAD8(col + (size_t)e * ldw + 8 * gg);                                  \
             _Pragma("unroll") for (int q = 0; q < (R); q++) {                                \
                 const float xq = v[(size_t)(i + q) * ldx + e];                               \
                 _Pragma("unroll") for (int gg = 0; gg < (G); gg++)                           \
@@ -111,7 +131,7 @@ __kernel void gemv_rows(__global float *c, const ulong c_off, __global const flo
 
 /* A work-item per sixteen neighbouring columns (then eight, then one at a
  * time at the end). */
-__kernel void gemv_cols(__global float *c, const ulong c_off, __global const float *w,
+__kernel void gemv_cols(__global float *c, const ulong c_off, __global const wtype *w,
                         const ulong w_off, __global const float *x, const ulong x_off,
                         const ulong c_add, const ulong w_add, const ulong x_add, const int n,
                         const int k, const int ldw, const int m, const int ldx, const int ldc,
@@ -120,7 +140,7 @@ __kernel void gemv_cols(__global float *c, const ulong c_off, __global const flo
     const int j = get_global_id(0) * 16;
     if (j >= n)
         return;
-    __global const float *col = w + w_off + w_add + j;
+    __global const wtype *col = w + w_off + w_add + j;
     __global const float *v = x + x_off + x_add;
     __global float *out = c + c_off + c_add + j;
     int i = 0;
@@ -141,7 +161,7 @@ __kernel void gemv_cols(__global float *c, const ulong c_off, __global const flo
         for (int q = 0; q < left; q++) {
             float s = 0.0f;
             for (int e = 0; e < k; e++)
-                s += v[(size_t)r * ldx + e] * col[(size_t)e * ldw + q];
+                s += v[(size_t)r * ldx + e] * WLOAD(col + (size_t)e * ldw + q);
             __global float *o = out + (size_t)r * ldc + q;
             *o = beta == 0.0f ? alpha * s : alpha * s + beta * *o;
         }

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "strata/gemm.h"
 #include "tests/common.h"
 
 /* fp32 sums of up to a few hundred products of numbers in [-1,1]. */
@@ -269,6 +270,70 @@ static int group_teardown(void **state)
     return 0;
 }
 
+/* B stored in 16 bits (BF16, F16; weights): C = A op(B) equals the product
+ * with B widened to float, whether CLBlast multiplies it (widened into a
+ * float scratch a block of rows at a time: a scratch of 100 floats makes
+ * several blocks, at an element offset and a padded leading dimension) or
+ * the decoding kernels read it as stored (a few rows, bit for bit with the
+ * float matrix); without a scratch CLBlast's path is refused by name. */
+static void sixteen_bit_b(void **state)
+{
+    (void)state;
+    const st_dtype types[2] = {ST_BF16, ST_F16};
+    for (size_t d = 0; d < td.n; d++)
+        for (int k = 0; k < 2; k++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int rows = 1; rows <= 37; rows += 36) {
+                    st_device *dev = td.dev[d];
+                    size_t m = (size_t)rows, n = 23, kk = 19, off = 5, ldb = (tb ? kk : n) + 3;
+                    size_t br = tb ? n : kk, nb = off + br * ldb;
+                    float *a = malloc(m * kk * 4), *b = malloc(nb * 4), *c0 = malloc(m * n * 4),
+                          *c1 = malloc(m * n * 4);
+                    uint16_t *h = malloc(nb * 2);
+                    st_fill_random(a, m * kk, 5);
+                    st_fill_random(b, nb, 6);
+                    st_f32_to_16(types[k], b, h, nb);
+                    st_16_to_f32(types[k], h, b, nb); /* the values B holds exactly */
+                    st_tensor *A, *B, *H, *U, *C0, *C1;
+                    size_t na = m * kk, nc = m * n, nu = 100;
+                    assert_ok(st_tensor_create(dev, ST_F32, 1, &na, "A", &A));
+                    assert_ok(st_tensor_create(dev, ST_F32, 1, &nb, "B", &B));
+                    assert_ok(st_tensor_create(dev, types[k], 1, &nb, "B16", &H));
+                    assert_ok(st_tensor_create(dev, ST_F32, 1, &nu, "scratch", &U));
+                    assert_ok(st_tensor_create(dev, ST_F32, 1, &nc, "C0", &C0));
+                    assert_ok(st_tensor_create(dev, ST_F32, 1, &nc, "C1", &C1));
+                    assert_ok(st_tensor_write(A, 0, na, a));
+                    assert_ok(st_tensor_write(B, 0, nb, b));
+                    assert_ok(st_tensor_write(H, 0, nb, h));
+                    st_gemm_args g = {.trans_b = tb, .m = m, .n = n, .k = kk, .alpha = 1.0f,
+                                      .a = A, .lda = kk, .b = B, .b_offset = off, .ldb = ldb,
+                                      .c = C0, .ldc = n};
+                    for (int dec = 0; dec < 2; dec++) { /* CLBlast, then decoding's kernels */
+                        st_gemm_decoding(dec == 1);
+                        g.b = B, g.c = C0;
+                        assert_ok(st_gemm(&g));
+                        g.b = H, g.c = C1;
+                        if (dec == 0 && m > 1 && st_device_get_info(dev)->type == ST_DEVICE_CPU) {
+                            /* (one row is a matrix-vector product: read as stored) */
+                            assert_int_equal(st_gemm(&g), ST_ERR_INVALID);
+                            assert_contains(st_last_error(), "no float scratch");
+                        }
+                        st_tensor_set_unpack(H, U);
+                        assert_ok(st_gemm(&g));
+                        assert_ok(st_tensor_read(C0, 0, nc, c0));
+                        assert_ok(st_tensor_read(C1, 0, nc, c1));
+                        assert_close(c1, c0, nc, 1e-6, 1e-5);
+                        if (dec == 1 && st_device_get_info(dev)->type == ST_DEVICE_CPU)
+                            assert_memory_equal(c1, c0, nc * 4);
+                    }
+                    st_gemm_decoding(false);
+                    st_tensor *all[] = {A, B, H, U, C0, C1};
+                    for (int i = 0; i < 6; i++)
+                        st_tensor_destroy(all[i]);
+                    free(a), free(b), free(c0), free(c1), free(h);
+                }
+}
+
 int main(void)
 {
     test_devices_open_or_skip(&td);
@@ -281,6 +346,7 @@ int main(void)
         cmocka_unit_test(strided_batched),
         cmocka_unit_test(matmul_on_views),
         cmocka_unit_test(operands_that_do_not_fit_are_refused),
+        cmocka_unit_test(sixteen_bit_b),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

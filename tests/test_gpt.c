@@ -468,6 +468,14 @@ static void packed_documents_equal_padded(void **state)
         stage_packed_equals_padded(td.dev[d], desc, ref.T);
 }
 
+/* Weights held in 16 bits compute what their float copies compute. */
+static void weights_in_16_bits_match(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++)
+        stage_16bit_weights_match(td.dev[d], desc, ref.T);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -488,6 +496,7 @@ int main(void)
         cmocka_unit_test(prefill_matches_token_by_token),
         cmocka_unit_test(init_is_deterministic_and_gpt2_like),
         cmocka_unit_test(packed_documents_equal_padded),
+        cmocka_unit_test(weights_in_16_bits_match),
         cmocka_unit_test(bad_requests_are_refused),
         cmocka_unit_test(lora_gradients_match_merged),
     };

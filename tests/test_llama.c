@@ -640,6 +640,14 @@ static void packed_documents_equal_padded(void **state)
         stage_packed_equals_padded(td.dev[d], desc, ref.T);
 }
 
+/* Weights held in 16 bits compute what their float copies compute. */
+static void weights_in_16_bits_match(void **state)
+{
+    (void)state;
+    for (size_t d = 0; d < td.n; d++)
+        stage_16bit_weights_match(td.dev[d], desc, ref.T);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -685,6 +693,7 @@ int main(void)
         cmocka_unit_test(lora_gradients_match_merged),
         cmocka_unit_test(recompute_is_bitwise),
         cmocka_unit_test(packed_documents_equal_padded),
+        cmocka_unit_test(weights_in_16_bits_match),
     };
     int failed = cmocka_run_group_tests_name("llama", tests, setup_llama, teardown);
     failed += cmocka_run_group_tests_name("qwen2", tests, setup_qwen2, teardown);

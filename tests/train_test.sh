@@ -174,6 +174,15 @@ a=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --pac
 b=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --pack off 2>&1 | grep -o 'loss [0-9.]*')
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "eval of packed rows '$a', of one example a row '$b'"
 expect 2 "--pack is for JSON Lines data" -- "$strata" train --pack on --steps 1
+# Weights held in 16 bits for inference (--dtype; a float folder's rounded):
+# the loss moves by about the rounding; an unknown type is refused.
+a=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --dtype fp32 2>&1 | grep -o 'loss [0-9.]*')
+for t in bf16 fp16; do
+    b=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --dtype $t 2>&1 | grep -o 'loss [0-9.]*')
+    awk -v a="${a#loss }" -v b="${b#loss }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d < 0.02 * a) }' ||
+        fail "eval --dtype $t: '$b', fp32 '$a'"
+done
+expect 2 "bad value 'int8' for --dtype: bf16, fp16 or fp32" -- "$strata" generate --model "$work/lsum" --dtype int8
 expect 2 "bad value 'yes' for --pack" -- "$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --pack yes
 printf '{"text": "fine"}\n{"prompt": "a", "completion": 3}\n' >"$work/bad.jsonl"
 expect 2 "bad.jsonl:2: \"completion\" is not a string" -- \

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "strata/adapter.h"
+#include "strata/dtype.h"
 #include "strata/model.h"
 #include "strata/pipe.h"
 #include "strata/stage.h"
@@ -104,6 +105,9 @@ st_status st_checkpoint_open(const char *dir, st_checkpoint **out);
 void st_checkpoint_close(st_checkpoint *ck);
 
 const st_model_config *st_checkpoint_get_config(const st_checkpoint *ck);
+/* How the folder stores its weight matrices (the first 2-D tensor's type):
+ * F32, BF16 or F16 (other types read as F32). */
+st_status st_checkpoint_weights_dtype(const st_checkpoint *ck, st_dtype *out);
 /* The step of the save, or -1 for a folder without a manifest. */
 long st_checkpoint_get_step(const st_checkpoint *ck);
 /* The training state; an error naming the folder when it has none. */

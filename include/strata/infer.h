@@ -72,6 +72,11 @@ typedef struct st_infer_options {
      * st_infer_follow until rank 0 closes its session. */
     bool mpi;
     const size_t *dev_index;
+    /* How the weight matrices are stored on the devices (st_model_config's
+     * weights): given, or (weights_given false) as the folder stores them
+     * (F32 with an adapter, which is merged in float). */
+    bool weights_given;
+    st_dtype weights;
 } st_infer_options;
 
 /* Opens dir's model (a Strata run folder or a Hugging Face folder) over

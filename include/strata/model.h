@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "strata/dtype.h"
 #include "strata/status.h"
 
 #ifdef __cplusplus
@@ -80,6 +81,11 @@ typedef struct st_model_config {
     /* Adapters trained on the model (not part of config.json: a run's
      * settings keep them). */
     st_lora lora;
+    /* How the 2-D weights that do not train are stored on the devices: F32
+     * (0, the default), or BF16 / F16 (st_param_storage): every matrix of an
+     * inference stage, the frozen base of a LoRA run. Products widen them
+     * to float (exactly) as they read; the arithmetic is float. */
+    st_dtype weights;
 } st_model_config;
 
 /* The projections LoRA can target in a family, in bit order, NULL-ended:
@@ -245,8 +251,19 @@ static inline int st_decode_rows(int prefill, int kv_seqs)
 /* The buffers a stage allocates, from the description alone: the stage
  * allocates exactly these, and the planner predicts a stage's memory with
  * them (one computation, so the two cannot disagree). */
+/* A parameter's storage on a stage: the config's 16-bit weights type for a
+ * 2-D base weight that does not train (every one when !training, the
+ * frozen ones when training), else F32. */
+st_dtype st_param_storage(const st_model_desc *d, const st_param_desc *p, bool training);
+/* The most floats a stage's widening scratch holds (16 MiB): a larger
+ * matrix is widened and multiplied a block of rows at a time. */
+#define ST_UNPACK_FLOATS ((size_t)1 << 22)
+
 typedef struct st_stage_sizes {
     size_t param_numel;      /* its parameters with copies of tied ones */
+    size_t half_numel;       /* of them stored in 16 bits (st_param_storage) */
+    size_t unpack_floats;    /* the scratch its 16-bit matrices are widened into for
+                              * products: the largest, up to ST_UNPACK_FLOATS */
     size_t train_numel;      /* of them not frozen: the gradient buffer */
     size_t moment_numel;     /* each AdamW moment buffer: train_numel, or its share of a
                               * split over replicas (st_stage_sizes_shard) */

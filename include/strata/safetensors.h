@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "strata/dtype.h"
 #include "strata/status.h"
 
 #ifdef __cplusplus
@@ -74,8 +75,6 @@ st_status st_safetensors_add_f32(st_safetensors_writer *w, const char *name, int
  * to even, as torch's .to() does). */
 st_status st_safetensors_add(st_safetensors_writer *w, const char *name, const char *dtype,
                              int ndim, const size_t *shape, const float *data);
-uint16_t st_f32_to_bf16(float f);
-uint16_t st_f32_to_f16(float f);
 st_status st_safetensors_set_metadata(st_safetensors_writer *w, const char *key,
                                       const char *value);
 st_status st_safetensors_save(st_safetensors_writer *w, const char *path);

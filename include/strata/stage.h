@@ -56,8 +56,10 @@ bool st_stage_has_head(const st_stage *g);
 /* Parameters of the stage, in buffer order. */
 typedef struct st_stage_param {
     const st_param_desc *desc; /* name, shape */
-    size_t offset;             /* elements into the stage's parameter buffer */
+    size_t offset;             /* elements into the stage's parameter buffer (of its type) */
     bool tied;                 /* a copy of a parameter another stage owns */
+    st_dtype dtype;            /* its storage (st_param_storage): F32, or in the 16-bit
+                                * buffer (st_stage_half_tensor) */
 } st_stage_param;
 
 size_t st_stage_n_layers(const st_stage *g); /* end - first */
@@ -91,6 +93,9 @@ typedef enum st_stage_buf { ST_STAGE_PARAMS, ST_STAGE_GRADS, ST_STAGE_ADAM_M, ST
 st_status st_stage_read(const st_stage *g, st_stage_buf which, size_t param, float *host);
 st_status st_stage_write(st_stage *g, st_stage_buf which, size_t param, const float *host);
 st_tensor *st_stage_tensor(const st_stage *g, st_stage_buf which);
+/* The parameters stored in 16 bits (st_param_storage; offsets in
+ * st_stage_param), or NULL when there are none. */
+st_tensor *st_stage_half_tensor(const st_stage *g);
 
 /* The description's initialisation (st_param_desc.init): each parameter
  * draws from a generator keyed by seed and its name, so any split of the

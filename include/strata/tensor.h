@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #include "strata/device.h"
+#include "strata/dtype.h"
 #include "strata/status.h"
 
 #ifdef __cplusplus
@@ -25,12 +26,7 @@ extern "C" {
 
 #define ST_MAX_DIMS 4
 
-typedef enum st_dtype { ST_F32, ST_I32 } st_dtype;
-
 typedef struct st_tensor st_tensor;
-
-size_t st_dtype_size(st_dtype dtype);
-const char *st_dtype_name(st_dtype dtype);
 
 /* `name` appears in messages ("out of device memory for 'wte'"). */
 st_status st_tensor_create(st_device *dev, st_dtype dtype, int ndim, const size_t *shape,
@@ -63,6 +59,12 @@ st_status st_tensor_read(const st_tensor *t, size_t first, size_t count, void *h
  * src_first into its view) to dst (starting dst_first); not waited for. */
 st_status st_tensor_copy(st_tensor *dst, size_t dst_first, const st_tensor *src,
                          size_t src_first, size_t count);
+
+/* A 16-bit (BF16, F16) matrix's float scratch: where st_gemm widens it, a
+ * block of rows at a time, before a product through CLBlast (strata/gemm.h).
+ * Not owned: the scratch outlives the tensor's uses. NULL: none. */
+void st_tensor_set_unpack(st_tensor *t, st_tensor *scratch);
+st_tensor *st_tensor_unpack(const st_tensor *t);
 
 /* Sets every element of an F32 tensor's view to value (queued, not waited for). */
 st_status st_tensor_fill(st_tensor *t, float value);

@@ -652,8 +652,16 @@ st_status st_device_kernel(st_device *dev, const char *file, const char *name, c
     }
     pthread_mutex_unlock(&dev->launch_lock);
 
+    /* "file.cl#NAME": the file built with NAME defined (a storage type) */
+    char path[sizeof dev->kernels[0].file], options[96] = "";
+    snprintf(path, sizeof path, "%s", file);
+    char *hash = strchr(path, '#');
+    if (hash) {
+        *hash = '\0';
+        snprintf(options, sizeof options, "-D %s", hash + 1);
+    }
     st_program *prog;
-    st_status s = st_device_program(dev, file, "", &prog);
+    st_status s = st_device_program(dev, path, options, &prog);
     if (s != ST_OK)
         return s;
     cl_kernel k;

@@ -73,9 +73,11 @@ static st_status check_operand(const char *which, const st_tensor *t, const st_d
         return st_error(ST_ERR_INVALID, "gemm: matrix %s ('%s') is on %s, not on %s", which,
                         st_tensor_name(t), st_device_label(st_tensor_device(t)),
                         st_device_label(dev));
-    if (st_tensor_dtype(t) != ST_F32)
-        return st_error(ST_ERR_INVALID, "gemm: matrix %s ('%s') is %s, expected F32", which,
-                        st_tensor_name(t), st_dtype_name(st_tensor_dtype(t)));
+    st_dtype dt = st_tensor_dtype(t);
+    if (dt != ST_F32 && !(strcmp(which, "B") == 0 && (dt == ST_BF16 || dt == ST_F16)))
+        return st_error(ST_ERR_INVALID, "gemm: matrix %s ('%s') is %s, expected F32%s", which,
+                        st_tensor_name(t), st_dtype_name(dt),
+                        strcmp(which, "B") == 0 ? " (or BF16, F16)" : "");
     if (ld < cols)
         return st_error(ST_ERR_INVALID,
                         "gemm: leading dimension of %s ('%s') is %zu, less than its %zu columns",
@@ -151,6 +153,59 @@ static bool own_gemv(st_device *dev)
     return st_device_get_info(dev)->type == ST_DEVICE_CPU;
 }
 
+/* The kernel file of cl/gemv.cl or cl/convert.cl for a storage type
+ * (built with the type's definition: st_device_kernel's "file#NAME"). */
+static const char *typed(bool gemv, st_dtype dt)
+{
+    if (dt == ST_BF16)
+        return gemv ? "gemv.cl#W_BF16" : "convert.cl#W_BF16";
+    if (dt == ST_F16)
+        return gemv ? "gemv.cl#W_F16" : "convert.cl#W_F16";
+    return gemv ? "gemv.cl" : "convert.cl";
+}
+
+/* B stored in 16 bits, through CLBlast: widened a block at a time into its
+ * float scratch (st_tensor_unpack), each block's product one call. B is
+ * [n, k] (trans_b: blocks of its rows) or [k, n] (blocks of its columns);
+ * a block is C's columns n0 .. n0 + nb. The blocks are as large as the
+ * scratch holds (the stage sizes it: every matrix whole up to a cap). */
+static st_status gemm_unpacked(const st_gemm_args *g, st_device *dev)
+{
+    st_tensor *u = st_tensor_unpack(g->b);
+    st_dtype dt = st_tensor_dtype(g->b);
+    if (!u)
+        return st_error(ST_ERR_INVALID,
+                        "gemm: matrix B ('%s') is %s and has no float scratch to widen it into",
+                        st_tensor_name(g->b), st_dtype_name(dt));
+    if ((g->batch > 1 || g->outer > 1))
+        return st_error(ST_ERR_INVALID, "gemm: a batched product of a %s matrix B ('%s')",
+                        st_dtype_name(dt), st_tensor_name(g->b));
+    size_t room = st_tensor_numel(u), nb = room / g->k;
+    if (nb == 0)
+        return st_error(ST_ERR_INVALID,
+                        "gemm: the float scratch of '%s' holds %zu values, less than a row of %zu",
+                        st_tensor_name(g->b), room, g->k);
+    st_status s = ST_OK;
+    for (size_t n0 = 0; s == ST_OK && n0 < g->n; n0 += nb) {
+        size_t w = g->n - n0 < nb ? g->n - n0 : nb;
+        /* trans_b: rows n0.. of [n, k]; else columns n0.. of each of the k rows */
+        size_t rows = g->trans_b ? w : g->k, cols = g->trans_b ? g->k : w;
+        size_t add = g->b_offset + (g->trans_b ? n0 * g->ldb : n0);
+        if ((s = ST_LAUNCH(dev, typed(false, dt), "unpack16", rows * cols, 64, ST_KT(u),
+                           ST_KT(g->b), ST_KU(add), ST_KI(rows), ST_KI(cols),
+                           ST_KI(g->ldb))) != ST_OK)
+            break;
+        st_gemm_args h = *g;
+        h.b = u;
+        h.b_offset = 0;
+        h.ldb = cols;
+        h.n = w;
+        h.c_offset = g->c_offset + n0;
+        s = st_gemm(&h);
+    }
+    return s;
+}
+
 st_status st_gemm(const st_gemm_args *g)
 {
     if (!g->c)
@@ -181,18 +236,22 @@ st_status st_gemm(const st_gemm_args *g)
     const char *call;
     if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
         return s;
+    bool wide = st_tensor_dtype(g->b) == ST_F32;
     if (outer == 1 && batch == 1 && (g->m == 1 || (decoding && g->m <= ST_GEMV_ROWS)) &&
         !g->trans_a && own_gemv(dev))
         /* A few rows against a matrix on a CPU device (decoding): our own
          * kernels (cl/gemv.cl), which read each weight once for all the
          * rows, at four to five times CLBlast's GEMV rate there for one row
-         * (the profiler names them). */
-        return ST_LAUNCH(dev, "gemv.cl", g->trans_b ? "gemv_rows" : "gemv_cols",
+         * (the profiler names them); a 16-bit matrix read as it is stored. */
+        return ST_LAUNCH(dev, typed(true, st_tensor_dtype(g->b)),
+                         g->trans_b ? "gemv_rows" : "gemv_cols",
                          g->trans_b ? (g->n + 1) / 2 : (g->n + 15) / 16, 0,
                          ST_KT(g->c), ST_KT(g->b), ST_KT(g->a), ST_KU(g->c_offset),
                          ST_KU(g->b_offset), ST_KU(g->a_offset), ST_KI(g->n), ST_KI(g->k),
                          ST_KI(g->ldb), ST_KI(g->m), ST_KI(g->lda), ST_KI(g->ldc),
                          ST_KF(g->alpha), ST_KF(g->beta));
+    if (!wide)
+        return gemm_unpacked(g, dev);
     /* Profiling: markers around the call (CLBlast may enqueue several kernels). */
     cl_event before = NULL, after = NULL;
     if (st_profiler_event(dev, &before))

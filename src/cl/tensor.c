@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "strata/cl.h"
 #include "strata/tensor.h"
@@ -25,6 +26,7 @@ struct st_tensor {
     size_t numel;
     size_t offset; /* elements from the start of the allocation */
     char name[64];
+    st_tensor *unpack; /* 16-bit: float scratch for products (not owned), or NULL */
 };
 
 size_t st_dtype_size(st_dtype dtype)
@@ -33,6 +35,9 @@ size_t st_dtype_size(st_dtype dtype)
     case ST_F32:
     case ST_I32:
         return 4;
+    case ST_BF16:
+    case ST_F16:
+        return 2;
     }
     return 0;
 }
@@ -44,8 +49,26 @@ const char *st_dtype_name(st_dtype dtype)
         return "F32";
     case ST_I32:
         return "I32";
+    case ST_BF16:
+        return "BF16";
+    case ST_F16:
+        return "F16";
     }
     return "?";
+}
+
+int st_dtype_parse(const char *name)
+{
+    static const struct {
+        const char *name;
+        st_dtype dtype;
+    } names[] = {{"f32", ST_F32},  {"fp32", ST_F32},     {"float32", ST_F32},
+                 {"bf16", ST_BF16}, {"bfloat16", ST_BF16}, {"f16", ST_F16},
+                 {"fp16", ST_F16},  {"float16", ST_F16}};
+    for (size_t i = 0; name && i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i].name) == 0)
+            return (int)names[i].dtype;
+    return -1;
 }
 
 static st_status check_shape(int ndim, const size_t *shape, const char *name, size_t *numel)
@@ -113,9 +136,9 @@ st_status st_tensor_create(st_device *dev, st_dtype dtype, int ndim, const size_
     }
     /* Zero-filling touches every page now: a driver that allocates lazily
      * fails here, with the tensor's name, instead of inside a later kernel. */
-    const cl_uint zero = 0;
-    err = clEnqueueFillBuffer(st_device_cl_queue(dev), alloc->mem, &zero, sizeof zero, 0, bytes,
-                              0, NULL, NULL);
+    const cl_uint zero = 0; /* a pattern of the element's size: bytes is a multiple of it */
+    err = clEnqueueFillBuffer(st_device_cl_queue(dev), alloc->mem, &zero, st_dtype_size(dtype),
+                              0, bytes, 0, NULL, NULL);
     if (err == CL_SUCCESS)
         err = clFinish(st_device_cl_queue(dev));
     if (err != CL_SUCCESS) {
@@ -296,4 +319,14 @@ st_status st_tensor_copy(st_tensor *dst, size_t dst_first, const st_tensor *src,
         st_profiler_record(dev, "copy device->device", ev, 2.0 * (double)(count * es), 0);
     }
     return s;
+}
+
+void st_tensor_set_unpack(st_tensor *t, st_tensor *scratch)
+{
+    t->unpack = scratch;
+}
+
+st_tensor *st_tensor_unpack(const st_tensor *t)
+{
+    return t->unpack;
 }

@@ -55,6 +55,7 @@ typedef struct bench_inference_opts {
     long prompt, gen, prefill, runs;
     int conc[4], n_conc;            /* sequences at once, rising */
     const char *format;             /* table, csv, json */
+    int dtype;                      /* the weights' storage (st_dtype), -1: the folder's */
 } bench_inference_opts;
 st_status bench_inference(cli_devices *devs, const bench_inference_opts *o);
 

@@ -99,7 +99,8 @@ static st_status bench_one(cli_devices *all, size_t k, const bench_inference_opt
     st_infer_options io = {.max_seqs = 1, .ctx = (int)(o->prompt + o->gen + 1),
                            .prefill = (int)o->prefill, .parallel = o->parallel,
                            .keep_all_devices = true, .quiet = true, .config = o->config,
-                           .init_seed = 1};
+                           .init_seed = 1, .weights_given = o->dtype >= 0,
+                           .weights = o->dtype >= 0 ? (st_dtype)o->dtype : ST_F32};
     for (int j = 0; j < o->n_conc; j++)
         io.max_seqs = o->conc[j] > io.max_seqs ? o->conc[j] : io.max_seqs;
     st_infer *in = NULL;

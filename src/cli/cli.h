@@ -91,6 +91,8 @@ st_status cli_open_tokenizer(const char *dir, const char *flag, st_tokenizer **o
 void cli_note_cut_examples(const char *cmd, const st_dataset *ds, long T);
 /* JSON Lines: packs ds's rows or not, and says how full its rows are either way. */
 void cli_note_packing(FILE *out, st_dataset *ds, bool pack, long T);
+/* --dtype's value: ST_F32, ST_BF16 or ST_F16 (strata/dtype.h), or -1. */
+int cli_weights_dtype(const char *name);
 /* Copies the files t was loaded from into dir (tokenizer.json, vocab.json
  * and merges.txt, tokenizer_config.json), each whole or not at all, so that
  * the folder's model comes with its tokenizer. */

@@ -62,6 +62,8 @@ static void help(void)
            "  --inference         the inference benchmark\n"
            "  --model DIR         --inference: a model folder (default: a model from the\n"
            "                      options below, its weights drawn at random)\n"
+           "  --dtype T           --inference: the weights held in bf16, fp16 or fp32\n"
+           "                      (default: as the folder stores them; drawn weights fp32)\n"
            "  --prompt N          --inference: prompt tokens (default 128)\n"
            "  --gen N             --inference: tokens generated per sequence (default 32)\n"
            "  --prefill N         --inference: prompt tokens per pass (default 128)\n"
@@ -304,7 +306,7 @@ static void print_rows(const bench_row *rows, size_t n_rows, double N, long step
 static int bench_inference_command(const char *dir, cli_model_flags *mf, long L, long C, long NH,
                                    long positions, const char *devices, const char *parallel,
                                    long prompt, long gen, long prefill, long runs,
-                                   const int *conc, int n_conc, const char *format)
+                                   const int *conc, int n_conc, const char *format, int dtype)
 {
     st_model_config cfg;
     st_status s;
@@ -336,7 +338,7 @@ static int bench_inference_command(const char *dir, cli_model_flags *mf, long L,
     bench_inference_opts o = {.model = dir, .config = &cfg, .model_line = line,
                               .parallel = parallel ? parallel : "pipeline", .prompt = prompt,
                               .gen = gen, .prefill = prefill, .runs = runs, .n_conc = n_conc,
-                              .format = format};
+                              .format = format, .dtype = dtype};
     memcpy(o.conc, conc, (size_t)n_conc * sizeof *conc);
     s = bench_inference(&devs, &o);
     cli_devices_put(&devs);
@@ -361,8 +363,10 @@ int cmd_bench(int argc, char **argv)
         {"prompt", required_argument, NULL, 'q'},   {"gen", required_argument, NULL, 'g'},
         {"prefill", required_argument, NULL, 'F'},  {"sequences", required_argument, NULL, 'Q'},
         {"runs", required_argument, NULL, 'r'},     {"parallel", required_argument, NULL, 'l'},
+        {"dtype", required_argument, NULL, 'w'},
         {NULL, 0, NULL, 0}};
     bool inference = false, seq_given = false;
+    int dtype = -1; /* --dtype */
     const char *model_dir = NULL, *parallel = NULL;
     long prompt = 128, gen = 32, prefill = 128, runs = 3;
     int conc[4] = {1, 8, 32}, n_conc = 3;
@@ -397,6 +401,11 @@ int cmd_bench(int argc, char **argv)
         case 'F': ok = cli_parse_long(optarg, 1, 1 << 16, &prefill); break;
         case 'r': ok = cli_parse_long(optarg, 1, 100, &runs); break;
         case 'l': parallel = optarg; break;
+        case 'w':
+            if ((dtype = cli_weights_dtype(optarg)) < 0)
+                return cli_usage_error("bench", "bad value '%s' for --dtype: bf16, fp16 or fp32",
+                                       optarg);
+            break;
         case 'Q': {
             char *end = optarg;
             n_conc = 0;
@@ -467,7 +476,7 @@ int cmd_bench(int argc, char **argv)
     if (inference)
         return bench_inference_command(model_dir, &mf, L, C, NH, seq_given ? T : prompt + gen + 1,
                                        devices, parallel, prompt, gen, prefill, runs, conc,
-                                       n_conc, format);
+                                       n_conc, format, dtype);
     if (B % m != 0)
         return cli_usage_error("bench", "--batch %ld does not split into %ld micro-batches", B, m);
     st_model_config cfg;

@@ -30,11 +30,14 @@
 #endif
 
 /* Where to run a saved model: the device choice and how to split. */
+enum { O_DTYPE = 300 }; /* long options without a letter */
+
 typedef struct run_flags {
     const char *devices, *split, *mem_limit, *parallel;
     const char *tokenizer; /* --tokenizer, or NULL: the model folder's, if any */
     const char *adapter;   /* --adapter: a PEFT LoRA folder merged into the weights */
     long prefill;          /* generate: a prompt's tokens per pass (0: the default) */
+    int dtype;             /* --dtype: the weights' storage (st_dtype), or -1: the folder's */
 } run_flags;
 
 /* Opens a session on dir's model over the chosen devices, split by the
@@ -54,6 +57,8 @@ static st_status open_session(const char *dir, const run_flags *f, st_infer_opti
         return s;
     io->split = f->split;
     io->parallel = f->parallel;
+    io->weights_given = f->dtype >= 0;
+    io->weights = f->dtype >= 0 ? (st_dtype)f->dtype : ST_F32;
     st_adapter *adapter = NULL;
     if (f->adapter) {
         st_status as = st_adapter_open(f->adapter, &adapter);
@@ -192,6 +197,10 @@ static void generate_help(void)
            "  -m, --model DIR     the model folder (required)\n"
            "  --adapter DIR       a LoRA adapter in PEFT's format (adapter_config.json,\n"
            "                      adapter_model.safetensors) merged into the weights\n"
+           "  --dtype T           how the weight matrices are held on the devices: bf16,\n"
+           "                      fp16 or fp32 (default: as the folder stores them, which\n"
+           "                      loses nothing; fp32 with --adapter). Products widen\n"
+           "                      16-bit weights to float as they read them\n"
            "  -p, --prompt TEXT   text to continue (default: a newline); give it several\n"
            "                      times to generate for several prompts at once (each\n"
            "                      with its own cache, all in one pass through the model\n"
@@ -595,13 +604,14 @@ static int generate_command(int argc, char **argv)
                                          {"stop", required_argument, NULL, 'x'},
                                          {"prompt-file", required_argument, NULL, 'f'},
                                          {"adapter", required_argument, NULL, 'A'},
-                                         {"pack", required_argument, NULL, 'k'},
+                                         {"dtype", required_argument, NULL, O_DTYPE},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *prompt = "\n";
     const char *prompts[64];
     int n_prompts = 0;
-    run_flags rf = {.prefill = 128};
+    run_flags rf = {.prefill = 128, .dtype = -1};
+    const char *cmd_name = "generate";
     long n = 200, top_k = 40, seed = 1, last_n = 64;
     double temperature = 0.8, top_p = 1, min_p = 0, penalty = 1;
     const char *stops[16];
@@ -614,6 +624,11 @@ static int generate_command(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'A': rf.adapter = optarg; break;
+        case O_DTYPE:
+            if ((rf.dtype = cli_weights_dtype(optarg)) < 0)
+                return cli_usage_error(cmd_name, "bad value '%s' for --dtype: bf16, fp16 or fp32",
+                                       optarg);
+            break;
         case 'p':
             if (n_prompts == 64)
                 return cli_usage_error("generate", "at most 64 prompts at once");
@@ -691,6 +706,10 @@ static void eval_help(void)
            "  -m, --model DIR     the model folder (required)\n"
            "  --adapter DIR       a LoRA adapter in PEFT's format (adapter_config.json,\n"
            "                      adapter_model.safetensors) merged into the weights\n"
+           "  --dtype T           how the weight matrices are held on the devices: bf16,\n"
+           "                      fp16 or fp32 (default: as the folder stores them, which\n"
+           "                      loses nothing; fp32 with --adapter). Products widen\n"
+           "                      16-bit weights to float as they read them\n"
            "  --data SRC          'addition' (the default for a model without a\n"
            "                      tokenizer), a text file, a token file or JSON Lines\n"
            "                      (*.jsonl; the loss on completions and texts)\n"
@@ -730,11 +749,13 @@ int cmd_eval(int argc, char **argv)
                                          {"mem-limit", required_argument, NULL, 'M'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"adapter", required_argument, NULL, 'A'},
+                                         {"dtype", required_argument, NULL, O_DTYPE},
                                          {"pack", required_argument, NULL, 'k'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *model = NULL, *data = NULL;
-    run_flags rf = {0};
+    run_flags rf = {.dtype = -1};
+    const char *cmd_name = "eval";
     long T = 0, B = 8, batches = 16, micro = 0; /* 0: the planner chooses */
     bool pack = true, pack_given = false;
     int c, li;
@@ -746,6 +767,11 @@ int cmd_eval(int argc, char **argv)
         case 'm': model = optarg; break;
         case 'D': data = optarg; break;
         case 'A': rf.adapter = optarg; break;
+        case O_DTYPE:
+            if ((rf.dtype = cli_weights_dtype(optarg)) < 0)
+                return cli_usage_error(cmd_name, "bad value '%s' for --dtype: bf16, fp16 or fp32",
+                                       optarg);
+            break;
         case 'T': ok = cli_parse_long(optarg, 1, 1 << 20, &T); break;
         case 'B': ok = cli_parse_long(optarg, 1, 1 << 20, &B); break;
         case 'K': ok = cli_parse_long(optarg, 1, 1 << 20, &batches); break;

@@ -39,6 +39,10 @@ static void help(void)
            "  --lora R            LoRA adapters of rank R: the weights\n"
            "                      frozen, gradients and moments for the adapters only\n"
            "  --lora-targets L    all (default) or a list of projections (q_proj,...)\n"
+           "  --dtype T           how the weights that do not train are held: bf16, fp16\n"
+           "                      or fp32 (default: as the --model folder stores them,\n"
+           "                      else fp32): every matrix with --inference, the frozen\n"
+           "                      base with --lora\n"
            "  --shard-optimizer   replicas split the AdamW moments (as `strata train`)\n"
            "devices:\n"
            "  --devices CHOICE    which devices (default $STRATA_DEVICES, else all)\n"
@@ -114,6 +118,7 @@ int cmd_plan(int argc, char **argv)
         {"tie", no_argument, NULL, 't'},             {"help", no_argument, NULL, 'h'},
         {"recompute", required_argument, NULL, 'r'}, {"lora", required_argument, NULL, 'l'},
         {"lora-targets", required_argument, NULL, 'g'},
+        {"dtype", required_argument, NULL, 'w'},
         {"shard-optimizer", no_argument, NULL, 'z'},
         {"rates-only", no_argument, NULL, 'q'},
         {NULL, 0, NULL, 0}};
@@ -125,6 +130,7 @@ int cmd_plan(int argc, char **argv)
                         .recompute_auto = true};
     long lora = 0;
     const char *lora_targets = "all";
+    int dtype = -1; /* --dtype: how the weights that do not train are stored */
     int c, li;
     optind = 1;
     opterr = 0;
@@ -161,6 +167,11 @@ int cmd_plan(int argc, char **argv)
             break;
         case 'l': ok = cli_parse_long(optarg, 1, 65536, &lora); break;
         case 'g': lora_targets = optarg; break;
+        case 'w':
+            if ((dtype = cli_weights_dtype(optarg)) < 0)
+                return cli_usage_error("plan", "bad value '%s' for --dtype: bf16, fp16 or fp32",
+                                       optarg);
+            break;
         case 'z': po.shape.shard_moments = true; break;
         case 'q': po.rates_only = true; break;
         case 'd': devices = optarg; break;
@@ -200,6 +211,14 @@ int cmd_plan(int argc, char **argv)
         mf.layers = L;
         mf.heads = NH;
         s = cli_model_config(&mf, &cfg);
+    }
+    if (s == ST_OK && model && dtype < 0) { /* as `generate` and `train --lora` keep them */
+        st_checkpoint *ck = NULL;
+        if ((s = st_checkpoint_open(model, &ck)) == ST_OK)
+            s = st_checkpoint_weights_dtype(ck, &cfg.weights);
+        st_checkpoint_close(ck);
+    } else if (s == ST_OK && dtype >= 0) {
+        cfg.weights = (st_dtype)dtype;
     }
     if (s == ST_OK && lora > 0) {
         cfg.lora.rank = (int)lora;

@@ -869,7 +869,13 @@ static int train_command(int argc, char **argv)
         printf("starting from %s: %s (its weights only: a new run from step 0, with a fresh "
                "optimizer and schedule)\n",
                init, st_checkpoint_describe(ck));
+        /* LoRA: the frozen base stays in the folder's type on the devices
+         * (a bf16 folder in bf16: the same values, half the bytes) */
+        if (lora_rank > 0)
+            s = st_checkpoint_weights_dtype(ck, &cfg.weights);
         st_checkpoint_close(ck);
+        if (s != ST_OK)
+            return cli_fail(s);
         if (!realpath(init, init_abs))
             snprintf(init_abs, sizeof init_abs, "%s", init);
         tc.init_dir = init_abs;
@@ -907,6 +913,12 @@ static int train_command(int argc, char **argv)
             snprintf(init_abs, sizeof init_abs, "%s", saved.init_saved);
             tc.init_dir = init_abs;
             cfg.lora = saved.lora;
+            st_checkpoint *base = NULL;
+            if ((s = st_checkpoint_open(init_abs, &base)) == ST_OK)
+                s = st_checkpoint_weights_dtype(base, &cfg.weights);
+            st_checkpoint_close(base);
+            if (s != ST_OK)
+                return cli_fail(s);
             if ((s = st_lora_targets_parse(cfg.family, saved.lora_targets, &cfg.lora.targets)) !=
                 ST_OK)
                 return cli_fail(s);

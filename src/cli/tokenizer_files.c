@@ -93,3 +93,9 @@ void cli_note_packing(FILE *out, st_dataset *ds, bool pack, long T)
                "with --pack on)\n",
                100 * padded, 100 * packed);
 }
+
+int cli_weights_dtype(const char *name)
+{
+    int d = st_dtype_parse(name);
+    return d == ST_F32 || d == ST_BF16 || d == ST_F16 ? d : -1;
+}

@@ -288,7 +288,7 @@ const char *st_safetensors_metadata(const st_safetensors *f, const char *key)
     return meta ? json_string_value(json_object_get(meta, key)) : NULL;
 }
 
-static float half_to_float(uint16_t h)
+float st_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
@@ -323,7 +323,7 @@ st_status st_safetensors_to_f32(const st_safetensors_entry *e, float *out)
             memcpy(&d, p + 8 * i, 8);
             out[i] = (float)d;
         } else if (strcmp(e->dtype, "F16") == 0) {
-            out[i] = half_to_float((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+            out[i] = st_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         } else if (strcmp(e->dtype, "BF16") == 0) {
             uint32_t bits = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
             memcpy(&out[i], &bits, 4);
@@ -355,6 +355,26 @@ uint16_t st_f32_to_bf16(float f)
         return (uint16_t)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1); /* round to nearest, ties to even */
     return (uint16_t)(u >> 16);
+}
+
+float st_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void st_f32_to_16(st_dtype to, const float *src, uint16_t *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = to == ST_BF16 ? st_f32_to_bf16(src[i]) : st_f32_to_f16(src[i]);
+}
+
+void st_16_to_f32(st_dtype from, const uint16_t *src, float *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = from == ST_BF16 ? st_bf16_to_f32(src[i]) : st_f16_to_f32(src[i]);
 }
 
 uint16_t st_f32_to_f16(float f)

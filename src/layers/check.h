@@ -7,6 +7,18 @@
 /* ST_OK when t exists, has dtype and at least n elements; else a message naming op and t. */
 st_status st_op_need(const char *op, const st_tensor *t, size_t n, st_dtype dtype);
 
+/* The same for a weight matrix: F32, or stored in 16 bits (BF16, F16). */
+st_status st_op_need_w(const char *op, const st_tensor *t, size_t n);
+/* The kernel file for t's storage type: file, or "file#W_BF16" / "file#W_F16". */
+const char *st_op_typed(const char *file, const st_tensor *t, char *buf, size_t size);
+
+#define NEED_W(op, t, n)                                                       \
+    do {                                                                       \
+        st_status s_ = st_op_need_w((op), (t), (n));                           \
+        if (s_ != ST_OK)                                                       \
+            return s_;                                                         \
+    } while (0)
+
 #define NEED(op, t, n)                                                         \
     do {                                                                       \
         st_status s_ = st_op_need((op), (t), (n), ST_F32);                     \

@@ -12,8 +12,11 @@ st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tenso
                         V);
     size_t BT = (size_t)B * T;
     NEED("encoder_fwd", out, BT * C);
-    NEED("encoder_fwd", wte, (size_t)V * C);
-    NEED("encoder_fwd", wpe, (rows ? 1 : (size_t)T) * C);
+    NEED_W("encoder_fwd", wte, (size_t)V * C);
+    NEED_W("encoder_fwd", wpe, (rows ? 1 : (size_t)T) * C);
+    if (st_tensor_dtype(wte) != st_tensor_dtype(wpe))
+        return st_error(ST_ERR_INVALID, "encoder_fwd: wte is %s, wpe %s: one type for both",
+                        st_dtype_name(st_tensor_dtype(wte)), st_dtype_name(st_tensor_dtype(wpe)));
     st_status s = st_op_need("encoder_fwd", tokens, BT, ST_I32);
     if (s == ST_OK && rows)
         s = st_op_need("encoder_fwd", rows, 2 * BT, ST_I32);
@@ -23,7 +26,9 @@ st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tenso
     if (s != ST_OK)
         return s;
     const st_tensor *tab = rows ? rows : pos ? pos : tokens;
-    return ST_LAUNCH(st_tensor_device(out), "encoder.cl", "encoder_fwd", BT * C, 64, ST_KT(out),
+    char file[32];
+    return ST_LAUNCH(st_tensor_device(out), st_op_typed("encoder.cl", wte, file, sizeof file),
+                     "encoder_fwd", BT * C, 64, ST_KT(out),
                      ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KT(tab),
                      ST_KI(rows ? 1 : pos ? 2 : 0), ST_KI(BT), ST_KI(T), ST_KI(C), ST_KI(V));
 }
@@ -62,11 +67,13 @@ st_status st_embedding_fwd(st_tensor *out, const st_tensor *tokens, const st_ten
     if (N < 1 || C < 1 || V < 1)
         return st_error(ST_ERR_INVALID, "embedding_fwd: empty shape N=%d C=%d V=%d", N, C, V);
     NEED("embedding_fwd", out, (size_t)N * C);
-    NEED("embedding_fwd", wte, (size_t)V * C);
+    NEED_W("embedding_fwd", wte, (size_t)V * C);
     st_status s = st_op_need("embedding_fwd", tokens, (size_t)N, ST_I32);
     if (s != ST_OK)
         return s;
-    return ST_LAUNCH(st_tensor_device(out), "encoder.cl", "embedding_fwd", (size_t)N * C, 64,
+    char file[32];
+    return ST_LAUNCH(st_tensor_device(out), st_op_typed("encoder.cl", wte, file, sizeof file),
+                     "embedding_fwd", (size_t)N * C, 64,
                      ST_KT(out), ST_KT(tokens), ST_KT(wte), ST_KI(N), ST_KI(C), ST_KI(V));
 }
 

@@ -23,7 +23,7 @@ st_status st_matmul_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w
     size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
     NEED("matmul_fwd", out, n * oc);
     NEED("matmul_fwd", inp, n * ic);
-    NEED("matmul_fwd", w, ic * oc);
+    NEED_W("matmul_fwd", w, ic * oc);
     st_gemm_args g = {.m = n, .n = oc, .k = ic, .alpha = 1.0f, .beta = 0.0f,
                       .a = inp, .lda = ic, .b = w, .ldb = oc, .c = out, .ldc = oc};
     if ((s = st_gemm(&g)) != ST_OK)
@@ -41,7 +41,7 @@ st_status st_matmul_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tens
     size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
     NEED("matmul_bwd", dout, n * oc);
     NEED("matmul_bwd", inp, n * ic);
-    NEED("matmul_bwd", w, ic * oc);
+    NEED_W("matmul_bwd", w, ic * oc);
     if (dw) /* NULL: a frozen weight */
         NEED("matmul_bwd", dw, ic * oc);
     if (dinp) {
@@ -71,7 +71,7 @@ st_status st_linear_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w
     size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
     NEED("linear_fwd", out, n * oc);
     NEED("linear_fwd", inp, n * ic);
-    NEED("linear_fwd", w, ic * oc);
+    NEED_W("linear_fwd", w, ic * oc);
     /* out[N,OC] = inp[N,IC] . w[OC,IC]^T */
     st_gemm_args g = {.trans_b = true, .m = n, .n = oc, .k = ic, .alpha = 1.0f, .beta = 0.0f,
                       .a = inp, .lda = ic, .b = w, .ldb = ic, .c = out, .ldc = oc};
@@ -90,7 +90,7 @@ st_status st_linear_bwd(st_tensor *dinp, float dinp_beta, st_tensor *dw, st_tens
     size_t n = (size_t)N, ic = (size_t)IC, oc = (size_t)OC;
     NEED("linear_bwd", dout, n * oc);
     NEED("linear_bwd", inp, n * ic);
-    NEED("linear_bwd", w, ic * oc);
+    NEED_W("linear_bwd", w, ic * oc);
     if (dw)
         NEED("linear_bwd", dw, ic * oc);
     if (dinp) {

@@ -28,6 +28,21 @@ st_status st_op_need(const char *op, const st_tensor *t, size_t n, st_dtype dtyp
     return ST_OK;
 }
 
+st_status st_op_need_w(const char *op, const st_tensor *t, size_t n)
+{
+    st_dtype dt = t ? st_tensor_dtype(t) : ST_F32;
+    return st_op_need(op, t, n, dt == ST_BF16 || dt == ST_F16 ? dt : ST_F32);
+}
+
+const char *st_op_typed(const char *file, const st_tensor *t, char *buf, size_t size)
+{
+    st_dtype dt = st_tensor_dtype(t);
+    if (dt != ST_BF16 && dt != ST_F16)
+        return file;
+    snprintf(buf, size, "%s#%s", file, dt == ST_BF16 ? "W_BF16" : "W_F16");
+    return buf;
+}
+
 static st_status check_rows(const char *op, int N, int C)
 {
     if (N < 1 || C < 1)

@@ -340,10 +340,20 @@ struct st_sizes_table {
     st_stage_options shape;
     size_t n, levels;
     size_t *params, *train, *act, *kv, *consts; /* prefix sums: entry l covers layers [0, l) */
+    size_t *half;                        /* parameters stored in 16 bits (prefix sums) */
     size_t *changes;                     /* decay changes within layers [0, l) and between them */
     size_t *bact, *after_block;          /* blocks' activations; layers whose input a block makes */
     size_t **work, **dec, **bmax;        /* sparse tables of the maxima: [k][l] over [l, l + 2^k) */
+    size_t **unpack;                     /* the widening scratch a layer's 16-bit matrices need */
 };
+
+st_dtype st_param_storage(const st_model_desc *d, const st_param_desc *p, bool training)
+{
+    st_dtype w = d->cfg.weights;
+    if ((w != ST_BF16 && w != ST_F16) || p->ndim != 2 || p->adapter)
+        return ST_F32;
+    return !training || p->frozen ? w : ST_F32;
+}
 
 void st_sizes_table_free(st_sizes_table *t)
 {
@@ -357,14 +367,17 @@ void st_sizes_table_free(st_sizes_table *t)
     free(t->changes);
     free(t->bact);
     free(t->after_block);
+    free(t->half);
     for (size_t k = 0; k < t->levels; k++) {
         free(t->work ? t->work[k] : NULL);
         free(t->dec ? t->dec[k] : NULL);
         free(t->bmax ? t->bmax[k] : NULL);
+        free(t->unpack ? t->unpack[k] : NULL);
     }
     free(t->work);
     free(t->dec);
     free(t->bmax);
+    free(t->unpack);
     free(t);
 }
 
@@ -385,17 +398,18 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
     t->levels = 1;
     while (((size_t)1 << t->levels) <= n)
         t->levels++;
-    size_t **arrays[8] = {&t->params, &t->train,  &t->act,  &t->kv,
-                          &t->consts, &t->changes, &t->bact, &t->after_block};
+    size_t **arrays[9] = {&t->params, &t->train,  &t->act,  &t->kv,          &t->consts,
+                          &t->changes, &t->bact,  &t->after_block, &t->half};
     bool ok = true;
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 9; i++)
         ok = ok && (*arrays[i] = calloc(n + 1, sizeof(size_t)));
     ok = ok && (t->work = calloc(t->levels, sizeof *t->work)) &&
          (t->dec = calloc(t->levels, sizeof *t->dec)) &&
-         (t->bmax = calloc(t->levels, sizeof *t->bmax));
+         (t->bmax = calloc(t->levels, sizeof *t->bmax)) &&
+         (t->unpack = calloc(t->levels, sizeof *t->unpack));
     for (size_t k = 0; ok && k < t->levels; k++)
         ok = (t->work[k] = calloc(n, sizeof(size_t))) && (t->dec[k] = calloc(n, sizeof(size_t))) &&
-             (t->bmax[k] = calloc(n, sizeof(size_t)));
+             (t->bmax[k] = calloc(n, sizeof(size_t))) && (t->unpack[k] = calloc(n, sizeof(size_t)));
     if (!ok) {
         st_sizes_table_free(t);
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory sizing %zu layers", n);
@@ -418,6 +432,21 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
         for (size_t i = 0; i < ld->n_params; i++)
             tr += ld->params[i].frozen ? 0 : ld->params[i].numel;
         t->train[l + 1] = t->train[l] + tr;
+        /* 16-bit storage: the layer's own and the copies of tied ones it
+         * uses (a copy is counted in the range when its owner is outside) */
+        size_t half = 0, wide = 0;
+        for (size_t i = 0; i < ld->n_params + ld->n_tied; i++) {
+            const st_param_desc *p = i < ld->n_params
+                                         ? &ld->params[i]
+                                         : &d->layers[ld->tied[i - ld->n_params].layer]
+                                                .params[ld->tied[i - ld->n_params].param];
+            if (st_param_storage(d, p, shape->training) == ST_F32)
+                continue;
+            half += i < ld->n_params ? p->numel : 0;
+            wide = p->numel > wide ? p->numel : wide;
+        }
+        t->half[l + 1] = t->half[l] + half;
+        t->unpack[0][l] = wide < ST_UNPACK_FLOATS ? wide : ST_UNPACK_FLOATS;
         t->act[l + 1] = t->act[l] + st_layer_act_floats(ld, B, T);
         bool block = ld->kind == ST_LAYER_BLOCK;
         t->bact[l + 1] = t->bact[l] + (block ? st_layer_act_floats(ld, B, T) : 0);
@@ -443,6 +472,9 @@ st_status st_sizes_table_make(const st_model_desc *d, const st_stage_options *sh
             a = t->bmax[k - 1][l];
             b = t->bmax[k - 1][h];
             t->bmax[k][l] = a > b ? a : b;
+            a = t->unpack[k - 1][l];
+            b = t->unpack[k - 1][h];
+            t->unpack[k][l] = a > b ? a : b;
         }
     *out = t;
     return ST_OK;
@@ -502,6 +534,8 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
     bool has_head = desc->layers[end - 1].kind == ST_LAYER_HEAD;
     z.param_numel = t->params[end] - t->params[first];
     z.train_numel = t->train[end] - t->train[first];
+    z.half_numel = t->half[end] - t->half[first];
+    z.unpack_floats = range_max(t->unpack, first, end);
     /* Decay runs: one more than the changes along the stage's parameters;
      * the change into the first layer is not the stage's. */
     size_t changes = t->changes[end] - t->changes[first + 1];
@@ -523,6 +557,7 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
             const st_param_desc *p = &desc->layers[r->layer].params[r->param];
             z.param_numel += p->numel;
             z.train_numel += p->frozen ? 0 : p->numel;
+            z.half_numel += st_param_storage(desc, p, o->training) == ST_F32 ? 0 : p->numel;
             extra += flag >= 0 && flag != (int)p->decay;
             flag = p->decay;
             any = true;
@@ -565,7 +600,8 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
     }
     z.consts = t->consts[end] - t->consts[first];
     z.moment_numel = o->training ? z.train_numel : 0;
-    z.bytes = 4 * ((uint64_t)z.param_numel +
+    z.bytes = 2 * (uint64_t)z.half_numel +
+              4 * ((uint64_t)(z.param_numel - z.half_numel) + z.unpack_floats +
                    (o->training ? (uint64_t)z.train_numel + 2 * (uint64_t)z.moment_numel : 0) +
                    z.adam_run_ints +
                    (N > 0 ? (uint64_t)nslots * (z.slot_floats + z.slot_ints) : 0) +

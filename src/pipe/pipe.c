@@ -407,13 +407,21 @@ st_status st_pipe_replicate(st_pipe *p)
         int bufs_n = !p->o.training ? 1 : p->o.shard_moments ? 1 : 3;
         for (int b = 0; s == ST_OK && b < bufs_n; b++) {
             /* the moments: of the parameters that train */
-            size_t len = b == 0 ? n : st_stage_train_numel(g0);
+            st_tensor *h0 = st_stage_half_tensor(g0);
+            size_t len = b == 0 ? n - (h0 ? st_tensor_numel(h0) : 0) : st_stage_train_numel(g0);
             if (len == 0)
                 continue;
             s = st_tensor_read(st_stage_tensor(g0, bufs[b]), 0, len, host);
             for (size_t r = 1; s == ST_OK && r < p->R; r++)
                 s = st_tensor_write(st_stage_tensor(p->rep[r]->stage[k], bufs[b]), 0, len, host);
         }
+        /* the weights stored in 16 bits, as they are */
+        st_tensor *h0 = st_stage_half_tensor(g0);
+        size_t hn = h0 ? st_tensor_numel(h0) : 0;
+        if (s == ST_OK && hn) /* hn 16-bit values fit the n floats of host */
+            s = st_tensor_read(h0, 0, hn, host);
+        for (size_t r = 1; s == ST_OK && hn && r < p->R; r++)
+            s = st_tensor_write(st_stage_half_tensor(p->rep[r]->stage[k]), 0, hn, host);
         free(host);
     }
     return s;
@@ -1640,13 +1648,17 @@ st_status st_pipe_decode(st_pipe *p, int tok, int pos, float *logits)
 /* st_sum64 of a stage's weights. */
 static st_status weights_sum(st_stage *g, uint64_t *sum)
 {
-    size_t n = st_stage_param_numel(g);
+    st_tensor *h = st_stage_half_tensor(g);
+    size_t n = st_stage_param_numel(g), hn = h ? st_tensor_numel(h) : 0, fn = n - hn;
     float *host = malloc((n ? n : 1) * sizeof *host);
     if (!host)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    st_status s = st_tensor_read(st_stage_tensor(g, ST_STAGE_PARAMS), 0, n, host);
+    /* the float weights, then the 16-bit ones' bytes after them */
+    st_status s = fn ? st_tensor_read(st_stage_tensor(g, ST_STAGE_PARAMS), 0, fn, host) : ST_OK;
+    if (s == ST_OK && hn)
+        s = st_tensor_read(h, 0, hn, host + fn);
     if (s == ST_OK)
-        *sum = st_sum64_of(host, n * sizeof *host);
+        *sum = st_sum64_of(host, fn * sizeof *host + hn * 2);
     free(host);
     return s;
 }

@@ -247,7 +247,8 @@ static void stage_cost_model(const st_plan_input *in, const sums *z, const st_de
     st_sizes_table_range(z->sizes, a, b, out->in_flight, &sz);
     if (in->shape.training && in->shape.moment_parts > 1) /* each replica its part */
         st_stage_sizes_shard(&sz, in->shape.moment_parts);
-    out->param_bytes = 4.0 * ((double)sz.param_numel +
+    out->param_bytes = 2.0 * (double)sz.half_numel +
+                       4.0 * ((double)(sz.param_numel - sz.half_numel) +
                               (in->shape.training
                                    ? (double)sz.train_numel + 2.0 * (double)sz.moment_numel
                                    : 0));

@@ -113,12 +113,24 @@ st_status st_infer_open(const char *dir, st_device *const *devs, size_t n_devs,
             return st_error(ST_ERR_INVALID, "inference session: no model folder or config");
         }
         in->cfg = *o->config;
+        if (o->weights_given)
+            in->cfg.weights = o->weights;
         s = st_model_describe(&in->cfg, &in->desc);
     } else if ((s = st_checkpoint_open(dir, &ck)) == ST_OK) {
         in->cfg = *st_checkpoint_get_config(ck);
+        /* The weights as the folder stores them (exactly: widened as they
+         * are read), unless asked; merged with an adapter, in float. */
+        if (o->weights_given)
+            in->cfg.weights = o->weights;
+        else if (o->adapter)
+            in->cfg.weights = ST_F32;
+        else
+            s = st_checkpoint_weights_dtype(ck, &in->cfg.weights);
         st_checkpoint_close(ck);
-        s = st_model_describe(&in->cfg, &in->desc);
+        if (s == ST_OK)
+            s = st_model_describe(&in->cfg, &in->desc);
     }
+
     if (s != ST_OK) {
         st_infer_close(in);
         return s;

@@ -450,8 +450,13 @@ static st_status measure_all(st_device *const *devs, size_t n, const st_model_de
 static st_status params_fit(st_device *const *devs, size_t n, const st_model_desc *desc,
                             bool training)
 {
-    uint64_t need = (uint64_t)desc->param_numel * 4 +
-                    (training ? (uint64_t)desc->train_numel * 12 : 0), have = 0;
+    /* the weights in their storage (st_param_storage) */
+    uint64_t need = training ? (uint64_t)desc->train_numel * 12 : 0, have = 0;
+    for (size_t l = 0; l < desc->n_layers; l++)
+        for (size_t i = 0; i < desc->layers[l].n_params; i++) {
+            const st_param_desc *p = &desc->layers[l].params[i];
+            need += (uint64_t)p->numel * st_dtype_size(st_param_storage(desc, p, training));
+        }
     for (size_t i = 0; i < n; i++)
         have += st_device_get_memory(devs[i]).capacity;
     if (need <= have)
@@ -462,9 +467,9 @@ static st_status params_fit(st_device *const *devs, size_t n, const st_model_des
                     "the model does not fit: its %zu parameters alone need %s (%s), and the "
                     "%zu chosen device(s) have %s in all (use more devices or a smaller model)",
                     desc->param_numel, st_format_bytes(need, a, sizeof a),
-                    !training ? "4 bytes each"
-                    : some    ? "4 bytes each, and 12 more for gradients and two AdamW moments "
-                                "of those that train"
+                    !training ? "the weights as stored"
+                    : some    ? "the weights as stored, and 12 bytes more for gradients and two "
+                                "AdamW moments of those that train"
                               : "16 bytes each: weights, gradients, two AdamW moments",
                     n,
                     st_format_bytes(have, b, sizeof b));

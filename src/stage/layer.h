@@ -76,6 +76,7 @@ struct st_layer {
     /* The buffers they are views of, and each one's offset there (for a
      * view over several neighbours: q, k and v as one matrix). */
     st_tensor *pbuf, *gbuf;
+    st_tensor *hbuf; /* the stage's 16-bit parameters (st_param_storage), or NULL */
     const size_t *offset;
     int B, T, slots, kv_seq, kv_seqs;
     int prefill; /* rows one decoding pass may hold (st_decode_rows) */

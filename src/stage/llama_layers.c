@@ -160,6 +160,15 @@ static st_status write_inv_freq(st_layer *l, int HS)
  * checking that the parameters [i, i + count) lie one after another. */
 static st_tensor *span(st_layer *l, st_tensor *buf, int i, int count, size_t n, st_status *s)
 {
+    /* weights stored in 16 bits lie in the 16-bit buffer, and products
+     * widen them into the stage's scratch */
+    bool half = buf == l->pbuf && l->p[i] && st_tensor_dtype(l->p[i]) != ST_F32;
+    if (half) {
+        st_tensor *v = span(l, l->hbuf, i, count, n, s);
+        if (v)
+            st_tensor_set_unpack(v, st_tensor_unpack(l->p[i]));
+        return v;
+    }
     size_t want = l->offset[i];
     for (int j = i; *s == ST_OK && j < i + count; j++) {
         if (l->offset[j] != want)

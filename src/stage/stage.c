@@ -34,7 +34,9 @@ struct st_stage {
 
     st_stage_param *params;
     size_t n_params, numel;
-    st_tensor *bufs[4];     /* params, grads, m, v */
+    st_tensor *bufs[4];     /* params (those stored as floats), grads, m, v */
+    st_tensor *half;        /* the parameters stored in 16 bits (st_param_storage), or NULL */
+    st_tensor *unpack;      /* the float scratch they are widened into for products */
     st_tensor **flat[4];    /* a view per parameter of each */
 
     size_t n_layers;
@@ -209,6 +211,11 @@ st_tensor *st_stage_tensor(const st_stage *g, st_stage_buf which)
     return g->bufs[which];
 }
 
+st_tensor *st_stage_half_tensor(const st_stage *g)
+{
+    return g->half;
+}
+
 /* ---- creation ------------------------------------------------------------------- */
 
 static st_status make_buffer(st_stage *g, st_dtype dt, size_t n, const char *name, st_tensor **out)
@@ -236,7 +243,7 @@ static st_status lay_out_params(st_stage *g)
     g->offsets = calloc(n + 1, sizeof *g->offsets);
     if (!g->params || !g->offsets)
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
-    size_t k = 0, tpos = 0, fpos = g->sizes.train_numel;
+    size_t k = 0, tpos = 0, fpos = g->sizes.train_numel, hpos = 0;
     for (size_t l = g->first; l < g->end; l++) {
         const st_layer_desc *ld = &d->layers[l];
         st_layer *L = &g->layers[l - g->first];
@@ -253,24 +260,33 @@ static st_status lay_out_params(st_stage *g)
                 off[ld->n_params + t] = g->layers[r->layer - g->first].offset[r->param];
                 continue;
             }
-            size_t *pos = p->frozen ? &fpos : &tpos;
+            st_dtype dt = st_param_storage(d, p, g->training);
+            size_t *pos = dt != ST_F32 ? &hpos : g->training && p->frozen ? &fpos : &tpos;
             off[ld->n_params + t] = *pos;
-            g->params[g->n_params++] = (st_stage_param){p, *pos, true};
+            g->params[g->n_params++] = (st_stage_param){p, *pos, true, dt};
             *pos += p->numel;
             g->numel += p->numel;
         }
         for (size_t i = 0; i < ld->n_params; i++) {
-            size_t *pos = ld->params[i].frozen ? &fpos : &tpos;
+            st_dtype dt = st_param_storage(d, &ld->params[i], g->training);
+            size_t *pos = dt != ST_F32                             ? &hpos
+                          : g->training && ld->params[i].frozen ? &fpos
+                                                                : &tpos;
             off[i] = *pos;
-            g->params[g->n_params++] = (st_stage_param){&ld->params[i], *pos, false};
+            g->params[g->n_params++] = (st_stage_param){&ld->params[i], *pos, false, dt};
             *pos += ld->params[i].numel;
             g->numel += ld->params[i].numel;
         }
     }
-    if (g->numel != g->sizes.param_numel || tpos != g->sizes.train_numel)
+    /* training: the trained floats, then the frozen floats; else the floats */
+    size_t floats = g->numel - hpos;
+    bool laid = g->training ? tpos == g->sizes.train_numel && fpos == floats : tpos == floats;
+    if (g->numel != g->sizes.param_numel || hpos != g->sizes.half_numel || !laid)
         return st_error(ST_ERR_INVALID,
-                        "internal: parameters laid out %zu (%zu trained), sized %zu (%zu)",
-                        g->numel, tpos, g->sizes.param_numel, g->sizes.train_numel);
+                        "internal: parameters laid out %zu (%zu trained, %zu in 16 bits), sized "
+                        "%zu (%zu, %zu)",
+                        g->numel, tpos, hpos, g->sizes.param_numel, g->sizes.train_numel,
+                        g->sizes.half_numel);
     return ST_OK;
 }
 
@@ -281,10 +297,15 @@ static st_status make_param_views(st_stage *g, int which)
     if (!g->flat[which])
         return st_error(ST_ERR_HOST_MEMORY, "out of host memory");
     st_status s = ST_OK;
-    for (size_t i = 0; s == ST_OK && i < g->n_params; i++)
+    for (size_t i = 0; s == ST_OK && i < g->n_params; i++) {
+        bool half = which == ST_STAGE_PARAMS && g->params[i].dtype != ST_F32;
         if (which == ST_STAGE_PARAMS || !g->params[i].desc->frozen)
-            s = st_tensor_view(g->bufs[which], g->params[i].offset, g->params[i].desc->ndim,
-                               g->params[i].desc->shape, &g->flat[which][i]);
+            s = st_tensor_view(half ? g->half : g->bufs[which], g->params[i].offset,
+                               g->params[i].desc->ndim, g->params[i].desc->shape,
+                               &g->flat[which][i]);
+        if (s == ST_OK && half) /* products widen it into the scratch */
+            st_tensor_set_unpack(g->flat[which][i], g->unpack);
+    }
     if (which > ST_STAGE_GRADS)
         return s;
     for (size_t l = 0; s == ST_OK && l < g->n_layers; l++) {
@@ -304,8 +325,12 @@ static st_status make_param_views(st_stage *g, int which)
                     ? &ld->params[j]
                     : &g->desc->layers[ld->tied[j - ld->n_params].layer]
                            .params[ld->tied[j - ld->n_params].param];
+            bool half = which == ST_STAGE_PARAMS && st_param_storage(g->desc, p, g->training) != ST_F32;
             if (which == ST_STAGE_PARAMS || !p->frozen)
-                s = st_tensor_view(g->bufs[which], L->offset[j], p->ndim, p->shape, &v[j]);
+                s = st_tensor_view(half ? g->half : g->bufs[which], L->offset[j], p->ndim,
+                                   p->shape, &v[j]);
+            if (s == ST_OK && half)
+                st_tensor_set_unpack(v[j], g->unpack);
         }
     }
     return s;
@@ -538,6 +563,8 @@ void st_stage_destroy(st_stage *g)
         free(g->flat[w]);
         st_tensor_destroy(g->bufs[w]);
     }
+    st_tensor_destroy(g->half);
+    st_tensor_destroy(g->unpack);
     free(g->layers);
     free(g->offsets);
     free(g->params);
@@ -616,8 +643,17 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         if (!(g->layers[l].ops = st_layer_ops_of(g->layers[l].desc->type)))
             s = st_error(ST_ERR_INVALID, "layer %s has no operations", g->layers[l].desc->name);
     static const char *const buf_names[4] = {"parameters", "gradients", "AdamW m", "AdamW v"};
+    if (s == ST_OK && sizes.half_numel > 0) {
+        char name[40];
+        snprintf(name, sizeof name, "parameters (%s)", st_dtype_name(g->cfg.weights));
+        size_t shape[1] = {sizes.half_numel};
+        if ((s = st_tensor_create(dev, g->cfg.weights, 1, shape, name, &g->half)) == ST_OK)
+            g->bytes += sizes.half_numel * st_dtype_size(g->cfg.weights);
+        if (s == ST_OK && sizes.unpack_floats > 0)
+            s = make_buffer(g, ST_F32, sizes.unpack_floats, "widened weights", &g->unpack);
+    }
     for (int w = 0; s == ST_OK && w < sizes.param_buffers; w++) {
-        size_t len = w == ST_STAGE_PARAMS ? g->numel
+        size_t len = w == ST_STAGE_PARAMS ? g->numel - sizes.half_numel
                      : w == ST_STAGE_GRADS ? sizes.train_numel
                                            : sizes.moment_numel;
         if (len > 0 && (s = make_buffer(g, ST_F32, len, buf_names[w], &g->bufs[w])) == ST_OK &&
@@ -639,6 +675,7 @@ st_status st_stage_create(st_device *dev, const st_model_desc *desc, const st_st
         st_layer *L = &g->layers[l];
         L->pbuf = g->bufs[ST_STAGE_PARAMS];
         L->gbuf = g->bufs[ST_STAGE_GRADS];
+        L->hbuf = g->half;
         s = L->ops->bind(L);
     }
     for (int k = 0; s == ST_OK && g->out && k < g->slots; k++)
@@ -708,12 +745,33 @@ static st_status moment_parts(const st_stage *g, st_stage_buf which, size_t i, f
     return s;
 }
 
+/* A 16-bit parameter as floats: widened when read (exactly), rounded to
+ * nearest even when written. */
+static st_status half_io(const st_stage *g, size_t i, float *host, bool write)
+{
+    size_t n = g->params[i].desc->numel;
+    uint16_t *h = malloc((n ? n : 1) * sizeof *h);
+    if (!h)
+        return st_error(ST_ERR_HOST_MEMORY, "out of host memory for %zu values", n);
+    st_status s = ST_OK;
+    if (write) {
+        st_f32_to_16(g->params[i].dtype, host, h, n);
+        s = st_tensor_write(g->half, g->params[i].offset, n, h);
+    } else if ((s = st_tensor_read(g->half, g->params[i].offset, n, h)) == ST_OK) {
+        st_16_to_f32(g->params[i].dtype, h, host, n);
+    }
+    free(h);
+    return s;
+}
+
 st_status st_stage_read(const st_stage *g, st_stage_buf which, size_t i, float *host)
 {
     if (!has_buffer(g, which, i))
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
     if (g->shards > 1 && which >= ST_STAGE_ADAM_M)
         return moment_parts(g, which, i, host, false);
+    if (which == ST_STAGE_PARAMS && g->params[i].dtype != ST_F32)
+        return half_io(g, i, host, false);
     return st_tensor_read(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
 
@@ -723,6 +781,8 @@ st_status st_stage_write(st_stage *g, st_stage_buf which, size_t i, const float 
         return st_error(ST_ERR_INVALID, "no buffer %d for parameter %zu", (int)which, i);
     if (g->shards > 1 && which >= ST_STAGE_ADAM_M)
         return moment_parts(g, which, i, (float *)host, true);
+    if (which == ST_STAGE_PARAMS && g->params[i].dtype != ST_F32)
+        return half_io(g, i, (float *)host, true);
     return st_tensor_write(g->bufs[which], g->params[i].offset, g->params[i].desc->numel, host);
 }
 

@@ -1194,6 +1194,26 @@ static st_status source_open(const st_checkpoint *ck, bool optimizer, const char
     return s;
 }
 
+st_status st_checkpoint_weights_dtype(const st_checkpoint *ck, st_dtype *out)
+{
+    source src;
+    st_status s = source_open(ck, false, "model", &src);
+    *out = ST_F32;
+    bool found = false;
+    for (size_t f = 0; s == ST_OK && !found && f < src.n; f++) {
+        const st_safetensors_entry *e;
+        for (size_t i = 0; !found && (e = st_safetensors_at(src.file[f], i)); i++)
+            if (e->ndim == 2) {
+                *out = strcmp(e->dtype, "BF16") == 0  ? ST_BF16
+                       : strcmp(e->dtype, "F16") == 0 ? ST_F16
+                                                      : ST_F32;
+                found = true;
+            }
+    }
+    source_close(&src);
+    return s;
+}
+
 static const st_safetensors_entry *source_find(const source *src, const char *name)
 {
     for (size_t i = 0; i < src->n; i++) {
