@@ -544,12 +544,12 @@ static void packed_attention_equals_separate_sequences(void **state)
                 size_t W = (size_t)C + 2 * (size_t)KV * HS, n = (size_t)B * T * C;
                 size_t nq = (size_t)B * T * W, na = (size_t)B * NH * T * T, nl = (size_t)B * NH * T;
                 double *qkv = rnd(nq, 300 + k, 2.0), *dout = rnd(n, 310 + k, 1.0);
-                double *bias = rnd(W, 320 + k, 0.5);
+                double *bias = rnd(W, 320 + k, 0.5), *scratch = zeros(na > nl ? na : nl);
                 st_tensor *tq = up(dev, qkv, nq, "qkv"), *tdout = up(dev, dout, n, "dout"),
                           *tout = up(dev, dout, n, "out"), *tdq = up(dev, qkv, nq, "dqkv"),
                           *tb = up(dev, bias, W, "bias"), *tp = up_int(dev, pos, B * T),
-                          *tl = up(dev, dout, flash ? nl : na, "lse or att"),
-                          *tdatt = up(dev, qkv, flash ? 1 : na, "datt");
+                          *tl = up(dev, scratch, flash ? nl : na, "lse or att"),
+                          *tdatt = up(dev, scratch, flash ? 1 : na, "datt");
                 if (flash) {
                     assert_ok(st_attention_gqa_fwd(tout, tl, tq, tb, tp, B, T, C, NH, KV));
                     assert_ok(
@@ -574,11 +574,12 @@ static void packed_attention_equals_separate_sequences(void **state)
                             q1[e] = (double)(float)qkv[((size_t)b * T + t0) * W + e];
                         for (size_t e = 0; e < m; e++)
                             do1[e] = (double)(float)dout[((size_t)b * T + t0) * C + e];
+                        size_t ns = flash ? (size_t)NH * L : (size_t)NH * L * L;
+                        double *s1 = zeros(ns);
                         st_tensor *sq = up(dev, q1, mq, "qkv1"), *sdo = up(dev, do1, m, "dout1"),
                                   *so = up(dev, do1, m, "out1"), *sdq = up(dev, q1, mq, "dqkv1"),
-                                  *sl = up(dev, do1, flash ? (size_t)NH * L : (size_t)NH * L * L,
-                                           "lse1"),
-                                  *sda = up(dev, q1, flash ? 1 : (size_t)NH * L * L, "datt1");
+                                  *sl = up(dev, s1, ns, "lse1"),
+                                  *sda = up(dev, s1, flash ? 1 : ns, "datt1");
                         if (flash) {
                             assert_ok(st_attention_gqa_fwd(so, sl, sq, tb, NULL, 1, L, C, NH, KV));
                             assert_ok(st_attention_gqa_bwd(sdq, sdo, so, sl, sq, tb, NULL, 1, L, C,
@@ -609,12 +610,12 @@ static void packed_attention_equals_separate_sequences(void **state)
                         st_tensor *all[] = {sq, sdo, so, sdq, sl, sda};
                         for (size_t i = 0; i < 6; i++)
                             st_tensor_destroy(all[i]);
-                        free(q1), free(do1), free(o1), free(d1), free(l1);
+                        free(q1), free(do1), free(o1), free(d1), free(l1), free(s1);
                     }
                 st_tensor *all[] = {tq, tdout, tout, tdq, tb, tp, tl, tdatt};
                 for (size_t i = 0; i < 8; i++)
                     st_tensor_destroy(all[i]);
-                free(out), free(dq), free(lse), free(qkv), free(dout), free(bias);
+                free(out), free(dq), free(lse), free(qkv), free(dout), free(bias), free(scratch);
             }
 }
 

@@ -177,7 +177,7 @@ expect 2 "--pack is for JSON Lines data" -- "$strata" train --pack on --steps 1
 # Weights held in 16 bits for inference (--dtype; a float folder's rounded):
 # the loss moves by about the rounding; an unknown type is refused.
 a=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --dtype fp32 2>&1 | grep -o 'loss [0-9.]*')
-for t in bf16 fp16; do
+for t in bf16; do # (fp16: test_llama and test_gpt)
     b=$("$strata" eval --model "$work/lsum" --data "$work/sums.jsonl" --seq 12 --dtype $t 2>&1 | grep -o 'loss [0-9.]*')
     awk -v a="${a#loss }" -v b="${b#loss }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d < 0.02 * a) }' ||
         fail "eval --dtype $t: '$b', fp32 '$a'"

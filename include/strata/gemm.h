@@ -10,6 +10,13 @@
  *
  * The first call of a kind compiles CLBlast's kernels (seconds on PoCL):
  * st_gemm_warmup() does that up front so that measured loops do not pay it.
+ *
+ * A and C are F32. B may be stored in 16 bits (BF16, F16: weights held as
+ * st_param_storage says), in one unbatched product: the decoding kernels
+ * read it as stored; CLBlast, which takes floats, gets it widened into its
+ * float scratch (st_tensor_unpack: refused without one), a block of B's
+ * rows (trans_b) or columns at a time, one call per block. Widening is
+ * exact: the product is the one of B's float copy.
  */
 #ifndef STRATA_GEMM_H
 #define STRATA_GEMM_H

@@ -18,7 +18,9 @@ extern "C" {
 #endif
 
 /* The linear layer (GPT-2's Conv1D, weights stored [in, out]):
- * out[N,OC] = inp[N,IC] . w[IC,OC] + b[OC]; b may be NULL. */
+ * out[N,OC] = inp[N,IC] . w[IC,OC] + b[OC]; b may be NULL. Here and in
+ * st_linear_*, st_encoder_fwd and st_embedding_fwd the weight matrices may
+ * be stored in 16 bits (BF16, F16; strata/gemm.h), the rest is F32. */
 st_status st_matmul_fwd(st_tensor *out, const st_tensor *inp, const st_tensor *w,
                         const st_tensor *b, int N, int IC, int OC);
 /* dinp[N,IC] = dout . w^T + dinp_beta * dinp (skipped when dinp is NULL);

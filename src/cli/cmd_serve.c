@@ -41,6 +41,8 @@ static void serve_help(void)
            "\n"
            "  -m, --model DIR        the model folder (Strata's or Hugging Face's; required)\n"
            "  --adapter DIR          a LoRA adapter in PEFT's format merged into the weights\n"
+           "  --dtype T              the weight matrices held in bf16, fp16 or fp32 (default:\n"
+           "                         as the folder stores them; fp32 with --adapter)\n"
            "  --model-name NAME      the model's id in the API (default: the folder's name)\n"
            "  --tokenizer PATH       a tokenizer.json or folder instead of the model's\n"
            "                         (none at all: text is bytes)\n"
@@ -100,7 +102,8 @@ static st_status load(void *ctx, st_infer **in, st_tokenizer **tk)
                            .adapter = adapter,
                            .split = c->split, .parallel = c->parallel_plan,
                            .keep_all_devices = c->keep_all_devices,
-                           .quiet = true};
+                           .quiet = true, .weights_given = c->dtype >= 0,
+                           .weights = c->dtype >= 0 ? (st_dtype)c->dtype : ST_F32};
     s = st_infer_open(c->model_dir, L->devs.dev, L->devs.n, &io, in);
     st_adapter_close(adapter); /* merged into the weights: not needed past loading */
     if (s != ST_OK)
@@ -127,6 +130,7 @@ int cmd_serve(int argc, char **argv)
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
                                          {"model-name", required_argument, NULL, 'N'},
                                          {"adapter", required_argument, NULL, 'A'},
+                                         {"dtype", required_argument, NULL, 'w'},
                                          {"tokenizer", required_argument, NULL, 'z'},
                                          {"host", required_argument, NULL, 'H'},
                                          {"port", required_argument, NULL, 'p'},
@@ -146,7 +150,7 @@ int cmd_serve(int argc, char **argv)
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     sv_config c = {.host = "127.0.0.1", .port = 8080, .parallel = 8, .queue = 64,
-                   .max_body = 1 << 20, .drain_s = 30, .timeout_s = 60};
+                   .max_body = 1 << 20, .drain_s = 30, .timeout_s = 60, .dtype = -1};
     long port = 8080, parallel = 8, queue = 64, ctx = 0, prefill = 0, max_tokens = 0,
          max_body = 1 << 20;
     const char *mem_limit = NULL;
@@ -158,6 +162,11 @@ int cmd_serve(int argc, char **argv)
         switch (o) {
         case 'm': c.model_dir = optarg; break;
         case 'A': c.adapter = optarg; break;
+        case 'w':
+            if ((c.dtype = cli_weights_dtype(optarg)) < 0)
+                return cli_usage_error("serve", "bad value '%s' for --dtype: bf16, fp16 or fp32",
+                                       optarg);
+            break;
         case 'N':
             if (!*optarg || strlen(optarg) > 200)
                 return cli_usage_error("serve", "--model-name needs 1 to 200 characters");

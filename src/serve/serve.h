@@ -130,6 +130,7 @@ typedef struct sv_config {
     const char *api_key; /* NULL: none */
     const char *devices, *split, *parallel_plan;
     bool keep_all_devices;
+    int dtype;           /* the weights' storage (st_dtype), or -1: as the folder stores them */
 } sv_config;
 
 struct st_infer;
