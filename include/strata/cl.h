@@ -52,6 +52,11 @@ typedef struct st_karg {
 #define ST_KU(x) ((st_karg){.kind = 'u', .u = (cl_ulong)(x)})
 #define ST_KF(x) ((st_karg){.kind = 'f', .f = (cl_float)(x)})
 
+/* The kernel file built for a weight matrix's storage type: file itself for
+ * F32, else "file#W_BF16" or "file#W_F16" (in buf), which st_launch builds
+ * with that name defined (cl/gemv.cl, cl/encoder.cl, cl/convert.cl). */
+const char *st_typed_file(const char *file, st_dtype dt, char *buf, size_t size);
+
 /* Enqueues kernel `name` of cl/<file> over `global` work-items (rounded up
  * to a multiple of `local`; local 0 lets the driver choose and does not round). */
 st_status st_launch(st_device *dev, const char *file, const char *name, size_t global,

@@ -153,17 +153,6 @@ static bool own_gemv(st_device *dev)
     return st_device_get_info(dev)->type == ST_DEVICE_CPU;
 }
 
-/* The kernel file of cl/gemv.cl or cl/convert.cl for a storage type
- * (built with the type's definition: st_device_kernel's "file#NAME"). */
-static const char *typed(bool gemv, st_dtype dt)
-{
-    if (dt == ST_BF16)
-        return gemv ? "gemv.cl#W_BF16" : "convert.cl#W_BF16";
-    if (dt == ST_F16)
-        return gemv ? "gemv.cl#W_F16" : "convert.cl#W_F16";
-    return gemv ? "gemv.cl" : "convert.cl";
-}
-
 /* B stored in 16 bits, through CLBlast: widened a block at a time into its
  * float scratch (st_tensor_unpack), each block's product one call. B is
  * [n, k] (trans_b: blocks of its rows) or [k, n] (blocks of its columns);
@@ -191,7 +180,8 @@ static st_status gemm_unpacked(const st_gemm_args *g, st_device *dev)
         /* trans_b: rows n0.. of [n, k]; else columns n0.. of each of the k rows */
         size_t rows = g->trans_b ? w : g->k, cols = g->trans_b ? g->k : w;
         size_t add = g->b_offset + (g->trans_b ? n0 * g->ldb : n0);
-        if ((s = ST_LAUNCH(dev, typed(false, dt), "unpack16", rows * cols, 64, ST_KT(u),
+        char file[32];
+        if ((s = ST_LAUNCH(dev, st_typed_file("convert.cl", dt, file, sizeof file), "unpack16", rows * cols, 64, ST_KT(u),
                            ST_KT(g->b), ST_KU(add), ST_KI(rows), ST_KI(cols),
                            ST_KI(g->ldb))) != ST_OK)
             break;
@@ -237,13 +227,14 @@ st_status st_gemm(const st_gemm_args *g)
     if ((s = check_clblast_room(g, dev, &q, ta, tb, ao, bo, co, outer * batch)) != ST_OK)
         return s;
     bool wide = st_tensor_dtype(g->b) == ST_F32;
+    char file[32];
     if (outer == 1 && batch == 1 && (g->m == 1 || (decoding && g->m <= ST_GEMV_ROWS)) &&
         !g->trans_a && own_gemv(dev))
         /* A few rows against a matrix on a CPU device (decoding): our own
          * kernels (cl/gemv.cl), which read each weight once for all the
          * rows, at four to five times CLBlast's GEMV rate there for one row
          * (the profiler names them); a 16-bit matrix read as it is stored. */
-        return ST_LAUNCH(dev, typed(true, st_tensor_dtype(g->b)),
+        return ST_LAUNCH(dev, st_typed_file("gemv.cl", st_tensor_dtype(g->b), file, sizeof file),
                          g->trans_b ? "gemv_rows" : "gemv_cols",
                          g->trans_b ? (g->n + 1) / 2 : (g->n + 15) / 16, 0,
                          ST_KT(g->c), ST_KT(g->b), ST_KT(g->a), ST_KU(g->c_offset),

@@ -47,6 +47,14 @@ static st_status set_args(st_device *dev, cl_kernel k, const char *name, size_t 
     return ST_OK;
 }
 
+const char *st_typed_file(const char *file, st_dtype dt, char *buf, size_t size)
+{
+    if (dt != ST_BF16 && dt != ST_F16)
+        return file;
+    snprintf(buf, size, "%s#%s", file, dt == ST_BF16 ? "W_BF16" : "W_F16");
+    return buf;
+}
+
 st_status st_launch(st_device *dev, const char *file, const char *name, size_t global,
                     size_t local, size_t nargs, const st_karg *args)
 {

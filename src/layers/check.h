@@ -9,8 +9,6 @@ st_status st_op_need(const char *op, const st_tensor *t, size_t n, st_dtype dtyp
 
 /* The same for a weight matrix: F32, or stored in 16 bits (BF16, F16). */
 st_status st_op_need_w(const char *op, const st_tensor *t, size_t n);
-/* The kernel file for t's storage type: file, or "file#W_BF16" / "file#W_F16". */
-const char *st_op_typed(const char *file, const st_tensor *t, char *buf, size_t size);
 
 #define NEED_W(op, t, n)                                                       \
     do {                                                                       \

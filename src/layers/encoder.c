@@ -27,7 +27,7 @@ st_status st_encoder_fwd(st_tensor *out, const st_tensor *tokens, const st_tenso
         return s;
     const st_tensor *tab = rows ? rows : pos ? pos : tokens;
     char file[32];
-    return ST_LAUNCH(st_tensor_device(out), st_op_typed("encoder.cl", wte, file, sizeof file),
+    return ST_LAUNCH(st_tensor_device(out), st_typed_file("encoder.cl", st_tensor_dtype(wte), file, sizeof file),
                      "encoder_fwd", BT * C, 64, ST_KT(out),
                      ST_KT(tokens), ST_KT(wte), ST_KT(wpe), ST_KT(tab),
                      ST_KI(rows ? 1 : pos ? 2 : 0), ST_KI(BT), ST_KI(T), ST_KI(C), ST_KI(V));
@@ -72,7 +72,7 @@ st_status st_embedding_fwd(st_tensor *out, const st_tensor *tokens, const st_ten
     if (s != ST_OK)
         return s;
     char file[32];
-    return ST_LAUNCH(st_tensor_device(out), st_op_typed("encoder.cl", wte, file, sizeof file),
+    return ST_LAUNCH(st_tensor_device(out), st_typed_file("encoder.cl", st_tensor_dtype(wte), file, sizeof file),
                      "embedding_fwd", (size_t)N * C, 64,
                      ST_KT(out), ST_KT(tokens), ST_KT(wte), ST_KI(N), ST_KI(C), ST_KI(V));
 }

@@ -34,14 +34,6 @@ st_status st_op_need_w(const char *op, const st_tensor *t, size_t n)
     return st_op_need(op, t, n, dt == ST_BF16 || dt == ST_F16 ? dt : ST_F32);
 }
 
-const char *st_op_typed(const char *file, const st_tensor *t, char *buf, size_t size)
-{
-    st_dtype dt = st_tensor_dtype(t);
-    if (dt != ST_BF16 && dt != ST_F16)
-        return file;
-    snprintf(buf, size, "%s#%s", file, dt == ST_BF16 ? "W_BF16" : "W_F16");
-    return buf;
-}
 
 static st_status check_rows(const char *op, int N, int C)
 {
