@@ -253,10 +253,40 @@ __kernel void attention_flash_bwd_q(__global float *dqkv, const ulong dqkv_off,
  * by trees in local memory), and out[r, h*HS + d] = sum_j p_j v_j[d]. */
 #define FA_DEC_WG 64
 
+/* The KV cache's storage, one build per type (layers/attention.c names
+ * "flash.cl#W_BF16" or "flash.cl#W_F16" for a 16-bit cache; the training
+ * kernels above do not use it): float by default; W_BF16, the top half of
+ * a float, widened exactly by a shift and rounded to nearest even as it is
+ * written (a NaN stays a NaN); W_F16 through vload_half / vstore_half
+ * (round to nearest even), core OpenCL. The arithmetic is float. */
+#if defined(W_BF16)
+typedef ushort kvtype;
+#define KV_LOAD(p, i) as_float((uint)(p)[i] << 16)
+#define KV_LOAD8(d, p) as_float8(upsample(vload8((d), (p)), (ushort8)(0)))
+static ushort kv_round(const float f)
+{
+    const uint u = as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (ushort)((u >> 16) | 0x40u);
+    return (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define KV_STORE(p, i, v) ((p)[i] = kv_round(v))
+#elif defined(W_F16)
+typedef half kvtype;
+#define KV_LOAD(p, i) vload_half((i), (p))
+#define KV_LOAD8(d, p) vload_half8((d), (p))
+#define KV_STORE(p, i, v) vstore_half((v), (i), (p))
+#else
+typedef float kvtype;
+#define KV_LOAD(p, i) ((p)[i])
+#define KV_LOAD8(d, p) vload8((d), (p))
+#define KV_STORE(p, i, v) ((p)[i] = (v))
+#endif
+
 /* The keys and values of qkv's n rows (+ bias) into the caches at each
  * row's sequence and position: one work-item per element. */
-__kernel void attention_kv_write(__global float *kc, const ulong kc_off,
-                                 __global float *vc, const ulong vc_off,
+__kernel void attention_kv_write(__global kvtype *kc, const ulong kc_off,
+                                 __global kvtype *vc, const ulong vc_off,
                                  __global const float *qkv, const ulong qkv_off,
                                  __global const float *qkv_b, const ulong qkv_b_off,
                                  const int has_bias, __global const int *rows,
@@ -270,14 +300,14 @@ __kernel void attention_kv_write(__global float *kc, const ulong kc_off,
     const int r = (int)(e / KVD), c = (int)(e % KVD);
     const size_t at = ((size_t)rows[rows_off + 2 * r] * S + rows[rows_off + 2 * r + 1]) * KVD + c;
     __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
-    kc[kc_off + at] = x[C + c] + BIAS(C + c);
-    vc[vc_off + at] = x[C + KVD + c] + BIAS(C + KVD + c);
+    KV_STORE(kc, kc_off + at, x[C + c] + BIAS(C + c));
+    KV_STORE(vc, vc_off + at, x[C + KVD + c] + BIAS(C + KVD + c));
 }
 
 __kernel void attention_decode(__global float *out, const ulong out_off,
                                __global float *scores, const ulong scores_off,
-                               __global float *kc, const ulong kc_off,
-                               __global float *vc, const ulong vc_off,
+                               __global kvtype *kc, const ulong kc_off,
+                               __global kvtype *vc, const ulong vc_off,
                                __global const float *qkv, const ulong qkv_off,
                                __global const float *qkv_b, const ulong qkv_b_off,
                                const int has_bias, __global const int *rows,
@@ -292,14 +322,14 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
     const int hk = h / (NH / KV);
     __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
     __global float *sc = scores + scores_off + ((size_t)r * NH + h) * S;
-    __global float *K = kc + kc_off + (size_t)seq * S * KVD;
-    __global float *V = vc + vc_off + (size_t)seq * S * KVD;
+    __global kvtype *K = kc + kc_off + (size_t)seq * S * KVD;
+    __global kvtype *V = vc + vc_off + (size_t)seq * S * KVD;
     for (int d = lid; d < HS; d += FA_DEC_WG) {
         const int c = h * HS + d, ck = hk * HS + d;
         q[d] = x[c] + BIAS(c);
         if (own_row) {
-            K[(size_t)pos * KVD + ck] = x[C + ck] + BIAS(C + ck);
-            V[(size_t)pos * KVD + ck] = x[C + KVD + ck] + BIAS(C + KVD + ck);
+            KV_STORE(K, (size_t)pos * KVD + ck, x[C + ck] + BIAS(C + ck));
+            KV_STORE(V, (size_t)pos * KVD + ck, x[C + KVD + ck] + BIAS(C + KVD + ck));
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
@@ -307,7 +337,7 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
     for (int j = lid; j <= pos; j += FA_DEC_WG) {
         float s = 0.0f;
         for (int d = 0; d < HS; d++)
-            s += q[d] * K[(size_t)j * KVD + hk * HS + d];
+            s += q[d] * KV_LOAD(K, (size_t)j * KVD + hk * HS + d);
         s *= scale;
         sc[j] = s;
         m = fmax(m, s);
@@ -338,7 +368,7 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
     for (int d = lid; d < HS; d += FA_DEC_WG) {
         float acc = 0.0f;
         for (int j = 0; j <= pos; j++)
-            acc += sc[j] * V[(size_t)j * KVD + hk * HS + d];
+            acc += sc[j] * KV_LOAD(V, (size_t)j * KVD + hk * HS + d);
         out[out_off + (size_t)r * C + h * HS + d] = acc * inv;
     }
 }
@@ -351,8 +381,8 @@ __kernel void attention_decode(__global float *out, const ulong out_off,
  * channels at a time when the head size allows. */
 __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
                                    __global float *scores, const ulong scores_off,
-                                   __global float *kc, const ulong kc_off,
-                                   __global float *vc, const ulong vc_off,
+                                   __global kvtype *kc, const ulong kc_off,
+                                   __global kvtype *vc, const ulong vc_off,
                                    __global const float *qkv, const ulong qkv_off,
                                    __global const float *qkv_b, const ulong qkv_b_off,
                                    const int has_bias, __global const int *rows,
@@ -365,13 +395,13 @@ __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
     const int r = get_global_id(0) / NH, h = get_global_id(0) % NH, hk = h / (NH / KV);
     const int seq = rows[rows_off + 2 * r], pos = rows[rows_off + 2 * r + 1];
     __global const float *x = qkv + qkv_off + (size_t)r * W, *bias = qkv_b + qkv_b_off;
-    __global float *K = kc + kc_off + (size_t)seq * S * KVD + hk * HS;
-    __global float *V = vc + vc_off + (size_t)seq * S * KVD + hk * HS;
+    __global kvtype *K = kc + kc_off + (size_t)seq * S * KVD + hk * HS;
+    __global kvtype *V = vc + vc_off + (size_t)seq * S * KVD + hk * HS;
     if (own_row) /* the groups of one key/value head write the same values */
         for (int d = 0; d < HS; d++) {
             const int ck = C + hk * HS + d;
-            K[(size_t)pos * KVD + d] = x[ck] + BIAS(ck);
-            V[(size_t)pos * KVD + d] = x[ck + KVD] + BIAS(ck + KVD);
+            KV_STORE(K, (size_t)pos * KVD + d, x[ck] + BIAS(ck));
+            KV_STORE(V, (size_t)pos * KVD + d, x[ck + KVD] + BIAS(ck + KVD));
         }
     __global float *o = out + out_off + (size_t)r * C + h * HS;
     float m = -INFINITY, l = 0.0f;
@@ -386,10 +416,10 @@ __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
             acc[d] = (float8)(0.0f);
         }
         for (int j = 0; j <= pos; j++) {
-            __global const float *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
+            __global const kvtype *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
             float8 t = (float8)(0.0f);
             for (int d = 0; d < H8; d++)
-                t += q[d] * vload8(d, kj);
+                t += q[d] * KV_LOAD8(d, kj);
             float s = (((t.s0 + t.s1) + (t.s2 + t.s3)) + ((t.s4 + t.s5) + (t.s6 + t.s7))) * scale;
             if (s > m) {
                 const float c = exp(m - s);
@@ -401,7 +431,7 @@ __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
             const float p = exp(s - m);
             l += p;
             for (int d = 0; d < H8; d++)
-                acc[d] += p * vload8(d, vj);
+                acc[d] += p * KV_LOAD8(d, vj);
         }
         const float inv = 1.0f / l;
         for (int d = 0; d < H8; d++)
@@ -414,10 +444,10 @@ __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
         acc[d] = 0.0f;
     }
     for (int j = 0; j <= pos; j++) {
-        __global const float *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
+        __global const kvtype *kj = K + (size_t)j * KVD, *vj = V + (size_t)j * KVD;
         float s = 0.0f;
         for (int d = 0; d < HS; d++)
-            s += q[d] * kj[d];
+            s += q[d] * KV_LOAD(kj, d);
         s *= scale;
         if (s > m) {
             const float c = exp(m - s);
@@ -429,7 +459,7 @@ __kernel void attention_decode_cpu(__global float *out, const ulong out_off,
         const float p = exp(s - m);
         l += p;
         for (int d = 0; d < HS; d++)
-            acc[d] += p * vj[d];
+            acc[d] += p * KV_LOAD(vj, d);
     }
     const float inv = 1.0f / l;
     for (int d = 0; d < HS; d++)

@@ -123,9 +123,10 @@ static inline void stage_round_weights(st_stage *g0, st_stage *g1, st_dtype dt)
 /* Weights stored in 16 bits (st_model_config.weights, BF16 and F16):
  * holding values a 16-bit type represents, an inference stage gives the
  * logits of the float stage holding the same values, a whole sequence at
- * once (products through the widening scratch) and token by token from
- * its KV cache (products reading the 16-bit weights); it holds the 2-D
- * weights in two bytes each, to the byte of st_stage_sizes_of. A LoRA
+ * once (products through the widening scratch), and close logits token by
+ * token from its KV cache (products reading the 16-bit weights; keys and
+ * values stored in the 16-bit type); it holds the 2-D weights and the KV
+ * cache in two bytes each, to the byte of st_stage_sizes_of. A LoRA
  * stage over a 16-bit frozen base gives the adapters the gradients of one
  * over a float base. */
 static inline void stage_16bit_weights_match(st_device *dev, const st_model_desc *desc, int T)
@@ -153,7 +154,11 @@ static inline void stage_16bit_weights_match(st_device *dev, const st_model_desc
         assert_ok(st_stage_sizes_of(d16, &o, &z1));
         assert_int_equal(st_stage_bytes(g1), z1.bytes);
         assert_true(z1.half_numel > 0 && z0.half_numel == 0);
-        assert_int_equal(z0.bytes - z1.bytes, 2 * (uint64_t)z1.half_numel - 4 * (uint64_t)z1.unpack_floats);
+        assert_true(z1.kv_half_numel > 0 && z0.kv_half_numel == 0);
+        assert_int_equal(z0.decode_floats - z1.decode_floats, z1.kv_half_numel);
+        assert_int_equal(z0.bytes - z1.bytes, 2 * (uint64_t)z1.half_numel +
+                                                  2 * (uint64_t)z1.kv_half_numel -
+                                                  4 * (uint64_t)z1.unpack_floats);
         assert_ok(st_stage_init(g0, 11));
         stage_round_weights(g0, g1, types[k]);
         assert_ok(st_stage_forward(g0, 0, tok, NULL, 2, T));
@@ -161,10 +166,13 @@ static inline void stage_16bit_weights_match(st_device *dev, const st_model_desc
         assert_ok(st_stage_forward(g1, 0, tok, NULL, 2, T));
         assert_ok(st_stage_output_read(g1, 0, 2, T, l1));
         assert_close(l1, l0, N * V, 1e-6, 1e-5);
+        /* decoding: the KV cache holds keys and values in the 16-bit
+         * type too (rounded: close, not equal; test_llama_layers checks
+         * the kernels exactly) */
         for (int t = 0; t < 4; t++) {
             assert_ok(st_stage_decode(g0, tok[t], t, l0));
             assert_ok(st_stage_decode(g1, tok[t], t, l1));
-            assert_close(l1, l0, (size_t)V, 1e-6, 1e-5);
+            assert_close(l1, l0, (size_t)V, 1e-2, 1e-2);
         }
         st_stage_destroy(g0);
         st_stage_destroy(g1);

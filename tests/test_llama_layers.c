@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "strata/dtype.h"
 #include "strata/layers.h"
 #include "tests/common.h"
 #include "tests/ref_ops.h"
@@ -634,6 +635,112 @@ static void gqa_rows_of_many_sequences(void **state)
         free(qkv[q]), free(out[q]);
 }
 
+/* n values of x as a 16-bit device tensor (rounded to nearest even). */
+static st_tensor *up16(st_device *dev, st_dtype dt, const double *x, size_t n)
+{
+    float *f = malloc(n * sizeof *f);
+    uint16_t *h = malloc(n * sizeof *h);
+    assert_true(f && h);
+    for (size_t i = 0; i < n; i++)
+        f[i] = (float)x[i];
+    st_f32_to_16(dt, f, h, n);
+    st_tensor *t;
+    assert_ok(st_tensor_create(dev, dt, 1, &n, "cache16", &t));
+    assert_ok(st_tensor_write(t, 0, n, h));
+    free(f), free(h);
+    return t;
+}
+
+/* A KV cache stored in 16 bits (BF16, F16; st_kv_storage): a prompt's
+ * chunk in one pass (keys and values written by attention_kv_write) and a
+ * decoded token (written by the decoding kernel itself) give the full
+ * causal attention over keys and values rounded to the type, queries not
+ * rounded; the cache then holds every row's key and value rounded to
+ * nearest even, bit for bit as the host rounds them. */
+static void gqa_decode_16bit_cache(void **state)
+{
+    (void)state;
+    /* T, C, NH, KV, p0 (p0 = T - 1: one token, written by the decoder) */
+    static const int shapes[][5] = {{7, 12, 3, 1, 3}, {70, 32, 4, 2, 33}, {70, 32, 4, 2, 69},
+                                    {20, 256, 4, 4, 0}, {20, 256, 4, 4, 19}};
+    static const st_dtype types[2] = {ST_BF16, ST_F16};
+    for (int ty = 0; ty < 2; ty++)
+    for (int form = ST_LAYERS_GPU; form <= ST_LAYERS_CPU; form++)
+    for (size_t d = 0; (st_layers_set_variant(form), d < td.n); d++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            st_dtype dt = types[ty];
+            st_device *dev = td.dev[d];
+            int T = shapes[k][0], C = shapes[k][1], NH = shapes[k][2], KV = shapes[k][3];
+            int p0 = shapes[k][4], n = T - p0;
+            int KVD = KV * (C / NH), W = C + 2 * KVD, S = T + 3;
+            size_t nq = (size_t)T * W;
+            double *qkv = rnd(nq, 150 + k, 2.0), *rq = malloc(nq * sizeof *rq);
+            memcpy(rq, qkv, nq * sizeof *rq);
+            for (int r = 0; r < T; r++) /* the reference's keys and values rounded */
+                for (int e = C; e < W; e++) {
+                    float f = (float)qkv[(size_t)r * W + e];
+                    uint16_t h;
+                    st_f32_to_16(dt, &f, &h, 1);
+                    st_16_to_f32(dt, &h, &f, 1);
+                    rq[(size_t)r * W + e] = f;
+                }
+            double *out = zeros((size_t)T * C), *att = zeros((size_t)NH * T * T);
+            ref_gqa_attention_fwd(out, att, rq, 1, T, C, NH, KV);
+            size_t nc = 2 * (size_t)S * KVD, off = (size_t)S * KVD;
+            double *kc = zeros(nc), *vc = zeros(nc), *scratch = zeros((size_t)n * NH * S);
+            for (int r = 0; r < T; r++)
+                for (int e = 0; e < KVD; e++) {
+                    kc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + e];
+                    vc[off + (size_t)r * KVD + e] = qkv[(size_t)r * W + C + KVD + e];
+                }
+            /* rows before p0 in the cache; the rest written by the pass */
+            double *kc0 = zeros(nc), *vc0 = zeros(nc);
+            memcpy(kc0, kc, (off + (size_t)p0 * KVD) * sizeof *kc0);
+            memcpy(vc0, vc, (off + (size_t)p0 * KVD) * sizeof *vc0);
+            int *rows = malloc(2 * (size_t)n * sizeof *rows);
+            for (int r = 0; r < n; r++)
+                rows[2 * r] = 1, rows[2 * r + 1] = p0 + r;
+            st_tensor *tq = up(dev, qkv + (size_t)p0 * W, (size_t)n * W, "qkv"),
+                      *tk = up16(dev, dt, kc0, nc), *tv = up16(dev, dt, vc0, nc),
+                      *to = up(dev, out, (size_t)n * C, "out"),
+                      *ts = up(dev, scratch, (size_t)n * NH * S, "scores"),
+                      *tr = up_int(dev, rows, 2 * (size_t)n);
+            assert_ok(st_attention_gqa_decode(to, ts, tk, tv, tq, NULL, tr, n, n == 1, 2, S, C, NH,
+                                              KV));
+            check("16-bit cache: out", to, out + (size_t)p0 * C, (size_t)n * C);
+            for (int c = 0; c < 2; c++) { /* the caches, bit for bit */
+                double *want = c ? vc : kc;
+                float *f = malloc(nc * sizeof *f);
+                uint16_t *w16 = malloc(nc * sizeof *w16), *g16 = malloc(nc * sizeof *g16);
+                for (size_t i = 0; i < nc; i++)
+                    f[i] = (float)want[i];
+                st_f32_to_16(dt, f, w16, nc);
+                assert_ok(st_tensor_read(c ? tv : tk, 0, nc, g16));
+                assert_memory_equal(g16, w16, nc * sizeof *g16);
+                free(f), free(w16), free(g16);
+            }
+            st_tensor *all[] = {tq, tk, tv, to, ts, tr};
+            for (size_t i = 0; i < 6; i++)
+                st_tensor_destroy(all[i]);
+            free(qkv), free(rq), free(out), free(att), free(kc), free(vc), free(kc0), free(vc0),
+                free(scratch), free(rows);
+        }
+    st_layers_set_variant(-1);
+    /* a float cache with a 16-bit one is refused by name */
+    double *x = rnd(64, 1, 1.0);
+    st_device *dev = td.dev[0];
+    int rows[2] = {0, 0};
+    st_tensor *q = up(dev, x, 12, "qkv"), *o = up(dev, x, 4, "out"), *sc = up(dev, x, 4, "scores"),
+              *k = up16(dev, ST_BF16, x, 16), *v = up(dev, x, 16, "v"), *r = up_int(dev, rows, 2);
+    assert_int_equal(st_attention_gqa_decode(o, sc, k, v, q, NULL, r, 1, true, 1, 4, 4, 1, 1),
+                     ST_ERR_INVALID);
+    assert_contains(st_last_error(), "'v' is F32, expected BF16");
+    st_tensor *all[] = {q, o, sc, k, v, r};
+    for (size_t i = 0; i < 6; i++)
+        st_tensor_destroy(all[i]);
+    free(x);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -654,6 +761,7 @@ int main(void)
         cmocka_unit_test(gqa_decode_matches_reference),
         cmocka_unit_test(gqa_prefill_matches_reference),
         cmocka_unit_test(gqa_rows_of_many_sequences),
+        cmocka_unit_test(gqa_decode_16bit_cache),
     };
     return cmocka_run_group_tests(tests, NULL, group_teardown);
 }

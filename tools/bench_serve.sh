@@ -15,6 +15,8 @@
 #     them out (two replicas of the model, each stepping its own sequences), and as a
 #     pipeline of two stages (--layout pipeline)
 #     llama-server -t THREADS -np 16 -c 8192 (16 slots of 512 positions)
+#   DTYPE=bf16 (or fp16): the strata servers hold the weights and KV caches in that type
+#   (--dtype; llama-server keeps the GGUF's f32).
 #   Needs the openai package (tools/setup.sh --tests puts it in build/pyclients).
 set -euo pipefail
 strata=$(realpath "${1:-build/strata}")
@@ -67,7 +69,8 @@ load() {
 strata_serve() { # NAME POCL_DEVICES all|short [flags]
     local name=$1 devs=$2 rows=$3
     shift 3
-    POCL_DEVICES=$devs "$strata" serve --model "$model" --port 18473 --parallel 16 "$@" \
+    POCL_DEVICES=$devs "$strata" serve --model "$model" --port 18473 --parallel 16 \
+        ${DTYPE:+--dtype "$DTYPE"} "$@" \
         2>"$work/$name.log" &
     server=$!
     wait_ready http://127.0.0.1:18473 "$work/$name.log"

@@ -19,6 +19,12 @@ usage:
       the loss over TEXT's tokens (BOS first) in windows of T + 1 tokens one
       after another (as `strata eval --seq T`): the model in float32, with
       the adapter through peft when given
+  finetune_check.py eval-bf16 MODEL TEXT T
+      the same with the model computing in bfloat16 (weights and
+      activations, as transformers runs a published bf16 model)
+  finetune_check.py greedy-bf16 MODEL N PROMPT...
+      N greedy tokens after each prompt's tokens (BOS first), the model in
+      bfloat16: a JSON line per prompt (ids, text)
   finetune_check.py jsonl-loss MODEL FILE T
       the mean loss over a JSON Lines file's targets, each example a
       sequence of its own (as `strata eval --seq T --pack off` lays them;
@@ -81,9 +87,9 @@ def make(out, text_path):
                       'params': sum(p.numel() for p in model.parameters())}))
 
 
-def load(model_dir, adapter=None):
+def load(model_dir, adapter=None, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter)
@@ -142,10 +148,10 @@ def jsonl_loss(model_dir, path, T):
     print(json.dumps({'loss': total / count, 'tokens': count}))
 
 
-def eval_loss(model_dir, adapter, text_path, T):
+def eval_loss(model_dir, adapter, text_path, T, dtype=torch.float32):
     with open(text_path, encoding='utf-8') as f:
         ids = tokenize(model_dir, f.read())
-    model = load(model_dir, adapter)
+    model = load(model_dir, adapter, dtype)
     total, count = 0.0, 0
     with torch.no_grad():
         for k in range((len(ids) - 1) // T):
@@ -154,6 +160,21 @@ def eval_loss(model_dir, adapter, text_path, T):
             total += torch.nn.functional.cross_entropy(logits[0], w[0, 1:], reduction='sum').item()
             count += T
     print(json.dumps({'loss': total / count, 'tokens': count}))
+
+
+def greedy(model_dir, n, prompts, dtype):
+    with open(os.path.join(model_dir, 'tokenizer_config.json')) as f:
+        bos = json.load(f)['bos_token']
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(model_dir, 'tokenizer.json'))
+    model = load(model_dir, None, dtype)
+    with torch.no_grad():
+        for p in prompts:
+            ids = [tok.token_to_id(bos)] + tok.encode(p).ids
+            out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            new = [int(i) for i in out[0, len(ids):]]
+            print(json.dumps({'ids': new, 'text': tok.decode(new)}))
 
 
 def peft_merge(base, adapter, out):
@@ -174,6 +195,10 @@ def main():
         args = sys.argv[2:]
         adapter = args[1] if len(args) == 4 else None
         eval_loss(args[0], adapter, args[-2], int(args[-1]))
+    elif cmd == 'eval-bf16':
+        eval_loss(sys.argv[2], None, sys.argv[3], int(sys.argv[4]), torch.bfloat16)
+    elif cmd == 'greedy-bf16':
+        greedy(sys.argv[2], int(sys.argv[3]), sys.argv[4:], torch.bfloat16)
     elif cmd == 'jsonl-loss':
         jsonl_loss(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == 'peft-merge':

@@ -255,6 +255,12 @@ static inline int st_decode_rows(int prefill, int kv_seqs)
  * 2-D base weight that does not train (every one when !training, the
  * frozen ones when training), else F32. */
 st_dtype st_param_storage(const st_model_desc *d, const st_param_desc *p, bool training);
+/* The KV cache's storage on an inference stage: the config's 16-bit
+ * weights type when every block's attention reads its cache through
+ * cl/flash.cl (head sizes up to ST_FLASH_MAX_HEAD; larger heads read it by
+ * products over float rows), else F32. Keys and values are rounded to it
+ * (to nearest even) as they are written; the arithmetic is float. */
+st_dtype st_kv_storage(const st_model_desc *d);
 /* The most floats a stage's widening scratch holds (16 MiB): a larger
  * matrix is widened and multiplied a block of rows at a time. */
 #define ST_UNPACK_FLOATS ((size_t)1 << 22)
@@ -277,7 +283,8 @@ typedef struct st_stage_sizes {
     size_t recompute_floats; /* recomputing: one block's activations, shared by the slots */
     size_t kept_floats;      /* recomputing: per slot, the blocks' inputs (in slot_floats) */
     size_t consts;           /* the layers' tables */
-    size_t decode_floats;    /* decoding work and KV caches */
+    size_t decode_floats;    /* decoding work, and KV caches stored as floats */
+    size_t kv_half_numel;    /* KV caches stored in 16 bits (st_kv_storage) */
     size_t decode_ints;
     uint64_t bytes;          /* everything, for the options' slots */
 } st_stage_sizes;

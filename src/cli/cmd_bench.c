@@ -62,7 +62,7 @@ static void help(void)
            "  --inference         the inference benchmark\n"
            "  --model DIR         --inference: a model folder (default: a model from the\n"
            "                      options below, its weights drawn at random)\n"
-           "  --dtype T           --inference: the weights held in bf16, fp16 or fp32\n"
+           "  --dtype T           --inference: the weights and KV cache in bf16, fp16, fp32\n"
            "                      (default: as the folder stores them; drawn weights fp32)\n"
            "  --prompt N          --inference: prompt tokens (default 128)\n"
            "  --gen N             --inference: tokens generated per sequence (default 32)\n"

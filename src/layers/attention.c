@@ -224,8 +224,11 @@ st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *
     size_t KVD = (size_t)KV * (Cs / (size_t)NH);
     NEED("attention_decode", out, Ns * Cs);
     NEED("attention_decode", scores, Ns * (size_t)NH * Ss);
-    NEED("attention_decode", kc, (size_t)seqs * Ss * KVD);
-    NEED("attention_decode", vc, (size_t)seqs * Ss * KVD);
+    /* the caches: float, or both in one 16-bit type (cl/flash.cl KV_LOAD) */
+    NEED_W("attention_decode", kc, (size_t)seqs * Ss * KVD);
+    st_dtype kt = st_tensor_dtype(kc);
+    if ((s = st_op_need("attention_decode", vc, (size_t)seqs * Ss * KVD, kt)) != ST_OK)
+        return s;
     NEED("attention_decode", qkv, Ns * W);
     if (qkv_b)
         NEED("attention_decode", qkv_b, W);
@@ -237,8 +240,10 @@ st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *
     const st_tensor *bias = qkv_b ? qkv_b : qkv;
     /* rows of one sequence: their keys and values first (a row reads the
      * rows before it, written by other work-groups) */
+    char buf[32];
+    const char *file = st_typed_file("flash.cl", kt, buf, sizeof buf);
     if (!own_row &&
-        (s = ST_LAUNCH(dev, "flash.cl", "attention_kv_write", Ns * KVD, 64, ST_KT(kc), ST_KT(vc),
+        (s = ST_LAUNCH(dev, file, "attention_kv_write", Ns * KVD, 64, ST_KT(kc), ST_KT(vc),
                        ST_KT(qkv), ST_KT(bias), ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(n),
                        ST_KI(S), ST_KI(C), ST_KI(NH), ST_KI(KV))) != ST_OK)
         return s;
@@ -251,7 +256,7 @@ st_status st_attention_gqa_decode(st_tensor *out, st_tensor *scores, st_tensor *
      * 173.6 tok/s against 156.1 with a row's heads per group; two basic
      * devices 153.2 against 82.5; the same texts). */
     bool cpu = st_layers_cpu_form(dev);
-    return ST_LAUNCH(dev, "flash.cl", cpu ? "attention_decode_cpu" : "attention_decode",
+    return ST_LAUNCH(dev, file, cpu ? "attention_decode_cpu" : "attention_decode",
                      Ns * (size_t)NH * (cpu ? 1 : DEC_WG), cpu ? 1 : DEC_WG, ST_KT(out), ST_KT(scores), ST_KT(kc), ST_KT(vc), ST_KT(qkv), ST_KT(bias),
                      ST_KI(qkv_b != NULL), ST_KT(rows), ST_KI(own_row), ST_KI(S), ST_KI(C),
                      ST_KI(NH), ST_KI(KV), ST_KF(scale));

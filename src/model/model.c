@@ -355,6 +355,18 @@ st_dtype st_param_storage(const st_model_desc *d, const st_param_desc *p, bool t
     return !training || p->frozen ? w : ST_F32;
 }
 
+st_dtype st_kv_storage(const st_model_desc *d)
+{
+    st_dtype w = d->cfg.weights;
+    if (w != ST_BF16 && w != ST_F16)
+        return ST_F32;
+    /* GPT-2's larger heads take the products' path (stage/gpt2_layers.c);
+     * Llama's decoding always reads through cl/flash.cl */
+    if (d->cfg.family == ST_FAMILY_GPT2 && !st_attention_is_flash(d->cfg.n_embd, d->cfg.n_head))
+        return ST_F32;
+    return w;
+}
+
 void st_sizes_table_free(st_sizes_table *t)
 {
     if (!t)
@@ -594,13 +606,15 @@ void st_sizes_table_range(const st_sizes_table *t, size_t first, size_t end, int
         }
     }
     if (S > 0) {
-        z.decode_floats = P * in_floats + range_max(t->dec, first, end) + t->kv[end] -
-                          t->kv[first];
+        size_t kv = t->kv[end] - t->kv[first];
+        bool half_kv = st_kv_storage(desc) != ST_F32;
+        z.decode_floats = P * in_floats + range_max(t->dec, first, end) + (half_kv ? 0 : kv);
+        z.kv_half_numel = half_kv ? kv : 0;
         z.decode_ints = 3 * P; /* the tokens, and the rows' sequences and positions */
     }
     z.consts = t->consts[end] - t->consts[first];
     z.moment_numel = o->training ? z.train_numel : 0;
-    z.bytes = 2 * (uint64_t)z.half_numel +
+    z.bytes = 2 * ((uint64_t)z.half_numel + z.kv_half_numel) +
               4 * ((uint64_t)(z.param_numel - z.half_numel) + z.unpack_floats +
                    (o->training ? (uint64_t)z.train_numel + 2 * (uint64_t)z.moment_numel : 0) +
                    z.adam_run_ints +

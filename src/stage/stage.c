@@ -69,7 +69,8 @@ struct st_stage {
     size_t adam_span;       /* elements from the first parameter to the end of the last */
 
     st_tensor *dec_buf, *dec_x, *dec_work, *token, *rowtab;
-    st_tensor **kv;         /* per layer */
+    st_tensor *kv_half;     /* the KV caches when stored in 16 bits (st_kv_storage), or NULL */
+    st_tensor **kv;         /* per layer: views of dec_buf or kv_half */
     st_tensor *consts_buf, **consts;
     uint64_t bytes;
 };
@@ -429,6 +430,9 @@ static st_status make_decode(st_stage *g)
         dec = d > dec ? d : dec;
     }
     st_status s = make_buffer(g, ST_F32, g->sizes.decode_floats, "KV cache", &g->dec_buf);
+    if (s == ST_OK && g->sizes.kv_half_numel > 0)
+        s = make_buffer(g, st_kv_storage(g->desc), g->sizes.kv_half_numel, "KV cache",
+                        &g->kv_half);
     if (s != ST_OK || (s = make_buffer(g, ST_I32, P, "token", &g->token)) != ST_OK ||
         (s = make_buffer(g, ST_I32, 2 * P, "decoding rows", &g->rowtab)) != ST_OK)
         return s;
@@ -440,12 +444,13 @@ static st_status make_decode(st_stage *g)
     st_carver c = {g->dec_buf, 0, ST_OK};
     g->dec_x = st_carve(&c, P * g->in_floats);
     g->dec_work = st_carve(&c, dec);
+    st_carver kc = {g->kv_half ? g->kv_half : g->dec_buf, g->kv_half ? 0 : c.off, ST_OK};
     for (size_t l = 0; l < g->n_layers; l++) {
-        g->kv[l] = st_carve(&c, Q * S * g->layers[l].desc->kv_per_position);
+        g->kv[l] = st_carve(&kc, Q * S * g->layers[l].desc->kv_per_position);
         g->layers[l].kv = g->kv[l];
         g->layers[l].dec = g->dec_work;
     }
-    return c.status;
+    return c.status != ST_OK ? c.status : kc.status;
 }
 
 static st_status make_consts(st_stage *g)
@@ -556,6 +561,7 @@ void st_stage_destroy(st_stage *g)
     free(g->rows_host);
     free(g->consts);
     st_tensor_destroy(g->dec_buf);
+    st_tensor_destroy(g->kv_half);
     st_tensor_destroy(g->consts_buf);
     for (int w = 0; w < 4; w++) {
         if (g->flat[w])
