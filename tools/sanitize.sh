@@ -32,6 +32,5 @@ if [ ! -f "$build/build.ninja" ]; then
 fi
 meson compile -C "$build"
 export STRATA_FAULT_STRIDE=${STRATA_FAULT_STRIDE:-1}
-meson test -C "$build" --print-errorlogs --suite unit --suite cli --no-suite compile --no-suite kill \
-    --no-suite tty "$@"
-meson test -C "$build" --print-errorlogs test_pipe-4dev "$@"
+meson test -C "$build" --print-errorlogs --suite unit --suite cli --suite pipe4 --no-suite compile \
+    --no-suite kill --no-suite tty "$@"
